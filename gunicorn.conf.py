@@ -1,0 +1,62 @@
+"""gunicorn settings for Waygate. Any of them can be overridden with gunicorn's own flags
+(``--bind``, ``--workers`` ...) or ``GUNICORN_CMD_ARGS``, which take precedence over this file.
+
+This file is re-read on SIGHUP, so it does no work at import: the master's one-time start-up
+(config check, migrations, the service start time) runs in the ``on_starting`` hook.
+"""
+
+import os
+import signal
+import sys
+
+bind = "127.0.0.1:8000"
+# Workers from the core count, as gunicorn recommends for request handling that mixes CPU
+# work and waiting: (2 x cores) + 1.
+workers = 2 * (os.cpu_count() or 1) + 1
+# gthread: every request thread may wait on a command running in the worker's thread pool.
+# With the sync worker one slow command would hold the whole process and the worker's
+# health, readiness and other requests would queue behind it; threads keep those flowing
+# while commands run. Async workers (gevent/eventlet) would monkey-patch the threads and
+# SQLite calls the command engine relies on.
+worker_class = "gthread"
+threads = 8
+# Workers are not preloaded: each imports the app after fork, so no connection, executor or
+# lock is shared across a fork, and SIGHUP really reloads code.
+preload_app = False
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+# gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl), which
+# two instances on one machine would fight over; Waygate is managed with signals instead.
+control_socket_disable = True
+accesslog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+
+
+def on_starting(server):
+    """Runs once in the master before any worker: validate config, migrate, mark the start."""
+    from waygate.config import Config, ConfigError
+    from waygate.lifecycle import mark_service_start
+    from waygate.storage import Storage
+
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"waygate: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    Storage(config.database_path, config.db_busy_timeout_ms).migrate()
+    mark_service_start()
+
+
+def post_worker_init(worker):
+    """Turn /ready to 503 as soon as this worker is told to stop (SIGTERM), then drain."""
+    stop = signal.getsignal(signal.SIGTERM)
+    services = worker.wsgi.extensions["waygate"]
+
+    def drain_then_stop(signum, frame):
+        services.readiness.begin_draining()
+        if callable(stop):
+            stop(signum, frame)
+
+    signal.signal(signal.SIGTERM, drain_then_stop)

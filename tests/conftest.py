@@ -1,0 +1,172 @@
+"""Shared fixtures: an app on a tmp data dir, its client and CLI runner, keys, and real
+gunicorn servers on free loopback ports for anything that crosses workers."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from waygate.app import create_app
+from waygate.config import Config
+from waygate.keys import KeyStore
+from waygate.storage import Storage
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def config(data_dir) -> Config:
+    return Config(data_dir=data_dir)
+
+
+@pytest.fixture
+def make_app(data_dir):
+    """Build an app with config overrides: ``make_app(rate_limit_health="2/minute")``."""
+    def build(**overrides):
+        return create_app(Config(data_dir=data_dir).replace(**overrides))
+    return build
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def probe_client(app):
+    """A client for an app that also has the test-only routes of tests/probe.py."""
+    from tests import probe
+    app.register_blueprint(probe.bp)
+    return app.test_client()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@dataclass
+class Keys:
+    admin: str
+    user: str
+    store: KeyStore
+
+    def headers(self, role: str = "user", **extra) -> dict:
+        return {"X-API-Key": getattr(self, role), **extra}
+
+
+@pytest.fixture
+def keys(data_dir) -> Keys:
+    storage = Storage(data_dir / "waygate.db")
+    storage.migrate()
+    store = KeyStore(storage)
+    _, admin = store.create("ops-admin", "admin")
+    _, user = store.create("ops-user", "user")
+    return Keys(admin=admin, user=user, store=store)
+
+
+@pytest.fixture
+def runner(data_dir, monkeypatch):
+    """Runs the ``waygate`` CLI in-process: ``code, stdout, stderr = runner("keys", "list")``."""
+    monkeypatch.setenv("WAYGATE_DATA_DIR", str(data_dir))
+    from waygate.cli import main
+
+    def invoke(*args: str):
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = main(list(args))
+        return code, out.getvalue(), err.getvalue()
+    return invoke
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A real gunicorn running wsgi:app from the project, on a loopback port."""
+
+    data_dir: Path
+    workers: int = 2
+    env: dict = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20) -> Server:
+        self.port = free_port()
+        self.log_path = self.data_dir.parent / f"gunicorn-{self.port}.log"
+        env = {**os.environ, "WAYGATE_DATA_DIR": str(self.data_dir), **self.env}
+        self.proc = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
+             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
+             "--chdir", str(ROOT), "wsgi:app"],
+            env=env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited {self.proc.returncode}: {self.log()}")
+            try:
+                if requests.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"gunicorn did not become ready: {self.log()}")
+
+    def worker_pids(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=35)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def server_factory(data_dir):
+    started: list[Server] = []
+
+    def start(workers: int = 2, **env) -> Server:
+        server = Server(data_dir=data_dir, workers=workers, env=env).start()
+        started.append(server)
+        return server
+    yield start
+    for server in started:
+        server.stop()

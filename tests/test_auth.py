@@ -1,0 +1,67 @@
+"""Who may call what: the key matrix, key transport, revocation and last use."""
+
+import pytest
+
+from tests.test_http import assert_envelope
+
+
+@pytest.mark.parametrize("path, role, status", [
+    ("/_probe/user", None, 401),
+    ("/_probe/user", "user", 200),
+    ("/_probe/user", "admin", 200),
+    ("/_probe/admin", None, 401),
+    ("/_probe/admin", "user", 403),
+    ("/_probe/admin", "admin", 200),
+])
+def test_auth_matrix(probe_client, keys, path, role, status):
+    headers = keys.headers(role) if role else {}
+    response = probe_client.get(path, headers=headers)
+    if status == 200:
+        assert response.status_code == 200
+    else:
+        assert_envelope(response, status, {401: "UNAUTHORIZED", 403: "FORBIDDEN"}[status])
+
+
+def test_a_wrong_key_is_401_with_www_authenticate(probe_client, keys):
+    response = probe_client.get("/_probe/user", headers={"X-API-Key": "x" * 32})
+    error = assert_envelope(response, 401, "UNAUTHORIZED")
+    assert error["message"] == "invalid API key"
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_bearer_authorization_is_accepted(probe_client, keys):
+    response = probe_client.get("/_probe/user", headers={"Authorization": f"Bearer {keys.user}"})
+    assert response.status_code == 200
+    assert response.get_json() == {"name": "ops-user"}
+
+
+def test_the_key_never_appears_in_an_error_body(probe_client, keys):
+    response = probe_client.get("/_probe/admin", headers=keys.headers("user"))
+    assert keys.user not in response.get_data(as_text=True)
+
+
+def test_a_revoked_key_is_refused_at_once(probe_client, keys):
+    assert probe_client.get("/_probe/user", headers=keys.headers()).status_code == 200
+    keys.store.revoke("ops-user")
+    assert_envelope(probe_client.get("/_probe/user", headers=keys.headers()), 401, "UNAUTHORIZED")
+
+
+def test_last_use_is_recorded(probe_client, keys):
+    assert keys.store.list()[1].last_used_at is None
+    probe_client.get("/_probe/user", headers=keys.headers())
+    assert keys.store.list()[1].last_used_at is not None
+
+
+def test_public_endpoints_need_no_key(client):
+    for path in ("/", "/health", "/ready"):
+        assert client.get(path).status_code == 200
+
+
+def test_repeated_bad_keys_count_against_the_client(make_app, keys):
+    app = make_app(rate_limit_default="3/minute")
+    from tests import probe
+    app.register_blueprint(probe.bp)
+    client = app.test_client()
+    statuses = [client.get("/_probe/user", headers={"X-API-Key": f"bad{i}"}).status_code
+                for i in range(4)]
+    assert statuses == [401, 401, 401, 429]

@@ -1,0 +1,53 @@
+"""Real gunicorn with several workers on a loopback port."""
+
+import os
+import signal
+import subprocess
+import time
+
+import requests
+
+from tests.conftest import BIN, ROOT, free_port
+
+
+def test_gunicorn_with_two_workers_is_healthy_and_ready(server_factory):
+    server = server_factory(workers=2)
+    assert len(server.worker_pids()) == 2
+    health = requests.get(server.url + "/health", timeout=5)
+    assert health.status_code == 200
+    assert health.json()["status"] == "healthy"
+    ready = requests.get(server.url + "/ready", timeout=5)
+    assert ready.status_code == 200 and ready.json() == {"ready": True}
+
+
+def test_uptime_counts_from_the_service_start_on_a_replacement_worker(server_factory):
+    server = server_factory(workers=2)
+    time.sleep(2.2)
+    old = set(server.worker_pids())
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        pids = set(server.worker_pids())
+        if len(pids) == 2 and not pids & old:
+            try:
+                if requests.get(server.url + "/ready", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+        time.sleep(0.1)
+    uptimes = {requests.get(server.url + "/health", timeout=5).json()["uptime_seconds"]
+               for _ in range(10)}
+    assert min(uptimes) >= 2, uptimes  # fresh workers, but the service has run for 2 s
+
+
+def test_gunicorn_refuses_a_bad_config_with_one_clear_line(data_dir):
+    env = {**os.environ, "WAYGATE_DATA_DIR": str(data_dir), "WAYGATE_MAX_BODY_BYTES": "huge"}
+    result = subprocess.run(
+        [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
+         "--bind", f"127.0.0.1:{free_port()}", "--chdir", str(ROOT), "wsgi:app"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    assert "waygate: configuration error: WAYGATE_MAX_BODY_BYTES: 'huge' is not an integer" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,63 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from flask import Flask
+
+from .config import Config, log_level_number
+from .lifecycle import service_started_at
+from .services import Services
+from .web import auth, core, envelope, http, limiter
+
+LOG_FORMAT = ("%(asctime)s %(levelname)s [%(process)d] %(name)s "
+              "request_id=%(request_id)s %(message)s")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (gunicorn and test runners swap it)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def configure_logging(config: Config) -> None:
+    """Waygate's records go to stderr with the request id; configured once per process."""
+    logger = logging.getLogger("waygate")
+    logger.setLevel(log_level_number(config))
+    if any(getattr(h, "waygate", False) for h in logger.handlers):
+        return
+    handler = _StderrHandler()
+    handler.waygate = True  # type: ignore[attr-defined]
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(http.RequestIdFilter())
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
+def create_app(config: Config | None = None, services: Services | None = None) -> Flask:
+    """Build the Waygate app. ``config`` defaults to the environment's ``WAYGATE_*`` settings."""
+    config = config or (services.config if services else Config.from_env())
+    configure_logging(config)
+    service_started_at()  # a process that was not forked by Waygate's master records its own
+    services = services or Services.build(config)
+
+    app = Flask(__name__)
+    app.json.sort_keys = False
+    app.extensions["waygate"] = services
+    envelope.init_app(app)
+    http.init_app(app, config)
+    auth.init_app(app)
+    app.register_blueprint(core.bp)
+    app.extensions["waygate.limiter"] = limiter.build(app, config)
+
+    services.plugins.current  # load plugins now, not on the first request
+    services.readiness.mark_ready()
+    return app

@@ -1,0 +1,126 @@
+"""The ``waygate`` command: migrations and API keys.
+
+    waygate migrate
+    waygate keys create --name NAME --role admin|user   (the key is the last line of stdout)
+    waygate keys list
+    waygate keys revoke NAME
+    waygate keys bootstrap                              (first admin key, only if none exist)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .config import Config, ConfigError
+from .errors import WaygateError
+from .keys import KeyStore
+from .storage import Storage
+
+
+class Context:
+    def __init__(self) -> None:
+        self._storage: Storage | None = None
+        self.config = Config.from_env()
+
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            self._storage = Storage(self.config.database_path, self.config.db_busy_timeout_ms)
+            self._storage.migrate()
+        return self._storage
+
+    @property
+    def keys(self) -> KeyStore:
+        return KeyStore(self.storage)
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group()
+@click.pass_context
+def cli(ctx: click.Context) -> None:
+    """Waygate MCP server administration."""
+    ctx.obj = Context()
+
+
+@cli.command()
+@pass_context
+def migrate(ctx: Context) -> None:
+    """Apply pending database migrations."""
+    storage = Storage(ctx.config.database_path, ctx.config.db_busy_timeout_ms)
+    applied = storage.migrate()
+    click.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+
+
+@cli.group()
+def keys() -> None:
+    """Manage API keys (stored only as hashes)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="A unique name for the key's holder.")
+@click.option("--role", type=click.Choice(["admin", "user"]), default="user", show_default=True)
+@pass_context
+def keys_create(ctx: Context, name: str, role: str) -> None:
+    """Create a key. It is shown once, on the last line; store it now."""
+    record, key = ctx.keys.create(name, role)
+    click.echo(f"created {record.role} key {record.name!r}; it is shown only once:")
+    click.echo(key)
+
+
+@keys.command("list")
+@pass_context
+def keys_list(ctx: Context) -> None:
+    """List keys (names, roles and dates; never the keys)."""
+    records = ctx.keys.list()
+    click.echo(f"{'NAME':24} {'ROLE':6} {'CREATED':25} {'LAST USED':25} REVOKED")
+    for r in records:
+        click.echo(f"{r.name:24} {r.role:6} {r.created_at:25} {r.last_used_at or '-':25} "
+                   f"{r.revoked_at or '-'}")
+
+
+@keys.command("revoke")
+@click.argument("name")
+@pass_context
+def keys_revoke(ctx: Context, name: str) -> None:
+    """Revoke a key; every worker refuses it from its next request."""
+    record = ctx.keys.revoke(name)
+    click.echo(f"revoked key {record.name!r}")
+
+
+@keys.command("bootstrap")
+@click.option("--name", default="dev-admin", show_default=True)
+@pass_context
+def keys_bootstrap(ctx: Context, name: str) -> None:
+    """Create a first admin key if there are no live keys yet (used by `make serve`)."""
+    if ctx.keys.count_live():
+        click.echo("API keys exist already; list them with `waygate keys list`.")
+        return
+    record, key = ctx.keys.create(name, "admin")
+    click.echo(f"No API keys existed: created development admin key {record.name!r}.")
+    click.echo("It is shown only this once; export it, e.g. export WAYGATE_KEY=<key>:")
+    click.echo(key)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="waygate", standalone_mode=False)
+    except ConfigError as exc:
+        click.echo(f"waygate: configuration error: {exc}", err=True)
+        return 2
+    except WaygateError as exc:
+        click.echo(f"waygate: {exc.message}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        return 1
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

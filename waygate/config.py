@@ -1,0 +1,139 @@
+"""Configuration: read once from ``WAYGATE_*`` environment variables, validated, immutable.
+
+Every setting is documented in the README's configuration table. A bad value raises
+:class:`ConfigError` whose message names the variable; entry points print that one line
+and exit instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from limits import parse as parse_rate_limit
+
+
+class ConfigError(ValueError):
+    """A configuration value that Waygate cannot start with."""
+
+
+_RATE_LIMIT_DEFAULTS = {
+    # spec section 5.1
+    "rate_limit_execute": "100/minute",
+    "rate_limit_health": "1000/minute",
+    "rate_limit_metrics": "100/minute",
+    "rate_limit_default": "500/minute",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path("var")
+    cors_origins: tuple[str, ...] = ("http://localhost:3000",)
+    rate_limit_execute: str = _RATE_LIMIT_DEFAULTS["rate_limit_execute"]
+    rate_limit_health: str = _RATE_LIMIT_DEFAULTS["rate_limit_health"]
+    rate_limit_metrics: str = _RATE_LIMIT_DEFAULTS["rate_limit_metrics"]
+    rate_limit_default: str = _RATE_LIMIT_DEFAULTS["rate_limit_default"]
+    # Empty means the embedded default: a SQLite file in the data dir, exact across workers.
+    ratelimit_storage_uri: str = ""
+    ratelimit_fail_open: bool = True
+    max_body_bytes: int = 16 * 1024 * 1024
+    trusted_proxies: int = 0
+    log_level: str = "INFO"
+    min_free_bytes: int = 64 * 1024 * 1024
+    mode: str = "local_vm"
+    db_busy_timeout_ms: int = 5000
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "waygate.db"
+
+    @property
+    def effective_ratelimit_storage_uri(self) -> str:
+        return self.ratelimit_storage_uri or f"sqlite:///{(self.data_dir / 'ratelimits.db').resolve()}"
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Build the config from ``WAYGATE_*`` variables; unset ones keep their defaults."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            name = "WAYGATE_" + field.name.upper()
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                continue
+            values[field.name] = _parse(name, field.name, raw.strip())
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        for field in _RATE_LIMIT_DEFAULTS:
+            _check_rate_limit("WAYGATE_" + field.upper(), getattr(self, field))
+        if not self.cors_origins:
+            raise ConfigError("WAYGATE_CORS_ORIGINS: give at least one origin")
+        for origin in self.cors_origins:
+            if origin != "*" and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", origin):
+                raise ConfigError(
+                    f"WAYGATE_CORS_ORIGINS: {origin!r} is not an origin like http://host:port"
+                )
+        if self.max_body_bytes < 1024:
+            raise ConfigError("WAYGATE_MAX_BODY_BYTES: must be at least 1024")
+        if not 0 <= self.trusted_proxies <= 10:
+            raise ConfigError("WAYGATE_TRUSTED_PROXIES: must be a hop count from 0 to 10")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(
+                "WAYGATE_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
+            )
+        if self.min_free_bytes < 0:
+            raise ConfigError("WAYGATE_MIN_FREE_BYTES: must not be negative")
+        if self.db_busy_timeout_ms < 100:
+            raise ConfigError("WAYGATE_DB_BUSY_TIMEOUT_MS: must be at least 100")
+        uri = self.ratelimit_storage_uri
+        if uri and not re.match(r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory)://", uri):
+            raise ConfigError(
+                "WAYGATE_RATELIMIT_STORAGE_URI: use sqlite:///path, redis://host:port or memory://"
+            )
+
+
+def _check_rate_limit(name: str, value: str) -> None:
+    try:
+        parse_rate_limit(value)
+    except ValueError:
+        raise ConfigError(f"WAYGATE_{name.removeprefix('WAYGATE_')}: {value!r} is not a rate "
+                          "limit like 100/minute") from None
+
+
+def _parse(name: str, field: str, raw: str) -> Any:
+    kind = Config.__dataclass_fields__[field].type
+    if kind == "Path":
+        return Path(raw)
+    if kind == "tuple[str, ...]":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind == "bool":
+        lowered = raw.lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: {raw!r} is not a boolean (true or false)")
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}: {raw!r} is not an integer") from None
+    if field == "log_level":
+        return raw.upper()
+    return raw
+
+
+def log_level_number(config: Config) -> int:
+    return logging.getLevelName(config.log_level)

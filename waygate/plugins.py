@@ -1,0 +1,160 @@
+"""Plugin manager: discovers plugins in the ``waygate.plugins`` entry-point namespace.
+
+Loading never stops the server: a plugin that fails to import, has bad metadata, or offers a
+command name already taken is kept in the report with status ``failed`` and its reason.
+A loaded set is immutable (:class:`PluginSet`); reloading builds a new one and swaps it in, so
+commands already running keep the plugin set they started with.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from marshmallow import Schema
+from stevedore import ExtensionManager
+
+from .sdk import Command, Plugin
+
+NAMESPACE = "waygate.plugins"
+_COMMAND_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    name: str
+    status: str  # "active" or "failed"
+    version: str = ""
+    description: str = ""
+    author: str = ""
+    capabilities: tuple[str, ...] = ()
+    config: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    commands: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PluginSet:
+    plugins: Mapping[str, PluginInfo]
+    commands: Mapping[str, Command]
+    command_plugin: Mapping[str, str]
+    loaded_at: float
+
+    @property
+    def loaded(self) -> list[str]:
+        return [p.name for p in self.plugins.values() if p.status == "active"]
+
+    @property
+    def failed(self) -> list[PluginInfo]:
+        return [p for p in self.plugins.values() if p.status == "failed"]
+
+
+def refresh_entry_points(namespace: str = NAMESPACE) -> None:
+    """Read ``namespace`` afresh from the installed distributions.
+
+    stevedore remembers entry points per process and in a file cache keyed on path mtimes;
+    seeding its per-process cache from importlib.metadata (after invalidating importlib's
+    finders) bypasses both, so a plugin installed, removed or changed since is seen.
+    """
+    importlib.invalidate_caches()
+    unique = {(ep.name, ep.value): ep
+              for ep in importlib.metadata.entry_points(group=namespace)}
+    ExtensionManager.ENTRY_POINT_CACHE[namespace] = list(unique.values())
+
+
+def discover(plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
+             namespace: str = NAMESPACE) -> PluginSet:
+    """Load every plugin in ``namespace`` and validate it; failures are reported, not raised."""
+    plugin_config = plugin_config or {}
+    infos: dict[str, PluginInfo] = {}
+    commands: dict[str, Command] = {}
+    command_plugin: dict[str, str] = {}
+    failures: list[PluginInfo] = []
+    refresh_entry_points(namespace)
+
+    def on_failure(manager, entry_point, exc):
+        failures.append(PluginInfo(name=entry_point.name, status="failed",
+                                   error=f"import failed: {type(exc).__name__}: {exc}"))
+        log.error("plugin %s failed to load: %s", entry_point.name, exc)
+
+    manager = ExtensionManager(namespace, invoke_on_load=False,
+                               on_load_failure_callback=on_failure)
+    for ext in sorted(manager.extensions, key=lambda e: e.name):
+        info = _instantiate(ext.name, ext.plugin, plugin_config.get(ext.name, {}),
+                            taken=command_plugin)
+        infos[ext.name] = info[0]
+        for command in info[1]:
+            commands[command.name] = command
+            command_plugin[command.name] = ext.name
+    for failure in failures:
+        infos[failure.name] = failure
+    return PluginSet(plugins=dict(sorted(infos.items())), commands=commands,
+                     command_plugin=command_plugin, loaded_at=time.time())
+
+
+def _instantiate(name: str, plugin_class: Any, config: Mapping[str, Any],
+                 taken: Mapping[str, str]) -> tuple[PluginInfo, list[Command]]:
+    def failed(reason: str) -> tuple[PluginInfo, list[Command]]:
+        log.error("plugin %s failed: %s", name, reason)
+        return PluginInfo(name=name, status="failed", error=reason), []
+
+    if not (isinstance(plugin_class, type) and issubclass(plugin_class, Plugin)):
+        return failed("entry point is not a waygate.sdk.Plugin subclass")
+    metadata_problem = _check_metadata(name, plugin_class)
+    if metadata_problem:
+        return failed(metadata_problem)
+    try:
+        plugin = plugin_class(config)
+        commands = list(plugin.commands())
+    except Exception as exc:  # a plugin's own bug must not stop the server
+        return failed(f"initialisation failed: {type(exc).__name__}: {exc}")
+    seen: set[str] = set()
+    for command in commands:
+        problem = _check_command(command)
+        if problem:
+            return failed(problem)
+        if command.name in taken or command.name in seen:
+            owner = taken.get(command.name, name)
+            return failed(f"command name {command.name!r} is already taken by plugin {owner}")
+        seen.add(command.name)
+    info = PluginInfo(
+        name=name, status="active", version=plugin_class.version,
+        description=plugin_class.description, author=plugin_class.author,
+        capabilities=tuple(plugin_class.capabilities), config=dict(plugin.config),
+        commands=tuple(c.name for c in commands),
+    )
+    return info, commands
+
+
+def _check_metadata(entry_point_name: str, cls: type[Plugin]) -> str | None:
+    declared = getattr(cls, "name", None)
+    if declared != entry_point_name:
+        return f"plugin name {declared!r} does not match its entry point name {entry_point_name!r}"
+    for attr in ("version", "description", "author"):
+        if not isinstance(getattr(cls, attr, None), str) or not getattr(cls, attr):
+            return f"metadata {attr!r} must be a non-empty string"
+    caps = getattr(cls, "capabilities", ())
+    if not isinstance(caps, (list, tuple)) or not all(isinstance(c, str) for c in caps):
+        return "metadata 'capabilities' must be a list of strings"
+    if not isinstance(getattr(cls, "default_config", {}), Mapping):
+        return "metadata 'default_config' must be a mapping"
+    return None
+
+
+def _check_command(command: Any) -> str | None:
+    if not isinstance(command, Command):
+        return "commands() must return waygate.sdk.Command objects"
+    if not _COMMAND_NAME_RE.match(command.name or ""):
+        return f"command name {command.name!r} must be 1-128 of [A-Za-z0-9_.-]"
+    if not (isinstance(command.params, type) and issubclass(command.params, Schema)):
+        return f"command {command.name!r}: params must be a marshmallow Schema class"
+    if not callable(command.handler):
+        return f"command {command.name!r}: handler is not callable"
+    return None

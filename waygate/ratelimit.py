@@ -1,0 +1,88 @@
+"""A ``limits`` storage on SQLite, registered as ``sqlite://``: exact across gunicorn workers.
+
+The ``limits`` library ships no file or SQLite storage, and ``memory://`` counts per process
+(N workers would allow N times the limit). Each hit here is one atomic UPSERT ... RETURNING
+statement on a shared SQLite file in WAL mode, so every worker sees one counter per window.
+Only the fixed-window strategy is supported (it needs incr/get/get_expiry).
+
+    sqlite:////abs/path/ratelimits.db     (four slashes: an absolute path, as in SQLAlchemy)
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import time
+from pathlib import Path
+
+from limits.storage import Storage as LimitsStorage
+
+from .storage import Storage
+
+
+class SQLiteLimitStorage(LimitsStorage):
+    STORAGE_SCHEME = ["sqlite"]
+
+    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False,
+                 **options: float | str | bool):
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        # As in SQLAlchemy: sqlite:///relative.db, sqlite:////absolute.db
+        path = (uri or "").removeprefix("sqlite:///")
+        if not uri or path == uri or not path:
+            raise ValueError("sqlite rate-limit storage needs a path: sqlite:////abs/file.db")
+        self._store = Storage(Path(path), busy_timeout_ms=int(options.get("busy_timeout_ms", 5000)))
+        self._ensure_table()
+
+    def _ensure_table(self) -> None:
+        self._store.conn.execute(
+            "CREATE TABLE IF NOT EXISTS rate_limits ("
+            " key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires_at REAL NOT NULL"
+            ") WITHOUT ROWID"
+        )
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return sqlite3.Error
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        now = time.time()
+        value = self._store.conn.execute(
+            "INSERT INTO rate_limits (key, value, expires_at) VALUES (:key, :amount, :expires) "
+            "ON CONFLICT(key) DO UPDATE SET "
+            " value = CASE WHEN expires_at <= :now THEN :amount ELSE value + :amount END,"
+            " expires_at = CASE WHEN expires_at <= :now THEN :expires ELSE expires_at END "
+            "RETURNING value",
+            {"key": key, "amount": amount, "expires": now + expiry, "now": now},
+        ).fetchone()[0]
+        if random.random() < 0.001:  # noqa: S311 - not security relevant: occasional pruning
+            self._prune(now)
+        return int(value)
+
+    def get(self, key: str) -> int:
+        row = self._store.conn.execute(
+            "SELECT value FROM rate_limits WHERE key = ? AND expires_at > ?", (key, time.time())
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    def get_expiry(self, key: str) -> float:
+        row = self._store.conn.execute(
+            "SELECT expires_at FROM rate_limits WHERE key = ? AND expires_at > ?",
+            (key, time.time()),
+        ).fetchone()
+        return float(row[0]) if row else time.time()
+
+    def check(self) -> bool:
+        try:
+            self._store.conn.execute("SELECT count(*) FROM rate_limits WHERE 0").fetchone()
+            return True
+        except sqlite3.Error:
+            return False
+
+    def reset(self) -> int | None:
+        return self._store.conn.execute("DELETE FROM rate_limits").rowcount
+
+    def clear(self, key: str) -> None:
+        self._store.conn.execute("DELETE FROM rate_limits WHERE key = ?", (key,))
+
+    def _prune(self, now: float) -> None:
+        self._store.conn.execute("DELETE FROM rate_limits WHERE expires_at <= ?", (now,))

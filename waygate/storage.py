@@ -1,0 +1,101 @@
+"""Storage: owns the SQLite database in the data dir and its migrations.
+
+One connection per process and thread, opened lazily after fork (a connection inherited
+through fork is never reused). WAL mode lets readers run beside the single writer; the busy
+timeout makes writers from several gunicorn workers queue instead of failing with
+"database is locked".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+
+class Storage:
+    def __init__(self, path: Path, busy_timeout_ms: int = 5000):
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+
+    def connect(self) -> sqlite3.Connection:
+        """A new connection with Waygate's pragmas; the caller owns it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout_ms / 1000,
+            isolation_level=None,  # autocommit; transactions are explicit (BEGIN / db.atomic())
+            check_same_thread=False,
+        )
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection, reopened if the process forked since it was made."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.conn = self.connect()
+            local.pid = os.getpid()
+        return local.conn
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        conn = self.conn
+        db = getattr(self._local, "db", None)
+        if db is None or db.conn is not conn:
+            db = self._local.db = sqlite_utils.Database(conn)
+        return db
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that takes the lock up front, so it never fails half-way."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations once; safe to call from several processes at once."""
+        from waygate_migrations import migrations
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_suffix(".migrate.lock")
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            conn = self.connect()
+            try:
+                db = sqlite_utils.Database(conn)
+                pending = [m.name for m in migrations.pending(db)]
+                if pending:
+                    migrations.apply(db)
+                return pending
+            finally:
+                conn.close()
+
+    def pending_migrations(self) -> list[str]:
+        from waygate_migrations import migrations
+
+        return [m.name for m in migrations.pending(self.db)]
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+            conn.close()
+        self._local = threading.local()

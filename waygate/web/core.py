@@ -1,0 +1,55 @@
+"""Core endpoints: service information, health and readiness (spec 2.1)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify
+
+from .. import SERVICE_NAME, __version__
+from ..health import cache_check, database_check, filesystem_check, plugins_check, run_checks
+from . import services
+from .envelope import error_response
+from .limiter import limit_group, storage_answers
+
+bp = Blueprint("core", __name__)
+
+
+@bp.get("/")
+def index():
+    return jsonify({
+        "service": SERVICE_NAME,
+        "version": __version__,
+        "status": "operational",
+        "mode": services().config.mode,
+        "description": "Enterprise-grade MCP Server Framework",
+        "documentation": "/docs",
+    })
+
+
+@bp.get("/health")
+@limit_group("health")
+def health():
+    svc = services()
+    limiter = current_app.extensions["waygate.limiter"]
+    report = run_checks({
+        "database": database_check(lambda: svc.storage.conn),
+        "cache": cache_check(lambda: storage_answers(limiter)),
+        "filesystem": filesystem_check(svc.config.data_dir, svc.config.min_free_bytes),
+        "plugins": plugins_check(lambda: svc.plugins.current.failed),
+    })
+    if report.healthy:
+        return jsonify(report.as_dict())
+    failed = sorted(report.failures)
+    return error_response(
+        503, "SERVICE_UNAVAILABLE", "health checks failing: " + ", ".join(failed),
+        details={"failed": report.failures}, extra=report.as_dict(),
+    )
+
+
+@bp.get("/ready")
+def ready():
+    readiness = services().readiness
+    if readiness.is_ready:
+        return jsonify({"ready": True})
+    return error_response(503, "SERVICE_UNAVAILABLE", f"not ready: {readiness.state}",
+                          details={"state": readiness.state}, extra={"ready": False},
+                          headers={"Retry-After": "1"})

@@ -1,0 +1,119 @@
+"""Cross-cutting HTTP: request ids, security headers, CORS, body size, proxies, JSON bodies."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, has_request_context, request
+from flask_cors import CORS
+from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from ..config import Config
+from ..errors import InvalidRequest
+
+REQUEST_ID_HEADER = "X-Request-ID"
+# An incoming id is echoed only if it is short and plain: no CR/LF, spaces or quotes.
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "X-XSS-Protection": "1; mode=block",
+    "Content-Security-Policy": "default-src 'self'",
+    "Referrer-Policy": "no-referrer",
+}
+CORS_METHODS = ["GET", "POST", "PUT", "DELETE", "OPTIONS"]
+CORS_ALLOW_HEADERS = ["Content-Type", "X-API-Key", "Authorization", "X-Request-ID",
+                      "Accept", "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name"]
+CORS_EXPOSE_HEADERS = ["X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining",
+                       "X-RateLimit-Reset", "Retry-After", "X-Total-Count", "X-Page-Count",
+                       "Link", "Location", "Deprecation", "Sunset"]
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request's id on every log record (``-`` outside a request)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
+        return True
+
+
+def read_json(max_depth: int = 64) -> Any:
+    """The request body as JSON, or InvalidRequest saying what is wrong with it."""
+    if not request.is_json:
+        raise InvalidRequest("Content-Type must be application/json",
+                             {"content_type": request.content_type or ""})
+    raw = request.get_data(cache=True)
+    if not raw:
+        raise InvalidRequest("request body is empty: send a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest("request body is not valid UTF-8",
+                             {"position": exc.start}) from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"malformed JSON: {exc.msg}",
+                             {"line": exc.lineno, "column": exc.colno}) from None
+    except RecursionError:
+        raise InvalidRequest("JSON nested too deeply") from None
+    if _depth_exceeds(value, max_depth):
+        raise InvalidRequest(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
+
+
+def _assign_request_id() -> None:
+    incoming = request.headers.get(REQUEST_ID_HEADER, "")
+    g.request_id = incoming if _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def _refuse_oversize_body() -> None:
+    # Refuse on the declared length, before any of the body is read. A chunked body without
+    # Content-Length is cut off by werkzeug's limited stream when it is read.
+    limit = request.max_content_length
+    if limit is not None and request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
+
+
+def _finish(response: Response) -> Response:
+    response.headers[REQUEST_ID_HEADER] = g.get("request_id") or uuid.uuid4().hex
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    response.headers.setdefault("Cache-Control", "no-store")
+    if response.status_code not in (429, 503):
+        # flask-limiter sets Retry-After on every limited response; it means "wait" only here.
+        response.headers.pop("Retry-After", None)
+    if request.is_secure:
+        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    return response
+
+
+def init_app(app: Flask, config: Config) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    if config.trusted_proxies:
+        hops = config.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops,
+                                x_port=hops, x_prefix=hops)
+    app.before_request(_assign_request_id)
+    app.before_request(_refuse_oversize_body)
+    app.after_request(_finish)
+    CORS(app, origins=list(config.cors_origins), methods=CORS_METHODS,
+         allow_headers=CORS_ALLOW_HEADERS, expose_headers=CORS_EXPOSE_HEADERS, max_age=600)
