@@ -35,6 +35,7 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-i
 
 def on_starting(server):
     """Runs once in the master before any worker: validate config, migrate, mark the start."""
+    from waygate.audit import AuditLog
     from waygate.config import Config, ConfigError
     from waygate.lifecycle import mark_service_start
     from waygate.storage import Storage
@@ -45,8 +46,29 @@ def on_starting(server):
         print(f"waygate: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    Storage(config.database_path, config.db_busy_timeout_ms).migrate()
+    storage = Storage(config.database_path, config.db_busy_timeout_ms)
+    storage.migrate()
+    # Nothing survives a restart: executions the previous service left open end as failed.
+    AuditLog(storage, retention=None).fail_open_executions(
+        "the service restarted while this command ran")
+    storage.close()
     mark_service_start()
+
+
+def child_exit(server, worker):
+    """A worker is gone (any cause, SIGKILL included): its unfinished async commands fail."""
+    from waygate.audit import AuditLog
+    from waygate.config import Config
+    from waygate.storage import Storage
+
+    storage = Storage(Config.from_env().database_path)
+    try:
+        closed = AuditLog(storage, retention=None).fail_open_executions(
+            f"the worker (pid {worker.pid}) running this command exited", worker_pid=worker.pid)
+        if closed:
+            server.log.warning("worker %s exited with %s command(s) unfinished", worker.pid, closed)
+    finally:
+        storage.close()
 
 
 def post_worker_init(worker):

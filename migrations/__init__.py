@@ -10,3 +10,4 @@ from sqlite_utils import Migrations
 migrations = Migrations("waygate")
 
 from . import m001_api_keys  # noqa: E402,F401  (registration order is application order)
+from . import m002_executions  # noqa: E402,F401

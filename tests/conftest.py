@@ -42,6 +42,8 @@ def config(data_dir) -> Config:
 def make_app(data_dir):
     """Build an app with config overrides: ``make_app(rate_limit_health="2/minute")``."""
     def build(**overrides):
+        # no housekeeping thread per test app; gunicorn tests run it as configured
+        overrides.setdefault("housekeeping_interval_s", 0)
         return create_app(Config(data_dir=data_dir).replace(**overrides))
     return build
 

@@ -10,7 +10,7 @@ from flask import Flask
 from .config import Config, log_level_number
 from .lifecycle import service_started_at
 from .services import Services
-from .web import auth, core, envelope, http, limiter
+from .web import auth, core, envelope, execute, http, limiter, plugins
 
 LOG_FORMAT = ("%(asctime)s %(levelname)s [%(process)d] %(name)s "
               "request_id=%(request_id)s %(message)s")
@@ -56,8 +56,12 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     http.init_app(app, config)
     auth.init_app(app)
     app.register_blueprint(core.bp)
+    app.register_blueprint(execute.bp)
+    app.register_blueprint(plugins.bp)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
 
     services.plugins.current  # load plugins now, not on the first request
+    services.audit.sweep()  # executions a dead worker left behind are closed on start
+    services.housekeeper.start()
     services.readiness.mark_ready()
     return app

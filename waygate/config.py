@@ -8,6 +8,7 @@ and exit instead of showing a traceback.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -48,6 +49,14 @@ class Config:
     min_free_bytes: int = 64 * 1024 * 1024
     mode: str = "local_vm"
     db_busy_timeout_ms: int = 5000
+    # command engine
+    pool_size: int = 8
+    pool_queue: int = 16
+    batch_max: int = 50
+    audit_retention_days: int = 7
+    housekeeping_interval_s: int = 30
+    # {"PluginName": {"key": value}}: overrides of plugins' default config
+    plugin_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
     @property
     def database_path(self) -> Path:
@@ -97,6 +106,11 @@ class Config:
             raise ConfigError("WAYGATE_MIN_FREE_BYTES: must not be negative")
         if self.db_busy_timeout_ms < 100:
             raise ConfigError("WAYGATE_DB_BUSY_TIMEOUT_MS: must be at least 100")
+        for name, low, high in (("pool_size", 1, 256), ("pool_queue", 0, 10_000),
+                                ("batch_max", 1, 1000), ("audit_retention_days", 1, 3650),
+                                ("housekeeping_interval_s", 0, 86_400)):
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(f"WAYGATE_{name.upper()}: must be from {low} to {high}")
         uri = self.ratelimit_storage_uri
         if uri and not re.match(r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory)://", uri):
             raise ConfigError(
@@ -114,6 +128,14 @@ def _check_rate_limit(name: str, value: str) -> None:
 
 def _parse(name: str, field: str, raw: str) -> Any:
     kind = Config.__dataclass_fields__[field].type
+    if field == "plugin_config":
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name}: not valid JSON ({exc.msg})") from None
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise ConfigError(f'{name}: must be a JSON object like {{"DataProcessor": {{"max_size": 1024}}}}')
+        return value
     if kind == "Path":
         return Path(raw)
     if kind == "tuple[str, ...]":

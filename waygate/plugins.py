@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import logging
 import re
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,14 +70,32 @@ def refresh_entry_points(namespace: str = NAMESPACE) -> None:
     ExtensionManager.ENTRY_POINT_CACHE[namespace] = list(unique.values())
 
 
+def forget_plugin_modules(namespace: str = NAMESPACE) -> None:
+    """Drop the plugins' modules from ``sys.modules`` so the next import reads changed code.
+
+    Objects already handed out (commands running now) keep the old module alive until done.
+    """
+    roots = {ep.module for ep in ExtensionManager.ENTRY_POINT_CACHE.get(namespace, [])}
+    roots |= {ep.module for ep in importlib.metadata.entry_points(group=namespace)}
+    roots = {r for r in roots if not r.startswith("waygate.")}
+    for name in list(sys.modules):
+        if name in roots or any(name.startswith(root + ".") for root in roots):
+            del sys.modules[name]
+
+
 def discover(plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
-             namespace: str = NAMESPACE) -> PluginSet:
-    """Load every plugin in ``namespace`` and validate it; failures are reported, not raised."""
+             namespace: str = NAMESPACE, fresh_modules: bool = False) -> PluginSet:
+    """Load every plugin in ``namespace`` and validate it; failures are reported, not raised.
+
+    ``fresh_modules`` re-imports the plugins' modules (a reload), so changed code is used.
+    """
     plugin_config = plugin_config or {}
     infos: dict[str, PluginInfo] = {}
     commands: dict[str, Command] = {}
     command_plugin: dict[str, str] = {}
     failures: list[PluginInfo] = []
+    if fresh_modules:
+        forget_plugin_modules(namespace)
     refresh_entry_points(namespace)
 
     def on_failure(manager, entry_point, exc):

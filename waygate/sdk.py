@@ -48,7 +48,7 @@ class ExecutionContext:
     command_id: str
     key_name: str | None
     deadline: float  # time.monotonic() value
-    logger: logging.Logger
+    logger: logging.Logger | logging.LoggerAdapter
     client_context: dict[str, Any] = field(default_factory=dict)
     cancel_event: threading.Event = field(default_factory=threading.Event)
 

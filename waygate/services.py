@@ -7,32 +7,70 @@ Everything here is created after fork (inside a worker), never at import time.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 
+from .audit import AuditLog
+from .clock import isoformat
+from .commands import CommandService
 from .config import Config
+from .housekeeping import Housekeeper
 from .keys import KeyStore
 from .lifecycle import Readiness
 from .plugins import PluginSet, discover
+from .pool import CommandPool
 from .storage import Storage
 
 
 class PluginRegistry:
-    """This process's current plugin set; a reload swaps in a new immutable set."""
+    """This process's plugin set, kept in step with the shared plugin generation.
 
-    def __init__(self, loader=discover):
+    A reload bumps the generation in SQLite; every worker compares its own (a per-process
+    cache of the set, checked at most every ``CHECK_INTERVAL`` seconds) and reloads when it
+    is behind, so no worker serves an old set for more than a second after a reload answers.
+    A reload swaps in a new immutable set: commands already running keep theirs.
+    """
+
+    CHECK_INTERVAL = 0.5
+
+    def __init__(self, storage: Storage, plugin_config=None, loader=discover):
+        self._storage = storage
         self._loader = loader
+        self._plugin_config = plugin_config or {}
         self._lock = threading.Lock()
         self._current: PluginSet | None = None
+        self._generation = -1
+        self._checked_at = 0.0
 
     @property
     def current(self) -> PluginSet:
-        if self._current is None:
-            self.reload()
+        now = time.monotonic()
+        if self._current is None or now - self._checked_at > self.CHECK_INTERVAL:
+            self._checked_at = now
+            generation = self._shared_generation()
+            if self._current is None or generation != self._generation:
+                self._load(generation, fresh=self._current is not None)
         return self._current
 
     def reload(self) -> PluginSet:
+        """Reload here and tell every other worker to reload."""
+        with self._storage.write() as conn:
+            generation = conn.execute(
+                "UPDATE plugin_state SET generation = generation + 1, reloaded_at = ? "
+                "WHERE id = 1 RETURNING generation", (isoformat(),)).fetchone()[0]
+        return self._load(generation, fresh=True)
+
+    def _shared_generation(self) -> int:
+        return self._storage.conn.execute(
+            "SELECT generation FROM plugin_state WHERE id = 1").fetchone()[0]
+
+    def _load(self, generation: int, fresh: bool) -> PluginSet:
         with self._lock:
-            self._current = self._loader()
+            if self._current is None or generation != self._generation or fresh:
+                self._current = self._loader(self._plugin_config, fresh_modules=fresh)
+                self._generation = generation
+                self._checked_at = time.monotonic()
             return self._current
 
 
@@ -42,6 +80,9 @@ class Services:
     storage: Storage
     keys: KeyStore
     plugins: PluginRegistry
+    audit: AuditLog
+    commands: CommandService
+    housekeeper: Housekeeper
     readiness: Readiness = field(default_factory=Readiness)
 
     @classmethod
@@ -49,5 +90,9 @@ class Services:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         storage = Storage(config.database_path, busy_timeout_ms=config.db_busy_timeout_ms)
         storage.migrate()
-        return cls(config=config, storage=storage, keys=KeyStore(storage),
-                   plugins=PluginRegistry())
+        plugins = PluginRegistry(storage, config.plugin_config)
+        audit = AuditLog(storage, retention=timedelta(days=config.audit_retention_days))
+        pool = CommandPool(config.pool_size, config.pool_queue)
+        return cls(config=config, storage=storage, keys=KeyStore(storage), plugins=plugins,
+                   audit=audit, commands=CommandService(lambda: plugins.current, pool, audit),
+                   housekeeper=Housekeeper(audit, config.housekeeping_interval_s))

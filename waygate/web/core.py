@@ -36,12 +36,13 @@ def health():
         "filesystem": filesystem_check(svc.config.data_dir, svc.config.min_free_bytes),
         "plugins": plugins_check(lambda: svc.plugins.current.failed),
     })
+    body = {**report.as_dict(), "pool": svc.commands.pool.stats().as_dict()}
     if report.healthy:
-        return jsonify(report.as_dict())
+        return jsonify(body)
     failed = sorted(report.failures)
     return error_response(
         503, "SERVICE_UNAVAILABLE", "health checks failing: " + ", ".join(failed),
-        details={"failed": report.failures}, extra=report.as_dict(),
+        details={"failed": report.failures}, extra=body,
     )
 
 

@@ -1,0 +1,225 @@
+"""The audit log of executions and the per-plugin statistics, both in SQLite.
+
+A finished execution is one write transaction: its audit row and its plugin's running totals
+together, before the caller gets the answer, so no completed command goes unrecorded and the
+statistics add up over every worker. Keys are recorded by name, never the key itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import psutil
+
+from .clock import isoformat, parse_iso, utcnow
+from .storage import Storage
+
+log = logging.getLogger(__name__)
+
+OPEN_STATUSES = ("pending", "running")
+_COLUMNS = ("command_id, action, plugin, key_name, mode, status, duration_ms, error, "
+            "timeout_s, worker_pid, created_at, started_at, finished_at")
+
+
+@dataclass(frozen=True)
+class Execution:
+    command_id: str
+    action: str
+    plugin: str | None
+    key_name: str | None
+    mode: str
+    status: str
+    duration_ms: int | None
+    error: str | None
+    timeout_s: int
+    worker_pid: int | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    result: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "result"}
+
+
+@dataclass(frozen=True)
+class PluginStatistics:
+    calls_total: int = 0
+    errors_total: int = 0
+    avg_duration_ms: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return self.__dict__.copy()
+
+
+class AuditLog:
+    def __init__(self, storage: Storage, retention: timedelta):
+        self.storage = storage
+        self.retention = retention
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def record(self, *, command_id: str, action: str, plugin: str | None, key_name: str | None,
+               mode: str, status: str, duration_ms: int, error: str | None, timeout_s: int,
+               created_at: str, started_at: str | None, result: Any = None,
+               store_result: bool = False) -> None:
+        """Record a finished execution and count it for its plugin, in one transaction."""
+        with self.storage.write() as conn:
+            conn.execute(
+                "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
+                " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
+                " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (command_id, action, plugin, key_name, mode, status, duration_ms, error,
+                 _dump(result) if store_result else None, timeout_s, os.getpid(), created_at,
+                 started_at, isoformat()),
+            )
+            if plugin:
+                self._count(conn, plugin, status, duration_ms)
+
+    def accept(self, *, command_id: str, action: str, plugin: str, key_name: str | None,
+               timeout_s: int, created_at: str) -> None:
+        """Record an async execution as pending, before it is queued."""
+        self.storage.conn.execute(
+            "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
+            " timeout_s, worker_pid, created_at) VALUES (?,?,?,?, 'async', 'pending', ?,?,?)",
+            (command_id, action, plugin, key_name, timeout_s, os.getpid(), created_at),
+        )
+
+    def start(self, command_id: str) -> bool:
+        """Mark a pending execution running; False if it was already closed (e.g. swept)."""
+        cursor = self.storage.conn.execute(
+            "UPDATE executions SET status = 'running', started_at = ? "
+            "WHERE command_id = ? AND status = 'pending'", (isoformat(), command_id))
+        return cursor.rowcount == 1
+
+    def finish(self, command_id: str, *, plugin: str, status: str, duration_ms: int,
+               error: str | None, result: Any = None) -> None:
+        """Close an async execution, unless a sweep closed it first."""
+        with self.storage.write() as conn:
+            cursor = conn.execute(
+                "UPDATE executions SET status = ?, duration_ms = ?, error = ?, result = ?,"
+                " finished_at = ? WHERE command_id = ? AND status IN ('pending', 'running')",
+                (status, duration_ms, error, _dump(result) if status == "success" else None,
+                 isoformat(), command_id),
+            )
+            if cursor.rowcount == 1:
+                self._count(conn, plugin, status, duration_ms)
+
+    @staticmethod
+    def _count(conn, plugin: str, status: str, duration_ms: int) -> None:
+        conn.execute(
+            "INSERT INTO plugin_stats (plugin, calls_total, errors_total, duration_ms_total)"
+            " VALUES (?, 1, ?, ?) ON CONFLICT(plugin) DO UPDATE SET"
+            " calls_total = calls_total + 1,"
+            " errors_total = errors_total + excluded.errors_total,"
+            " duration_ms_total = duration_ms_total + excluded.duration_ms_total",
+            (plugin, 0 if status == "success" else 1, duration_ms),
+        )
+
+    # -- sweeping and pruning ----------------------------------------------------------------
+
+    def fail_open_executions(self, reason: str, worker_pid: int | None = None) -> int:
+        """Close unfinished executions of one worker (or of every worker) as failed."""
+        sql = ("UPDATE executions SET status = 'failed', error = ?, finished_at = ? "
+               "WHERE status IN ('pending', 'running')")
+        args: list[Any] = [reason, isoformat()]
+        if worker_pid is not None:
+            sql += " AND worker_pid = ?"
+            args.append(worker_pid)
+        return self.storage.conn.execute(sql, args).rowcount
+
+    def fail_open_executions_by_id(self, command_id: str, reason: str) -> None:
+        self.storage.conn.execute(
+            "UPDATE executions SET status = 'failed', error = ?, finished_at = ? "
+            "WHERE command_id = ? AND status IN ('pending', 'running')",
+            (reason, isoformat(), command_id))
+
+    def sweep(self, grace_s: float = 5.0) -> int:
+        """Close executions whose worker is gone or whose timeout has long passed."""
+        rows = self.storage.conn.execute(
+            "SELECT command_id, worker_pid, created_at, timeout_s FROM executions "
+            "WHERE status IN ('pending', 'running')").fetchall()
+        closed = 0
+        now = utcnow()
+        for row in rows:
+            pid = row["worker_pid"]
+            expired = (now - parse_iso(row["created_at"])).total_seconds() > row["timeout_s"] + grace_s
+            if pid is not None and not psutil.pid_exists(pid):
+                reason = f"the worker (pid {pid}) running this command exited"
+                status = "failed"
+            elif expired:
+                reason = f"command exceeded its timeout of {row['timeout_s']} s"
+                status = "timeout"
+            else:
+                continue
+            closed += self.storage.conn.execute(
+                "UPDATE executions SET status = ?, error = ?, finished_at = ? "
+                "WHERE command_id = ? AND status IN ('pending', 'running')",
+                (status, reason, isoformat(), row["command_id"])).rowcount
+        return closed
+
+    def prune(self, batch: int = 500, pause_s: float = 0.01) -> int:
+        """Delete rows older than the retention, in small batches so writers never stall."""
+        cutoff = isoformat(utcnow() - self.retention)
+        deleted = 0
+        while True:
+            n = self.storage.conn.execute(
+                "DELETE FROM executions WHERE rowid IN (SELECT rowid FROM executions "
+                "WHERE created_at < ? AND status NOT IN ('pending', 'running') LIMIT ?)",
+                (cutoff, batch)).rowcount
+            deleted += n
+            if n < batch:
+                return deleted
+            time.sleep(pause_s)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, command_id: str) -> Execution | None:
+        row = self.storage.conn.execute(
+            f"SELECT {_COLUMNS}, result FROM executions WHERE command_id = ?",
+            (command_id,)).fetchone()
+        if row is None:
+            return None
+        data = dict(row)
+        data["result"] = json.loads(data["result"]) if data["result"] is not None else None
+        return Execution(**data)
+
+    def query(self, *, action: str | None = None, status: str | None = None,
+              since: str | None = None, offset: int = 0, limit: int = 10
+              ) -> tuple[list[Execution], int]:
+        where, args = [], []
+        for column, value in (("action", action), ("status", status)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since:
+            where.append("created_at >= ?")
+            args.append(since)
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        conn = self.storage.conn
+        total = conn.execute(f"SELECT count(*) FROM executions{clause}", args).fetchone()[0]
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM executions{clause} "
+            "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?",
+            [*args, limit, offset]).fetchall()
+        return [Execution(**dict(r)) for r in rows], total
+
+    def statistics(self, plugin: str) -> PluginStatistics:
+        row = self.storage.conn.execute(
+            "SELECT calls_total, errors_total, duration_ms_total FROM plugin_stats "
+            "WHERE plugin = ?", (plugin,)).fetchone()
+        if row is None or not row["calls_total"]:
+            return PluginStatistics()
+        return PluginStatistics(row["calls_total"], row["errors_total"],
+                                round(row["duration_ms_total"] / row["calls_total"]))
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, default=str, separators=(",", ":"))
+

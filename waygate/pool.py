@@ -1,0 +1,91 @@
+"""The bounded command pool of one worker process.
+
+Python threads cannot be killed, so a handler that ignores its cancellation flag keeps its
+thread. The pool therefore counts threads in use and admits at most ``size + queue_size``
+commands; beyond that :meth:`CommandPool.submit` refuses at once instead of queueing without
+bound. Threads are daemons: a stuck handler never holds up the process's exit (gunicorn's
+graceful shutdown), unlike ``ThreadPoolExecutor``, whose exit hook joins every thread.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+
+class PoolFull(Exception):
+    """Every thread is busy and the queue is full."""
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    size: int
+    queue_size: int
+    in_use: int
+    queued: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"size": self.size, "queue_size": self.queue_size,
+                "in_use": self.in_use, "queued": self.queued,
+                "available": max(0, self.size + self.queue_size - self.in_use - self.queued)}
+
+
+class CommandPool:
+    def __init__(self, size: int, queue_size: int):
+        self.size = size
+        self.queue_size = queue_size
+        self._pid: int | None = None
+
+    def _ensure_started(self) -> None:
+        # Threads, locks and queues are made in the process that uses them (after fork).
+        if self._pid == os.getpid():
+            return
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(self.size + self.queue_size)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._in_use = 0
+        self._queued = 0
+        for n in range(self.size):
+            threading.Thread(target=self._work, name=f"waygate-command-{n}", daemon=True).start()
+        self._pid = os.getpid()
+
+    def submit(self, fn: Callable[[], Any], wait: float = 0.0) -> Future:
+        """Queue ``fn``; waits up to ``wait`` seconds for room, then raises PoolFull."""
+        self._ensure_started()
+        acquired = (self._slots.acquire(timeout=wait) if wait > 0
+                    else self._slots.acquire(blocking=False))
+        if not acquired:
+            raise PoolFull()
+        future: Future = Future()
+        with self._lock:
+            self._queued += 1
+        self._queue.put((future, fn))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn = self._queue.get()
+            with self._lock:
+                self._queued -= 1
+                self._in_use += 1
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        future.set_result(fn())
+                    except BaseException as exc:  # handed to whoever waits on the future
+                        future.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._in_use -= 1
+                self._slots.release()
+
+    def stats(self) -> PoolStats:
+        if self._pid != os.getpid():
+            return PoolStats(self.size, self.queue_size, 0, 0)
+        with self._lock:
+            return PoolStats(self.size, self.queue_size, self._in_use, self._queued)

@@ -1,0 +1,69 @@
+"""Pagination (spec section 6): ``page`` and ``limit`` in, X-Total-Count, X-Page-Count and
+Link (next, prev, first, last) out. Used by every list endpoint."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Response, request
+
+from ..errors import InvalidRequest
+
+MAX_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class Page:
+    number: int
+    limit: int
+
+    @property
+    def offset(self) -> int:
+        return (self.number - 1) * self.limit
+
+    def slice(self, items: Sequence[Any]) -> Sequence[Any]:
+        return items[self.offset:self.offset + self.limit]
+
+
+def _integer(name: str, default: int, low: int, high: int | None) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise InvalidRequest(f"query parameter {name!r} must be an integer {bound}",
+                             {"parameter": name, "value": raw[:100]})
+    return value
+
+
+def requested_page(default_limit: int = 10) -> Page:
+    return Page(number=_integer("page", 1, 1, 1_000_000),
+                limit=_integer("limit", default_limit, 1, MAX_LIMIT))
+
+
+def add_headers(response: Response, page: Page, total: int) -> Response:
+    pages = max(1, math.ceil(total / page.limit))
+    response.headers["X-Total-Count"] = str(total)
+    response.headers["X-Page-Count"] = str(pages)
+    links = {"first": 1, "last": pages}
+    if page.number < pages:
+        links["next"] = page.number + 1
+    if page.number > 1:
+        links["prev"] = min(page.number - 1, pages)
+    response.headers["Link"] = ", ".join(
+        f'<{_url(number, page.limit)}>; rel="{rel}"' for rel, number in links.items())
+    return response
+
+
+def _url(number: int, limit: int) -> str:
+    args = request.args.to_dict()
+    args.update(page=str(number), limit=str(limit))
+    return f"{request.base_url}?{urlencode(args)}"

@@ -1,0 +1,60 @@
+"""Plugin endpoints (spec 2.3): list, inspect with statistics, reload."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, jsonify
+
+from ..errors import NotFound
+from ..plugins import PluginInfo
+from . import services
+from .auth import admin_required, key_required
+from .pagination import add_headers, requested_page
+
+bp = Blueprint("plugins", __name__)
+
+
+def _describe(info: PluginInfo) -> dict:
+    body = {"name": info.name, "version": info.version, "description": info.description,
+            "author": info.author, "status": info.status,
+            "capabilities": list(info.capabilities), "config": dict(info.config),
+            "commands": list(info.commands)}
+    if info.error:
+        body["error"] = info.error
+    return body
+
+
+@bp.get("/plugins")
+@key_required
+def list_plugins():
+    infos = list(services().plugins.current.plugins.values())
+    page = requested_page()
+    response = jsonify({"plugins": [_describe(i) for i in page.slice(infos)], "total": len(infos)})
+    return add_headers(response, page, len(infos))
+
+
+@bp.get("/plugins/<plugin_name>")
+@key_required
+def get_plugin(plugin_name: str):
+    info = services().plugins.current.plugins.get(plugin_name)
+    if info is None:
+        raise NotFound(f"no plugin named {plugin_name[:100]!r}",
+                       {"available": sorted(services().plugins.current.plugins)})
+    body = _describe(info)
+    body["statistics"] = services().audit.statistics(info.name).as_dict()
+    return jsonify(body)
+
+
+@bp.post("/plugins/reload")
+@admin_required
+def reload_plugins():
+    started = time.monotonic()
+    plugins = services().plugins.reload()
+    return jsonify({
+        "status": "plugins_reloaded",
+        "count": len(plugins.loaded),
+        "loaded": plugins.loaded,
+        "failed": [{"name": p.name, "error": p.error} for p in plugins.failed],
+        "duration_ms": int((time.monotonic() - started) * 1000),
+    })
