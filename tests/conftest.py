@@ -38,6 +38,44 @@ def config(data_dir) -> Config:
     return Config(data_dir=data_dir)
 
 
+class PluginDist:
+    """A distribution made on disk (a dist-info folder with entry points) on ``sys.path``:
+    Waygate finds its plugins exactly as it finds an installed package's."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.root.mkdir(exist_ok=True)
+        self.entry_points: dict[str, str] = {}
+
+    def register(self, name: str, target: str) -> None:
+        self.entry_points[name] = target
+        self._write()
+
+    def unregister(self, name: str) -> None:
+        self.entry_points.pop(name, None)
+        self._write()
+
+    def write_module(self, module: str, source: str) -> None:
+        (self.root / f"{module}.py").write_text(source)
+
+    def _write(self) -> None:
+        info = self.root / "waygate_test_plugins-0.1.dist-info"
+        info.mkdir(exist_ok=True)
+        (info / "METADATA").write_text(
+            "Metadata-Version: 2.1\nName: waygate-test-plugins\nVersion: 0.1\n")
+        lines = "".join(f"{n} = {t}\n" for n, t in self.entry_points.items())
+        (info / "entry_points.txt").write_text(f"[waygate.plugins]\n{lines}")
+        time.sleep(0.01)  # let the folder's mtime move, as importlib's path cache keys on it
+
+
+@pytest.fixture
+def plugin_dist(tmp_path, monkeypatch) -> PluginDist:
+    dist = PluginDist(tmp_path / "site")
+    dist.register("Testing", "tests.plugin_fixtures:TestingPlugin")
+    monkeypatch.syspath_prepend(str(dist.root))
+    return dist
+
+
 @pytest.fixture
 def make_app(data_dir):
     """Build an app with config overrides: ``make_app(rate_limit_health="2/minute")``."""
@@ -51,6 +89,12 @@ def make_app(data_dir):
 @pytest.fixture
 def app(make_app):
     return make_app()
+
+
+@pytest.fixture
+def app_services_of():
+    """The Services behind a test client."""
+    return lambda client: client.application.extensions["waygate"]
 
 
 @pytest.fixture

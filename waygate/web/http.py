@@ -15,6 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..config import Config
 from ..errors import InvalidRequest
+from .limiter import LIMITER_RETRY_AFTER
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming id is echoed only if it is short and plain: no CR/LF, spaces or quotes.
@@ -98,9 +99,9 @@ def _finish(response: Response) -> Response:
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     response.headers.setdefault("Cache-Control", "no-store")
-    if response.status_code not in (429, 503):
-        # flask-limiter sets Retry-After on every limited response; it means "wait" only here.
-        response.headers.pop("Retry-After", None)
+    limiter_retry_after = response.headers.pop(LIMITER_RETRY_AFTER, None)
+    if response.status_code == 429 and limiter_retry_after is not None:
+        response.headers["Retry-After"] = limiter_retry_after
     if request.is_secure:
         response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
     return response

@@ -19,6 +19,7 @@ from ..config import Config
 log = logging.getLogger("waygate.limits")
 
 LIMIT_GROUPS = ("execute", "health", "metrics")
+LIMITER_RETRY_AFTER = "X-Waygate-Limiter-Retry-After"
 
 
 def limit_group(group: str) -> Callable:
@@ -44,6 +45,10 @@ def build(app: Flask, config: Config) -> Limiter:
         RATELIMIT_SWALLOW_ERRORS=config.ratelimit_fail_open,
         RATELIMIT_STRATEGY="fixed-window",
         RATELIMIT_KEY_PREFIX="waygate",
+        # flask-limiter would put its window's Retry-After on every response, overriding a
+        # 503's own; it writes to this internal header instead, which http.py turns into
+        # Retry-After on a 429 only and never sends.
+        RATELIMIT_HEADER_RETRY_AFTER=LIMITER_RETRY_AFTER,
     )
     limiter = Limiter(
         key_func=caller_identity,

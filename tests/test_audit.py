@@ -1,0 +1,101 @@
+"""The audit log: every execution recorded, listed for admins, filtered, paginated, pruned."""
+
+import sqlite3
+from datetime import timedelta
+
+import pytest
+
+from waygate.clock import isoformat, utcnow
+from tests.test_http import assert_envelope
+
+
+@pytest.fixture
+def client(plugin_dist, make_app):
+    return make_app().test_client()
+
+
+def run(client, keys, body, role="user"):
+    return client.post("/mcp/execute", json=body, headers=keys.headers(role))
+
+
+def rows(data_dir):
+    conn = sqlite3.connect(data_dir / "waygate.db")
+    conn.row_factory = sqlite3.Row
+    return [dict(r) for r in conn.execute("SELECT * FROM executions ORDER BY created_at")]
+
+
+def test_every_kind_of_execution_is_recorded_with_the_key_name(client, keys, data_dir):
+    run(client, keys, {"action": "echo", "params": {"message": "a"}})
+    run(client, keys, {"action": "boom"})
+    run(client, keys, [{"action": "test"}, {"action": "test"}])
+    run(client, keys, {"action": "sleep", "params": {"seconds": 2}, "timeout": 1})
+    recorded = rows(data_dir)
+    assert [(r["action"], r["mode"], r["status"]) for r in recorded] == [
+        ("echo", "sync", "success"), ("boom", "sync", "failed"),
+        ("test", "batch", "success"), ("test", "batch", "success"),
+        ("sleep", "sync", "timeout")]
+    assert {r["key_name"] for r in recorded} == {"ops-user"}
+    assert recorded[1]["error"] == "kaboom" and recorded[1]["plugin"] == "Testing"
+    assert all(r["duration_ms"] is not None and r["finished_at"] for r in recorded)
+
+
+def test_the_key_itself_is_never_stored(client, keys, data_dir):
+    run(client, keys, {"action": "echo", "params": {"message": "a"}})
+    for path in data_dir.iterdir():
+        if path.is_file():
+            assert keys.user.encode() not in path.read_bytes(), path.name
+
+
+def test_executions_list_is_admin_only(client, keys):
+    assert_envelope(client.get("/mcp/executions", headers=keys.headers("user")), 403, "FORBIDDEN")
+    assert_envelope(client.get("/mcp/executions"), 401, "UNAUTHORIZED")
+
+
+def test_executions_are_listed_newest_first_with_filters(client, keys):
+    run(client, keys, {"action": "echo", "params": {"message": "a"}})
+    run(client, keys, {"action": "boom"})
+    run(client, keys, {"action": "test"})
+    admin = keys.headers("admin")
+    body = client.get("/mcp/executions", headers=admin).get_json()
+    assert [e["action"] for e in body["executions"]] == ["test", "boom", "echo"]
+    assert body["total"] == 3
+    assert set(body["executions"][0]) >= {"command_id", "action", "plugin", "key_name", "status",
+                                          "duration_ms", "error", "created_at", "finished_at"}
+    failed = client.get("/mcp/executions?status=failed", headers=admin).get_json()
+    assert [e["action"] for e in failed["executions"]] == ["boom"]
+    echo = client.get("/mcp/executions?action=echo", headers=admin).get_json()
+    assert echo["total"] == 1
+    future = isoformat(utcnow() + timedelta(hours=1))
+    assert client.get(f"/mcp/executions?since={future}", headers=admin).get_json()["total"] == 0
+
+
+def test_executions_are_paginated_with_link_headers(client, keys):
+    for i in range(5):
+        run(client, keys, {"action": "echo", "params": {"message": str(i)}})
+    response = client.get("/mcp/executions?limit=2&page=2", headers=keys.headers("admin"))
+    assert len(response.get_json()["executions"]) == 2
+    assert response.headers["X-Total-Count"] == "5"
+    assert response.headers["X-Page-Count"] == "3"
+    link = response.headers["Link"]
+    for rel, page in (("first", 1), ("last", 3), ("next", 3), ("prev", 1)):
+        assert f'page={page}>; rel="{rel}"' in link
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=101", "page=0", "page=x", "since=yesterday",
+                                   "status=exploded"])
+def test_bad_list_parameters_are_400(client, keys, query):
+    assert_envelope(client.get(f"/mcp/executions?{query}", headers=keys.headers("admin")),
+                    400, "INVALID_REQUEST")
+
+
+def test_retention_prunes_old_rows_only(client, keys, data_dir, app_services_of):
+    run(client, keys, {"action": "test"})
+    audit = app_services_of(client).audit
+    old = isoformat(utcnow() - timedelta(days=8))
+    with audit.storage.write() as conn:
+        for i in range(1200):
+            conn.execute("INSERT INTO executions (command_id, action, mode, status, timeout_s,"
+                         " created_at) VALUES (?, 'test', 'sync', 'success', 30, ?)",
+                         (f"cmd_old_{i}", old))
+    assert audit.prune(batch=500) == 1200
+    assert [r["action"] for r in rows(data_dir)] == ["test"]
