@@ -15,7 +15,7 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed setup.cfg
+$(VENV)/.installed-test: $(VENV)/.installed setup.cfg scripts/install-system-tools
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	bash scripts/install-system-tools
 	touch $@

@@ -8,6 +8,7 @@ This file is re-read on SIGHUP, so it does no work at import: the master's one-t
 import os
 import signal
 import sys
+import threading
 
 bind = "127.0.0.1:8000"
 # Workers from the core count, as gunicorn recommends for request handling that mixes CPU
@@ -38,6 +39,7 @@ def on_starting(server):
     from waygate.audit import AuditLog
     from waygate.config import Config, ConfigError
     from waygate.lifecycle import mark_service_start
+    from waygate.metrics import prepare_multiprocess_dir
     from waygate.storage import Storage
 
     try:
@@ -52,6 +54,9 @@ def on_starting(server):
     AuditLog(storage, retention=None).fail_open_executions(
         "the service restarted while this command ran")
     storage.close()
+    # Before any worker imports prometheus_client: every worker then writes its metrics to
+    # files here and any worker's /metrics adds them all up. Emptied at every master start.
+    prepare_multiprocess_dir(config.data_dir / "prometheus")
     mark_service_start()
 
 
@@ -59,8 +64,10 @@ def child_exit(server, worker):
     """A worker is gone (any cause, SIGKILL included): its unfinished async commands fail."""
     from waygate.audit import AuditLog
     from waygate.config import Config
+    from waygate.metrics import mark_worker_dead
     from waygate.storage import Storage
 
+    mark_worker_dead(worker.pid)
     storage = Storage(Config.from_env().database_path)
     try:
         closed = AuditLog(storage, retention=None).fail_open_executions(
@@ -72,13 +79,26 @@ def child_exit(server, worker):
 
 
 def post_worker_init(worker):
-    """Turn /ready to 503 as soon as this worker is told to stop (SIGTERM), then drain."""
-    stop = signal.getsignal(signal.SIGTERM)
+    """Tell the app how it is served, and turn /ready to 503 as soon as the worker is told to
+    stop (SIGTERM). With WAYGATE_DRAIN_SECONDS the worker keeps accepting for that long while
+    /ready says 503, so a load balancer stops sending traffic before the listener closes."""
+    from waygate.diagnostics import ServerInfo
+
     services = worker.wsgi.extensions["waygate"]
+    cfg = worker.cfg
+    services.server_info = ServerInfo(
+        binds=tuple(cfg.bind), workers=cfg.workers, threads=cfg.threads,
+        worker_connections=cfg.worker_connections, master_pid=worker.ppid)
+    stop = signal.getsignal(signal.SIGTERM)
+    drain_seconds = services.config.drain_seconds
 
     def drain_then_stop(signum, frame):
         services.readiness.begin_draining()
-        if callable(stop):
+        if not callable(stop):
+            return
+        if drain_seconds:
+            threading.Timer(drain_seconds, stop, args=(signum, None)).start()
+        else:
             stop(signum, frame)
 
     signal.signal(signal.SIGTERM, drain_then_stop)

@@ -10,7 +10,9 @@ from flask import Flask
 from .config import Config, log_level_number
 from .lifecycle import service_started_at
 from .services import Services
-from .web import auth, core, envelope, execute, http, limiter, plugins
+from .web import auth, core, diagnostics, envelope, execute, http, limiter, plugins
+from .web import metrics as web_metrics
+from .web import versioning
 
 LOG_FORMAT = ("%(asctime)s %(levelname)s [%(process)d] %(name)s "
               "request_id=%(request_id)s %(message)s")
@@ -53,11 +55,15 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.json.sort_keys = False
     app.extensions["waygate"] = services
     envelope.init_app(app)
+    envelope.install_error_persistence(app)
+    web_metrics.init_app(app)  # first: its timer starts before any other hook runs
+    versioning.init_app(app, config)  # before http: ProxyFix must wrap the version prefix
     http.init_app(app, config)
     auth.init_app(app)
     app.register_blueprint(core.bp)
     app.register_blueprint(execute.bp)
     app.register_blueprint(plugins.bp)
+    app.register_blueprint(diagnostics.bp)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
 
     services.plugins.current  # load plugins now, not on the first request

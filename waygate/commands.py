@@ -73,10 +73,12 @@ class Caller:
 
 
 class CommandService:
-    def __init__(self, plugins: Callable[[], PluginSet], pool: CommandPool, audit: AuditLog):
+    def __init__(self, plugins: Callable[[], PluginSet], pool: CommandPool, audit: AuditLog,
+                 observe: Callable[[str, str, int], None] | None = None):
         self._plugins = plugins
         self.pool = pool
         self.audit = audit
+        self._observe = observe  # (action, status, duration_ms) of every finished execution
 
     # -- validation ----------------------------------------------------------------------------
 
@@ -185,6 +187,8 @@ class CommandService:
             outcome = self._settle(inv, ctx, started, lambda: self._invoke(inv, ctx))
             if outcome.status == "success" and outcome.duration_ms > inv.timeout * 1000:
                 outcome = _timed_out(inv, started)
+            if self._observe is not None:
+                self._observe(inv.action, outcome.status, outcome.duration_ms)
             self.audit.finish(inv.command_id, plugin=inv.plugin, status=outcome.status,
                               duration_ms=outcome.duration_ms, error=outcome.error,
                               result=outcome.result)
@@ -255,6 +259,8 @@ class CommandService:
 
     def _record(self, inv: Invocation, caller: Caller, mode: str, outcome: Outcome,
                 created: str) -> None:
+        if self._observe is not None:
+            self._observe(inv.action, outcome.status, outcome.duration_ms)
         self.audit.record(command_id=inv.command_id, action=inv.action, plugin=inv.plugin,
                           key_name=caller.key_name, mode=mode, status=outcome.status,
                           duration_ms=outcome.duration_ms, error=outcome.error,

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,10 @@ class Config:
     batch_max: int = 50
     audit_retention_days: int = 7
     housekeeping_interval_s: int = 30
+    # seconds a worker keeps serving (with /ready at 503) after SIGTERM before it stops
+    drain_seconds: int = 0
+    # ?version=2 is deprecated (spec section 7); the date it stops working (RFC 8594 Sunset)
+    version_param_sunset: str = "2027-07-01"
     # {"PluginName": {"key": value}}: overrides of plugins' default config
     plugin_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 
@@ -108,9 +113,14 @@ class Config:
             raise ConfigError("WAYGATE_DB_BUSY_TIMEOUT_MS: must be at least 100")
         for name, low, high in (("pool_size", 1, 256), ("pool_queue", 0, 10_000),
                                 ("batch_max", 1, 1000), ("audit_retention_days", 1, 3650),
-                                ("housekeeping_interval_s", 0, 86_400)):
+                                ("housekeeping_interval_s", 0, 86_400),
+                                ("drain_seconds", 0, 300)):
             if not low <= getattr(self, name) <= high:
                 raise ConfigError(f"WAYGATE_{name.upper()}: must be from {low} to {high}")
+        try:
+            date.fromisoformat(self.version_param_sunset)
+        except ValueError:
+            raise ConfigError("WAYGATE_VERSION_PARAM_SUNSET: must be a date like 2027-07-01") from None
         uri = self.ratelimit_storage_uri
         if uri and not re.match(r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory)://", uri):
             raise ConfigError(

@@ -36,9 +36,11 @@ class PoolStats:
 
 
 class CommandPool:
-    def __init__(self, size: int, queue_size: int):
+    def __init__(self, size: int, queue_size: int,
+                 on_change: Callable[[int, int], None] | None = None):
         self.size = size
         self.queue_size = queue_size
+        self._on_change = on_change  # (in_use, queued) after every change, e.g. for gauges
         self._pid: int | None = None
 
     def _ensure_started(self) -> None:
@@ -64,8 +66,13 @@ class CommandPool:
         future: Future = Future()
         with self._lock:
             self._queued += 1
+        self._changed()
         self._queue.put((future, fn))
         return future
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self._in_use, self._queued)
 
     def _work(self) -> None:
         while True:
@@ -73,6 +80,7 @@ class CommandPool:
             with self._lock:
                 self._queued -= 1
                 self._in_use += 1
+            self._changed()
             try:
                 if future.set_running_or_notify_cancel():
                     try:
@@ -83,6 +91,7 @@ class CommandPool:
                 with self._lock:
                     self._in_use -= 1
                 self._slots.release()
+                self._changed()
 
     def stats(self) -> PoolStats:
         if self._pid != os.getpid():

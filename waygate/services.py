@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -15,9 +16,13 @@ from .audit import AuditLog
 from .clock import isoformat
 from .commands import CommandService
 from .config import Config
+from .diagnostics import ServerInfo
+from .errorlog import ErrorLog
 from .housekeeping import Housekeeper
 from .keys import KeyStore
+from .latency import LatencyWindow
 from .lifecycle import Readiness
+from .metrics import metrics
 from .plugins import PluginSet, discover
 from .pool import CommandPool
 from .storage import Storage
@@ -34,9 +39,11 @@ class PluginRegistry:
 
     CHECK_INTERVAL = 0.5
 
-    def __init__(self, storage: Storage, plugin_config=None, loader=discover):
+    def __init__(self, storage: Storage, plugin_config=None, loader=discover,
+                 on_load: Callable[[PluginSet], None] | None = None):
         self._storage = storage
         self._loader = loader
+        self._on_load = on_load
         self._plugin_config = plugin_config or {}
         self._lock = threading.Lock()
         self._current: PluginSet | None = None
@@ -71,6 +78,8 @@ class PluginRegistry:
                 self._current = self._loader(self._plugin_config, fresh_modules=fresh)
                 self._generation = generation
                 self._checked_at = time.monotonic()
+                if self._on_load is not None:
+                    self._on_load(self._current)
             return self._current
 
 
@@ -83,16 +92,24 @@ class Services:
     audit: AuditLog
     commands: CommandService
     housekeeper: Housekeeper
+    errors: ErrorLog
+    latency: LatencyWindow
     readiness: Readiness = field(default_factory=Readiness)
+    server_info: ServerInfo = field(default_factory=ServerInfo)
 
     @classmethod
     def build(cls, config: Config) -> Services:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         storage = Storage(config.database_path, busy_timeout_ms=config.db_busy_timeout_ms)
         storage.migrate()
-        plugins = PluginRegistry(storage, config.plugin_config)
+        plugins = PluginRegistry(storage, config.plugin_config,
+                                 on_load=lambda s: metrics().plugins_loaded.set(len(s.loaded)))
         audit = AuditLog(storage, retention=timedelta(days=config.audit_retention_days))
-        pool = CommandPool(config.pool_size, config.pool_queue)
+        pool = CommandPool(config.pool_size, config.pool_queue,
+                           on_change=metrics().observe_pool)
+        commands = CommandService(lambda: plugins.current, pool, audit,
+                                  observe=metrics().observe_command)
         return cls(config=config, storage=storage, keys=KeyStore(storage), plugins=plugins,
-                   audit=audit, commands=CommandService(lambda: plugins.current, pool, audit),
-                   housekeeper=Housekeeper(audit, config.housekeeping_interval_s))
+                   audit=audit, commands=commands,
+                   housekeeper=Housekeeper(audit, config.housekeeping_interval_s),
+                   errors=ErrorLog(storage), latency=LatencyWindow(config.data_dir / "latency"))

@@ -8,13 +8,16 @@ carry a stack trace or a server path; unexpected exceptions are logged with the 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Response, current_app, g, has_request_context, jsonify, request
+from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
 
+from .. import errorlog
 from ..clock import isoformat
-from ..errors import WaygateError, code_for_status
+from ..errors import ServiceUnavailable, WaygateError, code_for_status
 
 log = logging.getLogger("waygate.errors")
 
@@ -42,6 +45,7 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
                    headers: dict[str, str] | None = None,
                    extra: dict[str, Any] | None = None) -> Response:
     """The envelope as a response; ``extra`` adds top-level fields (e.g. /health's report)."""
+    g.error_code, g.error_message = code, message
     body = {**(extra or {}), **error_body(code, message, details)}
     response = jsonify(body)
     response.status_code = status
@@ -54,7 +58,7 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
 
 def _from_domain(exc: WaygateError) -> Response:
     if exc.status >= 500:
-        log.error("%s: %s", exc.code, exc.message)
+        log.error("%s: %s", exc.code, exc.message, extra={"error_code": exc.code})
     return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
 
 
@@ -64,7 +68,7 @@ def _from_http(exc: HTTPException) -> Response:
     details: dict[str, Any] = {}
     message = _HTTP_MESSAGES.get(status) or (exc.description or exc.name)
     if status == 404:
-        details = {"path": request.path}
+        details = {"path": (request.script_root + request.path)[:200]}
     elif status == 405:
         details = {"method": request.method, "allowed": sorted(getattr(exc, "valid_methods", None) or [])}
     elif status == 413:
@@ -75,7 +79,8 @@ def _from_http(exc: HTTPException) -> Response:
         limit = getattr(exc, "limit", None)
         message = f"rate limit exceeded: {limit.limit}" if limit is not None else "rate limit exceeded"
     elif status >= 500:
-        log.error("HTTP %s: %s", status, exc.description)
+        log.error("HTTP %s: %s", status, exc.description,
+                  extra={"error_code": code_for_status(status)})
         message = "internal error"
     return error_response(status, code_for_status(status), message, details, headers)
 
@@ -86,7 +91,61 @@ def _from_unexpected(exc: Exception) -> Response:
                           "internal error; quote the request_id when reporting it")
 
 
+def request_context() -> dict[str, Any]:
+    """What an error record may say about the request: never headers, keys or bodies."""
+    if not has_request_context():
+        return {}
+    return {"request_id": g.get("request_id"), "method": request.method,
+            "endpoint": request.url_rule.rule if request.url_rule else None,
+            "path": request.path[:200]}
+
+
+class PersistingHandler(errorlog.PersistingHandler):
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        if has_request_context():
+            g.error_persisted = True
+
+
+def _persist_unlogged_5xx(response: Response) -> Response:
+    """Every 5xx answer reaches the error log, also those no ERROR record announced."""
+    if response.status_code >= 500 and not g.get("error_persisted"):
+        context = request_context()
+        code = g.get("error_code") or code_for_status(response.status_code)
+        message = g.get("error_message") or f"answered {response.status_code}"
+        if response.is_json and isinstance(response.get_json(silent=True), dict):
+            command_error = response.get_json().get("error")
+            if isinstance(command_error, str):  # an MCPResponse of a failed command
+                message = f"command {response.get_json().get('command_id')} failed: {command_error}"
+        try:
+            current_app.extensions["waygate"].errors.record(
+                level="ERROR", code=code, message=message, context=context,
+                request_id=context.pop("request_id", None))
+        except sqlite3.Error as exc:  # the answer stands even when the log cannot be written
+            log.warning("could not persist a %s answer: %s", response.status_code, exc)
+    return response
+
+
+def install_error_persistence(app: Flask) -> None:
+    """Persist ERROR records of Waygate's and flask-limiter's loggers (one handler per process,
+    pointing at the newest app's error log)."""
+    handler = PersistingHandler(app.extensions["waygate"].errors, context_of=lambda r: request_context())
+    for name in ("waygate", "flask-limiter"):
+        logger = logging.getLogger(name)
+        for old in [h for h in logger.handlers if isinstance(h, errorlog.PersistingHandler)]:
+            logger.removeHandler(old)
+        logger.addHandler(handler)
+    app.after_request(_persist_unlogged_5xx)
+
+
+def _from_limit_storage(exc: StorageError) -> Response:
+    # Only reached when rate limits fail closed (WAYGATE_RATELIMIT_FAIL_OPEN=false).
+    return _from_domain(ServiceUnavailable("rate-limit storage unavailable; try again shortly",
+                                           headers={"Retry-After": "5"}))
+
+
 def init_app(app: Flask) -> None:
+    app.register_error_handler(StorageError, _from_limit_storage)
     app.register_error_handler(WaygateError, _from_domain)
     app.register_error_handler(HTTPException, _from_http)
     app.register_error_handler(Exception, _from_unexpected)

@@ -45,6 +45,8 @@ def build(app: Flask, config: Config) -> Limiter:
         RATELIMIT_SWALLOW_ERRORS=config.ratelimit_fail_open,
         RATELIMIT_STRATEGY="fixed-window",
         RATELIMIT_KEY_PREFIX="waygate",
+        # storage failures arrive as limits.errors.StorageError, whatever the backend
+        RATELIMIT_STORAGE_OPTIONS={"wrap_exceptions": True},
         # flask-limiter would put its window's Retry-After on every response, overriding a
         # 503's own; it writes to this internal header instead, which http.py turns into
         # Retry-After on a 429 only and never sends.

@@ -1,0 +1,92 @@
+"""The persisted error log behind /diagnostics/errors, shared by every worker.
+
+A logging handler stores each ERROR (and worse) record of Waygate's loggers; the web layer
+also stores each 5xx answer that no log record covered. Rows carry a code, a message and a
+small context (request id, method, route, command id): never headers, keys or bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from .clock import isoformat, utcnow
+from .storage import Storage
+
+MAX_MESSAGE = 2000
+
+
+@dataclass(frozen=True)
+class ErrorRecord:
+    timestamp: str
+    level: str
+    code: str
+    message: str
+    context: dict[str, Any]
+    request_id: str | None
+    worker_pid: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+class ErrorLog:
+    def __init__(self, storage: Storage):
+        self.storage = storage
+
+    def record(self, *, level: str, code: str, message: str, context: dict | None = None,
+               request_id: str | None = None) -> None:
+        self.storage.conn.execute(
+            "INSERT INTO errors (timestamp, level, code, message, context, request_id, worker_pid)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (isoformat(), level, code, message[:MAX_MESSAGE],
+             json.dumps(context or {}, default=str), request_id, os.getpid()))
+
+    def query(self, *, since: str | None, offset: int, limit: int) -> tuple[list[ErrorRecord], int]:
+        where, args = ("WHERE timestamp >= ?", [since]) if since else ("", [])
+        conn = self.storage.conn
+        total = conn.execute(f"SELECT count(*) FROM errors {where}", args).fetchone()[0]
+        rows = conn.execute(
+            "SELECT timestamp, level, code, message, context, request_id, worker_pid FROM errors "
+            f"{where} ORDER BY timestamp DESC, id DESC LIMIT ? OFFSET ?",
+            [*args, limit, offset]).fetchall()
+        return [ErrorRecord(**{**dict(r), "context": json.loads(r["context"])}) for r in rows], total
+
+    def prune(self, older_than: timedelta) -> int:
+        return self.storage.conn.execute(
+            "DELETE FROM errors WHERE timestamp < ?", (isoformat(utcnow() - older_than),)).rowcount
+
+
+class PersistingHandler(logging.Handler):
+    """Stores ERROR records in the error log. A failure to store is never re-logged here
+    (that could loop); it goes to stderr through logging's own handleError."""
+
+    def __init__(self, errors: ErrorLog, context_of=None):
+        super().__init__(level=logging.ERROR)
+        self.errors = errors
+        self._context_of = context_of or (lambda record: {})
+        self._busy = threading.local()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self._busy, "active", False):
+            return
+        self._busy.active = True
+        try:
+            context = {"logger": record.name, **self._context_of(record)}
+            context.update(getattr(record, "error_context", None) or {})
+            if record.exc_info and record.exc_info[0] is not None:
+                context["exception"] = record.exc_info[0].__name__
+            self.errors.record(
+                level=record.levelname, code=getattr(record, "error_code", "INTERNAL_ERROR"),
+                message=record.getMessage(), context=context,
+                request_id=getattr(record, "request_id", None) or context.pop("request_id", None))
+        except sqlite3.Error:
+            self.handleError(record)
+        finally:
+            self._busy.active = False

@@ -1,0 +1,115 @@
+"""Prometheus metrics: owns the metric objects and how they are exposed.
+
+Under gunicorn, ``PROMETHEUS_MULTIPROC_DIR`` (set by the master before any worker imports
+prometheus_client) puts every worker's values in files there, and a scrape of ``/metrics``
+on any worker reads them all, so counts add up over workers. Without it (one process, tests)
+the metrics live in this process's own registry.
+
+Labels are bounded: ``endpoint`` is the route template (``/plugins/<plugin_name>``), never
+the raw path; ``action`` is a command that exists (unknown actions are refused earlier).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+# prometheus_client is imported inside the functions below, never at module import: it picks
+# its value storage (in memory or multiprocess files) once, when first imported, and the
+# gunicorn master imports this module to set PROMETHEUS_MULTIPROC_DIR before that happens.
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0, 300.0)
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+class Metrics:
+    """The process's metric objects (prometheus_client allows each name once per registry)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("waygate_requests_total", "Total number of requests",
+                                ["method", "endpoint", "status"], registry=r)
+        self.response_time = Histogram("waygate_response_time_seconds",
+                                       "Response time in seconds", buckets=LATENCY_BUCKETS,
+                                       registry=r)
+        self.commands = Counter("waygate_commands_total", "Commands executed, by outcome",
+                                ["action", "status"], registry=r)
+        self.command_duration = Histogram("waygate_command_duration_seconds",
+                                          "Command execution time in seconds", ["action"],
+                                          buckets=LATENCY_BUCKETS, registry=r)
+        self.pool_in_use = Gauge("waygate_pool_threads_in_use",
+                                 "Command pool threads running a command (stuck ones included)",
+                                 multiprocess_mode="livesum", registry=r)
+        self.pool_queued = Gauge("waygate_pool_queue_depth",
+                                 "Commands admitted and waiting for a pool thread",
+                                 multiprocess_mode="livesum", registry=r)
+        self.rate_limited = Counter("waygate_rate_limited_total",
+                                    "Requests refused by a rate limit", ["endpoint"], registry=r)
+        self.plugins_loaded = Gauge("waygate_plugins_loaded", "Plugins loaded and active",
+                                    multiprocess_mode="livemax", registry=r)
+        self.connections = Counter("waygate_connections_total",
+                                   "Client connections accepted", registry=r)
+
+    def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, endpoint, str(status)).inc()
+        self.response_time.observe(seconds)
+        if status == 429:
+            self.rate_limited.labels(endpoint).inc()
+
+    def observe_command(self, action: str, status: str, duration_ms: int) -> None:
+        self.commands.labels(action, status).inc()
+        self.command_duration.labels(action).observe(duration_ms / 1000)
+
+    def observe_pool(self, in_use: int, queued: int) -> None:
+        self.pool_in_use.set(in_use)
+        self.pool_queued.set(queued)
+
+
+_lock = threading.Lock()
+_metrics: Metrics | None = None
+
+
+def metrics() -> Metrics:
+    """This process's metrics, made on first use (after fork under gunicorn)."""
+    global _metrics
+    with _lock:
+        if _metrics is None:
+            _metrics = Metrics()
+        return _metrics
+
+
+def prepare_multiprocess_dir(path) -> None:
+    """Empty the directory and point prometheus_client at it (the master, before forking)."""
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROC_ENV] = str(path)
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters stay counted)."""
+    if multiprocess():
+        from prometheus_client import multiprocess as mp
+        mp.mark_process_dead(pid)
+
+
+def counter_total(name: str) -> float:
+    """The sum of a counter over every worker (and every label set)."""
+    from prometheus_client import CollectorRegistry
+
+    if multiprocess():
+        from prometheus_client import multiprocess as mp
+        registry = CollectorRegistry()
+        mp.MultiProcessCollector(registry)
+    else:
+        registry = metrics().registry
+    return sum(sample.value for family in registry.collect() for sample in family.samples
+               if sample.name == name)

@@ -1,0 +1,46 @@
+"""Diagnostic endpoints (spec 2.4), admin only: connections, performance, persisted errors."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from ..clock import isoformat, parse_iso
+from ..diagnostics import connection_report, performance_report
+from ..errors import InvalidRequest
+from ..metrics import counter_total
+from . import services
+from .auth import admin_required
+from .pagination import add_headers, requested_page
+
+bp = Blueprint("diagnostics", __name__)
+
+
+@bp.get("/diagnostics/connection")
+@admin_required
+def connection():
+    svc = services()
+    return jsonify(connection_report(svc.server_info,
+                                     int(counter_total("waygate_connections_total"))))
+
+
+@bp.get("/diagnostics/performance")
+@admin_required
+def performance():
+    svc = services()
+    return jsonify(performance_report(svc.server_info, svc.latency.percentiles()))
+
+
+@bp.get("/diagnostics/errors")
+@admin_required
+def errors():
+    page = requested_page()
+    since = request.args.get("since")
+    if since is not None:
+        try:
+            since = isoformat(parse_iso(since))
+        except ValueError:
+            raise InvalidRequest("since must be an ISO 8601 date-time, e.g. 2025-01-14T10:00:00Z",
+                                 {"parameter": "since", "value": since[:100]}) from None
+    records, total = services().errors.query(since=since, offset=page.offset, limit=page.limit)
+    response = jsonify({"errors": [r.as_dict() for r in records], "total": total})
+    return add_headers(response, page, total)

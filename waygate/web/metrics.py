@@ -1,0 +1,49 @@
+"""``/metrics`` (prometheus-flask-exporter, multiprocess-aware) and per-request metrics.
+
+The exporter's own default metrics have fixed names without an endpoint label, so requests
+are counted here, in before/after-request hooks that also see 404, 405, 413 and 429.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+from flask import Flask, Response, g, request
+from prometheus_flask_exporter import PrometheusMetrics
+
+from ..metrics import metrics
+from . import services
+from .limiter import limit_group
+
+UNMATCHED = "<unmatched>"
+# Sockets this worker has seen: a socket not seen before is a new client connection.
+_seen_sockets: weakref.WeakSet = weakref.WeakSet()
+
+
+def _start() -> None:
+    g.started = time.perf_counter()
+    sock = request.environ.get("gunicorn.socket")
+    if sock is not None and sock not in _seen_sockets:
+        _seen_sockets.add(sock)
+        metrics().connections.inc()
+
+
+def _observe(response: Response) -> Response:
+    started = g.get("started")
+    if started is not None:
+        endpoint = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+        elapsed = time.perf_counter() - started
+        metrics().observe_request(request.method, endpoint, response.status_code, elapsed)
+        services().latency.add(elapsed)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    app.before_request(_start)
+    app.after_request(_observe)
+    exporter = PrometheusMetrics.for_app_factory(
+        path="/metrics", export_defaults=False, registry=metrics().registry,
+        metrics_decorator=limit_group("metrics"))
+    exporter.init_app(app)
+    app.extensions["waygate.exporter"] = exporter
