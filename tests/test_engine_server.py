@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -11,9 +12,15 @@ import requests
 from tests.test_plugins import PLUGIN_SOURCE
 
 
+# gthread workers take whatever connections they can, so one worker may serve a whole test's
+# traffic; with few connections per worker, concurrent clients reach every worker.
+SPREAD = "--worker-connections 2"
+
+
 @pytest.fixture
 def engine_server(plugin_dist, server_factory, keys):
     def start(workers=3, **env):
+        env.setdefault("GUNICORN_CMD_ARGS", SPREAD)
         return server_factory(workers=workers, PYTHONPATH=str(plugin_dist.root), **env)
     return start
 
@@ -25,10 +32,9 @@ def execute(server, keys, body, role="user", timeout=10):
 
 def test_statistics_from_three_workers_add_up(engine_server, keys):
     server = engine_server(workers=3)
-    pids = set()
-    for _ in range(60):
-        # a new connection each time, so the kernel spreads them over the workers
-        pids.add(execute(server, keys, {"action": "pid"}).json()["result"]["pid"])
+    with ThreadPoolExecutor(6) as pool:  # concurrent calls spread over the workers
+        pids = set(pool.map(lambda _: execute(server, keys, {"action": "pid"}).json()[
+            "result"]["pid"], range(60)))
     assert len(pids) >= 2, "the calls should have reached several workers"
     stats = requests.get(server.url + "/plugins/Testing", headers=keys.headers(),
                          timeout=5).json()["statistics"]
@@ -43,10 +49,11 @@ def test_a_new_plugin_appears_on_every_worker_after_one_reload(engine_server, ke
     reload = requests.post(server.url + "/plugins/reload", headers=keys.headers("admin"), timeout=10)
     assert "Hello" in reload.json()["loaded"]
     time.sleep(1.0)  # the promise: no worker serves the old set 1 s after the reload answered
-    statuses, pids = [], set()
-    for _ in range(30):
-        statuses.append(execute(server, keys, {"action": "hello"}).status_code)
-        pids.add(execute(server, keys, {"action": "pid"}).json()["result"]["pid"])
+    with ThreadPoolExecutor(6) as pool:
+        statuses = list(pool.map(lambda _: execute(server, keys, {"action": "hello"}).status_code,
+                                 range(30)))
+        pids = set(pool.map(lambda _: execute(server, keys, {"action": "pid"}).json()[
+            "result"]["pid"], range(30)))
     assert statuses == [200] * 30
     assert len(pids) >= 2
 

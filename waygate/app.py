@@ -57,14 +57,15 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     envelope.init_app(app)
     envelope.install_error_persistence(app)
     web_metrics.init_app(app)  # first: its timer starts before any other hook runs
-    versioning.init_app(app, config)  # before http: ProxyFix must wrap the version prefix
-    http.init_app(app, config)
+    http.init_app(app, config)  # the request id comes first: every later error carries it
+    versioning.init_app(app, config)
     auth.init_app(app)
     app.register_blueprint(core.bp)
     app.register_blueprint(execute.bp)
     app.register_blueprint(plugins.bp)
     app.register_blueprint(diagnostics.bp)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
+    http.trust_proxies(app, config)  # last: the outermost WSGI layer
 
     services.plugins.current  # load plugins now, not on the first request
     services.audit.sweep()  # executions a dead worker left behind are closed on start

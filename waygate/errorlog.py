@@ -85,7 +85,7 @@ class PersistingHandler(logging.Handler):
             self.errors.record(
                 level=record.levelname, code=getattr(record, "error_code", "INTERNAL_ERROR"),
                 message=record.getMessage(), context=context,
-                request_id=getattr(record, "request_id", None) or context.pop("request_id", None))
+                request_id=context.pop("request_id", None))
         except sqlite3.Error:
             self.handleError(record)
         finally:

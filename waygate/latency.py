@@ -1,8 +1,9 @@
 """Recent response times from every worker, for /diagnostics/performance percentiles.
 
-Each worker keeps its latest samples in memory and, at most once a second, writes them to
-``<data dir>/latency/<pid>.bin`` (atomically, by rename). A reader merges every file's
-samples from the last ``window_s`` seconds, so any worker answers for all of them.
+Each worker keeps its latest samples in memory and a background thread writes them, once a
+second when there are new ones, to ``<data dir>/latency/<pid>.bin`` (atomically, by rename).
+A reader merges every file's samples from the last ``window_s`` seconds, so any worker
+answers for all of them, at most a second behind.
 """
 
 from __future__ import annotations
@@ -23,21 +24,25 @@ class LatencyWindow:
         self.window_s = window_s
         self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
         self._lock = threading.Lock()
-        self._flushed_at = 0.0
         self._dirty = False
+        self._flusher_pid: int | None = None
 
     def add(self, seconds: float) -> None:
-        now = time.time()
-        self._samples.append((now, seconds))  # deque.append is atomic
+        self._samples.append((time.time(), seconds))  # deque.append is atomic
         self._dirty = True
-        if now - self._flushed_at >= FLUSH_EVERY_S:
+        if self._flusher_pid != os.getpid():  # one flusher thread per process, made after fork
+            self._flusher_pid = os.getpid()
+            threading.Thread(target=self._flush_forever, name="waygate-latency", daemon=True).start()
+
+    def _flush_forever(self) -> None:
+        while True:
+            time.sleep(FLUSH_EVERY_S)
             self.flush()
 
     def flush(self) -> None:
         with self._lock:
             if not self._dirty:
                 return
-            self._flushed_at = time.time()
             self._dirty = False
             flat = array("d")
             for stamp, seconds in list(self._samples):

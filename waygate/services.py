@@ -52,13 +52,17 @@ class PluginRegistry:
 
     @property
     def current(self) -> PluginSet:
-        now = time.monotonic()
-        if self._current is None or now - self._checked_at > self.CHECK_INTERVAL:
-            self._checked_at = now
-            generation = self._shared_generation()
-            if self._current is None or generation != self._generation:
-                self._load(generation, fresh=self._current is not None)
-        return self._current
+        if self._current is not None and time.monotonic() - self._checked_at <= self.CHECK_INTERVAL:
+            return self._current
+        # Past the interval: check under the lock, so that threads arriving while another one
+        # loads the new set wait for it instead of being handed the old one.
+        with self._lock:
+            if self._current is None or time.monotonic() - self._checked_at > self.CHECK_INTERVAL:
+                generation = self._shared_generation()
+                if self._current is None or generation != self._generation:
+                    self._install(generation, fresh=self._current is not None)
+                self._checked_at = time.monotonic()
+            return self._current
 
     def reload(self) -> PluginSet:
         """Reload here and tell every other worker to reload."""
@@ -66,21 +70,21 @@ class PluginRegistry:
             generation = conn.execute(
                 "UPDATE plugin_state SET generation = generation + 1, reloaded_at = ? "
                 "WHERE id = 1 RETURNING generation", (isoformat(),)).fetchone()[0]
-        return self._load(generation, fresh=True)
+        with self._lock:
+            self._install(generation, fresh=True)
+            return self._current
 
     def _shared_generation(self) -> int:
         return self._storage.conn.execute(
             "SELECT generation FROM plugin_state WHERE id = 1").fetchone()[0]
 
-    def _load(self, generation: int, fresh: bool) -> PluginSet:
-        with self._lock:
-            if self._current is None or generation != self._generation or fresh:
-                self._current = self._loader(self._plugin_config, fresh_modules=fresh)
-                self._generation = generation
-                self._checked_at = time.monotonic()
-                if self._on_load is not None:
-                    self._on_load(self._current)
-            return self._current
+    def _install(self, generation: int, fresh: bool) -> None:
+        """Load and swap in a new set (the caller holds the lock)."""
+        self._current = self._loader(self._plugin_config, fresh_modules=fresh)
+        self._generation = generation
+        self._checked_at = time.monotonic()
+        if self._on_load is not None:
+            self._on_load(self._current)
 
 
 @dataclass

@@ -107,12 +107,17 @@ def _finish(response: Response) -> Response:
     return response
 
 
-def init_app(app: Flask, config: Config) -> None:
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+def trust_proxies(app: Flask, config: Config) -> None:
+    """Outermost WSGI layer: take client address, scheme and host from the trusted hops'
+    X-Forwarded-* headers (gunicorn never does)."""
     if config.trusted_proxies:
         hops = config.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops,
                                 x_port=hops, x_prefix=hops)
+
+
+def init_app(app: Flask, config: Config) -> None:
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.before_request(_assign_request_id)
     app.before_request(_refuse_oversize_body)
     app.after_request(_finish)

@@ -1,0 +1,198 @@
+"""Operations across real gunicorn workers: exact limits, metrics, Redis, diagnostics,
+graceful stop and reload."""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.conftest import free_port
+from tests.test_engine_server import SPREAD
+from tests.test_metrics import sample
+
+
+@pytest.fixture
+def ops_server(plugin_dist, server_factory, keys):
+    def start(workers=4, **env):
+        env.setdefault("GUNICORN_CMD_ARGS", SPREAD)
+        return server_factory(workers=workers, PYTHONPATH=str(plugin_dist.root), **env)
+    return start
+
+
+def execute(server, keys, body, role="user"):
+    return requests.post(server.url + "/mcp/execute", json=body, headers=keys.headers(role),
+                         timeout=10)
+
+
+def test_150_calls_on_one_key_over_4_workers_give_exactly_100_and_50(ops_server, keys):
+    server = ops_server(workers=4)
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: execute(server, keys, {"action": "pid"}), range(150)))
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {200: 100, 429: 50}
+    pids = {r.json()["result"]["pid"] for r in responses if r.status_code == 200}
+    assert len(pids) >= 2, "the calls should have reached several workers"
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.json()["error"]["code"] == "RATE_LIMITED"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert refused.headers["X-RateLimit-Limit"] == "100"
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_metrics_add_up_over_workers_and_survive_a_replaced_worker(ops_server, keys):
+    server = ops_server(workers=3)
+    with ThreadPoolExecutor(6) as pool:  # concurrent calls spread over the workers
+        pids = set(pool.map(lambda _: execute(server, keys, {"action": "pid"}).json()[
+            "result"]["pid"], range(30)))
+    assert len(pids) >= 2
+    text = requests.get(server.url + "/metrics", timeout=5).text
+    assert sample(text, "waygate_commands_total", action="pid", status="success") == 30
+    assert sample(text, "waygate_requests_total", method="POST", endpoint="/mcp/execute",
+                  status="200") == 30
+    os.kill(next(iter(pids)), signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while len(server.worker_pids()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = requests.get(server.url + "/metrics", timeout=5).text
+    assert sample(text, "waygate_commands_total", action="pid", status="success") == 30
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_diagnostics_count_every_worker(ops_server, keys):
+    server = ops_server(workers=3)
+    admin = keys.headers("admin")
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(lambda _: requests.get(server.url + "/health", timeout=5), range(20)))
+        statuses = set(pool.map(lambda _: execute(server, keys, {"action": "boom"}).status_code,
+                                range(9)))
+    assert statuses == {500}
+    time.sleep(1.2)  # every worker writes its recent response times once a second
+    perf = requests.get(server.url + "/diagnostics/performance", headers=admin, timeout=10).json()
+    assert len(perf["processes"]["workers"]) == 3
+    assert perf["processes"]["master"]["pid"] == server.proc.pid
+    assert perf["threads"] >= 3 * 2
+    assert perf["response_times"]["samples"] >= 29
+    conn = requests.get(server.url + "/diagnostics/connection", headers=admin, timeout=5).json()
+    assert conn["port"] == server.port
+    assert conn["network"]["listening_on"] == f"127.0.0.1:{server.port}"
+    assert conn["connections"]["total"] >= 31
+    assert conn["connections"]["active"] >= 1  # this very request
+    assert conn["connections"]["max"] == 3 * 2  # workers x --worker-connections
+    errors = requests.get(server.url + "/diagnostics/errors?limit=100", headers=admin,
+                          timeout=5).json()
+    assert errors["total"] == 9
+    assert len({e["worker_pid"] for e in errors["errors"]}) >= 2
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}", proc
+    proc.kill()
+    proc.wait()
+
+
+def test_redis_backed_limits_are_exact_across_workers(ops_server, keys, redis_server):
+    uri, _ = redis_server
+    server = ops_server(workers=3, WAYGATE_RATELIMIT_STORAGE_URI=uri,
+                        WAYGATE_RATE_LIMIT_EXECUTE="20/minute")
+    with ThreadPoolExecutor(6) as pool:
+        statuses = Counter(pool.map(
+            lambda _: execute(server, keys, {"action": "pid"}).status_code, range(30)))
+    assert statuses == {200: 20, 429: 10}
+
+
+def test_redis_down_fails_open_and_health_names_cache(ops_server, keys, redis_server):
+    uri, proc = redis_server
+    server = ops_server(workers=2, WAYGATE_RATELIMIT_STORAGE_URI=uri)
+    assert execute(server, keys, {"action": "pid"}).status_code == 200
+    proc.kill()
+    proc.wait()
+    assert execute(server, keys, {"action": "pid"}).status_code == 200  # fail open
+    health = requests.get(server.url + "/health", timeout=10)
+    assert health.status_code == 503
+    assert health.json()["checks"]["cache"].startswith("failed")
+
+
+def test_redis_down_fails_closed_when_configured(ops_server, keys, redis_server):
+    uri, proc = redis_server
+    server = ops_server(workers=1, WAYGATE_RATELIMIT_STORAGE_URI=uri,
+                        WAYGATE_RATELIMIT_FAIL_OPEN="false")
+    proc.kill()
+    proc.wait()
+    response = execute(server, keys, {"action": "pid"})
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+
+
+def test_sigterm_turns_ready_to_503_and_lets_in_flight_requests_finish(ops_server, keys):
+    server = ops_server(workers=1, WAYGATE_DRAIN_SECONDS="2")
+    result = {}
+    slow = threading.Thread(target=lambda: result.update(response=execute(
+        server, keys, {"action": "sleep", "params": {"seconds": 1.5}})))
+    slow.start()
+    time.sleep(0.3)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    ready = requests.get(server.url + "/ready", timeout=5)
+    assert ready.status_code == 503
+    assert ready.json()["error"]["details"] == {"state": "draining"}
+    slow.join()
+    assert result["response"].status_code == 200
+    assert server.proc.wait(timeout=15) == 0
+
+
+def test_sighup_replaces_workers_without_a_failed_request(ops_server, keys):
+    server = ops_server(workers=2)
+    before = set(server.worker_pids())
+    failures, statuses = [], Counter()
+    stop = threading.Event()
+
+    def load():
+        while not stop.is_set():
+            try:
+                statuses[requests.get(server.url + "/health", timeout=10).status_code] += 1
+            except requests.RequestException as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        now = set(server.worker_pids())
+        if len(now) == 2 and not now & before:
+            break
+        time.sleep(0.1)
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not set(server.worker_pids()) & before, "the workers should have been replaced"
+    assert failures == []
+    assert set(statuses) == {200} and sum(statuses.values()) > 20
