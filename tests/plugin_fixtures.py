@@ -30,8 +30,9 @@ class TestingPlugin(Plugin):
         return [
             Command("sleep", "Sleep, checking for cancellation", SecondsParams, self.sleep),
             Command("stuck", "Sleep, ignoring cancellation", SecondsParams, self.stuck),
-            Command("boom", "Raise", NoParams, self.boom),
-            Command("pid", "The worker's pid", NoParams, lambda p, ctx: {"pid": os.getpid()}),
+            Command("boom", "Raise (after sleeping, if asked)", SecondsParams, self.boom),
+            Command("pid", "The worker's pid (after sleeping, if asked)", SecondsParams,
+                    self.pid),
         ]
 
     def sleep(self, params, ctx):
@@ -46,7 +47,13 @@ class TestingPlugin(Plugin):
         return {"slept": params["seconds"]}
 
     def boom(self, params, ctx):
+        time.sleep(params["seconds"])
         raise RuntimeError("kaboom")
+
+    def pid(self, params, ctx):
+        # Holding the connection a moment makes concurrent clients spread over the workers.
+        time.sleep(params["seconds"])
+        return {"pid": os.getpid()}
 
 
 class BadMetadataPlugin(Plugin):

@@ -33,7 +33,7 @@ def execute(server, keys, body, role="user", timeout=10):
 def test_statistics_from_three_workers_add_up(engine_server, keys):
     server = engine_server(workers=3)
     with ThreadPoolExecutor(6) as pool:  # concurrent calls spread over the workers
-        pids = set(pool.map(lambda _: execute(server, keys, {"action": "pid"}).json()[
+        pids = set(pool.map(lambda _: execute(server, keys, {"action": "pid", "params": {"seconds": 0.05}}).json()[
             "result"]["pid"], range(60)))
     assert len(pids) >= 2, "the calls should have reached several workers"
     stats = requests.get(server.url + "/plugins/Testing", headers=keys.headers(),
@@ -52,7 +52,7 @@ def test_a_new_plugin_appears_on_every_worker_after_one_reload(engine_server, ke
     with ThreadPoolExecutor(6) as pool:
         statuses = list(pool.map(lambda _: execute(server, keys, {"action": "hello"}).status_code,
                                  range(30)))
-        pids = set(pool.map(lambda _: execute(server, keys, {"action": "pid"}).json()[
+        pids = set(pool.map(lambda _: execute(server, keys, {"action": "pid", "params": {"seconds": 0.05}}).json()[
             "result"]["pid"], range(30)))
     assert statuses == [200] * 30
     assert len(pids) >= 2

@@ -33,7 +33,7 @@ def execute(server, keys, body, role="user"):
 def test_150_calls_on_one_key_over_4_workers_give_exactly_100_and_50(ops_server, keys):
     server = ops_server(workers=4)
     with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda _: execute(server, keys, {"action": "pid"}), range(150)))
+        responses = list(pool.map(lambda _: execute(server, keys, {"action": "pid", "params": {"seconds": 0.05}}), range(150)))
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {200: 100, 429: 50}
     pids = {r.json()["result"]["pid"] for r in responses if r.status_code == 200}
@@ -48,7 +48,7 @@ def test_150_calls_on_one_key_over_4_workers_give_exactly_100_and_50(ops_server,
 def test_metrics_add_up_over_workers_and_survive_a_replaced_worker(ops_server, keys):
     server = ops_server(workers=3)
     with ThreadPoolExecutor(6) as pool:  # concurrent calls spread over the workers
-        pids = set(pool.map(lambda _: execute(server, keys, {"action": "pid"}).json()[
+        pids = set(pool.map(lambda _: execute(server, keys, {"action": "pid", "params": {"seconds": 0.05}}).json()[
             "result"]["pid"], range(30)))
     assert len(pids) >= 2
     text = requests.get(server.url + "/metrics", timeout=5).text
@@ -71,7 +71,7 @@ def test_diagnostics_count_every_worker(ops_server, keys):
     admin = keys.headers("admin")
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(lambda _: requests.get(server.url + "/health", timeout=5), range(20)))
-        statuses = set(pool.map(lambda _: execute(server, keys, {"action": "boom"}).status_code,
+        statuses = set(pool.map(lambda _: execute(server, keys, {"action": "boom", "params": {"seconds": 0.2}}).status_code,
                                 range(9)))
     assert statuses == {500}
     time.sleep(1.2)  # every worker writes its recent response times once a second
