@@ -10,7 +10,8 @@ from flask import Flask
 from .config import Config, log_level_number
 from .lifecycle import service_started_at
 from .services import Services
-from .web import auth, core, diagnostics, envelope, execute, http, limiter, plugins
+from .mcp import McpServer
+from .web import auth, core, diagnostics, envelope, execute, http, limiter, mcp, plugins
 from .web import metrics as web_metrics
 from .web import versioning
 
@@ -64,6 +65,8 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(execute.bp)
     app.register_blueprint(plugins.bp)
     app.register_blueprint(diagnostics.bp)
+    app.register_blueprint(mcp.bp)
+    app.extensions["waygate.mcp"] = McpServer(services.commands, lambda: services.plugins.current)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
     http.trust_proxies(app, config)  # last: the outermost WSGI layer
 

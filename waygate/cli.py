@@ -5,6 +5,7 @@
     waygate keys list
     waygate keys revoke NAME
     waygate keys bootstrap                              (first admin key, only if none exist)
+    waygate mcp stdio [--as NAME]                       (MCP over stdio, for desktop clients)
 """
 
 from __future__ import annotations
@@ -103,6 +104,30 @@ def keys_bootstrap(ctx: Context, name: str) -> None:
     click.echo(f"No API keys existed: created development admin key {record.name!r}.")
     click.echo("It is shown only this once; export it, e.g. export WAYGATE_KEY=<key>:")
     click.echo(key)
+
+
+@cli.group()
+def mcp() -> None:
+    """Serve the plugin commands as MCP tools."""
+
+
+@mcp.command("stdio")
+@click.option("--as", "caller", default="stdio", show_default=True,
+              help="The name executions are audited under.")
+@pass_context
+def mcp_stdio(ctx: Context, caller: str) -> None:
+    """MCP over stdin/stdout (newline-delimited JSON-RPC) for desktop clients. Local trust:
+    no API key is asked for. Logs go to stderr."""
+    from .app import configure_logging
+    from .commands import Caller
+    from .mcp import McpServer
+    from .mcp_stdio import serve
+    from .services import Services
+
+    configure_logging(ctx.config)
+    services = Services.build(ctx.config)
+    services.housekeeper.start()
+    serve(McpServer(services.commands, lambda: services.plugins.current), Caller(key_name=caller))
 
 
 def main(argv: list[str] | None = None) -> int:

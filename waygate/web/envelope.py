@@ -46,7 +46,10 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
                    extra: dict[str, Any] | None = None) -> Response:
     """The envelope as a response; ``extra`` adds top-level fields (e.g. /health's report)."""
     g.error_code, g.error_message = code, message
-    body = {**(extra or {}), **error_body(code, message, details)}
+    if request.blueprint == "mcp":
+        body = jsonrpc_error_body(status, code, message, details)
+    else:
+        body = {**(extra or {}), **error_body(code, message, details)}
     response = jsonify(body)
     response.status_code = status
     for name, value in (headers or {}).items():
@@ -54,6 +57,14 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
     if status == 401:
         response.headers.setdefault("WWW-Authenticate", 'Bearer realm="waygate"')
     return response
+
+
+def jsonrpc_error_body(status: int, code: str, message: str, details: dict | None) -> dict:
+    """On /mcp every answer is JSON-RPC: the envelope's facts travel in ``error.data``."""
+    error = error_body(code, message, details)["error"]
+    return {"jsonrpc": "2.0", "id": None,
+            "error": {"code": -32603 if status >= 500 else -32600, "message": message,
+                      "data": {k: error[k] for k in ("code", "details", "request_id")}}}
 
 
 def _from_domain(exc: WaygateError) -> Response:

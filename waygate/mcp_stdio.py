@@ -1,0 +1,56 @@
+"""MCP over stdio for desktop clients: newline-delimited JSON-RPC on stdin and stdout.
+
+Local trust: whoever can start the process is trusted (no API key, no rate limit), as with any
+stdio MCP server. Executions are audited under the name given with ``--as`` (default
+``stdio``). stdout carries only JSON-RPC messages; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO
+
+from .commands import Caller
+from .mcp import PARSE_ERROR, JsonRpcError, McpServer
+
+log = logging.getLogger(__name__)
+
+
+def serve(server: McpServer, caller: Caller, stdin: IO[str] | None = None,
+          stdout: IO[str] | None = None, concurrency: int = 4) -> None:
+    """Answer messages until stdin closes. Requests run concurrently, so a ping is answered
+    while a tool runs; each answer is written whole, one per line."""
+    stdin = stdin or sys.stdin
+    stdout = stdout or sys.stdout
+    write_lock = threading.Lock()
+
+    def reply(body: dict | None) -> None:
+        if body is None:
+            return
+        line = json.dumps(body, separators=(",", ":"), default=str)
+        with write_lock:
+            stdout.write(line + "\n")
+            stdout.flush()
+
+    def handle(message) -> None:
+        try:
+            reply(server.handle(message, caller, http=False).body)
+        except Exception:  # never let one message end the session
+            log.exception("stdio message failed")
+            reply(JsonRpcError(-32603, "internal error").body(
+                message.get("id") if isinstance(message, dict) else None))
+
+    with ThreadPoolExecutor(concurrency, thread_name_prefix="waygate-stdio") as pool:
+        for line in stdin:
+            if not line.strip():
+                continue
+            try:
+                message = json.loads(line)
+            except ValueError as exc:
+                reply(JsonRpcError(PARSE_ERROR, f"Parse error: {exc}"[:200]).body())
+                continue
+            pool.submit(handle, message)
