@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export WAYGATE_DATA_DIR ?= $(CURDIR)/var
 
-.PHONY: serve test install install-test clean
+.PHONY: serve test bench install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ serve: install
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Load tests on loopback against the stack's ceiling and the official MCP server (bench/).
+bench: install-test
+	bash scripts/install-system-tools wrk
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

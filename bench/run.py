@@ -1,0 +1,366 @@
+#!/usr/bin/env python3
+"""`make bench`: Waygate against its stack's ceiling and against the official MCP server.
+
+Every server runs on loopback with 2 workers. Throughput and latency come from wrk; each pair
+(Waygate and its baseline) is measured back to back, in alternating order, for ROUNDS rounds,
+and the median of the rounds is reported as a ratio, since absolute numbers drift on shared
+machines. Then the growth checks: audit and error queries at 1,000 and 1,000,000 rows,
+/metrics scrape time with 2, 4 and 8 workers, process_data throughput by size, and worker
+memory before and after 100,000 requests.
+
+Prints a table, writes bench/results/latest.json, exits 1 when a target is missed.
+    python bench/run.py [--quick]      (--quick: short runs, for the harness's smoke test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RESULTS = ROOT / "bench" / "results"
+POST_LUA = ROOT / "bench" / "wrk" / "post.lua"
+ECHO_COMMAND = json.dumps({"action": "echo", "params": {"message": "hello"}})
+ECHO_TOOL = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                        "params": {"name": "echo", "arguments": {"message": "hello"}}})
+HIGH_LIMITS = {f"WAYGATE_RATE_LIMIT_{n}": "100000000/minute"
+               for n in ("EXECUTE", "HEALTH", "METRICS", "DEFAULT")}
+TARGETS = {
+    "health_vs_bare": 0.70,
+    "execute_vs_bare_post": 0.50,
+    "mcp_vs_sdk": 8.0,
+    "p99_16_vs_bare": 3.0,  # at most
+    "csv_10mib_seconds": 1.0,  # at most
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    def __init__(self, name: str, argv: list[str], env: dict | None = None, ready_path="/health",
+                 ready_method="GET"):
+        self.name, self.port = name, free_port()
+        self.argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.env = {**os.environ, **(env or {})}
+        self.ready_path, self.ready_method = ready_path, ready_method
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        self.log = open(tempfile.mktemp(prefix=f"bench-{self.name}-", suffix=".log"), "wb")
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited; see {self.log.name}")
+            try:
+                if self.ready_path is None:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                else:
+                    requests.request(self.ready_method, self.url + self.ready_path, timeout=1)
+                return self
+            except (OSError, requests.RequestException):
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name} did not start; see {self.log.name}")
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+    def workers(self) -> list[psutil.Process]:
+        return psutil.Process(self.proc.pid).children()
+
+
+def gunicorn(name: str, app: str, config: str, env: dict | None = None, workers: int = 2,
+             ready_path: str = "/health") -> Server:
+    return Server(name, [str(BIN / "gunicorn"), "-c", config, "--workers", str(workers),
+                         "--bind", "127.0.0.1:{port}", "--access-logfile", "/dev/null", app],
+                  env, ready_path)
+
+
+def waygate(data_dir: Path, workers: int = 2) -> Server:
+    return gunicorn("waygate", "wsgi:app", str(ROOT / "gunicorn.conf.py"),
+                    {"WAYGATE_DATA_DIR": str(data_dir), **HIGH_LIMITS}, workers)
+
+
+def bare_flask() -> Server:
+    return gunicorn("bare", "bench.bare_app:app", str(ROOT / "bench" / "gunicorn_bare.conf.py"))
+
+
+def sdk_server() -> Server:
+    return Server("sdk", [str(BIN / "uvicorn"), "--workers", "2", "--host", "127.0.0.1",
+                          "--port", "{port}", "--no-access-log", "bench.sdk_server:app"],
+                  ready_path=None)  # its GET /mcp is an event stream that never ends
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk(url: str, connections: int, seconds: float, body: str | None = None,
+        key: str = "", mcp_version: str = "") -> dict:
+    argv = ["wrk", "--latency", "-t", str(min(connections, 2)), "-c", str(connections),
+            "-d", f"{seconds}s", url]
+    env = dict(os.environ)
+    if body is not None:
+        argv[1:1] = ["-s", str(POST_LUA)]
+        env.update(WRK_BODY=body, WRK_KEY=key, WRK_MCP_VERSION=mcp_version)
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 60).stdout
+    latency = {p: float(v) * _UNITS[u] for p, v, u in
+               re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return {"rps": rps, "p50_ms": latency.get("50"), "p99_ms": latency.get("99"),
+            "requests": total, "non_2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(1) if errors else ""}
+
+
+def create_key(data_dir: Path) -> str:
+    out = subprocess.run([str(BIN / "waygate"), "keys", "create", "--name", "bench", "--role",
+                          "admin"], capture_output=True, text=True, check=True,
+                         env={**os.environ, "WAYGATE_DATA_DIR": str(data_dir)})
+    return out.stdout.strip().splitlines()[-1]
+
+
+# -- 1 to 4: throughput and latency against the baselines --------------------------------------
+
+def compare(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
+    runs: dict[str, list[dict]] = {}
+
+    def record(name: str, result: dict) -> None:
+        runs.setdefault(name, []).append(result)
+
+    with waygate(data_dir) as wg, bare_flask() as bare, sdk_server() as sdk:
+        cases = [
+            ("health", lambda c: wrk(wg.url + "/health", c, seconds),
+             "bare_health", lambda c: wrk(bare.url + "/health", c, seconds)),
+            ("execute", lambda c: wrk(wg.url + "/mcp/execute", c, seconds, ECHO_COMMAND, key),
+             "bare_post", lambda c: wrk(bare.url + "/echo", c, seconds, ECHO_COMMAND)),
+            ("mcp", lambda c: wrk(wg.url + "/mcp", c, seconds, ECHO_TOOL, key, "2025-11-25"),
+             "sdk", lambda c: wrk(sdk.url + "/mcp", c, seconds, ECHO_TOOL, "", "2025-11-25")),
+        ]
+        for name, fn, _, _ in cases:  # warm up every server once
+            fn(16)
+        for n in range(rounds):
+            for ours, ours_fn, theirs, theirs_fn in cases:
+                for connections in (1, 16):
+                    order = [(ours, ours_fn), (theirs, theirs_fn)]
+                    if n % 2:
+                        order.reverse()
+                    for name, fn in order:
+                        record(f"{name}@{connections}", fn(connections))
+    summary = {}
+    for name, results in runs.items():
+        summary[name] = {field: statistics.median(r[field] for r in results)
+                         for field in ("rps", "p50_ms", "p99_ms")}
+        summary[name]["non_2xx"] = sum(r["non_2xx"] for r in results)
+        summary[name]["rounds"] = len(results)
+    return summary
+
+
+# -- 5: growth -------------------------------------------------------------------------------
+
+def fill(db: Path, rows: int, start: int) -> None:
+    conn = sqlite3.connect(db)
+    statuses = ("success", "success", "success", "failed", "timeout")
+    base = time.time() - 6 * 86400
+    with conn:
+        conn.executemany(
+            "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
+            " duration_ms, timeout_s, worker_pid, created_at, finished_at)"
+            " VALUES (?, ?, 'Core', 'bench', 'sync', ?, 3, 30, 1, ?, ?)",
+            ((f"cmd_fill_{i:09d}", ("echo", "test", "status")[i % 3], statuses[i % 5],
+              _iso(base + i * 0.5), _iso(base + i * 0.5)) for i in range(start, start + rows)))
+        conn.executemany(
+            "INSERT INTO errors (timestamp, level, code, message, context, worker_pid)"
+            " VALUES (?, 'ERROR', 'INTERNAL_ERROR', 'filler', '{}', 1)",
+            ((_iso(base + i * 0.5),) for i in range(start, start + rows)))
+    conn.close()
+
+
+def _iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
+def timed_get(url: str, key: str, n: int = 15) -> float:
+    session = requests.Session()
+    samples = []
+    for _ in range(n):
+        started = time.perf_counter()
+        response = session.get(url, headers={"X-API-Key": key}, timeout=30)
+        samples.append((time.perf_counter() - started) * 1000)
+        assert response.status_code == 200, response.text
+    return statistics.median(samples)
+
+
+GROWTH_QUERIES = {
+    "executions": "/mcp/executions?limit=10",
+    "executions_filtered": "/mcp/executions?status=failed&action=echo&limit=10",
+    "executions_since": "/mcp/executions?since=2000-01-01T00:00:00Z&limit=10&page=50",
+    "errors": "/diagnostics/errors?limit=10",
+    "errors_since": "/diagnostics/errors?since=2000-01-01T00:00:00Z&limit=100",
+}
+
+
+def growth(data_dir: Path, key: str, big_rows: int) -> dict:
+    db = data_dir / "waygate.db"
+    result: dict[str, dict] = {}
+    fill(db, 1000, 0)
+    with waygate(data_dir) as wg:
+        small = {name: timed_get(wg.url + path, key) for name, path in GROWTH_QUERIES.items()}
+    fill(db, big_rows - 1000, 1000)
+    with waygate(data_dir) as wg:
+        big = {name: timed_get(wg.url + path, key) for name, path in GROWTH_QUERIES.items()}
+    for name in GROWTH_QUERIES:
+        result[name] = {"ms_at_1k": round(small[name], 2), f"ms_at_{big_rows}": round(big[name], 2),
+                        "ratio": round(big[name] / small[name], 2)}
+    return result
+
+
+def scrape_times(key: str) -> dict:
+    result = {}
+    for workers in (2, 4, 8):
+        with tempfile.TemporaryDirectory() as tmp:
+            with waygate(Path(tmp), workers) as wg:
+                k = create_key(Path(tmp))
+                wrk(wg.url + "/mcp/execute", 16, 2, ECHO_COMMAND, k)  # every worker writes files
+                result[f"{workers}_workers_ms"] = round(timed_get(wg.url + "/metrics", k), 2)
+    return result
+
+
+def process_data(data_dir: Path, key: str) -> dict:
+    result = {}
+    row = "web-host-0001,eu-west-1,0.4567,8192,ok\n"
+    record = {"host": "web-host-0001", "region": "eu-west-1", "cpu": 0.4567, "mem": 8192,
+              "state": "ok"}
+    with waygate(data_dir) as wg:
+        session = requests.Session()
+        for label, size in (("1KiB", 1024), ("1MiB", 2**20), ("10MiB", 10 * 2**20 - 4096)):
+            csv = "host,region,cpu,mem,state\n" + row * (size // len(row))
+            records = json.dumps([record] * (size // (len(json.dumps(record)) + 2)))
+            for fmt, text in (("csv", csv), ("json", records)):
+                body = {"action": "process_data", "timeout": 300,
+                        "params": {"input": text, "format": fmt, "options": {"transform": True}}}
+                samples = []
+                for _ in range(3 if size > 2**20 else 5):
+                    started = time.perf_counter()
+                    response = session.post(wg.url + "/mcp/execute", json=body,
+                                            headers={"X-API-Key": key}, timeout=300)
+                    samples.append(time.perf_counter() - started)
+                    assert response.status_code == 200, response.text[:300]
+                seconds = statistics.median(samples)
+                result[f"{fmt}_{label}"] = {"bytes": len(text), "seconds": round(seconds, 4),
+                                            "mb_per_s": round(len(text) / 2**20 / seconds, 2)}
+    return result
+
+
+def memory(data_dir: Path, key: str, total: int) -> dict:
+    with waygate(data_dir) as wg:
+        wrk(wg.url + "/mcp/execute", 16, 2, ECHO_COMMAND, key)
+        before = {w.pid: w.memory_info().rss for w in wg.workers()}
+        done = 0
+        while done < total:
+            done += wrk(wg.url + "/mcp/execute", 16, 10, ECHO_COMMAND, key)["requests"]
+        after = {w.pid: w.memory_info().rss for w in wg.workers()}
+    return {"requests": done,
+            "rss_mb_before": [round(v / 2**20, 1) for v in before.values()],
+            "rss_mb_after": [round(after.get(pid, 0) / 2**20, 1) for pid in before],
+            "growth_mb": round(max((after.get(pid, 0) - rss) / 2**20 for pid, rss in before.items()), 1)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (harness smoke test)")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        print("bench: wrk is missing; `make bench` installs it", file=sys.stderr)
+        return 2
+    rounds, seconds = (1, 1) if args.quick else (3, 5)
+    big_rows = 20_000 if args.quick else 1_000_000
+    requests_for_memory = 2_000 if args.quick else 100_000
+    with tempfile.TemporaryDirectory(prefix="waygate-bench-") as tmp:
+        data_dir = Path(tmp)
+        subprocess.run([str(BIN / "waygate"), "migrate"], check=True, capture_output=True,
+                       env={**os.environ, "WAYGATE_DATA_DIR": str(data_dir)})
+        key = create_key(data_dir)
+        results = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "cpu_count": os.cpu_count(), "quick": args.quick}
+        results["compare"] = compare(rounds, seconds, data_dir, key)
+        results["process_data"] = process_data(data_dir, key)
+        results["memory"] = memory(data_dir, key, requests_for_memory)
+        results["scrape"] = scrape_times(key)
+        results["growth"] = growth(data_dir, key, big_rows)
+    c = results["compare"]
+    ratios = {
+        "health_vs_bare": c["health@16"]["rps"] / c["bare_health@16"]["rps"],
+        "execute_vs_bare_post": c["execute@16"]["rps"] / c["bare_post@16"]["rps"],
+        "mcp_vs_sdk": c["mcp@16"]["rps"] / c["sdk@16"]["rps"],
+        "p99_16_vs_bare": max(c["health@16"]["p99_ms"] / c["bare_health@16"]["p99_ms"],
+                              c["execute@16"]["p99_ms"] / c["bare_post@16"]["p99_ms"]),
+        "csv_10mib_seconds": results["process_data"]["csv_10MiB"]["seconds"],
+    }
+    at_most = {"p99_16_vs_bare", "csv_10mib_seconds"}
+    results["targets"] = {
+        name: {"value": round(value, 3), "target": TARGETS[name],
+               "met": value <= TARGETS[name] if name in at_most else value >= TARGETS[name]}
+        for name, value in ratios.items()}
+    report(results)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
+    errors = sum(v["non_2xx"] for v in c.values())
+    if errors:
+        print(f"bench: {errors} non-2xx responses during the comparison", file=sys.stderr)
+    return 0 if all(t["met"] for t in results["targets"].values()) and not errors else 1
+
+
+def report(results: dict) -> None:
+    print(f"\n{'case':22} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}  (median of rounds)")
+    for name, r in sorted(results["compare"].items()):
+        print(f"{name:22} {r['rps']:10.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
+    print(f"\n{'target':22} {'value':>10} {'target':>8}  met")
+    for name, t in results["targets"].items():
+        bound = "<=" if name in ("p99_16_vs_bare", "csv_10mib_seconds") else ">="
+        print(f"{name:22} {t['value']:10.3f} {bound}{t['target']:6}  {'yes' if t['met'] else 'NO'}")
+    print("\nprocess_data (transform):")
+    for name, r in results["process_data"].items():
+        print(f"  {name:12} {r['bytes']:>10} B  {r['seconds']:8.4f} s  {r['mb_per_s']:8.2f} MB/s")
+    print("\n/metrics scrape:", results["scrape"])
+    print("memory per worker:", results["memory"])
+    print("growth (median ms per query):")
+    for name, g in results["growth"].items():
+        print(f"  {name:22} {g}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
