@@ -166,7 +166,7 @@ def test_sigterm_turns_ready_to_503_and_lets_in_flight_requests_finish(ops_serve
 
 
 def test_sighup_replaces_workers_without_a_failed_request(ops_server, keys):
-    server = ops_server(workers=2)
+    server = ops_server(workers=2, WAYGATE_RATE_LIMIT_HEALTH="1000000/minute")
     before = set(server.worker_pids())
     failures, statuses = [], Counter()
     stop = threading.Event()

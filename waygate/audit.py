@@ -85,7 +85,7 @@ class AuditLog:
     def accept(self, *, command_id: str, action: str, plugin: str, key_name: str | None,
                timeout_s: int, created_at: str) -> None:
         """Record an async execution as pending, before it is queued."""
-        self.storage.conn.execute(
+        self.storage.execute_write(
             "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
             " timeout_s, worker_pid, created_at) VALUES (?,?,?,?, 'async', 'pending', ?,?,?)",
             (command_id, action, plugin, key_name, timeout_s, os.getpid(), created_at),
@@ -93,7 +93,7 @@ class AuditLog:
 
     def start(self, command_id: str) -> bool:
         """Mark a pending execution running; False if it was already closed (e.g. swept)."""
-        cursor = self.storage.conn.execute(
+        cursor = self.storage.execute_write(
             "UPDATE executions SET status = 'running', started_at = ? "
             "WHERE command_id = ? AND status = 'pending'", (isoformat(), command_id))
         return cursor.rowcount == 1
@@ -132,10 +132,10 @@ class AuditLog:
         if worker_pid is not None:
             sql += " AND worker_pid = ?"
             args.append(worker_pid)
-        return self.storage.conn.execute(sql, args).rowcount
+        return self.storage.execute_write(sql, args).rowcount
 
     def fail_open_executions_by_id(self, command_id: str, reason: str) -> None:
-        self.storage.conn.execute(
+        self.storage.execute_write(
             "UPDATE executions SET status = 'failed', error = ?, finished_at = ? "
             "WHERE command_id = ? AND status IN ('pending', 'running')",
             (reason, isoformat(), command_id))
@@ -158,7 +158,7 @@ class AuditLog:
                 status = "timeout"
             else:
                 continue
-            closed += self.storage.conn.execute(
+            closed += self.storage.execute_write(
                 "UPDATE executions SET status = ?, error = ?, finished_at = ? "
                 "WHERE command_id = ? AND status IN ('pending', 'running')",
                 (status, reason, isoformat(), row["command_id"])).rowcount
@@ -169,7 +169,7 @@ class AuditLog:
         cutoff = isoformat(utcnow() - self.retention)
         deleted = 0
         while True:
-            n = self.storage.conn.execute(
+            n = self.storage.execute_write(
                 "DELETE FROM executions WHERE rowid IN (SELECT rowid FROM executions "
                 "WHERE created_at < ? AND status NOT IN ('pending', 'running') LIMIT ?)",
                 (cutoff, batch)).rowcount

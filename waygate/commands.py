@@ -12,9 +12,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
-from marshmallow import ValidationError
+from marshmallow import Schema, ValidationError
 
 from .audit import AuditLog
 from .clock import isoformat
@@ -26,6 +27,12 @@ from .sdk import Cancelled, Command, CommandError, ExecutionContext
 
 log = logging.getLogger(__name__)
 _command_schema = MCPCommandSchema()
+
+
+@lru_cache(maxsize=1024)
+def _schema(schema_class: type[Schema]) -> Schema:
+    """One instance per params schema: marshmallow schemas are reusable and thread-safe."""
+    return schema_class()
 
 
 def new_command_id() -> str:
@@ -110,7 +117,7 @@ class CommandService:
     @staticmethod
     def validate_params(command: Command, params: Any) -> dict[str, Any]:
         try:
-            return command.params().load(params)
+            return _schema(command.params).load(params)
         except ValidationError as err:
             missing, messages = field_errors(err)
             if missing:

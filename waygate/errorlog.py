@@ -42,7 +42,7 @@ class ErrorLog:
 
     def record(self, *, level: str, code: str, message: str, context: dict | None = None,
                request_id: str | None = None) -> None:
-        self.storage.conn.execute(
+        self.storage.execute_write(
             "INSERT INTO errors (timestamp, level, code, message, context, request_id, worker_pid)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (isoformat(), level, code, message[:MAX_MESSAGE],
@@ -59,7 +59,7 @@ class ErrorLog:
         return [ErrorRecord(**{**dict(r), "context": json.loads(r["context"])}) for r in rows], total
 
     def prune(self, older_than: timedelta) -> int:
-        return self.storage.conn.execute(
+        return self.storage.execute_write(
             "DELETE FROM errors WHERE timestamp < ?", (isoformat(utcnow() - older_than),)).rowcount
 
 

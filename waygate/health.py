@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,14 +65,14 @@ def database_check(conn_factory: Callable) -> Check:
 
 def filesystem_check(data_dir: Path, min_free_bytes: int) -> Check:
     def check() -> str | None:
+        # access(2) answers EROFS for a read-only mount and EACCES/ENOENT for a directory the
+        # service cannot write or that is gone, without writing anything on every probe.
+        if not os.access(data_dir, os.W_OK | os.X_OK):
+            return "data dir is not writable"
         try:
-            with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".health-") as probe:
-                probe.write(b"ok")
-                probe.flush()
-                os.fsync(probe.fileno())
+            free = shutil.disk_usage(data_dir).free
         except OSError as exc:
-            return f"data dir is not writable ({exc.strerror or exc})"
-        free = shutil.disk_usage(data_dir).free
+            return f"data dir is not readable ({exc.strerror or exc})"
         if free < min_free_bytes:
             return (f"free space {free // 2**20} MiB is below the floor of "
                     f"{min_free_bytes // 2**20} MiB")

@@ -121,7 +121,7 @@ class KeyStore:
         if last_used_at and now - parse_iso(last_used_at) < LAST_USED_RESOLUTION:
             return
         cutoff = isoformat(now - LAST_USED_RESOLUTION)
-        self.storage.conn.execute(
+        self.storage.execute_write(
             "UPDATE api_keys SET last_used_at = ? WHERE id = ? "
             "AND (last_used_at IS NULL OR last_used_at < ?)",
             (isoformat(now), key_id, cutoff),

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
 from limits.storage import Storage as LimitsStorage
 
 from .storage import Storage
+
+
+# How long this thread's own last hit answers reads of the same counter (one request's span).
+JUST_HIT_S = 0.05
 
 
 class SQLiteLimitStorage(LimitsStorage):
@@ -31,6 +36,7 @@ class SQLiteLimitStorage(LimitsStorage):
         if not uri or path == uri or not path:
             raise ValueError("sqlite rate-limit storage needs a path: sqlite:////abs/file.db")
         self._store = Storage(Path(path), busy_timeout_ms=int(options.get("busy_timeout_ms", 5000)))
+        self._recent = threading.local()
         self._ensure_table()
 
     def _ensure_table(self) -> None:
@@ -46,25 +52,40 @@ class SQLiteLimitStorage(LimitsStorage):
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         now = time.time()
-        value = self._store.conn.execute(
+        value, expires_at = self._store.execute_write(
             "INSERT INTO rate_limits (key, value, expires_at) VALUES (:key, :amount, :expires) "
             "ON CONFLICT(key) DO UPDATE SET "
             " value = CASE WHEN expires_at <= :now THEN :amount ELSE value + :amount END,"
             " expires_at = CASE WHEN expires_at <= :now THEN :expires ELSE expires_at END "
-            "RETURNING value",
+            "RETURNING value, expires_at",
             {"key": key, "amount": amount, "expires": now + expiry, "now": now},
-        ).fetchone()[0]
+        ).rows[0]
+        # flask-limiter reads the window back right after the hit to write its headers; the
+        # hit already told us, so those two reads are answered from here.
+        self._recent.hit = (key, int(value), float(expires_at), time.monotonic())
         if random.random() < 0.001:  # noqa: S311 - not security relevant: occasional pruning
             self._prune(now)
         return int(value)
 
+    def _just_hit(self, key: str) -> tuple[int, float] | None:
+        hit = getattr(self._recent, "hit", None)
+        if hit is not None and hit[0] == key and time.monotonic() - hit[3] < JUST_HIT_S:
+            return hit[1], hit[2]
+        return None
+
     def get(self, key: str) -> int:
+        recent = self._just_hit(key)
+        if recent is not None:
+            return recent[0]
         row = self._store.conn.execute(
             "SELECT value FROM rate_limits WHERE key = ? AND expires_at > ?", (key, time.time())
         ).fetchone()
         return int(row[0]) if row else 0
 
     def get_expiry(self, key: str) -> float:
+        recent = self._just_hit(key)
+        if recent is not None:
+            return recent[1]
         row = self._store.conn.execute(
             "SELECT expires_at FROM rate_limits WHERE key = ? AND expires_at > ?",
             (key, time.time()),
@@ -79,10 +100,10 @@ class SQLiteLimitStorage(LimitsStorage):
             return False
 
     def reset(self) -> int | None:
-        return self._store.conn.execute("DELETE FROM rate_limits").rowcount
+        return self._store.execute_write("DELETE FROM rate_limits").rowcount
 
     def clear(self, key: str) -> None:
-        self._store.conn.execute("DELETE FROM rate_limits WHERE key = ?", (key,))
+        self._store.execute_write("DELETE FROM rate_limits WHERE key = ?", (key,))
 
     def _prune(self, now: float) -> None:
-        self._store.conn.execute("DELETE FROM rate_limits WHERE expires_at <= ?", (now,))
+        self._store.execute_write("DELETE FROM rate_limits WHERE expires_at <= ?", (now,))

@@ -14,9 +14,16 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    rowcount: int
+    rows: list[sqlite3.Row]
 
 
 class Storage:
@@ -24,6 +31,7 @@ class Storage:
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
         self._local = threading.local()
+        self._lock_pid: int | None = None
 
     def connect(self) -> sqlite3.Connection:
         """A new connection with Waygate's pragmas; the caller owns it."""
@@ -59,17 +67,51 @@ class Storage:
         return db
 
     @contextmanager
+    def _writer(self) -> Iterator[None]:
+        """Be the only writer of this database among Waygate's threads and processes.
+
+        SQLite admits one writer at a time and makes the others sleep-and-retry in growing
+        steps (1, 2, 5, 10 ... up to 100 ms), which turns contention between gunicorn workers
+        into long tail latency. Writers queue here instead: on a thread lock within the
+        process, then on an flock(2) of a lock file beside the database across processes,
+        which the kernel hands to the next waiter the moment it is released. Other programs
+        (the CLI, sqlite3) still meet SQLite's own busy timeout, so they stay safe.
+        """
+        if self._lock_pid != os.getpid():  # made after fork: flock belongs to an open file
+            try:
+                self._lock_file = open(self.path.with_suffix(".writelock"), "a")  # noqa: SIM115
+            except OSError as exc:
+                raise sqlite3.OperationalError(f"cannot open the write lock: {exc}") from exc
+            self._thread_lock = threading.Lock()
+            self._lock_pid = os.getpid()
+        with self._thread_lock:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes the lock up front, so it never fails half-way."""
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        with self._writer():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    def execute_write(self, sql: str, params=()) -> WriteResult:
+        """One writing statement in its own transaction (RETURNING rows are fetched here)."""
+        conn = self.conn
+        with self._writer():
+            cursor = conn.execute(sql, params)
+            rows = cursor.fetchall()
+            return WriteResult(cursor.rowcount, rows)
 
     def migrate(self) -> list[str]:
         """Apply pending migrations once; safe to call from several processes at once."""

@@ -8,7 +8,7 @@ from .. import SERVICE_NAME, __version__
 from ..health import cache_check, database_check, filesystem_check, plugins_check, run_checks
 from . import services
 from .envelope import error_response
-from .limiter import limit_group, storage_answers
+from .limiter import limit_group
 
 bp = Blueprint("core", __name__)
 
@@ -32,7 +32,7 @@ def health():
     limiter = current_app.extensions["waygate.limiter"]
     report = run_checks({
         "database": database_check(lambda: svc.storage.conn),
-        "cache": cache_check(lambda: storage_answers(limiter)),
+        "cache": cache_check(limiter.storage_answers),
         "filesystem": filesystem_check(svc.config.data_dir, svc.config.min_free_bytes),
         "plugins": plugins_check(lambda: svc.plugins.current.failed),
     })

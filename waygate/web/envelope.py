@@ -12,12 +12,11 @@ import sqlite3
 from typing import Any
 
 from flask import Flask, Response, current_app, g, has_request_context, jsonify, request
-from limits.errors import StorageError
 from werkzeug.exceptions import HTTPException
 
 from .. import errorlog
 from ..clock import isoformat
-from ..errors import ServiceUnavailable, WaygateError, code_for_status
+from ..errors import WaygateError, code_for_status
 
 log = logging.getLogger("waygate.errors")
 
@@ -86,9 +85,6 @@ def _from_http(exc: HTTPException) -> Response:
         limit = request.max_content_length
         message = f"request body exceeds the limit of {limit} bytes" if limit else message
         details = {"max_bytes": limit}
-    elif status == 429:
-        limit = getattr(exc, "limit", None)
-        message = f"rate limit exceeded: {limit.limit}" if limit is not None else "rate limit exceeded"
     elif status >= 500:
         log.error("HTTP %s: %s", status, exc.description,
                   extra={"error_code": code_for_status(status)})
@@ -138,25 +134,26 @@ def _persist_unlogged_5xx(response: Response) -> Response:
 
 
 def install_error_persistence(app: Flask) -> None:
-    """Persist ERROR records of Waygate's and flask-limiter's loggers (one handler per process,
-    pointing at the newest app's error log)."""
+    """Persist ERROR records of Waygate's loggers (one handler per process, pointing at the
+    newest app's error log)."""
     handler = PersistingHandler(app.extensions["waygate"].errors, context_of=lambda r: request_context())
-    for name in ("waygate", "flask-limiter"):
-        logger = logging.getLogger(name)
-        for old in [h for h in logger.handlers if isinstance(h, errorlog.PersistingHandler)]:
-            logger.removeHandler(old)
-        logger.addHandler(handler)
+    logger = logging.getLogger("waygate")
+    for old in [h for h in logger.handlers if isinstance(h, errorlog.PersistingHandler)]:
+        logger.removeHandler(old)
+    logger.addHandler(handler)
     app.after_request(_persist_unlogged_5xx)
 
 
-def _from_limit_storage(exc: StorageError) -> Response:
-    # Only reached when rate limits fail closed (WAYGATE_RATELIMIT_FAIL_OPEN=false).
-    return _from_domain(ServiceUnavailable("rate-limit storage unavailable; try again shortly",
-                                           headers={"Retry-After": "5"}))
+def _from_storage(exc: sqlite3.OperationalError) -> Response:
+    # A full, read-only or vanished data dir is the service's trouble, not the client's.
+    log.error("storage failure on %s %s: %s", request.method, request.path, exc,
+              extra={"error_code": "SERVICE_UNAVAILABLE"})
+    return error_response(503, "SERVICE_UNAVAILABLE", "storage unavailable; try again shortly",
+                          headers={"Retry-After": "5"})
 
 
 def init_app(app: Flask) -> None:
-    app.register_error_handler(StorageError, _from_limit_storage)
+    app.register_error_handler(sqlite3.OperationalError, _from_storage)
     app.register_error_handler(WaygateError, _from_domain)
     app.register_error_handler(HTTPException, _from_http)
     app.register_error_handler(Exception, _from_unexpected)

@@ -9,13 +9,12 @@ import uuid
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
-from flask_cors import CORS
+from flask_cors.core import get_cors_options, set_cors_headers
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..config import Config
 from ..errors import InvalidRequest
-from .limiter import LIMITER_RETRY_AFTER
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming id is echoed only if it is short and plain: no CR/LF, spaces or quotes.
@@ -94,16 +93,20 @@ def _refuse_oversize_body() -> None:
         raise RequestEntityTooLarge()
 
 
+_DEFAULT_HEADERS = (*SECURITY_HEADERS.items(), ("Cache-Control", "no-store"))
+
+
 def _finish(response: Response) -> Response:
-    response.headers[REQUEST_ID_HEADER] = g.get("request_id") or uuid.uuid4().hex
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
-    response.headers.setdefault("Cache-Control", "no-store")
-    limiter_retry_after = response.headers.pop(LIMITER_RETRY_AFTER, None)
-    if response.status_code == 429 and limiter_retry_after is not None:
-        response.headers["Retry-After"] = limiter_retry_after
-    if request.is_secure:
-        response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    # One pass over the headers a view set, then append what is missing (this runs on every
+    # response; Headers.setdefault would rescan the list for each name).
+    headers = response.headers
+    present = {name.lower() for name in headers.keys()}
+    missing = [(n, v) for n, v in _DEFAULT_HEADERS if n.lower() not in present]
+    if REQUEST_ID_HEADER.lower() not in present:
+        missing.append((REQUEST_ID_HEADER, g.get("request_id") or uuid.uuid4().hex))
+    if request.is_secure and "strict-transport-security" not in present:
+        missing.append(("Strict-Transport-Security", "max-age=31536000"))
+    headers.extend(missing)
     return response
 
 
@@ -121,5 +124,16 @@ def init_app(app: Flask, config: Config) -> None:
     app.before_request(_assign_request_id)
     app.before_request(_refuse_oversize_body)
     app.after_request(_finish)
-    CORS(app, origins=list(config.cors_origins), methods=CORS_METHODS,
-         allow_headers=CORS_ALLOW_HEADERS, expose_headers=CORS_EXPOSE_HEADERS, max_age=600)
+    # flask-cors's own after-request hook matches resource patterns on every response; only
+    # a request with an Origin header can need CORS headers, so only those go through it.
+    # (Every API response is Cache-Control: no-store, so no cache needs Vary: Origin.)
+    cors = get_cors_options(app, {
+        "origins": list(config.cors_origins), "methods": CORS_METHODS,
+        "allow_headers": CORS_ALLOW_HEADERS, "expose_headers": CORS_EXPOSE_HEADERS,
+        "max_age": 600})
+
+    @app.after_request
+    def _cors(response: Response) -> Response:
+        if "Origin" in request.headers:
+            set_cors_headers(response, cors)
+        return response

@@ -45,18 +45,19 @@ class VersionPrefix:
 
 
 def _negotiate() -> None:
-    match = _PATH_VERSION_RE.match(request.path)
+    path = request.path
+    match = _PATH_VERSION_RE.match(path) if path.startswith("/v") else None
     if match:
         raise NotFound(f"unknown API version v{match.group(1)}: this server speaks v{CURRENT} "
                        f"(/v{CURRENT}/...)", {"supported": [CURRENT]})
-    version = request.args.get("version")
+    version = request.args.get("version") if request.query_string else None
     if version is not None:
         if version != CURRENT:
             raise InvalidRequest(f"unsupported API version {version[:20]!r}; supported: {CURRENT}",
                                  {"parameter": "version", "supported": [CURRENT]})
         g.version_param = True
     accept = request.headers.get("Accept", "")
-    asked = set(_VENDOR_RE.findall(accept))
+    asked = set(_VENDOR_RE.findall(accept)) if "vnd.waygate" in accept else ()
     if asked:
         offered = request.accept_mimetypes
         if CURRENT in asked and offered.quality(VENDOR_TYPE) >= offered.quality("application/json"):
