@@ -12,3 +12,4 @@ migrations = Migrations("waygate")
 from . import m001_api_keys  # noqa: E402,F401  (registration order is application order)
 from . import m002_executions  # noqa: E402,F401
 from . import m003_errors  # noqa: E402,F401
+from . import m004_stats_triggers  # noqa: E402,F401

@@ -11,7 +11,8 @@ from .config import Config, log_level_number
 from .lifecycle import service_started_at
 from .services import Services
 from .mcp import McpServer
-from .web import auth, core, diagnostics, envelope, execute, http, limiter, mcp, plugins
+from .web import (auth, core, diagnostics, envelope, execute, http, jsonio, limiter, mcp,
+                  plugins)
 from .web import metrics as web_metrics
 from .web import versioning
 
@@ -53,7 +54,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     services = services or Services.build(config)
 
     app = Flask(__name__)
-    app.json.sort_keys = False
+    jsonio.init_app(app)
     app.extensions["waygate"] = services
     envelope.init_app(app)
     envelope.install_error_persistence(app)

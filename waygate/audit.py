@@ -1,8 +1,9 @@
 """The audit log of executions and the per-plugin statistics, both in SQLite.
 
-A finished execution is one write transaction: its audit row and its plugin's running totals
-together, before the caller gets the answer, so no completed command goes unrecorded and the
-statistics add up over every worker. Keys are recorded by name, never the key itself.
+A finished execution is one INSERT, written before the caller gets the answer, so no
+completed command goes unrecorded; triggers (migration m004) add it to its plugin's running
+totals in the same statement, so the statistics add up over every worker. Keys are recorded
+by name, never the key itself.
 """
 
 from __future__ import annotations
@@ -69,18 +70,15 @@ class AuditLog:
                mode: str, status: str, duration_ms: int, error: str | None, timeout_s: int,
                created_at: str, started_at: str | None, result: Any = None,
                store_result: bool = False) -> None:
-        """Record a finished execution and count it for its plugin, in one transaction."""
-        with self.storage.write() as conn:
-            conn.execute(
-                "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
-                " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
-                " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (command_id, action, plugin, key_name, mode, status, duration_ms, error,
-                 _dump(result) if store_result else None, timeout_s, os.getpid(), created_at,
-                 started_at, isoformat()),
-            )
-            if plugin:
-                self._count(conn, plugin, status, duration_ms)
+        """Record a finished execution (its plugin's totals follow by trigger)."""
+        self.storage.execute_write(
+            "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
+            " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
+            " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (command_id, action, plugin, key_name, mode, status, duration_ms, error,
+             _dump(result) if store_result else None, timeout_s, os.getpid(), created_at,
+             started_at, isoformat()),
+        )
 
     def accept(self, *, command_id: str, action: str, plugin: str, key_name: str | None,
                timeout_s: int, created_at: str) -> None:
@@ -98,28 +96,14 @@ class AuditLog:
             "WHERE command_id = ? AND status = 'pending'", (isoformat(), command_id))
         return cursor.rowcount == 1
 
-    def finish(self, command_id: str, *, plugin: str, status: str, duration_ms: int,
+    def finish(self, command_id: str, *, status: str, duration_ms: int,
                error: str | None, result: Any = None) -> None:
         """Close an async execution, unless a sweep closed it first."""
-        with self.storage.write() as conn:
-            cursor = conn.execute(
-                "UPDATE executions SET status = ?, duration_ms = ?, error = ?, result = ?,"
-                " finished_at = ? WHERE command_id = ? AND status IN ('pending', 'running')",
-                (status, duration_ms, error, _dump(result) if status == "success" else None,
-                 isoformat(), command_id),
-            )
-            if cursor.rowcount == 1:
-                self._count(conn, plugin, status, duration_ms)
-
-    @staticmethod
-    def _count(conn, plugin: str, status: str, duration_ms: int) -> None:
-        conn.execute(
-            "INSERT INTO plugin_stats (plugin, calls_total, errors_total, duration_ms_total)"
-            " VALUES (?, 1, ?, ?) ON CONFLICT(plugin) DO UPDATE SET"
-            " calls_total = calls_total + 1,"
-            " errors_total = errors_total + excluded.errors_total,"
-            " duration_ms_total = duration_ms_total + excluded.duration_ms_total",
-            (plugin, 0 if status == "success" else 1, duration_ms),
+        self.storage.execute_write(
+            "UPDATE executions SET status = ?, duration_ms = ?, error = ?, result = ?,"
+            " finished_at = ? WHERE command_id = ? AND status IN ('pending', 'running')",
+            (status, duration_ms, error, _dump(result) if status == "success" else None,
+             isoformat(), command_id),
         )
 
     # -- sweeping and pruning ----------------------------------------------------------------

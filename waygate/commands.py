@@ -196,7 +196,7 @@ class CommandService:
                 outcome = _timed_out(inv, started)
             if self._observe is not None:
                 self._observe(inv.action, outcome.status, outcome.duration_ms)
-            self.audit.finish(inv.command_id, plugin=inv.plugin, status=outcome.status,
+            self.audit.finish(inv.command_id, status=outcome.status,
                               duration_ms=outcome.duration_ms, error=outcome.error,
                               result=outcome.result)
 

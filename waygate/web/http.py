@@ -15,6 +15,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..config import Config
 from ..errors import InvalidRequest
+from . import jsonio
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming id is echoed only if it is short and plain: no CR/LF, spaces or quotes.
@@ -52,12 +53,12 @@ def read_json(max_depth: int = 64) -> Any:
     if not raw:
         raise InvalidRequest("request body is empty: send a JSON object")
     try:
-        text = raw.decode("utf-8")
+        raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidRequest("request body is not valid UTF-8",
                              {"position": exc.start}) from None
     try:
-        value = json.loads(text)
+        value = jsonio.loads(raw)
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"malformed JSON: {exc.msg}",
                              {"line": exc.lineno, "column": exc.colno}) from None

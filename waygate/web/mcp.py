@@ -7,12 +7,10 @@ REST API apply.
 
 from __future__ import annotations
 
-import json
-
 from flask import Blueprint, Response, current_app, request
 
 from ..mcp import INVALID_REQUEST, PARSE_ERROR, JsonRpcError, Routing
-from . import services
+from . import jsonio, services
 from .auth import current_key, key_required
 from .limiter import limit_group
 from ..commands import Caller
@@ -21,7 +19,7 @@ bp = Blueprint("mcp", __name__)
 
 
 def _json(status: int, body: dict | None, headers: dict | None = None) -> Response:
-    response = Response(json.dumps(body, separators=(",", ":"), default=str) if body else b"",
+    response = Response(jsonio.dumps_bytes(body) if body else b"",
                         status=status, mimetype="application/json" if body else None)
     for name, value in (headers or {}).items():
         response.headers[name] = value
@@ -58,7 +56,7 @@ def endpoint():
         return _json(406, JsonRpcError(INVALID_REQUEST, "Not Acceptable: the client must "
                                        "accept application/json").body())
     try:
-        message = json.loads(request.get_data(cache=False))
+        message = jsonio.loads(request.get_data(cache=False))
     except (ValueError, RecursionError) as exc:
         return _json(400, JsonRpcError(PARSE_ERROR, f"Parse error: {exc}"[:200]).body())
     routing = Routing(version=request.headers.get("MCP-Protocol-Version"),
