@@ -7,6 +7,7 @@ This file is re-read on SIGHUP, so it does no work at import: the master's one-t
 
 import os
 import signal
+import sqlite3
 import sys
 import threading
 
@@ -49,14 +50,29 @@ def on_starting(server):
         sys.exit(2)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     storage = Storage(config.database_path, config.db_busy_timeout_ms)
-    storage.migrate()
-    # Nothing survives a restart: executions the previous service left open end as failed.
-    AuditLog(storage, retention=None).fail_open_executions(
-        "the service restarted while this command ran")
+    try:
+        storage.migrate()
+    except (sqlite3.Error, OSError) as exc:
+        print(
+            f"waygate: cannot use the database in {config.data_dir}: {exc} "
+            "(is the data dir writable?)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    try:
+        # Nothing survives a restart: executions the previous service left open end as failed.
+        AuditLog(storage, retention=None).fail_open_executions(
+            "the service restarted while this command ran"
+        )
+    except sqlite3.Error as exc:  # e.g. a read-only data dir: start, and let /health say so
+        server.log.warning("could not close executions left open: %s", exc)
     storage.close()
     # Before any worker imports prometheus_client: every worker then writes its metrics to
     # files here and any worker's /metrics adds them all up. Emptied at every master start.
-    prepare_multiprocess_dir(config.data_dir / "prometheus")
+    try:
+        prepare_multiprocess_dir(config.data_dir / "prometheus")
+    except OSError as exc:
+        server.log.warning("could not empty the metrics directory: %s", exc)
     mark_service_start()
 
 
@@ -71,7 +87,8 @@ def child_exit(server, worker):
     storage = Storage(Config.from_env().database_path)
     try:
         closed = AuditLog(storage, retention=None).fail_open_executions(
-            f"the worker (pid {worker.pid}) running this command exited", worker_pid=worker.pid)
+            f"the worker (pid {worker.pid}) running this command exited", worker_pid=worker.pid
+        )
         if closed:
             server.log.warning("worker %s exited with %s command(s) unfinished", worker.pid, closed)
     finally:
@@ -87,8 +104,12 @@ def post_worker_init(worker):
     services = worker.wsgi.extensions["waygate"]
     cfg = worker.cfg
     services.server_info = ServerInfo(
-        binds=tuple(cfg.bind), workers=cfg.workers, threads=cfg.threads,
-        worker_connections=cfg.worker_connections, master_pid=worker.ppid)
+        binds=tuple(cfg.bind),
+        workers=cfg.workers,
+        threads=cfg.threads,
+        worker_connections=cfg.worker_connections,
+        master_pid=worker.ppid,
+    )
     stop = signal.getsignal(signal.SIGTERM)
     drain_seconds = services.config.drain_seconds
 

@@ -1,7 +1,7 @@
 """The ceiling for this stack: bare Flask under the same gunicorn settings as Waygate,
 answering the same /health JSON and echoing a POST body. Nothing else."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from flask import Flask, jsonify, request
 
@@ -10,10 +10,15 @@ app = Flask(__name__)
 
 @app.get("/health")
 def health():
-    return jsonify({"status": "healthy",
-                    "checks": {"database": "ok", "cache": "ok", "filesystem": "ok", "plugins": "ok"},
-                    "version": "2.0.0", "uptime_seconds": 0,
-                    "timestamp": datetime.now(timezone.utc).isoformat()})
+    return jsonify(
+        {
+            "status": "healthy",
+            "checks": {"database": "ok", "cache": "ok", "filesystem": "ok", "plugins": "ok"},
+            "version": "2.0.0",
+            "uptime_seconds": 0,
+            "timestamp": datetime.now(UTC).isoformat(),
+        }
+    )
 
 
 @app.post("/echo")

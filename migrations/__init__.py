@@ -9,7 +9,10 @@ from sqlite_utils import Migrations
 
 migrations = Migrations("waygate")
 
-from . import m001_api_keys  # noqa: E402,F401  (registration order is application order)
-from . import m002_executions  # noqa: E402,F401
-from . import m003_errors  # noqa: E402,F401
-from . import m004_stats_triggers  # noqa: E402,F401
+# Importing registers; registration order is application order (zero-padded names sort so).
+from . import (  # noqa: E402
+    m001_api_keys,  # noqa: F401
+    m002_executions,  # noqa: F401
+    m003_errors,  # noqa: F401
+    m004_stats_triggers,  # noqa: F401
+)

@@ -37,8 +37,10 @@ def m002_executions(db):
     db.execute("CREATE INDEX executions_action_created ON executions(action, created_at)")
     db.execute("CREATE INDEX executions_status_created ON executions(status, created_at)")
     # The sweep for executions left behind by a dead worker reads only unfinished rows.
-    db.execute("CREATE INDEX executions_open ON executions(worker_pid) "
-               "WHERE status IN ('pending', 'running')")
+    db.execute(
+        "CREATE INDEX executions_open ON executions(worker_pid) "
+        "WHERE status IN ('pending', 'running')"
+    )
     db.execute(
         """
         CREATE TABLE plugin_stats (

@@ -13,13 +13,19 @@ from waygate.sdk import Command, ExecutionContext, Plugin
 
 
 class TestParams(Schema):
-    message = fields.String(load_default="ok", metadata={"description": "Test message"},
-                            validate=validate.Length(max=10_000))
+    message = fields.String(
+        load_default="ok",
+        metadata={"description": "Test message"},
+        validate=validate.Length(max=10_000),
+    )
 
 
 class EchoParams(Schema):
-    message = fields.String(required=True, metadata={"description": "Text to send back"},
-                            validate=validate.Length(max=1_000_000))
+    message = fields.String(
+        required=True,
+        metadata={"description": "Text to send back"},
+        validate=validate.Length(max=1_000_000),
+    )
 
 
 class StatusParams(Schema):
@@ -35,15 +41,32 @@ class CorePlugin(Plugin):
 
     def commands(self) -> list[Command]:
         return [
-            Command("test", "Test command for validation", TestParams, self.test,
-                    title="Test", annotations={"readOnlyHint": True, "idempotentHint": True},
-                    output_schema=_object({"message": "string", "received": "string"})),
-            Command("echo", "Return the message unchanged", EchoParams, self.echo,
-                    title="Echo", annotations={"readOnlyHint": True, "idempotentHint": True},
-                    output_schema=_object({"result": "string"})),
-            Command("status", "Report the host and process this command ran on", StatusParams,
-                    self.status, title="Server status",
-                    annotations={"readOnlyHint": True}),
+            Command(
+                "test",
+                "Test command for validation",
+                TestParams,
+                self.test,
+                title="Test",
+                annotations={"readOnlyHint": True, "idempotentHint": True},
+                output_schema=_object({"message": "string", "received": "string"}),
+            ),
+            Command(
+                "echo",
+                "Return the message unchanged",
+                EchoParams,
+                self.echo,
+                title="Echo",
+                annotations={"readOnlyHint": True, "idempotentHint": True},
+                output_schema=_object({"result": "string"}),
+            ),
+            Command(
+                "status",
+                "Report the host and process this command ran on",
+                StatusParams,
+                self.status,
+                title="Server status",
+                annotations={"readOnlyHint": True},
+            ),
         ]
 
     def test(self, params: dict, ctx: ExecutionContext) -> dict:

@@ -13,11 +13,11 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
+from xml.etree.ElementTree import ParseError
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 from marshmallow import Schema, fields, validate
-from xml.etree.ElementTree import ParseError
 
 from waygate.sdk import Command, CommandError, ExecutionContext, Plugin
 
@@ -25,26 +25,41 @@ FORMATS = ("json", "xml", "csv")
 
 
 class Options(Schema):
-    validate = fields.Boolean(load_default=False, metadata={
-        "description": "Report whether the input is valid, and where the first error is"})
-    transform = fields.Boolean(load_default=False, metadata={
-        "description": "Normalise the data to a list of JSON records"})
+    validate = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Report whether the input is valid, and where the first error is"},
+    )
+    transform = fields.Boolean(
+        load_default=False, metadata={"description": "Normalise the data to a list of JSON records"}
+    )
 
 
 class ProcessParams(Schema):
     input = fields.String(required=True, metadata={"description": "Input data to process"})
-    format = fields.String(load_default="json", validate=validate.OneOf(FORMATS),
-                           metadata={"description": "Format of the input"})
-    options = fields.Nested(Options, load_default=lambda: {"validate": False, "transform": False},
-                            metadata={"description": "Processing options"})
+    format = fields.String(
+        load_default="json",
+        validate=validate.OneOf(FORMATS),
+        metadata={"description": "Format of the input"},
+    )
+    options = fields.Nested(
+        Options,
+        load_default=lambda: {"validate": False, "transform": False},
+        metadata={"description": "Processing options"},
+    )
 
 
 class AnalyzeParams(Schema):
     input = fields.String(required=True, metadata={"description": "Data set to profile"})
-    format = fields.String(load_default="json", validate=validate.OneOf(FORMATS),
-                           metadata={"description": "Format of the input"})
-    top = fields.Integer(load_default=5, validate=validate.Range(min=1, max=50),
-                         metadata={"description": "How many most frequent values to list per field"})
+    format = fields.String(
+        load_default="json",
+        validate=validate.OneOf(FORMATS),
+        metadata={"description": "Format of the input"},
+    )
+    top = fields.Integer(
+        load_default=5,
+        validate=validate.Range(min=1, max=50),
+        metadata={"description": "How many most frequent values to list per field"},
+    )
 
 
 @dataclass
@@ -58,8 +73,12 @@ class InvalidInput(Exception):
     position: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"message": self.message, "line": self.line, "column": self.column,
-                "position": self.position}
+        return {
+            "message": self.message,
+            "line": self.line,
+            "column": self.column,
+            "position": self.position,
+        }
 
 
 class DataProcessorPlugin(Plugin):
@@ -72,15 +91,23 @@ class DataProcessorPlugin(Plugin):
 
     def commands(self) -> list[Command]:
         return [
-            Command("process_data", "Process input data: parse, validate and normalise JSON, "
-                    "CSV or XML", ProcessParams, self.process_data, title="Process data",
-                    annotations={"readOnlyHint": True, "idempotentHint": True,
-                                 "openWorldHint": False}),
-            Command("analyze", "Profile a data set: rows, columns, per-field type, nulls, "
-                    "numeric min/max/mean, distinct counts and top values", AnalyzeParams,
-                    self.analyze, title="Analyze data",
-                    annotations={"readOnlyHint": True, "idempotentHint": True,
-                                 "openWorldHint": False}),
+            Command(
+                "process_data",
+                "Process input data: parse, validate and normalise JSON, CSV or XML",
+                ProcessParams,
+                self.process_data,
+                title="Process data",
+                annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+            ),
+            Command(
+                "analyze",
+                "Profile a data set: rows, columns, per-field type, nulls, "
+                "numeric min/max/mean, distinct counts and top values",
+                AnalyzeParams,
+                self.analyze,
+                title="Analyze data",
+                annotations={"readOnlyHint": True, "idempotentHint": True, "openWorldHint": False},
+            ),
         ]
 
     # -- commands ----------------------------------------------------------------------------
@@ -92,26 +119,38 @@ class DataProcessorPlugin(Plugin):
             parsed = parse(fmt, text, ctx)
         except InvalidInput as err:
             if options["validate"]:
-                return {"message": f"input is not valid {fmt}", "data": None,
-                        "metadata": {"format": fmt, "valid": False, "errors": [err.as_dict()]}}
-            raise CommandError(f"input is not valid {fmt}: {err.message}",
-                               {"format": fmt, **err.as_dict()}) from None
+                return {
+                    "message": f"input is not valid {fmt}",
+                    "data": None,
+                    "metadata": {"format": fmt, "valid": False, "errors": [err.as_dict()]},
+                }
+            raise CommandError(
+                f"input is not valid {fmt}: {err.message}", {"format": fmt, **err.as_dict()}
+            ) from None
         records = to_records(fmt, parsed)
-        metadata = {"format": fmt, "records": len(records), "fields": field_names(records),
-                    "bytes": len(text.encode("utf-8")), "transformed": options["transform"]}
+        metadata = {
+            "format": fmt,
+            "records": len(records),
+            "fields": field_names(records),
+            "bytes": len(text.encode("utf-8")),
+            "transformed": options["transform"],
+        }
         if options["validate"]:
             metadata.update(valid=True, errors=[])
-        return {"message": f"processed {len(records)} {fmt} record(s)",
-                "data": records if options["transform"] or fmt != "json" else parsed,
-                "metadata": metadata}
+        return {
+            "message": f"processed {len(records)} {fmt} record(s)",
+            "data": records if options["transform"] or fmt != "json" else parsed,
+            "metadata": metadata,
+        }
 
     def analyze(self, params: dict, ctx: ExecutionContext) -> dict:
         fmt, text = self._admit(params)
         try:
             records = to_records(fmt, parse(fmt, text, ctx))
         except InvalidInput as err:
-            raise CommandError(f"input is not valid {fmt}: {err.message}",
-                               {"format": fmt, **err.as_dict()}) from None
+            raise CommandError(
+                f"input is not valid {fmt}: {err.message}", {"format": fmt, **err.as_dict()}
+            ) from None
         return profile(records, params["top"], ctx)
 
     def _admit(self, params: dict) -> tuple[str, str]:
@@ -121,12 +160,16 @@ class DataProcessorPlugin(Plugin):
         text = params["input"]
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
         if size > self.config["max_size"]:
-            raise CommandError(f"input is {size} bytes; the limit is {self.config['max_size']}",
-                               {"bytes": size, "max_size": self.config["max_size"]}, status=413)
+            raise CommandError(
+                f"input is {size} bytes; the limit is {self.config['max_size']}",
+                {"bytes": size, "max_size": self.config["max_size"]},
+                status=413,
+            )
         return fmt, text
 
 
 # -- parsing -----------------------------------------------------------------------------------
+
 
 def parse(fmt: str, text: str, ctx: ExecutionContext) -> Any:
     if fmt == "json":
@@ -159,9 +202,14 @@ def parse_csv(text: str, ctx: ExecutionContext) -> list[dict[str, str]]:
             if len(row) != width:
                 if not row:
                     continue  # blank line
-                raise InvalidInput("csv", f"row has {len(row)} fields; the header has {width}",
-                                   reader.line_num, 1, None)
-            rows.append(dict(zip(header, row)))
+                raise InvalidInput(
+                    "csv",
+                    f"row has {len(row)} fields; the header has {width}",
+                    reader.line_num,
+                    1,
+                    None,
+                )
+            rows.append(dict(zip(header, row, strict=True)))
             if number % 10000 == 0:
                 ctx.check_cancelled()
     except csv.Error as err:
@@ -173,14 +221,16 @@ def parse_xml(text: str) -> Any:
     try:
         return SafeET.fromstring(text, forbid_dtd=True)
     except DefusedXmlException as err:
-        raise InvalidInput("xml", f"refused: {type(err).__name__} (DTDs and entities are not "
-                           "allowed)") from None
+        raise InvalidInput(
+            "xml", f"refused: {type(err).__name__} (DTDs and entities are not allowed)"
+        ) from None
     except ParseError as err:
         line, column = err.position
         raise InvalidInput("xml", str(err).split(":")[0], line, column + 1, None) from None
 
 
 # -- records -----------------------------------------------------------------------------------
+
 
 def to_records(fmt: str, parsed: Any) -> list[dict[str, Any]]:
     """Normalise parsed data to a list of flat JSON objects."""
@@ -223,6 +273,7 @@ def field_names(records: list[dict[str, Any]]) -> list[str]:
 
 # -- profiling ---------------------------------------------------------------------------------
 
+
 def profile(records: list[dict[str, Any]], top: int, ctx: ExecutionContext) -> dict[str, Any]:
     names = field_names(records)
     columns: dict[str, Any] = {}
@@ -238,13 +289,17 @@ def profile_field(values: list[Any], top: int) -> dict[str, Any]:
     present = [v for v in values if v is not None and v != ""]
     kinds = Counter(kind_of(v) for v in present)
     numbers = [n for n in (as_number(v) for v in present) if n is not None]
-    hashable = [json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for v in present]
+    hashable = [
+        json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for v in present
+    ]
     counts = Counter(hashable)
     info: dict[str, Any] = {
         "type": (kinds.most_common(1)[0][0] if len(kinds) == 1 else "mixed") if kinds else "null",
         "nulls": len(values) - len(present),
         "distinct": len(counts),
-        "top_values": [{"value": value, "count": count} for value, count in counts.most_common(top)],
+        "top_values": [
+            {"value": value, "count": count} for value, count in counts.most_common(top)
+        ],
     }
     if numbers and len(numbers) == len(present):
         info.update(min=min(numbers), max=max(numbers), mean=math.fsum(numbers) / len(numbers))

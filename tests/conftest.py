@@ -62,7 +62,8 @@ class PluginDist:
         info = self.root / "waygate_test_plugins-0.1.dist-info"
         info.mkdir(exist_ok=True)
         (info / "METADATA").write_text(
-            "Metadata-Version: 2.1\nName: waygate-test-plugins\nVersion: 0.1\n")
+            "Metadata-Version: 2.1\nName: waygate-test-plugins\nVersion: 0.1\n"
+        )
         lines = "".join(f"{n} = {t}\n" for n, t in self.entry_points.items())
         (info / "entry_points.txt").write_text(f"[waygate.plugins]\n{lines}")
         time.sleep(0.01)  # let the folder's mtime move, as importlib's path cache keys on it
@@ -79,10 +80,12 @@ def plugin_dist(tmp_path, monkeypatch) -> PluginDist:
 @pytest.fixture
 def make_app(data_dir):
     """Build an app with config overrides: ``make_app(rate_limit_health="2/minute")``."""
+
     def build(**overrides):
         # no housekeeping thread per test app; gunicorn tests run it as configured
         overrides.setdefault("housekeeping_interval_s", 0)
         return create_app(Config(data_dir=data_dir).replace(**overrides))
+
     return build
 
 
@@ -101,6 +104,7 @@ def app_services_of():
 def probe_client(app):
     """A client for an app that also has the test-only routes of tests/probe.py."""
     from tests import probe
+
     app.register_blueprint(probe.bp)
     return app.test_client()
 
@@ -141,6 +145,7 @@ def runner(data_dir, monkeypatch):
         with redirect_stdout(out), redirect_stderr(err):
             code = main(list(args))
         return code, out.getvalue(), err.getvalue()
+
     return invoke
 
 
@@ -170,10 +175,21 @@ class Server:
         self.log_path = self.data_dir.parent / f"gunicorn-{self.port}.log"
         env = {**os.environ, "WAYGATE_DATA_DIR": str(self.data_dir), **self.env}
         self.proc = subprocess.Popen(
-            [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
-             "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-             "--chdir", str(ROOT), "wsgi:app"],
-            env=env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
+            [
+                str(BIN / "gunicorn"),
+                "-c",
+                str(ROOT / "gunicorn.conf.py"),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(self.workers),
+                "--chdir",
+                str(ROOT),
+                "wsgi:app",
+            ],
+            env=env,
+            stdout=open(self.log_path, "wb"),  # noqa: SIM115 - the child holds it; closed on exit
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -213,6 +229,13 @@ def server_factory(data_dir):
         server = Server(data_dir=data_dir, workers=workers, env=env).start()
         started.append(server)
         return server
+
     yield start
     for server in started:
         server.stop()
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--soak", action="store_true", help="run the load and contention tests for 60 s each"
+    )

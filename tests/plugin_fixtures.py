@@ -31,8 +31,7 @@ class TestingPlugin(Plugin):
             Command("sleep", "Sleep, checking for cancellation", SecondsParams, self.sleep),
             Command("stuck", "Sleep, ignoring cancellation", SecondsParams, self.stuck),
             Command("boom", "Raise (after sleeping, if asked)", SecondsParams, self.boom),
-            Command("pid", "The worker's pid (after sleeping, if asked)", SecondsParams,
-                    self.pid),
+            Command("pid", "The worker's pid (after sleeping, if asked)", SecondsParams, self.pid),
         ]
 
     def sleep(self, params, ctx):

@@ -5,8 +5,8 @@ from datetime import timedelta
 
 import pytest
 
-from waygate.clock import isoformat, utcnow
 from tests.test_http import assert_envelope
+from waygate.clock import isoformat, utcnow
 
 
 @pytest.fixture
@@ -31,9 +31,12 @@ def test_every_kind_of_execution_is_recorded_with_the_key_name(client, keys, dat
     run(client, keys, {"action": "sleep", "params": {"seconds": 2}, "timeout": 1})
     recorded = rows(data_dir)
     assert [(r["action"], r["mode"], r["status"]) for r in recorded] == [
-        ("echo", "sync", "success"), ("boom", "sync", "failed"),
-        ("test", "batch", "success"), ("test", "batch", "success"),
-        ("sleep", "sync", "timeout")]
+        ("echo", "sync", "success"),
+        ("boom", "sync", "failed"),
+        ("test", "batch", "success"),
+        ("test", "batch", "success"),
+        ("sleep", "sync", "timeout"),
+    ]
     assert {r["key_name"] for r in recorded} == {"ops-user"}
     assert recorded[1]["error"] == "kaboom" and recorded[1]["plugin"] == "Testing"
     assert all(r["duration_ms"] is not None and r["finished_at"] for r in recorded)
@@ -59,8 +62,17 @@ def test_executions_are_listed_newest_first_with_filters(client, keys):
     body = client.get("/mcp/executions", headers=admin).get_json()
     assert [e["action"] for e in body["executions"]] == ["test", "boom", "echo"]
     assert body["total"] == 3
-    assert set(body["executions"][0]) >= {"command_id", "action", "plugin", "key_name", "status",
-                                          "duration_ms", "error", "created_at", "finished_at"}
+    assert set(body["executions"][0]) >= {
+        "command_id",
+        "action",
+        "plugin",
+        "key_name",
+        "status",
+        "duration_ms",
+        "error",
+        "created_at",
+        "finished_at",
+    }
     failed = client.get("/mcp/executions?status=failed", headers=admin).get_json()
     assert [e["action"] for e in failed["executions"]] == ["boom"]
     echo = client.get("/mcp/executions?action=echo", headers=admin).get_json()
@@ -81,11 +93,15 @@ def test_executions_are_paginated_with_link_headers(client, keys):
         assert f'page={page}>; rel="{rel}"' in link
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=101", "page=0", "page=x", "since=yesterday",
-                                   "status=exploded"])
+@pytest.mark.parametrize(
+    "query", ["limit=0", "limit=101", "page=0", "page=x", "since=yesterday", "status=exploded"]
+)
 def test_bad_list_parameters_are_400(client, keys, query):
-    assert_envelope(client.get(f"/mcp/executions?{query}", headers=keys.headers("admin")),
-                    400, "INVALID_REQUEST")
+    assert_envelope(
+        client.get(f"/mcp/executions?{query}", headers=keys.headers("admin")),
+        400,
+        "INVALID_REQUEST",
+    )
 
 
 def test_retention_prunes_old_rows_only(client, keys, data_dir, app_services_of):
@@ -94,8 +110,10 @@ def test_retention_prunes_old_rows_only(client, keys, data_dir, app_services_of)
     old = isoformat(utcnow() - timedelta(days=8))
     with audit.storage.write() as conn:
         for i in range(1200):
-            conn.execute("INSERT INTO executions (command_id, action, mode, status, timeout_s,"
-                         " created_at) VALUES (?, 'test', 'sync', 'success', 30, ?)",
-                         (f"cmd_old_{i}", old))
+            conn.execute(
+                "INSERT INTO executions (command_id, action, mode, status, timeout_s,"
+                " created_at) VALUES (?, 'test', 'sync', 'success', 30, ?)",
+                (f"cmd_old_{i}", old),
+            )
     assert audit.prune(batch=500) == 1200
     assert [r["action"] for r in rows(data_dir)] == ["test"]

@@ -5,14 +5,17 @@ import pytest
 from tests.test_http import assert_envelope
 
 
-@pytest.mark.parametrize("path, role, status", [
-    ("/_probe/user", None, 401),
-    ("/_probe/user", "user", 200),
-    ("/_probe/user", "admin", 200),
-    ("/_probe/admin", None, 401),
-    ("/_probe/admin", "user", 403),
-    ("/_probe/admin", "admin", 200),
-])
+@pytest.mark.parametrize(
+    "path, role, status",
+    [
+        ("/_probe/user", None, 401),
+        ("/_probe/user", "user", 200),
+        ("/_probe/user", "admin", 200),
+        ("/_probe/admin", None, 401),
+        ("/_probe/admin", "user", 403),
+        ("/_probe/admin", "admin", 200),
+    ],
+)
 def test_auth_matrix(probe_client, keys, path, role, status):
     headers = keys.headers(role) if role else {}
     response = probe_client.get(path, headers=headers)
@@ -60,8 +63,10 @@ def test_public_endpoints_need_no_key(client):
 def test_repeated_bad_keys_count_against_the_client(make_app, keys):
     app = make_app(rate_limit_default="3/minute")
     from tests import probe
+
     app.register_blueprint(probe.bp)
     client = app.test_client()
-    statuses = [client.get("/_probe/user", headers={"X-API-Key": f"bad{i}"}).status_code
-                for i in range(4)]
+    statuses = [
+        client.get("/_probe/user", headers={"X-API-Key": f"bad{i}"}).status_code for i in range(4)
+    ]
     assert statuses == [401, 401, 401, 429]

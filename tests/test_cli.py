@@ -9,8 +9,11 @@ def test_keys_create_prints_the_key_last_and_stores_only_its_hash(runner, data_d
     assert re.fullmatch(r"[A-Za-z0-9]{32}", key)
     raw = (data_dir / "waygate.db").read_bytes()
     assert key.encode() not in raw
-    rows = sqlite3.connect(data_dir / "waygate.db").execute(
-        "SELECT name, role, key_hash FROM api_keys").fetchall()
+    rows = (
+        sqlite3.connect(data_dir / "waygate.db")
+        .execute("SELECT name, role, key_hash FROM api_keys")
+        .fetchall()
+    )
     assert rows[0][:2] == ("alice", "admin") and rows[0][2] != key
 
 
@@ -66,7 +69,10 @@ def test_a_bad_config_value_is_one_line_naming_the_variable(runner, monkeypatch)
     monkeypatch.setenv("WAYGATE_TRUSTED_PROXIES", "many")
     code, out, err = runner("keys", "list")
     assert code == 2
-    assert err.strip() == "waygate: configuration error: WAYGATE_TRUSTED_PROXIES: 'many' is not an integer"
+    assert (
+        err.strip()
+        == "waygate: configuration error: WAYGATE_TRUSTED_PROXIES: 'many' is not an integer"
+    )
 
 
 def test_migrate_applies_once(runner):

@@ -9,23 +9,28 @@ def test_defaults_follow_the_spec():
     config = Config.from_env({})
     assert config.data_dir == Path("var")
     assert config.cors_origins == ("http://localhost:3000",)
-    assert (config.rate_limit_execute, config.rate_limit_health,
-            config.rate_limit_metrics, config.rate_limit_default) == (
-        "100/minute", "1000/minute", "100/minute", "500/minute")
+    assert (
+        config.rate_limit_execute,
+        config.rate_limit_health,
+        config.rate_limit_metrics,
+        config.rate_limit_default,
+    ) == ("100/minute", "1000/minute", "100/minute", "500/minute")
     assert config.trusted_proxies == 0
     assert config.effective_ratelimit_storage_uri.startswith("sqlite:////")
 
 
 def test_values_are_read_from_waygate_variables(tmp_path):
-    config = Config.from_env({
-        "WAYGATE_DATA_DIR": str(tmp_path),
-        "WAYGATE_CORS_ORIGINS": "https://a.example, https://b.example:8443",
-        "WAYGATE_RATE_LIMIT_EXECUTE": "5/second",
-        "WAYGATE_MAX_BODY_BYTES": "2048",
-        "WAYGATE_TRUSTED_PROXIES": "1",
-        "WAYGATE_LOG_LEVEL": "debug",
-        "WAYGATE_RATELIMIT_FAIL_OPEN": "false",
-    })
+    config = Config.from_env(
+        {
+            "WAYGATE_DATA_DIR": str(tmp_path),
+            "WAYGATE_CORS_ORIGINS": "https://a.example, https://b.example:8443",
+            "WAYGATE_RATE_LIMIT_EXECUTE": "5/second",
+            "WAYGATE_MAX_BODY_BYTES": "2048",
+            "WAYGATE_TRUSTED_PROXIES": "1",
+            "WAYGATE_LOG_LEVEL": "debug",
+            "WAYGATE_RATELIMIT_FAIL_OPEN": "false",
+        }
+    )
     assert config.data_dir == tmp_path
     assert config.cors_origins == ("https://a.example", "https://b.example:8443")
     assert config.rate_limit_execute == "5/second"
@@ -35,17 +40,20 @@ def test_values_are_read_from_waygate_variables(tmp_path):
     assert config.ratelimit_fail_open is False
 
 
-@pytest.mark.parametrize("name, value", [
-    ("WAYGATE_RATE_LIMIT_EXECUTE", "lots"),
-    ("WAYGATE_RATE_LIMIT_DEFAULT", "100/fortnight"),
-    ("WAYGATE_MAX_BODY_BYTES", "ten"),
-    ("WAYGATE_MAX_BODY_BYTES", "10"),
-    ("WAYGATE_TRUSTED_PROXIES", "-1"),
-    ("WAYGATE_LOG_LEVEL", "LOUD"),
-    ("WAYGATE_CORS_ORIGINS", "not an origin"),
-    ("WAYGATE_RATELIMIT_STORAGE_URI", "postgres://db"),
-    ("WAYGATE_RATELIMIT_FAIL_OPEN", "maybe"),
-])
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("WAYGATE_RATE_LIMIT_EXECUTE", "lots"),
+        ("WAYGATE_RATE_LIMIT_DEFAULT", "100/fortnight"),
+        ("WAYGATE_MAX_BODY_BYTES", "ten"),
+        ("WAYGATE_MAX_BODY_BYTES", "10"),
+        ("WAYGATE_TRUSTED_PROXIES", "-1"),
+        ("WAYGATE_LOG_LEVEL", "LOUD"),
+        ("WAYGATE_CORS_ORIGINS", "not an origin"),
+        ("WAYGATE_RATELIMIT_STORAGE_URI", "postgres://db"),
+        ("WAYGATE_RATELIMIT_FAIL_OPEN", "maybe"),
+    ],
+)
 def test_a_bad_value_names_its_variable(name, value):
     with pytest.raises(ConfigError) as err:
         Config.from_env({name: value})

@@ -11,8 +11,11 @@ def test_index_matches_the_spec(client):
     response = client.get("/")
     assert response.status_code == 200
     assert response.get_json() == {
-        "service": "Waygate MCP", "version": "2.0.0", "status": "operational",
-        "mode": "local_vm", "description": "Enterprise-grade MCP Server Framework",
+        "service": "Waygate MCP",
+        "version": "2.0.0",
+        "status": "operational",
+        "mode": "local_vm",
+        "description": "Enterprise-grade MCP Server Framework",
         "documentation": "/docs",
     }
 
@@ -53,7 +56,9 @@ def test_unwritable_data_dir_fails_the_filesystem_check(app, data_dir):
     data_dir.write_text("not a directory")
     response = app.test_client().get("/health")
     assert response.status_code == 503
-    assert response.get_json()["checks"]["filesystem"].startswith("failed: data dir is not writable")
+    assert response.get_json()["checks"]["filesystem"].startswith(
+        "failed: data dir is not writable"
+    )
 
 
 def test_rate_limit_storage_that_does_not_answer_fails_cache(app, monkeypatch):
@@ -67,11 +72,15 @@ def test_rate_limit_storage_that_does_not_answer_fails_cache(app, monkeypatch):
 def test_a_failed_plugin_fails_the_plugins_check(app):
     registry = app.extensions["waygate"].plugins
     broken = PluginInfo(name="Broken", status="failed", error="import failed: ImportError: nope")
-    registry._current = PluginSet(plugins={"Broken": broken}, commands={}, command_plugin={},
-                                  loaded_at=time.time())
+    registry._current = PluginSet(
+        plugins={"Broken": broken}, commands={}, command_plugin={}, loaded_at=time.time()
+    )
     response = app.test_client().get("/health")
     assert response.status_code == 503
-    assert response.get_json()["checks"]["plugins"] == "failed: Broken: import failed: ImportError: nope"
+    assert (
+        response.get_json()["checks"]["plugins"]
+        == "failed: Broken: import failed: ImportError: nope"
+    )
 
 
 def test_database_failure_is_503_naming_database(app, data_dir):

@@ -19,8 +19,10 @@ def call(make_app, keys):
     client = make_app().test_client()
 
     def post(action="process_data", **params):
-        return client.post("/mcp/execute", json={"action": action, "params": params},
-                           headers=keys.headers())
+        return client.post(
+            "/mcp/execute", json={"action": action, "params": params}, headers=keys.headers()
+        )
+
     post.client = client
     return post
 
@@ -33,13 +35,18 @@ def test_the_spec_example_gets_a_clear_answer_not_a_500(call):
 
 
 def test_the_spec_example_with_validate_reports_invalid_and_where(call):
-    response = call(input="sample data", format="json",
-                    options={"validate": True, "transform": False})
+    response = call(
+        input="sample data", format="json", options={"validate": True, "transform": False}
+    )
     assert response.status_code == 200
     result = response.get_json()["result"]
     assert result["metadata"]["valid"] is False
-    assert result["metadata"]["errors"][0] == {"message": "Expecting value", "line": 1,
-                                               "column": 1, "position": 0}
+    assert result["metadata"]["errors"][0] == {
+        "message": "Expecting value",
+        "line": 1,
+        "column": 1,
+        "position": 0,
+    }
 
 
 def test_valid_json_reports_records_and_fields(call):
@@ -58,8 +65,9 @@ def test_json_error_position_is_reported(call):
 
 
 def test_csv_is_normalised_to_records(call):
-    result = call(input="host,cpu\nweb1,0.5\nweb2,0.7\n", format="csv",
-                  options={"transform": True}).get_json()["result"]
+    result = call(
+        input="host,cpu\nweb1,0.5\nweb2,0.7\n", format="csv", options={"transform": True}
+    ).get_json()["result"]
     assert result["data"] == [{"host": "web1", "cpu": "0.5"}, {"host": "web2", "cpu": "0.7"}]
     assert result["metadata"]["records"] == 2 and result["metadata"]["fields"] == ["host", "cpu"]
 
@@ -71,7 +79,9 @@ def test_ragged_csv_names_the_line(call):
 
 
 def test_xml_is_normalised_to_records(call):
-    xml = "<hosts><host id='1'><name>web1</name></host><host id='2'><name>web2</name></host></hosts>"
+    xml = (
+        "<hosts><host id='1'><name>web1</name></host><host id='2'><name>web2</name></host></hosts>"
+    )
     result = call(input=xml, format="xml", options={"transform": True}).get_json()["result"]
     assert result["data"] == [{"id": "1", "name": "web1"}, {"id": "2", "name": "web2"}]
 
@@ -90,8 +100,11 @@ def test_malformed_xml_names_the_position(call):
 
 def test_input_over_max_size_is_413(make_app, keys):
     client = make_app(plugin_config={"DataProcessor": {"max_size": 100}}).test_client()
-    response = client.post("/mcp/execute", headers=keys.headers(), json={
-        "action": "process_data", "params": {"input": "x" * 101, "format": "csv"}})
+    response = client.post(
+        "/mcp/execute",
+        headers=keys.headers(),
+        json={"action": "process_data", "params": {"input": "x" * 101, "format": "csv"}},
+    )
     error = assert_envelope(response, 413, "INVALID_REQUEST")
     assert error["details"]["max_size"] == 100 and error["details"]["bytes"] == 101
 

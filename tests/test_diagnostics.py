@@ -12,8 +12,9 @@ def client(plugin_dist, make_app):
     return make_app().test_client()
 
 
-@pytest.mark.parametrize("path", ["/diagnostics/connection", "/diagnostics/performance",
-                                  "/diagnostics/errors"])
+@pytest.mark.parametrize(
+    "path", ["/diagnostics/connection", "/diagnostics/performance", "/diagnostics/errors"]
+)
 def test_diagnostics_are_admin_only(client, keys, path):
     assert_envelope(client.get(path), 401, "UNAUTHORIZED")
     assert_envelope(client.get(path, headers=keys.headers("user")), 403, "FORBIDDEN")
@@ -51,8 +52,9 @@ def test_a_failed_command_is_persisted_once_with_its_request(client, keys, data_
 
 
 def test_an_error_record_outside_any_request_is_persisted(client, keys):
-    location = client.post("/mcp/execute", json={"action": "boom", "async": True},
-                           headers=keys.headers()).headers["Location"]
+    location = client.post(
+        "/mcp/execute", json={"action": "boom", "async": True}, headers=keys.headers()
+    ).headers["Location"]
     for _ in range(100):
         if client.get(location, headers=keys.headers()).get_json()["status"] == "failed":
             break
@@ -69,11 +71,15 @@ def test_a_health_503_is_persisted_with_its_code(make_app, keys):
 
 
 def test_errors_never_hold_keys_or_bodies(client, keys, data_dir):
-    client.post("/mcp/execute", headers=keys.headers(),
-                json={"action": "boom", "context": {"secret": "hunter2-body-value"}})
+    client.post(
+        "/mcp/execute",
+        headers=keys.headers(),
+        json={"action": "boom", "context": {"secret": "hunter2-body-value"}},
+    )
     client.get("/diagnostics/errors", headers={"X-API-Key": "wrong-" + keys.user})
-    dump = "\n".join(str(row) for row in sqlite3.connect(data_dir / "waygate.db").execute(
-        "SELECT * FROM errors"))
+    dump = "\n".join(
+        str(row) for row in sqlite3.connect(data_dir / "waygate.db").execute("SELECT * FROM errors")
+    )
     assert dump and keys.user not in dump and keys.admin not in dump
     assert "hunter2-body-value" not in dump
 
@@ -89,12 +95,16 @@ def test_errors_limit_defaults_to_10_and_pages(client, keys):
 
 @pytest.mark.parametrize("query", ["limit=101", "limit=0", "since=not-a-date", "since=2025-13-45"])
 def test_bad_errors_parameters_are_400(client, keys, query):
-    assert_envelope(client.get(f"/diagnostics/errors?{query}", headers=keys.headers("admin")),
-                    400, "INVALID_REQUEST")
+    assert_envelope(
+        client.get(f"/diagnostics/errors?{query}", headers=keys.headers("admin")),
+        400,
+        "INVALID_REQUEST",
+    )
 
 
 def test_errors_since_filters(client, keys):
     client.post("/mcp/execute", json={"action": "boom"}, headers=keys.headers())
-    body = client.get("/diagnostics/errors?since=2099-01-01T00:00:00Z",
-                      headers=keys.headers("admin")).get_json()
+    body = client.get(
+        "/diagnostics/errors?since=2099-01-01T00:00:00Z", headers=keys.headers("admin")
+    ).get_json()
     assert body == {"errors": [], "total": 0}

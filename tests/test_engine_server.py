@@ -1,5 +1,6 @@
 """The command engine across real gunicorn workers."""
 
+import contextlib
 import os
 import signal
 import threading
@@ -11,7 +12,6 @@ import requests
 
 from tests.test_plugins import PLUGIN_SOURCE
 
-
 # gthread workers take whatever connections they can, so one worker may serve a whole test's
 # traffic; with few connections per worker, concurrent clients reach every worker.
 SPREAD = "--worker-connections 2"
@@ -22,22 +22,31 @@ def engine_server(plugin_dist, server_factory, keys):
     def start(workers=3, **env):
         env.setdefault("GUNICORN_CMD_ARGS", SPREAD)
         return server_factory(workers=workers, PYTHONPATH=str(plugin_dist.root), **env)
+
     return start
 
 
 def execute(server, keys, body, role="user", timeout=10):
-    return requests.post(server.url + "/mcp/execute", json=body, headers=keys.headers(role),
-                         timeout=timeout)
+    return requests.post(
+        server.url + "/mcp/execute", json=body, headers=keys.headers(role), timeout=timeout
+    )
 
 
 def test_statistics_from_three_workers_add_up(engine_server, keys):
     server = engine_server(workers=3)
     with ThreadPoolExecutor(6) as pool:  # concurrent calls spread over the workers
-        pids = set(pool.map(lambda _: execute(server, keys, {"action": "pid", "params": {"seconds": 0.05}}).json()[
-            "result"]["pid"], range(60)))
+        pids = set(
+            pool.map(
+                lambda _: execute(
+                    server, keys, {"action": "pid", "params": {"seconds": 0.05}}
+                ).json()["result"]["pid"],
+                range(60),
+            )
+        )
     assert len(pids) >= 2, "the calls should have reached several workers"
-    stats = requests.get(server.url + "/plugins/Testing", headers=keys.headers(),
-                         timeout=5).json()["statistics"]
+    stats = requests.get(server.url + "/plugins/Testing", headers=keys.headers(), timeout=5).json()[
+        "statistics"
+    ]
     assert stats["calls_total"] == 60 and stats["errors_total"] == 0
 
 
@@ -46,14 +55,23 @@ def test_a_new_plugin_appears_on_every_worker_after_one_reload(engine_server, ke
     assert execute(server, keys, {"action": "hello"}).status_code == 400
     plugin_dist.write_module("hello_plugin", PLUGIN_SOURCE.format(version="1.0.0", greeting="hi"))
     plugin_dist.register("Hello", "hello_plugin:Hello")
-    reload = requests.post(server.url + "/plugins/reload", headers=keys.headers("admin"), timeout=10)
+    reload = requests.post(
+        server.url + "/plugins/reload", headers=keys.headers("admin"), timeout=10
+    )
     assert "Hello" in reload.json()["loaded"]
     time.sleep(1.0)  # the promise: no worker serves the old set 1 s after the reload answered
     with ThreadPoolExecutor(6) as pool:
-        statuses = list(pool.map(lambda _: execute(server, keys, {"action": "hello"}).status_code,
-                                 range(30)))
-        pids = set(pool.map(lambda _: execute(server, keys, {"action": "pid", "params": {"seconds": 0.05}}).json()[
-            "result"]["pid"], range(30)))
+        statuses = list(
+            pool.map(lambda _: execute(server, keys, {"action": "hello"}).status_code, range(30))
+        )
+        pids = set(
+            pool.map(
+                lambda _: execute(
+                    server, keys, {"action": "pid", "params": {"seconds": 0.05}}
+                ).json()["result"]["pid"],
+                range(30),
+            )
+        )
     assert statuses == [200] * 30
     assert len(pids) >= 2
 
@@ -64,9 +82,11 @@ def test_a_timeout_answers_in_time_while_other_requests_are_served(engine_server
 
     def slow():
         started = time.monotonic()
-        result["response"] = execute(server, keys, {"action": "stuck", "params": {"seconds": 3},
-                                                   "timeout": 1})
+        result["response"] = execute(
+            server, keys, {"action": "stuck", "params": {"seconds": 3}, "timeout": 1}
+        )
         result["elapsed"] = time.monotonic() - started
+
     thread = threading.Thread(target=slow)
     thread.start()
     time.sleep(0.2)
@@ -82,12 +102,14 @@ def test_a_timeout_answers_in_time_while_other_requests_are_served(engine_server
 
 def test_an_async_command_on_a_killed_worker_ends_failed(engine_server, keys):
     server = engine_server(workers=2)
-    accepted = execute(server, keys, {"action": "stuck", "params": {"seconds": 60},
-                                      "timeout": 120, "async": True})
+    accepted = execute(
+        server, keys, {"action": "stuck", "params": {"seconds": 60}, "timeout": 120, "async": True}
+    )
     assert accepted.status_code == 202
     location = server.url + accepted.headers["Location"]
-    listing = requests.get(server.url + "/mcp/executions?action=stuck",
-                           headers=keys.headers("admin"), timeout=5).json()
+    listing = requests.get(
+        server.url + "/mcp/executions?action=stuck", headers=keys.headers("admin"), timeout=5
+    ).json()
     worker = listing["executions"][0]["worker_pid"]
     os.kill(worker, signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -102,22 +124,32 @@ def test_an_async_command_on_a_killed_worker_ends_failed(engine_server, keys):
 
 def test_a_revoked_key_is_refused_by_every_worker_at_once(engine_server, keys):
     server = engine_server(workers=3)
-    assert all(requests.get(server.url + "/mcp/status", headers=keys.headers(),
-                            timeout=5).status_code == 200 for _ in range(10))
+    assert all(
+        requests.get(server.url + "/mcp/status", headers=keys.headers(), timeout=5).status_code
+        == 200
+        for _ in range(10)
+    )
     keys.store.revoke("ops-user")
-    statuses = [requests.get(server.url + "/mcp/status", headers=keys.headers(),
-                             timeout=5).status_code for _ in range(30)]
+    statuses = [
+        requests.get(server.url + "/mcp/status", headers=keys.headers(), timeout=5).status_code
+        for _ in range(30)
+    ]
     assert statuses == [401] * 30
 
 
 def test_a_stuck_handler_does_not_hold_graceful_shutdown(engine_server, keys):
     server = engine_server(workers=1, GUNICORN_CMD_ARGS="--graceful-timeout 2")
+
     def stuck_request():
-        try:
-            execute(server, keys, {"action": "stuck", "params": {"seconds": 60}, "timeout": 120},
-                    timeout=30)
-        except requests.ConnectionError:
-            pass  # expected: the worker goes away at the graceful timeout
+        # the worker goes away at the graceful timeout, taking this connection with it
+        with contextlib.suppress(requests.ConnectionError):
+            execute(
+                server,
+                keys,
+                {"action": "stuck", "params": {"seconds": 60}, "timeout": 120},
+                timeout=30,
+            )
+
     threading.Thread(target=stuck_request, daemon=True).start()
     time.sleep(0.5)
     started = time.monotonic()
@@ -126,14 +158,23 @@ def test_a_stuck_handler_does_not_hold_graceful_shutdown(engine_server, keys):
     assert time.monotonic() - started < 4.5
 
 
-def test_executions_left_open_by_a_previous_run_end_failed_on_start(plugin_dist, server_factory,
-                                                                   keys):
+def test_executions_left_open_by_a_previous_run_end_failed_on_start(
+    plugin_dist, server_factory, keys
+):
     from waygate.audit import AuditLog
+
     audit = AuditLog(keys.store.storage, retention=None)
-    audit.accept(command_id="cmd_before_restart", action="sleep", plugin="Testing",
-                 key_name="ops-user", timeout_s=300, created_at="2026-01-01T00:00:00.000Z")
+    audit.accept(
+        command_id="cmd_before_restart",
+        action="sleep",
+        plugin="Testing",
+        key_name="ops-user",
+        timeout_s=300,
+        created_at="2026-01-01T00:00:00.000Z",
+    )
     server = server_factory(workers=1, PYTHONPATH=str(plugin_dist.root))
-    body = requests.get(server.url + "/mcp/executions/cmd_before_restart",
-                        headers=keys.headers(), timeout=5).json()
+    body = requests.get(
+        server.url + "/mcp/executions/cmd_before_restart", headers=keys.headers(), timeout=5
+    ).json()
     assert body["status"] == "failed"
     assert body["error"] == "the service restarted while this command ran"

@@ -15,8 +15,10 @@ RESPONSE_KEYS = {"status", "result", "error", "duration_ms", "command_id", "time
 @pytest.fixture
 def engine(plugin_dist, make_app, keys):
     """An app that also has the Testing plugin (sleep, stuck, boom, pid)."""
+
     def build(**overrides):
         return make_app(**overrides).test_client()
+
     return build
 
 
@@ -27,6 +29,7 @@ def api(engine, keys):
 
     def post(body, role="user", **kwargs):
         return client.post("/mcp/execute", json=body, headers=keys.headers(role), **kwargs)
+
     post.client = client
     post.services = post_app.extensions["waygate"]
     return post
@@ -50,8 +53,10 @@ def test_success_is_the_mcp_response_model(api):
 
 
 def test_command_ids_are_unique(api):
-    ids = {api({"action": "echo", "params": {"message": "x"}}).get_json()["command_id"]
-           for _ in range(20)}
+    ids = {
+        api({"action": "echo", "params": {"message": "x"}}).get_json()["command_id"]
+        for _ in range(20)
+    }
     assert len(ids) == 20
 
 
@@ -59,15 +64,18 @@ def test_execute_without_a_key_is_401(engine):
     assert_envelope(engine().post("/mcp/execute", json={"action": "test"}), 401, "UNAUTHORIZED")
 
 
-@pytest.mark.parametrize("body, code, field", [
-    ({"params": {}}, "MISSING_PARAMETER", "action"),
-    ({"action": "test", "timeout": 0}, "INVALID_REQUEST", "timeout"),
-    ({"action": "test", "timeout": 301}, "INVALID_REQUEST", "timeout"),
-    ({"action": "test", "timeout": "30"}, "INVALID_REQUEST", "timeout"),
-    ({"action": "test", "params": "message"}, "INVALID_REQUEST", "params"),
-    ({"action": "test", "context": []}, "INVALID_REQUEST", "context"),
-    ({"action": 7}, "INVALID_REQUEST", "action"),
-])
+@pytest.mark.parametrize(
+    "body, code, field",
+    [
+        ({"params": {}}, "MISSING_PARAMETER", "action"),
+        ({"action": "test", "timeout": 0}, "INVALID_REQUEST", "timeout"),
+        ({"action": "test", "timeout": 301}, "INVALID_REQUEST", "timeout"),
+        ({"action": "test", "timeout": "30"}, "INVALID_REQUEST", "timeout"),
+        ({"action": "test", "params": "message"}, "INVALID_REQUEST", "params"),
+        ({"action": "test", "context": []}, "INVALID_REQUEST", "context"),
+        ({"action": 7}, "INVALID_REQUEST", "action"),
+    ],
+)
 def test_invalid_commands_are_400_with_per_field_details(api, body, code, field):
     error = assert_envelope(api(body), 400, code)
     assert field in error["details"]["fields"]
@@ -81,7 +89,8 @@ def test_unknown_action_lists_the_available_commands(api):
     error = assert_envelope(api({"action": "launch_rockets"}), 400, "INVALID_REQUEST")
     assert error["details"]["action"] == "launch_rockets"
     assert {"test", "echo", "status", "process_data", "analyze", "sleep"} <= set(
-        error["details"]["available"])
+        error["details"]["available"]
+    )
 
 
 def test_missing_params_are_missing_parameter_with_details(api):
@@ -90,8 +99,9 @@ def test_missing_params_are_missing_parameter_with_details(api):
 
 
 def test_unknown_and_mistyped_params_are_invalid_request(api):
-    error = assert_envelope(api({"action": "echo", "params": {"message": 5, "extra": 1}}),
-                            400, "INVALID_REQUEST")
+    error = assert_envelope(
+        api({"action": "echo", "params": {"message": 5, "extra": 1}}), 400, "INVALID_REQUEST"
+    )
     assert set(error["details"]["params"]) == {"message", "extra"}
 
 
@@ -117,25 +127,38 @@ def test_timeout_is_408_within_the_timeout_plus_half_a_second(api, action):
 
 def test_a_full_pool_is_503_with_retry_after(engine, keys):
     client = engine(pool_size=1, pool_queue=0)
-    blocker = threading.Thread(target=client.post, args=("/mcp/execute",), kwargs={
-        "json": {"action": "stuck", "params": {"seconds": 1.0}}, "headers": keys.headers()})
+    blocker = threading.Thread(
+        target=client.post,
+        args=("/mcp/execute",),
+        kwargs={"json": {"action": "stuck", "params": {"seconds": 1.0}}, "headers": keys.headers()},
+    )
     blocker.start()
     time.sleep(0.2)
     health = client.get("/health").get_json()
     assert health["pool"]["in_use"] == 1 and health["pool"]["available"] == 0
-    response = client.post("/mcp/execute", json={"action": "echo", "params": {"message": "x"}},
-                           headers=keys.headers())
+    response = client.post(
+        "/mcp/execute", json={"action": "echo", "params": {"message": "x"}}, headers=keys.headers()
+    )
     assert_envelope(response, 503, "SERVICE_UNAVAILABLE")
     assert response.headers["Retry-After"] == "1"
     blocker.join()
-    assert client.post("/mcp/execute", json={"action": "echo", "params": {"message": "x"}},
-                       headers=keys.headers()).status_code == 200
+    assert (
+        client.post(
+            "/mcp/execute",
+            json={"action": "echo", "params": {"message": "x"}},
+            headers=keys.headers(),
+        ).status_code
+        == 200
+    )
 
 
 def test_a_timed_out_stuck_handler_keeps_its_thread_counted(engine, keys):
     client = engine(pool_size=2, pool_queue=0)
-    response = client.post("/mcp/execute", json={"action": "stuck", "params": {"seconds": 1.5},
-                                                "timeout": 1}, headers=keys.headers())
+    response = client.post(
+        "/mcp/execute",
+        json={"action": "stuck", "params": {"seconds": 1.5}, "timeout": 1},
+        headers=keys.headers(),
+    )
     assert response.status_code == 408
     assert client.get("/health").get_json()["pool"]["in_use"] == 1
     time.sleep(0.7)
@@ -144,14 +167,17 @@ def test_a_timed_out_stuck_handler_keeps_its_thread_counted(engine, keys):
 
 # -- batch -------------------------------------------------------------------------------------
 
+
 def test_batch_answers_in_order_with_a_failed_response_for_an_invalid_item(api):
-    response = api([
-        {"action": "echo", "params": {"message": "one"}},
-        {"action": "no_such_command"},
-        {"action": "echo", "params": {}},
-        "not an object",
-        {"action": "echo", "params": {"message": "two"}},
-    ])
+    response = api(
+        [
+            {"action": "echo", "params": {"message": "one"}},
+            {"action": "no_such_command"},
+            {"action": "echo", "params": {}},
+            "not an object",
+            {"action": "echo", "params": {"message": "two"}},
+        ]
+    )
     assert response.status_code == 200
     items = response.get_json()
     assert [i["status"] for i in items] == ["success", "failed", "failed", "failed", "success"]
@@ -170,15 +196,17 @@ def test_batch_items_run_concurrently(api):
 
 def test_a_batch_larger_than_the_pool_still_completes(engine, keys):
     client = engine(pool_size=2, pool_queue=0)
-    response = client.post("/mcp/execute", headers=keys.headers(),
-                           json=[{"action": "echo", "params": {"message": str(i)}} for i in range(10)])
+    response = client.post(
+        "/mcp/execute",
+        headers=keys.headers(),
+        json=[{"action": "echo", "params": {"message": str(i)}} for i in range(10)],
+    )
     assert [i["result"]["result"] for i in response.get_json()] == [str(i) for i in range(10)]
 
 
 def test_an_oversize_batch_is_400(engine, keys):
     client = engine(batch_max=3)
-    response = client.post("/mcp/execute", headers=keys.headers(),
-                           json=[{"action": "test"}] * 4)
+    response = client.post("/mcp/execute", headers=keys.headers(), json=[{"action": "test"}] * 4)
     error = assert_envelope(response, 400, "INVALID_REQUEST")
     assert error["details"] == {"max_items": 3, "items": 4}
 
@@ -188,6 +216,7 @@ def test_an_empty_batch_is_400(api):
 
 
 # -- async -------------------------------------------------------------------------------------
+
 
 def poll(client, location, headers, until=("success", "failed", "timeout"), within=5.0):
     deadline = time.monotonic() + within
@@ -219,8 +248,9 @@ def test_async_failure_is_reported(api, keys):
 
 
 def test_an_async_command_past_its_timeout_ends_as_timeout(api, keys):
-    location = api({"action": "sleep", "params": {"seconds": 3}, "timeout": 1,
-                    "async": True}).headers["Location"]
+    location = api(
+        {"action": "sleep", "params": {"seconds": 3}, "timeout": 1, "async": True}
+    ).headers["Location"]
     done = poll(api.client, location, keys.headers())
     assert done["status"] == "timeout"
 
@@ -233,16 +263,24 @@ def test_another_users_execution_is_not_found_but_admins_see_it(api, keys):
 
 
 def test_unknown_execution_is_404(api, keys):
-    assert_envelope(api.client.get("/mcp/executions/cmd_nope", headers=keys.headers()),
-                    404, "NOT_FOUND")
+    assert_envelope(
+        api.client.get("/mcp/executions/cmd_nope", headers=keys.headers()), 404, "NOT_FOUND"
+    )
 
 
 def test_an_execution_whose_worker_died_is_failed_with_a_reason(api, keys, app_services):
     command_id = "cmd_from_a_dead_worker"
-    app_services.audit.accept(command_id=command_id, action="sleep", plugin="Testing",
-                              key_name="ops-user", timeout_s=300, created_at="2026-01-01T00:00:00.000Z")
+    app_services.audit.accept(
+        command_id=command_id,
+        action="sleep",
+        plugin="Testing",
+        key_name="ops-user",
+        timeout_s=300,
+        created_at="2026-01-01T00:00:00.000Z",
+    )
     app_services.storage.conn.execute(
-        "UPDATE executions SET worker_pid = 999999999 WHERE command_id = ?", (command_id,))
+        "UPDATE executions SET worker_pid = 999999999 WHERE command_id = ?", (command_id,)
+    )
     body = api.client.get(f"/mcp/executions/{command_id}", headers=keys.headers()).get_json()
     assert body["status"] == "failed"
     assert "worker (pid 999999999)" in body["error"]

@@ -8,8 +8,10 @@ from tests.test_metrics import sample
 
 ACCEPT = "application/json, text/event-stream"
 MODERN = "2026-07-28"
-META = {"io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": {}}
+META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
 
 
 @pytest.fixture
@@ -26,6 +28,7 @@ def rpc(client, keys):
         base.update(headers or {})
         data = raw if raw is not None else json.dumps(message)
         return client.post("/mcp", data=data, headers=base, content_type=content_type)
+
     return post
 
 
@@ -40,8 +43,12 @@ def modern(method, params=None, name=None, version=MODERN, meta=None):
     headers = {"MCP-Protocol-Version": version, "Mcp-Method": method}
     if name:
         headers["Mcp-Name"] = name
-    body = {**(params or {}), "_meta": meta if meta is not None else
-            {**META, "io.modelcontextprotocol/protocolVersion": version}}
+    body = {
+        **(params or {}),
+        "_meta": meta
+        if meta is not None
+        else {**META, "io.modelcontextprotocol/protocolVersion": version},
+    }
     return request(method, body), headers
 
 
@@ -52,6 +59,7 @@ def error_of(response):
 
 
 # -- the HTTP layer ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])
 def test_get_and_delete_are_405_with_allow_post(client, keys, method):
@@ -80,16 +88,19 @@ def test_malformed_json_is_400_parse_error(rpc):
     assert response.get_json()["id"] is None
 
 
-@pytest.mark.parametrize("message", [
-    {"id": 1, "method": "ping"},
-    {"jsonrpc": "1.0", "id": 1, "method": "ping"},
-    {"jsonrpc": "2.0", "id": 1},
-    {"jsonrpc": "2.0", "id": 1, "method": 7},
-    {"jsonrpc": "2.0", "id": None, "method": "ping"},
-    {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]},
-    [{"jsonrpc": "2.0", "id": 1, "method": "ping"}],
-    "ping",
-])
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"id": 1, "method": "ping"},
+        {"jsonrpc": "1.0", "id": 1, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 1},
+        {"jsonrpc": "2.0", "id": 1, "method": 7},
+        {"jsonrpc": "2.0", "id": None, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]},
+        [{"jsonrpc": "2.0", "id": 1, "method": "ping"}],
+        "ping",
+    ],
+)
 def test_invalid_json_rpc_is_400_invalid_request(rpc, message):
     response = rpc(message)
     assert response.status_code == 400
@@ -118,24 +129,45 @@ def test_missing_or_wrong_key_is_401_with_www_authenticate(client, key):
 
 
 def test_bearer_authorization_works(client, keys):
-    response = client.post("/mcp", json=request("ping"), headers={
-        "Accept": ACCEPT, "Authorization": f"Bearer {keys.user}"})
+    response = client.post(
+        "/mcp",
+        json=request("ping"),
+        headers={"Accept": ACCEPT, "Authorization": f"Bearer {keys.user}"},
+    )
     assert response.get_json() == {"jsonrpc": "2.0", "id": 1, "result": {}}
 
 
 def test_a_notification_is_202_without_a_body(rpc):
-    response = rpc({"jsonrpc": "2.0", "method": "notifications/initialized"},
-                   headers={"MCP-Protocol-Version": "2025-11-25"})
+    response = rpc(
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        headers={"MCP-Protocol-Version": "2025-11-25"},
+    )
     assert response.status_code == 202 and response.get_data() == b""
 
 
 # -- handshake era -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("asked, agreed", [("2025-11-25", "2025-11-25"), ("2025-06-18", "2025-06-18"),
-                                           ("2025-03-26", "2025-03-26"), ("2099-01-01", "2025-11-25")])
+
+@pytest.mark.parametrize(
+    "asked, agreed",
+    [
+        ("2025-11-25", "2025-11-25"),
+        ("2025-06-18", "2025-06-18"),
+        ("2025-03-26", "2025-03-26"),
+        ("2099-01-01", "2025-11-25"),
+    ],
+)
 def test_initialize_negotiates_the_version(rpc, asked, agreed):
-    response = rpc(request("initialize", {"protocolVersion": asked, "capabilities": {},
-                                          "clientInfo": {"name": "t", "version": "1"}}))
+    response = rpc(
+        request(
+            "initialize",
+            {
+                "protocolVersion": asked,
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        )
+    )
     result = response.get_json()["result"]
     assert response.status_code == 200
     assert result["protocolVersion"] == agreed
@@ -167,6 +199,7 @@ def test_an_unsupported_protocol_version_header_is_400(rpc):
 
 # -- the 2026-07-28 revision -------------------------------------------------------------------
 
+
 def test_server_discover(rpc):
     message, headers = modern("server/discover")
     result = rpc(message, headers=headers).get_json()["result"]
@@ -186,19 +219,24 @@ def test_modern_tools_list_carries_result_type_and_caching_hints(rpc):
 
 
 def test_modern_request_without_meta_is_invalid_params(rpc):
-    response = rpc(request("tools/list"), headers={"MCP-Protocol-Version": MODERN,
-                                                   "Mcp-Method": "tools/list"})
+    response = rpc(
+        request("tools/list"), headers={"MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/list"}
+    )
     assert response.status_code == 400 and error_of(response)["code"] == -32602
 
 
-@pytest.mark.parametrize("override", [
-    {"Mcp-Method": "tools/list"},          # the body says ping
-    {"Mcp-Name": "test"},                   # the body calls echo
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"Mcp-Method": "tools/list"},  # the body says ping
+        {"Mcp-Name": "test"},  # the body calls echo
+    ],
+)
 def test_a_routing_header_that_disagrees_is_header_mismatch(rpc, override):
     if "Mcp-Name" in override:
-        message, headers = modern("tools/call", {"name": "echo", "arguments": {"message": "x"}},
-                                  name="echo")
+        message, headers = modern(
+            "tools/call", {"name": "echo", "arguments": {"message": "x"}}, name="echo"
+        )
     else:
         message, headers = modern("ping")
     response = rpc(message, headers={**headers, **override})
@@ -221,12 +259,15 @@ def test_initialize_in_the_modern_era_is_404_method_not_found(rpc):
 
 
 def test_modern_notifications_are_accepted_and_dropped(rpc):
-    response = rpc({"jsonrpc": "2.0", "method": "notifications/cancelled",
-                    "params": {"requestId": 1}}, headers={"MCP-Protocol-Version": MODERN})
+    response = rpc(
+        {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}},
+        headers={"MCP-Protocol-Version": MODERN},
+    )
     assert response.status_code == 202
 
 
 # -- tools -------------------------------------------------------------------------------------
+
 
 def tools_by_name(rpc):
     return {t["name"]: t for t in rpc(request("tools/list")).get_json()["result"]["tools"]}
@@ -257,16 +298,20 @@ def test_tools_call_returns_text_and_structured_content(rpc):
     assert json.loads(result["content"][0]["text"]) == {"result": "hi"}
 
 
-@pytest.mark.parametrize("name, arguments, says", [
-    ("echo", {}, "Invalid arguments for echo"),
-    ("echo", {"message": 3}, "Not a valid string"),
-    ("boom", {}, "boom failed: kaboom"),
-    ("sleep", {"seconds": 40}, "sleep timeout"),
-    ("nope", {}, "Unknown tool: nope"),
-    ("process_data", {"input": "sample data"}, "input is not valid json"),
-])
-def test_execution_problems_are_is_error_results(rpc, app_services_of, client, name, arguments,
-                                                 says):
+@pytest.mark.parametrize(
+    "name, arguments, says",
+    [
+        ("echo", {}, "Invalid arguments for echo"),
+        ("echo", {"message": 3}, "Not a valid string"),
+        ("boom", {}, "boom failed: kaboom"),
+        ("sleep", {"seconds": 40}, "sleep timeout"),
+        ("nope", {}, "Unknown tool: nope"),
+        ("process_data", {"input": "sample data"}, "input is not valid json"),
+    ],
+)
+def test_execution_problems_are_is_error_results(
+    rpc, app_services_of, client, name, arguments, says
+):
     if name == "sleep":
         client.application.extensions["waygate.mcp"].tool_timeout = 1
     result = call(rpc, name, arguments)
@@ -278,9 +323,12 @@ def test_tool_calls_are_audited_counted_and_measured(rpc, client, keys, data_dir
     call(rpc, "echo", {"message": "audited"})
     call(rpc, "boom", {})
     executions = client.get("/mcp/executions", headers=keys.headers("admin")).get_json()[
-        "executions"]
+        "executions"
+    ]
     assert [(e["action"], e["mode"], e["status"], e["key_name"]) for e in executions[:2]] == [
-        ("boom", "mcp", "failed", "ops-user"), ("echo", "mcp", "success", "ops-user")]
+        ("boom", "mcp", "failed", "ops-user"),
+        ("echo", "mcp", "success", "ops-user"),
+    ]
     stats = client.get("/plugins/Testing", headers=keys.headers()).get_json()["statistics"]
     assert stats["calls_total"] == 1 and stats["errors_total"] == 1
     text = client.get("/metrics").get_data(as_text=True)
@@ -301,6 +349,7 @@ def test_one_rate_limit_budget_per_key_with_mcp_execute(plugin_dist, make_app, k
 
 def test_tools_list_follows_plugin_reloads(rpc, plugin_dist, client, keys):
     from tests.test_plugins import PLUGIN_SOURCE
+
     assert "hello" not in tools_by_name(rpc)
     plugin_dist.write_module("hello_plugin", PLUGIN_SOURCE.format(version="1.0.0", greeting="hi"))
     plugin_dist.register("Hello", "hello_plugin:Hello")

@@ -22,8 +22,10 @@ async def exercise(client):
     tools = await client.list_tools()
     names = {tool.name for tool in tools.tools}
     echo = await client.call_tool("echo", {"message": "hi"})
-    processed = await client.call_tool("process_data", {
-        "input": "host,cpu\nweb1,0.5\n", "format": "csv", "options": {"transform": True}})
+    processed = await client.call_tool(
+        "process_data",
+        {"input": "host,cpu\nweb1,0.5\n", "format": "csv", "options": {"transform": True}},
+    )
     invalid = await client.call_tool("echo", {"message": 42})
     return names, echo, processed, invalid
 
@@ -54,6 +56,7 @@ def test_the_sdk_lists_and_calls_tools(server, keys, mode):
         http, client = connect(server.url + "/mcp", keys.user, mode)
         async with http, client:
             return await exercise(client)
+
     check(*run(scenario()))
 
 
@@ -63,6 +66,7 @@ def test_the_sdk_is_refused_with_a_wrong_key(server, mode):
         http, client = connect(server.url + "/mcp", "x" * 32, mode)
         async with http, client:
             await client.list_tools()
+
     with pytest.raises(Exception) as refused:
         run(scenario())
     assert "invalid API key" in repr(refused.value) and "UNAUTHORIZED" in repr(refused.value)
@@ -70,13 +74,19 @@ def test_the_sdk_is_refused_with_a_wrong_key(server, mode):
 
 def test_the_sdk_stdio_client_against_waygate_mcp_stdio(data_dir):
     params = StdioServerParameters(
-        command=str(BIN / "waygate"), args=["mcp", "stdio", "--as", "desktop"],
-        env={**os.environ, "WAYGATE_DATA_DIR": str(data_dir)})
+        command=str(BIN / "waygate"),
+        args=["mcp", "stdio", "--as", "desktop"],
+        env={**os.environ, "WAYGATE_DATA_DIR": str(data_dir)},
+    )
 
     async def scenario():
         async with mcp.Client(params) as client:
             return await exercise(client)
+
     check(*run(scenario()))
-    rows = sqlite3.connect(data_dir / "waygate.db").execute(
-        "SELECT DISTINCT key_name, mode FROM executions").fetchall()
+    rows = (
+        sqlite3.connect(data_dir / "waygate.db")
+        .execute("SELECT DISTINCT key_name, mode FROM executions")
+        .fetchall()
+    )
     assert rows == [("desktop", "mcp")]

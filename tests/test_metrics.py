@@ -31,26 +31,33 @@ def test_requests_are_counted_by_route_template(client, keys):
     client.get("/plugins/DataProcessor", headers=keys.headers())
     client.get("/no/such/path")
     after = scrape(client)
-    key = dict(name="waygate_requests_total", method="GET", endpoint="/plugins/<plugin_name>",
-               status="200")
+    key = dict(
+        name="waygate_requests_total", method="GET", endpoint="/plugins/<plugin_name>", status="200"
+    )
     assert sample(after, **key) - sample(before, **key) == 2
-    unmatched = dict(name="waygate_requests_total", method="GET", endpoint="<unmatched>",
-                     status="404")
+    unmatched = dict(
+        name="waygate_requests_total", method="GET", endpoint="<unmatched>", status="404"
+    )
     assert sample(after, **unmatched) - sample(before, **unmatched) == 1
     assert "/plugins/Core" not in after  # never the raw path
     assert sample(after, "waygate_response_time_seconds_count") > sample(
-        before, "waygate_response_time_seconds_count")
+        before, "waygate_response_time_seconds_count"
+    )
 
 
 def test_commands_are_counted_by_action_and_status(client, keys):
     before = scrape(client)
     client.post("/mcp/execute", json={"action": "boom"}, headers=keys.headers())
-    client.post("/mcp/execute", json={"action": "echo", "params": {"message": "m"}},
-                headers=keys.headers())
+    client.post(
+        "/mcp/execute", json={"action": "echo", "params": {"message": "m"}}, headers=keys.headers()
+    )
     after = scrape(client)
     for action, status in (("boom", "failed"), ("echo", "success")):
-        assert sample(after, "waygate_commands_total", action=action, status=status) - sample(
-            before, "waygate_commands_total", action=action, status=status) == 1
+        assert (
+            sample(after, "waygate_commands_total", action=action, status=status)
+            - sample(before, "waygate_commands_total", action=action, status=status)
+            == 1
+        )
     assert sample(after, "waygate_command_duration_seconds_count", action="echo") >= 1
 
 
@@ -60,8 +67,11 @@ def test_rate_limited_requests_are_counted(plugin_dist, make_app):
     client.get("/health")
     client.get("/health")
     after = scrape(client)
-    assert sample(after, "waygate_rate_limited_total", endpoint="/health") - sample(
-        before, "waygate_rate_limited_total", endpoint="/health") == 1
+    assert (
+        sample(after, "waygate_rate_limited_total", endpoint="/health")
+        - sample(before, "waygate_rate_limited_total", endpoint="/health")
+        == 1
+    )
 
 
 def test_pool_and_plugin_gauges_are_exported(client):
@@ -77,8 +87,14 @@ def test_metrics_has_its_own_rate_limit(plugin_dist, make_app):
 
 
 def test_promtool_accepts_the_output(client, keys):
-    client.post("/mcp/execute", json={"action": "echo", "params": {"message": "m"}},
-                headers=keys.headers())
-    result = subprocess.run(["promtool", "check", "metrics"], input=scrape(client),
-                            capture_output=True, text=True, timeout=30)
+    client.post(
+        "/mcp/execute", json={"action": "echo", "params": {"message": "m"}}, headers=keys.headers()
+    )
+    result = subprocess.run(
+        ["promtool", "check", "metrics"],
+        input=scrape(client),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

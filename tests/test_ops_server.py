@@ -22,18 +22,25 @@ def ops_server(plugin_dist, server_factory, keys):
     def start(workers=4, **env):
         env.setdefault("GUNICORN_CMD_ARGS", SPREAD)
         return server_factory(workers=workers, PYTHONPATH=str(plugin_dist.root), **env)
+
     return start
 
 
 def execute(server, keys, body, role="user"):
-    return requests.post(server.url + "/mcp/execute", json=body, headers=keys.headers(role),
-                         timeout=10)
+    return requests.post(
+        server.url + "/mcp/execute", json=body, headers=keys.headers(role), timeout=10
+    )
 
 
 def test_150_calls_on_one_key_over_4_workers_give_exactly_100_and_50(ops_server, keys):
     server = ops_server(workers=4)
     with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda _: execute(server, keys, {"action": "pid", "params": {"seconds": 0.05}}), range(150)))
+        responses = list(
+            pool.map(
+                lambda _: execute(server, keys, {"action": "pid", "params": {"seconds": 0.05}}),
+                range(150),
+            )
+        )
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {200: 100, 429: 50}
     pids = {r.json()["result"]["pid"] for r in responses if r.status_code == 200}
@@ -48,21 +55,30 @@ def test_150_calls_on_one_key_over_4_workers_give_exactly_100_and_50(ops_server,
 def test_metrics_add_up_over_workers_and_survive_a_replaced_worker(ops_server, keys):
     server = ops_server(workers=3)
     with ThreadPoolExecutor(6) as pool:  # concurrent calls spread over the workers
-        pids = set(pool.map(lambda _: execute(server, keys, {"action": "pid", "params": {"seconds": 0.05}}).json()[
-            "result"]["pid"], range(30)))
+        pids = set(
+            pool.map(
+                lambda _: execute(
+                    server, keys, {"action": "pid", "params": {"seconds": 0.05}}
+                ).json()["result"]["pid"],
+                range(30),
+            )
+        )
     assert len(pids) >= 2
     text = requests.get(server.url + "/metrics", timeout=5).text
     assert sample(text, "waygate_commands_total", action="pid", status="success") == 30
-    assert sample(text, "waygate_requests_total", method="POST", endpoint="/mcp/execute",
-                  status="200") == 30
+    assert (
+        sample(text, "waygate_requests_total", method="POST", endpoint="/mcp/execute", status="200")
+        == 30
+    )
     os.kill(next(iter(pids)), signal.SIGKILL)
     deadline = time.monotonic() + 15
     while len(server.worker_pids()) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     text = requests.get(server.url + "/metrics", timeout=5).text
     assert sample(text, "waygate_commands_total", action="pid", status="success") == 30
-    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
-                           text=True, timeout=30)
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -71,8 +87,16 @@ def test_diagnostics_count_every_worker(ops_server, keys):
     admin = keys.headers("admin")
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(lambda _: requests.get(server.url + "/health", timeout=5), range(20)))
-        statuses = set(pool.map(lambda _: execute(server, keys, {"action": "boom", "params": {"seconds": 0.2}}).status_code,
-                                range(9)))
+        statuses = set(
+            pool.map(
+                lambda _: (
+                    execute(
+                        server, keys, {"action": "boom", "params": {"seconds": 0.2}}
+                    ).status_code
+                ),
+                range(9),
+            )
+        )
     assert statuses == {500}
     time.sleep(1.2)  # every worker writes its recent response times once a second
     perf = requests.get(server.url + "/diagnostics/performance", headers=admin, timeout=10).json()
@@ -86,8 +110,9 @@ def test_diagnostics_count_every_worker(ops_server, keys):
     assert conn["connections"]["total"] >= 31
     assert conn["connections"]["active"] >= 1  # this very request
     assert conn["connections"]["max"] == 3 * 2  # workers x --worker-connections
-    errors = requests.get(server.url + "/diagnostics/errors?limit=100", headers=admin,
-                          timeout=5).json()
+    errors = requests.get(
+        server.url + "/diagnostics/errors?limit=100", headers=admin, timeout=5
+    ).json()
     assert errors["total"] == 9
     assert len({e["worker_pid"] for e in errors["errors"]}) >= 2
 
@@ -95,10 +120,25 @@ def test_diagnostics_count_every_worker(ops_server, keys):
 @pytest.fixture
 def redis_server(tmp_path):
     port = free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import redis
+
     client = redis.Redis(host="127.0.0.1", port=port)
     deadline = time.monotonic() + 10
     while True:
@@ -117,11 +157,13 @@ def redis_server(tmp_path):
 
 def test_redis_backed_limits_are_exact_across_workers(ops_server, keys, redis_server):
     uri, _ = redis_server
-    server = ops_server(workers=3, WAYGATE_RATELIMIT_STORAGE_URI=uri,
-                        WAYGATE_RATE_LIMIT_EXECUTE="20/minute")
+    server = ops_server(
+        workers=3, WAYGATE_RATELIMIT_STORAGE_URI=uri, WAYGATE_RATE_LIMIT_EXECUTE="20/minute"
+    )
     with ThreadPoolExecutor(6) as pool:
-        statuses = Counter(pool.map(
-            lambda _: execute(server, keys, {"action": "pid"}).status_code, range(30)))
+        statuses = Counter(
+            pool.map(lambda _: execute(server, keys, {"action": "pid"}).status_code, range(30))
+        )
     assert statuses == {200: 20, 429: 10}
 
 
@@ -139,8 +181,9 @@ def test_redis_down_fails_open_and_health_names_cache(ops_server, keys, redis_se
 
 def test_redis_down_fails_closed_when_configured(ops_server, keys, redis_server):
     uri, proc = redis_server
-    server = ops_server(workers=1, WAYGATE_RATELIMIT_STORAGE_URI=uri,
-                        WAYGATE_RATELIMIT_FAIL_OPEN="false")
+    server = ops_server(
+        workers=1, WAYGATE_RATELIMIT_STORAGE_URI=uri, WAYGATE_RATELIMIT_FAIL_OPEN="false"
+    )
     proc.kill()
     proc.wait()
     response = execute(server, keys, {"action": "pid"})
@@ -151,8 +194,11 @@ def test_redis_down_fails_closed_when_configured(ops_server, keys, redis_server)
 def test_sigterm_turns_ready_to_503_and_lets_in_flight_requests_finish(ops_server, keys):
     server = ops_server(workers=1, WAYGATE_DRAIN_SECONDS="2")
     result = {}
-    slow = threading.Thread(target=lambda: result.update(response=execute(
-        server, keys, {"action": "sleep", "params": {"seconds": 1.5}})))
+    slow = threading.Thread(
+        target=lambda: result.update(
+            response=execute(server, keys, {"action": "sleep", "params": {"seconds": 1.5}})
+        )
+    )
     slow.start()
     time.sleep(0.3)
     server.proc.send_signal(signal.SIGTERM)

@@ -37,8 +37,9 @@ def test_broken_plugins_are_reported_failed_and_the_server_runs(broken_dist, mak
     assert "does not match its entry point name 'Misnamed'" in failed["Misnamed"]
     assert body["total"] == len(by_name)
     # still serving, and honest about it
-    echo = client.post("/mcp/execute", json={"action": "echo", "params": {"message": "hi"}},
-                       headers=keys.headers())
+    echo = client.post(
+        "/mcp/execute", json={"action": "echo", "params": {"message": "hi"}}, headers=keys.headers()
+    )
     assert echo.get_json()["result"] == {"result": "hi"}
     assert client.get("/mcp/status", headers=keys.headers()).get_json()["engine"] == "degraded"
     assert client.get("/health").status_code == 503
@@ -63,8 +64,9 @@ def test_plugin_config_overrides_defaults(plugin_dist, make_app, keys):
 def test_plugin_statistics_count_calls_errors_and_duration(client, keys):
     for _ in range(3):
         client.post("/mcp/execute", json={"action": "boom"}, headers=keys.headers())
-    client.post("/mcp/execute", json={"action": "sleep", "params": {"seconds": 0.1}},
-                headers=keys.headers())
+    client.post(
+        "/mcp/execute", json={"action": "sleep", "params": {"seconds": 0.1}}, headers=keys.headers()
+    )
     stats = client.get("/plugins/Testing", headers=keys.headers()).get_json()["statistics"]
     assert stats["calls_total"] == 4 and stats["errors_total"] == 3
     assert stats["avg_duration_ms"] >= 20
@@ -73,8 +75,10 @@ def test_plugin_statistics_count_calls_errors_and_duration(client, keys):
 def test_statistics_survive_a_restart(client, keys, make_app):
     client.post("/mcp/execute", json={"action": "test"}, headers=keys.headers())
     again = make_app().test_client()
-    assert again.get("/plugins/Core", headers=keys.headers()).get_json()[
-        "statistics"]["calls_total"] == 1
+    assert (
+        again.get("/plugins/Core", headers=keys.headers()).get_json()["statistics"]["calls_total"]
+        == 1
+    )
 
 
 @pytest.mark.parametrize("name", ["Nope", "..%2F..%2Fetc%2Fpasswd", "Core%00", "%E2%98%83"])
@@ -95,7 +99,11 @@ def test_mcp_commands_describes_parameters_from_the_schemas(client, keys):
     commands = {c["name"]: c for c in body["commands"]}
     assert body["total"] == len(commands)
     assert commands["test"]["parameters"]["message"] == {
-        "type": "string", "required": False, "description": "Test message", "default": "ok"}
+        "type": "string",
+        "required": False,
+        "description": "Test message",
+        "default": "ok",
+    }
     process = commands["process_data"]["parameters"]
     assert process["input"]["required"] is True and process["input"]["type"] == "string"
     assert process["format"]["enum"] == ["json", "xml", "csv"]
@@ -110,7 +118,7 @@ def test_engine_endpoints_need_a_key(client):
 
 # -- reload ------------------------------------------------------------------------------------
 
-PLUGIN_SOURCE = '''
+PLUGIN_SOURCE = """
 from marshmallow import Schema
 from waygate.sdk import Command, Plugin
 
@@ -123,7 +131,7 @@ class Hello(Plugin):
 
     def commands(self):
         return [Command("hello", "Greets", Schema.from_dict({{}}), lambda p, ctx: "{greeting}")]
-'''
+"""
 
 
 def test_reload_needs_an_admin_key(client, keys):
@@ -143,12 +151,19 @@ def test_reload_sees_new_changed_and_removed_plugins(plugin_dist, client, keys):
     assert body["status"] == "plugins_reloaded"
     assert "Hello" in body["loaded"] and body["count"] == len(body["loaded"])
     assert body["failed"] == [] and isinstance(body["duration_ms"], int)
-    assert client.post("/mcp/execute", json=hello, headers=keys.headers()).get_json()["result"] == "hi"
+    assert (
+        client.post("/mcp/execute", json=hello, headers=keys.headers()).get_json()["result"] == "hi"
+    )
 
-    plugin_dist.write_module("hello_plugin", PLUGIN_SOURCE.format(version="2.0.0", greeting="hello"))
+    plugin_dist.write_module(
+        "hello_plugin", PLUGIN_SOURCE.format(version="2.0.0", greeting="hello")
+    )
     client.post("/plugins/reload", headers=keys.headers("admin"))
     assert client.get("/plugins/Hello", headers=keys.headers()).get_json()["version"] == "2.0.0"
-    assert client.post("/mcp/execute", json=hello, headers=keys.headers()).get_json()["result"] == "hello"
+    assert (
+        client.post("/mcp/execute", json=hello, headers=keys.headers()).get_json()["result"]
+        == "hello"
+    )
 
     plugin_dist.unregister("Hello")
     body = client.post("/plugins/reload", headers=keys.headers("admin")).get_json()
@@ -160,8 +175,12 @@ def test_a_running_command_finishes_on_the_plugin_it_started_with(plugin_dist, c
     results = {}
 
     def slow():
-        results["r"] = client.post("/mcp/execute", headers=keys.headers(),
-                                   json={"action": "sleep", "params": {"seconds": 0.5}})
+        results["r"] = client.post(
+            "/mcp/execute",
+            headers=keys.headers(),
+            json={"action": "sleep", "params": {"seconds": 0.5}},
+        )
+
     thread = threading.Thread(target=slow)
     thread.start()
     time.sleep(0.1)
@@ -169,5 +188,7 @@ def test_a_running_command_finishes_on_the_plugin_it_started_with(plugin_dist, c
     client.post("/plugins/reload", headers=keys.headers("admin"))
     thread.join()
     assert results["r"].get_json()["status"] == "success"
-    assert client.post("/mcp/execute", json={"action": "sleep"},
-                       headers=keys.headers()).status_code == 400
+    assert (
+        client.post("/mcp/execute", json={"action": "sleep"}, headers=keys.headers()).status_code
+        == 400
+    )

@@ -36,18 +36,33 @@ def test_uptime_counts_from_the_service_start_on_a_replacement_worker(server_fac
             except requests.ConnectionError:
                 pass
         time.sleep(0.1)
-    uptimes = {requests.get(server.url + "/health", timeout=5).json()["uptime_seconds"]
-               for _ in range(10)}
+    uptimes = {
+        requests.get(server.url + "/health", timeout=5).json()["uptime_seconds"] for _ in range(10)
+    }
     assert min(uptimes) >= 2, uptimes  # fresh workers, but the service has run for 2 s
 
 
 def test_gunicorn_refuses_a_bad_config_with_one_clear_line(data_dir):
     env = {**os.environ, "WAYGATE_DATA_DIR": str(data_dir), "WAYGATE_MAX_BODY_BYTES": "huge"}
     result = subprocess.run(
-        [str(BIN / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py"),
-         "--bind", f"127.0.0.1:{free_port()}", "--chdir", str(ROOT), "wsgi:app"],
-        env=env, capture_output=True, text=True, timeout=30,
+        [
+            str(BIN / "gunicorn"),
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+            "--chdir",
+            str(ROOT),
+            "wsgi:app",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 2
-    assert "waygate: configuration error: WAYGATE_MAX_BODY_BYTES: 'huge' is not an integer" in result.stderr
+    assert (
+        "waygate: configuration error: WAYGATE_MAX_BODY_BYTES: 'huge' is not an integer"
+        in result.stderr
+    )
     assert "Traceback" not in result.stderr

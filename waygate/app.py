@@ -9,15 +9,26 @@ from flask import Flask
 
 from .config import Config, log_level_number
 from .lifecycle import service_started_at
-from .services import Services
 from .mcp import McpServer
-from .web import (auth, core, diagnostics, envelope, execute, http, jsonio, limiter, mcp,
-                  plugins)
+from .services import Services
+from .web import (
+    auth,
+    core,
+    diagnostics,
+    envelope,
+    execute,
+    http,
+    jsonio,
+    limiter,
+    mcp,
+    plugins,
+    versioning,
+)
 from .web import metrics as web_metrics
-from .web import versioning
 
-LOG_FORMAT = ("%(asctime)s %(levelname)s [%(process)d] %(name)s "
-              "request_id=%(request_id)s %(message)s")
+LOG_FORMAT = (
+    "%(asctime)s %(levelname)s [%(process)d] %(name)s request_id=%(request_id)s %(message)s"
+)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -71,7 +82,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.extensions["waygate.limiter"] = limiter.build(app, config)
     http.trust_proxies(app, config)  # last: the outermost WSGI layer
 
-    services.plugins.current  # load plugins now, not on the first request
+    _ = services.plugins.current  # load plugins now, not on the first request
     services.audit.sweep()  # executions a dead worker left behind are closed on start
     services.housekeeper.start()
     services.readiness.mark_ready()

@@ -24,8 +24,12 @@ from .storage import Storage
 log = logging.getLogger(__name__)
 
 OPEN_STATUSES = ("pending", "running")
-_COLUMNS = ("command_id, action, plugin, key_name, mode, status, duration_ms, error, "
-            "timeout_s, worker_pid, created_at, started_at, finished_at")
+_NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
+_COLUMNS = (
+    "command_id, action, plugin, key_name, mode, status, duration_ms, error, "
+    "timeout_s, worker_pid, created_at, started_at, finished_at"
+)
+_GET_SQL = f"SELECT {_COLUMNS}, result FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
 
 
 @dataclass(frozen=True)
@@ -66,22 +70,56 @@ class AuditLog:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def record(self, *, command_id: str, action: str, plugin: str | None, key_name: str | None,
-               mode: str, status: str, duration_ms: int, error: str | None, timeout_s: int,
-               created_at: str, started_at: str | None, result: Any = None,
-               store_result: bool = False) -> None:
+    def record(
+        self,
+        *,
+        command_id: str,
+        action: str,
+        plugin: str | None,
+        key_name: str | None,
+        mode: str,
+        status: str,
+        duration_ms: int,
+        error: str | None,
+        timeout_s: int,
+        created_at: str,
+        started_at: str | None,
+        result: Any = None,
+        store_result: bool = False,
+    ) -> None:
         """Record a finished execution (its plugin's totals follow by trigger)."""
         self.storage.execute_write(
             "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
             " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
             " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (command_id, action, plugin, key_name, mode, status, duration_ms, error,
-             _dump(result) if store_result else None, timeout_s, os.getpid(), created_at,
-             started_at, isoformat()),
+            (
+                command_id,
+                action,
+                plugin,
+                key_name,
+                mode,
+                status,
+                duration_ms,
+                error,
+                _dump(result) if store_result else None,
+                timeout_s,
+                os.getpid(),
+                created_at,
+                started_at,
+                isoformat(),
+            ),
         )
 
-    def accept(self, *, command_id: str, action: str, plugin: str, key_name: str | None,
-               timeout_s: int, created_at: str) -> None:
+    def accept(
+        self,
+        *,
+        command_id: str,
+        action: str,
+        plugin: str,
+        key_name: str | None,
+        timeout_s: int,
+        created_at: str,
+    ) -> None:
         """Record an async execution as pending, before it is queued."""
         self.storage.execute_write(
             "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
@@ -93,25 +131,42 @@ class AuditLog:
         """Mark a pending execution running; False if it was already closed (e.g. swept)."""
         cursor = self.storage.execute_write(
             "UPDATE executions SET status = 'running', started_at = ? "
-            "WHERE command_id = ? AND status = 'pending'", (isoformat(), command_id))
+            "WHERE command_id = ? AND status = 'pending'",
+            (isoformat(), command_id),
+        )
         return cursor.rowcount == 1
 
-    def finish(self, command_id: str, *, status: str, duration_ms: int,
-               error: str | None, result: Any = None) -> None:
+    def finish(
+        self,
+        command_id: str,
+        *,
+        status: str,
+        duration_ms: int,
+        error: str | None,
+        result: Any = None,
+    ) -> None:
         """Close an async execution, unless a sweep closed it first."""
         self.storage.execute_write(
             "UPDATE executions SET status = ?, duration_ms = ?, error = ?, result = ?,"
             " finished_at = ? WHERE command_id = ? AND status IN ('pending', 'running')",
-            (status, duration_ms, error, _dump(result) if status == "success" else None,
-             isoformat(), command_id),
+            (
+                status,
+                duration_ms,
+                error,
+                _dump(result) if status == "success" else None,
+                isoformat(),
+                command_id,
+            ),
         )
 
     # -- sweeping and pruning ----------------------------------------------------------------
 
     def fail_open_executions(self, reason: str, worker_pid: int | None = None) -> int:
         """Close unfinished executions of one worker (or of every worker) as failed."""
-        sql = ("UPDATE executions SET status = 'failed', error = ?, finished_at = ? "
-               "WHERE status IN ('pending', 'running')")
+        sql = (
+            "UPDATE executions SET status = 'failed', error = ?, finished_at = ? "
+            "WHERE status IN ('pending', 'running')"
+        )
         args: list[Any] = [reason, isoformat()]
         if worker_pid is not None:
             sql += " AND worker_pid = ?"
@@ -122,18 +177,22 @@ class AuditLog:
         self.storage.execute_write(
             "UPDATE executions SET status = 'failed', error = ?, finished_at = ? "
             "WHERE command_id = ? AND status IN ('pending', 'running')",
-            (reason, isoformat(), command_id))
+            (reason, isoformat(), command_id),
+        )
 
     def sweep(self, grace_s: float = 5.0) -> int:
         """Close executions whose worker is gone or whose timeout has long passed."""
         rows = self.storage.conn.execute(
             "SELECT command_id, worker_pid, created_at, timeout_s FROM executions "
-            "WHERE status IN ('pending', 'running')").fetchall()
+            "WHERE status IN ('pending', 'running')"
+        ).fetchall()
         closed = 0
         now = utcnow()
         for row in rows:
             pid = row["worker_pid"]
-            expired = (now - parse_iso(row["created_at"])).total_seconds() > row["timeout_s"] + grace_s
+            expired = (now - parse_iso(row["created_at"])).total_seconds() > row[
+                "timeout_s"
+            ] + grace_s
             if pid is not None and not psutil.pid_exists(pid):
                 reason = f"the worker (pid {pid}) running this command exited"
                 status = "failed"
@@ -145,7 +204,8 @@ class AuditLog:
             closed += self.storage.execute_write(
                 "UPDATE executions SET status = ?, error = ?, finished_at = ? "
                 "WHERE command_id = ? AND status IN ('pending', 'running')",
-                (status, reason, isoformat(), row["command_id"])).rowcount
+                (status, reason, isoformat(), row["command_id"]),
+            ).rowcount
         return closed
 
     def prune(self, batch: int = 500, pause_s: float = 0.01) -> int:
@@ -156,7 +216,8 @@ class AuditLog:
             n = self.storage.execute_write(
                 "DELETE FROM executions WHERE rowid IN (SELECT rowid FROM executions "
                 "WHERE created_at < ? AND status NOT IN ('pending', 'running') LIMIT ?)",
-                (cutoff, batch)).rowcount
+                (cutoff, batch),
+            ).rowcount
             deleted += n
             if n < batch:
                 return deleted
@@ -165,18 +226,22 @@ class AuditLog:
     # -- reading -----------------------------------------------------------------------------
 
     def get(self, command_id: str) -> Execution | None:
-        row = self.storage.conn.execute(
-            f"SELECT {_COLUMNS}, result FROM executions WHERE command_id = ?",
-            (command_id,)).fetchone()
+        row = self.storage.conn.execute(_GET_SQL, (command_id,)).fetchone()
         if row is None:
             return None
         data = dict(row)
         data["result"] = json.loads(data["result"]) if data["result"] is not None else None
         return Execution(**data)
 
-    def query(self, *, action: str | None = None, status: str | None = None,
-              since: str | None = None, offset: int = 0, limit: int = 10
-              ) -> tuple[list[Execution], int]:
+    def query(
+        self,
+        *,
+        action: str | None = None,
+        status: str | None = None,
+        since: str | None = None,
+        offset: int = 0,
+        limit: int = 10,
+    ) -> tuple[list[Execution], int]:
         where, args = [], []
         for column, value in (("action", action), ("status", status)):
             if value:
@@ -187,23 +252,27 @@ class AuditLog:
             args.append(since)
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         conn = self.storage.conn
-        total = conn.execute(f"SELECT count(*) FROM executions{clause}", args).fetchone()[0]
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM executions{clause} "
-            "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?",
-            [*args, limit, offset]).fetchall()
+        # Only fixed column names are spliced in; every value is a bound parameter.
+        count_sql = f"SELECT count(*) FROM executions{clause}"  # noqa: S608 # nosec B608
+        total = conn.execute(count_sql, args).fetchone()[0]
+        page_sql = f"SELECT {_COLUMNS} FROM executions{clause} {_NEWEST_FIRST}"  # noqa: S608 # nosec B608
+        rows = conn.execute(page_sql, [*args, limit, offset]).fetchall()
         return [Execution(**dict(r)) for r in rows], total
 
     def statistics(self, plugin: str) -> PluginStatistics:
         row = self.storage.conn.execute(
             "SELECT calls_total, errors_total, duration_ms_total FROM plugin_stats "
-            "WHERE plugin = ?", (plugin,)).fetchone()
+            "WHERE plugin = ?",
+            (plugin,),
+        ).fetchone()
         if row is None or not row["calls_total"]:
             return PluginStatistics()
-        return PluginStatistics(row["calls_total"], row["errors_total"],
-                                round(row["duration_ms_total"] / row["calls_total"]))
+        return PluginStatistics(
+            row["calls_total"],
+            row["errors_total"],
+            round(row["duration_ms_total"] / row["calls_total"]),
+        )
 
 
 def _dump(value: Any) -> str:
     return json.dumps(value, default=str, separators=(",", ":"))
-

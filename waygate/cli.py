@@ -1,11 +1,11 @@
 """The ``waygate`` command: migrations and API keys.
 
-    waygate migrate
-    waygate keys create --name NAME --role admin|user   (the key is the last line of stdout)
-    waygate keys list
-    waygate keys revoke NAME
-    waygate keys bootstrap                              (first admin key, only if none exist)
-    waygate mcp stdio [--as NAME]                       (MCP over stdio, for desktop clients)
+waygate migrate
+waygate keys create --name NAME --role admin|user   (the key is the last line of stdout)
+waygate keys list
+waygate keys revoke NAME
+waygate keys bootstrap                              (first admin key, only if none exist)
+waygate mcp stdio [--as NAME]                       (MCP over stdio, for desktop clients)
 """
 
 from __future__ import annotations
@@ -53,7 +53,9 @@ def migrate(ctx: Context) -> None:
     """Apply pending database migrations."""
     storage = Storage(ctx.config.database_path, ctx.config.db_busy_timeout_ms)
     applied = storage.migrate()
-    click.echo(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else ""))
+    click.echo(
+        f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
+    )
 
 
 @cli.group()
@@ -79,8 +81,10 @@ def keys_list(ctx: Context) -> None:
     records = ctx.keys.list()
     click.echo(f"{'NAME':24} {'ROLE':6} {'CREATED':25} {'LAST USED':25} REVOKED")
     for r in records:
-        click.echo(f"{r.name:24} {r.role:6} {r.created_at:25} {r.last_used_at or '-':25} "
-                   f"{r.revoked_at or '-'}")
+        click.echo(
+            f"{r.name:24} {r.role:6} {r.created_at:25} {r.last_used_at or '-':25} "
+            f"{r.revoked_at or '-'}"
+        )
 
 
 @keys.command("revoke")
@@ -112,8 +116,13 @@ def mcp() -> None:
 
 
 @mcp.command("stdio")
-@click.option("--as", "caller", default="stdio", show_default=True,
-              help="The name executions are audited under.")
+@click.option(
+    "--as",
+    "caller",
+    default="stdio",
+    show_default=True,
+    help="The name executions are audited under.",
+)
 @pass_context
 def mcp_stdio(ctx: Context, caller: str) -> None:
     """MCP over stdin/stdout (newline-delimited JSON-RPC) for desktop clients. Local trust:

@@ -69,9 +69,14 @@ class Outcome:
     timestamp: str = field(default_factory=isoformat)
 
     def as_response(self) -> dict[str, Any]:
-        return {"status": self.status, "result": self.result, "error": self.error,
-                "duration_ms": self.duration_ms, "command_id": self.command_id,
-                "timestamp": self.timestamp}
+        return {
+            "status": self.status,
+            "result": self.result,
+            "error": self.error,
+            "duration_ms": self.duration_ms,
+            "command_id": self.command_id,
+            "timestamp": self.timestamp,
+        }
 
 
 @dataclass(frozen=True)
@@ -80,8 +85,13 @@ class Caller:
 
 
 class CommandService:
-    def __init__(self, plugins: Callable[[], PluginSet], pool: CommandPool, audit: AuditLog,
-                 observe: Callable[[str, str, int], None] | None = None):
+    def __init__(
+        self,
+        plugins: Callable[[], PluginSet],
+        pool: CommandPool,
+        audit: AuditLog,
+        observe: Callable[[str, str, int], None] | None = None,
+    ):
         self._plugins = plugins
         self.pool = pool
         self.audit = audit
@@ -92,27 +102,40 @@ class CommandService:
     def parse(self, raw: Any, *, allow_async: bool = True) -> Invocation:
         """Validate an MCPCommand and its params; raises MissingParameter or InvalidRequest."""
         if not isinstance(raw, dict):
-            raise InvalidRequest("a command must be a JSON object", {"received": type(raw).__name__})
+            raise InvalidRequest(
+                "a command must be a JSON object", {"received": type(raw).__name__}
+            )
         try:
             body = _command_schema.load(raw)
         except ValidationError as err:
             missing, messages = field_errors(err)
             if missing:
-                raise MissingParameter(f"missing required field(s): {', '.join(missing)}",
-                                       {"fields": messages}) from None
+                raise MissingParameter(
+                    f"missing required field(s): {', '.join(missing)}", {"fields": messages}
+                ) from None
             raise InvalidRequest("invalid command", {"fields": messages}) from None
         if body["async_"] and not allow_async:
-            raise InvalidRequest("async is not supported here", {"fields": {"async": ["not allowed"]}})
+            raise InvalidRequest(
+                "async is not supported here", {"fields": {"async": ["not allowed"]}}
+            )
         plugins = self._plugins()
         action = body["action"]
         command = plugins.commands.get(action)
         if command is None:
-            raise InvalidRequest(f"unknown action {action!r}",
-                                 {"action": action, "available": sorted(plugins.commands)})
+            raise InvalidRequest(
+                f"unknown action {action!r}",
+                {"action": action, "available": sorted(plugins.commands)},
+            )
         params = self.validate_params(command, body["params"])
-        return Invocation(action=action, plugin=plugins.command_plugin[action], command=command,
-                          params=params, client_context=body["context"],
-                          timeout=body["timeout"], run_async=body["async_"])
+        return Invocation(
+            action=action,
+            plugin=plugins.command_plugin[action],
+            command=command,
+            params=params,
+            client_context=body["context"],
+            timeout=body["timeout"],
+            run_async=body["async_"],
+        )
 
     @staticmethod
     def validate_params(command: Command, params: Any) -> dict[str, Any]:
@@ -123,9 +146,11 @@ class CommandService:
             if missing:
                 raise MissingParameter(
                     f"missing required parameter(s) for {command.name}: {', '.join(missing)}",
-                    {"params": messages}) from None
-            raise InvalidRequest(f"invalid parameters for {command.name}",
-                                 {"params": messages}) from None
+                    {"params": messages},
+                ) from None
+            raise InvalidRequest(
+                f"invalid parameters for {command.name}", {"params": messages}
+            ) from None
 
     def available(self) -> list[str]:
         return sorted(self._plugins().commands)
@@ -133,7 +158,7 @@ class CommandService:
     # -- running -------------------------------------------------------------------------------
 
     def run(self, inv: Invocation, caller: Caller, mode: str = "sync") -> Outcome:
-        """Run and wait: answered within the timeout (plus scheduling slack) whatever the handler does."""
+        """Run and wait: answered by the deadline (plus slack) whatever the handler does."""
         created = isoformat()
         started = time.monotonic()
         ctx = self._context(inv, caller, started)
@@ -154,17 +179,30 @@ class CommandService:
             try:
                 inv = self.parse(raw, allow_async=False)
             except WaygateError as err:
-                pending.append(Outcome(status="failed", command_id=new_command_id(), duration_ms=0,
-                                       http_status=err.status, error=_describe(err)))
+                pending.append(
+                    Outcome(
+                        status="failed",
+                        command_id=new_command_id(),
+                        duration_ms=0,
+                        http_status=err.status,
+                        error=_describe(err),
+                    )
+                )
                 continue
             ctx = self._context(inv, caller, started)
             try:
                 # Wait for room up to the item's own timeout: a batch may be larger than the pool.
-                future = self.pool.submit(lambda inv=inv, ctx=ctx: self._invoke(inv, ctx),
-                                          wait=inv.timeout)
+                future = self.pool.submit(
+                    lambda inv=inv, ctx=ctx: self._invoke(inv, ctx), wait=inv.timeout
+                )
             except PoolFull:
-                outcome = Outcome(status="failed", command_id=inv.command_id, duration_ms=_ms(started),
-                                  http_status=503, error="server busy: no room in the command pool")
+                outcome = Outcome(
+                    status="failed",
+                    command_id=inv.command_id,
+                    duration_ms=_ms(started),
+                    http_status=503,
+                    error="server busy: no room in the command pool",
+                )
                 self._record(inv, caller, "batch", outcome, created)
                 pending.append(outcome)
                 continue
@@ -183,8 +221,14 @@ class CommandService:
     def submit_async(self, inv: Invocation, caller: Caller) -> Outcome:
         """Accept for background execution: recorded as pending, then queued."""
         created = isoformat()
-        self.audit.accept(command_id=inv.command_id, action=inv.action, plugin=inv.plugin,
-                          key_name=caller.key_name, timeout_s=inv.timeout, created_at=created)
+        self.audit.accept(
+            command_id=inv.command_id,
+            action=inv.action,
+            plugin=inv.plugin,
+            key_name=caller.key_name,
+            timeout_s=inv.timeout,
+            created_at=created,
+        )
 
         def background() -> None:
             if not self.audit.start(inv.command_id):
@@ -196,40 +240,58 @@ class CommandService:
                 outcome = _timed_out(inv, started)
             if self._observe is not None:
                 self._observe(inv.action, outcome.status, outcome.duration_ms)
-            self.audit.finish(inv.command_id, status=outcome.status,
-                              duration_ms=outcome.duration_ms, error=outcome.error,
-                              result=outcome.result)
+            self.audit.finish(
+                inv.command_id,
+                status=outcome.status,
+                duration_ms=outcome.duration_ms,
+                error=outcome.error,
+                result=outcome.result,
+            )
 
         try:
             self.pool.submit(background)
         except PoolFull:
             self.audit.fail_open_executions_by_id(inv.command_id, "server busy: not queued")
             raise _busy() from None
-        return Outcome(status="pending", command_id=inv.command_id, duration_ms=0,
-                       http_status=202, timestamp=created)
+        return Outcome(
+            status="pending",
+            command_id=inv.command_id,
+            duration_ms=0,
+            http_status=202,
+            timestamp=created,
+        )
 
     def lookup(self, command_id: str, caller: Caller | None = None) -> Outcome | None:
         """An execution's current state; with ``caller``, only that caller's executions."""
         execution = self.audit.get(command_id)
         if execution is None or (caller is not None and execution.key_name != caller.key_name):
             return None
-        if execution.status in ("pending", "running"):
-            if self.audit.sweep():
-                execution = self.audit.get(command_id)
-        return Outcome(status=execution.status, command_id=execution.command_id,
-                       duration_ms=execution.duration_ms or 0, http_status=200,
-                       result=execution.result, error=execution.error,
-                       timestamp=execution.finished_at or execution.created_at)
+        if execution.status in ("pending", "running") and self.audit.sweep():
+            execution = self.audit.get(command_id)
+        return Outcome(
+            status=execution.status,
+            command_id=execution.command_id,
+            duration_ms=execution.duration_ms or 0,
+            http_status=200,
+            result=execution.result,
+            error=execution.error,
+            timestamp=execution.finished_at or execution.created_at,
+        )
 
     # -- internals -----------------------------------------------------------------------------
 
     @staticmethod
     def _context(inv: Invocation, caller: Caller, started: float) -> ExecutionContext:
-        logger = logging.LoggerAdapter(logging.getLogger(f"waygate.plugin.{inv.plugin}"),
-                                       {"command_id": inv.command_id})
-        return ExecutionContext(command_id=inv.command_id, key_name=caller.key_name,
-                                deadline=started + inv.timeout, logger=logger,
-                                client_context=inv.client_context)
+        logger = logging.LoggerAdapter(
+            logging.getLogger(f"waygate.plugin.{inv.plugin}"), {"command_id": inv.command_id}
+        )
+        return ExecutionContext(
+            command_id=inv.command_id,
+            key_name=caller.key_name,
+            deadline=started + inv.timeout,
+            logger=logger,
+            client_context=inv.client_context,
+        )
 
     @staticmethod
     def _invoke(inv: Invocation, ctx: ExecutionContext) -> Any:
@@ -237,51 +299,94 @@ class CommandService:
             raise Cancelled("command timed out before it started")
         return inv.command.handler(inv.params, ctx)
 
-    def _await(self, inv: Invocation, ctx: ExecutionContext, future: Future, started: float) -> Outcome:
+    def _await(
+        self, inv: Invocation, ctx: ExecutionContext, future: Future, started: float
+    ) -> Outcome:
         def wait() -> Any:
             try:
                 return future.result(timeout=max(0.0, ctx.deadline - time.monotonic()))
             except FutureTimeout:
                 ctx.cancel_event.set()  # the handler may look; a thread cannot be killed
                 raise Cancelled() from None
+
         return self._settle(inv, ctx, started, wait)
 
     @staticmethod
-    def _settle(inv: Invocation, ctx: ExecutionContext, started: float,
-                produce: Callable[[], Any]) -> Outcome:
+    def _settle(
+        inv: Invocation, ctx: ExecutionContext, started: float, produce: Callable[[], Any]
+    ) -> Outcome:
         try:
             result = produce()
         except Cancelled:
             return _timed_out(inv, started)
         except CommandError as err:
-            return Outcome(status="failed", command_id=inv.command_id, duration_ms=_ms(started),
-                           http_status=err.status, error=err.message, client_error=err)
+            return Outcome(
+                status="failed",
+                command_id=inv.command_id,
+                duration_ms=_ms(started),
+                http_status=err.status,
+                error=err.message,
+                client_error=err,
+            )
         except Exception as exc:  # the plugin's failure becomes a failed outcome, never a trace
-            log.error("command %s (%s) failed: %s: %s", inv.command_id, inv.action,
-                      type(exc).__name__, exc, exc_info=exc)
-            return Outcome(status="failed", command_id=inv.command_id, duration_ms=_ms(started),
-                           http_status=500, error=str(exc) or type(exc).__name__)
-        return Outcome(status="success", command_id=inv.command_id, duration_ms=_ms(started),
-                       http_status=200, result=result)
+            log.error(
+                "command %s (%s) failed: %s: %s",
+                inv.command_id,
+                inv.action,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            return Outcome(
+                status="failed",
+                command_id=inv.command_id,
+                duration_ms=_ms(started),
+                http_status=500,
+                error=str(exc) or type(exc).__name__,
+            )
+        return Outcome(
+            status="success",
+            command_id=inv.command_id,
+            duration_ms=_ms(started),
+            http_status=200,
+            result=result,
+        )
 
-    def _record(self, inv: Invocation, caller: Caller, mode: str, outcome: Outcome,
-                created: str) -> None:
+    def _record(
+        self, inv: Invocation, caller: Caller, mode: str, outcome: Outcome, created: str
+    ) -> None:
         if self._observe is not None:
             self._observe(inv.action, outcome.status, outcome.duration_ms)
-        self.audit.record(command_id=inv.command_id, action=inv.action, plugin=inv.plugin,
-                          key_name=caller.key_name, mode=mode, status=outcome.status,
-                          duration_ms=outcome.duration_ms, error=outcome.error,
-                          timeout_s=inv.timeout, created_at=created, started_at=created)
+        self.audit.record(
+            command_id=inv.command_id,
+            action=inv.action,
+            plugin=inv.plugin,
+            key_name=caller.key_name,
+            mode=mode,
+            status=outcome.status,
+            duration_ms=outcome.duration_ms,
+            error=outcome.error,
+            timeout_s=inv.timeout,
+            created_at=created,
+            started_at=created,
+        )
 
 
 def _timed_out(inv: Invocation, started: float) -> Outcome:
-    return Outcome(status="timeout", command_id=inv.command_id, duration_ms=_ms(started),
-                   http_status=408, error=f"command exceeded its timeout of {inv.timeout} s")
+    return Outcome(
+        status="timeout",
+        command_id=inv.command_id,
+        duration_ms=_ms(started),
+        http_status=408,
+        error=f"command exceeded its timeout of {inv.timeout} s",
+    )
 
 
 def _busy() -> ServiceUnavailable:
-    return ServiceUnavailable("server busy: every command thread is in use and the queue is full",
-                              headers={"Retry-After": "1"})
+    return ServiceUnavailable(
+        "server busy: every command thread is in use and the queue is full",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _describe(err: WaygateError) -> str:

@@ -69,7 +69,9 @@ class Config:
 
     @property
     def effective_ratelimit_storage_uri(self) -> str:
-        return self.ratelimit_storage_uri or f"sqlite:///{(self.data_dir / 'ratelimits.db').resolve()}"
+        return (
+            self.ratelimit_storage_uri or f"sqlite:///{(self.data_dir / 'ratelimits.db').resolve()}"
+        )
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -111,18 +113,26 @@ class Config:
             raise ConfigError("WAYGATE_MIN_FREE_BYTES: must not be negative")
         if self.db_busy_timeout_ms < 100:
             raise ConfigError("WAYGATE_DB_BUSY_TIMEOUT_MS: must be at least 100")
-        for name, low, high in (("pool_size", 1, 256), ("pool_queue", 0, 10_000),
-                                ("batch_max", 1, 1000), ("audit_retention_days", 1, 3650),
-                                ("housekeeping_interval_s", 0, 86_400),
-                                ("drain_seconds", 0, 300)):
+        for name, low, high in (
+            ("pool_size", 1, 256),
+            ("pool_queue", 0, 10_000),
+            ("batch_max", 1, 1000),
+            ("audit_retention_days", 1, 3650),
+            ("housekeeping_interval_s", 0, 86_400),
+            ("drain_seconds", 0, 300),
+        ):
             if not low <= getattr(self, name) <= high:
                 raise ConfigError(f"WAYGATE_{name.upper()}: must be from {low} to {high}")
         try:
             date.fromisoformat(self.version_param_sunset)
         except ValueError:
-            raise ConfigError("WAYGATE_VERSION_PARAM_SUNSET: must be a date like 2027-07-01") from None
+            raise ConfigError(
+                "WAYGATE_VERSION_PARAM_SUNSET: must be a date like 2027-07-01"
+            ) from None
         uri = self.ratelimit_storage_uri
-        if uri and not re.match(r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory)://", uri):
+        if uri and not re.match(
+            r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory)://", uri
+        ):
             raise ConfigError(
                 "WAYGATE_RATELIMIT_STORAGE_URI: use sqlite:///path, redis://host:port or memory://"
             )
@@ -132,8 +142,10 @@ def _check_rate_limit(name: str, value: str) -> None:
     try:
         parse_rate_limit(value)
     except ValueError:
-        raise ConfigError(f"WAYGATE_{name.removeprefix('WAYGATE_')}: {value!r} is not a rate "
-                          "limit like 100/minute") from None
+        raise ConfigError(
+            f"WAYGATE_{name.removeprefix('WAYGATE_')}: {value!r} is not a rate "
+            "limit like 100/minute"
+        ) from None
 
 
 def _parse(name: str, field: str, raw: str) -> Any:
@@ -144,7 +156,9 @@ def _parse(name: str, field: str, raw: str) -> Any:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{name}: not valid JSON ({exc.msg})") from None
         if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
-            raise ConfigError(f'{name}: must be a JSON object like {{"DataProcessor": {{"max_size": 1024}}}}')
+            raise ConfigError(
+                f'{name}: must be a JSON object like {{"DataProcessor": {{"max_size": 1024}}}}'
+            )
         return value
     if kind == "Path":
         return Path(raw)

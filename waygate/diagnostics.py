@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -47,19 +48,27 @@ def connection_report(info: ServerInfo, connections_total: int, interfaces=None)
     active = 0
     for proc in [master, *workers]:
         try:
-            active += sum(1 for c in proc.net_connections(kind="tcp")
-                          if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port in ports)
+            active += sum(
+                1
+                for c in proc.net_connections(kind="tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port in ports
+            )
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     listening = info.binds[0] if info.binds else ""
     return {
         "server": "running",
         "port": next(iter(sorted(ports)), None),
-        "connections": {"active": active, "total": connections_total,
-                        "max": info.workers * info.worker_connections},
-        "network": {"interfaces": sorted(interfaces if interfaces is not None
-                                         else psutil.net_if_addrs()),
-                    "listening_on": listening, "binds": list(info.binds)},
+        "connections": {
+            "active": active,
+            "total": connections_total,
+            "max": info.workers * info.worker_connections,
+        },
+        "network": {
+            "interfaces": sorted(interfaces if interfaces is not None else psutil.net_if_addrs()),
+            "listening_on": listening,
+            "binds": list(info.binds),
+        },
         "workers": len(workers) or 1,
         "timestamp": isoformat(),
     }
@@ -68,19 +77,22 @@ def connection_report(info: ServerInfo, connections_total: int, interfaces=None)
 def _process_figures(proc: psutil.Process, cpu: float) -> dict:
     with proc.oneshot():
         memory = proc.memory_info()
-        return {"pid": proc.pid, "cpu_percent": round(cpu, 1),
-                "rss_mb": round(memory.rss / 2**20, 1), "vms_mb": round(memory.vms / 2**20, 1),
-                "threads": proc.num_threads(), "open_files": proc.num_fds()}
+        return {
+            "pid": proc.pid,
+            "cpu_percent": round(cpu, 1),
+            "rss_mb": round(memory.rss / 2**20, 1),
+            "vms_mb": round(memory.vms / 2**20, 1),
+            "threads": proc.num_threads(),
+            "open_files": proc.num_fds(),
+        }
 
 
 def performance_report(info: ServerInfo, response_times: dict, sample_s: float = 0.1) -> dict:
     master, workers = service_processes(info)
     processes = [master, *workers]
     for proc in processes:  # prime the CPU counters, then measure over one short interval
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             proc.cpu_percent(None)
-        except psutil.NoSuchProcess:
-            pass
     time.sleep(sample_s)
     figures = []
     for proc in processes:
@@ -92,12 +104,17 @@ def performance_report(info: ServerInfo, response_times: dict, sample_s: float =
     rss = sum(f["rss_mb"] for f in figures)
     return {
         "cpu_percent": round(sum(f["cpu_percent"] for f in figures), 1),
-        "memory": {"rss_mb": round(rss, 1), "vms_mb": round(sum(f["vms_mb"] for f in figures), 1),
-                   "percent": round(100 * rss * 2**20 / total_memory, 2)},
+        "memory": {
+            "rss_mb": round(rss, 1),
+            "vms_mb": round(sum(f["vms_mb"] for f in figures), 1),
+            "percent": round(100 * rss * 2**20 / total_memory, 2),
+        },
         "threads": sum(f["threads"] for f in figures),
         "open_files": sum(f["open_files"] for f in figures),
         "response_times": response_times,
-        "processes": {"master": figures[0] if figures else None,
-                      "workers": figures[1:] if workers else []},
+        "processes": {
+            "master": figures[0] if figures else None,
+            "workers": figures[1:] if workers else [],
+        },
         "timestamp": isoformat(),
     }

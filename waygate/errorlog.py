@@ -20,6 +20,13 @@ from .clock import isoformat, utcnow
 from .storage import Storage
 
 MAX_MESSAGE = 2000
+_ALL, _SINCE = "", "WHERE timestamp >= ?"
+_COUNT_SQL = {w: f"SELECT count(*) FROM errors {w}" for w in (_ALL, _SINCE)}  # noqa: S608 # nosec B608 - fixed strings only
+_PAGE_SQL = {
+    w: "SELECT timestamp, level, code, message, context, request_id, worker_pid FROM errors "  # noqa: S608 # nosec B608
+    f"{w} ORDER BY timestamp DESC, id DESC LIMIT ? OFFSET ?"
+    for w in (_ALL, _SINCE)
+}
 
 
 @dataclass(frozen=True)
@@ -40,27 +47,42 @@ class ErrorLog:
     def __init__(self, storage: Storage):
         self.storage = storage
 
-    def record(self, *, level: str, code: str, message: str, context: dict | None = None,
-               request_id: str | None = None) -> None:
+    def record(
+        self,
+        *,
+        level: str,
+        code: str,
+        message: str,
+        context: dict | None = None,
+        request_id: str | None = None,
+    ) -> None:
         self.storage.execute_write(
             "INSERT INTO errors (timestamp, level, code, message, context, request_id, worker_pid)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (isoformat(), level, code, message[:MAX_MESSAGE],
-             json.dumps(context or {}, default=str), request_id, os.getpid()))
+            (
+                isoformat(),
+                level,
+                code,
+                message[:MAX_MESSAGE],
+                json.dumps(context or {}, default=str),
+                request_id,
+                os.getpid(),
+            ),
+        )
 
     def query(self, *, since: str | None, offset: int, limit: int) -> tuple[list[ErrorRecord], int]:
-        where, args = ("WHERE timestamp >= ?", [since]) if since else ("", [])
+        where, args = (_SINCE, [since]) if since else (_ALL, [])
         conn = self.storage.conn
-        total = conn.execute(f"SELECT count(*) FROM errors {where}", args).fetchone()[0]
-        rows = conn.execute(
-            "SELECT timestamp, level, code, message, context, request_id, worker_pid FROM errors "
-            f"{where} ORDER BY timestamp DESC, id DESC LIMIT ? OFFSET ?",
-            [*args, limit, offset]).fetchall()
-        return [ErrorRecord(**{**dict(r), "context": json.loads(r["context"])}) for r in rows], total
+        total = conn.execute(_COUNT_SQL[where], args).fetchone()[0]
+        rows = conn.execute(_PAGE_SQL[where], [*args, limit, offset]).fetchall()
+        return [
+            ErrorRecord(**{**dict(r), "context": json.loads(r["context"])}) for r in rows
+        ], total
 
     def prune(self, older_than: timedelta) -> int:
         return self.storage.execute_write(
-            "DELETE FROM errors WHERE timestamp < ?", (isoformat(utcnow() - older_than),)).rowcount
+            "DELETE FROM errors WHERE timestamp < ?", (isoformat(utcnow() - older_than),)
+        ).rowcount
 
 
 class PersistingHandler(logging.Handler):
@@ -83,9 +105,12 @@ class PersistingHandler(logging.Handler):
             if record.exc_info and record.exc_info[0] is not None:
                 context["exception"] = record.exc_info[0].__name__
             self.errors.record(
-                level=record.levelname, code=getattr(record, "error_code", "INTERNAL_ERROR"),
-                message=record.getMessage(), context=context,
-                request_id=context.pop("request_id", None))
+                level=record.levelname,
+                code=getattr(record, "error_code", "INTERNAL_ERROR"),
+                message=record.getMessage(),
+                context=context,
+                request_id=context.pop("request_id", None),
+            )
         except sqlite3.Error:
             self.handleError(record)
         finally:

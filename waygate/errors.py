@@ -13,8 +13,14 @@ class WaygateError(Exception):
     code = "INTERNAL_ERROR"
     status = 500
 
-    def __init__(self, message: str, details: dict[str, Any] | None = None,
-                 *, status: int | None = None, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        message: str,
+        details: dict[str, Any] | None = None,
+        *,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.details = details or {}

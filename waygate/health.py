@@ -60,6 +60,7 @@ def database_check(conn_factory: Callable) -> Check:
     def check() -> str | None:
         conn_factory().execute("SELECT count(*) FROM _sqlite_migrations").fetchone()
         return None
+
     return check
 
 
@@ -74,15 +75,19 @@ def filesystem_check(data_dir: Path, min_free_bytes: int) -> Check:
         except OSError as exc:
             return f"data dir is not readable ({exc.strerror or exc})"
         if free < min_free_bytes:
-            return (f"free space {free // 2**20} MiB is below the floor of "
-                    f"{min_free_bytes // 2**20} MiB")
+            return (
+                f"free space {free // 2**20} MiB is below the floor of "
+                f"{min_free_bytes // 2**20} MiB"
+            )
         return None
+
     return check
 
 
 def cache_check(storage_answers: Callable[[], bool]) -> Check:
     def check() -> str | None:
         return None if storage_answers() else "rate-limit storage does not answer"
+
     return check
 
 
@@ -92,4 +97,5 @@ def plugins_check(failed_plugins: Callable[[], list]) -> Check:
         if not failed:
             return None
         return "; ".join(f"{p.name}: {p.error}" for p in failed)
+
     return check

@@ -72,8 +72,9 @@ class KeyStore:
                     (name, role, digest(key), record.created_at),
                 )
         except sqlite3.IntegrityError:
-            raise InvalidRequest(f"a live key named {name!r} already exists",
-                                 {"name": name}) from None
+            raise InvalidRequest(
+                f"a live key named {name!r} already exists", {"name": name}
+            ) from None
         return record, key
 
     def list(self, include_revoked: bool = True) -> list[ApiKey]:
@@ -85,7 +86,8 @@ class KeyStore:
 
     def count_live(self) -> int:
         return self.storage.conn.execute(
-            "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL").fetchone()[0]
+            "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL"
+        ).fetchone()[0]
 
     def revoke(self, name: str) -> ApiKey:
         with self.storage.write() as conn:
@@ -113,8 +115,12 @@ class KeyStore:
         if not hmac.compare_digest(stored, wanted) or row is None or row["revoked_at"]:
             raise Unauthorized("invalid API key")
         self._touch(row["id"], row["last_used_at"])
-        return ApiKey(name=row["name"], role=row["role"], created_at=row["created_at"],
-                      last_used_at=row["last_used_at"])
+        return ApiKey(
+            name=row["name"],
+            role=row["role"],
+            created_at=row["created_at"],
+            last_used_at=row["last_used_at"],
+        )
 
     def _touch(self, key_id: int, last_used_at: str | None) -> None:
         now = utcnow()

@@ -32,7 +32,9 @@ class LatencyWindow:
         self._dirty = True
         if self._flusher_pid != os.getpid():  # one flusher thread per process, made after fork
             self._flusher_pid = os.getpid()
-            threading.Thread(target=self._flush_forever, name="waygate-latency", daemon=True).start()
+            threading.Thread(
+                target=self._flush_forever, name="waygate-latency", daemon=True
+            ).start()
 
     def _flush_forever(self) -> None:
         while True:

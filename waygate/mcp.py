@@ -34,13 +34,20 @@ META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
-    -32700, -32600, -32601, -32602, -32603)
+    -32700,
+    -32600,
+    -32601,
+    -32602,
+    -32603,
+)
 HEADER_MISMATCH, MISSING_CAPABILITY, UNSUPPORTED_VERSION = -32020, -32021, -32022
 
 SERVER_INFO = {"name": "waygate", "title": "Waygate MCP", "version": __version__}
-INSTRUCTIONS = ("Waygate runs operations commands from its plugins. Each tool is one command; "
-                "its inputSchema lists the parameters. A result with isError explains what "
-                "went wrong (invalid arguments, a failure or a timeout).")
+INSTRUCTIONS = (
+    "Waygate runs operations commands from its plugins. Each tool is one command; "
+    "its inputSchema lists the parameters. A result with isError explains what "
+    "went wrong (invalid arguments, a failure or a timeout)."
+)
 TOOLS_CAPABILITY = {"tools": {"listChanged": False}}
 
 
@@ -74,16 +81,18 @@ class Routing:
 
 
 class McpServer:
-    def __init__(self, commands: CommandService, plugins: Callable[[], PluginSet],
-                 tool_timeout: int = 30):
+    def __init__(
+        self, commands: CommandService, plugins: Callable[[], PluginSet], tool_timeout: int = 30
+    ):
         self.commands = commands
         self._plugins = plugins
         self.tool_timeout = tool_timeout
 
     # -- entry point ---------------------------------------------------------------------------
 
-    def handle(self, message: Any, caller: Caller, routing: Routing | None = None,
-               http: bool = True) -> Reply:
+    def handle(
+        self, message: Any, caller: Caller, routing: Routing | None = None, http: bool = True
+    ) -> Reply:
         routing = routing or Routing()
         request_id = message.get("id") if isinstance(message, dict) else None
         try:
@@ -108,10 +117,13 @@ class McpServer:
     @staticmethod
     def _check_shape(message: Any) -> str | None:
         if isinstance(message, list):
-            raise JsonRpcError(INVALID_REQUEST, "JSON-RPC batches are not supported: send one "
-                               "message per request")
+            raise JsonRpcError(
+                INVALID_REQUEST, "JSON-RPC batches are not supported: send one message per request"
+            )
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-            raise JsonRpcError(INVALID_REQUEST, 'not a JSON-RPC 2.0 message (need "jsonrpc": "2.0")')
+            raise JsonRpcError(
+                INVALID_REQUEST, 'not a JSON-RPC 2.0 message (need "jsonrpc": "2.0")'
+            )
         if "method" not in message:
             if "result" in message or "error" in message:
                 return None  # a response to a server request; Waygate sends none, so drop it
@@ -119,8 +131,11 @@ class McpServer:
         method = message["method"]
         if not isinstance(method, str) or not method:
             raise JsonRpcError(INVALID_REQUEST, "method must be a non-empty string")
-        if "id" in message and not isinstance(message["id"], (str, int)) or isinstance(
-                message.get("id"), bool):
+        if (
+            "id" in message
+            and not isinstance(message["id"], (str, int))
+            or isinstance(message.get("id"), bool)
+        ):
             raise JsonRpcError(INVALID_REQUEST, "id must be a string or an integer")
         params = message.get("params")
         if params is not None and not isinstance(params, dict):
@@ -128,15 +143,22 @@ class McpServer:
         return method
 
     @staticmethod
-    def _check_modern(message: dict, method: str, version: str, routing: Routing,
-                      http: bool) -> None:
+    def _check_modern(
+        message: dict, method: str, version: str, routing: Routing, http: bool
+    ) -> None:
         """The 2026-07-28 checks, in the contract's order: envelope, headers, version."""
         params = message.get("params") or {}
         meta = params.get("_meta")
-        if not isinstance(meta, dict) or META_VERSION not in meta \
-                or META_CLIENT_CAPABILITIES not in meta:
-            raise JsonRpcError(INVALID_PARAMS, f"params._meta must carry {META_VERSION} and "
-                               f"{META_CLIENT_CAPABILITIES}", status=400)
+        if (
+            not isinstance(meta, dict)
+            or META_VERSION not in meta
+            or META_CLIENT_CAPABILITIES not in meta
+        ):
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                f"params._meta must carry {META_VERSION} and {META_CLIENT_CAPABILITIES}",
+                status=400,
+            )
         if http:
             mismatches = []
             if meta[META_VERSION] != version:
@@ -146,28 +168,42 @@ class McpServer:
             if method == "tools/call" and routing.name != params.get("name"):
                 mismatches.append("Mcp-Name")
             if mismatches:
-                raise JsonRpcError(HEADER_MISMATCH, "routing header(s) disagree with the body: "
-                                   + ", ".join(mismatches), {"headers": mismatches}, status=400)
+                raise JsonRpcError(
+                    HEADER_MISMATCH,
+                    "routing header(s) disagree with the body: " + ", ".join(mismatches),
+                    {"headers": mismatches},
+                    status=400,
+                )
         if version not in MODERN_VERSIONS:
-            raise JsonRpcError(UNSUPPORTED_VERSION, f"unsupported protocol version {version!r}",
-                               {"supported": list(MODERN_VERSIONS), "requested": version},
-                               status=400)
+            raise JsonRpcError(
+                UNSUPPORTED_VERSION,
+                f"unsupported protocol version {version!r}",
+                {"supported": list(MODERN_VERSIONS), "requested": version},
+                status=400,
+            )
 
     # -- methods -------------------------------------------------------------------------------
 
-    def _dispatch(self, method: str, params: dict, caller: Caller, modern: bool,
-                  version: str) -> dict[str, Any]:
+    def _dispatch(
+        self, method: str, params: dict, caller: Caller, modern: bool, version: str
+    ) -> dict[str, Any]:
         # Handshake-era errors met while handling a request travel with HTTP 200.
         handling_status = None if modern else 200
         try:
             if method == "initialize" and not modern:
                 return self._initialize(params)
             if method == "server/discover" and modern:
-                return self._complete({"supportedVersions": list(MODERN_VERSIONS),
-                                       "capabilities": TOOLS_CAPABILITY,
-                                       "instructions": INSTRUCTIONS, "ttlMs": 0,
-                                       "cacheScope": "private",
-                                       "_meta": {META_SERVER_INFO: SERVER_INFO}}, modern)
+                return self._complete(
+                    {
+                        "supportedVersions": list(MODERN_VERSIONS),
+                        "capabilities": TOOLS_CAPABILITY,
+                        "instructions": INSTRUCTIONS,
+                        "ttlMs": 0,
+                        "cacheScope": "private",
+                        "_meta": {META_SERVER_INFO: SERVER_INFO},
+                    },
+                    modern,
+                )
             if method == "ping":
                 return self._complete({}, modern)
             if method == "tools/list":
@@ -177,8 +213,9 @@ class McpServer:
                 return self._complete(listed, modern)
             if method == "tools/call":
                 return self._complete(self.call_tool(params, caller), modern)
-            raise JsonRpcError(METHOD_NOT_FOUND, f"method not found: {method}",
-                               status=404 if modern else 200)
+            raise JsonRpcError(
+                METHOD_NOT_FOUND, f"method not found: {method}", status=404 if modern else 200
+            )
         except JsonRpcError as err:
             if handling_status is not None:
                 err.status = handling_status
@@ -192,8 +229,12 @@ class McpServer:
     def _initialize(params: dict) -> dict[str, Any]:
         requested = params.get("protocolVersion")
         version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[-1]
-        return {"protocolVersion": version, "capabilities": TOOLS_CAPABILITY,
-                "serverInfo": SERVER_INFO, "instructions": INSTRUCTIONS}
+        return {
+            "protocolVersion": version,
+            "capabilities": TOOLS_CAPABILITY,
+            "serverInfo": SERVER_INFO,
+            "instructions": INSTRUCTIONS,
+        }
 
     def tools(self) -> list[dict[str, Any]]:
         plugins = self._plugins()
@@ -222,16 +263,25 @@ class McpServer:
         plugins = self._plugins()
         command = plugins.commands.get(name)
         if command is None:
-            return _error_result(f"Unknown tool: {name}. Available: "
-                                 + ", ".join(sorted(plugins.commands)))
+            return _error_result(
+                f"Unknown tool: {name}. Available: " + ", ".join(sorted(plugins.commands))
+            )
         try:
             validated = self.commands.validate_params(command, dict(arguments))
         except WaygateError as err:
-            return _error_result(f"Invalid arguments for {name}: {err.message}: "
-                                 + json.dumps(err.details.get("params", {})))
-        inv = Invocation(action=name, plugin=plugins.command_plugin[name], command=command,
-                         params=validated, client_context={}, timeout=self.tool_timeout,
-                         run_async=False)
+            return _error_result(
+                f"Invalid arguments for {name}: {err.message}: "
+                + json.dumps(err.details.get("params", {}))
+            )
+        inv = Invocation(
+            action=name,
+            plugin=plugins.command_plugin[name],
+            command=command,
+            params=validated,
+            client_context={},
+            timeout=self.tool_timeout,
+            run_async=False,
+        )
         try:
             outcome = self.commands.run(inv, caller, mode="mcp")
         except WaygateError as err:  # e.g. the pool is full
@@ -241,8 +291,11 @@ class McpServer:
         result = outcome.result
         structured = result if isinstance(result, dict) else {"result": result}
         text = result if isinstance(result, str) else json.dumps(result, default=str)
-        return {"content": [{"type": "text", "text": text}], "structuredContent": structured,
-                "isError": False}
+        return {
+            "content": [{"type": "text", "text": text}],
+            "structuredContent": structured,
+            "isError": False,
+        }
 
 
 def _error_result(message: str) -> dict[str, Any]:

@@ -20,8 +20,13 @@ from .mcp import PARSE_ERROR, JsonRpcError, McpServer
 log = logging.getLogger(__name__)
 
 
-def serve(server: McpServer, caller: Caller, stdin: IO[str] | None = None,
-          stdout: IO[str] | None = None, concurrency: int = 4) -> None:
+def serve(
+    server: McpServer,
+    caller: Caller,
+    stdin: IO[str] | None = None,
+    stdout: IO[str] | None = None,
+    concurrency: int = 4,
+) -> None:
     """Answer messages until stdin closes. Requests run concurrently, so a ping is answered
     while a tool runs; each answer is written whole, one per line."""
     stdin = stdin or sys.stdin
@@ -41,8 +46,11 @@ def serve(server: McpServer, caller: Caller, stdin: IO[str] | None = None,
             reply(server.handle(message, caller, http=False).body)
         except Exception:  # never let one message end the session
             log.exception("stdio message failed")
-            reply(JsonRpcError(-32603, "internal error").body(
-                message.get("id") if isinstance(message, dict) else None))
+            reply(
+                JsonRpcError(-32603, "internal error").body(
+                    message.get("id") if isinstance(message, dict) else None
+                )
+            )
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="waygate-stdio") as pool:
         for line in stdin:

@@ -11,16 +11,58 @@ the raw path; ``action`` is a command that exists (unknown actions are refused e
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 
 # prometheus_client is imported inside the functions below, never at module import: it picks
 # its value storage (in memory or multiprocess files) once, when first imported, and the
 # gunicorn master imports this module to set PROMETHEUS_MULTIPROC_DIR before that happens.
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                   10.0, 30.0, 60.0, 300.0)
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+
+
+log = logging.getLogger(__name__)
+_failed_at = 0.0
+
+
+def _never_raising(record: Callable) -> Callable:
+    """A metric that cannot be written (full or read-only data dir, where multiprocess mode
+    keeps its files) must not fail the request or the command it describes: log it, at most
+    once a minute, and go on."""
+
+    @functools.wraps(record)
+    def recording(*args, **kwargs):
+        global _failed_at
+        try:
+            record(*args, **kwargs)
+        except OSError as exc:
+            if time.monotonic() - _failed_at > 60:
+                _failed_at = time.monotonic()
+                log.warning("could not record metrics: %s", exc)
+
+    return recording
 
 
 def multiprocess() -> bool:
@@ -35,39 +77,76 @@ class Metrics:
 
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("waygate_requests_total", "Total number of requests",
-                                ["method", "endpoint", "status"], registry=r)
-        self.response_time = Histogram("waygate_response_time_seconds",
-                                       "Response time in seconds", buckets=LATENCY_BUCKETS,
-                                       registry=r)
-        self.commands = Counter("waygate_commands_total", "Commands executed, by outcome",
-                                ["action", "status"], registry=r)
-        self.command_duration = Histogram("waygate_command_duration_seconds",
-                                          "Command execution time in seconds", ["action"],
-                                          buckets=LATENCY_BUCKETS, registry=r)
-        self.pool_in_use = Gauge("waygate_pool_threads_in_use",
-                                 "Command pool threads running a command (stuck ones included)",
-                                 multiprocess_mode="livesum", registry=r)
-        self.pool_queued = Gauge("waygate_pool_queue_depth",
-                                 "Commands admitted and waiting for a pool thread",
-                                 multiprocess_mode="livesum", registry=r)
-        self.rate_limited = Counter("waygate_rate_limited_total",
-                                    "Requests refused by a rate limit", ["endpoint"], registry=r)
-        self.plugins_loaded = Gauge("waygate_plugins_loaded", "Plugins loaded and active",
-                                    multiprocess_mode="livemax", registry=r)
-        self.connections = Counter("waygate_connections_total",
-                                   "Client connections accepted", registry=r)
+        self.requests = Counter(
+            "waygate_requests_total",
+            "Total number of requests",
+            ["method", "endpoint", "status"],
+            registry=r,
+        )
+        self.response_time = Histogram(
+            "waygate_response_time_seconds",
+            "Response time in seconds",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commands = Counter(
+            "waygate_commands_total",
+            "Commands executed, by outcome",
+            ["action", "status"],
+            registry=r,
+        )
+        self.command_duration = Histogram(
+            "waygate_command_duration_seconds",
+            "Command execution time in seconds",
+            ["action"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.pool_in_use = Gauge(
+            "waygate_pool_threads_in_use",
+            "Command pool threads running a command (stuck ones included)",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.pool_queued = Gauge(
+            "waygate_pool_queue_depth",
+            "Commands admitted and waiting for a pool thread",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "waygate_rate_limited_total",
+            "Requests refused by a rate limit",
+            ["endpoint"],
+            registry=r,
+        )
+        self.plugins_loaded = Gauge(
+            "waygate_plugins_loaded",
+            "Plugins loaded and active",
+            multiprocess_mode="livemax",
+            registry=r,
+        )
+        self.connections = Counter(
+            "waygate_connections_total", "Client connections accepted", registry=r
+        )
 
+    @_never_raising
+    def count_connection(self) -> None:
+        self.connections.inc()
+
+    @_never_raising
     def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(method, endpoint, str(status)).inc()
         self.response_time.observe(seconds)
         if status == 429:
             self.rate_limited.labels(endpoint).inc()
 
+    @_never_raising
     def observe_command(self, action: str, status: str, duration_ms: int) -> None:
         self.commands.labels(action, status).inc()
         self.command_duration.labels(action).observe(duration_ms / 1000)
 
+    @_never_raising
     def observe_pool(self, in_use: int, queued: int) -> None:
         self.pool_in_use.set(in_use)
         self.pool_queued.set(queued)
@@ -98,6 +177,7 @@ def mark_worker_dead(pid: int) -> None:
     """Drop a dead worker's live gauges (its counters stay counted)."""
     if multiprocess():
         from prometheus_client import multiprocess as mp
+
         mp.mark_process_dead(pid)
 
 
@@ -107,9 +187,14 @@ def counter_total(name: str) -> float:
 
     if multiprocess():
         from prometheus_client import multiprocess as mp
+
         registry = CollectorRegistry()
         mp.MultiProcessCollector(registry)
     else:
         registry = metrics().registry
-    return sum(sample.value for family in registry.collect() for sample in family.samples
-               if sample.name == name)
+    return sum(
+        sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if sample.name == name
+    )

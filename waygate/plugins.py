@@ -65,8 +65,7 @@ def refresh_entry_points(namespace: str = NAMESPACE) -> None:
     finders) bypasses both, so a plugin installed, removed or changed since is seen.
     """
     importlib.invalidate_caches()
-    unique = {(ep.name, ep.value): ep
-              for ep in importlib.metadata.entry_points(group=namespace)}
+    unique = {(ep.name, ep.value): ep for ep in importlib.metadata.entry_points(group=namespace)}
     ExtensionManager.ENTRY_POINT_CACHE[namespace] = list(unique.values())
 
 
@@ -83,8 +82,11 @@ def forget_plugin_modules(namespace: str = NAMESPACE) -> None:
             del sys.modules[name]
 
 
-def discover(plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
-             namespace: str = NAMESPACE, fresh_modules: bool = False) -> PluginSet:
+def discover(
+    plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
+    namespace: str = NAMESPACE,
+    fresh_modules: bool = False,
+) -> PluginSet:
     """Load every plugin in ``namespace`` and validate it; failures are reported, not raised.
 
     ``fresh_modules`` re-imports the plugins' modules (a reload), so changed code is used.
@@ -99,27 +101,37 @@ def discover(plugin_config: Mapping[str, Mapping[str, Any]] | None = None,
     refresh_entry_points(namespace)
 
     def on_failure(manager, entry_point, exc):
-        failures.append(PluginInfo(name=entry_point.name, status="failed",
-                                   error=f"import failed: {type(exc).__name__}: {exc}"))
+        failures.append(
+            PluginInfo(
+                name=entry_point.name,
+                status="failed",
+                error=f"import failed: {type(exc).__name__}: {exc}",
+            )
+        )
         log.error("plugin %s failed to load: %s", entry_point.name, exc)
 
-    manager = ExtensionManager(namespace, invoke_on_load=False,
-                               on_load_failure_callback=on_failure)
+    manager = ExtensionManager(namespace, invoke_on_load=False, on_load_failure_callback=on_failure)
     for ext in sorted(manager.extensions, key=lambda e: e.name):
-        info = _instantiate(ext.name, ext.plugin, plugin_config.get(ext.name, {}),
-                            taken=command_plugin)
+        info = _instantiate(
+            ext.name, ext.plugin, plugin_config.get(ext.name, {}), taken=command_plugin
+        )
         infos[ext.name] = info[0]
         for command in info[1]:
             commands[command.name] = command
             command_plugin[command.name] = ext.name
     for failure in failures:
         infos[failure.name] = failure
-    return PluginSet(plugins=dict(sorted(infos.items())), commands=commands,
-                     command_plugin=command_plugin, loaded_at=time.time())
+    return PluginSet(
+        plugins=dict(sorted(infos.items())),
+        commands=commands,
+        command_plugin=command_plugin,
+        loaded_at=time.time(),
+    )
 
 
-def _instantiate(name: str, plugin_class: Any, config: Mapping[str, Any],
-                 taken: Mapping[str, str]) -> tuple[PluginInfo, list[Command]]:
+def _instantiate(
+    name: str, plugin_class: Any, config: Mapping[str, Any], taken: Mapping[str, str]
+) -> tuple[PluginInfo, list[Command]]:
     def failed(reason: str) -> tuple[PluginInfo, list[Command]]:
         log.error("plugin %s failed: %s", name, reason)
         return PluginInfo(name=name, status="failed", error=reason), []
@@ -144,9 +156,13 @@ def _instantiate(name: str, plugin_class: Any, config: Mapping[str, Any],
             return failed(f"command name {command.name!r} is already taken by plugin {owner}")
         seen.add(command.name)
     info = PluginInfo(
-        name=name, status="active", version=plugin_class.version,
-        description=plugin_class.description, author=plugin_class.author,
-        capabilities=tuple(plugin_class.capabilities), config=dict(plugin.config),
+        name=name,
+        status="active",
+        version=plugin_class.version,
+        description=plugin_class.description,
+        author=plugin_class.author,
+        capabilities=tuple(plugin_class.capabilities),
+        config=dict(plugin.config),
         commands=tuple(c.name for c in commands),
     )
     return info, commands

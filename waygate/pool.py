@@ -30,14 +30,19 @@ class PoolStats:
     queued: int
 
     def as_dict(self) -> dict[str, int]:
-        return {"size": self.size, "queue_size": self.queue_size,
-                "in_use": self.in_use, "queued": self.queued,
-                "available": max(0, self.size + self.queue_size - self.in_use - self.queued)}
+        return {
+            "size": self.size,
+            "queue_size": self.queue_size,
+            "in_use": self.in_use,
+            "queued": self.queued,
+            "available": max(0, self.size + self.queue_size - self.in_use - self.queued),
+        }
 
 
 class CommandPool:
-    def __init__(self, size: int, queue_size: int,
-                 on_change: Callable[[int, int], None] | None = None):
+    def __init__(
+        self, size: int, queue_size: int, on_change: Callable[[int, int], None] | None = None
+    ):
         self.size = size
         self.queue_size = queue_size
         self._on_change = on_change  # (in_use, queued) after every change, e.g. for gauges
@@ -59,8 +64,9 @@ class CommandPool:
     def submit(self, fn: Callable[[], Any], wait: float = 0.0) -> Future:
         """Queue ``fn``; waits up to ``wait`` seconds for room, then raises PoolFull."""
         self._ensure_started()
-        acquired = (self._slots.acquire(timeout=wait) if wait > 0
-                    else self._slots.acquire(blocking=False))
+        acquired = (
+            self._slots.acquire(timeout=wait) if wait > 0 else self._slots.acquire(blocking=False)
+        )
         if not acquired:
             raise PoolFull()
         future: Future = Future()

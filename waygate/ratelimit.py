@@ -20,7 +20,6 @@ from limits.storage import Storage as LimitsStorage
 
 from .storage import Storage
 
-
 # How long this thread's own last hit answers reads of the same counter (one request's span).
 JUST_HIT_S = 0.05
 
@@ -28,8 +27,9 @@ JUST_HIT_S = 0.05
 class SQLiteLimitStorage(LimitsStorage):
     STORAGE_SCHEME = ["sqlite"]
 
-    def __init__(self, uri: str | None = None, wrap_exceptions: bool = False,
-                 **options: float | str | bool):
+    def __init__(
+        self, uri: str | None = None, wrap_exceptions: bool = False, **options: float | str | bool
+    ):
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
         # As in SQLAlchemy: sqlite:///relative.db, sqlite:////absolute.db
         path = (uri or "").removeprefix("sqlite:///")

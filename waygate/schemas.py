@@ -19,24 +19,38 @@ class MCPCommandSchema(Schema):
     class Meta:
         unknown = INCLUDE  # spec: the model allows more properties; they are ignored
 
-    action = fields.String(required=True, validate=validate.Length(min=1, max=128),
-                           metadata={"description": "Command action to execute"})
-    params = fields.Dict(keys=fields.String(), load_default=dict,
-                         metadata={"description": "Command parameters"})
-    context = fields.Dict(keys=fields.String(), load_default=dict,
-                          metadata={"description": "Execution context"})
-    timeout = fields.Integer(load_default=30, strict=True,
-                             validate=validate.Range(min=1, max=300),
-                             metadata={"description": "Timeout in seconds"})
-    async_ = fields.Boolean(data_key="async", load_default=False,
-                            metadata={"description": "Run in the background: answer 202 at once"})
+    action = fields.String(
+        required=True,
+        validate=validate.Length(min=1, max=128),
+        metadata={"description": "Command action to execute"},
+    )
+    params = fields.Dict(
+        keys=fields.String(), load_default=dict, metadata={"description": "Command parameters"}
+    )
+    context = fields.Dict(
+        keys=fields.String(), load_default=dict, metadata={"description": "Execution context"}
+    )
+    timeout = fields.Integer(
+        load_default=30,
+        strict=True,
+        validate=validate.Range(min=1, max=300),
+        metadata={"description": "Timeout in seconds"},
+    )
+    async_ = fields.Boolean(
+        data_key="async",
+        load_default=False,
+        metadata={"description": "Run in the background: answer 202 at once"},
+    )
 
 
 def field_errors(error: ValidationError) -> tuple[list[str], dict[str, Any]]:
     """(missing required fields, all field messages) from a marshmallow error."""
     messages = error.normalized_messages()
-    missing = [name for name, msgs in messages.items()
-               if isinstance(msgs, list) and "Missing data for required field." in msgs]
+    missing = [
+        name
+        for name, msgs in messages.items()
+        if isinstance(msgs, list) and "Missing data for required field." in msgs
+    ]
     return missing, messages
 
 

@@ -39,8 +39,13 @@ class PluginRegistry:
 
     CHECK_INTERVAL = 0.5
 
-    def __init__(self, storage: Storage, plugin_config=None, loader=discover,
-                 on_load: Callable[[PluginSet], None] | None = None):
+    def __init__(
+        self,
+        storage: Storage,
+        plugin_config=None,
+        loader=discover,
+        on_load: Callable[[PluginSet], None] | None = None,
+    ):
         self._storage = storage
         self._loader = loader
         self._on_load = on_load
@@ -69,14 +74,17 @@ class PluginRegistry:
         with self._storage.write() as conn:
             generation = conn.execute(
                 "UPDATE plugin_state SET generation = generation + 1, reloaded_at = ? "
-                "WHERE id = 1 RETURNING generation", (isoformat(),)).fetchone()[0]
+                "WHERE id = 1 RETURNING generation",
+                (isoformat(),),
+            ).fetchone()[0]
         with self._lock:
             self._install(generation, fresh=True)
             return self._current
 
     def _shared_generation(self) -> int:
         return self._storage.conn.execute(
-            "SELECT generation FROM plugin_state WHERE id = 1").fetchone()[0]
+            "SELECT generation FROM plugin_state WHERE id = 1"
+        ).fetchone()[0]
 
     def _install(self, generation: int, fresh: bool) -> None:
         """Load and swap in a new set (the caller holds the lock)."""
@@ -106,14 +114,24 @@ class Services:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         storage = Storage(config.database_path, busy_timeout_ms=config.db_busy_timeout_ms)
         storage.migrate()
-        plugins = PluginRegistry(storage, config.plugin_config,
-                                 on_load=lambda s: metrics().plugins_loaded.set(len(s.loaded)))
+        plugins = PluginRegistry(
+            storage,
+            config.plugin_config,
+            on_load=lambda s: metrics().plugins_loaded.set(len(s.loaded)),
+        )
         audit = AuditLog(storage, retention=timedelta(days=config.audit_retention_days))
-        pool = CommandPool(config.pool_size, config.pool_queue,
-                           on_change=metrics().observe_pool)
-        commands = CommandService(lambda: plugins.current, pool, audit,
-                                  observe=metrics().observe_command)
-        return cls(config=config, storage=storage, keys=KeyStore(storage), plugins=plugins,
-                   audit=audit, commands=commands,
-                   housekeeper=Housekeeper(audit, config.housekeeping_interval_s),
-                   errors=ErrorLog(storage), latency=LatencyWindow(config.data_dir / "latency"))
+        pool = CommandPool(config.pool_size, config.pool_queue, on_change=metrics().observe_pool)
+        commands = CommandService(
+            lambda: plugins.current, pool, audit, observe=metrics().observe_command
+        )
+        return cls(
+            config=config,
+            storage=storage,
+            keys=KeyStore(storage),
+            plugins=plugins,
+            audit=audit,
+            commands=commands,
+            housekeeper=Housekeeper(audit, config.housekeeping_interval_s),
+            errors=ErrorLog(storage),
+            latency=LatencyWindow(config.data_dir / "latency"),
+        )

@@ -95,12 +95,13 @@ class Storage:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction that takes the lock up front, so it never fails half-way."""
         conn = self.conn
-        with self._writer():
+        with self._writer(), self._reopen_when_readonly():
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
             else:
                 conn.execute("COMMIT")
@@ -108,16 +109,29 @@ class Storage:
     def execute_write(self, sql: str, params=()) -> WriteResult:
         """One writing statement in its own transaction (RETURNING rows are fetched here)."""
         conn = self.conn
-        with self._writer():
+        with self._writer(), self._reopen_when_readonly():
             cursor = conn.execute(sql, params)
             rows = cursor.fetchall()
             return WriteResult(cursor.rowcount, rows)
+
+    @contextmanager
+    def _reopen_when_readonly(self) -> Iterator[None]:
+        # A connection opened while the data dir was read-only stays read-only for good;
+        # dropping it lets the next use reconnect once the directory is writable again.
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "readonly" in str(exc) or "read-only" in str(exc):
+                self._local = threading.local()
+            raise
 
     def migrate(self) -> list[str]:
         """Apply pending migrations once; safe to call from several processes at once."""
         from waygate_migrations import migrations
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and not self.pending_migrations():
+            return []  # nothing to do, and nothing written (a read-only data dir still starts)
         lock_path = self.path.with_suffix(".migrate.lock")
         with open(lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
@@ -134,10 +148,18 @@ class Storage:
     def pending_migrations(self) -> list[str]:
         from waygate_migrations import migrations
 
-        return [m.name for m in migrations.pending(self.db)]
+        conn = self.connect()
+        try:
+            return [m.name for m in migrations.pending(sqlite_utils.Database(conn))]
+        finally:
+            conn.close()
 
     def close(self) -> None:
+        """Close this thread's connection and this process's write-lock file."""
         conn = getattr(self._local, "conn", None)
         if conn is not None and getattr(self._local, "pid", None) == os.getpid():
             conn.close()
         self._local = threading.local()
+        if self._lock_pid == os.getpid():
+            self._lock_file.close()
+            self._lock_pid = None

@@ -46,7 +46,8 @@ def current_key() -> ApiKey:
     key = g.get("api_key")
     if key is None:
         raise g.get("auth_error") or Unauthorized(
-            "missing API key: send it in the X-API-Key header")
+            "missing API key: send it in the X-API-Key header"
+        )
     return key
 
 
@@ -55,6 +56,7 @@ def key_required(view: F) -> F:
     def wrapper(*args, **kwargs):
         current_key()
         return view(*args, **kwargs)
+
     return wrapper  # type: ignore[return-value]
 
 
@@ -63,6 +65,7 @@ def admin_required(view: F) -> F:
     def wrapper(*args, **kwargs):
         require_admin(current_key())
         return view(*args, **kwargs)
+
     return wrapper  # type: ignore[return-value]
 
 

@@ -15,14 +15,16 @@ bp = Blueprint("core", __name__)
 
 @bp.get("/")
 def index():
-    return jsonify({
-        "service": SERVICE_NAME,
-        "version": __version__,
-        "status": "operational",
-        "mode": services().config.mode,
-        "description": "Enterprise-grade MCP Server Framework",
-        "documentation": "/docs",
-    })
+    return jsonify(
+        {
+            "service": SERVICE_NAME,
+            "version": __version__,
+            "status": "operational",
+            "mode": services().config.mode,
+            "description": "Enterprise-grade MCP Server Framework",
+            "documentation": "/docs",
+        }
+    )
 
 
 @bp.get("/health")
@@ -30,19 +32,24 @@ def index():
 def health():
     svc = services()
     limiter = current_app.extensions["waygate.limiter"]
-    report = run_checks({
-        "database": database_check(lambda: svc.storage.conn),
-        "cache": cache_check(limiter.storage_answers),
-        "filesystem": filesystem_check(svc.config.data_dir, svc.config.min_free_bytes),
-        "plugins": plugins_check(lambda: svc.plugins.current.failed),
-    })
+    report = run_checks(
+        {
+            "database": database_check(lambda: svc.storage.conn),
+            "cache": cache_check(limiter.storage_answers),
+            "filesystem": filesystem_check(svc.config.data_dir, svc.config.min_free_bytes),
+            "plugins": plugins_check(lambda: svc.plugins.current.failed),
+        }
+    )
     body = {**report.as_dict(), "pool": svc.commands.pool.stats().as_dict()}
     if report.healthy:
         return jsonify(body)
     failed = sorted(report.failures)
     return error_response(
-        503, "SERVICE_UNAVAILABLE", "health checks failing: " + ", ".join(failed),
-        details={"failed": report.failures}, extra=body,
+        503,
+        "SERVICE_UNAVAILABLE",
+        "health checks failing: " + ", ".join(failed),
+        details={"failed": report.failures},
+        extra=body,
     )
 
 
@@ -51,6 +58,11 @@ def ready():
     readiness = services().readiness
     if readiness.is_ready:
         return jsonify({"ready": True})
-    return error_response(503, "SERVICE_UNAVAILABLE", f"not ready: {readiness.state}",
-                          details={"state": readiness.state}, extra={"ready": False},
-                          headers={"Retry-After": "1"})
+    return error_response(
+        503,
+        "SERVICE_UNAVAILABLE",
+        f"not ready: {readiness.state}",
+        details={"state": readiness.state},
+        extra={"ready": False},
+        headers={"Retry-After": "1"},
+    )

@@ -19,8 +19,9 @@ bp = Blueprint("diagnostics", __name__)
 @admin_required
 def connection():
     svc = services()
-    return jsonify(connection_report(svc.server_info,
-                                     int(counter_total("waygate_connections_total"))))
+    return jsonify(
+        connection_report(svc.server_info, int(counter_total("waygate_connections_total")))
+    )
 
 
 @bp.get("/diagnostics/performance")
@@ -39,8 +40,10 @@ def errors():
         try:
             since = isoformat(parse_iso(since))
         except ValueError:
-            raise InvalidRequest("since must be an ISO 8601 date-time, e.g. 2025-01-14T10:00:00Z",
-                                 {"parameter": "since", "value": since[:100]}) from None
+            raise InvalidRequest(
+                "since must be an ISO 8601 date-time, e.g. 2025-01-14T10:00:00Z",
+                {"parameter": "since", "value": since[:100]},
+            ) from None
     records, total = services().errors.query(since=since, offset=page.offset, limit=page.limit)
     response = jsonify({"errors": [r.as_dict() for r in records], "total": total})
     return add_headers(response, page, total)

@@ -40,9 +40,14 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None) -
     }
 
 
-def error_response(status: int, code: str, message: str, details: dict | None = None,
-                   headers: dict[str, str] | None = None,
-                   extra: dict[str, Any] | None = None) -> Response:
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response:
     """The envelope as a response; ``extra`` adds top-level fields (e.g. /health's report)."""
     g.error_code, g.error_message = code, message
     if request.blueprint == "mcp":
@@ -61,9 +66,15 @@ def error_response(status: int, code: str, message: str, details: dict | None = 
 def jsonrpc_error_body(status: int, code: str, message: str, details: dict | None) -> dict:
     """On /mcp every answer is JSON-RPC: the envelope's facts travel in ``error.data``."""
     error = error_body(code, message, details)["error"]
-    return {"jsonrpc": "2.0", "id": None,
-            "error": {"code": -32603 if status >= 500 else -32600, "message": message,
-                      "data": {k: error[k] for k in ("code", "details", "request_id")}}}
+    return {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {
+            "code": -32603 if status >= 500 else -32600,
+            "message": message,
+            "data": {k: error[k] for k in ("code", "details", "request_id")},
+        },
+    }
 
 
 def _from_domain(exc: WaygateError) -> Response:
@@ -80,31 +91,39 @@ def _from_http(exc: HTTPException) -> Response:
     if status == 404:
         details = {"path": (request.script_root + request.path)[:200]}
     elif status == 405:
-        details = {"method": request.method, "allowed": sorted(getattr(exc, "valid_methods", None) or [])}
+        details = {
+            "method": request.method,
+            "allowed": sorted(getattr(exc, "valid_methods", None) or []),
+        }
     elif status == 413:
         limit = request.max_content_length
         message = f"request body exceeds the limit of {limit} bytes" if limit else message
         details = {"max_bytes": limit}
     elif status >= 500:
-        log.error("HTTP %s: %s", status, exc.description,
-                  extra={"error_code": code_for_status(status)})
+        log.error(
+            "HTTP %s: %s", status, exc.description, extra={"error_code": code_for_status(status)}
+        )
         message = "internal error"
     return error_response(status, code_for_status(status), message, details, headers)
 
 
 def _from_unexpected(exc: Exception) -> Response:
     log.exception("unhandled %s on %s %s", type(exc).__name__, request.method, request.path)
-    return error_response(500, "INTERNAL_ERROR",
-                          "internal error; quote the request_id when reporting it")
+    return error_response(
+        500, "INTERNAL_ERROR", "internal error; quote the request_id when reporting it"
+    )
 
 
 def request_context() -> dict[str, Any]:
     """What an error record may say about the request: never headers, keys or bodies."""
     if not has_request_context():
         return {}
-    return {"request_id": g.get("request_id"), "method": request.method,
-            "endpoint": request.url_rule.rule if request.url_rule else None,
-            "path": request.path[:200]}
+    return {
+        "request_id": g.get("request_id"),
+        "method": request.method,
+        "endpoint": request.url_rule.rule if request.url_rule else None,
+        "path": request.path[:200],
+    }
 
 
 class PersistingHandler(errorlog.PersistingHandler):
@@ -126,8 +145,12 @@ def _persist_unlogged_5xx(response: Response) -> Response:
                 message = f"command {response.get_json().get('command_id')} failed: {command_error}"
         try:
             current_app.extensions["waygate"].errors.record(
-                level="ERROR", code=code, message=message, context=context,
-                request_id=context.pop("request_id", None))
+                level="ERROR",
+                code=code,
+                message=message,
+                context=context,
+                request_id=context.pop("request_id", None),
+            )
         except sqlite3.Error as exc:  # the answer stands even when the log cannot be written
             log.warning("could not persist a %s answer: %s", response.status_code, exc)
     return response
@@ -136,7 +159,9 @@ def _persist_unlogged_5xx(response: Response) -> Response:
 def install_error_persistence(app: Flask) -> None:
     """Persist ERROR records of Waygate's loggers (one handler per process, pointing at the
     newest app's error log)."""
-    handler = PersistingHandler(app.extensions["waygate"].errors, context_of=lambda r: request_context())
+    handler = PersistingHandler(
+        app.extensions["waygate"].errors, context_of=lambda r: request_context()
+    )
     logger = logging.getLogger("waygate")
     for old in [h for h in logger.handlers if isinstance(h, errorlog.PersistingHandler)]:
         logger.removeHandler(old)
@@ -146,10 +171,19 @@ def install_error_persistence(app: Flask) -> None:
 
 def _from_storage(exc: sqlite3.OperationalError) -> Response:
     # A full, read-only or vanished data dir is the service's trouble, not the client's.
-    log.error("storage failure on %s %s: %s", request.method, request.path, exc,
-              extra={"error_code": "SERVICE_UNAVAILABLE"})
-    return error_response(503, "SERVICE_UNAVAILABLE", "storage unavailable; try again shortly",
-                          headers={"Retry-After": "5"})
+    log.error(
+        "storage failure on %s %s: %s",
+        request.method,
+        request.path,
+        exc,
+        extra={"error_code": "SERVICE_UNAVAILABLE"},
+    )
+    return error_response(
+        503,
+        "SERVICE_UNAVAILABLE",
+        "storage unavailable; try again shortly",
+        headers={"Retry-After": "5"},
+    )
 
 
 def init_app(app: Flask) -> None:

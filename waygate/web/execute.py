@@ -42,8 +42,9 @@ def execute():
     outcome = svc.commands.run(inv, _caller())
     if outcome.client_error is not None:
         err = outcome.client_error
-        raise InvalidRequest(err.message, {"command_id": outcome.command_id, **err.details},
-                             status=err.status)
+        raise InvalidRequest(
+            err.message, {"command_id": outcome.command_id, **err.details}, status=err.status
+        )
     return jsonify(outcome.as_response()), outcome.http_status
 
 
@@ -52,8 +53,10 @@ def _batch(items: list):
     if not items:
         raise InvalidRequest("a batch must hold at least one command")
     if len(items) > limit:
-        raise InvalidRequest(f"a batch holds at most {limit} commands; got {len(items)}",
-                             {"max_items": limit, "items": len(items)})
+        raise InvalidRequest(
+            f"a batch holds at most {limit} commands; got {len(items)}",
+            {"max_items": limit, "items": len(items)},
+        )
     outcomes = services().commands.run_batch(items, _caller())
     return jsonify([outcome.as_response() for outcome in outcomes])
 
@@ -76,17 +79,21 @@ def executions():
     action = request.args.get("action") or None
     status = request.args.get("status") or None
     if status is not None and status not in EXECUTION_STATUSES:
-        raise InvalidRequest(f"status must be one of {', '.join(EXECUTION_STATUSES)}",
-                             {"parameter": "status"})
+        raise InvalidRequest(
+            f"status must be one of {', '.join(EXECUTION_STATUSES)}", {"parameter": "status"}
+        )
     since = request.args.get("since")
     if since is not None:
         try:
             since = isoformat(parse_iso(since))
         except ValueError:
-            raise InvalidRequest("since must be an ISO 8601 date-time, e.g. 2025-01-14T10:00:00Z",
-                                 {"parameter": "since", "value": since[:100]}) from None
-    rows, total = services().audit.query(action=action, status=status, since=since,
-                                         offset=page.offset, limit=page.limit)
+            raise InvalidRequest(
+                "since must be an ISO 8601 date-time, e.g. 2025-01-14T10:00:00Z",
+                {"parameter": "since", "value": since[:100]},
+            ) from None
+    rows, total = services().audit.query(
+        action=action, status=status, since=since, offset=page.offset, limit=page.limit
+    )
     response = jsonify({"executions": [row.as_dict() for row in rows], "total": total})
     return add_headers(response, page, total)
 
@@ -95,15 +102,17 @@ def executions():
 @key_required
 def status():
     plugins = services().plugins.current
-    return jsonify({
-        "engine": "degraded" if plugins.failed else "operational",
-        "plugins_loaded": len(plugins.loaded),
-        "commands_available": sorted(plugins.commands),
-        "protocol_version": PROTOCOL_VERSION,
-        "capabilities": {"async": True, "batch": True, "streaming": False},
-        "pool": services().commands.pool.stats().as_dict(),
-        "timestamp": isoformat(),
-    })
+    return jsonify(
+        {
+            "engine": "degraded" if plugins.failed else "operational",
+            "plugins_loaded": len(plugins.loaded),
+            "commands_available": sorted(plugins.commands),
+            "protocol_version": PROTOCOL_VERSION,
+            "capabilities": {"async": True, "batch": True, "streaming": False},
+            "pool": services().commands.pool.stats().as_dict(),
+            "timestamp": isoformat(),
+        }
+    )
 
 
 @bp.get("/mcp/commands")
@@ -111,8 +120,12 @@ def status():
 def commands():
     plugins = services().plugins.current
     listed = [
-        {"name": name, "description": command.description, "plugin": plugins.command_plugin[name],
-         "parameters": describe_parameters(command.params)}
+        {
+            "name": name,
+            "description": command.description,
+            "plugin": plugins.command_plugin[name],
+            "parameters": describe_parameters(command.params),
+        }
         for name, command in sorted(plugins.commands.items())
     ]
     page = requested_page(default_limit=100)

@@ -29,11 +29,29 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 CORS_METHODS = ["GET", "POST", "PUT", "DELETE", "OPTIONS"]
-CORS_ALLOW_HEADERS = ["Content-Type", "X-API-Key", "Authorization", "X-Request-ID",
-                      "Accept", "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name"]
-CORS_EXPOSE_HEADERS = ["X-Request-ID", "X-RateLimit-Limit", "X-RateLimit-Remaining",
-                       "X-RateLimit-Reset", "Retry-After", "X-Total-Count", "X-Page-Count",
-                       "Link", "Location", "Deprecation", "Sunset"]
+CORS_ALLOW_HEADERS = [
+    "Content-Type",
+    "X-API-Key",
+    "Authorization",
+    "X-Request-ID",
+    "Accept",
+    "MCP-Protocol-Version",
+    "Mcp-Method",
+    "Mcp-Name",
+]
+CORS_EXPOSE_HEADERS = [
+    "X-Request-ID",
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "Retry-After",
+    "X-Total-Count",
+    "X-Page-Count",
+    "Link",
+    "Location",
+    "Deprecation",
+    "Sunset",
+]
 
 
 class RequestIdFilter(logging.Filter):
@@ -47,21 +65,22 @@ class RequestIdFilter(logging.Filter):
 def read_json(max_depth: int = 64) -> Any:
     """The request body as JSON, or InvalidRequest saying what is wrong with it."""
     if not request.is_json:
-        raise InvalidRequest("Content-Type must be application/json",
-                             {"content_type": request.content_type or ""})
+        raise InvalidRequest(
+            "Content-Type must be application/json", {"content_type": request.content_type or ""}
+        )
     raw = request.get_data(cache=True)
     if not raw:
         raise InvalidRequest("request body is empty: send a JSON object")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise InvalidRequest("request body is not valid UTF-8",
-                             {"position": exc.start}) from None
+        raise InvalidRequest("request body is not valid UTF-8", {"position": exc.start}) from None
     try:
         value = jsonio.loads(raw)
     except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"malformed JSON: {exc.msg}",
-                             {"line": exc.lineno, "column": exc.colno}) from None
+        raise InvalidRequest(
+            f"malformed JSON: {exc.msg}", {"line": exc.lineno, "column": exc.colno}
+        ) from None
     except RecursionError:
         raise InvalidRequest("JSON nested too deeply") from None
     if _depth_exceeds(value, max_depth):
@@ -77,7 +96,9 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
             if depth > limit:
                 return True
             children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+            stack.extend(
+                (child, depth + 1) for child in children if isinstance(child, (dict, list))
+            )
     return False
 
 
@@ -101,7 +122,7 @@ def _finish(response: Response) -> Response:
     # One pass over the headers a view set, then append what is missing (this runs on every
     # response; Headers.setdefault would rescan the list for each name).
     headers = response.headers
-    present = {name.lower() for name in headers.keys()}
+    present = {name.lower() for name, _ in headers}
     missing = [(n, v) for n, v in _DEFAULT_HEADERS if n.lower() not in present]
     if REQUEST_ID_HEADER.lower() not in present:
         missing.append((REQUEST_ID_HEADER, g.get("request_id") or uuid.uuid4().hex))
@@ -116,8 +137,9 @@ def trust_proxies(app: Flask, config: Config) -> None:
     X-Forwarded-* headers (gunicorn never does)."""
     if config.trusted_proxies:
         hops = config.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops,
-                                x_port=hops, x_prefix=hops)
+        app.wsgi_app = ProxyFix(
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
+        )
 
 
 def init_app(app: Flask, config: Config) -> None:
@@ -128,10 +150,16 @@ def init_app(app: Flask, config: Config) -> None:
     # flask-cors's own after-request hook matches resource patterns on every response; only
     # a request with an Origin header can need CORS headers, so only those go through it.
     # (Every API response is Cache-Control: no-store, so no cache needs Vary: Origin.)
-    cors = get_cors_options(app, {
-        "origins": list(config.cors_origins), "methods": CORS_METHODS,
-        "allow_headers": CORS_ALLOW_HEADERS, "expose_headers": CORS_EXPOSE_HEADERS,
-        "max_age": 600})
+    cors = get_cors_options(
+        app,
+        {
+            "origins": list(config.cors_origins),
+            "methods": CORS_METHODS,
+            "allow_headers": CORS_ALLOW_HEADERS,
+            "expose_headers": CORS_EXPOSE_HEADERS,
+            "max_age": 600,
+        },
+    )
 
     @app.after_request
     def _cors(response: Response) -> Response:

@@ -38,11 +38,13 @@ STORAGE_ERROR_LOG_EVERY_S = 10.0
 
 def limit_group(group: str) -> Callable:
     """Mark a view as counted against ``group``'s limit (shared by every view in the group)."""
-    assert group in LIMIT_GROUPS
+    if group not in LIMIT_GROUPS:
+        raise ValueError(f"unknown limit group {group!r}")
 
     def mark(view: Callable) -> Callable:
         view.waygate_limit_group = group  # type: ignore[attr-defined]
         return view
+
     return mark
 
 
@@ -55,21 +57,24 @@ def caller_identity() -> str:
 
 class RateLimiter:
     def __init__(self, config: Config):
-        self.storage = storage_from_string(config.effective_ratelimit_storage_uri,
-                                           wrap_exceptions=True)
+        self.storage = storage_from_string(
+            config.effective_ratelimit_storage_uri, wrap_exceptions=True
+        )
         self.strategy = FixedWindowRateLimiter(self.storage)
         self.fail_open = config.ratelimit_fail_open
         self.default = parse(config.rate_limit_default)
-        self.groups = {group: parse(getattr(config, f"rate_limit_{group}"))
-                       for group in LIMIT_GROUPS}
+        self.groups = {
+            group: parse(getattr(config, f"rate_limit_{group}")) for group in LIMIT_GROUPS
+        }
         self._by_endpoint: dict[str, tuple[RateLimitItem, str]] = {}
         self._storage_error_logged = 0.0
 
     def init_app(self, app: Flask) -> None:
         for endpoint, view in app.view_functions.items():
             group = getattr(view, "waygate_limit_group", None)
-            self._by_endpoint[endpoint] = ((self.groups[group], group) if group
-                                           else (self.default, endpoint))
+            self._by_endpoint[endpoint] = (
+                (self.groups[group], group) if group else (self.default, endpoint)
+            )
         app.before_request(self.check)
         app.after_request(self.add_headers)
 
@@ -89,29 +94,39 @@ class RateLimiter:
         g.rate_limit = (item.amount, remaining, math.ceil(reset_at))
         if not allowed:
             retry_after = max(1, math.ceil(reset_at - time.time()))
-            raise RateLimited(f"rate limit exceeded: {item}",
-                              {"limit": str(item), "retry_after_s": retry_after},
-                              headers={"Retry-After": str(retry_after)})
+            raise RateLimited(
+                f"rate limit exceeded: {item}",
+                {"limit": str(item), "retry_after_s": retry_after},
+                headers={"Retry-After": str(retry_after)},
+            )
 
     def _storage_failed(self, exc: StorageError) -> None:
         now = time.monotonic()
         if now - self._storage_error_logged > STORAGE_ERROR_LOG_EVERY_S:
             self._storage_error_logged = now
-            log.error("rate-limit storage failed (%s): %s", "failing open" if self.fail_open
-                      else "refusing requests", exc.storage_error if hasattr(exc, "storage_error")
-                      else exc, extra={"error_code": "SERVICE_UNAVAILABLE"})
+            log.error(
+                "rate-limit storage failed (%s): %s",
+                "failing open" if self.fail_open else "refusing requests",
+                exc.storage_error if hasattr(exc, "storage_error") else exc,
+                extra={"error_code": "SERVICE_UNAVAILABLE"},
+            )
         if not self.fail_open:
-            raise ServiceUnavailable("rate-limit storage unavailable; try again shortly",
-                                     headers={"Retry-After": "5"})
+            raise ServiceUnavailable(
+                "rate-limit storage unavailable; try again shortly", headers={"Retry-After": "5"}
+            )
 
     @staticmethod
     def add_headers(response: Response) -> Response:
         state = g.get("rate_limit")
         if state is not None:
             limit, remaining, reset = state
-            response.headers.extend((("X-RateLimit-Limit", str(limit)),
-                                     ("X-RateLimit-Remaining", str(remaining)),
-                                     ("X-RateLimit-Reset", str(reset))))
+            response.headers.extend(
+                (
+                    ("X-RateLimit-Limit", str(limit)),
+                    ("X-RateLimit-Remaining", str(remaining)),
+                    ("X-RateLimit-Reset", str(reset)),
+                )
+            )
         return response
 
     def storage_answers(self) -> bool:

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
+from ..commands import Caller
 from ..mcp import INVALID_REQUEST, PARSE_ERROR, JsonRpcError, Routing
 from . import jsonio, services
 from .auth import current_key, key_required
 from .limiter import limit_group
-from ..commands import Caller
 
 bp = Blueprint("mcp", __name__)
 
 
 def _json(status: int, body: dict | None, headers: dict | None = None) -> Response:
-    response = Response(jsonio.dumps_bytes(body) if body else b"",
-                        status=status, mimetype="application/json" if body else None)
+    response = Response(
+        jsonio.dumps_bytes(body) if body else b"",
+        status=status,
+        mimetype="application/json" if body else None,
+    )
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -49,19 +52,30 @@ def no_stream():
 @key_required
 def endpoint():
     if not request.is_json:
-        return _json(400, JsonRpcError(INVALID_REQUEST, "Invalid Content-Type header: send "
-                                       "application/json").body())
+        return _json(
+            400,
+            JsonRpcError(
+                INVALID_REQUEST, "Invalid Content-Type header: send application/json"
+            ).body(),
+        )
     accept = request.headers.get("Accept")
     if accept and not request.accept_mimetypes.quality("application/json"):
-        return _json(406, JsonRpcError(INVALID_REQUEST, "Not Acceptable: the client must "
-                                       "accept application/json").body())
+        return _json(
+            406,
+            JsonRpcError(
+                INVALID_REQUEST, "Not Acceptable: the client must accept application/json"
+            ).body(),
+        )
     try:
         message = jsonio.loads(request.get_data(cache=False))
     except (ValueError, RecursionError) as exc:
         return _json(400, JsonRpcError(PARSE_ERROR, f"Parse error: {exc}"[:200]).body())
-    routing = Routing(version=request.headers.get("MCP-Protocol-Version"),
-                      method=request.headers.get("Mcp-Method"),
-                      name=request.headers.get("Mcp-Name"))
+    routing = Routing(
+        version=request.headers.get("MCP-Protocol-Version"),
+        method=request.headers.get("Mcp-Method"),
+        name=request.headers.get("Mcp-Name"),
+    )
     reply = current_app.extensions["waygate.mcp"].handle(
-        message, Caller(key_name=current_key().name), routing)
+        message, Caller(key_name=current_key().name), routing
+    )
     return _json(reply.status, reply.body)

@@ -26,7 +26,7 @@ def _start() -> None:
     sock = request.environ.get("gunicorn.socket")
     if sock is not None and sock not in _seen_sockets:
         _seen_sockets.add(sock)
-        metrics().connections.inc()
+        metrics().count_connection()
 
 
 def _observe(response: Response) -> Response:
@@ -34,8 +34,8 @@ def _observe(response: Response) -> Response:
     if started is not None:
         endpoint = request.url_rule.rule if request.url_rule is not None else UNMATCHED
         elapsed = time.perf_counter() - started
-        metrics().observe_request(request.method, endpoint, response.status_code, elapsed)
         services().latency.add(elapsed)
+        metrics().observe_request(request.method, endpoint, response.status_code, elapsed)
     return response
 
 
@@ -43,7 +43,10 @@ def init_app(app: Flask) -> None:
     app.before_request(_start)
     app.after_request(_observe)
     exporter = PrometheusMetrics.for_app_factory(
-        path="/metrics", export_defaults=False, registry=metrics().registry,
-        metrics_decorator=limit_group("metrics"))
+        path="/metrics",
+        export_defaults=False,
+        registry=metrics().registry,
+        metrics_decorator=limit_group("metrics"),
+    )
     exporter.init_app(app)
     app.extensions["waygate.exporter"] = exporter

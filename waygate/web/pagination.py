@@ -26,7 +26,7 @@ class Page:
         return (self.number - 1) * self.limit
 
     def slice(self, items: Sequence[Any]) -> Sequence[Any]:
-        return items[self.offset:self.offset + self.limit]
+        return items[self.offset : self.offset + self.limit]
 
 
 def _integer(name: str, default: int, low: int, high: int | None) -> int:
@@ -39,14 +39,18 @@ def _integer(name: str, default: int, low: int, high: int | None) -> int:
         value = None
     if value is None or value < low or (high is not None and value > high):
         bound = f"from {low} to {high}" if high is not None else f"at least {low}"
-        raise InvalidRequest(f"query parameter {name!r} must be an integer {bound}",
-                             {"parameter": name, "value": raw[:100]})
+        raise InvalidRequest(
+            f"query parameter {name!r} must be an integer {bound}",
+            {"parameter": name, "value": raw[:100]},
+        )
     return value
 
 
 def requested_page(default_limit: int = 10) -> Page:
-    return Page(number=_integer("page", 1, 1, 1_000_000),
-                limit=_integer("limit", default_limit, 1, MAX_LIMIT))
+    return Page(
+        number=_integer("page", 1, 1, 1_000_000),
+        limit=_integer("limit", default_limit, 1, MAX_LIMIT),
+    )
 
 
 def add_headers(response: Response, page: Page, total: int) -> Response:
@@ -59,7 +63,8 @@ def add_headers(response: Response, page: Page, total: int) -> Response:
     if page.number > 1:
         links["prev"] = min(page.number - 1, pages)
     response.headers["Link"] = ", ".join(
-        f'<{_url(number, page.limit)}>; rel="{rel}"' for rel, number in links.items())
+        f'<{_url(number, page.limit)}>; rel="{rel}"' for rel, number in links.items()
+    )
     return response
 
 

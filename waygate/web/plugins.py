@@ -16,10 +16,16 @@ bp = Blueprint("plugins", __name__)
 
 
 def _describe(info: PluginInfo) -> dict:
-    body = {"name": info.name, "version": info.version, "description": info.description,
-            "author": info.author, "status": info.status,
-            "capabilities": list(info.capabilities), "config": dict(info.config),
-            "commands": list(info.commands)}
+    body = {
+        "name": info.name,
+        "version": info.version,
+        "description": info.description,
+        "author": info.author,
+        "status": info.status,
+        "capabilities": list(info.capabilities),
+        "config": dict(info.config),
+        "commands": list(info.commands),
+    }
     if info.error:
         body["error"] = info.error
     return body
@@ -39,8 +45,10 @@ def list_plugins():
 def get_plugin(plugin_name: str):
     info = services().plugins.current.plugins.get(plugin_name)
     if info is None:
-        raise NotFound(f"no plugin named {plugin_name[:100]!r}",
-                       {"available": sorted(services().plugins.current.plugins)})
+        raise NotFound(
+            f"no plugin named {plugin_name[:100]!r}",
+            {"available": sorted(services().plugins.current.plugins)},
+        )
     body = _describe(info)
     body["statistics"] = services().audit.statistics(info.name).as_dict()
     return jsonify(body)
@@ -51,10 +59,12 @@ def get_plugin(plugin_name: str):
 def reload_plugins():
     started = time.monotonic()
     plugins = services().plugins.reload()
-    return jsonify({
-        "status": "plugins_reloaded",
-        "count": len(plugins.loaded),
-        "loaded": plugins.loaded,
-        "failed": [{"name": p.name, "error": p.error} for p in plugins.failed],
-        "duration_ms": int((time.monotonic() - started) * 1000),
-    })
+    return jsonify(
+        {
+            "status": "plugins_reloaded",
+            "count": len(plugins.loaded),
+            "loaded": plugins.loaded,
+            "failed": [{"name": p.name, "error": p.error} for p in plugins.failed],
+            "duration_ms": int((time.monotonic() - started) * 1000),
+        }
+    )

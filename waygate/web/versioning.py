@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from email.utils import format_datetime
 
 from flask import Flask, Response, g, request
@@ -23,7 +23,7 @@ VENDOR_TYPE = "application/vnd.waygate.v2+json"
 _VENDOR_RE = re.compile(r"application/vnd\.waygate\.v(\d+)\+json")
 _PATH_VERSION_RE = re.compile(r"^/v(\d+)(/|$)")
 # The day query-parameter versioning was deprecated (the v2 specification's date).
-VERSION_PARAM_DEPRECATED = datetime(2025, 1, 14, tzinfo=timezone.utc)
+VERSION_PARAM_DEPRECATED = datetime(2025, 1, 14, tzinfo=UTC)
 
 
 class NotAcceptable(WaygateError):
@@ -39,7 +39,7 @@ class VersionPrefix:
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         if path == "/v" + CURRENT or path.startswith(f"/v{CURRENT}/"):
-            environ["PATH_INFO"] = path[len(CURRENT) + 2:] or "/"
+            environ["PATH_INFO"] = path[len(CURRENT) + 2 :] or "/"
             environ["SCRIPT_NAME"] = environ.get("SCRIPT_NAME", "") + "/v" + CURRENT
         return self.app(environ, start_response)
 
@@ -48,13 +48,18 @@ def _negotiate() -> None:
     path = request.path
     match = _PATH_VERSION_RE.match(path) if path.startswith("/v") else None
     if match:
-        raise NotFound(f"unknown API version v{match.group(1)}: this server speaks v{CURRENT} "
-                       f"(/v{CURRENT}/...)", {"supported": [CURRENT]})
+        raise NotFound(
+            f"unknown API version v{match.group(1)}: this server speaks v{CURRENT} "
+            f"(/v{CURRENT}/...)",
+            {"supported": [CURRENT]},
+        )
     version = request.args.get("version") if request.query_string else None
     if version is not None:
         if version != CURRENT:
-            raise InvalidRequest(f"unsupported API version {version[:20]!r}; supported: {CURRENT}",
-                                 {"parameter": "version", "supported": [CURRENT]})
+            raise InvalidRequest(
+                f"unsupported API version {version[:20]!r}; supported: {CURRENT}",
+                {"parameter": "version", "supported": [CURRENT]},
+            )
         g.version_param = True
     accept = request.headers.get("Accept", "")
     asked = set(_VENDOR_RE.findall(accept)) if "vnd.waygate" in accept else ()
@@ -65,7 +70,8 @@ def _negotiate() -> None:
         elif CURRENT not in asked and not offered.quality("application/json"):
             raise NotAcceptable(
                 f"unsupported API version in Accept; use {VENDOR_TYPE} or application/json",
-                {"supported": [VENDOR_TYPE, "application/json"]})
+                {"supported": [VENDOR_TYPE, "application/json"]},
+            )
 
 
 def _label(response: Response, sunset: str) -> Response:
@@ -80,6 +86,6 @@ def _label(response: Response, sunset: str) -> Response:
 def init_app(app: Flask, config: Config) -> None:
     app.wsgi_app = VersionPrefix(app.wsgi_app)
     sunset_day = date.fromisoformat(config.version_param_sunset)
-    sunset = format_datetime(datetime.combine(sunset_day, time(), timezone.utc), usegmt=True)
+    sunset = format_datetime(datetime.combine(sunset_day, time(), UTC), usegmt=True)
     app.before_request(_negotiate)
     app.after_request(lambda response: _label(response, sunset))
