@@ -24,6 +24,7 @@ from .web import (
     plugins,
     versioning,
 )
+from .web import docs as web_docs
 from .web import metrics as web_metrics
 
 LOG_FORMAT = (
@@ -78,6 +79,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(plugins.bp)
     app.register_blueprint(diagnostics.bp)
     app.register_blueprint(mcp.bp)
+    app.register_blueprint(web_docs.bp)
     app.extensions["waygate.mcp"] = McpServer(services.commands, lambda: services.plugins.current)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
     http.trust_proxies(app, config)  # last: the outermost WSGI layer

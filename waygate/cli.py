@@ -139,6 +139,35 @@ def mcp_stdio(ctx: Context, caller: str) -> None:
     serve(McpServer(services.commands, lambda: services.plugins.current), Caller(key_name=caller))
 
 
+@cli.command()
+@click.option(
+    "--output",
+    "-o",
+    default="openapi.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write it ('-' for stdout).",
+)
+def openapi(output: str) -> None:
+    """Write the OpenAPI document generated from the code (built-in plugins only)."""
+    import tempfile
+    from pathlib import Path
+
+    from .app import create_app
+    from .config import Config
+    from .openapi import build_spec, to_yaml
+
+    with tempfile.TemporaryDirectory() as tmp:
+        app = create_app(Config(data_dir=Path(tmp), housekeeping_interval_s=0))
+        text = to_yaml(build_spec(app))
+        app.extensions["waygate"].storage.close()
+    if output == "-":
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text)
+        click.echo(f"wrote {output}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="waygate", standalone_mode=False)

@@ -89,3 +89,204 @@ def describe_parameters(schema_class: type[Schema]) -> dict[str, dict[str, Any]]
             entry["properties"] = prop["properties"]
         described[name] = entry
     return described
+
+
+# -- response models: the shapes the API answers with (documented in the OpenAPI document) ------
+
+
+class ErrorDetailSchema(Schema):
+    code = fields.String(required=True, metadata={"description": "Error code (spec section 4)"})
+    message = fields.String(required=True, metadata={"description": "Human-readable message"})
+    details = fields.Dict(required=True, metadata={"description": "Additional error details"})
+    timestamp = fields.String(required=True, metadata={"format": "date-time"})
+    request_id = fields.String(required=True, metadata={"description": "Request tracking ID"})
+
+
+class ErrorSchema(Schema):
+    """Spec 3.3: every 4xx and 5xx outside /mcp."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    error = fields.Nested(ErrorDetailSchema, required=True)
+
+
+class MCPResponseSchema(Schema):
+    """Spec 3.2."""
+
+    status = fields.String(
+        required=True,
+        validate=validate.OneOf(["success", "failed", "timeout", "pending", "running"]),
+        metadata={"description": "Command execution status"},
+    )
+    result = fields.Raw(allow_none=True, metadata={"description": "Command result (any type)"})
+    error = fields.String(allow_none=True, metadata={"description": "Error message if failed"})
+    duration_ms = fields.Integer(required=True)
+    command_id = fields.String(required=True)
+    timestamp = fields.String(required=True, metadata={"format": "date-time"})
+
+
+class IndexSchema(Schema):
+    service = fields.String(required=True)
+    version = fields.String(required=True)
+    status = fields.String(required=True)
+    mode = fields.String(required=True)
+    description = fields.String(required=True)
+    documentation = fields.String(required=True)
+
+
+class PoolSchema(Schema):
+    size = fields.Integer(required=True)
+    queue_size = fields.Integer(required=True)
+    in_use = fields.Integer(required=True)
+    queued = fields.Integer(required=True)
+    available = fields.Integer(required=True)
+
+
+class HealthSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    status = fields.String(required=True, validate=validate.OneOf(["healthy", "unhealthy"]))
+    checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True)
+    version = fields.String(required=True)
+    uptime_seconds = fields.Integer(required=True)
+    timestamp = fields.String(required=True, metadata={"format": "date-time"})
+    pool = fields.Nested(PoolSchema)
+    error = fields.Nested(ErrorDetailSchema, metadata={"description": "Present on 503"})
+
+
+class ReadySchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    ready = fields.Boolean(required=True)
+    error = fields.Nested(ErrorDetailSchema, metadata={"description": "Present on 503"})
+
+
+class StatusSchema(Schema):
+    engine = fields.String(required=True, validate=validate.OneOf(["operational", "degraded"]))
+    plugins_loaded = fields.Integer(required=True)
+    commands_available = fields.List(fields.String(), required=True)
+    protocol_version = fields.String(required=True)
+    capabilities = fields.Dict(keys=fields.String(), values=fields.Boolean(), required=True)
+    pool = fields.Nested(PoolSchema, required=True)
+    timestamp = fields.String(required=True, metadata={"format": "date-time"})
+
+
+class CommandInfoSchema(Schema):
+    name = fields.String(required=True)
+    description = fields.String(required=True)
+    plugin = fields.String(required=True)
+    parameters = fields.Dict(required=True)
+
+
+class CommandListSchema(Schema):
+    commands = fields.List(fields.Nested(CommandInfoSchema), required=True)
+    total = fields.Integer(required=True)
+
+
+class StatisticsSchema(Schema):
+    calls_total = fields.Integer(required=True)
+    errors_total = fields.Integer(required=True)
+    avg_duration_ms = fields.Integer(required=True)
+
+
+class PluginSchema(Schema):
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    description = fields.String(required=True)
+    author = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(["active", "failed"]))
+    capabilities = fields.List(fields.String(), required=True)
+    config = fields.Dict(required=True)
+    commands = fields.List(fields.String(), required=True)
+    error = fields.String(metadata={"description": "Why a failed plugin failed"})
+    statistics = fields.Nested(StatisticsSchema, metadata={"description": "GET /plugins/{name}"})
+
+
+class PluginListSchema(Schema):
+    plugins = fields.List(fields.Nested(PluginSchema), required=True)
+    total = fields.Integer(required=True)
+
+
+class FailedPluginSchema(Schema):
+    name = fields.String(required=True)
+    error = fields.String(required=True, allow_none=True)
+
+
+class ReloadSchema(Schema):
+    status = fields.String(required=True)
+    count = fields.Integer(required=True)
+    loaded = fields.List(fields.String(), required=True)
+    failed = fields.List(fields.Nested(FailedPluginSchema), required=True)
+    duration_ms = fields.Integer(required=True)
+
+
+class ExecutionSchema(Schema):
+    command_id = fields.String(required=True)
+    action = fields.String(required=True)
+    plugin = fields.String(allow_none=True)
+    key_name = fields.String(allow_none=True)
+    mode = fields.String(required=True)
+    status = fields.String(required=True)
+    duration_ms = fields.Integer(allow_none=True)
+    error = fields.String(allow_none=True)
+    timeout_s = fields.Integer(required=True)
+    worker_pid = fields.Integer(allow_none=True)
+    created_at = fields.String(required=True)
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+
+
+class ExecutionListSchema(Schema):
+    executions = fields.List(fields.Nested(ExecutionSchema), required=True)
+    total = fields.Integer(required=True)
+
+
+class ConnectionSchema(Schema):
+    server = fields.String(required=True)
+    port = fields.Integer(allow_none=True)
+    connections = fields.Dict(keys=fields.String(), values=fields.Integer(), required=True)
+    network = fields.Dict(required=True)
+    workers = fields.Integer(required=True)
+    timestamp = fields.String(required=True)
+
+
+class PerformanceSchema(Schema):
+    cpu_percent = fields.Float(required=True)
+    memory = fields.Dict(required=True)
+    threads = fields.Integer(required=True)
+    open_files = fields.Integer(required=True)
+    response_times = fields.Dict(required=True)
+    processes = fields.Dict(required=True)
+    timestamp = fields.String(required=True)
+
+
+class ErrorRecordSchema(Schema):
+    timestamp = fields.String(required=True)
+    level = fields.String(required=True)
+    code = fields.String(required=True)
+    message = fields.String(required=True)
+    context = fields.Dict(required=True)
+    request_id = fields.String(allow_none=True)
+    worker_pid = fields.Integer(allow_none=True)
+
+
+class ErrorListSchema(Schema):
+    errors = fields.List(fields.Nested(ErrorRecordSchema), required=True)
+    total = fields.Integer(required=True)
+
+
+class JsonRpcMessageSchema(Schema):
+    """One JSON-RPC 2.0 message (POST /mcp): a request, notification or response."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    jsonrpc = fields.String(required=True, validate=validate.Equal("2.0"))
+    id = fields.Raw(allow_none=True)
+    method = fields.String()
+    params = fields.Dict()
+    result = fields.Dict()
+    error = fields.Dict()

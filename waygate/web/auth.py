@@ -57,6 +57,7 @@ def key_required(view: F) -> F:
         current_key()
         return view(*args, **kwargs)
 
+    wrapper.waygate_auth = "user"  # type: ignore[attr-defined]  (read by the OpenAPI builder)
     return wrapper  # type: ignore[return-value]
 
 
@@ -66,6 +67,7 @@ def admin_required(view: F) -> F:
         require_admin(current_key())
         return view(*args, **kwargs)
 
+    wrapper.waygate_auth = "admin"  # type: ignore[attr-defined]
     return wrapper  # type: ignore[return-value]
 
 

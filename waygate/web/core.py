@@ -15,6 +15,18 @@ bp = Blueprint("core", __name__)
 
 @bp.get("/")
 def index():
+    """Service information and status.
+    ---
+    get:
+      summary: Service information
+      tags: [core]
+      responses:
+        200:
+          description: Service is operational
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Index"}
+    """
     return jsonify(
         {
             "service": SERVICE_NAME,
@@ -30,6 +42,23 @@ def index():
 @bp.get("/health")
 @limit_group("health")
 def health():
+    """Health checks for monitoring: database, cache (rate-limit storage), filesystem, plugins.
+    ---
+    get:
+      summary: Health check
+      tags: [core]
+      responses:
+        200:
+          description: All health checks passing
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Health"}
+        503:
+          description: One or more checks failing (the body names them)
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Health"}
+    """
     svc = services()
     limiter = current_app.extensions["waygate.limiter"]
     report = run_checks(
@@ -55,6 +84,23 @@ def health():
 
 @bp.get("/ready")
 def ready():
+    """Readiness probe: 503 while a worker starts and once it drains after SIGTERM.
+    ---
+    get:
+      summary: Readiness probe
+      tags: [core]
+      responses:
+        200:
+          description: Service is ready
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Ready"}
+        503:
+          description: Service not ready
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Ready"}
+    """
     readiness = services().readiness
     if readiness.is_ready:
         return jsonify({"ready": True})

@@ -10,7 +10,7 @@ from ..errors import InvalidRequest
 from ..metrics import counter_total
 from . import services
 from .auth import admin_required
-from .pagination import add_headers, requested_page
+from .pagination import add_headers, paginated, requested_page
 
 bp = Blueprint("diagnostics", __name__)
 
@@ -18,6 +18,18 @@ bp = Blueprint("diagnostics", __name__)
 @bp.get("/diagnostics/connection")
 @admin_required
 def connection():
+    """Connections of the whole service.
+    ---
+    get:
+      summary: Connection diagnostics (admin)
+      tags: [diagnostics]
+      responses:
+        200:
+          description: Diagnostics completed
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Connection"}
+    """
     svc = services()
     return jsonify(
         connection_report(svc.server_info, int(counter_total("waygate_connections_total")))
@@ -27,13 +39,40 @@ def connection():
 @bp.get("/diagnostics/performance")
 @admin_required
 def performance():
+    """CPU, memory, threads, files of the master and every worker; recent percentiles.
+    ---
+    get:
+      summary: Performance diagnostics (admin)
+      tags: [diagnostics]
+      responses:
+        200:
+          description: Performance data retrieved
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Performance"}
+    """
     svc = services()
     return jsonify(performance_report(svc.server_info, svc.latency.percentiles()))
 
 
 @bp.get("/diagnostics/errors")
+@paginated
 @admin_required
 def errors():
+    """Persisted errors from every worker, newest first.
+    ---
+    get:
+      summary: Recent errors (admin)
+      tags: [diagnostics]
+      parameters:
+        - {name: since, in: query, schema: {type: string, format: date-time}}
+      responses:
+        200:
+          description: Errors retrieved
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/ErrorList"}
+    """
     page = requested_page()
     since = request.args.get("since")
     if since is not None:

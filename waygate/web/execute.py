@@ -12,7 +12,7 @@ from . import services
 from .auth import admin_required, current_key, key_required
 from .http import read_json
 from .limiter import limit_group
-from .pagination import add_headers, requested_page
+from .pagination import add_headers, paginated, requested_page
 
 bp = Blueprint("execute", __name__)
 
@@ -28,6 +28,56 @@ def _caller() -> Caller:
 @limit_group("execute")
 @key_required
 def execute():
+    """Execute a command, a batch of commands (a JSON array), or one in the background.
+    ---
+    post:
+      summary: Execute an MCP command
+      tags: [mcp]
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema:
+              oneOf:
+                - {$ref: "#/components/schemas/MCPCommand"}
+                - type: array
+                  description: >-
+                    A batch: each item an MCPCommand; an invalid item gets its own failed
+                    response, only a malformed or oversize array is a 400
+                  minItems: 1
+                  maxItems: 50
+                  items: {}
+      responses:
+        200:
+          description: Command executed successfully (a batch answers an array, in order)
+          content:
+            application/json:
+              schema:
+                oneOf:
+                  - {$ref: "#/components/schemas/MCPResponse"}
+                  - type: array
+                    items: {$ref: "#/components/schemas/MCPResponse"}
+        202:
+          description: Accepted for background execution ("async" true)
+          headers:
+            Location: {$ref: "#/components/headers/Location"}
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/MCPResponse"}
+        408:
+          description: Command execution timeout
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/MCPResponse"}
+        500:
+          description: Command execution failed
+          content:
+            application/json:
+              schema:
+                oneOf:
+                  - {$ref: "#/components/schemas/MCPResponse"}
+                  - {$ref: "#/components/schemas/Error"}
+    """
     svc = services()
     body = read_json()
     if isinstance(body, list):
@@ -64,6 +114,22 @@ def _batch(items: list):
 @bp.get("/mcp/executions/<command_id>")
 @key_required
 def execution(command_id: str):
+    """An execution's current state (a user key sees only its own).
+    ---
+    get:
+      summary: Get an execution
+      tags: [mcp]
+      parameters:
+        - {name: command_id, in: path, required: true, schema: {type: string}}
+      responses:
+        200:
+          description: The execution (pending, running, success, failed or timeout)
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/MCPResponse"}
+        404:
+          description: No such execution
+    """
     key = current_key()
     # A user key sees its own executions; an admin key sees every one.
     outcome = services().commands.lookup(command_id, None if key.is_admin else _caller())
@@ -73,8 +139,27 @@ def execution(command_id: str):
 
 
 @bp.get("/mcp/executions")
+@paginated
 @admin_required
 def executions():
+    """The audit log: every execution, newest first.
+    ---
+    get:
+      summary: List executions (admin)
+      tags: [mcp]
+      parameters:
+        - {name: action, in: query, schema: {type: string}}
+        - name: status
+          in: query
+          schema: {type: string, enum: [pending, running, success, failed, timeout]}
+        - {name: since, in: query, schema: {type: string, format: date-time}}
+      responses:
+        200:
+          description: Executions
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/ExecutionList"}
+    """
     page = requested_page()
     action = request.args.get("action") or None
     status = request.args.get("status") or None
@@ -101,6 +186,18 @@ def executions():
 @bp.get("/mcp/status")
 @key_required
 def status():
+    """Engine status.
+    ---
+    get:
+      summary: Get MCP engine status
+      tags: [mcp]
+      responses:
+        200:
+          description: Status retrieved
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Status"}
+    """
     plugins = services().plugins.current
     return jsonify(
         {
@@ -116,8 +213,21 @@ def status():
 
 
 @bp.get("/mcp/commands")
+@paginated
 @key_required
 def commands():
+    """Commands of every loaded plugin, parameters described from their schemas.
+    ---
+    get:
+      summary: List available MCP commands
+      tags: [mcp]
+      responses:
+        200:
+          description: Commands listed
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/CommandList"}
+    """
     plugins = services().plugins.current
     listed = [
         {

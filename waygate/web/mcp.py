@@ -42,6 +42,25 @@ def _check_origin():
 
 @bp.route("/mcp", methods=["GET", "DELETE"])
 def no_stream():
+    """No event stream and no sessions: this server is stateless.
+    ---
+    get:
+      summary: Not offered (405)
+      tags: [mcp-protocol]
+      responses:
+        405:
+          description: Method not allowed; POST JSON-RPC messages
+          headers:
+            Allow: {$ref: "#/components/headers/Allow"}
+    delete:
+      summary: Not offered (405)
+      tags: [mcp-protocol]
+      responses:
+        405:
+          description: Method not allowed; this server holds no sessions
+          headers:
+            Allow: {$ref: "#/components/headers/Allow"}
+    """
     # No server-to-client stream and no sessions to end: this server is stateless.
     err = JsonRpcError(INVALID_REQUEST, "Method Not Allowed: POST JSON-RPC messages to /mcp")
     return _json(405, err.body(), {"Allow": "POST"})
@@ -51,6 +70,33 @@ def no_stream():
 @limit_group("execute")
 @key_required
 def endpoint():
+    """MCP over Streamable HTTP (stateless, JSON): one JSON-RPC message per request.
+    ---
+    post:
+      summary: Model Context Protocol endpoint (JSON-RPC 2.0)
+      tags: [mcp-protocol]
+      parameters:
+        - {name: MCP-Protocol-Version, in: header, schema: {type: string}}
+        - {name: Mcp-Method, in: header, schema: {type: string}}
+        - {name: Mcp-Name, in: header, schema: {type: string}}
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema: {$ref: "#/components/schemas/JsonRpcMessage"}
+      responses:
+        200:
+          description: A JSON-RPC response
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/JsonRpcMessage"}
+        202:
+          description: A notification was accepted (no body)
+        403:
+          description: Origin not allowed (DNS-rebinding protection)
+        404:
+          description: Method not found (2026-07-28 revision)
+    """
     if not request.is_json:
         return _json(
             400,

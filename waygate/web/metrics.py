@@ -17,6 +17,18 @@ from . import services
 from .limiter import limit_group
 
 UNMATCHED = "<unmatched>"
+METRICS_DOC = """Prometheus metrics of every worker.
+    ---
+    get:
+      summary: Prometheus-compatible metrics
+      tags: [core]
+      responses:
+        200:
+          description: Metrics returned
+          content:
+            text/plain:
+              schema: {type: string}
+    """
 # Sockets this worker has seen: a socket not seen before is a new client connection.
 _seen_sockets: weakref.WeakSet = weakref.WeakSet()
 
@@ -49,4 +61,5 @@ def init_app(app: Flask) -> None:
         metrics_decorator=limit_group("metrics"),
     )
     exporter.init_app(app)
+    app.view_functions["prometheus_metrics"].__doc__ = METRICS_DOC
     app.extensions["waygate.exporter"] = exporter

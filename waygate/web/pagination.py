@@ -29,6 +29,12 @@ class Page:
         return items[self.offset : self.offset + self.limit]
 
 
+def paginated(view):
+    """Mark a list view: the OpenAPI document gets page/limit and the pagination headers."""
+    view.waygate_paginated = True
+    return view
+
+
 def _integer(name: str, default: int, low: int, high: int | None) -> int:
     raw = request.args.get(name)
     if raw is None:

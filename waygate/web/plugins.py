@@ -10,7 +10,7 @@ from ..errors import NotFound
 from ..plugins import PluginInfo
 from . import services
 from .auth import admin_required, key_required
-from .pagination import add_headers, requested_page
+from .pagination import add_headers, paginated, requested_page
 
 bp = Blueprint("plugins", __name__)
 
@@ -32,8 +32,21 @@ def _describe(info: PluginInfo) -> dict:
 
 
 @bp.get("/plugins")
+@paginated
 @key_required
 def list_plugins():
+    """Loaded plugins, failed ones included with their reason.
+    ---
+    get:
+      summary: List loaded plugins
+      tags: [plugins]
+      responses:
+        200:
+          description: Plugins listed
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/PluginList"}
+    """
     infos = list(services().plugins.current.plugins.values())
     page = requested_page()
     response = jsonify({"plugins": [_describe(i) for i in page.slice(infos)], "total": len(infos)})
@@ -43,6 +56,22 @@ def list_plugins():
 @bp.get("/plugins/<plugin_name>")
 @key_required
 def get_plugin(plugin_name: str):
+    """One plugin, with statistics summed over every worker.
+    ---
+    get:
+      summary: Get specific plugin information
+      tags: [plugins]
+      parameters:
+        - {name: plugin_name, in: path, required: true, schema: {type: string}}
+      responses:
+        200:
+          description: Plugin found
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Plugin"}
+        404:
+          description: Plugin not found
+    """
     info = services().plugins.current.plugins.get(plugin_name)
     if info is None:
         raise NotFound(
@@ -57,6 +86,18 @@ def get_plugin(plugin_name: str):
 @bp.post("/plugins/reload")
 @admin_required
 def reload_plugins():
+    """Re-discover plugins; every worker follows within a second.
+    ---
+    post:
+      summary: Reload all plugins (admin)
+      tags: [plugins]
+      responses:
+        200:
+          description: Plugins reloaded
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Reload"}
+    """
     started = time.monotonic()
     plugins = services().plugins.reload()
     return jsonify(
