@@ -72,6 +72,18 @@ class InvalidInput(Exception):
     column: int | None = None
     position: int | None = None
 
+    def where(self) -> str:
+        parts = [
+            f"{name} {value}"
+            for name, value in (
+                ("line", self.line),
+                ("column", self.column),
+                ("position", self.position),
+            )
+            if value is not None
+        ]
+        return f" ({', '.join(parts)})" if parts else ""
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "message": self.message,
@@ -125,7 +137,8 @@ class DataProcessorPlugin(Plugin):
                     "metadata": {"format": fmt, "valid": False, "errors": [err.as_dict()]},
                 }
             raise CommandError(
-                f"input is not valid {fmt}: {err.message}", {"format": fmt, **err.as_dict()}
+                f"input is not valid {fmt}: {err.message}{err.where()}",
+                {"format": fmt, **err.as_dict()},
             ) from None
         records = to_records(fmt, parsed)
         metadata = {
@@ -149,7 +162,8 @@ class DataProcessorPlugin(Plugin):
             records = to_records(fmt, parse(fmt, text, ctx))
         except InvalidInput as err:
             raise CommandError(
-                f"input is not valid {fmt}: {err.message}", {"format": fmt, **err.as_dict()}
+                f"input is not valid {fmt}: {err.message}{err.where()}",
+                {"format": fmt, **err.as_dict()},
             ) from None
         return profile(records, params["top"], ctx)
 

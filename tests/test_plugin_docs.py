@@ -25,4 +25,5 @@ def test_the_documented_example_plugin_works(plugin_dist, make_app, keys):
         json={"action": "disk_usage", "params": {"path": "/no/such/dir"}},
     )
     assert missing.status_code == 400
-    assert missing.get_json()["error"]["message"].startswith("cannot read /no/such/dir")
+    assert missing.get_json()["status"] == "failed"
+    assert missing.get_json()["error"].startswith("cannot read /no/such/dir")

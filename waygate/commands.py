@@ -65,7 +65,6 @@ class Outcome:
     http_status: int
     result: Any = None
     error: str | None = None
-    client_error: CommandError | None = None
     timestamp: str = field(default_factory=isoformat)
 
     def as_response(self) -> dict[str, Any]:
@@ -326,7 +325,6 @@ class CommandService:
                 duration_ms=_ms(started),
                 http_status=err.status,
                 error=err.message,
-                client_error=err,
             )
         except Exception as exc:  # the plugin's failure becomes a failed outcome, never a trace
             log.error(

@@ -64,6 +64,26 @@ def execute():
           content:
             application/json:
               schema: {$ref: "#/components/schemas/MCPResponse"}
+        400:
+          description: >-
+            Invalid command (Error), or a command that refused its input (MCPResponse,
+            status failed)
+          content:
+            application/json:
+              schema:
+                oneOf:
+                  - {$ref: "#/components/schemas/Error"}
+                  - {$ref: "#/components/schemas/MCPResponse"}
+        413:
+          description: >-
+            Request body too large (Error), or command input over its size limit
+            (MCPResponse, status failed)
+          content:
+            application/json:
+              schema:
+                oneOf:
+                  - {$ref: "#/components/schemas/Error"}
+                  - {$ref: "#/components/schemas/MCPResponse"}
         408:
           description: Command execution timeout
           content:
@@ -90,11 +110,9 @@ def execute():
         response.headers["Location"] = url_for("execute.execution", command_id=inv.command_id)
         return response
     outcome = svc.commands.run(inv, _caller())
-    if outcome.client_error is not None:
-        err = outcome.client_error
-        raise InvalidRequest(
-            err.message, {"command_id": outcome.command_id, **err.details}, status=err.status
-        )
+    # A command that ran and refused its input (CommandError) answers the MCPResponse with
+    # status "failed" and the handler's 4xx: the caller sees the command_id, the duration and
+    # the reason in the same model as any other outcome (the spec's own example relies on it).
     return jsonify(outcome.as_response()), outcome.http_status
 
 

@@ -1,0 +1,250 @@
+"""The deployment kit, tested as shipped: nginx in front of real gunicorn, the Prometheus
+config and rules, the Grafana dashboard, the systemd unit, and the spec's Python example."""
+
+import http.client
+import json
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, free_port
+from tests.test_metrics import scrape
+
+DEPLOY = ROOT / "deploy"
+SPEC = ROOT.parent / "shared" / "spec" / "waygate-api-v2.md"
+
+
+@pytest.fixture
+def nginx_in_front(server_factory, keys):
+    """The shipped site, with only its @TEST@ lines pointed at loopback ports and a tmp cert."""
+    server = server_factory(
+        workers=2, WAYGATE_TRUSTED_PROXIES="1", WAYGATE_RATE_LIMIT_HEALTH="3/minute"
+    )
+    root = Path(tempfile.mkdtemp(prefix="waygate-nginx-"))
+    root.chmod(0o755)  # nginx workers run unprivileged and must read the config and cert
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(root / "key.pem"),
+            "-out",
+            str(root / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (root / "key.pem").chmod(0o644)
+    http_port, https_port = free_port(), free_port()
+    replacements = {
+        "upstream": f"server 127.0.0.1:{server.port};",
+        "http": f"listen 127.0.0.1:{http_port};",
+        "https": f"listen 127.0.0.1:{https_port} ssl http2;",
+        "cert": f"ssl_certificate {root / 'cert.pem'};",
+        "key": f"ssl_certificate_key {root / 'key.pem'};",
+    }
+    site = []
+    for line in (DEPLOY / "nginx" / "waygate.conf").read_text().splitlines():
+        marker = re.search(r"# @TEST@ (\w+)", line)
+        if marker:
+            indent = line[: len(line) - len(line.lstrip())]
+            line = indent + replacements[marker.group(1)]
+        site.append(line)
+    (root / "site.conf").write_text("\n".join(site) + "\n")
+    temp = {name: root / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
+    for path in temp.values():
+        path.mkdir()
+        path.chmod(0o777)
+    (root / "nginx.conf").write_text(f"""
+worker_processes 1;
+daemon off;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 128; }}
+http {{
+    access_log {root}/access.log;
+    client_body_temp_path {temp["body"]};
+    proxy_temp_path {temp["proxy"]};
+    fastcgi_temp_path {temp["fastcgi"]};
+    uwsgi_temp_path {temp["uwsgi"]};
+    scgi_temp_path {temp["scgi"]};
+    include {root}/site.conf;
+}}
+""")
+    check = subprocess.run(
+        ["nginx", "-t", "-p", str(root), "-c", str(root / "nginx.conf")],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    proc = subprocess.Popen(
+        ["nginx", "-p", str(root), "-c", str(root / "nginx.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", https_port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield {"server": server, "https": https_port, "http": http_port, "root": root}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def call(port, method, path, source="127.0.0.1", headers=None, body=None):
+    """An HTTPS request to nginx from a chosen loopback address (a distinct client)."""
+    context = ssl._create_unverified_context()  # noqa: S323 - our own self-signed test cert
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", port, source_address=(source, 0), context=context, timeout=10
+    )
+    conn.request(method, path, body=body, headers=headers or {})
+    response = conn.getresponse()
+    data = response.read()
+    conn.close()
+    return response.status, dict(response.getheaders()), data
+
+
+def test_rate_limits_count_per_real_client_behind_nginx(nginx_in_front):
+    port = nginx_in_front["https"]
+    statuses = [call(port, "GET", "/health")[0] for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    # another client behind the same proxy has its own budget
+    assert call(port, "GET", "/health", source="127.0.0.2")[0] == 200
+
+
+def test_headers_pass_through_nginx(nginx_in_front, keys):
+    status, headers, body = call(
+        nginx_in_front["https"],
+        "POST",
+        "/mcp/execute",
+        headers={"Content-Type": "application/json", "X-API-Key": keys.user},
+        body=json.dumps({"action": "echo", "params": {"message": "hi"}}),
+    )
+    assert status == 200, body
+    assert json.loads(body)["result"] == {"result": "hi"}
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["X-Request-ID"])  # nginx's $request_id
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Strict-Transport-Security"] == "max-age=31536000"  # proto reached Waygate
+    assert headers["X-RateLimit-Limit"] == "100"
+
+
+def test_metrics_only_for_the_scrapers_network(nginx_in_front):
+    assert call(nginx_in_front["https"], "GET", "/metrics")[0] == 200
+    assert call(nginx_in_front["https"], "GET", "/metrics", source="127.0.0.3")[0] == 403
+
+
+def test_nginx_refuses_oversize_bodies_in_the_envelope(nginx_in_front):
+    with socket.create_connection(("127.0.0.1", nginx_in_front["https"])) as raw:
+        context = ssl._create_unverified_context()  # noqa: S323 - our own self-signed test cert
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(
+                b"POST /mcp/execute HTTP/1.1\r\nHost: localhost\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 20000000\r\n"
+                b"Connection: close\r\n\r\n{"
+            )
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+    head, _, body = reply.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 413")
+    error = json.loads(body)["error"]
+    assert error["code"] == "INVALID_REQUEST" and error["details"] == {"max_bytes": 16777216}
+
+
+def test_plain_http_redirects_to_https(nginx_in_front):
+    response = requests.get(
+        f"http://127.0.0.1:{nginx_in_front['http']}/health", allow_redirects=False, timeout=5
+    )
+    assert response.status_code == 308
+    assert response.headers["Location"].startswith("https://")
+
+
+def test_prometheus_config_and_rules_pass_promtool():
+    for args in (
+        ["check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
+        ["check", "rules", str(DEPLOY / "prometheus" / "waygate-rules.yml")],
+    ):
+        result = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dashboard_and_rules_use_only_metrics_waygate_exports(client):
+    exported = set(re.findall(r"^# TYPE (\w+) ", scrape(client), re.M))
+    series = {
+        f"{name}{suffix}"
+        for name in exported
+        for suffix in ("", "_total", "_bucket", "_count", "_sum")
+    }
+    dashboard = json.loads((DEPLOY / "grafana" / "waygate-dashboard.json").read_text())
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    expressions.append((DEPLOY / "prometheus" / "waygate-rules.yml").read_text())
+    used = set()
+    for expr in expressions:
+        used |= set(re.findall(r"\b(waygate_\w+)", expr))
+    assert used and used <= series, used - series
+
+
+def test_the_systemd_unit_verifies_and_is_hardened(tmp_path):
+    unit = (DEPLOY / "systemd" / "waygate.service").read_text()
+    for option in (
+        "User=waygate",
+        "NoNewPrivileges=true",
+        "ProtectSystem=strict",
+        "Restart=on-failure",
+        "KillSignal=SIGTERM",
+        "ExecReload=/bin/kill -HUP",
+    ):
+        assert option in unit, option
+    # point it at this checkout so that systemd can check the commands it would run
+    local = tmp_path / "waygate.service"
+    local.write_text(unit.replace("/opt/waygate", str(ROOT)))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60
+    )
+    problems = [
+        line for line in (result.stdout + result.stderr).splitlines() if "waygate.service" in line
+    ]
+    assert not problems, problems
+
+
+def test_the_spec_python_example_runs_as_written(server_factory, keys, tmp_path):
+    server = server_factory(workers=1)
+    text = SPEC.read_text()
+    code = re.search(r"### 9\.2 Python Example\n```python\n(.*?)```", text, re.S).group(1)
+    # the two configuration lines the reader is meant to fill in
+    code = code.replace('BASE_URL = "http://localhost:8000"', f'BASE_URL = "{server.url}"')
+    code = code.replace('API_KEY = "your-api-key-here"', f'API_KEY = "{keys.user}"')
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    result = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert "'status': 'healthy'" in lines[0]
+    assert lines[1] == "Status: failed"  # "sample data" is not JSON: a clear answer, not a 500
+    assert re.fullmatch(r"Duration: \d+ms", lines[2])
