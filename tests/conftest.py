@@ -155,6 +155,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def run_gunicorn_once(env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
+    """Start gunicorn with the project's config and wait for it to exit (start-up refusals)."""
+    return subprocess.run(
+        [
+            str(BIN / "gunicorn"),
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+            "--chdir",
+            str(ROOT),
+            "wsgi:app",
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 @dataclass
 class Server:
     """A real gunicorn running wsgi:app from the project, on a loopback port."""

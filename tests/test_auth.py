@@ -70,3 +70,43 @@ def test_repeated_bad_keys_count_against_the_client(make_app, keys):
         client.get("/_probe/user", headers={"X-API-Key": f"bad{i}"}).status_code for i in range(4)
     ]
     assert statuses == [401, 401, 401, 429]
+
+
+def test_keys_are_compared_in_constant_time(keys, monkeypatch):
+    import hmac
+
+    from waygate import keys as keys_module
+    from waygate.errors import Unauthorized
+
+    compared = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        compared.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(keys_module.hmac, "compare_digest", spy)
+    keys.store.authenticate(keys.user)
+    with pytest.raises(Unauthorized):
+        keys.store.authenticate("y" * 32)  # no such key: still one constant-time comparison
+    assert compared == [(64, 64), (64, 64)]
+
+
+def test_a_key_never_reaches_logs_metrics_or_diagnostics(server_factory, keys):
+    import requests
+
+    server = server_factory(workers=2)
+    headers = keys.headers("admin")
+    requests.post(server.url + "/mcp/execute", json={"action": "nope"}, headers=headers, timeout=5)
+    requests.get(server.url + "/plugins", headers={"X-API-Key": keys.user + "x"}, timeout=5)
+    requests.get(
+        server.url + "/plugins", headers={"Authorization": f"Bearer {keys.user}"}, timeout=5
+    )
+    seen = [
+        server.log(),
+        requests.get(server.url + "/metrics", timeout=5).text,
+        requests.get(server.url + "/diagnostics/errors?limit=100", headers=headers, timeout=5).text,
+        requests.get(server.url + "/mcp/executions?limit=100", headers=headers, timeout=5).text,
+    ]
+    for text in seen:
+        assert keys.user not in text and keys.admin not in text

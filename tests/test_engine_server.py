@@ -26,6 +26,16 @@ def engine_server(plugin_dist, server_factory, keys):
     return start
 
 
+def pids_serving(server, keys, calls: int) -> set[int]:
+    """The worker pids that answered ``calls`` concurrent `pid` commands (held 50 ms each, so
+    concurrent clients spread over the workers)."""
+    body = {"action": "pid", "params": {"seconds": 0.05}}
+    with ThreadPoolExecutor(6) as pool:
+        return set(
+            pool.map(lambda _: execute(server, keys, body).json()["result"]["pid"], range(calls))
+        )
+
+
 def execute(server, keys, body, role="user", timeout=10):
     return requests.post(
         server.url + "/mcp/execute", json=body, headers=keys.headers(role), timeout=timeout
@@ -34,15 +44,7 @@ def execute(server, keys, body, role="user", timeout=10):
 
 def test_statistics_from_three_workers_add_up(engine_server, keys):
     server = engine_server(workers=3)
-    with ThreadPoolExecutor(6) as pool:  # concurrent calls spread over the workers
-        pids = set(
-            pool.map(
-                lambda _: execute(
-                    server, keys, {"action": "pid", "params": {"seconds": 0.05}}
-                ).json()["result"]["pid"],
-                range(60),
-            )
-        )
+    pids = pids_serving(server, keys, 60)
     assert len(pids) >= 2, "the calls should have reached several workers"
     stats = requests.get(server.url + "/plugins/Testing", headers=keys.headers(), timeout=5).json()[
         "statistics"
@@ -64,14 +66,7 @@ def test_a_new_plugin_appears_on_every_worker_after_one_reload(engine_server, ke
         statuses = list(
             pool.map(lambda _: execute(server, keys, {"action": "hello"}).status_code, range(30))
         )
-        pids = set(
-            pool.map(
-                lambda _: execute(
-                    server, keys, {"action": "pid", "params": {"seconds": 0.05}}
-                ).json()["result"]["pid"],
-                range(30),
-            )
-        )
+    pids = pids_serving(server, keys, 30)
     assert statuses == [200] * 30
     assert len(pids) >= 2
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import BIN, ROOT, free_port
+from tests.conftest import run_gunicorn_once
 from tests.test_engine_server import SPREAD
 
 
@@ -181,22 +181,7 @@ def test_a_read_only_data_dir_stops_start_up_with_one_clear_line(plugin_dist, sm
     storage.close()
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     try:
-        result = subprocess.run(
-            [
-                str(BIN / "gunicorn"),
-                "-c",
-                str(ROOT / "gunicorn.conf.py"),
-                "--bind",
-                f"127.0.0.1:{free_port()}",
-                "--chdir",
-                str(ROOT),
-                "wsgi:app",
-            ],
-            env={**os.environ, "WAYGATE_DATA_DIR": str(data)},
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        result = run_gunicorn_once({"WAYGATE_DATA_DIR": str(data)})
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
     assert result.returncode == 2

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from tests.conftest import free_port
-from tests.test_engine_server import SPREAD
+from tests.test_engine_server import SPREAD, pids_serving
 from tests.test_metrics import sample
 
 
@@ -54,15 +54,7 @@ def test_150_calls_on_one_key_over_4_workers_give_exactly_100_and_50(ops_server,
 
 def test_metrics_add_up_over_workers_and_survive_a_replaced_worker(ops_server, keys):
     server = ops_server(workers=3)
-    with ThreadPoolExecutor(6) as pool:  # concurrent calls spread over the workers
-        pids = set(
-            pool.map(
-                lambda _: execute(
-                    server, keys, {"action": "pid", "params": {"seconds": 0.05}}
-                ).json()["result"]["pid"],
-                range(30),
-            )
-        )
+    pids = pids_serving(server, keys, 30)
     assert len(pids) >= 2
     text = requests.get(server.url + "/metrics", timeout=5).text
     assert sample(text, "waygate_commands_total", action="pid", status="success") == 30

@@ -2,12 +2,11 @@
 
 import os
 import signal
-import subprocess
 import time
 
 import requests
 
-from tests.conftest import BIN, ROOT, free_port
+from tests.conftest import run_gunicorn_once
 
 
 def test_gunicorn_with_two_workers_is_healthy_and_ready(server_factory):
@@ -43,22 +42,8 @@ def test_uptime_counts_from_the_service_start_on_a_replacement_worker(server_fac
 
 
 def test_gunicorn_refuses_a_bad_config_with_one_clear_line(data_dir):
-    env = {**os.environ, "WAYGATE_DATA_DIR": str(data_dir), "WAYGATE_MAX_BODY_BYTES": "huge"}
-    result = subprocess.run(
-        [
-            str(BIN / "gunicorn"),
-            "-c",
-            str(ROOT / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{free_port()}",
-            "--chdir",
-            str(ROOT),
-            "wsgi:app",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
+    result = run_gunicorn_once(
+        {"WAYGATE_DATA_DIR": str(data_dir), "WAYGATE_MAX_BODY_BYTES": "huge"}
     )
     assert result.returncode == 2
     assert (

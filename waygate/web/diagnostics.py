@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, jsonify
 
-from ..clock import isoformat, parse_iso
 from ..diagnostics import connection_report, performance_report
-from ..errors import InvalidRequest
 from ..metrics import counter_total
 from . import services
 from .auth import admin_required
-from .pagination import add_headers, paginated, requested_page
+from .pagination import add_headers, paginated, requested_page, requested_since
 
 bp = Blueprint("diagnostics", __name__)
 
@@ -74,15 +72,7 @@ def errors():
               schema: {$ref: "#/components/schemas/ErrorList"}
     """
     page = requested_page()
-    since = request.args.get("since")
-    if since is not None:
-        try:
-            since = isoformat(parse_iso(since))
-        except ValueError:
-            raise InvalidRequest(
-                "since must be an ISO 8601 date-time, e.g. 2025-01-14T10:00:00Z",
-                {"parameter": "since", "value": since[:100]},
-            ) from None
+    since = requested_since()
     records, total = services().errors.query(since=since, offset=page.offset, limit=page.limit)
     response = jsonify({"errors": [r.as_dict() for r in records], "total": total})
     return add_headers(response, page, total)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request, url_for
 
-from ..clock import isoformat, parse_iso
+from ..clock import isoformat
 from ..commands import Caller
 from ..errors import InvalidRequest, NotFound
 from ..schemas import describe_parameters
@@ -12,7 +12,7 @@ from . import services
 from .auth import admin_required, current_key, key_required
 from .http import read_json
 from .limiter import limit_group
-from .pagination import add_headers, paginated, requested_page
+from .pagination import add_headers, paginated, requested_page, requested_since
 
 bp = Blueprint("execute", __name__)
 
@@ -185,15 +185,7 @@ def executions():
         raise InvalidRequest(
             f"status must be one of {', '.join(EXECUTION_STATUSES)}", {"parameter": "status"}
         )
-    since = request.args.get("since")
-    if since is not None:
-        try:
-            since = isoformat(parse_iso(since))
-        except ValueError:
-            raise InvalidRequest(
-                "since must be an ISO 8601 date-time, e.g. 2025-01-14T10:00:00Z",
-                {"parameter": "since", "value": since[:100]},
-            ) from None
+    since = requested_since()
     rows, total = services().audit.query(
         action=action, status=status, since=since, offset=page.offset, limit=page.limit
     )

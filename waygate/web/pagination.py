@@ -1,5 +1,6 @@
-"""Pagination (spec section 6): ``page`` and ``limit`` in, X-Total-Count, X-Page-Count and
-Link (next, prev, first, last) out. Used by every list endpoint."""
+"""List endpoints' query parameters and headers: pagination (spec section 6): ``page`` and
+``limit`` in, X-Total-Count, X-Page-Count and Link (next, prev, first, last) out; and the
+``since`` filter."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from urllib.parse import urlencode
 
 from flask import Response, request
 
+from ..clock import isoformat, parse_iso
 from ..errors import InvalidRequest
 
 MAX_LIMIT = 100
@@ -50,6 +52,20 @@ def _integer(name: str, default: int, low: int, high: int | None) -> int:
             {"parameter": name, "value": raw[:100]},
         )
     return value
+
+
+def requested_since() -> str | None:
+    """The ``since`` filter of a list endpoint, normalised to the stored ISO form."""
+    since = request.args.get("since")
+    if since is None:
+        return None
+    try:
+        return isoformat(parse_iso(since))
+    except ValueError:
+        raise InvalidRequest(
+            "since must be an ISO 8601 date-time, e.g. 2025-01-14T10:00:00Z",
+            {"parameter": "since", "value": since[:100]},
+        ) from None
 
 
 def requested_page(default_limit: int = 10) -> Page:
