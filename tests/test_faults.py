@@ -189,6 +189,38 @@ def test_a_read_only_data_dir_stops_start_up_with_one_clear_line(plugin_dist, sm
     assert "Traceback" not in result.stderr
 
 
+def test_read_only_data_dir_while_running_is_503_and_recovers(
+    plugin_dist, server_factory, keys, data_dir
+):
+    """Linux will not remount read-only under open writable files, so the data dir and its
+    database files are made immutable (chattr +i) while the server runs: every write fails as
+    on a read-only disk. (The -shm file stays writable: it is mapped into memory.)"""
+    server = server_factory(workers=1)
+    session = requests.Session()
+    body = {"action": "echo", "params": {"message": "x"}}
+    url = server.url + "/mcp/execute"
+    assert session.post(url, json=body, headers=keys.headers(), timeout=5).status_code == 200
+    frozen = [data_dir] + [
+        data_dir / f"{db}.db{suffix}" for db in ("waygate", "ratelimits") for suffix in ("", "-wal")
+    ]
+    locked = subprocess.run(["chattr", "+i", *map(str, frozen)], capture_output=True, text=True)
+    if locked.returncode != 0:
+        pytest.skip(f"cannot make files immutable here: {locked.stderr.strip()}")
+    try:
+        health = session.get(server.url + "/health", timeout=5)
+        assert health.status_code == 503
+        assert health.json()["checks"]["filesystem"] == "failed: data dir is not writable"
+        refused = session.post(url, json=body, headers=keys.headers(), timeout=5)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, frozen)], check=True)
+    assert session.get(server.url + "/health", timeout=5).status_code == 200
+    answered = session.post(url, json=body, headers=keys.headers(), timeout=5)
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["command_id"] in audit_ids(data_dir)
+
+
 def test_full_data_dir_is_503_and_recovers_without_restart(plugin_dist, small_fs, server_factory):
     data = small_fs / "data"
     data.mkdir()
