@@ -15,4 +15,6 @@ from . import (  # noqa: E402
     m002_executions,  # noqa: F401
     m003_errors,  # noqa: F401
     m004_stats_triggers,  # noqa: F401
+    m005_audit_filter_index,  # noqa: F401
+    m006_row_counts,  # noqa: F401
 )

@@ -117,3 +117,6 @@ def test_retention_prunes_old_rows_only(client, keys, data_dir, app_services_of)
             )
     assert audit.prune(batch=500) == 1200
     assert [r["action"] for r in rows(data_dir)] == ["test"]
+    # the total kept by triggers followed the inserts and the pruning
+    listed = client.get("/mcp/executions", headers=keys.headers("admin"))
+    assert listed.headers["X-Total-Count"] == "1" and listed.get_json()["total"] == 1
