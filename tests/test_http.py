@@ -201,3 +201,11 @@ def test_with_a_trusted_proxy_each_client_ip_has_its_own_budget(make_app):
     assert client.get("/health", headers={"X-Forwarded-For": "10.0.0.1"}).status_code == 200
     assert client.get("/health", headers={"X-Forwarded-For": "10.0.0.2"}).status_code == 200
     assert client.get("/health", headers={"X-Forwarded-For": "10.0.0.1"}).status_code == 429
+
+
+def test_a_damaged_rate_limit_file_is_set_aside_and_recreated(data_dir, make_app):
+    (data_dir / "ratelimits.db").write_bytes(b"this is not a database" * 100)
+    client = make_app(rate_limit_health="1/minute").test_client()
+    assert client.get("/health").status_code == 200
+    assert client.get("/health").status_code == 429  # counting works again
+    assert (data_dir / "ratelimits.db.damaged").exists()

@@ -27,9 +27,10 @@ class WriteResult:
 
 
 class Storage:
-    def __init__(self, path: Path, busy_timeout_ms: int = 5000):
+    def __init__(self, path: Path, busy_timeout_ms: int = 5000, synchronous: str = "NORMAL"):
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
+        self.synchronous = synchronous
         self._local = threading.local()
         self._lock_pid: int | None = None
 
@@ -45,7 +46,7 @@ class Storage:
         conn.row_factory = sqlite3.Row
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
