@@ -31,6 +31,9 @@ keepalive = 5
 # gunicorn's control socket defaults to one path per user ($HOME/.gunicorn/gunicorn.ctl), which
 # two instances on one machine would fight over; Waygate is managed with signals instead.
 control_socket_disable = True
+# The longest request line gunicorn allows (its default, 4094, turns long list queries into
+# 414s before Waygate sees them).
+limit_request_line = 8190
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 

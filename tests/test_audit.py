@@ -120,3 +120,17 @@ def test_retention_prunes_old_rows_only(client, keys, data_dir, app_services_of)
     # the total kept by triggers followed the inserts and the pruning
     listed = client.get("/mcp/executions", headers=keys.headers("admin"))
     assert listed.headers["X-Total-Count"] == "1" and listed.get_json()["total"] == 1
+
+
+def test_housekeeping_prunes_old_errors_too(client, keys, app_services_of):
+    services = app_services_of(client)
+    old = isoformat(utcnow() - timedelta(days=8))
+    with services.storage.write() as conn:
+        conn.executemany(
+            "INSERT INTO errors (timestamp, level, code, message) VALUES (?, 'ERROR', 'X', 'old')",
+            [(old,)] * 700,
+        )
+    services.errors.record(level="ERROR", code="X", message="recent")
+    services.housekeeper.run_once(prune=True)
+    body = client.get("/diagnostics/errors", headers=keys.headers("admin")).get_json()
+    assert body["total"] == 1 and body["errors"][0]["message"] == "recent"

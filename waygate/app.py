@@ -70,8 +70,10 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.extensions["waygate"] = services
     envelope.init_app(app)
     envelope.install_error_persistence(app)
-    web_metrics.init_app(app)  # first: its timer starts before any other hook runs
-    http.init_app(app, config)  # the request id comes first: every later error carries it
+    # Hook order is request order: the metrics timer (it cannot fail), then the request id,
+    # before anything that can fail, so that every error carries it.
+    web_metrics.init_app(app)
+    http.init_app(app, config)
     versioning.init_app(app, config)
     auth.init_app(app)
     app.register_blueprint(core.bp)

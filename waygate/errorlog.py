@@ -82,10 +82,19 @@ class ErrorLog:
             ErrorRecord(**{**dict(r), "context": json.loads(r["context"])}) for r in rows
         ], total
 
-    def prune(self, older_than: timedelta) -> int:
-        return self.storage.execute_write(
-            "DELETE FROM errors WHERE timestamp < ?", (isoformat(utcnow() - older_than),)
-        ).rowcount
+    def prune(self, older_than: timedelta, batch: int = 500) -> int:
+        """Delete records older than ``older_than``, in small batches so writers never stall."""
+        cutoff = isoformat(utcnow() - older_than)
+        deleted = 0
+        while True:
+            n = self.storage.execute_write(
+                "DELETE FROM errors WHERE id IN "
+                "(SELECT id FROM errors WHERE timestamp < ? LIMIT ?)",
+                (cutoff, batch),
+            ).rowcount
+            deleted += n
+            if n < batch:
+                return deleted
 
 
 class PersistingHandler(logging.Handler):

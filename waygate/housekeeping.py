@@ -1,5 +1,6 @@
 """Background upkeep in each worker: close executions left behind by dead workers or past
-their timeout, and prune the audit log beyond its retention, in small batches."""
+their timeout, and prune the audit log and the error log beyond the retention, in small
+batches."""
 
 from __future__ import annotations
 
@@ -9,14 +10,16 @@ import threading
 import time
 
 from .audit import AuditLog
+from .errorlog import ErrorLog
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 600.0
 
 
 class Housekeeper:
-    def __init__(self, audit: AuditLog, interval_s: float):
+    def __init__(self, audit: AuditLog, errors: ErrorLog, interval_s: float):
         self.audit = audit
+        self.errors = errors
         self.interval_s = interval_s
         self._pid: int | None = None
         self._stop = threading.Event()
@@ -31,15 +34,21 @@ class Housekeeper:
     def stop(self) -> None:
         self._stop.set()
 
+    def run_once(self, prune: bool) -> None:
+        self.audit.sweep()
+        if prune:
+            executions = self.audit.prune()
+            errors = self.errors.prune(self.audit.retention)
+            if executions or errors:
+                log.info("pruned %d audit and %d error rows past the retention", executions, errors)
+
     def _run(self) -> None:
         last_prune = 0.0
         while not self._stop.wait(self.interval_s):
             try:
-                self.audit.sweep()
-                if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                due = time.monotonic() - last_prune > PRUNE_EVERY_S
+                if due:
                     last_prune = time.monotonic()
-                    pruned = self.audit.prune()
-                    if pruned:
-                        log.info("pruned %d audit rows older than the retention", pruned)
+                self.run_once(prune=due)
             except Exception:  # keep the thread alive; the failure is logged and retried
                 log.exception("housekeeping failed")

@@ -125,7 +125,11 @@ class McpServer:
                 INVALID_REQUEST, 'not a JSON-RPC 2.0 message (need "jsonrpc": "2.0")'
             )
         if "method" not in message:
-            if "result" in message or "error" in message:
+            if (
+                "id" in message
+                and ("result" in message) != ("error" in message)
+                and ("error" not in message or isinstance(message["error"], dict))
+            ):
                 return None  # a response to a server request; Waygate sends none, so drop it
             raise JsonRpcError(INVALID_REQUEST, "a JSON-RPC request needs a method")
         method = message["method"]

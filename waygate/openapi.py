@@ -122,6 +122,14 @@ def _complete(operation: dict[str, Any], view: Any, method: str, jsonrpc: bool) 
     if getattr(view, "waygate_paginated", False):
         params.extend(copy.deepcopy(_PAGE_PARAMETERS))
     params.append(copy.deepcopy(_VERSION_PARAMETER))
+    # gunicorn answers an over-long request line itself (HTML, before Waygate runs)
+    responses.setdefault(
+        "414",
+        {
+            "description": "Request line too long (from gunicorn)",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        },
+    )
     errors = [400, 406, 429, 500, 503]
     if method in ("post", "put"):
         errors.append(413)

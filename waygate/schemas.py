@@ -288,5 +288,5 @@ class JsonRpcMessageSchema(Schema):
     id = fields.Raw(allow_none=True)
     method = fields.String()
     params = fields.Dict()
-    result = fields.Dict()
+    result = fields.Raw(allow_none=True)
     error = fields.Dict()

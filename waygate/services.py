@@ -124,6 +124,7 @@ class Services:
         commands = CommandService(
             lambda: plugins.current, pool, audit, observe=metrics().observe_command
         )
+        errors = ErrorLog(storage)
         return cls(
             config=config,
             storage=storage,
@@ -131,7 +132,7 @@ class Services:
             plugins=plugins,
             audit=audit,
             commands=commands,
-            housekeeper=Housekeeper(audit, config.housekeeping_interval_s),
-            errors=ErrorLog(storage),
+            housekeeper=Housekeeper(audit, errors, config.housekeeping_interval_s),
+            errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),
         )
