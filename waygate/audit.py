@@ -23,7 +23,6 @@ from .storage import Storage
 
 log = logging.getLogger(__name__)
 
-OPEN_STATUSES = ("pending", "running")
 _TOTAL_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
 _NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
 _COLUMNS = (

@@ -49,20 +49,8 @@ class NotFound(WaygateError):
     code, status = "NOT_FOUND", 404
 
 
-class MethodNotAllowed(WaygateError):
-    code, status = "METHOD_NOT_ALLOWED", 405
-
-
-class Timeout(WaygateError):
-    code, status = "TIMEOUT", 408
-
-
 class RateLimited(WaygateError):
     code, status = "RATE_LIMITED", 429
-
-
-class InternalError(WaygateError):
-    code, status = "INTERNAL_ERROR", 500
 
 
 class ServiceUnavailable(WaygateError):

@@ -59,14 +59,6 @@ class Storage:
             local.pid = os.getpid()
         return local.conn
 
-    @property
-    def db(self) -> sqlite_utils.Database:
-        conn = self.conn
-        db = getattr(self._local, "db", None)
-        if db is None or db.conn is not conn:
-            db = self._local.db = sqlite_utils.Database(conn)
-        return db
-
     @contextmanager
     def _writer(self) -> Iterator[None]:
         """Be the only writer of this database among Waygate's threads and processes.
