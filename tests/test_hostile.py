@@ -229,3 +229,12 @@ def test_body_over_the_limit_is_refused_before_it_is_read_over_the_wire(server_f
         body["error"]["code"] == "INVALID_REQUEST"
         and body["error"]["details"]["max_bytes"] == 65536
     )
+
+
+def test_escaped_lone_surrogates_are_valid_json(client, keys):
+    body = '{"action": "echo", "params": {"message": "\\ud800"}}'
+    response = client.post(
+        "/mcp/execute", data=body, content_type="application/json", headers=keys.headers()
+    )
+    assert response.status_code == 200
+    assert response.get_json()["status"] == "success"
