@@ -9,8 +9,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -21,7 +19,7 @@ from .audit import AuditLog
 from .clock import isoformat
 from .errors import InvalidRequest, MissingParameter, ServiceUnavailable, WaygateError
 from .plugins import PluginSet
-from .pool import CommandPool, PoolFull
+from .pool import CommandPool, Job, PoolFull
 from .schemas import MCPCommandSchema, field_errors
 from .sdk import Cancelled, Command, CommandError, ExecutionContext
 
@@ -171,7 +169,7 @@ class CommandService:
 
     def run_batch(self, items: list[Any], caller: Caller) -> list[Outcome]:
         """Run every valid item concurrently in the pool; each gets its own outcome, in order."""
-        pending: list[tuple[Invocation, ExecutionContext, Future, float, str] | Outcome] = []
+        pending: list[tuple[Invocation, ExecutionContext, Job, float, str] | Outcome] = []
         for raw in items:
             created = isoformat()
             started = time.monotonic()
@@ -299,12 +297,12 @@ class CommandService:
         return inv.command.handler(inv.params, ctx)
 
     def _await(
-        self, inv: Invocation, ctx: ExecutionContext, future: Future, started: float
+        self, inv: Invocation, ctx: ExecutionContext, future: Job, started: float
     ) -> Outcome:
         def wait() -> Any:
             try:
                 return future.result(timeout=max(0.0, ctx.deadline - time.monotonic()))
-            except FutureTimeout:
+            except TimeoutError:
                 ctx.cancel_event.set()  # the handler may look; a thread cannot be killed
                 raise Cancelled() from None
 

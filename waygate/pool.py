@@ -13,7 +13,6 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +38,44 @@ class PoolStats:
         }
 
 
+class Job:
+    """One queued call and its outcome: a slimmer future (one lock, held until the call ends).
+
+    ``concurrent.futures.Future`` takes a condition, its lock and a fresh waiter lock for each
+    wait and each completion; with eight request threads per worker every lock handed between
+    threads costs a GIL switch, and a ``/mcp/execute`` request waits on one job."""
+
+    __slots__ = ("_fn", "_done", "_result", "_error")
+
+    def __init__(self, fn: Callable[[], Any]):
+        self._fn = fn
+        self._done = threading.Lock()
+        self._done.acquire()  # released by the pool thread when the call has ended
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self._result = self._fn()
+        except BaseException as exc:  # handed to whoever waits on the job
+            self._error = exc
+        finally:
+            self._fn = None  # the call's closure is not kept alive by a finished job
+            self._done.release()
+
+    def done(self) -> bool:
+        return not self._done.locked()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The call's return value (or its exception); TimeoutError if it has not ended."""
+        if not self._done.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError()
+        self._done.release()  # every later wait returns at once
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+
 class CommandPool:
     def __init__(
         self, size: int, queue_size: int, on_change: Callable[[int, int], None] | None = None
@@ -61,7 +98,7 @@ class CommandPool:
             threading.Thread(target=self._work, name=f"waygate-command-{n}", daemon=True).start()
         self._pid = os.getpid()
 
-    def submit(self, fn: Callable[[], Any], wait: float = 0.0) -> Future:
+    def submit(self, fn: Callable[[], Any], wait: float = 0.0) -> Job:
         """Queue ``fn``; waits up to ``wait`` seconds for room, then raises PoolFull."""
         self._ensure_started()
         acquired = (
@@ -69,35 +106,34 @@ class CommandPool:
         )
         if not acquired:
             raise PoolFull()
-        future: Future = Future()
+        job = Job(fn)
         with self._lock:
             self._queued += 1
-        self._changed()
-        self._queue.put((future, fn))
-        return future
+            in_use, queued = self._in_use, self._queued
+        self._changed(in_use, queued)
+        self._queue.put(job)
+        return job
 
-    def _changed(self) -> None:
+    def _changed(self, in_use: int, queued: int) -> None:
         if self._on_change is not None:
-            self._on_change(self._in_use, self._queued)
+            self._on_change(in_use, queued)
 
     def _work(self) -> None:
         while True:
-            future, fn = self._queue.get()
+            job = self._queue.get()
             with self._lock:
                 self._queued -= 1
                 self._in_use += 1
-            self._changed()
+                in_use, queued = self._in_use, self._queued
+            self._changed(in_use, queued)
             try:
-                if future.set_running_or_notify_cancel():
-                    try:
-                        future.set_result(fn())
-                    except BaseException as exc:  # handed to whoever waits on the future
-                        future.set_exception(exc)
+                job._run()
             finally:
                 with self._lock:
                     self._in_use -= 1
+                    in_use, queued = self._in_use, self._queued
                 self._slots.release()
-                self._changed()
+                self._changed(in_use, queued)
 
     def stats(self) -> PoolStats:
         if self._pid != os.getpid():
