@@ -87,8 +87,9 @@ class AuditLog:
         result: Any = None,
         store_result: bool = False,
     ) -> None:
-        """Record a finished execution (its plugin's totals follow by trigger)."""
-        self.storage.execute_write(
+        """Record a finished execution (its plugin's totals follow by trigger), committed
+        before this returns; concurrent requests' records share a transaction."""
+        self.storage.execute_grouped(
             "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
             " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
             " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",

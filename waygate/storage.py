@@ -26,6 +26,15 @@ class WriteResult:
     rows: list[sqlite3.Row]
 
 
+class _Grouped:
+    __slots__ = ("sql", "params", "done", "error")
+
+    def __init__(self, sql: str, params):
+        self.sql, self.params = sql, params
+        self.done = False
+        self.error: Exception | None = None
+
+
 class Storage:
     def __init__(self, path: Path, busy_timeout_ms: int = 5000, synchronous: str = "NORMAL"):
         self.path = Path(path)
@@ -33,6 +42,8 @@ class Storage:
         self.synchronous = synchronous
         self._local = threading.local()
         self._lock_pid: int | None = None
+        # Storage objects cross a fork only from gunicorn's single-threaded master.
+        self._init_lock = threading.Lock()
 
     def connect(self) -> sqlite3.Connection:
         """A new connection with Waygate's pragmas; the caller owns it."""
@@ -70,19 +81,33 @@ class Storage:
         which the kernel hands to the next waiter the moment it is released. Other programs
         (the CLI, sqlite3) still meet SQLite's own busy timeout, so they stay safe.
         """
-        if self._lock_pid != os.getpid():  # made after fork: flock belongs to an open file
+        with self._process_lock(), self._file_lock():
+            yield
+
+    def _process_lock(self) -> threading.Lock:
+        if self._lock_pid == os.getpid():
+            return self._thread_lock
+        with self._init_lock:  # the first writers of a process race to get here
+            if self._lock_pid == os.getpid():
+                return self._thread_lock
+            # Made after fork: flock belongs to an open file, threads to their process.
             try:
                 self._lock_file = open(self.path.with_suffix(".writelock"), "a")  # noqa: SIM115
             except OSError as exc:
                 raise sqlite3.OperationalError(f"cannot open the write lock: {exc}") from exc
             self._thread_lock = threading.Lock()
+            self._group_lock = threading.Lock()
+            self._group: list[_Grouped] = []
             self._lock_pid = os.getpid()
-        with self._thread_lock:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            return self._thread_lock
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -106,6 +131,59 @@ class Storage:
             cursor = conn.execute(sql, params)
             rows = cursor.fetchall()
             return WriteResult(cursor.rowcount, rows)
+
+    def execute_grouped(self, sql: str, params=()) -> None:
+        """One writing statement, committed before this returns, in a transaction it may share
+        with other threads' statements (group commit).
+
+        The first thread to get the write lock writes every statement queued so far, its own
+        and those of the threads queued behind it, in one transaction; those threads then find
+        theirs committed and return without touching the database. Under load this turns many
+        small transactions (each a lock hand-over and a WAL commit) into a few larger ones.
+        When the shared transaction fails, each statement is retried in its own, so one bad
+        statement fails only its own caller."""
+        entry = _Grouped(sql, params)
+        lock = self._process_lock()
+        with self._group_lock:
+            self._group.append(entry)
+        with lock:
+            if not entry.done:
+                with self._group_lock:
+                    batch, self._group = self._group, []
+                self._commit_group(batch)
+                if entry.error is not None:
+                    raise entry.error
+        if entry.error is not None:  # the leader's exception is its own; each thread gets a copy
+            raise type(entry.error)(*entry.error.args) from entry.error
+
+    def _commit_group(self, batch: list[_Grouped]) -> None:
+        try:
+            self._commit(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].error = exc
+            else:  # one statement's failure is not the others': each in its own transaction
+                for entry in batch:
+                    try:
+                        self._commit([entry])
+                    except Exception as own:
+                        entry.error = own
+        finally:
+            for entry in batch:
+                entry.done = True
+
+    def _commit(self, batch: list[_Grouped]) -> None:
+        conn = self.conn
+        with self._file_lock(), self._reopen_when_readonly():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for entry in batch:
+                    conn.execute(entry.sql, entry.params)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     @contextmanager
     def _reopen_when_readonly(self) -> Iterator[None]:

@@ -1,0 +1,90 @@
+"""Storage's group commit: statements of concurrent threads share a transaction, every one of
+them is committed before its caller returns, and one bad statement fails only its caller."""
+
+import sqlite3
+import threading
+import time
+
+import pytest
+
+from waygate.storage import Storage
+
+INSERT = "INSERT INTO t (n) VALUES (?)"
+
+
+@pytest.fixture
+def storage(tmp_path):
+    storage = Storage(tmp_path / "group.db")
+    storage.conn.execute("CREATE TABLE t (n INTEGER NOT NULL CHECK (n >= 0))")
+    yield storage
+    storage.close()
+
+
+def committed(storage):
+    # a separate connection sees only what was committed
+    conn = sqlite3.connect(storage.path)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 't'").fetchone():
+            return []
+        return sorted(n for (n,) in conn.execute("SELECT n FROM t"))
+    finally:
+        conn.close()
+
+
+def queue_behind_the_lock(storage, values):
+    """Start one thread per value while the write lock is held, so that all of them queue and
+    the first to get the lock commits them together. Returns the threads and their errors."""
+    errors: dict[int, BaseException] = {}
+
+    def write(n):
+        try:
+            storage.execute_grouped(INSERT, (n,))
+        except BaseException as exc:
+            errors[n] = exc
+
+    lock = storage._process_lock()
+    with lock:
+        threads = [threading.Thread(target=write, args=(n,)) for n in values]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 5
+        while len(storage._group) < len(values) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(storage._group) == len(values)
+        assert committed(storage) == []  # nothing is written while the lock is held
+    for thread in threads:
+        thread.join(5)
+    return errors
+
+
+def test_queued_statements_are_all_committed(storage):
+    assert queue_behind_the_lock(storage, [1, 2, 3, 4, 5]) == {}
+    assert committed(storage) == [1, 2, 3, 4, 5]
+
+
+def test_a_bad_statement_fails_only_its_own_caller(storage):
+    errors = queue_behind_the_lock(storage, [1, -1, 2])
+    assert list(errors) == [-1]
+    assert isinstance(errors[-1], sqlite3.IntegrityError)
+    assert committed(storage) == [1, 2]
+
+
+def test_many_threads_lose_nothing(storage):
+    def write(base):
+        for i in range(25):
+            storage.execute_grouped(INSERT, (base * 100 + i,))
+
+    threads = [threading.Thread(target=write, args=(b,)) for b in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert committed(storage) == sorted(b * 100 + i for b in range(12) for i in range(25))
+
+
+def test_a_failing_database_fails_every_caller(storage, tmp_path):
+    storage.conn.execute("DROP TABLE t")  # every statement of the group now fails
+    errors = queue_behind_the_lock(storage, [1, 2, 3])
+    assert sorted(errors) == [1, 2, 3]
+    assert all(isinstance(e, sqlite3.OperationalError) for e in errors.values())
+    assert all("no such table" in str(e) for e in errors.values())
