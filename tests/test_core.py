@@ -1,6 +1,7 @@
 """GET /, /health and /ready as the spec shows them, and health checks that really fail."""
 
 import shutil
+import sqlite3
 import time
 
 from waygate.lifecycle import STARTED_AT_ENV
@@ -63,6 +64,11 @@ def test_unwritable_data_dir_fails_the_filesystem_check(app, data_dir):
 
 def test_rate_limit_storage_that_does_not_answer_fails_cache(app, monkeypatch):
     storage = app.extensions["waygate.limiter"].storage
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(storage._store, "execute_write", broken)  # the request's own hit fails
     monkeypatch.setattr(storage, "check", lambda: False)
     response = app.test_client().get("/health")
     assert response.status_code == 503
