@@ -1,4 +1,5 @@
-"""Waygate's gunicorn settings without Waygate's hooks, for the bare-Flask ceiling."""
+"""Waygate's gunicorn settings without Waygate's own hooks, for the bare-Flask ceiling. The
+worker pinning hooks (pre_fork, post_fork) are gunicorn settings like any other: kept."""
 
 from pathlib import Path
 

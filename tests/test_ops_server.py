@@ -234,3 +234,56 @@ def test_sighup_replaces_workers_without_a_failed_request(ops_server, keys):
     assert not set(server.worker_pids()) & before, "the workers should have been replaced"
     assert failures == []
     assert set(statuses) == {200} and sum(statuses.values()) > 20
+
+
+def cpus_of(pid):
+    """The CPUs each thread of ``pid`` may run on."""
+    masks = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as status:
+            for line in status:
+                if line.startswith("Cpus_allowed_list:"):
+                    masks.append(line.split(":", 1)[1].strip())
+    return masks
+
+
+def cpu_list(cpus):
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_workers_are_spread_over_the_cpus_and_a_replacement_takes_the_free_one(server_factory):
+    allowed = sorted(os.sched_getaffinity(0))
+    server = server_factory(workers=len(allowed))
+    pinned = {pid: cpus_of(pid) for pid in server.worker_pids()}
+    # every thread of a worker (request threads, command pool) is on its worker's one CPU
+    assert all(len(set(masks)) == 1 for masks in pinned.values())
+    assert sorted(int(masks[0]) for masks in pinned.values()) == allowed
+    victim = next(iter(pinned))
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        pids = set(server.worker_pids())
+        if victim not in pids and len(pids) == len(allowed):
+            break
+        time.sleep(0.1)
+    (replacement,) = set(server.worker_pids()) - set(pinned)
+    time.sleep(0.5)  # its threads start with the app
+    assert set(cpus_of(replacement)) == set(pinned[victim])
+
+
+def test_pinning_can_be_turned_off(server_factory):
+    server = server_factory(workers=2, WAYGATE_PIN_WORKERS="false")
+    everywhere = cpu_list(os.sched_getaffinity(0))
+    for pid in server.worker_pids():
+        masks = cpus_of(pid)
+        # /proc writes ranges ("0-1"); compare as sets of CPUs
+        assert {expand(m) for m in masks} == {everywhere}
+
+
+def expand(mask):
+    cpus = set()
+    for part in mask.split(","):
+        low, _, high = part.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return cpu_list(cpus)

@@ -58,6 +58,8 @@ class Config:
     housekeeping_interval_s: int = 30
     # seconds a worker keeps serving (with /ready at 503) after SIGTERM before it stops
     drain_seconds: int = 0
+    # gunicorn workers each kept on one CPU, spread evenly (gunicorn.conf.py)
+    pin_workers: bool = True
     # ?version=2 is deprecated (spec section 7); the date it stops working (RFC 8594 Sunset)
     version_param_sunset: str = "2027-07-01"
     # {"PluginName": {"key": value}}: overrides of plugins' default config
