@@ -134,6 +134,9 @@ class CommandPool:
                     in_use, queued = self._in_use, self._queued
                 self._slots.release()
                 self._changed(in_use, queued)
+                # Waiting for the next job must not keep this one's result alive (a large
+                # process_data result per idle thread, eight threads per worker).
+                job = None
 
     def stats(self) -> PoolStats:
         if self._pid != os.getpid():
