@@ -33,7 +33,6 @@ test: install-test
 
 # Load tests on loopback against the stack's ceiling and the official MCP server (bench/).
 bench: install-test
-	bash scripts/install-system-tools wrk
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

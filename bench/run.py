@@ -503,6 +503,12 @@ def main() -> int:
         "to show what the features cost; never counted against the targets",
     )
     parser.add_argument("--rounds", type=int, help="rounds of the comparison (default 3)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where to write the results (default bench/results/latest.json, or "
+        "compare-only.json with --compare-only)",
+    )
     parser.add_argument("--seconds", type=int, help="seconds per wrk run (default 5)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -551,9 +557,9 @@ def main() -> int:
         for name, value in ratios.items()
     }
     report(results)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "compare-only.json" if args.compare_only else "latest.json"
-    (RESULTS / name).write_text(json.dumps(results, indent=2))
+    out = args.out or RESULTS / ("compare-only.json" if args.compare_only else "latest.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
     errors = sum(v["non_2xx"] for v in c.values())
     if errors:
         print(f"bench: {errors} non-2xx responses during the comparison", file=sys.stderr)

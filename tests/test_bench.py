@@ -1,0 +1,57 @@
+"""Smoke test of the benchmark harness (bench/run.py): it starts every server, drives each case
+with wrk and writes its results. Timings are not asserted here: speed is measured by
+`make bench`, never by the test suite."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+CASES = {
+    f"{name}@{connections}"
+    for name in ("health", "bare_health", "execute", "bare_post", "mcp", "sdk")
+    for connections in (1, 16)
+}
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is installed by make test")
+def test_the_harness_measures_every_case_without_a_failed_request(tmp_path):
+    out = tmp_path / "results.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "run.py"),
+            "--compare-only",
+            "--floor",
+            "--rounds",
+            "1",
+            "--seconds",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert run.returncode in (0, 1), run.stderr[-2000:]  # 1: a target missed, not a failure
+    results = json.loads(out.read_text())
+    for section in ("compare", "floor"):
+        assert set(results[section]) == CASES
+        for name, case in results[section].items():
+            # every server answered every request with a 2xx: keys, limits and bodies work
+            assert case["non_2xx"] == 0, (section, name, case)
+            assert case["rps"] > 0 and case["p99_ms"] > 0, (section, name, case)
+    assert set(results["targets"]) == {
+        "health_vs_bare",
+        "execute_vs_bare_post",
+        "mcp_vs_sdk",
+        "p99_16_vs_bare",
+    }
+    assert set(results["floor_ratios"]) == set(results["targets"])
+    assert "health_vs_bare" in run.stdout and "floor" in run.stdout
