@@ -88,3 +88,20 @@ def test_a_failing_database_fails_every_caller(storage, tmp_path):
     assert sorted(errors) == [1, 2, 3]
     assert all(isinstance(e, sqlite3.OperationalError) for e in errors.values())
     assert all("no such table" in str(e) for e in errors.values())
+
+
+def test_an_interrupted_leader_does_not_report_the_others_as_committed(storage, monkeypatch):
+    commit = storage._commit
+
+    def interrupted(batch):
+        if len(batch) > 1:
+            raise SystemExit()  # e.g. gunicorn stopping the worker thread mid-commit
+        commit(batch)
+
+    monkeypatch.setattr(storage, "_commit", interrupted)
+    errors = queue_behind_the_lock(storage, [1, 2, 3])
+    # the leader saw SystemExit; every other caller is told its row was not written
+    assert len(errors) == 3
+    assert sum(isinstance(e, SystemExit) for e in errors.values()) == 1
+    assert sum(isinstance(e, sqlite3.OperationalError) for e in errors.values()) == 2
+    assert committed(storage) == []

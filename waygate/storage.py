@@ -157,19 +157,25 @@ class Storage:
             raise type(entry.error)(*entry.error.args) from entry.error
 
     def _commit_group(self, batch: list[_Grouped]) -> None:
+        settled: set[int] = set()  # entries committed or given their own error
         try:
             self._commit(batch)
+            settled.update(range(len(batch)))
         except Exception as exc:
             if len(batch) == 1:
                 batch[0].error = exc
+                settled.add(0)
             else:  # one statement's failure is not the others': each in its own transaction
-                for entry in batch:
+                for n, entry in enumerate(batch):
                     try:
                         self._commit([entry])
                     except Exception as own:
                         entry.error = own
+                    settled.add(n)
         finally:
-            for entry in batch:
+            for n, entry in enumerate(batch):
+                if n not in settled:  # the leader was interrupted (e.g. SystemExit) mid-way
+                    entry.error = sqlite3.OperationalError("the write was interrupted")
                 entry.done = True
 
     def _commit(self, batch: list[_Grouped]) -> None:
