@@ -155,7 +155,7 @@ def openapi(output: str) -> None:
 
     from .app import create_app
     from .config import Config
-    from .openapi import build_spec, to_yaml
+    from .web.openapi import build_spec, to_yaml
 
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(Config(data_dir=Path(tmp), housekeeping_interval_s=0))

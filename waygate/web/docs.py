@@ -8,7 +8,7 @@ from pathlib import Path
 import flask_swagger_ui
 from flask import Blueprint, current_app, jsonify, send_from_directory
 
-from ..openapi import build_spec
+from .openapi import build_spec
 
 bp = Blueprint("docs", __name__)
 STATIC = Path(__file__).parent / "static"

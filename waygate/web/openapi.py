@@ -20,7 +20,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from apispec.yaml_utils import load_operations_from_docstring
 from flask import Flask
 
-from . import __version__, schemas
+from .. import __version__, schemas
 
 _RESPONSE_SCHEMAS = {
     "Error": schemas.ErrorSchema,
