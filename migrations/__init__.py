@@ -17,4 +17,5 @@ from . import (  # noqa: E402
     m004_stats_triggers,  # noqa: F401
     m005_audit_filter_index,  # noqa: F401
     m006_row_counts,  # noqa: F401
+    m007_execution_key_id,  # noqa: F401
 )

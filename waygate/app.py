@@ -9,7 +9,6 @@ from flask import Flask
 
 from .config import Config, log_level_number
 from .lifecycle import service_started_at
-from .mcp import McpServer
 from .services import Services
 from .web import (
     auth,
@@ -98,7 +97,6 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(diagnostics.bp)
     app.register_blueprint(mcp.bp)
     app.register_blueprint(web_docs.bp)
-    app.extensions["waygate.mcp"] = McpServer(services.commands, lambda: services.plugins.current)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
     http.trust_proxies(app, config)  # last: the outermost WSGI layer
 

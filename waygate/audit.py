@@ -19,14 +19,16 @@ from typing import Any
 import psutil
 
 from .clock import isoformat, parse_iso, utcnow
+from .outcomes import ExecutionStatus, Mode
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 
+_OPEN = ExecutionStatus.open()  # bound into "status IN (?, ?)"
 _TOTAL_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
 _NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
 _COLUMNS = (
-    "command_id, action, plugin, key_name, mode, status, duration_ms, error, "
+    "command_id, action, plugin, key_name, key_id, mode, status, duration_ms, error, "
     "timeout_s, worker_pid, created_at, started_at, finished_at"
 )
 _GET_SQL = f"SELECT {_COLUMNS}, result FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
@@ -38,6 +40,7 @@ class Execution:
     action: str
     plugin: str | None
     key_name: str | None
+    key_id: int | None
     mode: str
     status: str
     duration_ms: int | None
@@ -77,6 +80,7 @@ class AuditLog:
         action: str,
         plugin: str | None,
         key_name: str | None,
+        key_id: int | None,
         mode: str,
         status: str,
         duration_ms: int,
@@ -90,14 +94,15 @@ class AuditLog:
         """Record a finished execution (its plugin's totals follow by trigger), committed
         before this returns; concurrent requests' records share a transaction."""
         self.storage.execute_grouped(
-            "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
+            "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
             " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
-            " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 command_id,
                 action,
                 plugin,
                 key_name,
+                key_id,
                 mode,
                 status,
                 duration_ms,
@@ -118,22 +123,33 @@ class AuditLog:
         action: str,
         plugin: str,
         key_name: str | None,
+        key_id: int | None,
         timeout_s: int,
         created_at: str,
     ) -> None:
         """Record an async execution as pending, before it is queued."""
         self.storage.execute_write(
-            "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
-            " timeout_s, worker_pid, created_at) VALUES (?,?,?,?, 'async', 'pending', ?,?,?)",
-            (command_id, action, plugin, key_name, timeout_s, os.getpid(), created_at),
+            "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
+            " timeout_s, worker_pid, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (
+                command_id,
+                action,
+                plugin,
+                key_name,
+                key_id,
+                Mode.ASYNC,
+                ExecutionStatus.PENDING,
+                timeout_s,
+                os.getpid(),
+                created_at,
+            ),
         )
 
     def start(self, command_id: str) -> bool:
         """Mark a pending execution running; False if it was already closed (e.g. swept)."""
         cursor = self.storage.execute_write(
-            "UPDATE executions SET status = 'running', started_at = ? "
-            "WHERE command_id = ? AND status = 'pending'",
-            (isoformat(), command_id),
+            "UPDATE executions SET status = ?, started_at = ? WHERE command_id = ? AND status = ?",
+            (ExecutionStatus.RUNNING, isoformat(), command_id, ExecutionStatus.PENDING),
         )
         return cursor.rowcount == 1
 
@@ -141,7 +157,7 @@ class AuditLog:
         self,
         command_id: str,
         *,
-        status: str,
+        status: ExecutionStatus,
         duration_ms: int,
         error: str | None,
         result: Any = None,
@@ -149,14 +165,15 @@ class AuditLog:
         """Close an async execution, unless a sweep closed it first."""
         self.storage.execute_write(
             "UPDATE executions SET status = ?, duration_ms = ?, error = ?, result = ?,"
-            " finished_at = ? WHERE command_id = ? AND status IN ('pending', 'running')",
+            " finished_at = ? WHERE command_id = ? AND status IN (?, ?)",
             (
                 status,
                 duration_ms,
                 error,
-                _dump(result) if status == "success" else None,
+                _dump(result) if status is ExecutionStatus.SUCCESS else None,
                 isoformat(),
                 command_id,
+                *_OPEN,
             ),
         )
 
@@ -164,11 +181,8 @@ class AuditLog:
 
     def fail_open_executions(self, reason: str, worker_pid: int | None = None) -> int:
         """Close unfinished executions of one worker (or of every worker) as failed."""
-        sql = (
-            "UPDATE executions SET status = 'failed', error = ?, finished_at = ? "
-            "WHERE status IN ('pending', 'running')"
-        )
-        args: list[Any] = [reason, isoformat()]
+        sql = "UPDATE executions SET status = ?, error = ?, finished_at = ? WHERE status IN (?, ?)"
+        args: list[Any] = [ExecutionStatus.FAILED, reason, isoformat(), *_OPEN]
         if worker_pid is not None:
             sql += " AND worker_pid = ?"
             args.append(worker_pid)
@@ -176,16 +190,17 @@ class AuditLog:
 
     def fail_open_executions_by_id(self, command_id: str, reason: str) -> None:
         self.storage.execute_write(
-            "UPDATE executions SET status = 'failed', error = ?, finished_at = ? "
-            "WHERE command_id = ? AND status IN ('pending', 'running')",
-            (reason, isoformat(), command_id),
+            "UPDATE executions SET status = ?, error = ?, finished_at = ? "
+            "WHERE command_id = ? AND status IN (?, ?)",
+            (ExecutionStatus.FAILED, reason, isoformat(), command_id, *_OPEN),
         )
 
     def sweep(self, grace_s: float = 5.0) -> int:
         """Close executions whose worker is gone or whose timeout has long passed."""
         rows = self.storage.conn.execute(
             "SELECT command_id, worker_pid, created_at, timeout_s FROM executions "
-            "WHERE status IN ('pending', 'running')"
+            "WHERE status IN (?, ?)",
+            _OPEN,
         ).fetchall()
         closed = 0
         now = utcnow()
@@ -196,16 +211,16 @@ class AuditLog:
             ] + grace_s
             if pid is not None and not psutil.pid_exists(pid):
                 reason = f"the worker (pid {pid}) running this command exited"
-                status = "failed"
+                status = ExecutionStatus.FAILED
             elif expired:
                 reason = f"command exceeded its timeout of {row['timeout_s']} s"
-                status = "timeout"
+                status = ExecutionStatus.TIMEOUT
             else:
                 continue
             closed += self.storage.execute_write(
                 "UPDATE executions SET status = ?, error = ?, finished_at = ? "
-                "WHERE command_id = ? AND status IN ('pending', 'running')",
-                (status, reason, isoformat(), row["command_id"]),
+                "WHERE command_id = ? AND status IN (?, ?)",
+                (status, reason, isoformat(), row["command_id"], *_OPEN),
             ).rowcount
         return closed
 
@@ -216,8 +231,8 @@ class AuditLog:
         while True:
             n = self.storage.execute_write(
                 "DELETE FROM executions WHERE rowid IN (SELECT rowid FROM executions "
-                "WHERE created_at < ? AND status NOT IN ('pending', 'running') LIMIT ?)",
-                (cutoff, batch),
+                "WHERE created_at < ? AND status NOT IN (?, ?) LIMIT ?)",
+                (cutoff, *_OPEN, batch),
             ).rowcount
             deleted += n
             if n < batch:

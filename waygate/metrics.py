@@ -129,6 +129,15 @@ class Metrics:
         self.connections = Counter(
             "waygate_connections_total", "Client connections accepted", registry=r
         )
+        self.admission_refused = Counter(
+            "waygate_admission_refused_total",
+            "Command requests refused at once because a worker's command threads were all waiting",
+            registry=r,
+        )
+
+    @_never_raising
+    def count_admission_refused(self) -> None:
+        self.admission_refused.inc()
 
     @_never_raising
     def count_connection(self) -> None:

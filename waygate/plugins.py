@@ -13,15 +13,19 @@ import importlib.metadata
 import logging
 import re
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from marshmallow import Schema
 from stevedore import ExtensionManager
 
+from .clock import isoformat
+from .errors import NotFound
 from .sdk import Command, Plugin
+from .storage import Storage
 
 NAMESPACE = "waygate.plugins"
 _COMMAND_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -39,6 +43,21 @@ class PluginInfo:
     config: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
     commands: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        body = {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "author": self.author,
+            "status": self.status,
+            "capabilities": list(self.capabilities),
+            "config": dict(self.config),
+            "commands": list(self.commands),
+        }
+        if self.error:
+            body["error"] = self.error
+        return body
 
 
 @dataclass(frozen=True)
@@ -193,3 +212,77 @@ def _check_command(command: Any) -> str | None:
     if not callable(command.handler):
         return f"command {command.name!r}: handler is not callable"
     return None
+
+
+class PluginRegistry:
+    """This process's plugin set, kept in step with the shared plugin generation.
+
+    A reload bumps the generation in SQLite; every worker compares its own (a per-process
+    cache of the set, checked at most every ``CHECK_INTERVAL`` seconds) and reloads when it
+    is behind, so no worker serves an old set for more than a second after a reload answers.
+    A reload swaps in a new immutable set: commands already running keep theirs.
+    """
+
+    CHECK_INTERVAL = 0.5
+
+    def __init__(
+        self,
+        storage: Storage,
+        plugin_config=None,
+        loader=discover,
+        on_load: Callable[[PluginSet], None] | None = None,
+    ):
+        self._storage = storage
+        self._loader = loader
+        self._on_load = on_load
+        self._plugin_config = plugin_config or {}
+        self._lock = threading.Lock()
+        self._current: PluginSet | None = None
+        self._generation = -1
+        self._checked_at = 0.0
+
+    @property
+    def current(self) -> PluginSet:
+        if self._current is not None and time.monotonic() - self._checked_at <= self.CHECK_INTERVAL:
+            return self._current
+        # Past the interval: check under the lock, so that threads arriving while another one
+        # loads the new set wait for it instead of being handed the old one.
+        with self._lock:
+            if self._current is None or time.monotonic() - self._checked_at > self.CHECK_INTERVAL:
+                generation = self._shared_generation()
+                if self._current is None or generation != self._generation:
+                    self._install(generation, fresh=self._current is not None)
+                self._checked_at = time.monotonic()
+            return self._current
+
+    def reload(self) -> PluginSet:
+        """Reload here and tell every other worker to reload."""
+        with self._storage.write() as conn:
+            generation = conn.execute(
+                "UPDATE plugin_state SET generation = generation + 1, reloaded_at = ? "
+                "WHERE id = 1 RETURNING generation",
+                (isoformat(),),
+            ).fetchone()[0]
+        with self._lock:
+            self._install(generation, fresh=True)
+            return self._current
+
+    def _shared_generation(self) -> int:
+        return self._storage.conn.execute(
+            "SELECT generation FROM plugin_state WHERE id = 1"
+        ).fetchone()[0]
+
+    def _install(self, generation: int, fresh: bool) -> None:
+        """Load and swap in a new set (the caller holds the lock)."""
+        self._current = self._loader(self._plugin_config, fresh_modules=fresh)
+        self._generation = generation
+        self._checked_at = time.monotonic()
+        if self._on_load is not None:
+            self._on_load(self._current)
+
+    def get(self, name: str) -> PluginInfo:
+        """One plugin of the current set (failed ones included); NotFound otherwise."""
+        plugins = self.current.plugins
+        if name not in plugins:
+            raise NotFound(f"no plugin named {name[:100]!r}", {"available": sorted(plugins)})
+        return plugins[name]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,7 @@ class Job:
     wait and each completion; with eight request threads per worker every lock handed between
     threads costs a GIL switch, and a ``/mcp/execute`` request waits on one job."""
 
-    __slots__ = ("_fn", "_done", "_result", "_error")
+    __slots__ = ("_fn", "_done", "_result", "_error", "ended")
 
     def __init__(self, fn: Callable[[], Any]):
         self._fn = fn
@@ -53,6 +54,7 @@ class Job:
         self._done.acquire()  # released by the pool thread when the call has ended
         self._result: Any = None
         self._error: BaseException | None = None
+        self.ended = 0.0  # time.monotonic() when the call ended
 
     def _run(self) -> None:
         try:
@@ -61,6 +63,7 @@ class Job:
             self._error = exc
         finally:
             self._fn = None  # the call's closure is not kept alive by a finished job
+            self.ended = time.monotonic()
             self._done.release()
 
     def done(self) -> bool:

@@ -11,6 +11,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from . import __version__
+from .outcomes import ExecutionStatus, Mode
 
 
 class MCPCommandSchema(Schema):
@@ -228,8 +229,9 @@ class ExecutionSchema(Schema):
     action = fields.String(required=True)
     plugin = fields.String(allow_none=True)
     key_name = fields.String(allow_none=True)
-    mode = fields.String(required=True)
-    status = fields.String(required=True)
+    key_id = fields.Integer(allow_none=True)
+    mode = fields.Enum(Mode, by_value=True, required=True)
+    status = fields.Enum(ExecutionStatus, by_value=True, required=True)
     duration_ms = fields.Integer(allow_none=True)
     error = fields.String(allow_none=True)
     timeout_s = fields.Integer(required=True)

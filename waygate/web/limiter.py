@@ -97,7 +97,7 @@ class RateLimiter:
             raise RateLimited(
                 f"rate limit exceeded: {item}",
                 {"limit": str(item), "retry_after_s": retry_after},
-                headers={"Retry-After": str(retry_after)},
+                retry_after=retry_after,
             )
 
     def _storage_failed(self, exc: StorageError) -> None:
@@ -112,7 +112,7 @@ class RateLimiter:
             )
         if not self.fail_open:
             raise ServiceUnavailable(
-                "rate-limit storage unavailable; try again shortly", headers={"Retry-After": "5"}
+                "rate-limit storage unavailable; try again shortly", retry_after=5
             )
 
     @staticmethod
