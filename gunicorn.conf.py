@@ -66,9 +66,7 @@ def on_starting(server):
         sys.exit(2)
     try:
         # Nothing survives a restart: executions the previous service left open end as failed.
-        AuditLog(storage, retention=None).fail_open_executions(
-            "the service restarted while this command ran"
-        )
+        AuditLog(storage).fail_open_executions("the service restarted while this command ran")
     except sqlite3.Error as exc:  # e.g. a read-only data dir: start, and let /health say so
         server.log.warning("could not close executions left open: %s", exc)
     storage.close()
@@ -139,7 +137,7 @@ def child_exit(server, worker):
     mark_worker_dead(worker.pid)
     storage = Storage(Config.from_env().database_path)
     try:
-        closed = AuditLog(storage, retention=None).fail_open_executions(
+        closed = AuditLog(storage).fail_open_executions(
             f"the worker (pid {worker.pid}) running this command exited", worker_pid=worker.pid
         )
         if closed:

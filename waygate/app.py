@@ -7,6 +7,7 @@ import sys
 
 from flask import Flask
 
+from . import compat
 from .config import Config, log_level_number
 from .lifecycle import service_started_at
 from .services import Services
@@ -57,22 +58,6 @@ def configure_logging(config: Config) -> None:
     logger.propagate = False
 
 
-class WaygateFlask(Flask):
-    """Flask, minus a per-request cost: Flask asks ``inspect.iscoroutinefunction`` of every
-    hook and view on every request (a dozen calls); the answer never changes, so it is
-    remembered per function."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._sync_funcs: dict = {}
-
-    def ensure_sync(self, func):
-        wrapped = self._sync_funcs.get(func)
-        if wrapped is None:
-            wrapped = self._sync_funcs[func] = super().ensure_sync(func)
-        return wrapped
-
-
 def create_app(config: Config | None = None, services: Services | None = None) -> Flask:
     """Build the Waygate app. ``config`` defaults to the environment's ``WAYGATE_*`` settings."""
     config = config or (services.config if services else Config.from_env())
@@ -80,7 +65,8 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     service_started_at()  # a process that was not forked by Waygate's master records its own
     services = services or Services.build(config)
 
-    app = WaygateFlask(__name__)
+    app = Flask(__name__)
+    compat.remember_sync_wrappers(app)
     jsonio.init_app(app)
     app.extensions["waygate"] = services
     envelope.init_app(app)

@@ -67,7 +67,7 @@ class PluginStatistics:
 
 
 class AuditLog:
-    def __init__(self, storage: Storage, retention: timedelta):
+    def __init__(self, storage: Storage, retention: timedelta = timedelta(days=7)):
         self.storage = storage
         self.retention = retention
 

@@ -14,9 +14,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
+
+from .forksafe import reset_after_fork
 
 # prometheus_client is imported inside the functions below, never at module import: it picks
 # its value storage (in memory or multiprocess files) once, when first imported, and the
@@ -163,6 +166,13 @@ class Metrics:
 
 _lock = threading.Lock()
 _metrics: Metrics | None = None
+
+
+def _forked(module) -> None:
+    module._lock = threading.Lock()  # another thread may have held it at fork
+
+
+reset_after_fork(sys.modules[__name__], _forked)
 
 
 def metrics() -> Metrics:

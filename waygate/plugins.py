@@ -12,7 +12,6 @@ import importlib
 import importlib.metadata
 import logging
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +21,7 @@ from typing import Any
 from marshmallow import Schema
 from stevedore import ExtensionManager
 
+from . import compat
 from .clock import isoformat
 from .errors import NotFound
 from .sdk import Command, Plugin
@@ -85,7 +85,7 @@ def refresh_entry_points(namespace: str = NAMESPACE) -> None:
     """
     importlib.invalidate_caches()
     unique = {(ep.name, ep.value): ep for ep in importlib.metadata.entry_points(group=namespace)}
-    ExtensionManager.ENTRY_POINT_CACHE[namespace] = list(unique.values())
+    compat.seed_entry_points(namespace, list(unique.values()))
 
 
 def forget_plugin_modules(namespace: str = NAMESPACE) -> None:
@@ -93,12 +93,9 @@ def forget_plugin_modules(namespace: str = NAMESPACE) -> None:
 
     Objects already handed out (commands running now) keep the old module alive until done.
     """
-    roots = {ep.module for ep in ExtensionManager.ENTRY_POINT_CACHE.get(namespace, [])}
+    roots = {ep.module for ep in compat.seeded_entry_points(namespace)}
     roots |= {ep.module for ep in importlib.metadata.entry_points(group=namespace)}
-    roots = {r for r in roots if not r.startswith("waygate.")}
-    for name in list(sys.modules):
-        if name in roots or any(name.startswith(root + ".") for root in roots):
-            del sys.modules[name]
+    compat.forget_modules(r for r in roots if not r.startswith("waygate."))
 
 
 def discover(
@@ -255,8 +252,9 @@ class PluginRegistry:
                 self._checked_at = time.monotonic()
             return self._current
 
-    def reload(self) -> PluginSet:
-        """Reload here and tell every other worker to reload."""
+    def reload(self) -> dict[str, Any]:
+        """Reload here and tell every other worker to reload; a report of what loaded."""
+        started = time.monotonic()
         with self._storage.write() as conn:
             generation = conn.execute(
                 "UPDATE plugin_state SET generation = generation + 1, reloaded_at = ? "
@@ -265,7 +263,14 @@ class PluginRegistry:
             ).fetchone()[0]
         with self._lock:
             self._install(generation, fresh=True)
-            return self._current
+            plugins = self._current
+        return {
+            "status": "plugins_reloaded",
+            "count": len(plugins.loaded),
+            "loaded": plugins.loaded,
+            "failed": [{"name": p.name, "error": p.error} for p in plugins.failed],
+            "duration_ms": int((time.monotonic() - started) * 1000),
+        }
 
     def _shared_generation(self) -> int:
         return self._storage.conn.execute(

@@ -9,13 +9,14 @@ graceful shutdown), unlike ``ThreadPoolExecutor``, whose exit hook joins every t
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .forksafe import reset_after_fork
 
 
 class PoolFull(Exception):
@@ -86,20 +87,31 @@ class CommandPool:
         self.size = size
         self.queue_size = queue_size
         self._on_change = on_change  # (in_use, queued) after every change, e.g. for gauges
-        self._pid: int | None = None
+        self._forked()
+        reset_after_fork(self, CommandPool._forked)
 
-    def _ensure_started(self) -> None:
-        # Threads, locks and queues are made in the process that uses them (after fork).
-        if self._pid == os.getpid():
-            return
+    def _forked(self) -> None:
+        """No threads yet in this process: they, the locks and the queue are made on first
+        use (threads do not survive a fork)."""
+        self._started = False
+        self._start_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(self.size + self.queue_size)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._in_use = 0
         self._queued = 0
-        for n in range(self.size):
-            threading.Thread(target=self._work, name=f"waygate-command-{n}", daemon=True).start()
-        self._pid = os.getpid()
+
+    def _ensure_started(self) -> None:
+        if self._started:
+            return
+        with self._start_lock:
+            if self._started:
+                return
+            self._slots = threading.BoundedSemaphore(self.size + self.queue_size)
+            self._queue: queue.SimpleQueue = queue.SimpleQueue()
+            for n in range(self.size):
+                threading.Thread(
+                    target=self._work, name=f"waygate-command-{n}", daemon=True
+                ).start()
+            self._started = True
 
     def submit(self, fn: Callable[[], Any], wait: float = 0.0) -> Job:
         """Queue ``fn``; waits up to ``wait`` seconds for room, then raises PoolFull."""
@@ -142,7 +154,5 @@ class CommandPool:
                 job = None
 
     def stats(self) -> PoolStats:
-        if self._pid != os.getpid():
-            return PoolStats(self.size, self.queue_size, 0, 0)
         with self._lock:
             return PoolStats(self.size, self.queue_size, self._in_use, self._queued)

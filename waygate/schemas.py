@@ -117,7 +117,7 @@ class MCPResponseSchema(Schema):
 
     status = fields.String(
         required=True,
-        validate=validate.OneOf(["success", "failed", "timeout", "pending", "running"]),
+        validate=validate.OneOf([s.value for s in ExecutionStatus]),
         metadata={"description": "Command execution status"},
     )
     result = fields.Raw(allow_none=True, metadata={"description": "Command result (any type)"})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from flask import Blueprint, jsonify
 
 from . import services
@@ -75,14 +73,4 @@ def reload_plugins():
             application/json:
               schema: {$ref: "#/components/schemas/Reload"}
     """
-    started = time.monotonic()
-    plugins = services().plugins.reload()
-    return jsonify(
-        {
-            "status": "plugins_reloaded",
-            "count": len(plugins.loaded),
-            "loaded": plugins.loaded,
-            "failed": [{"name": p.name, "error": p.error} for p in plugins.failed],
-            "duration_ms": int((time.monotonic() - started) * 1000),
-        }
-    )
+    return jsonify(services().plugins.reload())
