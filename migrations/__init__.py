@@ -18,4 +18,5 @@ from . import (  # noqa: E402
     m005_audit_filter_index,  # noqa: F401
     m006_row_counts,  # noqa: F401
     m007_execution_key_id,  # noqa: F401
+    m008_open_executions_by_key,  # noqa: F401
 )

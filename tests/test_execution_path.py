@@ -205,3 +205,96 @@ def test_mcp_tool_timeout_comes_from_config_and_a_client_may_ask_for_less(
     executions = client.get("/mcp/executions", headers=keys.headers("admin")).get_json()
     assert [e["timeout_s"] for e in executions["executions"]][:3] == [2, 2, 1]
     assert json.dumps(executions)  # plain JSON, statuses as strings
+
+
+def _wait_done(client, location, headers, seconds=10):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        body = client.get(location, headers=headers).get_json()
+        if body["status"] not in ("pending", "running"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"{location} still open")
+
+
+def test_large_async_results_are_stored_as_a_marked_preview(make_app, keys, data_dir):
+    client = make_app(result_max_bytes=4096).test_client()
+    rows = "host,cpu\n" + "".join(f"web{n},0.{n % 10}\n" for n in range(60_000))  # ~0.9 MB
+    db = data_dir / "waygate.db"
+    before = db.stat().st_size + (data_dir / "waygate.db-wal").stat().st_size
+    locations = [
+        client.post(
+            "/mcp/execute",
+            json={
+                "action": "process_data",
+                "params": {"input": rows, "format": "csv"},
+                "async": True,
+            },
+            headers=keys.headers(),
+        ).headers["Location"]
+        for _ in range(3)
+    ]
+    for location in locations:
+        body = _wait_done(client, location, keys.headers())
+        assert body["status"] == "success"
+        assert body["result"]["truncated"] is True
+        assert body["result"]["max_bytes"] == 4096
+        assert body["result"]["size_bytes"] > 1_000_000
+        assert len(body["result"]["preview"]) <= 2048
+    after = db.stat().st_size + (data_dir / "waygate.db-wal").stat().st_size
+    assert after - before < 512 * 1024, after - before  # not three megabyte-sized results
+
+
+def test_a_key_may_have_only_so_many_async_executions_open(plugin_dist, make_app, keys):
+    client = make_app(async_max_open_per_key=2).test_client()
+    slow = {"action": "sleep", "params": {"seconds": 1}, "timeout": 5, "async": True}
+    answers = [client.post("/mcp/execute", json=slow, headers=keys.headers()) for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    refused = answers[2]
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.get_json()["error"]["code"] == "RATE_LIMITED"
+    assert refused.get_json()["error"]["details"]["max_open"] == 2
+    # another key is not held back by this one's executions
+    assert client.post("/mcp/execute", json=slow, headers=keys.headers("admin")).status_code == 202
+    _wait_done(client, answers[0].headers["Location"], keys.headers())
+    _wait_done(client, answers[1].headers["Location"], keys.headers())
+    assert client.post("/mcp/execute", json=slow, headers=keys.headers()).status_code == 202
+
+
+def test_the_audit_database_is_pruned_oldest_first_to_its_budget(app_services_of, make_app):
+    app = make_app(audit_max_bytes=2 * 1024 * 1024)
+    services = app_services_of(app.test_client())
+    audit = services.audit
+    for n in range(400):  # ~4 MB of finished executions, oldest first
+        audit.record(
+            command_id=f"cmd_{n:05d}",
+            action="echo",
+            plugin="Core",
+            key_name="k",
+            mode="sync",
+            status="failed",
+            duration_ms=1,
+            error="x" * 10_000,
+            timeout_s=30,
+            created_at=f"2026-01-01T00:{n // 60:02d}:{n % 60:02d}.000Z",
+            started_at=None,
+        )
+    assert audit.used_bytes() > 2 * 1024 * 1024
+    services.housekeeper.run_once(prune=False)
+    assert audit.used_bytes() <= 2 * 1024 * 1024
+    assert audit.get("cmd_00000") is None  # the oldest went first
+    assert audit.get("cmd_00399") is not None  # the newest stayed
+
+
+def test_the_open_executions_query_uses_the_partial_index(data_dir):
+    from waygate import audit
+    from waygate.outcomes import ExecutionStatus
+    from waygate.storage import Storage
+
+    literal = "(" + ", ".join(f"'{s.value}'" for s in ExecutionStatus.open()) + ")"
+    assert f"status IN {literal}" in audit._ACCEPT_SQL
+    storage = Storage(data_dir / "waygate.db")
+    storage.migrate()
+    query = audit._ACCEPT_SQL.partition("WHERE (")[2].rpartition(") < ?")[0]
+    plan = storage.conn.execute("EXPLAIN QUERY PLAN " + query, (1,)).fetchall()
+    assert any("executions_open_by_key" in row[-1] for row in plan), plan

@@ -19,12 +19,21 @@ from typing import Any
 import psutil
 
 from .clock import isoformat, parse_iso, utcnow
+from .errors import RateLimited
 from .outcomes import ExecutionStatus, Mode
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 
 _OPEN = ExecutionStatus.open()  # bound into "status IN (?, ?)"
+# An async execution is inserted only while its key has fewer than the cap open. The statuses
+# are literals, as SQLite uses the partial index of m008 only for its own WHERE, word for word
+# (tests/test_execution_path.py checks them against ExecutionStatus.open()).
+_ACCEPT_SQL = (
+    "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
+    " timeout_s, worker_pid, created_at) SELECT ?,?,?,?,?,?,?,?,?,? WHERE (SELECT count(*)"
+    " FROM executions WHERE key_id IS ? AND status IN ('pending', 'running')) < ?"
+)
 _TOTAL_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
 _NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
 _COLUMNS = (
@@ -32,6 +41,10 @@ _COLUMNS = (
     "timeout_s, worker_pid, created_at, started_at, finished_at"
 )
 _GET_SQL = f"SELECT {_COLUMNS}, result FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
+
+
+class TooManyOpen(RateLimited):
+    """A key has as many async executions open as it may."""
 
 
 @dataclass(frozen=True)
@@ -67,9 +80,20 @@ class PluginStatistics:
 
 
 class AuditLog:
-    def __init__(self, storage: Storage, retention: timedelta = timedelta(days=7)):
+    def __init__(
+        self,
+        storage: Storage,
+        retention: timedelta = timedelta(days=7),
+        *,
+        max_bytes: int = 1024**3,
+        result_max_bytes: int = 1024**2,
+        max_open_per_key: int = 16,
+    ):
         self.storage = storage
         self.retention = retention
+        self.max_bytes = max_bytes  # the database's budget, kept by prune_to_budget()
+        self.result_max_bytes = result_max_bytes  # a stored result's most
+        self.max_open_per_key = max_open_per_key  # open async executions per key
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -80,7 +104,7 @@ class AuditLog:
         action: str,
         plugin: str | None,
         key_name: str | None,
-        key_id: int | None,
+        key_id: int | None = None,
         mode: str,
         status: str,
         duration_ms: int,
@@ -123,14 +147,15 @@ class AuditLog:
         action: str,
         plugin: str,
         key_name: str | None,
-        key_id: int | None,
+        key_id: int | None = None,
         timeout_s: int,
         created_at: str,
     ) -> None:
-        """Record an async execution as pending, before it is queued."""
-        self.storage.execute_write(
-            "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
-            " timeout_s, worker_pid, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        """Record an async execution as pending, before it is queued; TooManyOpen when the
+        key already has ``max_open_per_key`` open ones (checked and inserted in one
+        statement under the write lock, so workers cannot overshoot together)."""
+        inserted = self.storage.execute_write(
+            _ACCEPT_SQL,
             (
                 command_id,
                 action,
@@ -142,8 +167,17 @@ class AuditLog:
                 timeout_s,
                 os.getpid(),
                 created_at,
+                key_id,
+                self.max_open_per_key,
             ),
         )
+        if inserted.rowcount == 0:
+            raise TooManyOpen(
+                f"this key already has {self.max_open_per_key} async executions pending or"
+                " running; poll them or wait for them to finish",
+                {"max_open": self.max_open_per_key},
+                retry_after=1,
+            )
 
     def start(self, command_id: str) -> bool:
         """Mark a pending execution running; False if it was already closed (e.g. swept)."""
@@ -170,7 +204,7 @@ class AuditLog:
                 status,
                 duration_ms,
                 error,
-                _dump(result) if status is ExecutionStatus.SUCCESS else None,
+                self._stored(result) if status is ExecutionStatus.SUCCESS else None,
                 isoformat(),
                 command_id,
                 *_OPEN,
@@ -223,6 +257,44 @@ class AuditLog:
                 (status, reason, isoformat(), row["command_id"], *_OPEN),
             ).rowcount
         return closed
+
+    def _stored(self, result: Any) -> str:
+        """The result as stored: whole up to ``result_max_bytes``, else a marked preview."""
+        dumped = _dump(result)
+        if len(dumped) <= self.result_max_bytes:
+            return dumped
+        return _dump(
+            {
+                "truncated": True,
+                "size_bytes": len(dumped.encode()),
+                "max_bytes": self.result_max_bytes,
+                "preview": dumped[: min(4096, self.result_max_bytes // 2)],
+            }
+        )
+
+    def used_bytes(self) -> int:
+        """Bytes the database's live pages take (freed pages are reused, not counted)."""
+        conn = self.storage.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * conn.execute("PRAGMA page_size").fetchone()[0]
+
+    def prune_to_budget(self, batch: int = 500) -> int:
+        """Delete the oldest finished executions while the database is over its budget."""
+        deleted = 0
+        while (used := self.used_bytes()) > self.max_bytes:
+            # as many rows as the excess is worth, at the table's average row size
+            rows = max(1, self.storage.conn.execute(_TOTAL_SQL).fetchone()[0])
+            wanted = min(batch, int((used - self.max_bytes) / (used / rows)) + 1)
+            n = self.storage.execute_write(
+                "DELETE FROM executions WHERE rowid IN (SELECT rowid FROM executions "
+                "WHERE status NOT IN (?, ?) ORDER BY created_at LIMIT ?)",
+                (*_OPEN, wanted),
+            ).rowcount
+            if n == 0:
+                break  # only open executions left: nothing more to give back
+            deleted += n
+        return deleted
 
     def prune(self, batch: int = 500, pause_s: float = 0.01) -> int:
         """Delete rows older than the retention, in small batches so writers never stall."""

@@ -65,6 +65,13 @@ class Config:
     mcp_tool_timeout: int = 30
     mcp_tool_timeout_max: int = 300
     audit_retention_days: int = 7
+    # the audit database's budget: past it, the oldest finished executions are pruned first
+    audit_max_bytes: int = 1024 * 1024 * 1024
+    # an async execution's result is stored up to this size; a larger one is kept as a
+    # truncated preview with a marker (see README)
+    result_max_bytes: int = 1024 * 1024
+    # async executions a key may have pending or running at once; beyond it 429
+    async_max_open_per_key: int = 16
     housekeeping_interval_s: int = 30
     # seconds a worker keeps serving (with /ready at 503) after SIGTERM before it stops
     drain_seconds: int = 0
@@ -139,6 +146,9 @@ class Config:
             ("mcp_tool_timeout", 1, 3600),
             ("mcp_tool_timeout_max", 1, 3600),
             ("audit_retention_days", 1, 3650),
+            ("audit_max_bytes", 1024 * 1024, 2**50),
+            ("result_max_bytes", 1024, 2**31),
+            ("async_max_open_per_key", 1, 100_000),
             ("housekeeping_interval_s", 0, 86_400),
             ("drain_seconds", 0, 300),
         ):

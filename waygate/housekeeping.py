@@ -45,6 +45,13 @@ class Housekeeper:
             errors = self.errors.prune(self.audit.retention)
             if executions or errors:
                 log.info("pruned %d audit and %d error rows past the retention", executions, errors)
+        over = self.audit.prune_to_budget()  # cheap when under budget: three PRAGMAs
+        if over:
+            log.warning(
+                "pruned the %d oldest audit rows: the database was over its budget of %d bytes",
+                over,
+                self.audit.max_bytes,
+            )
 
     def _run(self) -> None:
         last_prune = 0.0

@@ -50,7 +50,13 @@ class Services:
             config.plugin_config,
             on_load=lambda s: metrics().plugins_loaded.set(len(s.loaded)),
         )
-        audit = AuditLog(storage, retention=timedelta(days=config.audit_retention_days))
+        audit = AuditLog(
+            storage,
+            retention=timedelta(days=config.audit_retention_days),
+            max_bytes=config.audit_max_bytes,
+            result_max_bytes=config.result_max_bytes,
+            max_open_per_key=config.async_max_open_per_key,
+        )
         pool = CommandPool(config.pool_size, config.pool_queue, on_change=metrics().observe_pool)
         commands = CommandService(
             lambda: plugins.current,
