@@ -25,6 +25,7 @@ from .web import (
     versioning,
 )
 from .web import docs as web_docs
+from .web import keys as web_keys
 from .web import metrics as web_metrics
 
 LOG_FORMAT = (
@@ -81,6 +82,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(execute.bp)
     app.register_blueprint(plugins.bp)
     app.register_blueprint(diagnostics.bp)
+    app.register_blueprint(web_keys.bp)
     app.register_blueprint(mcp.bp)
     app.register_blueprint(web_docs.bp)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
