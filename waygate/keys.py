@@ -31,7 +31,7 @@ from limits import parse as parse_limit
 
 from .clock import isoformat, parse_iso, utcnow
 from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
-from .storage import Storage
+from .storage import Storage, where_clause
 
 KEY_LENGTH = 32
 ROLES = ("admin", "user")
@@ -410,15 +410,7 @@ class KeyStore:
         offset: int = 0,
         limit: int = 10,
     ) -> tuple[list[dict[str, Any]], int]:
-        where, args = [], []
-        for column, value in (("key_name", key_name), ("event", event)):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if since:
-            where.append("at >= ?")
-            args.append(since)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        clause, args = where_clause({"key_name": key_name, "event": event}, "at", since)
         conn = self.storage.conn
         total = conn.execute(f"SELECT count(*) FROM key_events{clause}", args).fetchone()[0]  # noqa: S608 # nosec B608
         rows = conn.execute(
