@@ -298,8 +298,8 @@ class CommandService:
 
     def finish(self, run: Running) -> Outcome:
         """Wait by the deadline, then record and observe: the end of every execution."""
-        if run.job is None:  # a batch item that found no room before its deadline
-            outcome = _rejected(run.inv.command_id, _busy(), run.started)
+        if run.job is None:  # a batch item that found no room in the pool by its deadline
+            outcome = _timed_out(run.inv, run.started)
         else:
             outcome = _settle(run, lambda: _await(run))
         self._record(run, outcome)
