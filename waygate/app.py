@@ -28,6 +28,7 @@ from .web import docs as web_docs
 from .web import keys as web_keys
 from .web import metrics as web_metrics
 
+log = logging.getLogger(__name__)
 LOG_FORMAT = (
     "%(asctime)s %(levelname)s [%(process)d] %(name)s request_id=%(request_id)s %(message)s"
 )
@@ -88,8 +89,14 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.extensions["waygate.limiter"] = limiter.build(app, config)
     http.trust_proxies(app, config)  # last: the outermost WSGI layer
 
-    _ = services.plugins.current  # load plugins now, not on the first request
+    loaded = services.plugins.current  # load plugins now, not on the first request
     services.audit.sweep()  # executions a dead worker left behind are closed on start
     services.housekeeper.start()
     services.readiness.mark_ready()
+    log.info(
+        "worker ready: %d plugin(s) loaded, %d failed, %d command(s)",
+        len(loaded.loaded),
+        len(loaded.failed),
+        len(loaded.commands),
+    )
     return app
