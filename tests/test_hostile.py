@@ -242,3 +242,121 @@ def test_escaped_lone_surrogates_are_valid_json(client, keys):
     )
     assert response.status_code == 200
     assert response.get_json()["status"] == "success"
+
+
+# What Python says when it gives up; none of it may reach a client.
+INTERPRETER_WORDING = ("recursion", "fsum", "int_max_str_digits", "Exceeds the limit", "overflow")
+HUGE_INT = "9" * 5000
+
+
+def assert_no_interpreter_wording(response):
+    text = response.get_data(as_text=True)
+    assert not [w for w in INTERPRETER_WORDING if w.lower() in text.lower()], text[:300]
+
+
+def nothing_logged_at_error(client, keys):
+    errors = client.get("/diagnostics/errors", headers=keys.headers("admin")).get_json()
+    return errors["total"] == 0
+
+
+def test_a_body_with_a_5000_digit_integer_is_400(client, keys):
+    response = client.post(
+        "/mcp/execute",
+        data='{"action": "echo", "params": {"message": "x"}, "n": ' + HUGE_INT + "}",
+        content_type="application/json",
+        headers=keys.headers(),
+    )
+    error = assert_envelope(response, 400, "INVALID_REQUEST")
+    assert error["message"] == "malformed JSON: a number has more than 4300 digits"
+    assert error["details"] == {"line": 1, "column": 53}
+    assert_no_interpreter_wording(response)
+    assert nothing_logged_at_error(client, keys)
+
+
+def test_an_mcp_message_with_a_5000_digit_id_is_a_clean_parse_error(client, keys):
+    response = client.post(
+        "/mcp",
+        data='{"jsonrpc": "2.0", "method": "ping", "id": ' + HUGE_INT + "}",
+        content_type="application/json",
+        headers=keys.headers(Accept="application/json, text/event-stream"),
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == -32700
+    assert_no_interpreter_wording(response)
+
+
+@pytest.mark.parametrize(
+    "action, params, message",
+    [
+        (
+            "process_data",
+            {"input": "<a>" * 2000 + "</a>" * 2000, "format": "xml"},
+            "input is not valid xml: nested too deeply (more than 200 levels)",
+        ),
+        (
+            "analyze",
+            {"input": "<a>" * 2000 + "</a>" * 2000, "format": "xml"},
+            "input is not valid xml: nested too deeply (more than 200 levels)",
+        ),
+        (
+            "process_data",
+            {"input": "[" * 900 + "]" * 900},
+            "input is not valid json: nested too deeply (more than 200 levels)",
+        ),
+        (
+            "analyze",
+            {"input": '[{"a": Infinity}, {"a": -Infinity}]'},
+            "input is not valid json: Infinity is not a JSON value",
+        ),
+        (
+            "process_data",
+            {"input": '[{"a": NaN}]'},
+            "input is not valid json: NaN is not a JSON value",
+        ),
+        (
+            "analyze",
+            {"input": '[{"a": 1e400}]'},
+            "input is not valid json: number 1e400 is out of range",
+        ),
+        (
+            "process_data",
+            {"input": '{"a": ' + HUGE_INT + "}"},
+            "input is not valid json: a number has more than 4300 digits",
+        ),
+        (
+            "analyze",
+            {"input": '[{"a": ' + HUGE_INT + "}]"},
+            "input is not valid json: a number has more than 4300 digits",
+        ),
+    ],
+)
+def test_data_python_cannot_hold_is_refused_as_input(client, keys, action, params, message):
+    response = client.post(
+        "/mcp/execute", json={"action": action, "params": params}, headers=keys.headers()
+    )
+    assert assert_failed(response, 400) == message
+    assert_no_interpreter_wording(response)
+    assert nothing_logged_at_error(client, keys)
+
+
+@pytest.mark.parametrize(
+    "data, fmt, mean",
+    [
+        ('[{"a": 1e308}, {"a": 1e308}]', "json", 1e308),  # the sum overflows, the mean does not
+        ('[{"a": 1e308}, {"a": -1e308}, {"a": 1e308}]', "json", 1e308 / 3),
+        ('[{"a": ' + "9" * 400 + '}, {"a": 1}]', "json", None),  # beyond a double: null
+        ("a\n" + "9" * 400 + "\n1\n", "csv", None),
+    ],
+)
+def test_analyze_means_beyond_double_range_are_finite_or_null(client, keys, data, fmt, mean):
+    response = client.post(
+        "/mcp/execute",
+        json={"action": "analyze", "params": {"input": data, "format": fmt}},
+        headers=keys.headers(),
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    field = response.get_json()["result"]["fields"]["a"]
+    assert field["mean"] == (pytest.approx(mean) if mean is not None else None)
+    assert nothing_logged_at_error(client, keys)
+    stats = client.get("/plugins/DataProcessor", headers=keys.headers()).get_json()["statistics"]
+    assert stats["errors_total"] == 0

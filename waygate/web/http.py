@@ -81,8 +81,6 @@ def read_json(max_depth: int = 64) -> Any:
         raise InvalidRequest(
             f"malformed JSON: {exc.msg}", {"line": exc.lineno, "column": exc.colno}
         ) from None
-    except RecursionError:
-        raise InvalidRequest("JSON nested too deeply") from None
     if _depth_exceeds(value, max_depth):
         raise InvalidRequest(f"JSON nested deeper than {max_depth} levels")
     return value
