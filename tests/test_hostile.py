@@ -1,11 +1,14 @@
 """Hostile input: property-based fuzzing of bodies and query parameters, and the classic
 attacks. Every answer is the right 4xx envelope (or a success), never a 5xx or a trace."""
 
+import asyncio
 import json
 import os
 import string
 
+import httpx2
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -360,3 +363,63 @@ def test_analyze_means_beyond_double_range_are_finite_or_null(client, keys, data
     assert nothing_logged_at_error(client, keys)
     stats = client.get("/plugins/DataProcessor", headers=keys.headers()).get_json()["statistics"]
     assert stats["errors_total"] == 0
+
+
+BODY_LIMIT = 1024 * 1024
+
+
+@pytest.fixture
+def small_body_server(server_factory):
+    return server_factory(workers=1, WAYGATE_MAX_BODY_BYTES=str(BODY_LIMIT))
+
+
+def echo_body(size: int) -> bytes:
+    """A valid command followed by spaces: valid JSON of exactly ``size`` bytes."""
+    command = b'{"action": "echo", "params": {"message": "ran"}}'
+    return command + b" " * (size - len(command))
+
+
+async def post_async(url: str, key: str, content) -> tuple[int, dict]:
+    """POST as the MCP SDK does: an async httpx client that sends the whole body first."""
+    headers = {"X-API-Key": key, "Content-Type": "application/json", "Accept": "application/json"}
+    async with httpx2.AsyncClient(headers=headers, timeout=10) as http:
+        response = await http.post(url, content=content)
+        return response.status_code, response.json()
+
+
+def chunked(body: bytes):
+    async def chunks():
+        for start in range(0, len(body), 65536):
+            yield body[start : start + 65536]
+
+    return chunks()
+
+
+def executions(server, keys) -> int:
+    listing = requests.get(server.url + "/mcp/executions", headers=keys.headers("admin"), timeout=5)
+    return listing.json()["total"]
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_nothing_runs(small_body_server, keys):
+    url = small_body_server.url + "/mcp/execute"
+    status, body = asyncio.run(post_async(url, keys.user, chunked(echo_body(BODY_LIMIT + 1))))
+    assert status == 413, body
+    assert body["error"]["code"] == "INVALID_REQUEST"
+    assert body["error"]["details"] == {"max_bytes": BODY_LIMIT}
+    assert executions(small_body_server, keys) == 0
+    # a chunked body within the limit still runs, the last byte included
+    status, body = asyncio.run(post_async(url, keys.user, chunked(echo_body(BODY_LIMIT))))
+    assert (status, body["result"]) == (200, {"result": "ran"})
+
+
+@pytest.mark.parametrize("path", ["/mcp/execute", "/mcp"])
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_async_client_reads_the_413_not_a_reset(small_body_server, keys, path, framing):
+    """The server answers before it has read the body; the client sends all 8 MiB first."""
+    body = echo_body(8 * BODY_LIMIT)
+    content = body if framing == "content-length" else chunked(body)
+    status, answer = asyncio.run(post_async(small_body_server.url + path, keys.user, content))
+    assert status == 413
+    error = answer["error"]["data"] if path == "/mcp" else answer["error"]
+    assert error["code"] == "INVALID_REQUEST"
+    assert executions(small_body_server, keys) == 0
