@@ -218,7 +218,7 @@ class Server:
             try:
                 if requests.get(self.url + "/ready", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or a loaded box
                 pass
             time.sleep(0.1)
         self.stop()
