@@ -34,6 +34,12 @@ control_socket_disable = True
 # The longest request line gunicorn allows (its default, 4094, turns long list queries into
 # 414s before Waygate sees them).
 limit_request_line = 8190
+# X-Forwarded-* are trusted in one place only: Waygate's ProxyFix, for exactly
+# WAYGATE_TRUSTED_PROXIES hops (waygate/web/http.py). gunicorn's own handling would take
+# X-Forwarded-Proto from any loopback client (and any client on a unix socket), whatever
+# that setting says.
+forwarded_allow_ips = ""
+secure_scheme_headers = {}
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 

@@ -46,6 +46,9 @@ class Config:
     ratelimit_fail_open: bool = True
     max_body_bytes: int = 16 * 1024 * 1024
     trusted_proxies: int = 0
+    # Scheme and host clients reach the service at (e.g. https://waygate.example.com):
+    # absolute links are built from it, never from the request's Host. Empty: relative links.
+    public_url: str = ""
     log_level: str = "INFO"
     min_free_bytes: int = 64 * 1024 * 1024
     mode: str = "local_vm"
@@ -105,6 +108,10 @@ class Config:
                 )
         if self.max_body_bytes < 1024:
             raise ConfigError("WAYGATE_MAX_BODY_BYTES: must be at least 1024")
+        if self.public_url and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", self.public_url):
+            raise ConfigError(
+                "WAYGATE_PUBLIC_URL: must be a scheme and host like https://waygate.example.com"
+            )
         if not 0 <= self.trusted_proxies <= 10:
             raise ConfigError("WAYGATE_TRUSTED_PROXIES: must be a hop count from 0 to 10")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -180,6 +187,8 @@ def _parse(name: str, field: str, raw: str) -> Any:
             raise ConfigError(f"{name}: {raw!r} is not an integer") from None
     if field == "log_level":
         return raw.upper()
+    if field == "public_url":
+        return raw.rstrip("/")
     return raw
 
 
