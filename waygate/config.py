@@ -30,6 +30,8 @@ _RATE_LIMIT_DEFAULTS = {
     "rate_limit_health": "1000/minute",
     "rate_limit_metrics": "100/minute",
     "rate_limit_default": "500/minute",
+    # refused keys per client address, every endpoint together
+    "rate_limit_auth_failures": "100/minute",
 }
 
 
@@ -41,6 +43,7 @@ class Config:
     rate_limit_health: str = _RATE_LIMIT_DEFAULTS["rate_limit_health"]
     rate_limit_metrics: str = _RATE_LIMIT_DEFAULTS["rate_limit_metrics"]
     rate_limit_default: str = _RATE_LIMIT_DEFAULTS["rate_limit_default"]
+    rate_limit_auth_failures: str = _RATE_LIMIT_DEFAULTS["rate_limit_auth_failures"]
     # Empty means the embedded default: a SQLite file in the data dir, exact across workers.
     ratelimit_storage_uri: str = ""
     ratelimit_fail_open: bool = True
