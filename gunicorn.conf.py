@@ -50,14 +50,17 @@ def on_starting(server):
     from waygate.config import Config, ConfigError
     from waygate.lifecycle import mark_service_start
     from waygate.metrics import prepare_multiprocess_dir
-    from waygate.storage import Storage
+    from waygate.storage import Storage, make_private_dir
 
+    # Everything the service writes (databases, metrics, latency samples) is its user's
+    # alone, whatever umask it was started with; workers inherit it through fork.
+    os.umask(os.umask(0o077) | 0o077)
     try:
         config = Config.from_env()
     except ConfigError as exc:
         print(f"waygate: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(config.data_dir)
     storage = Storage(config.database_path, config.db_busy_timeout_ms)
     try:
         storage.migrate()
