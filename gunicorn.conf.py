@@ -41,6 +41,8 @@ limit_request_line = 8190
 forwarded_allow_ips = ""
 secure_scheme_headers = {}
 accesslog = "-"
+# The same logger, with anything in a logged query string that looks like a key redacted.
+logger_class = "waygate.accesslog.RedactingLogger"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 
 
