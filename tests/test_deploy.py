@@ -77,7 +77,7 @@ worker_processes 1;
 daemon off;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
-events {{ worker_connections 128; }}
+events {{ worker_connections 1024; }}
 http {{
     access_log {root}/access.log;
     client_body_temp_path {temp["body"]};
@@ -148,9 +148,46 @@ def test_headers_pass_through_nginx(nginx_in_front, keys):
     assert headers["X-RateLimit-Limit"] == "100"
 
 
+# Every spelling of a path that reaches the metrics view once nginx and Waygate have decoded
+# and normalised it.
+METRICS_PATHS = [
+    "/metrics",
+    "/v2/metrics",
+    "/metrics?x=1",
+    "/v2/metrics?version=2",
+    "//metrics",
+    "/v2//metrics",
+    "/v2/./metrics",
+    "/x/../v2/metrics",
+    "/v2%2Fmetrics",
+    "/%6Detrics",
+    "/v2/%6detrics",
+]
+
+
 def test_metrics_only_for_the_scrapers_network(nginx_in_front):
-    assert call(nginx_in_front["https"], "GET", "/metrics")[0] == 200
-    assert call(nginx_in_front["https"], "GET", "/metrics", source="127.0.0.3")[0] == 403
+    port = nginx_in_front["https"]
+    for path in ("/metrics", "/v2/metrics"):
+        status, _, body = call(port, "GET", path)
+        assert status == 200 and b"waygate_requests_total" in body, path
+    leaked = {}
+    for path in METRICS_PATHS:
+        status, _, body = call(port, "GET", path, source="127.0.0.3")
+        if status != 403 or b"waygate_requests_total" in body:
+            leaked[path] = status
+    assert leaked == {}
+
+
+def test_a_clients_forwarded_prefix_does_not_pass(nginx_in_front, keys):
+    status, headers, _ = call(
+        nginx_in_front["https"],
+        "GET",
+        "/plugins?limit=1",
+        headers={"X-API-Key": keys.user, "X-Forwarded-Prefix": "//evil.example"},
+    )
+    assert status == 200
+    assert "evil.example" not in headers["Link"]
+    assert headers["Link"].startswith("</plugins?limit=1&page=1>")
 
 
 def test_nginx_refuses_oversize_bodies_in_the_envelope(nginx_in_front):
