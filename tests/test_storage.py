@@ -147,3 +147,17 @@ def test_the_cli_creates_owner_only_databases_whatever_the_umask(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (data / "waygate.db").exists()
     assert private(data) == {}
+
+
+def test_an_app_made_in_process_keeps_its_data_dir_private_whatever_the_umask(tmp_path):
+    """As `waygate mcp stdio` and any WSGI server other than gunicorn build it."""
+    from waygate.app import create_app
+    from waygate.config import Config
+
+    old = os.umask(0)
+    try:
+        create_app(Config(data_dir=tmp_path / "data", housekeeping_interval_s=0))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "data" / "waygate.db").exists()
+    assert private(tmp_path / "data") == {}
