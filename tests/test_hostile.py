@@ -4,6 +4,7 @@ attacks. Every answer is the right 4xx envelope (or a success), never a 5xx or a
 import asyncio
 import json
 import os
+import socket
 import string
 
 import httpx2
@@ -423,3 +424,25 @@ def test_an_async_client_reads_the_413_not_a_reset(small_body_server, keys, path
     error = answer["error"]["data"] if path == "/mcp" else answer["error"]
     assert error["code"] == "INVALID_REQUEST"
     assert executions(small_body_server, keys) == 0
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [b'5\r\n{"a":\r\nZZ\r\n', b'5\r\n{"a"1\r\n'],
+    ids=["bad chunk size", "ends early"],
+)
+def test_a_malformed_chunked_body_is_400(small_body_server, keys, chunks):
+    with socket.create_connection(("127.0.0.1", small_body_server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /mcp/execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-API-Key: " + keys.user.encode() + b"\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks
+        )
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 400"), head
+    assert json.loads(body)["error"]["message"] == "malformed chunked request body"
+    assert "ERROR" not in small_body_server.log()

@@ -128,7 +128,7 @@ def _refuse_oversize_body() -> None:
     length = request.content_length
     unread = environ["wsgi.input"]
     if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
-        body = unread.read(limit + 1)
+        body = _read_chunked(unread, limit + 1)
         length = len(body)
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(length)
@@ -138,6 +138,15 @@ def _refuse_oversize_body() -> None:
             sock = environ.get("gunicorn.socket")
             after_this_request(partial(_drain_after_answer, unread, sock))
         raise RequestEntityTooLarge()
+
+
+def _read_chunked(stream: IO[bytes], most: int) -> bytes:
+    try:
+        return stream.read(most)
+    # The server's reader raises its own errors for a malformed chunk (gunicorn's derive from
+    # Exception) and OSError for a client that stopped sending: the client's mistake either way.
+    except Exception:
+        raise InvalidRequest("malformed chunked request body") from None
 
 
 def _drain_after_answer(body: IO[bytes], sock: socket.socket | None, response: Response):
@@ -162,7 +171,7 @@ def _drain(body: IO[bytes], sock: socket.socket | None) -> None:
             if not data:
                 return
             drained += len(data)
-    except (OSError, ValueError):  # the client stalled or went away
+    except Exception:  # the client stalled, went away or sent a bad chunk: stop listening
         return
     finally:
         if sock is not None:
