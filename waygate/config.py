@@ -30,6 +30,8 @@ _RATE_LIMIT_DEFAULTS = {
     "rate_limit_health": "1000/minute",
     "rate_limit_metrics": "100/minute",
     "rate_limit_default": "500/minute",
+    # refused keys per client address, every endpoint together
+    "rate_limit_auth_failures": "100/minute",
 }
 
 
@@ -41,11 +43,15 @@ class Config:
     rate_limit_health: str = _RATE_LIMIT_DEFAULTS["rate_limit_health"]
     rate_limit_metrics: str = _RATE_LIMIT_DEFAULTS["rate_limit_metrics"]
     rate_limit_default: str = _RATE_LIMIT_DEFAULTS["rate_limit_default"]
+    rate_limit_auth_failures: str = _RATE_LIMIT_DEFAULTS["rate_limit_auth_failures"]
     # Empty means the embedded default: a SQLite file in the data dir, exact across workers.
     ratelimit_storage_uri: str = ""
     ratelimit_fail_open: bool = True
     max_body_bytes: int = 16 * 1024 * 1024
     trusted_proxies: int = 0
+    # Scheme and host clients reach the service at (e.g. https://waygate.example.com):
+    # absolute links are built from it, never from the request's Host. Empty: relative links.
+    public_url: str = ""
     log_level: str = "INFO"
     min_free_bytes: int = 64 * 1024 * 1024
     mode: str = "local_vm"
@@ -127,6 +133,10 @@ class Config:
                 )
         if self.max_body_bytes < 1024:
             raise ConfigError("WAYGATE_MAX_BODY_BYTES: must be at least 1024")
+        if self.public_url and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", self.public_url):
+            raise ConfigError(
+                "WAYGATE_PUBLIC_URL: must be a scheme and host like https://waygate.example.com"
+            )
         if not 0 <= self.trusted_proxies <= 10:
             raise ConfigError("WAYGATE_TRUSTED_PROXIES: must be a hop count from 0 to 10")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -213,6 +223,8 @@ def _parse(name: str, field: str, raw: str) -> Any:
             raise ConfigError(f"{name}: {raw!r} is not an integer") from None
     if field == "log_level":
         return raw.upper()
+    if field == "public_url":
+        return raw.rstrip("/")
     return raw
 
 

@@ -22,7 +22,7 @@ from .mcp import McpServer
 from .metrics import metrics
 from .plugins import PluginRegistry
 from .pool import CommandPool
-from .storage import Storage
+from .storage import Storage, make_private_dir
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Services:
 
     @classmethod
     def build(cls, config: Config) -> Services:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(config.data_dir)
         storage = Storage(config.database_path, busy_timeout_ms=config.db_busy_timeout_ms)
         storage.migrate()
         plugins = PluginRegistry(

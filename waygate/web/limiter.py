@@ -9,7 +9,12 @@ one counter per request, chosen from a table built once at start-up.
 Views join a limit group with :func:`limit_group` (a group's endpoints share one budget per
 caller: /mcp/execute and /mcp share "execute"); every other endpoint has its own budget of
 the default limit. Answers carry X-RateLimit-Limit/-Remaining/-Reset; over the limit: 429
-RATE_LIMITED with Retry-After. When the storage fails, requests pass (fail open, logged, and
+RATE_LIMITED with Retry-After.
+
+Refused keys also count per client address in one budget for every endpoint together, so
+that rotating endpoints does not multiply a guesser's attempts. Once it is spent, every
+request from that address that presents a key is refused, right key or wrong: a 429 must not
+tell a guess that it was right. When the storage fails, requests pass (fail open, logged, and
 /health fails ``cache``) or are refused with 503 when configured to fail closed.
 """
 
@@ -67,6 +72,7 @@ class RateLimiter:
         self.groups = {
             group: parse(getattr(config, f"rate_limit_{group}")) for group in LIMIT_GROUPS
         }
+        self.auth_failures = parse(config.rate_limit_auth_failures)
         self._by_endpoint: dict[str, tuple[RateLimitItem, str]] = {}
         self._storage_error_logged = 0.0
 
@@ -97,12 +103,35 @@ class RateLimiter:
             return
         g.rate_limit = (item.amount, remaining, math.ceil(reset_at))
         if not allowed:
-            retry_after = max(1, math.ceil(reset_at - time.time()))
-            raise RateLimited(
-                f"rate limit exceeded: {item}",
-                {"limit": str(item), "retry_after_s": retry_after},
-                retry_after=retry_after,
-            )
+            raise self._refusal(item, reset_at)
+        self._check_auth_failures()
+
+    def _check_auth_failures(self) -> None:
+        failed = g.get("auth_error") is not None
+        if not failed and g.get("api_key") is None:
+            return  # no key presented: nothing to guess
+        item, address = self.auth_failures, f"ip:{request.remote_addr or 'unknown'}"
+        try:
+            if failed:
+                allowed = self.strategy.hit(item, "auth-failures", address)
+            else:
+                allowed = self.strategy.test(item, "auth-failures", address)
+            if allowed:
+                return
+            reset_at, _ = self.strategy.get_window_stats(item, "auth-failures", address)
+        except StorageError as exc:
+            self._storage_failed(exc)
+            return
+        raise self._refusal(item, reset_at, "too many refused keys from this address")
+
+    @staticmethod
+    def _refusal(item: RateLimitItem, reset_at: float, why: str = "rate limit exceeded"):
+        retry_after = max(1, math.ceil(reset_at - time.time()))
+        return RateLimited(
+            f"{why}: {item}",
+            {"limit": str(item), "retry_after_s": retry_after},
+            retry_after=retry_after,
+        )
 
     @staticmethod
     @functools.lru_cache(maxsize=256)
