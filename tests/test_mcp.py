@@ -61,12 +61,43 @@ def error_of(response):
 # -- the HTTP layer ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["GET", "DELETE"])
-def test_get_and_delete_are_405_with_allow_post(client, keys, method):
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT", "PATCH"])
+def test_other_methods_are_json_rpc_405_with_allow_post(client, keys, method):
     response = client.open("/mcp", method=method, headers={"X-API-Key": keys.user})
     assert response.status_code == 405
     assert response.headers["Allow"] == "POST"
+    assert response.content_type == "application/json"
     assert error_of(response)["code"] == -32600
+    assert error_of(response)["data"]["code"] == "METHOD_NOT_ALLOWED"
+
+
+def transport_error_data(response):
+    data = error_of(response)["data"]
+    assert data["request_id"] == response.headers["X-Request-ID"]
+    return data
+
+
+def test_transport_errors_carry_the_envelope_in_error_data(rpc):
+    forbidden = rpc(request("ping"), headers={"Origin": "http://evil.example"})
+    assert transport_error_data(forbidden)["code"] == "FORBIDDEN"
+    assert transport_error_data(forbidden)["details"] == {"origin": "http://evil.example"}
+    parse = rpc(None, raw='{"jsonrpc": "2.0", "id": 1,')
+    assert error_of(parse)["code"] == -32700
+    assert transport_error_data(parse)["code"] == "INVALID_REQUEST"
+    unacceptable = rpc(request("ping"), headers={"Accept": "text/html"})
+    assert transport_error_data(unacceptable)["code"] == "INVALID_REQUEST"
+
+
+def test_refusals_before_the_body_is_parsed_still_answer_its_id(client, make_app, keys):
+    message = json.dumps({"jsonrpc": "2.0", "id": "req-9", "method": "tools/list"})
+    unauthorized = client.post("/mcp", data=message, content_type="application/json")
+    assert unauthorized.status_code == 401 and unauthorized.get_json()["id"] == "req-9"
+    small = make_app(max_body_bytes=1024).test_client()
+    padded = message[:-1] + ', "params": {"pad": "' + "x" * 4096 + '"}}'
+    too_large = small.post(
+        "/mcp", data=padded, content_type="application/json", headers=keys.headers()
+    )
+    assert too_large.status_code == 413 and too_large.get_json()["id"] == "req-9"
 
 
 def test_wrong_accept_is_406(rpc):
@@ -117,6 +148,26 @@ def test_an_allowed_origin_passes(rpc):
     assert rpc(request("ping"), headers={"Origin": "http://localhost:3000"}).status_code == 200
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1:8103", "localhost:8103", "[::1]:8103"])
+def test_the_servers_own_loopback_origin_passes(rpc, host):
+    response = rpc(request("ping"), headers={"Host": host, "Origin": f"http://{host}"})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "host, origin",
+    [
+        ("evil.example.com", "http://evil.example.com"),  # DNS rebinding: both name the attacker
+        ("127.0.0.1:8103", "http://127.0.0.1:9999"),  # another local port is another origin
+        ("127.0.0.1:8103", "https://127.0.0.1:8103"),
+    ],
+)
+def test_same_origin_passes_only_for_this_loopback_server(rpc, host, origin):
+    response = rpc(request("ping"), headers={"Host": host, "Origin": origin})
+    assert response.status_code == 403
+    assert error_of(response)["data"]["code"] == "FORBIDDEN"
+
+
 @pytest.mark.parametrize("key", [None, "wrong"])
 def test_missing_or_wrong_key_is_401_with_www_authenticate(client, key):
     headers = {"Accept": ACCEPT}
@@ -143,6 +194,7 @@ def test_a_notification_is_202_without_a_body(rpc):
         headers={"MCP-Protocol-Version": "2025-11-25"},
     )
     assert response.status_code == 202 and response.get_data() == b""
+    assert "Content-Type" not in response.headers
 
 
 # -- handshake era -----------------------------------------------------------------------------
@@ -191,10 +243,16 @@ def test_server_discover_without_a_modern_header_is_method_not_found(rpc):
     assert response.status_code == 200 and error_of(response)["code"] == -32601
 
 
-def test_an_unsupported_protocol_version_header_is_400(rpc):
-    response = rpc(request("ping"), headers={"MCP-Protocol-Version": "1999-01-01"})
+SERVED = ["2025-03-26", "2025-06-18", "2025-11-25", MODERN]
+
+
+@pytest.mark.parametrize("version", ["1999-01-01", "2024-11-05"])
+def test_an_unknown_protocol_version_is_unsupported_listing_every_served_revision(rpc, version):
+    # no _meta: the version is judged first, whatever era's rules it might have followed
+    response = rpc(request("tools/list"), headers={"MCP-Protocol-Version": version})
     assert response.status_code == 400
-    assert error_of(response)["code"] == -32602
+    assert error_of(response)["code"] == -32022
+    assert error_of(response)["data"] == {"supported": SERVED, "requested": version}
 
 
 # -- the 2026-07-28 revision -------------------------------------------------------------------
@@ -228,7 +286,7 @@ def test_modern_request_without_meta_is_invalid_params(rpc):
 @pytest.mark.parametrize(
     "override",
     [
-        {"Mcp-Method": "tools/list"},  # the body says ping
+        {"Mcp-Method": "tools/list"},  # the body says server/discover
         {"Mcp-Name": "test"},  # the body calls echo
     ],
 )
@@ -238,7 +296,7 @@ def test_a_routing_header_that_disagrees_is_header_mismatch(rpc, override):
             "tools/call", {"name": "echo", "arguments": {"message": "x"}}, name="echo"
         )
     else:
-        message, headers = modern("ping")
+        message, headers = modern("server/discover")
     response = rpc(message, headers={**headers, **override})
     assert response.status_code == 400 and error_of(response)["code"] == -32020
 
@@ -249,7 +307,22 @@ def test_an_unknown_modern_version_is_unsupported_with_the_supported_list(rpc):
     assert response.status_code == 400
     error = error_of(response)
     assert error["code"] == -32022
-    assert error["data"] == {"supported": [MODERN], "requested": "2027-03-01"}
+    assert error["data"] == {"supported": SERVED, "requested": "2027-03-01"}
+
+
+def test_ping_is_gone_in_the_modern_era(rpc):
+    message, headers = modern("ping")
+    response = rpc(message, headers=headers)
+    assert response.status_code == 404 and error_of(response)["code"] == -32601
+
+
+def test_an_unknown_tool_is_invalid_params_in_both_eras(rpc):
+    handshake = rpc(request("tools/call", {"name": "nope", "arguments": {}}))
+    assert handshake.status_code == 200 and error_of(handshake)["code"] == -32602
+    message, headers = modern("tools/call", {"name": "nope", "arguments": {}}, name="nope")
+    response = rpc(message, headers=headers)
+    assert response.status_code == 400 and error_of(response)["code"] == -32602
+    assert "nope" in error_of(response)["message"]
 
 
 def test_initialize_in_the_modern_era_is_404_method_not_found(rpc):
@@ -305,7 +378,6 @@ def test_tools_call_returns_text_and_structured_content(rpc):
         ("echo", {"message": 3}, "Not a valid string"),
         ("boom", {}, "boom failed: kaboom"),
         ("sleep", {"seconds": 40}, "sleep timeout"),
-        ("nope", {}, "Unknown tool: nope"),
         ("process_data", {"input": "sample data"}, "input is not valid json"),
     ],
 )
@@ -335,16 +407,37 @@ def test_tool_calls_are_audited_counted_and_measured(rpc, client, keys, data_dir
     assert sample(text, "waygate_commands_total", action="boom", status="failed") >= 1
 
 
-def test_one_rate_limit_budget_per_key_with_mcp_execute(plugin_dist, make_app, keys):
+def test_tool_calls_share_one_rate_limit_budget_per_key_with_mcp_execute(
+    plugin_dist, make_app, keys
+):
     client = make_app(rate_limit_execute="3/minute").test_client()
     headers = {"Accept": ACCEPT, "X-API-Key": keys.user}
+    echo = request("tools/call", {"name": "echo", "arguments": {"message": "x"}}, id=7)
     assert client.post("/mcp/execute", json={"action": "test"}, headers=headers).status_code == 200
     assert client.post("/mcp/execute", json={"action": "test"}, headers=headers).status_code == 200
-    assert client.post("/mcp", json=request("ping"), headers=headers).status_code == 200
-    limited = client.post("/mcp", json=request("ping"), headers=headers)
+    assert client.post("/mcp", json=echo, headers=headers).status_code == 200
+    limited = client.post("/mcp", json=echo, headers=headers)
     assert limited.status_code == 429
     assert error_of(limited)["data"]["code"] == "RATE_LIMITED"
+    assert limited.get_json()["id"] == 7
     assert client.post("/mcp/execute", json={"action": "test"}, headers=headers).status_code == 429
+
+
+def test_a_client_session_does_not_spend_the_execute_budget(plugin_dist, make_app, keys):
+    client = make_app(rate_limit_execute="1/minute").test_client()
+    headers = {"Accept": ACCEPT, "X-API-Key": keys.user}
+    session = [
+        request("initialize", {"protocolVersion": "2025-11-25", "capabilities": {}}),
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        request("tools/list"),
+        request("ping"),
+    ]
+    for message in session * 3:
+        assert client.post("/mcp", json=message, headers=headers).status_code in (200, 202)
+    echo = request("tools/call", {"name": "echo", "arguments": {"message": "x"}})
+    assert client.post("/mcp", json=echo, headers=headers).status_code == 200
+    assert client.post("/mcp", json=echo, headers=headers).status_code == 429
+    assert client.post("/mcp", json=request("tools/list"), headers=headers).status_code == 200
 
 
 def test_tools_list_follows_plugin_reloads(rpc, plugin_dist, client, keys):

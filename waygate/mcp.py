@@ -15,7 +15,7 @@ log with mode ``mcp``, statistics, metrics). Execution problems are results with
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from .schemas import json_schema
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
+SUPPORTED_VERSIONS = HANDSHAKE_VERSIONS + MODERN_VERSIONS
 # A request without MCP-Protocol-Version comes from a 2025-03-26 client (the header came later).
 HEADERLESS_VERSION = "2025-03-26"
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
@@ -111,7 +112,13 @@ class McpServer:
                 meta = (message.get("params") or {}).get("_meta") or {}
                 version = meta.get(META_VERSION) if isinstance(meta, dict) else None
             version = version or HEADERLESS_VERSION
-            modern = version not in HANDSHAKE_VERSIONS
+            if version not in SUPPORTED_VERSIONS:
+                raise JsonRpcError(
+                    UNSUPPORTED_VERSION,
+                    f"unsupported protocol version {str(version)[:40]!r}",
+                    {"supported": list(SUPPORTED_VERSIONS), "requested": str(version)[:40]},
+                )
+            modern = version in MODERN_VERSIONS
             if method is None or "id" not in message:  # a notification, or a client's response
                 return Reply(202)
             if modern:
@@ -164,7 +171,8 @@ class McpServer:
     def _check_modern(
         message: dict, method: str, version: str, routing: Routing, http: bool
     ) -> None:
-        """The 2026-07-28 checks, in the contract's order: envelope, headers, version."""
+        """The 2026-07-28 checks, in the contract's order: envelope, then headers (the version
+        itself was checked first: an unknown one says nothing about which rules apply)."""
         params = message.get("params") or {}
         meta = params.get("_meta")
         if (
@@ -192,13 +200,6 @@ class McpServer:
                     {"headers": mismatches},
                     status=400,
                 )
-        if version not in MODERN_VERSIONS:
-            raise JsonRpcError(
-                UNSUPPORTED_VERSION,
-                f"unsupported protocol version {version!r}",
-                {"supported": list(MODERN_VERSIONS), "requested": version},
-                status=400,
-            )
 
     # -- methods -------------------------------------------------------------------------------
 
@@ -222,8 +223,8 @@ class McpServer:
                     },
                     modern,
                 )
-            if method == "ping":
-                return self._complete({}, modern)
+            if method == "ping" and not modern:  # 2026-07-28 removed ping
+                return {}
             if method == "tools/list":
                 listed = {"tools": self.tools(caller)}
                 if modern:
@@ -277,15 +278,11 @@ class McpServer:
         arguments = params.get("arguments") or {}
         if not isinstance(name, str):
             raise JsonRpcError(INVALID_PARAMS, "tools/call needs a tool name", status=400)
-        if not isinstance(arguments, Mapping):
-            return _error_result(f"arguments of {name} must be an object")
-        try:
-            inv = self.commands.resolve(
-                name, dict(arguments), caller, timeout=self._timeout(params)
-            )
+        try:  # arguments that are not an object are judged after the name, by the schema
+            inv = self.commands.resolve(name, arguments, caller, timeout=self._timeout(params))
         except (UnknownCommand, OutOfScope):  # alike: a scope hides what it does not grant
-            available = ", ".join(self.commands.available(caller))
-            return _error_result(f"Unknown tool: {name}. Available: {available}")
+            # a protocol error, not a result: the client named no tool it may call
+            raise JsonRpcError(INVALID_PARAMS, f"Unknown tool: {name[:128]}") from None
         except WaygateError as err:
             return _error_result(
                 f"Invalid arguments for {name}: {err.message}: "

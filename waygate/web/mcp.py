@@ -7,39 +7,109 @@ REST API apply.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+import json
+import re
+from typing import Any
+from urllib.parse import urlsplit
 
-from ..mcp import INVALID_REQUEST, PARSE_ERROR, JsonRpcError, Routing
-from . import jsonio, services
+from flask import Blueprint, Response, g, request
+
+from ..errors import code_for_status
+from ..mcp import INVALID_REQUEST, PARSE_ERROR, Reply, Routing
+from . import envelope, jsonio, services
 from .auth import current_caller, key_required
-from .limiter import limit_group
+from .limiter import limit_group_by
 
 bp = Blueprint("mcp", __name__)
 
 
-def _json(status: int, body: dict | None, headers: dict | None = None) -> Response:
-    response = Response(
-        jsonio.dumps_bytes(body) if body else b"",
-        status=status,
-        mimetype="application/json" if body else None,
+class TransportError(Exception):
+    """A request refused before it reaches the protocol (Origin, method, Content-Type, Accept,
+    JSON): answered as JSON-RPC by the envelope, with the envelope's facts in ``error.data``."""
+
+    def __init__(
+        self,
+        status: int,
+        rpc_code: int,
+        message: str,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.rpc_code, self.message = status, rpc_code, message
+        self.code = code_for_status(status)
+        self.details, self.headers = details or {}, headers or {}
+
+
+@bp.errorhandler(TransportError)
+def _refused(exc: TransportError) -> Response:
+    return envelope.error_response(
+        exc.status, exc.code, exc.message, exc.details, exc.headers, rpc_code=exc.rpc_code
     )
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
+
+
+def incoming_message() -> tuple[Any, Exception | None]:
+    """The body as JSON (or why it is not), read and parsed once per request."""
+    if "mcp_message" not in g:
+        try:
+            g.mcp_message = (jsonio.loads(request.get_data(cache=True)), None)
+        except (ValueError, RecursionError) as exc:
+            g.mcp_message = (None, exc)
+    return g.mcp_message
+
+
+# A top-level "id" before any nested object or array: found without reading a whole body.
+_LEADING_ID = re.compile(rb'^\s*\{[^{}\[\]]*?"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,128}")')
+ID_PEEK_BYTES = 4096
+
+
+def readable_request_id() -> str | int | None:
+    """The JSON-RPC id of this request if it can be read cheaply, for errors answered before
+    the view parsed the body (401, 413, 429): a parsed body's id, else one near the start."""
+    if "mcp_message" in g:
+        message = g.mcp_message[0]
+        found = message.get("id") if isinstance(message, dict) else None
+    else:
+        match = _LEADING_ID.match(request.environ["wsgi.input"].read(ID_PEEK_BYTES))
+        found = json.loads(match.group(1)) if match else None
+    return found if isinstance(found, (str, int)) and not isinstance(found, bool) else None
+
+
+def _tool_calls_share_the_execute_budget() -> str | None:
+    # Only a known caller's body is read to choose; anyone else is refused (401) regardless.
+    if g.get("api_key") is None:
+        return None
+    message, _ = incoming_message()
+    return (
+        "execute" if isinstance(message, dict) and message.get("method") == "tools/call" else None
+    )
+
+
+# Names that only ever mean this machine: a page served from one of them is local, whereas a
+# rebinding attacker's page keeps its own host name (the Host header alone proves nothing).
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _origin_allowed(origin: str) -> bool:
+    """A configured origin, or this very server's own origin when it is reached on loopback."""
+    allowed = services().config.cors_origins
+    if "*" in allowed or origin in allowed:
+        return True
+    own_origin = f"{request.scheme}://{request.host}".lower()
+    return origin.lower() == own_origin and urlsplit(own_origin).hostname in LOOPBACK_HOSTS
 
 
 @bp.before_request
 def _check_origin():
     # DNS-rebinding protection: a browser page from another origin must not reach /mcp.
     origin = request.headers.get("Origin")
-    allowed = services().config.cors_origins
-    if origin and "*" not in allowed and origin not in allowed:
-        err = JsonRpcError(INVALID_REQUEST, f"Origin {origin[:100]!r} is not allowed")
-        return _json(403, err.body())
-    return None
+    if origin and not _origin_allowed(origin):
+        raise TransportError(
+            403, INVALID_REQUEST, "Origin not allowed", details={"origin": origin[:100]}
+        )
 
 
-@bp.route("/mcp", methods=["GET", "DELETE"])
+@bp.route("/mcp", methods=["GET", "DELETE", "PUT", "PATCH"])
 def no_stream():
     """No event stream and no sessions: this server is stateless.
     ---
@@ -59,14 +129,35 @@ def no_stream():
           description: Method not allowed; this server holds no sessions
           headers:
             Allow: {$ref: "#/components/headers/Allow"}
+    put:
+      summary: Not offered (405)
+      tags: [mcp-protocol]
+      responses:
+        405:
+          description: Method not allowed; POST JSON-RPC messages
+          headers:
+            Allow: {$ref: "#/components/headers/Allow"}
+    patch:
+      summary: Not offered (405)
+      tags: [mcp-protocol]
+      responses:
+        405:
+          description: Method not allowed; POST JSON-RPC messages
+          headers:
+            Allow: {$ref: "#/components/headers/Allow"}
     """
     # No server-to-client stream and no sessions to end: this server is stateless.
-    err = JsonRpcError(INVALID_REQUEST, "Method Not Allowed: POST JSON-RPC messages to /mcp")
-    return _json(405, err.body(), {"Allow": "POST"})
+    raise TransportError(
+        405,
+        INVALID_REQUEST,
+        "Method Not Allowed: POST JSON-RPC messages to /mcp",
+        details={"method": request.method, "allowed": ["POST"]},
+        headers={"Allow": "POST"},
+    )
 
 
 @bp.post("/mcp")
-@limit_group("execute")
+@limit_group_by(_tool_calls_share_the_execute_budget)
 @key_required
 def endpoint():
     """MCP over Streamable HTTP (stateless, JSON): one JSON-RPC message per request.
@@ -97,29 +188,31 @@ def endpoint():
           description: Method not found (2026-07-28 revision)
     """
     if not request.is_json:
-        return _json(
-            400,
-            JsonRpcError(
-                INVALID_REQUEST, "Invalid Content-Type header: send application/json"
-            ).body(),
+        raise TransportError(
+            400, INVALID_REQUEST, "Invalid Content-Type header: send application/json"
         )
     accept = request.headers.get("Accept")
     if accept and not request.accept_mimetypes.quality("application/json"):
-        return _json(
-            406,
-            JsonRpcError(
-                INVALID_REQUEST, "Not Acceptable: the client must accept application/json"
-            ).body(),
+        raise TransportError(
+            406, INVALID_REQUEST, "Not Acceptable: the client must accept application/json"
         )
-    try:
-        message = jsonio.loads(request.get_data(cache=False))
-    except (ValueError, RecursionError) as exc:
-        return _json(400, JsonRpcError(PARSE_ERROR, f"Parse error: {exc}"[:200]).body())
+    message, problem = incoming_message()
+    if problem is not None:
+        raise TransportError(400, PARSE_ERROR, f"Parse error: {problem}"[:200])
     routing = Routing(
         version=request.headers.get("MCP-Protocol-Version"),
         method=request.headers.get("Mcp-Method"),
         name=request.headers.get("Mcp-Name"),
     )
-    reply = services().mcp.handle(message, current_caller(), routing)
-    retry = {"Retry-After": str(reply.retry_after)} if reply.retry_after is not None else None
-    return _json(reply.status, reply.body, retry)
+    return _reply(services().mcp.handle(message, current_caller(), routing))
+
+
+def _reply(reply: Reply) -> Response:
+    if reply.body is None:  # accepted notification: no body, so no Content-Type either
+        response = Response(status=reply.status)
+        del response.headers["Content-Type"]
+        return response
+    response = Response(jsonio.dumps_bytes(reply.body), reply.status, mimetype="application/json")
+    if reply.retry_after is not None:
+        response.headers["Retry-After"] = str(reply.retry_after)
+    return response
