@@ -91,7 +91,7 @@ def test_transport_errors_carry_the_envelope_in_error_data(rpc):
 def test_refusals_before_the_body_is_parsed_still_answer_its_id(client, make_app, keys):
     message = json.dumps({"jsonrpc": "2.0", "id": "req-9", "method": "tools/list"})
     unauthorized = client.post("/mcp", data=message, content_type="application/json")
-    assert unauthorized.status_code == 401 and unauthorized.get_json()["id"] == "req-9"
+    assert unauthorized.status_code == 403 and unauthorized.get_json()["id"] == "req-9"
     small = make_app(max_body_bytes=1024).test_client()
     padded = message[:-1] + ', "params": {"pad": "' + "x" * 4096 + '"}}'
     too_large = small.post(
@@ -169,14 +169,28 @@ def test_same_origin_passes_only_for_this_loopback_server(rpc, host, origin):
 
 
 @pytest.mark.parametrize("key", [None, "wrong"])
-def test_missing_or_wrong_key_is_401_with_www_authenticate(client, key):
+def test_missing_or_wrong_key_is_a_plain_refusal_without_an_oauth_challenge(client, key):
+    # To an MCP client a 401 means "go and do OAuth" (clients start discovery and dynamic
+    # registration on it); Waygate offers no OAuth, so it refuses with 403 and says why.
     headers = {"Accept": ACCEPT}
     if key:
         headers["X-API-Key"] = key
     response = client.post("/mcp", json=request("ping"), headers=headers)
-    assert response.status_code == 401
-    assert response.headers["WWW-Authenticate"].startswith("Bearer")
-    assert error_of(response)["data"]["code"] == "UNAUTHORIZED"
+    assert response.status_code == 403
+    assert "WWW-Authenticate" not in response.headers
+    error = error_of(response)
+    assert error["data"]["code"] == "UNAUTHORIZED"
+    assert "X-API-Key" in error["message"] and "no OAuth" in error["message"]
+    assert response.get_json()["id"] == 1
+
+
+def test_no_oauth_metadata_is_published(client):
+    for path in (
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+        "/.well-known/oauth-authorization-server",
+    ):
+        assert client.get(path).status_code == 404
 
 
 def test_bearer_authorization_works(client, keys):

@@ -9,35 +9,39 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, g, request
+from werkzeug.exceptions import HTTPException
 
-from ..errors import code_for_status
+from ..errors import Unauthorized, code_for_status
 from ..mcp import INVALID_REQUEST, PARSE_ERROR, Reply, Routing
 from . import envelope, jsonio, services
-from .auth import current_caller, key_required
+from .auth import current_caller, current_key
 from .limiter import limit_group_by
 
 bp = Blueprint("mcp", __name__)
 
 
 class TransportError(Exception):
-    """A request refused before it reaches the protocol (Origin, method, Content-Type, Accept,
-    JSON): answered as JSON-RPC by the envelope, with the envelope's facts in ``error.data``."""
+    """A request refused before it reaches the protocol (Origin, key, method, Content-Type,
+    Accept, JSON): answered as JSON-RPC by the envelope, its facts in ``error.data``."""
 
     def __init__(
         self,
         status: int,
         rpc_code: int,
         message: str,
+        code: str | None = None,
         details: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ):
         super().__init__(message)
         self.status, self.rpc_code, self.message = status, rpc_code, message
-        self.code = code_for_status(status)
+        self.code = code or code_for_status(status)
         self.details, self.headers = details or {}, headers or {}
 
 
@@ -60,17 +64,22 @@ def incoming_message() -> tuple[Any, Exception | None]:
 
 # A top-level "id" before any nested object or array: found without reading a whole body.
 _LEADING_ID = re.compile(rb'^\s*\{[^{}\[\]]*?"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,128}")')
-ID_PEEK_BYTES = 4096
+ID_PEEK_BYTES = 65536
 
 
 def readable_request_id() -> str | int | None:
     """The JSON-RPC id of this request if it can be read cheaply, for errors answered before
-    the view parsed the body (401, 413, 429): a parsed body's id, else one near the start."""
-    if "mcp_message" in g:
-        message = g.mcp_message[0]
+    the view parsed the body (403 for a key, 413, 429): a small body is parsed, a large one
+    only searched near its start."""
+    small = min(ID_PEEK_BYTES, request.max_content_length or ID_PEEK_BYTES)
+    if "mcp_message" in g or (request.content_length or 0) <= small:
+        try:
+            message = incoming_message()[0]
+        except HTTPException:  # e.g. a chunked body that turned out too large
+            message = None
         found = message.get("id") if isinstance(message, dict) else None
     else:
-        match = _LEADING_ID.match(request.environ["wsgi.input"].read(ID_PEEK_BYTES))
+        match = _LEADING_ID.match(request.environ["wsgi.input"].read(4096))
         found = json.loads(match.group(1)) if match else None
     return found if isinstance(found, (str, int)) and not isinstance(found, bool) else None
 
@@ -156,9 +165,32 @@ def no_stream():
     )
 
 
+def _mcp_key_required(view: Callable) -> Callable:
+    """A missing or wrong key is refused with 403 and no challenge, where REST answers 401: to
+    an MCP client a 401 means "this server offers OAuth, go and authorize" (MCP authorization
+    spec), and Waygate offers none, so a 401 would send it into a flow that cannot succeed."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        try:
+            current_key()
+        except Unauthorized as exc:
+            raise TransportError(
+                403,
+                INVALID_REQUEST,
+                f"{exc.message} (API key in X-API-Key or Authorization: Bearer; no OAuth here)",
+                code=exc.code,
+            ) from None
+        return view(*args, **kwargs)
+
+    wrapper.waygate_auth = "user"  # type: ignore[attr-defined]  (read by the OpenAPI builder)
+    wrapper.waygate_auth_refusal = 403  # type: ignore[attr-defined]
+    return wrapper
+
+
 @bp.post("/mcp")
 @limit_group_by(_tool_calls_share_the_execute_budget)
-@key_required
+@_mcp_key_required
 def endpoint():
     """MCP over Streamable HTTP (stateless, JSON): one JSON-RPC message per request.
     ---
@@ -183,7 +215,10 @@ def endpoint():
         202:
           description: A notification was accepted (no body)
         403:
-          description: Origin not allowed (DNS-rebinding protection)
+          description: >-
+            Origin not allowed (DNS-rebinding protection), or a missing or wrong API key
+            (error.data.code UNAUTHORIZED; 403 without a challenge because this server
+            offers no OAuth)
         404:
           description: Method not found (2026-07-28 revision)
     """
