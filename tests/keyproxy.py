@@ -57,6 +57,8 @@ class KeyProxy:
                     while chunk := answer.read1(65536):
                         self.wfile.write(chunk)
                         self.wfile.flush()
+                except ConnectionError:  # the client went away (e.g. it cancelled a stream)
+                    pass
                 finally:
                     upstream.close()
 
