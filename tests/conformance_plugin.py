@@ -5,9 +5,43 @@ them. Registered through a tmp distribution's entry points by tests/test_mcp_con
 
 from __future__ import annotations
 
+import base64
+import io
+import json
+import wave
+
 from marshmallow import Schema
 
-from waygate.sdk import Command, CommandError, Plugin
+from waygate.sdk import (
+    Audio,
+    Command,
+    CommandError,
+    EmbeddedResource,
+    Image,
+    Message,
+    Plugin,
+    Prompt,
+    PromptArgument,
+    Resource,
+    RichResult,
+    Text,
+)
+
+# A 1x1 red pixel.
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
+
+
+def _silence() -> bytes:
+    """A tenth of a second of 8 kHz mono silence, as WAV."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(1)
+        wav.setframerate(8000)
+        wav.writeframes(b"\x80" * 800)
+    return out.getvalue()
 
 
 class NoParams(Schema):
@@ -22,21 +56,121 @@ class ConformancePlugin(Plugin):
     capabilities = ("testing",)
 
     def commands(self):
+        def tool(name, description, handler):
+            return Command(name, description, NoParams, handler)
+
         return [
-            Command(
+            tool(
                 "test_simple_text",
                 "Returns a simple text response",
-                NoParams,
                 lambda params, ctx: "This is a simple text response for testing.",
             ),
-            Command(
-                "test_error_handling",
-                "Always fails, to test error results",
-                NoParams,
-                self.fail,
+            tool("test_error_handling", "Always fails, to test error results", self.fail),
+            tool("test_image_content", "Returns an image", lambda p, ctx: Image(PNG, "image/png")),
+            tool(
+                "test_audio_content", "Returns audio", lambda p, ctx: Audio(_silence(), "audio/wav")
+            ),
+            tool(
+                "test_embedded_resource",
+                "Returns an embedded resource",
+                lambda p, ctx: EmbeddedResource(
+                    "test://embedded-resource",
+                    "text/plain",
+                    text="This is an embedded resource content.",
+                ),
+            ),
+            tool(
+                "test_multiple_content_types",
+                "Returns text, an image and a resource",
+                lambda p, ctx: RichResult(
+                    [
+                        Text("Multiple content types test:"),
+                        Image(PNG, "image/png"),
+                        EmbeddedResource(
+                            "test://mixed-content-resource",
+                            "application/json",
+                            text=json.dumps({"test": "data", "value": 123}),
+                        ),
+                    ]
+                ),
             ),
         ]
 
     @staticmethod
     def fail(params, ctx):
         raise CommandError("This tool intentionally returns an error for testing")
+
+    def prompts(self):
+        return [
+            Prompt(
+                "test_simple_prompt",
+                "A simple prompt without arguments",
+                template="This is a simple prompt for testing.",
+            ),
+            Prompt(
+                "test_prompt_with_arguments",
+                "A prompt with two required arguments",
+                template="Prompt with arguments: arg1='{arg1}', arg2='{arg2}'",
+                arguments=(
+                    PromptArgument("arg1", "First test argument", required=True),
+                    PromptArgument("arg2", "Second test argument", required=True),
+                ),
+            ),
+            Prompt(
+                "test_prompt_with_embedded_resource",
+                "A prompt that embeds a resource",
+                arguments=(PromptArgument("resourceUri", "URI of the resource", required=True),),
+                render=lambda args: [
+                    EmbeddedResource(
+                        args["resourceUri"],
+                        "text/plain",
+                        text="Embedded resource content for testing.",
+                    ),
+                    Text("Please process the embedded resource above."),
+                ],
+            ),
+            Prompt(
+                "test_prompt_with_image",
+                "A prompt with an image",
+                render=lambda args: [
+                    Message(Image(PNG, "image/png")),
+                    Message(Text("Please analyze the image above.")),
+                ],
+            ),
+        ]
+
+    def resources(self):
+        return [
+            Resource(
+                "test://static-text",
+                "Static text",
+                lambda values: "This is the content of the static text resource.",
+                description="A fixed text resource",
+            ),
+            Resource(
+                "test://static-binary",
+                "Static binary",
+                lambda values: PNG,
+                mime_type="image/png",
+                description="A fixed PNG",
+            ),
+            Resource(
+                "test://template/{id}/data",
+                "Data by id",
+                lambda values: json.dumps(
+                    {
+                        "id": values["id"],
+                        "templateTest": True,
+                        "data": f"Data for ID: {values['id']}",
+                    }
+                ),
+                mime_type="application/json",
+                description="A resource template",
+            ),
+            Resource(
+                "test://watched-resource",
+                "Watched",
+                lambda values: "A resource clients may want to watch.",
+                description="Subscriptions are not offered; reading is",
+            ),
+        ]

@@ -1,5 +1,6 @@
 """POST /mcp: the wire contract (shared/mcp-wire.md), raw-HTTP error paths and tool semantics."""
 
+import base64
 import json
 
 import pytest
@@ -8,6 +9,11 @@ from tests.test_metrics import sample
 
 ACCEPT = "application/json, text/event-stream"
 MODERN = "2026-07-28"
+CAPABILITIES = {
+    "tools": {"listChanged": False},
+    "prompts": {"listChanged": False},
+    "resources": {"listChanged": False, "subscribe": False},
+}
 META = {
     "io.modelcontextprotocol/protocolVersion": MODERN,
     "io.modelcontextprotocol/clientCapabilities": {},
@@ -237,7 +243,7 @@ def test_initialize_negotiates_the_version(rpc, asked, agreed):
     result = response.get_json()["result"]
     assert response.status_code == 200
     assert result["protocolVersion"] == agreed
-    assert result["capabilities"] == {"tools": {"listChanged": False}}
+    assert result["capabilities"] == CAPABILITIES
     assert result["serverInfo"]["name"] == "waygate" and result["serverInfo"]["version"]
 
 
@@ -247,7 +253,7 @@ def test_ping(rpc):
 
 
 def test_unknown_method_in_the_handshake_era_is_200_method_not_found(rpc):
-    response = rpc(request("resources/list"), headers={"MCP-Protocol-Version": "2025-11-25"})
+    response = rpc(request("nothing/here"), headers={"MCP-Protocol-Version": "2025-11-25"})
     assert response.status_code == 200
     assert error_of(response)["code"] == -32601
 
@@ -277,7 +283,7 @@ def test_server_discover(rpc):
     result = rpc(message, headers=headers).get_json()["result"]
     assert result["supportedVersions"] == [MODERN]
     assert result["resultType"] == "complete"
-    assert result["capabilities"] == {"tools": {"listChanged": False}}
+    assert result["capabilities"] == CAPABILITIES
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "waygate"
     assert result["cacheScope"] == "private" and result["ttlMs"] == 0
 
@@ -463,3 +469,156 @@ def test_tools_list_follows_plugin_reloads(rpc, plugin_dist, client, keys):
     client.post("/plugins/reload", headers=keys.headers("admin"))
     assert "hello" in tools_by_name(rpc)
     assert call(rpc, "hello", {})["content"][0]["text"] == "hi"
+
+
+# -- rich results ------------------------------------------------------------------------------
+
+
+def test_content_blocks_are_mcp_content_with_structured_content_beside_them(rpc):
+    result = call(rpc, "chart", {})
+    assert result["isError"] is False
+    text, image = result["content"]
+    assert text == {"type": "text", "text": "one bar"}
+    assert image["type"] == "image" and image["mimeType"] == "image/png"
+    assert base64.b64decode(image["data"]).startswith(b"\x89PNG")
+    assert result["structuredContent"] == {"bars": 1}
+    assert tools_by_name(rpc)["chart"]["outputSchema"]["required"] == ["bars"]
+    picture = call(rpc, "picture", {})
+    assert [block["type"] for block in picture["content"]] == ["image"]
+    assert "structuredContent" not in picture
+
+
+def test_rest_answers_content_blocks_as_json_with_base64_data(client, keys):
+    response = client.post("/mcp/execute", json={"action": "chart"}, headers=keys.headers())
+    assert response.status_code == 200
+    result = response.get_json()["result"]
+    assert result["structured"] == {"bars": 1}
+    assert result["content"][1]["mimeType"] == "image/png"
+    assert base64.b64decode(result["content"][1]["data"]).startswith(b"\x89PNG")
+
+
+# -- prompts and resources ---------------------------------------------------------------------
+
+
+def rpc_result(rpc, method, params=None):
+    body = rpc(request(method, params)).get_json()
+    assert "result" in body, body
+    return body["result"]
+
+
+def test_prompts_are_listed_in_a_stable_order_with_their_arguments(rpc):
+    prompts = rpc_result(rpc, "prompts/list")["prompts"]
+    assert [p["name"] for p in prompts] == sorted(p["name"] for p in prompts)
+    triage = next(p for p in prompts if p["name"] == "triage")
+    assert triage["arguments"] == [
+        {"name": "service", "description": "The failing service", "required": True},
+        {"name": "severity", "description": "SEV1-SEV4", "required": False},
+    ]
+
+
+def test_a_prompt_template_is_filled_in(rpc):
+    result = rpc_result(rpc, "prompts/get", {"name": "triage", "arguments": {"service": "api"}})
+    assert result["messages"] == [
+        {
+            "role": "user",
+            "content": {
+                "type": "text",
+                "text": "Triage api (severity ): check its dashboard first.",
+            },
+        }
+    ]
+    rich = rpc_result(rpc, "prompts/get", {"name": "show_chart"})["messages"]
+    assert [(m["role"], m["content"]["type"]) for m in rich] == [
+        ("user", "image"),
+        ("assistant", "text"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"name": "nope"},
+        {"name": "triage"},  # service is required
+        {"name": "triage", "arguments": {"service": 3}},
+    ],
+)
+def test_prompt_mistakes_are_invalid_params(rpc, params):
+    response = rpc(request("prompts/get", params))
+    assert error_of(response)["code"] == -32602
+
+
+def test_resources_and_templates_are_listed_and_read(rpc):
+    listed = rpc_result(rpc, "resources/list")["resources"]
+    assert [r["uri"] for r in listed] == ["logo://png", "runbook://disk-full"]
+    templates = rpc_result(rpc, "resources/templates/list")["resourceTemplates"]
+    assert templates == [
+        {
+            "uriTemplate": "ticket://{id}/summary",
+            "name": "Ticket summary",
+            "description": "",
+            "mimeType": "text/plain",
+        }
+    ]
+    text = rpc_result(rpc, "resources/read", {"uri": "runbook://disk-full"})["contents"]
+    assert text == [
+        {"uri": "runbook://disk-full", "mimeType": "text/plain", "text": "Free space first."}
+    ]
+    blob = rpc_result(rpc, "resources/read", {"uri": "logo://png"})["contents"][0]
+    assert base64.b64decode(blob["blob"]).startswith(b"\x89PNG")
+    ticket = rpc_result(rpc, "resources/read", {"uri": "ticket://7/summary"})["contents"][0]
+    assert ticket["uri"] == "ticket://7/summary" and ticket["text"] == "Disk full on web1"
+
+
+def test_an_unknown_resource_is_not_found_and_a_failing_reader_an_internal_error(rpc):
+    missing = rpc(request("resources/read", {"uri": "runbook://nope"}))
+    assert error_of(missing)["code"] == -32002
+    failing = rpc(request("resources/read", {"uri": "ticket://8/summary"}))
+    assert error_of(failing)["code"] == -32603
+    assert "no such ticket" in error_of(failing)["message"]
+
+
+def test_modern_lists_carry_caching_hints(rpc):
+    for method, key in (("prompts/list", "prompts"), ("resources/list", "resources")):
+        message, headers = modern(method)
+        result = rpc(message, headers=headers).get_json()["result"]
+        assert key in result and result["ttlMs"] == 0 and result["cacheScope"] == "private"
+        assert result["resultType"] == "complete"
+
+
+def test_prompt_renders_and_resource_reads_are_audited_and_counted(rpc, client, keys):
+    rpc_result(rpc, "prompts/get", {"name": "triage", "arguments": {"service": "api"}})
+    rpc_result(rpc, "resources/read", {"uri": "ticket://7/summary"})
+    executions = client.get("/mcp/executions", headers=keys.headers("admin")).get_json()[
+        "executions"
+    ]
+    assert [(e["action"], e["mode"], e["key_name"]) for e in executions[:2]] == [
+        ("resources/read:ticket://{id}/summary", "mcp", "ops-user"),
+        ("prompts/get:triage", "mcp", "ops-user"),
+    ]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert (
+        sample(text, "waygate_commands_total", action="prompts/get:triage", status="success") >= 1
+    )
+
+
+def test_reads_need_a_key_like_everything_else(client):
+    response = client.post("/mcp", json=request("resources/list"), headers={"Accept": ACCEPT})
+    assert response.status_code == 403
+
+
+def test_a_scoped_key_sees_only_the_prompts_and_resources_its_patterns_match(client, keys):
+    _, scoped = keys.store.create("agent", allow=["triage", "Testing.runbook*"])
+    headers = {"Accept": ACCEPT, "X-API-Key": scoped}
+
+    def answer(method, params=None):
+        return client.post("/mcp", json=request(method, params), headers=headers).get_json()
+
+    assert [p["name"] for p in answer("prompts/list")["result"]["prompts"]] == ["triage"]
+    assert [r["uri"] for r in answer("resources/list")["result"]["resources"]] == [
+        "runbook://disk-full"
+    ]
+    assert answer("resources/templates/list")["result"]["resourceTemplates"] == []
+    hidden = answer("prompts/get", {"name": "show_chart"})
+    assert hidden["error"]["code"] == -32602 and "Unknown prompt" in hidden["error"]["message"]
+    assert answer("resources/read", {"uri": "logo://png"})["error"]["code"] == -32002
+    assert "contents" in answer("resources/read", {"uri": "runbook://disk-full"})["result"]

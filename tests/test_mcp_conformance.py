@@ -33,20 +33,7 @@ NOT_OFFERED = {
     "logging-set-level": "not yet",
     "tools-call-with-logging": "not yet",
     "completion-complete": "not yet",
-    "tools-call-image": "not yet",
-    "tools-call-audio": "not yet",
-    "tools-call-embedded-resource": "not yet",
-    "tools-call-mixed-content": "not yet",
     "tools-call-with-progress": "not yet",
-    "resources-list": "not yet",
-    "resources-read-text": "not yet",
-    "resources-read-binary": "not yet",
-    "resources-templates-read": "not yet",
-    "prompts-list": "not yet",
-    "prompts-get-simple": "not yet",
-    "prompts-get-with-args": "not yet",
-    "prompts-get-embedded-resource": "not yet",
-    "prompts-get-with-image": "not yet",
 }
 # The suite's active server scenarios (0.1.13), so that one it silently skipped cannot pass.
 SCENARIOS = {

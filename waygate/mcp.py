@@ -22,9 +22,11 @@ from typing import Any
 from . import __version__
 from .commands import Caller, CommandService, OutOfScope, UnknownCommand
 from .errors import ServiceUnavailable, WaygateError
+from .mcp_catalog import Catalog, CatalogError
 from .outcomes import ExecutionStatus, Mode
 from .plugins import PluginSet
 from .schemas import json_schema
+from .sdk import Content, RichResult
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
@@ -52,7 +54,12 @@ INSTRUCTIONS = (
     "its inputSchema lists the parameters. A result with isError explains what "
     "went wrong (invalid arguments, a failure or a timeout)."
 )
-TOOLS_CAPABILITY = {"tools": {"listChanged": False}}
+# No push channel (stateless): lists are asked for again, resources are not subscribable.
+CAPABILITIES = {
+    "tools": {"listChanged": False},
+    "prompts": {"listChanged": False},
+    "resources": {"listChanged": False, "subscribe": False},
+}
 
 
 class JsonRpcError(Exception):
@@ -97,6 +104,17 @@ class McpServer:
         self._plugins = plugins
         self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
         self.tool_timeout_max = tool_timeout_max
+        self.catalog = Catalog(commands, plugins, tool_timeout)
+        self._lists = {
+            "tools/list": ("tools", self.tools),
+            "prompts/list": ("prompts", self.catalog.prompts),
+            "resources/list": ("resources", self.catalog.resources),
+            "resources/templates/list": ("resourceTemplates", self.catalog.templates),
+        }
+        self._reads = {
+            "prompts/get": self.catalog.get_prompt,
+            "resources/read": self.catalog.read_resource,
+        }
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -215,7 +233,7 @@ class McpServer:
                 return self._complete(
                     {
                         "supportedVersions": list(MODERN_VERSIONS),
-                        "capabilities": TOOLS_CAPABILITY,
+                        "capabilities": CAPABILITIES,
                         "instructions": INSTRUCTIONS,
                         "ttlMs": 0,
                         "cacheScope": "private",
@@ -225,13 +243,19 @@ class McpServer:
                 )
             if method == "ping" and not modern:  # 2026-07-28 removed ping
                 return {}
-            if method == "tools/list":
-                listed = {"tools": self.tools(caller)}
+            if method in self._lists:
+                key, list_them = self._lists[method]
+                listed = {key: list_them(caller)}
                 if modern:
                     listed.update(ttlMs=0, cacheScope="private")
                 return self._complete(listed, modern)
             if method == "tools/call":
                 return self._complete(self.call_tool(params, caller), modern)
+            if method in self._reads:
+                try:
+                    return self._complete(self._reads[method](params, caller), modern)
+                except CatalogError as err:
+                    raise JsonRpcError(err.code, err.message, err.data) from None
             raise JsonRpcError(
                 METHOD_NOT_FOUND, f"method not found: {method}", status=404 if modern else 200
             )
@@ -250,7 +274,7 @@ class McpServer:
         version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[-1]
         return {
             "protocolVersion": version,
-            "capabilities": TOOLS_CAPABILITY,
+            "capabilities": CAPABILITIES,
             "serverInfo": SERVER_INFO,
             "instructions": INSTRUCTIONS,
         }
@@ -291,14 +315,7 @@ class McpServer:
         outcome = self.commands.run(inv, caller, Mode.MCP)
         if outcome.status is not ExecutionStatus.SUCCESS:
             return _error_result(f"{name} {outcome.status}: {outcome.error}")
-        result = outcome.result
-        structured = result if isinstance(result, dict) else {"result": result}
-        text = result if isinstance(result, str) else json.dumps(result, default=str)
-        return {
-            "content": [{"type": "text", "text": text}],
-            "structuredContent": structured,
-            "isError": False,
-        }
+        return tool_result(outcome.result)
 
     def _timeout(self, params: dict) -> int:
         """The configured tool timeout, or less where the client asks for less."""
@@ -307,6 +324,27 @@ class McpServer:
         if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked >= 1:
             return min(int(asked), self.tool_timeout_max)
         return self.tool_timeout
+
+
+def tool_result(result: Any) -> dict[str, Any]:
+    """A handler's result as a tools/call result: content blocks as they are (with the
+    structured value beside them, if any); plain JSON as text plus structuredContent."""
+    if isinstance(result, Content) or (
+        isinstance(result, list) and result and all(isinstance(b, Content) for b in result)
+    ):
+        result = RichResult(result)
+    if isinstance(result, RichResult):
+        rendered = {"content": result["content"], "isError": False}
+        if "structured" in result:
+            rendered["structuredContent"] = result["structured"]
+        return rendered
+    structured = result if isinstance(result, dict) else {"result": result}
+    text = result if isinstance(result, str) else json.dumps(result, default=str)
+    return {
+        "content": [{"type": "text", "text": text}],
+        "structuredContent": structured,
+        "isError": False,
+    }
 
 
 def _error_result(message: str) -> dict[str, Any]:
