@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 import wave
 
 from marshmallow import Schema
@@ -66,6 +67,7 @@ class ConformancePlugin(Plugin):
                 lambda params, ctx: "This is a simple text response for testing.",
             ),
             tool("test_error_handling", "Always fails, to test error results", self.fail),
+            tool("test_tool_with_progress", "Reports progress three times", self.with_progress),
             tool("test_image_content", "Returns an image", lambda p, ctx: Image(PNG, "image/png")),
             tool(
                 "test_audio_content", "Returns audio", lambda p, ctx: Audio(_silence(), "audio/wav")
@@ -95,6 +97,13 @@ class ConformancePlugin(Plugin):
                 ),
             ),
         ]
+
+    @staticmethod
+    def with_progress(params, ctx):
+        for done in (0, 50, 100):
+            ctx.report_progress(done, 100)
+            time.sleep(0.05)
+        return "Progress reported: 0, 50, 100 of 100."
 
     @staticmethod
     def fail(params, ctx):

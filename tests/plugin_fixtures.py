@@ -36,6 +36,11 @@ class SecondsParams(Schema):
     seconds = fields.Float(load_default=0.0)
 
 
+class StepsParams(Schema):
+    count = fields.Integer(load_default=3)
+    pause = fields.Float(load_default=0.0)
+
+
 class NoParams(Schema):
     pass
 
@@ -54,8 +59,15 @@ class TestingPlugin(Plugin):
             Command("boom", "Raise (after sleeping, if asked)", SecondsParams, self.boom),
             Command("pid", "The worker's pid (after sleeping, if asked)", SecondsParams, self.pid),
             Command("chart", "A PNG chart", NoParams, self.chart, output_schema=CHART_SCHEMA),
+            Command("steps", "Report progress at each step", StepsParams, self.steps),
             Command("picture", "Just a picture", NoParams, lambda p, ctx: Image(PNG)),
         ]
+
+    def steps(self, params, ctx):
+        for step in range(1, params["count"] + 1):
+            time.sleep(params["pause"])
+            ctx.report_progress(step, params["count"], f"step {step}")
+        return {"steps": params["count"]}
 
     def chart(self, params, ctx):
         return RichResult([Text("one bar"), Image(PNG, "image/png")], structured={"bars": 1})

@@ -622,3 +622,80 @@ def test_a_scoped_key_sees_only_the_prompts_and_resources_its_patterns_match(cli
     assert hidden["error"]["code"] == -32602 and "Unknown prompt" in hidden["error"]["message"]
     assert answer("resources/read", {"uri": "logo://png"})["error"]["code"] == -32002
     assert "contents" in answer("resources/read", {"uri": "runbook://disk-full"})["result"]
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+
+def events_of(response):
+    """The JSON-RPC messages of an SSE answer, in order."""
+    assert response.mimetype == "text/event-stream"
+    text = response.get_data(as_text=True)
+    return [
+        json.loads(line.removeprefix("data: "))
+        for line in text.splitlines()
+        if line.startswith("data: ")
+    ]
+
+
+def steps_call(progress_token: str | None = "t-1", **arguments):  # noqa: S107
+    params = {"name": "steps", "arguments": arguments}
+    if progress_token is not None:
+        params["_meta"] = {"progressToken": progress_token}
+    return request("tools/call", params, id=5)
+
+
+def test_a_call_with_a_progress_token_streams_progress_then_the_result(rpc):
+    response = rpc(steps_call(count=3))
+    assert response.status_code == 200
+    *notes, final = events_of(response)
+    assert [n["method"] for n in notes] == ["notifications/progress"] * 3
+    assert [n["params"] for n in notes] == [
+        {"progressToken": "t-1", "progress": step, "total": 3, "message": f"step {step}"}
+        for step in (1, 2, 3)
+    ]
+    assert final["id"] == 5 and final["result"]["structuredContent"] == {"steps": 3}
+
+
+def test_modern_streamed_results_are_complete(rpc):
+    params = {"name": "steps", "arguments": {"count": 1}, "_meta": {"progressToken": 9}}
+    message, headers = modern("tools/call", params, name="steps")
+    message["params"]["_meta"] = {**META, "progressToken": 9}
+    *notes, final = events_of(rpc(message, headers=headers))
+    assert notes[0]["params"]["progressToken"] == 9
+    assert final["result"]["resultType"] == "complete"
+
+
+@pytest.mark.parametrize(
+    "message, accept",
+    [
+        (steps_call(progress_token=None), ACCEPT),  # no token: nobody asked for progress
+        (steps_call(), "application/json"),  # cannot take a stream
+    ],
+)
+def test_without_a_token_or_a_stream_the_answer_is_json(rpc, message, accept):
+    response = rpc(message, headers={"Accept": accept})
+    assert response.mimetype == "application/json"
+    assert response.get_json()["result"]["structuredContent"] == {"steps": 3}
+
+
+def test_a_streamed_call_is_audited_like_any_other(rpc, client, keys):
+    events_of(rpc(steps_call(count=1)))
+    executions = client.get("/mcp/executions", headers=keys.headers("admin")).get_json()
+    latest = executions["executions"][0]
+    assert (latest["action"], latest["mode"], latest["status"]) == ("steps", "mcp", "success")
+
+
+def test_invalid_arguments_in_a_streamed_call_are_an_is_error_result(rpc):
+    (final,) = events_of(rpc(steps_call(count="many")))
+    assert final["result"]["isError"] is True
+
+
+def test_report_progress_refuses_what_is_not_a_number():
+    from waygate.sdk import ExecutionContext
+
+    ctx = ExecutionContext("cmd_x", None, deadline=0.0, logger=None)
+    with pytest.raises(TypeError):
+        ctx.report_progress("half")
+    ctx.report_progress(1, 2, "half")
+    assert ctx.progress == {"progress": 1, "total": 2, "message": "half"}

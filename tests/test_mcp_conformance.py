@@ -33,7 +33,6 @@ NOT_OFFERED = {
     "logging-set-level": "not yet",
     "tools-call-with-logging": "not yet",
     "completion-complete": "not yet",
-    "tools-call-with-progress": "not yet",
 }
 # The suite's active server scenarios (0.1.13), so that one it silently skipped cannot pass.
 SCENARIOS = {

@@ -282,12 +282,21 @@ class CommandService:
             return [r if isinstance(r, Outcome) else self.finish(r) for r in runs]
 
     def start(
-        self, inv: Invocation, caller: Caller, mode: Mode, *, started: float | None = None
+        self,
+        inv: Invocation,
+        caller: Caller,
+        mode: Mode,
+        *,
+        started: float | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> Running:
         """Hand an invocation to the pool. A batch item waits for room until its deadline; a
-        single request is refused at once when the pool is full (ServiceUnavailable)."""
+        single request is refused at once when the pool is full (ServiceUnavailable).
+        ``on_progress`` hears the handler's progress reports (from the pool thread)."""
         started = time.monotonic() if started is None else started
-        run = Running(inv, caller, mode, self._context(inv, caller, started), started, isoformat())
+        ctx = self._context(inv, caller, started)
+        ctx.on_progress = on_progress
+        run = Running(inv, caller, mode, ctx, started, isoformat())
         wait = run.ctx.remaining() if mode is Mode.BATCH else 0.0
         try:
             run.job = self.pool.submit(lambda: _invoke(inv, run.ctx), wait=wait)

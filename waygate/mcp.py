@@ -15,15 +15,17 @@ log with mode ``mcp``, statistics, metrics). Execution problems are results with
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import queue
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
-from .commands import Caller, CommandService, OutOfScope, UnknownCommand
+from .commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
 from .errors import ServiceUnavailable, WaygateError
 from .mcp_catalog import Catalog, CatalogError
-from .outcomes import ExecutionStatus, Mode
+from .outcomes import ExecutionStatus, Mode, Outcome
 from .plugins import PluginSet
 from .schemas import json_schema
 from .sdk import Content, RichResult
@@ -81,6 +83,7 @@ class Reply:
     status: int
     body: dict[str, Any] | None = None
     retry_after: int | None = None  # seconds, when the server is too busy to answer now
+    stream: ToolStream | None = None  # instead of a body: messages to send as they come
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class Routing:
     version: str | None = None
     method: str | None = None
     name: str | None = None
+    streams: bool = False  # the client accepts text/event-stream
 
 
 class McpServer:
@@ -141,7 +145,10 @@ class McpServer:
                 return Reply(202)
             if modern:
                 self._check_modern(message, method, version, routing, http)
-            result = self._dispatch(method, message.get("params") or {}, caller, modern, version)
+            params = message.get("params") or {}
+            if method == "tools/call" and routing.streams and _progress_token(params) is not None:
+                return Reply(200, stream=self._stream_tool(params, caller, request_id, modern))
+            result = self._dispatch(method, params, caller, modern, version)
             return Reply(200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         except JsonRpcError as err:
             return Reply(err.status, err.body(request_id))
@@ -298,12 +305,19 @@ class McpServer:
         return listed
 
     def call_tool(self, params: dict, caller: Caller) -> dict[str, Any]:
+        inv = self._resolve_tool(params, caller)
+        if isinstance(inv, dict):
+            return inv
+        return _present(inv.action, self.commands.run(inv, caller, Mode.MCP))
+
+    def _resolve_tool(self, params: dict, caller: Caller) -> Invocation | dict[str, Any]:
+        """The invocation, or the isError result that stands for it."""
         name = params.get("name")
         arguments = params.get("arguments") or {}
         if not isinstance(name, str):
             raise JsonRpcError(INVALID_PARAMS, "tools/call needs a tool name", status=400)
         try:  # arguments that are not an object are judged after the name, by the schema
-            inv = self.commands.resolve(name, arguments, caller, timeout=self._timeout(params))
+            return self.commands.resolve(name, arguments, caller, timeout=self._timeout(params))
         except (UnknownCommand, OutOfScope):  # alike: a scope hides what it does not grant
             # a protocol error, not a result: the client named no tool it may call
             raise JsonRpcError(INVALID_PARAMS, f"Unknown tool: {name[:128]}") from None
@@ -312,10 +326,24 @@ class McpServer:
                 f"Invalid arguments for {name}: {err.message}: "
                 + json.dumps(err.details.get("params", {}))
             )
-        outcome = self.commands.run(inv, caller, Mode.MCP)
-        if outcome.status is not ExecutionStatus.SUCCESS:
-            return _error_result(f"{name} {outcome.status}: {outcome.error}")
-        return tool_result(outcome.result)
+
+    def _stream_tool(
+        self, params: dict, caller: Caller, request_id: Any, modern: bool
+    ) -> ToolStream:
+        try:
+            inv = self._resolve_tool(params, caller)
+        except JsonRpcError as err:
+            if not modern:  # handshake-era errors met while handling travel with HTTP 200
+                err.status = 200
+            raise
+        token = _progress_token(params)
+
+        def response(result: dict[str, Any]) -> dict[str, Any]:
+            return {"jsonrpc": "2.0", "id": request_id, "result": self._complete(result, modern)}
+
+        if isinstance(inv, dict):
+            return ToolStream.answered(response(inv))
+        return ToolStream(self.commands, inv, caller, token, response)
 
     def _timeout(self, params: dict) -> int:
         """The configured tool timeout, or less where the client asks for less."""
@@ -324,6 +352,98 @@ class McpServer:
         if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked >= 1:
             return min(int(asked), self.tool_timeout_max)
         return self.tool_timeout
+
+
+def _present(name: str, outcome: Outcome) -> dict[str, Any]:
+    if outcome.status is not ExecutionStatus.SUCCESS:
+        return _error_result(f"{name} {outcome.status}: {outcome.error}")
+    return tool_result(outcome.result)
+
+
+def _progress_token(params: dict) -> str | int | None:
+    meta = params.get("_meta")
+    token = meta.get("progressToken") if isinstance(meta, dict) else None
+    return token if isinstance(token, (str, int)) and not isinstance(token, bool) else None
+
+
+class ToolStream:
+    """A tool call whose progress the client asked for (``_meta.progressToken``) and can take
+    as a stream: ``notifications/progress`` as the handler reports, then the response.
+
+    Started at once, so that a full pool or worker is still refused with 503 before anything
+    is streamed. It holds one admission slot (like a synchronous call) and its request thread
+    until the response is sent; if the client goes away first, the call is still finished and
+    recorded (``close``)."""
+
+    POLL_S = 0.05  # how soon the end of the call is noticed
+    KEEPALIVE_S = 15.0  # a comment line when nothing was sent for this long
+
+    def __init__(
+        self,
+        commands: CommandService,
+        inv: Invocation,
+        caller: Caller,
+        token: str | int | None,
+        response: Callable[[dict[str, Any]], dict[str, Any]],
+    ):
+        self._commands, self._token, self._response = commands, token, response
+        self._reports: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._admission = commands.admission
+        self._outcome: Outcome | None = None
+        self._answer: dict[str, Any] | None = None
+        self._admission.__enter__()
+        try:
+            self._run = commands.start(inv, caller, Mode.MCP, on_progress=self._reports.put)
+        except BaseException:
+            self._admission.__exit__(None, None, None)
+            raise
+
+    @classmethod
+    def answered(cls, response: dict[str, Any]) -> ToolStream:
+        """A stream of one message, for a call refused before it ran (invalid arguments)."""
+        stream = cls.__new__(cls)
+        stream._answer, stream._outcome, stream._reports = response, None, queue.SimpleQueue()
+        return stream
+
+    def messages(self) -> Iterator[dict[str, Any] | None]:
+        """JSON-RPC messages to send, in order; None asks for a keep-alive comment."""
+        if self._answer is not None:
+            yield self._answer
+            return
+        run, quiet_since = self._run, time.monotonic()
+        while not run.job.done() and run.ctx.remaining() > 0:
+            try:
+                report = self._reports.get(timeout=self.POLL_S)
+            except queue.Empty:
+                if time.monotonic() - quiet_since >= self.KEEPALIVE_S:
+                    quiet_since = time.monotonic()
+                    yield None
+                continue
+            quiet_since = time.monotonic()
+            yield self._notification(report)
+        while not self._reports.empty():
+            yield self._notification(self._reports.get_nowait())
+        yield self._response(_present(run.inv.action, self._finish()))
+
+    def close(self) -> None:
+        """Called when the response ends, sent or not: the call is finished and recorded."""
+        if self._answer is None:
+            self._finish()
+
+    def _finish(self) -> Outcome:
+        if self._outcome is None:
+            try:
+                self._outcome = self._commands.finish(self._run)
+            finally:
+                self._admission.__exit__(None, None, None)
+        return self._outcome
+
+    def _notification(self, report: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "jsonrpc": "2.0",
+            "method": "notifications/progress",
+            "params": {"progressToken": self._token, **report},
+        }
 
 
 def tool_result(result: Any) -> dict[str, Any]:

@@ -52,6 +52,10 @@ class ExecutionContext:
     logger: logging.Logger | logging.LoggerAdapter
     client_context: dict[str, Any] = field(default_factory=dict)
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    #: set by Waygate where someone listens (an MCP stream, an async execution's record)
+    on_progress: Callable[[dict[str, Any]], None] | None = None
+    #: the latest report_progress(), as it was sent
+    progress: dict[str, Any] | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -64,6 +68,27 @@ class ExecutionContext:
         """Call this in long loops: it raises :class:`Cancelled` once time is up."""
         if self.cancelled:
             raise Cancelled("command cancelled: its timeout passed")
+
+    def report_progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Tell the caller how far along the command is: ``progress`` (increasing) out of
+        ``total`` if known, and a short message. An MCP client that asked for progress gets it
+        as it happens; a polled async execution shows the latest. Cheap when nobody listens."""
+        if not _is_number(progress) or not (total is None or _is_number(total)):
+            raise TypeError("progress and total must be numbers")
+        report: dict[str, Any] = {"progress": progress}
+        if total is not None:
+            report["total"] = total
+        if message is not None:
+            report["message"] = str(message)[:500]
+        self.progress = report
+        if self.on_progress is not None:
+            self.on_progress(report)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 Handler = Callable[[dict[str, Any], ExecutionContext], Any]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any
 from urllib.parse import urlsplit
@@ -238,11 +238,18 @@ def endpoint():
         version=request.headers.get("MCP-Protocol-Version"),
         method=request.headers.get("Mcp-Method"),
         name=request.headers.get("Mcp-Name"),
+        streams=bool(request.accept_mimetypes.quality("text/event-stream")),
     )
     return _reply(services().mcp.handle(message, current_caller(), routing))
 
 
 def _reply(reply: Reply) -> Response:
+    if reply.stream is not None:
+        response = Response(_server_sent_events(reply.stream.messages()), 200)
+        response.mimetype = "text/event-stream"
+        response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+        response.call_on_close(reply.stream.close)
+        return response
     if reply.body is None:  # accepted notification: no body, so no Content-Type either
         response = Response(status=reply.status)
         del response.headers["Content-Type"]
@@ -251,3 +258,11 @@ def _reply(reply: Reply) -> Response:
     if reply.retry_after is not None:
         response.headers["Retry-After"] = str(reply.retry_after)
     return response
+
+
+def _server_sent_events(messages: Iterator[dict | None]) -> Iterator[bytes]:
+    for message in messages:
+        if message is None:
+            yield b": keep-alive\n\n"
+        else:
+            yield b"event: message\ndata: " + jsonio.dumps_bytes(message) + b"\n\n"
