@@ -80,7 +80,9 @@ class TestingPlugin(Plugin):
                 template="Triage {service} (severity {severity}): check its dashboard first.",
                 arguments=(
                     PromptArgument("service", "The failing service", required=True),
-                    PromptArgument("severity", "SEV1-SEV4"),
+                    PromptArgument(
+                        "severity", "SEV1-SEV4", suggestions=("SEV1", "SEV2", "SEV3", "SEV4")
+                    ),
                 ),
             ),
             Prompt(

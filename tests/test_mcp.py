@@ -13,6 +13,7 @@ CAPABILITIES = {
     "tools": {"listChanged": False},
     "prompts": {"listChanged": False},
     "resources": {"listChanged": False, "subscribe": False},
+    "completions": {},
 }
 META = {
     "io.modelcontextprotocol/protocolVersion": MODERN,
@@ -699,3 +700,21 @@ def test_report_progress_refuses_what_is_not_a_number():
         ctx.report_progress("half")
     ctx.report_progress(1, 2, "half")
     assert ctx.progress == {"progress": 1, "total": 2, "message": "half"}
+
+
+def test_prompt_arguments_complete_from_their_suggestions(rpc):
+    def complete(name, argument, value):
+        params = {
+            "ref": {"type": "ref/prompt", "name": name},
+            "argument": {"name": argument, "value": value},
+        }
+        return rpc(request("completion/complete", params)).get_json()
+
+    assert complete("triage", "severity", "SEV")["result"]["completion"] == {
+        "values": ["SEV1", "SEV2", "SEV3", "SEV4"],
+        "total": 4,
+        "hasMore": False,
+    }
+    assert complete("triage", "severity", "SEV4")["result"]["completion"]["values"] == ["SEV4"]
+    assert complete("triage", "service", "a")["result"]["completion"]["values"] == []
+    assert complete("nope", "x", "")["error"]["code"] == -32602

@@ -61,6 +61,7 @@ CAPABILITIES = {
     "tools": {"listChanged": False},
     "prompts": {"listChanged": False},
     "resources": {"listChanged": False, "subscribe": False},
+    "completions": {},
 }
 
 
@@ -118,6 +119,7 @@ class McpServer:
         self._reads = {
             "prompts/get": self.catalog.get_prompt,
             "resources/read": self.catalog.read_resource,
+            "completion/complete": self.catalog.complete,
         }
 
     # -- entry point ---------------------------------------------------------------------------

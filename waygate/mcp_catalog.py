@@ -22,6 +22,7 @@ from .sdk import Command, Content, Message, Prompt, Resource, Text, resource_con
 
 INVALID_PARAMS, INTERNAL_ERROR, RESOURCE_NOT_FOUND = -32602, -32603, -32002
 _READ_ONLY = {"readOnlyHint": True}
+MAX_SUGGESTIONS = 100  # the most completion/complete may answer
 
 
 class CatalogError(Exception):
@@ -74,6 +75,29 @@ class Catalog:
             caller,
         )
         return {"description": prompt.description, "messages": messages}
+
+    def complete(self, params: dict, caller: Caller) -> dict[str, Any]:
+        """Suggestions for a prompt argument that start with what was typed so far."""
+        ref, argument = params.get("ref"), params.get("argument")
+        if not isinstance(ref, dict) or not isinstance(argument, dict):
+            raise CatalogError(INVALID_PARAMS, "completion/complete needs ref and argument")
+        values: list[str] = []
+        if ref.get("type") == "ref/prompt":
+            plugins = self._plugins()
+            prompt = plugins.prompts.get(ref.get("name"))  # type: ignore[arg-type]
+            if prompt is None or not _permits(caller, plugins, prompt.name):
+                raise CatalogError(INVALID_PARAMS, f"Unknown prompt: {str(ref.get('name'))[:128]}")
+            typed = str(argument.get("value") or "")
+            for declared in prompt.arguments:
+                if declared.name == argument.get("name"):
+                    values = [v for v in declared.suggestions if v.startswith(typed)]
+        return {
+            "completion": {
+                "values": values[:MAX_SUGGESTIONS],
+                "total": len(values),
+                "hasMore": len(values) > MAX_SUGGESTIONS,
+            }
+        }
 
     # -- resources -----------------------------------------------------------------------------
 

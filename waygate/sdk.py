@@ -191,6 +191,8 @@ class PromptArgument:
     name: str
     description: str = ""
     required: bool = False
+    #: values a client may offer while the user types (MCP ``completion/complete``)
+    suggestions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
