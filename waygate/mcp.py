@@ -1,7 +1,9 @@
-"""The Model Context Protocol: plugin commands as MCP tools, over JSON-RPC 2.0.
+"""The Model Context Protocol: plugin commands as MCP tools (and plugin prompts and resources,
+see ``waygate.mcp_catalog``), over JSON-RPC 2.0.
 
 Transport-free: ``waygate.web.mcp`` carries it over HTTP (Streamable HTTP, stateless, JSON
-responses only) and ``waygate.mcp_stdio`` over stdio. The wire contract, both protocol eras,
+responses, or a stream of messages for a tool call that asks for progress: ``ToolStream``) and
+``waygate.mcp_stdio`` over stdio. The wire contract, both protocol eras,
 is ``shared/mcp-wire.md``: the handshake era (``initialize`` then requests carrying
 ``MCP-Protocol-Version``) and the 2026-07-28 revision (no handshake; every request repeats its
 envelope in ``params._meta`` and routing headers). Being stateless, the server remembers no
@@ -9,7 +11,7 @@ handshake: each request is judged by the revision it names.
 
 Tool calls go through the same command service as ``POST /mcp/execute`` (pool, timeout, audit
 log with mode ``mcp``, statistics, metrics). Execution problems are results with
-``isError: true``, never protocol errors.
+``isError: true``; naming a tool that does not exist (for this key) is a protocol error.
 """
 
 from __future__ import annotations

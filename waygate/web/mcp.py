@@ -1,8 +1,9 @@
-"""``POST /mcp``: MCP over Streamable HTTP, stateless, JSON responses only.
+"""``POST /mcp``: MCP over Streamable HTTP, stateless; JSON responses, or SSE for a tool call
+that asks for progress.
 
-Every answer on this endpoint is JSON-RPC, errors included (see envelope.jsonrpc_error). The
-same API keys, rate-limit budget (shared with /mcp/execute), audit log and metrics as the
-REST API apply.
+Every answer on this endpoint is JSON-RPC, errors included (see envelope.jsonrpc_error_body).
+The same API keys, audit log and metrics as the REST API apply; tool calls share the execute
+rate-limit budget with /mcp/execute, other methods have /mcp's own default budget.
 """
 
 from __future__ import annotations
