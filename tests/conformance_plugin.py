@@ -5,7 +5,6 @@ them. Registered through a tmp distribution's entry points by tests/test_mcp_con
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import time
@@ -13,6 +12,7 @@ import wave
 
 from marshmallow import Schema
 
+from tests.plugin_fixtures import PNG  # a 1x1 red pixel
 from waygate.sdk import (
     Audio,
     Command,
@@ -26,11 +26,6 @@ from waygate.sdk import (
     Resource,
     RichResult,
     Text,
-)
-
-# A 1x1 red pixel.
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 )
 
 

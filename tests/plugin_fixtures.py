@@ -22,7 +22,7 @@ from waygate.sdk import (
     Text,
 )
 
-PNG = base64.b64decode(
+PNG = base64.b64decode(  # a 1x1 red pixel
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
 )
 CHART_SCHEMA = {"type": "object", "properties": {"bars": {"type": "integer"}}, "required": ["bars"]}

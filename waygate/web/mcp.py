@@ -139,22 +139,6 @@ def no_stream():
           description: Method not allowed; this server holds no sessions
           headers:
             Allow: {$ref: "#/components/headers/Allow"}
-    put:
-      summary: Not offered (405)
-      tags: [mcp-protocol]
-      responses:
-        405:
-          description: Method not allowed; POST JSON-RPC messages
-          headers:
-            Allow: {$ref: "#/components/headers/Allow"}
-    patch:
-      summary: Not offered (405)
-      tags: [mcp-protocol]
-      responses:
-        405:
-          description: Method not allowed; POST JSON-RPC messages
-          headers:
-            Allow: {$ref: "#/components/headers/Allow"}
     """
     # No server-to-client stream and no sessions to end: this server is stateless.
     raise TransportError(
