@@ -151,7 +151,7 @@ class McpServer:
                 self._check_modern(message, method, version, routing, http)
             params = message.get("params") or {}
             if method == "tools/call" and routing.streams and _progress_token(params) is not None:
-                return Reply(200, stream=self._stream_tool(params, caller, request_id, modern))
+                return self._stream_tool(params, caller, request_id, modern)
             result = self._dispatch(method, params, caller, modern, version)
             return Reply(200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         except JsonRpcError as err:
@@ -331,23 +331,23 @@ class McpServer:
                 + json.dumps(err.details.get("params", {}))
             )
 
-    def _stream_tool(
-        self, params: dict, caller: Caller, request_id: Any, modern: bool
-    ) -> ToolStream:
+    def _stream_tool(self, params: dict, caller: Caller, request_id: Any, modern: bool) -> Reply:
+        """A tool call that asked for progress: streamed once it runs; a call refused before
+        it runs (invalid arguments) is answered at once, as JSON."""
         try:
             inv = self._resolve_tool(params, caller)
         except JsonRpcError as err:
             if not modern:  # handshake-era errors met while handling travel with HTTP 200
                 err.status = 200
             raise
-        token = _progress_token(params)
 
         def response(result: dict[str, Any]) -> dict[str, Any]:
             return {"jsonrpc": "2.0", "id": request_id, "result": self._complete(result, modern)}
 
         if isinstance(inv, dict):
-            return ToolStream.answered(response(inv))
-        return ToolStream(self.commands, inv, caller, token, response)
+            return Reply(200, response(inv))
+        token = _progress_token(params)
+        return Reply(200, stream=ToolStream(self.commands, inv, caller, token, response))
 
     def _timeout(self, params: dict) -> int:
         """The configured tool timeout, or less where the client asks for less."""
@@ -394,7 +394,6 @@ class ToolStream:
         self._reports: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._admission = commands.admission
         self._outcome: Outcome | None = None
-        self._answer: dict[str, Any] | None = None
         self._admission.__enter__()
         try:
             self._run = commands.start(inv, caller, Mode.MCP, on_progress=self._reports.put)
@@ -402,18 +401,8 @@ class ToolStream:
             self._admission.__exit__(None, None, None)
             raise
 
-    @classmethod
-    def answered(cls, response: dict[str, Any]) -> ToolStream:
-        """A stream of one message, for a call refused before it ran (invalid arguments)."""
-        stream = cls.__new__(cls)
-        stream._answer, stream._outcome, stream._reports = response, None, queue.SimpleQueue()
-        return stream
-
     def messages(self) -> Iterator[dict[str, Any] | None]:
         """JSON-RPC messages to send, in order; None asks for a keep-alive comment."""
-        if self._answer is not None:
-            yield self._answer
-            return
         run, quiet_since = self._run, time.monotonic()
         while not run.job.done() and run.ctx.remaining() > 0:
             try:
@@ -431,8 +420,7 @@ class ToolStream:
 
     def close(self) -> None:
         """Called when the response ends, sent or not: the call is finished and recorded."""
-        if self._answer is None:
-            self._finish()
+        self._finish()
 
     def _finish(self) -> Outcome:
         if self._outcome is None:

@@ -86,7 +86,7 @@ def readable_request_id() -> str | int | None:
 
 
 def _tool_calls_share_the_execute_budget() -> str | None:
-    # Only a known caller's body is read to choose; anyone else is refused (401) regardless.
+    # Only a known caller's body is read to choose; anyone else is refused (403) regardless.
     if g.get("api_key") is None:
         return None
     message, _ = incoming_message()
