@@ -333,13 +333,14 @@ def test_the_official_sdk_with_a_scoped_key_sees_and_runs_only_its_tools(server_
         async with http, client:
             names = {t.name for t in (await client.list_tools()).tools}
             echo = await client.call_tool("echo", {"message": "hi"})
-            hidden = await client.call_tool("analyze", {"input": "[]"})
-            return names, echo, hidden
+            with pytest.raises(mcp.MCPError) as hidden:  # exactly as for a tool that is not there
+                await client.call_tool("analyze", {"input": "[]"})
+            return names, echo, hidden.value
 
     names, echo, hidden = run(scenario())
     assert names == {"echo", "status"}
     assert echo.is_error is False
-    assert hidden.is_error is True and "Unknown tool: analyze" in hidden.content[0].text
+    assert hidden.error.code == -32602 and hidden.error.message == "Unknown tool: analyze"
 
 
 def test_waygate_mcp_stdio_offers_only_the_scope_it_was_given(data_dir):
@@ -352,12 +353,13 @@ def test_waygate_mcp_stdio_offers_only_the_scope_it_was_given(data_dir):
     async def scenario():
         async with mcp.Client(params) as client:
             names = {t.name for t in (await client.list_tools()).tools}
-            hidden = await client.call_tool("status", {})
-            return names, hidden
+            with pytest.raises(mcp.MCPError) as hidden:
+                await client.call_tool("status", {})
+            return names, hidden.value
 
     names, hidden = run(scenario())
     assert names == {"echo", "process_data", "analyze"}
-    assert hidden.is_error is True and "Unknown tool: status" in hidden.content[0].text
+    assert hidden.error.code == -32602 and hidden.error.message == "Unknown tool: status"
 
 
 # -- migration ---------------------------------------------------------------------------------

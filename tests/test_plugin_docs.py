@@ -1,6 +1,9 @@
 """The plugin guide's example is real: it loads and runs exactly as printed."""
 
+import base64
+import json
 import re
+import struct
 
 from tests.conftest import ROOT
 
@@ -27,3 +30,35 @@ def test_the_documented_example_plugin_works(plugin_dist, make_app, keys):
     assert missing.status_code == 400
     assert missing.get_json()["status"] == "failed"
     assert missing.get_json()["error"].startswith("cannot read /no/such/dir")
+
+
+def test_the_documented_incidents_plugin_works(plugin_dist, make_app, keys):
+    guide = (ROOT / "docs" / "plugins.md").read_text()
+    source = re.search(r"`incidents_plugin.py` draws.*?```python\n(.*?)```", guide, re.S).group(1)
+    plugin_dist.write_module("incidents_plugin", source)
+    plugin_dist.register("Incidents", "incidents_plugin:IncidentsPlugin")
+    client = make_app().test_client()
+    headers = {**keys.headers(), "Accept": "application/json, text/event-stream"}
+
+    def rpc(method, params, id=1):
+        message = {"jsonrpc": "2.0", "id": id, "method": method, "params": params}
+        return client.post("/mcp", json=message, headers=headers)
+
+    chart = rpc(
+        "tools/call",
+        {"name": "chart", "arguments": {"values": [1, 3, 2]}, "_meta": {"progressToken": 1}},
+    )
+    events = [
+        json.loads(line[len("data: ") :])
+        for line in chart.get_data(as_text=True).splitlines()
+        if line.startswith("data: ")
+    ]
+    assert [e["params"]["progress"] for e in events[:-1]] == [1, 2, 3]
+    result = events[-1]["result"]
+    assert result["structuredContent"] == {"bars": 3}
+    png = base64.b64decode(result["content"][1]["data"])
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and png[16:24] == struct.pack(">II", 24, 40)
+    prompt = rpc("prompts/get", {"name": "triage", "arguments": {"service": "api"}}).get_json()
+    assert "Service api is failing" in prompt["result"]["messages"][0]["content"]["text"]
+    runbook = rpc("resources/read", {"uri": "runbook://disk-full"}).get_json()
+    assert runbook["result"]["contents"][0]["text"].startswith("1. Find the largest")

@@ -40,7 +40,7 @@ _COLUMNS = (
     "command_id, action, plugin, key_name, key_id, mode, status, duration_ms, error, "
     "timeout_s, worker_pid, created_at, started_at, finished_at"
 )
-_GET_SQL = f"SELECT {_COLUMNS}, result FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
+_GET_SQL = f"SELECT {_COLUMNS}, result, progress FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
 
 
 class TooManyOpen(RateLimited):
@@ -64,9 +64,10 @@ class Execution:
     started_at: str | None
     finished_at: str | None
     result: Any = None
+    progress: dict[str, Any] | None = None  # the latest report of a running async execution
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "result"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("result", "progress")}
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,13 @@ class AuditLog:
             (ExecutionStatus.RUNNING, isoformat(), command_id, ExecutionStatus.PENDING),
         )
         return cursor.rowcount == 1
+
+    def progress(self, command_id: str, report: dict[str, Any]) -> None:
+        """Keep a running async execution's latest progress report."""
+        self.storage.execute_write(
+            "UPDATE executions SET progress = ? WHERE command_id = ? AND status = ?",
+            (json.dumps(report), command_id, ExecutionStatus.RUNNING),
+        )
 
     def finish(
         self,
@@ -319,6 +327,7 @@ class AuditLog:
             return None
         data = dict(row)
         data["result"] = json.loads(data["result"]) if data["result"] is not None else None
+        data["progress"] = json.loads(data["progress"]) if data["progress"] is not None else None
         return Execution(**data)
 
     def query(

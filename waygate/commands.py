@@ -282,12 +282,21 @@ class CommandService:
             return [r if isinstance(r, Outcome) else self.finish(r) for r in runs]
 
     def start(
-        self, inv: Invocation, caller: Caller, mode: Mode, *, started: float | None = None
+        self,
+        inv: Invocation,
+        caller: Caller,
+        mode: Mode,
+        *,
+        started: float | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> Running:
         """Hand an invocation to the pool. A batch item waits for room until its deadline; a
-        single request is refused at once when the pool is full (ServiceUnavailable)."""
+        single request is refused at once when the pool is full (ServiceUnavailable).
+        ``on_progress`` hears the handler's progress reports (from the pool thread)."""
         started = time.monotonic() if started is None else started
-        run = Running(inv, caller, mode, self._context(inv, caller, started), started, isoformat())
+        ctx = self._context(inv, caller, started)
+        ctx.on_progress = on_progress
+        run = Running(inv, caller, mode, ctx, started, isoformat())
         wait = run.ctx.remaining() if mode is Mode.BATCH else 0.0
         try:
             run.job = self.pool.submit(lambda: _invoke(inv, run.ctx), wait=wait)
@@ -326,6 +335,7 @@ class CommandService:
             run = Running(
                 inv, caller, Mode.ASYNC, self._context(inv, caller, started), started, created
             )
+            run.ctx.on_progress = _ProgressRecorder(self.audit, inv.command_id)
             self._record(run, _settle(run, lambda: _invoke(inv, run.ctx)))
 
         try:
@@ -354,6 +364,7 @@ class CommandService:
             result=execution.result,
             error=execution.error,
             timestamp=execution.finished_at or execution.created_at,
+            progress=execution.progress if execution.status in ExecutionStatus.open() else None,
         )
 
     # -- internals -----------------------------------------------------------------------------
@@ -398,6 +409,22 @@ class CommandService:
             created_at=run.created,
             started_at=run.created,
         )
+
+
+class _ProgressRecorder:
+    """Keeps an async execution's latest progress where any worker's poll finds it: at most
+    one write per interval (a handler may report in a tight loop), and always the last step."""
+
+    INTERVAL_S = 0.5
+
+    def __init__(self, audit: AuditLog, command_id: str):
+        self._audit, self._command_id, self._written = audit, command_id, 0.0
+
+    def __call__(self, report: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self._written >= self.INTERVAL_S or report.get("progress") == report.get("total"):
+            self._written = now
+            self._audit.progress(self._command_id, report)
 
 
 def _invoke(inv: Invocation, ctx: ExecutionContext) -> Any:

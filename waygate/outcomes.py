@@ -60,9 +60,10 @@ class Outcome:
     timestamp: str = field(default_factory=isoformat)
     failure: Failure | None = None
     cause: WaygateError | None = None
+    progress: dict[str, Any] | None = None  # a running async execution's latest report
 
     def as_response(self) -> dict[str, Any]:
-        return {
+        response = {
             "status": self.status.value,
             "result": self.result,
             "error": self.error,
@@ -70,3 +71,6 @@ class Outcome:
             "command_id": self.command_id,
             "timestamp": self.timestamp,
         }
+        if self.progress is not None:
+            response["progress"] = self.progress
+        return response

@@ -125,6 +125,12 @@ class MCPResponseSchema(Schema):
     duration_ms = fields.Integer(required=True)
     command_id = fields.String(required=True)
     timestamp = fields.String(required=True, metadata={"format": "date-time"})
+    progress = fields.Dict(
+        metadata={
+            "description": "A running async execution's latest progress report: progress, "
+            "and total and message when the command gave them"
+        }
+    )
 
 
 class IndexSchema(Schema):

@@ -7,8 +7,9 @@ in bench/README.md), so this module does the one thing Waygate needs:
 one counter per request, chosen from a table built once at start-up.
 
 Views join a limit group with :func:`limit_group` (a group's endpoints share one budget per
-caller: /mcp/execute and /mcp share "execute"); every other endpoint has its own budget of
-the default limit. Answers carry X-RateLimit-Limit/-Remaining/-Reset; over the limit: 429
+caller: /mcp/execute and /mcp's tool calls share "execute"); a view may choose its group per
+request with :func:`limit_group_by`; every other endpoint has its own budget of the default
+limit. Answers carry X-RateLimit-Limit/-Remaining/-Reset; over the limit: 429
 RATE_LIMITED with Retry-After.
 
 Refused keys also count per client address in one budget for every endpoint together, so
@@ -54,6 +55,17 @@ def limit_group(group: str) -> Callable:
     return mark
 
 
+def limit_group_by(choose: Callable[[], str | None]) -> Callable:
+    """Mark a view whose budget depends on the request: ``choose()`` names the group (checked
+    when the request is counted), or None for the view's own budget of the default limit."""
+
+    def mark(view: Callable) -> Callable:
+        view.waygate_limit_group_by = choose  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
 def caller_identity() -> str:
     key = g.get("api_key")
     if key is not None:
@@ -74,6 +86,7 @@ class RateLimiter:
         }
         self.auth_failures = parse(config.rate_limit_auth_failures)
         self._by_endpoint: dict[str, tuple[RateLimitItem, str]] = {}
+        self._chosen_by: dict[str, Callable[[], str | None]] = {}
         self._storage_error_logged = 0.0
 
     def init_app(self, app: Flask) -> None:
@@ -82,6 +95,9 @@ class RateLimiter:
             self._by_endpoint[endpoint] = (
                 (self.groups[group], group) if group else (self.default, endpoint)
             )
+            choose = getattr(view, "waygate_limit_group_by", None)
+            if choose is not None:
+                self._chosen_by[endpoint] = choose
         app.before_request(self.check)
         app.after_request(self.add_headers)
 
@@ -90,7 +106,7 @@ class RateLimiter:
         endpoint = request.endpoint
         if endpoint is None or request.method == "OPTIONS":  # unrouted paths, CORS preflight
             return
-        item, scope = self._by_endpoint.get(endpoint) or (self.default, endpoint)
+        item, scope = self._limit_for(endpoint)
         key = g.get("api_key")
         if scope == "execute" and key is not None and key.rate_limit:
             item = self._own_limit(key.rate_limit)  # the key's own limit replaces the default
@@ -137,6 +153,14 @@ class RateLimiter:
     @functools.lru_cache(maxsize=256)
     def _own_limit(text: str) -> RateLimitItem:
         return parse(text)
+
+    def _limit_for(self, endpoint: str) -> tuple[RateLimitItem, str]:
+        choose = self._chosen_by.get(endpoint)
+        if choose is not None:
+            group = choose()
+            if group is not None:
+                return self.groups[group], group
+        return self._by_endpoint.get(endpoint) or (self.default, endpoint)
 
     def _storage_failed(self, exc: StorageError) -> None:
         now = time.monotonic()

@@ -120,7 +120,8 @@ def _complete(operation: dict[str, Any], view: Any, method: str, jsonrpc: bool) 
     auth = getattr(view, "waygate_auth", None)
     if auth:
         op["security"] = [{"ApiKey": []}, {"Bearer": []}]
-        responses.setdefault("401", {"description": _ERRORS[401]})
+        refusal = getattr(view, "waygate_auth_refusal", 401)
+        responses.setdefault(str(refusal), {"description": _ERRORS[refusal]})
         if auth == "admin":
             responses.setdefault("403", {"description": _ERRORS[403]})
     else:
