@@ -3,8 +3,8 @@ see ``waygate.mcp_catalog``), over JSON-RPC 2.0.
 
 Transport-free: ``waygate.web.mcp`` carries it over HTTP (Streamable HTTP, stateless, JSON
 responses, or a stream of messages for a tool call that asks for progress: ``ToolStream``) and
-``waygate.mcp_stdio`` over stdio. The wire contract, both protocol eras,
-is the MCP specification's, in two eras: the handshake era (``initialize`` then requests carrying
+``waygate.mcp_stdio`` over stdio. The wire contract
+is the MCP specification's, in both of its eras: the handshake era (``initialize`` then requests carrying
 ``MCP-Protocol-Version``) and the 2026-07-28 revision (no handshake; every request repeats its
 envelope in ``params._meta`` and routing headers). Being stateless, the server remembers no
 handshake: each request is judged by the revision it names.
