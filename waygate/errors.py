@@ -49,6 +49,12 @@ class NotFound(WaygateError):
     code, status = "NOT_FOUND", 404
 
 
+class Conflict(WaygateError):
+    """The resource is not in a state that allows this (e.g. an execution decided already)."""
+
+    code, status = "CONFLICT", 409
+
+
 class RateLimited(WaygateError):
     code, status = "RATE_LIMITED", 429
 
@@ -65,6 +71,7 @@ CODE_FOR_STATUS = {
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     408: "TIMEOUT",
+    409: "CONFLICT",
     429: "RATE_LIMITED",
     500: "INTERNAL_ERROR",
     503: "SERVICE_UNAVAILABLE",

@@ -20,11 +20,23 @@ class ExecutionStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     TIMEOUT = "timeout"
+    AWAITING_APPROVAL = "awaiting_approval"  # stored, waiting for a second party's decision
+    DENIED = "denied"  # an approver said no: it never ran
+    EXPIRED = "expired"  # nobody decided within the approval time: it never ran
 
     @classmethod
     def open(cls) -> tuple[ExecutionStatus, ...]:
-        """Statuses of executions that have not ended yet."""
+        """Statuses of executions a worker holds (queued or running): the sweep closes them
+        when their worker is gone or their timeout has long passed. An execution awaiting
+        approval is held by no worker and has no timeout running yet: it is not open, it
+        ends by its own approval expiry (``waygate.approvals``)."""
         return (cls.PENDING, cls.RUNNING)
+
+    @classmethod
+    def unfinished(cls) -> tuple[ExecutionStatus, ...]:
+        """Statuses of executions that have not ended: the open ones and those awaiting
+        approval. They count against a key's cap of open executions and are never pruned."""
+        return (*cls.open(), cls.AWAITING_APPROVAL)
 
 
 class Mode(StrEnum):
@@ -60,9 +72,10 @@ class Outcome:
     timestamp: str = field(default_factory=isoformat)
     failure: Failure | None = None
     cause: WaygateError | None = None
+    approval: dict[str, Any] | None = None  # the stored request's hash, expiry and decision
 
     def as_response(self) -> dict[str, Any]:
-        return {
+        response = {
             "status": self.status.value,
             "result": self.result,
             "error": self.error,
@@ -70,3 +83,6 @@ class Outcome:
             "command_id": self.command_id,
             "timestamp": self.timestamp,
         }
+        if self.approval is not None:
+            response["approval"] = self.approval
+        return response
