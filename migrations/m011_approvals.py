@@ -23,8 +23,15 @@ _NEW_STATUSES = (
     "CHECK (status IN ('pending', 'running', 'success', 'failed', 'timeout',"
     " 'awaiting_approval', 'denied', 'expired'))"
 )
-_REQUEST_COLUMNS = ("action", "plugin", "key_id", "params", "params_hash", "client_context",
-                    "timeout_s")
+_REQUEST_COLUMNS = (
+    "action",
+    "plugin",
+    "key_id",
+    "params",
+    "params_hash",
+    "client_context",
+    "timeout_s",
+)
 
 
 @migrations()

@@ -19,6 +19,11 @@ class NoParams(Schema):
     pass
 
 
+class TargetParams(Schema):
+    target = fields.String(required=True)
+    seconds = fields.Float(load_default=0.0)
+
+
 class TestingPlugin(Plugin):
     name = "Testing"
     version = "0.1.0"
@@ -32,6 +37,13 @@ class TestingPlugin(Plugin):
             Command("stuck", "Sleep, ignoring cancellation", SecondsParams, self.stuck),
             Command("boom", "Raise (after sleeping, if asked)", SecondsParams, self.boom),
             Command("pid", "The worker's pid (after sleeping, if asked)", SecondsParams, self.pid),
+            Command(
+                "wipe",
+                "Pretend to wipe a target, and tell who ran it where",
+                TargetParams,
+                self.wipe,
+                annotations={"destructiveHint": True},
+            ),
         ]
 
     def sleep(self, params, ctx):
@@ -53,6 +65,15 @@ class TestingPlugin(Plugin):
         # Holding the connection a moment makes concurrent clients spread over the workers.
         time.sleep(params["seconds"])
         return {"pid": os.getpid()}
+
+    def wipe(self, params, ctx):
+        time.sleep(params["seconds"])
+        return {
+            "wiped": params["target"],
+            "pid": os.getpid(),
+            "key_name": ctx.key_name,
+            "context": ctx.client_context,
+        }
 
 
 class BadMetadataPlugin(Plugin):

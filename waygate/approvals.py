@@ -126,12 +126,12 @@ class Approvals:
     ) -> Execution:
         """Approve or deny; Forbidden for a key that may not, or for the requesting key,
         NotFound, or Conflict when it is not awaiting approval (decided, expired)."""
+        if not may_approve(approver):
+            raise Forbidden("deciding on approvals needs an admin key")
         self.expire()
         execution = self.audit.get(command_id)
         if execution is None:
             raise NotFound(f"no execution {command_id!r}", {"command_id": command_id[:100]})
-        if not may_approve(approver):
-            raise Forbidden("deciding on approvals needs an admin key")
         if execution.key_id is not None and execution.key_id == approver.id:
             raise Forbidden(
                 "a key cannot decide on its own request: another approver must",
@@ -276,4 +276,3 @@ def payload(event: str, execution: Execution) -> dict[str, Any]:
         "event": event,
         "execution": execution.as_dict(),
     }
-

@@ -280,20 +280,36 @@ class AuditLog:
             sets, args = "status = ?, worker_pid = ?", [ExecutionStatus.PENDING, os.getpid()]
         else:
             denial = f"denied by {key_name}" + (f": {reason}" if reason else "")
-            sets, args = "status = ?, finished_at = ?, error = ?", [
-                ExecutionStatus.DENIED, now, denial
-            ]
+            sets, args = (
+                "status = ?, finished_at = ?, error = ?",
+                [ExecutionStatus.DENIED, now, denial],
+            )
         with self.storage.write() as conn:
             decided = conn.execute(
                 f"UPDATE executions SET {sets}, decided_by = ?, decided_by_key_id = ?,"  # noqa: S608 # nosec B608
                 " decided_at = ?, decision_reason = ? WHERE command_id = ? AND status = ?"
                 " AND approval_expires_at > ?",
-                [*args, key_name, key_id, now, reason, command_id,
-                 ExecutionStatus.AWAITING_APPROVAL, now],
+                [
+                    *args,
+                    key_name,
+                    key_id,
+                    now,
+                    reason,
+                    command_id,
+                    ExecutionStatus.AWAITING_APPROVAL,
+                    now,
+                ],
             ).rowcount
             if decided:
-                _insert_event(conn, command_id, "approved" if approve else "denied",
-                              key_id, key_name, reason, now)
+                _insert_event(
+                    conn,
+                    command_id,
+                    "approved" if approve else "denied",
+                    key_id,
+                    key_name,
+                    reason,
+                    now,
+                )
         return self.get(command_id) if decided else None
 
     def expire_approvals(self) -> list[str]:
@@ -309,8 +325,13 @@ class AuditLog:
             rows = conn.execute(
                 "UPDATE executions SET status = ?, error = ?, finished_at = ? WHERE status = ?"
                 " AND approval_expires_at <= ? RETURNING command_id",
-                (ExecutionStatus.EXPIRED, "nobody approved it in time", now,
-                 ExecutionStatus.AWAITING_APPROVAL, now),
+                (
+                    ExecutionStatus.EXPIRED,
+                    "nobody approved it in time",
+                    now,
+                    ExecutionStatus.AWAITING_APPROVAL,
+                    now,
+                ),
             ).fetchall()
             for row in rows:
                 _insert_event(conn, row[0], "expired", None, None, None, now)

@@ -161,7 +161,7 @@ class Config:
             ("async_max_open_per_key", 1, 100_000),
             ("housekeeping_interval_s", 0, 86_400),
             ("drain_seconds", 0, 300),
-            ("approval_ttl_s", 10, 7 * 86_400),
+            ("approval_ttl_s", 1, 7 * 86_400),
             ("approval_webhook_attempts", 1, 10),
         ):
             if not low <= getattr(self, name) <= high:

@@ -1,6 +1,6 @@
 """Background upkeep in each worker: close executions left behind by dead workers or past
-their timeout, end approvals nobody decided on in time, and prune the audit log and the error log beyond the retention, in small
-batches."""
+their timeout, end approvals nobody decided on in time, and prune the audit log and the error
+log beyond the retention, in small batches."""
 
 from __future__ import annotations
 

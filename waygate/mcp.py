@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
+from .approvals import APPROVAL_NOTE, META_APPROVAL
 from .commands import Caller, CommandService, UnknownCommand
 from .errors import ServiceUnavailable, WaygateError
 from .outcomes import ExecutionStatus, Mode
@@ -52,6 +53,20 @@ INSTRUCTIONS = (
     "went wrong (invalid arguments, a failure or a timeout)."
 )
 TOOLS_CAPABILITY = {"tools": {"listChanged": False}}
+# Built in, read-only: a caller comes back for an execution it started (one that waited for
+# approval, or any async one). Its name is reserved: a plugin command of that name is hidden.
+EXECUTION_TOOL = {
+    "name": "waygate_execution",
+    "title": "Execution state",
+    "description": "The state and result of one of your own executions, by its command_id"
+    " (e.g. one that waits for approval). Call it again until its status is final.",
+    "inputSchema": {
+        "type": "object",
+        "properties": {"command_id": {"type": "string", "maxLength": 100}},
+        "required": ["command_id"],
+    },
+    "annotations": {"readOnlyHint": True, "idempotentHint": True},
+}
 
 
 class JsonRpcError(Exception):
@@ -258,18 +273,24 @@ class McpServer:
         plugins = self._plugins()
         listed = []
         for name, command in sorted(plugins.commands.items()):
+            if name == EXECUTION_TOOL["name"]:
+                continue
             tool: dict[str, Any] = {
                 "name": name,
                 "title": command.title or name,
                 "description": command.description,
                 "inputSchema": json_schema(command.params),
             }
-            if command.output_schema:
+            held = self.commands.needs_approval(command)
+            if command.output_schema and not held:  # a held call answers with its ticket
                 tool["outputSchema"] = dict(command.output_schema)
             if command.annotations:
                 tool["annotations"] = dict(command.annotations)
+            if held:
+                tool["description"] = f"{command.description} {APPROVAL_NOTE}".strip()
+                tool["_meta"] = {META_APPROVAL: True}
             listed.append(tool)
-        return listed
+        return [*listed, EXECUTION_TOOL]
 
     def call_tool(self, params: dict, caller: Caller) -> dict[str, Any]:
         name = params.get("name")
@@ -278,6 +299,8 @@ class McpServer:
             raise JsonRpcError(INVALID_PARAMS, "tools/call needs a tool name", status=400)
         if not isinstance(arguments, Mapping):
             return _error_result(f"arguments of {name} must be an object")
+        if name == EXECUTION_TOOL["name"]:
+            return self._execution_state(arguments, caller)
         try:
             inv = self.commands.resolve(
                 name, dict(arguments), caller, timeout=self._timeout(params)
@@ -291,6 +314,13 @@ class McpServer:
                 + json.dumps(err.details.get("params", {}))
             )
         outcome = self.commands.run(inv, caller, Mode.MCP)
+        if outcome.status is ExecutionStatus.AWAITING_APPROVAL:
+            return _state_result(
+                f"{name} needs approval before it runs; it is stored as execution"
+                f" {outcome.command_id}. Call {EXECUTION_TOOL['name']} with that command_id"
+                " later for its result.",
+                outcome.as_response(),
+            )
         if outcome.status is not ExecutionStatus.SUCCESS:
             return _error_result(f"{name} {outcome.status}: {outcome.error}")
         result = outcome.result
@@ -302,6 +332,16 @@ class McpServer:
             "isError": False,
         }
 
+    def _execution_state(self, arguments: Mapping, caller: Caller) -> dict[str, Any]:
+        command_id = arguments.get("command_id")
+        if not isinstance(command_id, str) or not command_id:
+            return _error_result("command_id must be a non-empty string")
+        outcome = self.commands.lookup(command_id[:100], caller)  # only the caller's own
+        if outcome is None:
+            return _error_result(f"no execution {command_id[:100]!r} of yours")
+        state = outcome.as_response()
+        return _state_result(json.dumps(state, default=str), state)
+
     def _timeout(self, params: dict) -> int:
         """The configured tool timeout, or less where the client asks for less."""
         meta = params.get("_meta")
@@ -309,6 +349,14 @@ class McpServer:
         if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked >= 1:
             return min(int(asked), self.tool_timeout_max)
         return self.tool_timeout
+
+
+def _state_result(text: str, state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "content": [{"type": "text", "text": text}],
+        "structuredContent": state,
+        "isError": False,
+    }
 
 
 def _error_result(message: str) -> dict[str, Any]:
