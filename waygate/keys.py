@@ -85,6 +85,17 @@ class KeyStore:
         rows = self.storage.conn.execute(sql + " ORDER BY id").fetchall()
         return [ApiKey(**dict(row)) for row in rows]
 
+    def live(self, name: str) -> ApiKey:
+        """The live key named ``name`` (NotFound otherwise): for the CLI's ``--as``."""
+        row = self.storage.conn.execute(
+            "SELECT id, name, role, created_at, last_used_at, revoked_at FROM api_keys "
+            "WHERE name = ? AND revoked_at IS NULL",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no live key named {name!r}")
+        return ApiKey(**dict(row))
+
     def count_live(self) -> int:
         return self.storage.conn.execute(
             "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL"

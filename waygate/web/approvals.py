@@ -53,7 +53,10 @@ def approve(command_id: str):
           description: Not awaiting approval (decided already, or expired) (CONFLICT)
     """
     outcome = services().commands.approve(command_id, current_key(), _reason())
-    response = respond(outcome)
+    # 202 answers the decision: the execution runs later (or, when its stored request cannot
+    # run any more, has already ended failed: the body says so)
+    response = jsonify(outcome.as_response())
+    response.status_code = 202
     response.headers["Location"] = url_for("execute.execution", command_id=command_id)
     return response
 
