@@ -453,3 +453,40 @@ def test_a_webhook_that_never_answers_is_logged_and_counted_and_blocks_nothing(
     after = sample(scrape(client), "waygate_approval_webhook_failures_total")
     assert after - before == 1
     assert "failed after 2 attempts" in caplog.text and url not in caplog.text
+
+
+def test_m011_keeps_existing_executions_counts_and_statistics(tmp_path):
+    import sqlite_utils
+    from waygate_migrations import migrations
+
+    from waygate.storage import Storage
+
+    storage = Storage(tmp_path / "waygate.db")
+    conn = storage.connect()
+    conn.row_factory = None  # plain tuples
+    db = sqlite_utils.Database(conn)
+    migrations.apply(db, stop_before="m011_approvals")
+    for i, status in enumerate(("success", "failed", "running")):
+        db.execute(
+            "INSERT INTO executions (command_id, action, plugin, mode, status, timeout_s,"
+            " created_at) VALUES (?, 'echo', 'Core', 'sync', ?, 30, '2026-01-01T00:00:00.000Z')",
+            (f"cmd_{i}", status),
+        )
+    db.conn.commit()
+    stats_before = db.execute("SELECT * FROM plugin_stats").fetchall()
+    migrations.apply(db)
+    db.conn.commit()
+    rows = db.execute("SELECT command_id, status FROM executions ORDER BY command_id").fetchall()
+    assert rows == [("cmd_0", "success"), ("cmd_1", "failed"), ("cmd_2", "running")]
+    assert db.execute("SELECT n FROM row_counts WHERE name = 'executions'").fetchone() == (3,)
+    assert db.execute("SELECT * FROM plugin_stats").fetchall() == stats_before
+    # the triggers came back: a finished row is counted, a held one is not
+    db.execute(
+        "INSERT INTO executions (command_id, action, plugin, mode, status, timeout_s, created_at)"
+        " VALUES ('cmd_3', 'echo', 'Core', 'sync', 'awaiting_approval', 30, 'x')"
+    )
+    db.execute("UPDATE executions SET status = 'success' WHERE command_id = 'cmd_2'")
+    db.conn.commit()
+    assert db.execute("SELECT n FROM row_counts WHERE name = 'executions'").fetchone() == (4,)
+    calls = db.execute("SELECT calls_total FROM plugin_stats WHERE plugin = 'Core'").fetchone()
+    assert calls == (stats_before[0][1] + 1,)

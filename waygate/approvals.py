@@ -34,6 +34,7 @@ from .clock import isoformat, utcnow
 from .errors import Conflict, Forbidden, NotFound
 from .forksafe import reset_after_fork
 from .keys import ApiKey
+from .outcomes import ApprovalStep as Step
 from .sdk import Command
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,8 @@ class Approvals:
         )
 
     def requested(self, command_id: str, key_id: int | None, key_name: str | None) -> None:
-        self.audit.add_event(command_id, "requested", key_id, key_name)
-        self._changed("requested", command_id)
+        self.audit.add_event(command_id, Step.REQUESTED, key_id, key_name)
+        self._changed(Step.REQUESTED, command_id)
 
     def decide(
         self, command_id: str, approver: ApiKey, *, approve: bool, reason: str | None
@@ -147,21 +148,21 @@ class Approvals:
                 f"execution {command_id} is not awaiting approval (it is {status})",
                 {"command_id": command_id, "status": status},
             )
-        self._changed("approved" if approve else "denied", command_id)
+        self._changed(Step.APPROVED if approve else Step.DENIED, command_id)
         return decided
 
     def expire(self) -> list[str]:
         """End the executions nobody decided on in time (housekeeping, and before reads)."""
         expired = self.audit.expire_approvals()
         for command_id in expired:
-            self._changed("expired", command_id)
+            self._changed(Step.EXPIRED, command_id)
         return expired
 
     def refresh_gauge(self) -> None:
         if self._on_change is not None:
             self._on_change("refresh", self.audit.count_awaiting())
 
-    def _changed(self, event: str, command_id: str) -> None:
+    def _changed(self, event: Step, command_id: str) -> None:
         if self._on_change is not None:
             self._on_change(event, self.audit.count_awaiting())
         execution = self.audit.get(command_id)
@@ -199,7 +200,7 @@ class Notifier:
         self._lock = threading.Lock()
         self._queue: queue.Queue[dict[str, Any]] | None = None
 
-    def notify(self, event: str, execution: Execution) -> None:
+    def notify(self, event: Step, execution: Execution) -> None:
         if not self.url:
             return
         try:
@@ -258,21 +259,21 @@ class Notifier:
             self._on_failure()
 
 
-def payload(event: str, execution: Execution) -> dict[str, Any]:
+def payload(event: Step, execution: Execution) -> dict[str, Any]:
     """The webhook body: Slack's ``text`` and the structured record."""
     who = execution.key_name or "an unnamed caller"
     texts = {
-        "requested": f"{who} asks to run `{execution.action}`: it waits for approval until"
+        Step.REQUESTED: f"{who} asks to run `{execution.action}`: it waits for approval until"
         f" {execution.approval_expires_at}",
-        "approved": f"`{execution.action}` requested by {who} was approved by"
+        Step.APPROVED: f"`{execution.action}` requested by {who} was approved by"
         f" {execution.decided_by}",
-        "denied": f"`{execution.action}` requested by {who} was denied by"
+        Step.DENIED: f"`{execution.action}` requested by {who} was denied by"
         f" {execution.decided_by}"
         + (f": {execution.decision_reason}" if execution.decision_reason else ""),
-        "expired": f"`{execution.action}` requested by {who} expired: nobody approved it",
+        Step.EXPIRED: f"`{execution.action}` requested by {who} expired: nobody approved it",
     }
     return {
         "text": f"Waygate: {texts[event]} (execution {execution.command_id})",
-        "event": event,
+        "event": event.value,
         "execution": execution.as_dict(),
     }

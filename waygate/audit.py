@@ -20,7 +20,7 @@ import psutil
 
 from .clock import isoformat, parse_iso, utcnow
 from .errors import RateLimited
-from .outcomes import ExecutionStatus, Mode
+from .outcomes import ApprovalStep, ExecutionStatus, Mode
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class Event:
     """One step of an execution's approval trail."""
 
     command_id: str
-    event: str  # requested, approved, denied, expired, executed
+    event: str  # an ApprovalStep
     key_id: int | None
     key_name: str | None
     reason: str | None
@@ -304,7 +304,7 @@ class AuditLog:
                 _insert_event(
                     conn,
                     command_id,
-                    "approved" if approve else "denied",
+                    ApprovalStep.APPROVED if approve else ApprovalStep.DENIED,
                     key_id,
                     key_name,
                     reason,
@@ -334,7 +334,7 @@ class AuditLog:
                 ),
             ).fetchall()
             for row in rows:
-                _insert_event(conn, row[0], "expired", None, None, None, now)
+                _insert_event(conn, row[0], ApprovalStep.EXPIRED, None, None, None, now)
         return [row[0] for row in rows]
 
     def count_awaiting(self) -> int:

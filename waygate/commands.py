@@ -27,10 +27,11 @@ from typing import Any
 from marshmallow import Schema, ValidationError
 
 from .approvals import Approvals, approval_info, params_hash
-from .audit import AuditLog, Execution
+from .audit import AuditLog, Execution, StoredRequest
 from .clock import isoformat
 from .errors import InvalidRequest, MissingParameter, ServiceUnavailable, WaygateError
 from .keys import ApiKey
+from .outcomes import ApprovalStep as Step
 from .outcomes import ExecutionStatus, Failure, Mode, Outcome
 from .plugins import PluginSet
 from .pool import CommandPool, Job, PoolFull
@@ -301,6 +302,20 @@ class CommandService:
         runs it and closes the record (the sweep closes what a dead worker left)."""
         if self.needs_approval(inv.command):
             return self._hold(inv, caller, Mode.ASYNC)
+        created = self._accept(inv, caller, Mode.ASYNC)
+        self._queue(inv, caller, created)
+        return Outcome(
+            status=ExecutionStatus.PENDING,
+            command_id=inv.command_id,
+            duration_ms=0,
+            timestamp=created,
+        )
+
+    def _accept(
+        self, inv: Invocation, caller: Caller, mode: Mode, request: StoredRequest | None = None
+    ) -> str:
+        """Record an execution before it runs: pending, or (with ``request``) awaiting
+        approval; TooManyOpen past the key's cap. Returns its creation time."""
         created = isoformat()
         self.audit.accept(
             command_id=inv.command_id,
@@ -310,14 +325,10 @@ class CommandService:
             key_id=caller.key_id,
             timeout_s=inv.timeout,
             created_at=created,
+            mode=mode,
+            request=request,
         )
-        self._queue(inv, caller, created)
-        return Outcome(
-            status=ExecutionStatus.PENDING,
-            command_id=inv.command_id,
-            duration_ms=0,
-            timestamp=created,
-        )
+        return created
 
     def _queue(self, inv: Invocation, caller: Caller, created: str, approved: bool = False) -> None:
         """Queue a pending execution; the pool thread runs it and closes its record."""
@@ -332,7 +343,7 @@ class CommandService:
             outcome = _settle(run, lambda: _invoke(inv, run.ctx))
             self._record(run, outcome)
             if approved:
-                self.audit.add_event(inv.command_id, "executed", reason=outcome.status.value)
+                self.audit.add_event(inv.command_id, Step.EXECUTED, reason=outcome.status)
 
         try:
             self.pool.submit(background)
@@ -345,18 +356,8 @@ class CommandService:
     def _hold(self, inv: Invocation, caller: Caller, mode: Mode) -> Outcome:
         """Store the request as awaiting approval; it runs only once someone approves it."""
         assert self.approvals is not None  # noqa: S101 - needs_approval() said so
-        created = isoformat()
-        self.audit.accept(
-            command_id=inv.command_id,
-            action=inv.action,
-            plugin=inv.plugin,
-            key_name=caller.key_name,
-            key_id=caller.key_id,
-            timeout_s=inv.timeout,
-            created_at=created,
-            mode=mode,
-            request=self.approvals.stored_request(inv.requested_params, inv.client_context),
-        )
+        request = self.approvals.stored_request(inv.requested_params, inv.client_context)
+        self._accept(inv, caller, mode, request)
         self.approvals.requested(inv.command_id, caller.key_id, caller.key_name)
         outcome = self.lookup(inv.command_id)
         assert outcome is not None  # noqa: S101 - inserted just now
@@ -379,7 +380,7 @@ class CommandService:
             inv, caller = self._stored(execution)
         except WaygateError as err:  # the command is gone, or its stored request is not valid
             self.audit.fail_open_executions_by_id(command_id, f"not run: {_describe(err)}")
-            self.audit.add_event(command_id, "executed", reason=ExecutionStatus.FAILED.value)
+            self.audit.add_event(command_id, Step.EXECUTED, reason=ExecutionStatus.FAILED)
         else:
             self._queue(inv, caller, execution.created_at, approved=True)
         outcome = self.lookup(command_id)

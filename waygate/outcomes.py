@@ -39,6 +39,16 @@ class ExecutionStatus(StrEnum):
         return (*cls.open(), cls.AWAITING_APPROVAL)
 
 
+class ApprovalStep(StrEnum):
+    """The steps of an approval's trail (the audit's ``execution_events.event``)."""
+
+    REQUESTED = "requested"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    EXECUTED = "executed"
+
+
 class Mode(StrEnum):
     """How an execution was asked for (the audit log's ``mode``)."""
 

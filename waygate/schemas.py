@@ -11,7 +11,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate
 
 from . import __version__
-from .outcomes import ExecutionStatus, Mode
+from .outcomes import ApprovalStep, ExecutionStatus, Mode
 
 
 class MCPCommandSchema(Schema):
@@ -289,10 +289,7 @@ class ExecutionSchema(Schema):
 
 class EventSchema(Schema):
     command_id = fields.String(required=True)
-    event = fields.String(
-        required=True,
-        validate=validate.OneOf(["requested", "approved", "denied", "expired", "executed"]),
-    )
+    event = fields.Enum(ApprovalStep, by_value=True, required=True)
     key_id = fields.Integer(allow_none=True, metadata={"description": "The key that acted"})
     key_name = fields.String(allow_none=True)
     reason = fields.String(
