@@ -246,7 +246,7 @@ class Notifier:
                     problem = f"HTTP {response.status}"
             except urllib.error.HTTPError as exc:
                 problem = f"HTTP {exc.code}"
-            except (urllib.error.URLError, OSError) as exc:
+            except (urllib.error.URLError, OSError, ValueError) as exc:  # ValueError: bad URL
                 problem = type(exc).__name__
         self._failed(
             f"webhook delivery of {body['event']} for {body['execution']['command_id']} failed"

@@ -379,6 +379,7 @@ class CommandService:
         try:
             inv, caller = self._stored(execution)
         except WaygateError as err:  # the command is gone, or its stored request is not valid
+            log.warning("approved execution %s not run: %s", command_id, err.message)
             self.audit.fail_open_executions_by_id(command_id, f"not run: {_describe(err)}")
             self.audit.add_event(command_id, Step.EXECUTED, reason=ExecutionStatus.FAILED)
         else:
