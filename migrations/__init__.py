@@ -22,4 +22,5 @@ from . import (  # noqa: E402
     m009_key_scopes,  # noqa: F401
     m010_key_events,  # noqa: F401
     m011_execution_progress,  # noqa: F401
+    m012_approvals,  # noqa: F401
 )

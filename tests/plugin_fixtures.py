@@ -45,6 +45,11 @@ class NoParams(Schema):
     pass
 
 
+class TargetParams(Schema):
+    target = fields.String(required=True)
+    seconds = fields.Float(load_default=0.0)
+
+
 class TestingPlugin(Plugin):
     name = "Testing"
     version = "0.1.0"
@@ -61,6 +66,13 @@ class TestingPlugin(Plugin):
             Command("chart", "A PNG chart", NoParams, self.chart, output_schema=CHART_SCHEMA),
             Command("steps", "Report progress at each step", StepsParams, self.steps),
             Command("picture", "Just a picture", NoParams, lambda p, ctx: Image(PNG)),
+            Command(
+                "wipe",
+                "Pretend to wipe a target, and tell who ran it where",
+                TargetParams,
+                self.wipe,
+                annotations={"destructiveHint": True},
+            ),
         ]
 
     def steps(self, params, ctx):
@@ -122,6 +134,15 @@ class TestingPlugin(Plugin):
         # Holding the connection a moment makes concurrent clients spread over the workers.
         time.sleep(params["seconds"])
         return {"pid": os.getpid()}
+
+    def wipe(self, params, ctx):
+        time.sleep(params["seconds"])
+        return {
+            "wiped": params["target"],
+            "pid": os.getpid(),
+            "key_name": ctx.key_name,
+            "context": ctx.client_context,
+        }
 
 
 class BadMetadataPlugin(Plugin):

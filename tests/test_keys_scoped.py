@@ -84,7 +84,7 @@ def test_discovery_lists_only_what_the_key_may_run(api):
     status = api.get("/mcp/status", headers=agent).get_json()
     assert status["commands_available"] == ["echo", "status"]
     tools = rpc(api, agent, "tools/list")["result"]["tools"]
-    assert [t["name"] for t in tools] == ["echo", "status"]
+    assert [t["name"] for t in tools] == ["echo", "status", "waygate_execution"]  # + built in
     # the admin key is unscoped
     everything = api.get("/mcp/commands", headers=api.admin).get_json()["total"]
     assert everything > 2
@@ -338,7 +338,7 @@ def test_the_official_sdk_with_a_scoped_key_sees_and_runs_only_its_tools(server_
             return names, echo, hidden.value
 
     names, echo, hidden = run(scenario())
-    assert names == {"echo", "status"}
+    assert names == {"echo", "status", "waygate_execution"}
     assert echo.is_error is False
     assert hidden.error.code == -32602 and hidden.error.message == "Unknown tool: analyze"
 
@@ -358,7 +358,7 @@ def test_waygate_mcp_stdio_offers_only_the_scope_it_was_given(data_dir):
             return names, hidden.value
 
     names, hidden = run(scenario())
-    assert names == {"echo", "process_data", "analyze"}
+    assert names == {"echo", "process_data", "analyze", "waygate_execution"}
     assert hidden.error.code == -32602 and hidden.error.message == "Unknown tool: status"
 
 

@@ -12,6 +12,7 @@ from .config import Config, log_level_number
 from .lifecycle import service_started_at
 from .services import Services
 from .web import (
+    approvals,
     auth,
     core,
     diagnostics,
@@ -81,6 +82,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     auth.init_app(app)
     app.register_blueprint(core.bp)
     app.register_blueprint(execute.bp)
+    app.register_blueprint(approvals.bp)
     app.register_blueprint(plugins.bp)
     app.register_blueprint(diagnostics.bp)
     app.register_blueprint(web_keys.bp)

@@ -79,6 +79,16 @@ class Config:
     # async executions a key may have pending or running at once; beyond it 429
     async_max_open_per_key: int = 16
     housekeeping_interval_s: int = 30
+    # human approval (issue 17): command-name globs that always / never need approval; commands
+    # annotated destructiveHint need it unless approval_destructive_default is off
+    approval_required: tuple[str, ...] = ()
+    approval_exempt: tuple[str, ...] = ()
+    approval_destructive_default: bool = True
+    # seconds a request waits for a decision before it ends expired
+    approval_ttl_s: int = 900
+    # http(s) URL that gets a JSON POST for every new pending approval and every decision
+    approval_webhook_url: str = ""
+    approval_webhook_attempts: int = 4
     # seconds a worker keeps serving (with /ready at 503) after SIGTERM before it stops
     drain_seconds: int = 0
     # gunicorn workers each kept on one CPU, spread evenly (gunicorn.conf.py)
@@ -161,6 +171,8 @@ class Config:
             ("async_max_open_per_key", 1, 100_000),
             ("housekeeping_interval_s", 0, 86_400),
             ("drain_seconds", 0, 300),
+            ("approval_ttl_s", 1, 7 * 86_400),
+            ("approval_webhook_attempts", 1, 10),
         ):
             if not low <= getattr(self, name) <= high:
                 raise ConfigError(f"WAYGATE_{name.upper()}: must be from {low} to {high}")
@@ -174,6 +186,16 @@ class Config:
             raise ConfigError(
                 "WAYGATE_VERSION_PARAM_SUNSET: must be a date like 2027-07-01"
             ) from None
+        for name in ("approval_required", "approval_exempt"):
+            for pattern in getattr(self, name):
+                if not re.fullmatch(r"[A-Za-z0-9_.\-*?\[\]!]{1,128}", pattern):
+                    raise ConfigError(
+                        f"WAYGATE_{name.upper()}: {pattern!r} is not a command-name glob"
+                        " like db.* or wipe_?"
+                    )
+        hook = self.approval_webhook_url
+        if hook and not re.fullmatch(r"https?://[^\s]+", hook):
+            raise ConfigError("WAYGATE_APPROVAL_WEBHOOK_URL: must be an http:// or https:// URL")
         uri = self.ratelimit_storage_uri
         if uri and not re.match(
             r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory)://", uri

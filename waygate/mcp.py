@@ -3,10 +3,10 @@ see ``waygate.mcp_catalog``), over JSON-RPC 2.0.
 
 Transport-free: ``waygate.web.mcp`` carries it over HTTP (Streamable HTTP, stateless, JSON
 responses, or a stream of messages for a tool call that asks for progress: ``ToolStream``) and
-``waygate.mcp_stdio`` over stdio. The wire contract
-is the MCP specification's, in both of its eras: the handshake era (``initialize`` then requests carrying
-``MCP-Protocol-Version``) and the 2026-07-28 revision (no handshake; every request repeats its
-envelope in ``params._meta`` and routing headers). Being stateless, the server remembers no
+``waygate.mcp_stdio`` over stdio. The wire contract is the MCP specification's, in both of
+its eras: the handshake era (``initialize`` then requests carrying ``MCP-Protocol-Version``)
+and the 2026-07-28 revision (no handshake; every request repeats its envelope in
+``params._meta`` and routing headers). Being stateless, the server remembers no
 handshake: each request is judged by the revision it names.
 
 Tool calls go through the same command service as ``POST /mcp/execute`` (pool, timeout, audit
@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import queue
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
+from .approvals import APPROVAL_NOTE, META_APPROVAL
 from .commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
 from .errors import ServiceUnavailable, WaygateError
 from .mcp_catalog import Catalog, CatalogError
@@ -64,6 +65,20 @@ CAPABILITIES = {
     "prompts": {"listChanged": False},
     "resources": {"listChanged": False, "subscribe": False},
     "completions": {},
+}
+# Built in, read-only: a caller comes back for an execution it started (one that waited for
+# approval, or any async one). Its name is reserved: a plugin command of that name is hidden.
+EXECUTION_TOOL = {
+    "name": "waygate_execution",
+    "title": "Execution state",
+    "description": "The state and result of one of your own executions, by its command_id"
+    " (e.g. one that waits for approval). Call it again until its status is final.",
+    "inputSchema": {
+        "type": "object",
+        "properties": {"command_id": {"type": "string", "maxLength": 100}},
+        "required": ["command_id"],
+    },
+    "annotations": {"readOnlyHint": True, "idempotentHint": True},
 }
 
 
@@ -295,18 +310,24 @@ class McpServer:
         listed = []
         for name in self.commands.available(caller):
             command = plugins.commands[name]
+            if name == EXECUTION_TOOL["name"]:
+                continue
             tool: dict[str, Any] = {
                 "name": name,
                 "title": command.title or name,
                 "description": command.description,
                 "inputSchema": json_schema(command.params),
             }
-            if command.output_schema:
+            held = self.commands.needs_approval(command)
+            if command.output_schema and not held:  # a held call answers with its ticket
                 tool["outputSchema"] = dict(command.output_schema)
             if command.annotations:
                 tool["annotations"] = dict(command.annotations)
+            if held:
+                tool["description"] = f"{command.description} {APPROVAL_NOTE}".strip()
+                tool["_meta"] = {META_APPROVAL: True}
             listed.append(tool)
-        return listed
+        return [*listed, EXECUTION_TOOL]
 
     def call_tool(self, params: dict, caller: Caller) -> dict[str, Any]:
         inv = self._resolve_tool(params, caller)
@@ -320,6 +341,10 @@ class McpServer:
         arguments = params.get("arguments") or {}
         if not isinstance(name, str):
             raise JsonRpcError(INVALID_PARAMS, "tools/call needs a tool name", status=400)
+        if name == EXECUTION_TOOL["name"]:  # built in: answered here, nothing to run
+            if not isinstance(arguments, Mapping):
+                return _error_result(f"arguments of {name} must be an object")
+            return self._execution_state(arguments, caller)
         try:  # arguments that are not an object are judged after the name, by the schema
             return self.commands.resolve(name, arguments, caller, timeout=self._timeout(params))
         except (UnknownCommand, OutOfScope):  # alike: a scope hides what it does not grant
@@ -346,8 +371,22 @@ class McpServer:
 
         if isinstance(inv, dict):
             return Reply(200, response(inv))
+        if self.commands.needs_approval(inv.command):  # held, not run: nothing to stream
+            return Reply(
+                200, response(_present(inv.action, self.commands.run(inv, caller, Mode.MCP)))
+            )
         token = _progress_token(params)
         return Reply(200, stream=ToolStream(self.commands, inv, caller, token, response))
+
+    def _execution_state(self, arguments: Mapping, caller: Caller) -> dict[str, Any]:
+        command_id = arguments.get("command_id")
+        if not isinstance(command_id, str) or not command_id:
+            return _error_result("command_id must be a non-empty string")
+        outcome = self.commands.lookup(command_id[:100], caller)  # only the caller's own
+        if outcome is None:
+            return _error_result(f"no execution {command_id[:100]!r} of yours")
+        state = outcome.as_response()
+        return _state_result(json.dumps(state, default=str), state)
 
     def _timeout(self, params: dict) -> int:
         """The configured tool timeout, or less where the client asks for less."""
@@ -359,6 +398,13 @@ class McpServer:
 
 
 def _present(name: str, outcome: Outcome) -> dict[str, Any]:
+    if outcome.status is ExecutionStatus.AWAITING_APPROVAL:
+        return _state_result(
+            f"{name} needs approval before it runs; it is stored as execution"
+            f" {outcome.command_id}. Call {EXECUTION_TOOL['name']} with that command_id"
+            " later for its result.",
+            outcome.as_response(),
+        )
     if outcome.status is not ExecutionStatus.SUCCESS:
         return _error_result(f"{name} {outcome.status}: {outcome.error}")
     return tool_result(outcome.result)
@@ -455,6 +501,14 @@ def tool_result(result: Any) -> dict[str, Any]:
     return {
         "content": [{"type": "text", "text": text}],
         "structuredContent": structured,
+        "isError": False,
+    }
+
+
+def _state_result(text: str, state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "content": [{"type": "text", "text": text}],
+        "structuredContent": state,
         "isError": False,
     }
 
