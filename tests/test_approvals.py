@@ -357,6 +357,18 @@ def test_mcp_call_is_held_then_read_back_by_the_builtin_tool(client, keys):
     assert others["isError"] is True  # only the caller's own executions
 
 
+def test_a_held_tool_asked_for_progress_is_held_not_streamed_nor_run(client, keys):
+    params = {"name": "wipe", "arguments": {"target": "db3"}, "_meta": {"progressToken": 5}}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params}
+    headers = {"X-API-Key": keys.user, "Accept": "application/json, text/event-stream"}
+    answer = client.post("/mcp", json=body, headers=headers)
+    assert answer.mimetype == "application/json"
+    held = answer.get_json()["result"]
+    assert held["structuredContent"]["status"] == "awaiting_approval"
+    listed = client.get("/mcp/executions?action=wipe", headers=keys.headers("admin")).get_json()
+    assert [e["status"] for e in listed["executions"]] == ["awaiting_approval"]
+
+
 # -- CLI -----------------------------------------------------------------------------------------
 
 
