@@ -19,4 +19,5 @@ from . import (  # noqa: E402
     m006_row_counts,  # noqa: F401
     m007_execution_key_id,  # noqa: F401
     m008_open_executions_by_key,  # noqa: F401
+    m012_execution_trace_id,  # noqa: F401
 )

@@ -31,14 +31,15 @@ _OPEN = ExecutionStatus.open()  # bound into "status IN (?, ?)"
 # (tests/test_execution_path.py checks them against ExecutionStatus.open()).
 _ACCEPT_SQL = (
     "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
-    " timeout_s, worker_pid, created_at) SELECT ?,?,?,?,?,?,?,?,?,? WHERE (SELECT count(*)"
-    " FROM executions WHERE key_id IS ? AND status IN ('pending', 'running')) < ?"
+    " timeout_s, worker_pid, created_at, trace_id) SELECT ?,?,?,?,?,?,?,?,?,?,?"
+    " WHERE (SELECT count(*) FROM executions"
+    " WHERE key_id IS ? AND status IN ('pending', 'running')) < ?"
 )
 _TOTAL_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
 _NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
 _COLUMNS = (
     "command_id, action, plugin, key_name, key_id, mode, status, duration_ms, error, "
-    "timeout_s, worker_pid, created_at, started_at, finished_at"
+    "timeout_s, worker_pid, created_at, started_at, finished_at, trace_id"
 )
 _GET_SQL = f"SELECT {_COLUMNS}, result FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
 
@@ -63,6 +64,7 @@ class Execution:
     created_at: str
     started_at: str | None
     finished_at: str | None
+    trace_id: str | None = None  # the OpenTelemetry trace of the execution, when traced
     result: Any = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -114,13 +116,14 @@ class AuditLog:
         started_at: str | None,
         result: Any = None,
         store_result: bool = False,
+        trace_id: str | None = None,
     ) -> None:
         """Record a finished execution (its plugin's totals follow by trigger), committed
         before this returns; concurrent requests' records share a transaction."""
         self.storage.execute_grouped(
             "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
             " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
-            " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " finished_at, trace_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 command_id,
                 action,
@@ -137,6 +140,7 @@ class AuditLog:
                 created_at,
                 started_at,
                 isoformat(),
+                trace_id,
             ),
         )
 
@@ -150,6 +154,7 @@ class AuditLog:
         key_id: int | None = None,
         timeout_s: int,
         created_at: str,
+        trace_id: str | None = None,
     ) -> None:
         """Record an async execution as pending, before it is queued; TooManyOpen when the
         key already has ``max_open_per_key`` open ones (checked and inserted in one
@@ -167,6 +172,7 @@ class AuditLog:
                 timeout_s,
                 os.getpid(),
                 created_at,
+                trace_id,
                 key_id,
                 self.max_open_per_key,
             ),

@@ -26,6 +26,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError
 
+from . import tracing
 from .audit import AuditLog
 from .clock import isoformat
 from .errors import InvalidRequest, MissingParameter, ServiceUnavailable, WaygateError
@@ -95,6 +96,7 @@ class Running:
     started: float  # time.monotonic()
     created: str
     job: Job | None = None
+    span: Any = None  # its trace span while tracing is on (waygate.tracing)
 
 
 class Admission:
@@ -251,7 +253,9 @@ class CommandService:
                 try:
                     inv = self.parse(raw, caller, allow_async=False)
                 except WaygateError as err:
-                    runs.append(_rejected(new_command_id(), err, started))
+                    rejected = _rejected(new_command_id(), err, started)
+                    tracing.rejected_command(rejected.command_id, rejected.error or "")
+                    runs.append(rejected)
                     continue
                 runs.append(self.start(inv, caller, Mode.BATCH, started=started))
             return [r if isinstance(r, Outcome) else self.finish(r) for r in runs]
@@ -262,12 +266,17 @@ class CommandService:
         """Hand an invocation to the pool. A batch item waits for room until its deadline; a
         single request is refused at once when the pool is full (ServiceUnavailable)."""
         started = time.monotonic() if started is None else started
-        run = Running(inv, caller, mode, self._context(inv, caller, started), started, isoformat())
-        wait = run.ctx.remaining() if mode is Mode.BATCH else 0.0
+        span = _start_span(inv, caller, mode)
+        ctx = self._context(inv, caller, started, span)
+        run = Running(inv, caller, mode, ctx, started, isoformat(), span=span)
+        wait = ctx.remaining() if mode is Mode.BATCH else 0.0
         try:
-            run.job = self.pool.submit(lambda: _invoke(inv, run.ctx), wait=wait)
+            run.job = self.pool.submit(
+                tracing.run_in(ctx.trace_context, lambda: _invoke(inv, ctx)), wait=wait
+            )
         except PoolFull:
             if mode is not Mode.BATCH:
+                tracing.end_command(span, ExecutionStatus.FAILED, 0, "server busy")
                 raise _busy() from None
         return run
 
@@ -284,29 +293,37 @@ class CommandService:
         """Accept for background execution: recorded as pending, then queued; the pool thread
         runs it and closes the record (the sweep closes what a dead worker left)."""
         created = isoformat()
-        self.audit.accept(
-            command_id=inv.command_id,
-            action=inv.action,
-            plugin=inv.plugin,
-            key_name=caller.key_name,
-            key_id=caller.key_id,
-            timeout_s=inv.timeout,
-            created_at=created,
-        )
+        # Its own trace, linked to the submitting request's: it outlives that request.
+        span = _start_span(inv, caller, Mode.ASYNC, detached=True)
+        try:
+            self.audit.accept(
+                command_id=inv.command_id,
+                action=inv.action,
+                plugin=inv.plugin,
+                key_name=caller.key_name,
+                key_id=caller.key_id,
+                timeout_s=inv.timeout,
+                created_at=created,
+                trace_id=tracing.trace_id(span),
+            )
+        except WaygateError as err:
+            tracing.end_command(span, ExecutionStatus.FAILED, 0, err.message)
+            raise
 
         def background() -> None:
             if not self.audit.start(inv.command_id):
+                tracing.end_command(span, ExecutionStatus.FAILED, 0, "closed before it started")
                 return
             started = time.monotonic()
-            run = Running(
-                inv, caller, Mode.ASYNC, self._context(inv, caller, started), started, created
-            )
-            self._record(run, _settle(run, lambda: _invoke(inv, run.ctx)))
+            ctx = self._context(inv, caller, started, span)
+            run = Running(inv, caller, Mode.ASYNC, ctx, started, created, span=span)
+            self._record(run, _settle(run, lambda: _invoke(inv, ctx)))
 
         try:
-            self.pool.submit(background)
+            self.pool.submit(tracing.run_in(tracing.context_of(span), background))
         except PoolFull:
             self.audit.fail_open_executions_by_id(inv.command_id, "server busy: not queued")
+            tracing.end_command(span, ExecutionStatus.FAILED, 0, "server busy: not queued")
             raise _busy() from None
         return Outcome(
             status=ExecutionStatus.PENDING,
@@ -334,7 +351,9 @@ class CommandService:
     # -- internals -----------------------------------------------------------------------------
 
     @staticmethod
-    def _context(inv: Invocation, caller: Caller, started: float) -> ExecutionContext:
+    def _context(
+        inv: Invocation, caller: Caller, started: float, span: Any = None
+    ) -> ExecutionContext:
         logger = logging.LoggerAdapter(
             logging.getLogger(f"waygate.plugin.{inv.plugin}"), {"command_id": inv.command_id}
         )
@@ -344,12 +363,18 @@ class CommandService:
             deadline=started + inv.timeout,
             logger=logger,
             client_context=inv.client_context,
+            trace_context=tracing.context_of(span),
         )
 
     def _record(self, run: Running, outcome: Outcome) -> None:
-        inv = run.inv
         if self._observe is not None:
-            self._observe(inv.action, outcome.status, outcome.duration_ms)
+            self._observe(run.inv.action, outcome.status, outcome.duration_ms)
+        with tracing.child(run.span, "waygate.audit.commit"):
+            self._write_audit(run, outcome)
+        tracing.end_command(run.span, outcome.status, outcome.duration_ms, outcome.error)
+
+    def _write_audit(self, run: Running, outcome: Outcome) -> None:
+        inv = run.inv
         if run.mode is Mode.ASYNC:
             self.audit.finish(
                 inv.command_id,
@@ -372,7 +397,20 @@ class CommandService:
             timeout_s=inv.timeout,
             created_at=run.created,
             started_at=run.created,
+            trace_id=tracing.trace_id(run.span),
         )
+
+
+def _start_span(inv: Invocation, caller: Caller, mode: Mode, *, detached: bool = False) -> Any:
+    return tracing.start_command(
+        inv.action,
+        inv.plugin,
+        inv.command_id,
+        mode,
+        inv.timeout,
+        caller.key_id,
+        detached=detached,
+    )
 
 
 def _invoke(inv: Invocation, ctx: ExecutionContext) -> Any:

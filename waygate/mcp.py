@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from . import __version__, tracing
 from .commands import Caller, CommandService, UnknownCommand
 from .errors import ServiceUnavailable, WaygateError
 from .outcomes import ExecutionStatus, Mode
@@ -290,7 +290,8 @@ class McpServer:
                 f"Invalid arguments for {name}: {err.message}: "
                 + json.dumps(err.details.get("params", {}))
             )
-        outcome = self.commands.run(inv, caller, Mode.MCP)
+        with tracing.continue_meta(params.get("_meta")):  # the caller's trace, if it sent one
+            outcome = self.commands.run(inv, caller, Mode.MCP)
         if outcome.status is not ExecutionStatus.SUCCESS:
             return _error_result(f"{name} {outcome.status}: {outcome.error}")
         result = outcome.result

@@ -239,6 +239,10 @@ class ExecutionSchema(Schema):
     created_at = fields.String(required=True)
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
+    trace_id = fields.String(
+        allow_none=True,
+        metadata={"description": "OpenTelemetry trace id (32 hex digits) when tracing is on"},
+    )
 
 
 class ExecutionListSchema(Schema):

@@ -51,6 +51,9 @@ class ExecutionContext:
     logger: logging.Logger | logging.LoggerAdapter
     client_context: dict[str, Any] = field(default_factory=dict)
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    #: the OpenTelemetry context of this execution's span (None while tracing is off); the
+    #: handler already runs inside it, so instrumented clients continue the trace by themselves
+    trace_context: Any = None
 
     @property
     def cancelled(self) -> bool:
@@ -63,6 +66,13 @@ class ExecutionContext:
         """Call this in long loops: it raises :class:`Cancelled` once time is up."""
         if self.cancelled:
             raise Cancelled("command cancelled: its timeout passed")
+
+    def trace_headers(self) -> dict[str, str]:
+        """W3C ``traceparent``/``tracestate`` headers for an outgoing request, so that the
+        service it calls continues this execution's trace (empty while tracing is off)."""
+        from .tracing import headers
+
+        return headers(self.trace_context)
 
 
 Handler = Callable[[dict[str, Any], ExecutionContext], Any]

@@ -23,6 +23,7 @@ from .metrics import metrics
 from .plugins import PluginRegistry
 from .pool import CommandPool
 from .storage import Storage
+from .tracing import setup as setup_tracing
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Services:
     @classmethod
     def build(cls, config: Config) -> Services:
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        setup_tracing(config)  # once per process; a no-op when off or already on
         storage = Storage(config.database_path, busy_timeout_ms=config.db_busy_timeout_ms)
         storage.migrate()
         plugins = PluginRegistry(

@@ -26,7 +26,10 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
-from .. import limit_counters  # noqa: F401  (registers the sqlite:// storage scheme)
+from .. import (
+    limit_counters,  # noqa: F401  (registers the sqlite:// storage scheme)
+    tracing,
+)
 from ..config import Config
 from ..errors import RateLimited, ServiceUnavailable
 
@@ -86,8 +89,9 @@ class RateLimiter:
         item, scope = self._by_endpoint.get(endpoint) or (self.default, endpoint)
         identity = caller_identity()
         try:
-            allowed = self.strategy.hit(item, scope, identity)
-            reset_at, remaining = self.strategy.get_window_stats(item, scope, identity)
+            with tracing.span("waygate.ratelimit.hit", {"waygate.limit": scope}):
+                allowed = self.strategy.hit(item, scope, identity)
+                reset_at, remaining = self.strategy.get_window_stats(item, scope, identity)
         except StorageError as exc:
             self._storage_failed(exc)
             return
