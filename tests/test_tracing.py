@@ -160,7 +160,7 @@ def test_rest_execute_continues_the_callers_trace_down_to_the_plugin(receiver, t
     assert request["name"] == "POST /mcp/execute" and request["kind"] == SERVER_KIND
     attrs = request["attributes"]
     assert attrs["http.route"] == "/mcp/execute"
-    assert attrs.get("http.response.status_code", attrs.get("http.status_code")) == 200
+    assert attrs["http.response.status_code"] == 200 and attrs["http.request.method"] == "POST"
     assert attrs["waygate.key_id"] == keys.store.authenticate(keys.user).id
     one(spans, name="waygate.ratelimit.hit", parent=request["span_id"])
     command = one(spans, name="command traced", parent=request["span_id"])
@@ -193,6 +193,26 @@ def test_rest_execute_continues_the_callers_trace_down_to_the_plugin(receiver, t
         time.sleep(0.05)
     line = next(line for line in server.log().splitlines() if "calling out" in line)
     assert f"trace_id={trace_id} span_id={command['span_id']}" in line
+
+    # a refused request has its span too: status 401, no key id, and never the wrong key
+    header, refused_trace, _ = traceparent()
+    wrong_key = "x" * 32
+    response = requests.post(
+        server.url + "/mcp/execute",
+        json={"action": "echo"},
+        headers={"X-API-Key": wrong_key, "traceparent": header},
+        timeout=10,
+    )
+    assert response.status_code == 401
+    refused = one(
+        of_trace(refused_trace)(
+            receiver.wait_for(lambda s: of_trace(refused_trace)(s), "401 request span")
+        ),
+        kind=SERVER_KIND,
+    )
+    assert refused["attributes"]["http.response.status_code"] == 401
+    assert "waygate.key_id" not in refused["attributes"]
+    assert wrong_key not in json.dumps(refused["attributes"])
 
 
 def test_mcp_tools_call_continues_the_trace_in_meta(receiver, traced_server, keys):
@@ -314,3 +334,33 @@ def test_a_receiver_that_does_not_answer_costs_the_requests_nothing(traced_serve
         for command_id in command_ids:
             row = audit_row(server, keys, command_id)
             assert row["status"] == "success" and len(row["trace_id"]) == 32
+
+
+# -- tracing off (the default): nothing of it runs --------------------------------------------
+
+
+def test_with_tracing_off_no_span_is_made_and_audit_rows_have_no_trace_id(client, keys):
+    from waygate import tracing
+
+    assert not tracing.enabled()
+    from waygate.web import tracing as web_tracing
+
+    hooks = client.application.before_request_funcs[None]
+    assert web_tracing._start not in hooks  # no server-span hook on the request path
+    header, _, _ = traceparent()
+    response = client.post(
+        "/mcp/execute",
+        json={"action": "echo", "params": {"message": "hi"}},
+        headers=keys.headers(traceparent=header),
+    )
+    assert response.status_code == 200 and "traceparent" not in response.headers
+    rows = client.get("/mcp/executions", headers=keys.headers("admin")).get_json()
+    assert rows["executions"][0]["trace_id"] is None
+    assert tracing.start_command("echo", "Core", "cmd_x", "sync", 30, None) is None
+
+
+def test_a_plugin_gets_no_trace_headers_while_tracing_is_off():
+    from waygate.sdk import ExecutionContext
+
+    ctx = ExecutionContext(command_id="cmd_x", key_name=None, deadline=0.0, logger=None)
+    assert ctx.trace_context is None and ctx.trace_headers() == {}

@@ -369,9 +369,11 @@ class CommandService:
     def _record(self, run: Running, outcome: Outcome) -> None:
         if self._observe is not None:
             self._observe(run.inv.action, outcome.status, outcome.duration_ms)
-        with tracing.child(run.span, "waygate.audit.commit"):
-            self._write_audit(run, outcome)
-        tracing.end_command(run.span, outcome.status, outcome.duration_ms, outcome.error)
+        try:
+            with tracing.child(run.span, "waygate.audit.commit"):
+                self._write_audit(run, outcome)
+        finally:
+            tracing.end_command(run.span, outcome.status, outcome.duration_ms, outcome.error)
 
     def _write_audit(self, run: Running, outcome: Outcome) -> None:
         inv = run.inv

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context, propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 if TYPE_CHECKING:
     from .config import Config
@@ -72,6 +72,41 @@ def setup(config: Config) -> None:
 def provider() -> Any:
     """The process's tracer provider (None while tracing is off)."""
     return _provider
+
+
+# -- request spans -------------------------------------------------------------------------------
+
+
+def start_request(
+    method: str, route: str | None, carrier: Mapping[str, str], attributes: dict[str, Any]
+) -> tuple[Span, object] | None:
+    """The server span of one request, made current: a child of the caller's span when
+    ``carrier`` (the request headers) holds W3C trace context. ``(span, token)`` for
+    :func:`end_request`; None while tracing is off."""
+    if _tracer is None:
+        return None
+    attributes["http.request.method"] = method
+    if route is not None:
+        attributes["http.route"] = route
+    span = _tracer.start_span(
+        f"{method} {route}" if route is not None else method,
+        context=propagate.extract(carrier),
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+    )
+    return span, context.attach(trace.set_span_in_context(span))
+
+
+def end_request(started: tuple[Span, object] | None, status: int | None) -> None:
+    if started is None:
+        return
+    span, token = started
+    if status is not None:
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:  # a server span fails on 5xx only; a 4xx is the client's
+            span.set_status(Status(StatusCode.ERROR))
+    span.end()
+    context.detach(token)
 
 
 # -- command spans -------------------------------------------------------------------------------
@@ -179,10 +214,12 @@ def run_in(ctx: Context | None, fn: Callable[[], Any]) -> Callable[[], Any]:
 
 
 def trace_id(span: Span | None) -> str | None:
-    """The span's trace id as 32 hex digits (how the audit log stores it), or None."""
+    """The span's trace id as 32 hex digits (how the audit log stores it); None when there
+    is no span or the sampler dropped its trace (no operator could find it)."""
     if span is None:
         return None
-    return format(span.get_span_context().trace_id, "032x")
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.trace_flags.sampled else None
 
 
 def headers(ctx: Context | None) -> dict[str, str]:

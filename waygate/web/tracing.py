@@ -1,39 +1,47 @@
 """The HTTP server span of every request, when tracing is on (``waygate.tracing``).
 
-The maintained Flask instrumentation makes the span: W3C ``traceparent``/``tracestate``
-headers continue the caller's trace, the span is named ``METHOD /route/<template>`` (never the
-raw path) and carries the status code. Waygate adds the calling key's id (never the key) and
-the request id. Not installed at all while tracing is off.
+One span per request, started before any hook that may refuse the request (so a 401 or a 429
+has its span too) and ended when the request is torn down. W3C ``traceparent``/``tracestate``
+headers continue the caller's trace. The span is named ``METHOD /route/<template>`` (never
+the raw path) and carries the status code, the calling key's id (never the key) and the
+request id. Not installed at all while tracing is off.
+
+Hand-written rather than opentelemetry-instrumentation-flask: that instrumentation collects
+every WSGI attribute twice per request, feeds HTTP metrics Waygate keeps in Prometheus, and
+on this path cost more than the command, audit and rate-limit spans together (see
+bench/README.md); these hooks make the same server span for a fraction of it.
 """
 
 from __future__ import annotations
 
-from flask import Flask, Response, g
-from opentelemetry import trace
+from flask import Flask, Response, g, request
 
 from .. import tracing
 
 
 def init_app(app: Flask) -> None:
-    """Early in the factory: the span must start before the hooks that may refuse a request
-    (auth, rate limit), so that a 401 or 429 has its span too."""
     if not tracing.enabled():
         return
-    from opentelemetry.instrumentation.flask import FlaskInstrumentor
-    from opentelemetry.metrics import NoOpMeterProvider
-
-    FlaskInstrumentor.instrument_app(
-        app,
-        tracer_provider=tracing.provider(),
-        meter_provider=NoOpMeterProvider(),  # metrics are Prometheus's (waygate.metrics)
-        enable_commenter=False,  # no SQL commenter context: Waygate's SQL is not an ORM's
-    )
+    app.before_request_funcs.setdefault(None, []).insert(0, _start)
     app.after_request(_annotate)
+    app.teardown_request(_end)
+
+
+def _start() -> None:
+    rule = request.url_rule
+    g.trace_request = tracing.start_request(
+        request.method,
+        rule.rule if rule is not None else None,
+        request.headers,
+        {"url.scheme": request.scheme, "client.address": request.remote_addr or ""},
+    )
 
 
 def _annotate(response: Response) -> Response:
-    span = trace.get_current_span()
-    if span.is_recording():
+    started = g.get("trace_request")
+    if started is not None:
+        span = started[0]
+        g.trace_status = response.status_code
         key = g.get("api_key")
         if key is not None:
             span.set_attribute("waygate.key_id", key.id)
@@ -41,3 +49,7 @@ def _annotate(response: Response) -> Response:
         if request_id:
             span.set_attribute("waygate.request_id", request_id)
     return response
+
+
+def _end(exc: BaseException | None) -> None:
+    tracing.end_request(g.pop("trace_request", None), g.get("trace_status", 500))
