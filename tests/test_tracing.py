@@ -364,3 +364,48 @@ def test_a_plugin_gets_no_trace_headers_while_tracing_is_off():
 
     ctx = ExecutionContext(command_id="cmd_x", key_name=None, deadline=0.0, logger=None)
     assert ctx.trace_context is None and ctx.trace_headers() == {}
+
+
+# -- the MCP _meta rules, on an in-memory tracer -----------------------------------------------
+
+
+@pytest.fixture
+def memory_spans(monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from waygate import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(tracing, "_tracer", provider.get_tracer("tests"))
+    return exporter
+
+
+def command_under(meta):
+    from waygate import tracing
+
+    with tracing.continue_meta(meta):
+        span = tracing.start_command("echo", "Core", "cmd_x", "mcp", 30, None)
+    span.end()
+    return span
+
+
+def test_a_malformed_traceparent_in_meta_is_ignored(memory_spans):
+    for meta in ({"traceparent": "not-a-traceparent"}, {"traceparent": 42}, "not a dict"):
+        span = command_under(meta)
+        assert span.parent is None and not span.links
+
+
+def test_a_meta_naming_the_requests_own_trace_keeps_the_request_span_as_parent(memory_spans):
+    from opentelemetry import trace
+
+    from waygate import tracing
+
+    with tracing.span("POST /mcp"):
+        request = trace.get_current_span().get_span_context()
+        same_trace = f"00-{request.trace_id:032x}-{secrets.token_hex(8)}-01"
+        span = command_under({"traceparent": same_trace})
+    assert span.parent.span_id == request.span_id and not span.links
