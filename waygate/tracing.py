@@ -69,11 +69,6 @@ def setup(config: Config) -> None:
     _tracer = provider.get_tracer("waygate", __version__)
 
 
-def provider() -> Any:
-    """The process's tracer provider (None while tracing is off)."""
-    return _provider
-
-
 # -- request spans -------------------------------------------------------------------------------
 
 
