@@ -8,6 +8,9 @@ machines. Then the growth checks: audit and error queries at 1,000 and 1,000,000
 /metrics scrape time with 2, 4 and 8 workers, process_data throughput by size, and worker
 memory before and after 100,000 requests.
 
+With --tracing, also /mcp/execute with OpenTelemetry tracing off and on (exporting to a
+loopback OTLP receiver), back to back in the same run, as a ratio (never a target).
+
 Prints a table, writes bench/results/latest.json, exits 1 when a target is missed.
     python bench/run.py [--quick]      (--quick: short runs, for the harness's smoke test)
 """
@@ -28,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
@@ -174,12 +178,14 @@ def gunicorn(
     )
 
 
-def waygate(data_dir: Path, workers: int = 2, app: str = "wsgi:app") -> Server:
+def waygate(
+    data_dir: Path, workers: int = 2, app: str = "wsgi:app", env: dict | None = None
+) -> Server:
     return gunicorn(
         "waygate",
         app,
         str(ROOT / "gunicorn.conf.py"),
-        {"WAYGATE_DATA_DIR": str(data_dir), **HIGH_LIMITS},
+        {"WAYGATE_DATA_DIR": str(data_dir), **HIGH_LIMITS, **(env or {})},
         workers,
     )
 
@@ -366,6 +372,83 @@ def compare(rounds: int, seconds: float, data_dir: Path, key: str, app: str = "w
     return summary
 
 
+# -- tracing: /mcp/execute with OpenTelemetry off and on ----------------------------------------
+
+
+class _OtlpSink(BaseHTTPRequestHandler):
+    """Takes OTLP/HTTP exports and answers 200 with an empty ExportTraceServiceResponse (an
+    empty protobuf message is zero bytes): a collector that costs as little as one can."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.exports += 1  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def tracing_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
+    """/mcp/execute (echo) against the same server with
+    WAYGATE_TRACING on, exporting every span to a loopback receiver; alternating order."""
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+    sink.exports = 0  # type: ignore[attr-defined]
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    traced = {
+        "WAYGATE_TRACING": "true",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}",
+    }
+    runs: dict[str, list[dict]] = {}
+    try:
+        with waygate(data_dir) as off, waygate(data_dir, env=traced) as on:
+            cases = [
+                (
+                    "tracing_off",
+                    lambda c: wrk(
+                        off.url + "/mcp/execute", c, seconds, ECHO_COMMAND, key, server=off
+                    ),
+                ),
+                (
+                    "tracing_on",
+                    lambda c: wrk(
+                        on.url + "/mcp/execute", c, seconds, ECHO_COMMAND, key, server=on
+                    ),
+                ),
+            ]
+            for _, fn in cases:  # warm up
+                fn(16)
+            for n in range(rounds):
+                for connections in (1, 16):
+                    for name, fn in cases if n % 2 == 0 else reversed(cases):
+                        runs.setdefault(f"{name}@{connections}", []).append(fn(connections))
+    finally:
+        sink.shutdown()
+        sink.server_close()
+    summary = {
+        name: {
+            "rps": statistics.median(r["rps"] for r in results),
+            "p50_ms": statistics.median(r["p50_ms"] for r in results),
+            "p99_ms": statistics.median(r["p99_ms"] for r in results),
+            "non_2xx": sum(r["non_2xx"] for r in results),
+            "rounds": len(results),
+        }
+        for name, results in runs.items()
+    }
+    summary["exports_received"] = sink.exports  # type: ignore[attr-defined]
+    summary["on_vs_off_rps@16"] = round(
+        summary["tracing_on@16"]["rps"] / summary["tracing_off@16"]["rps"], 3
+    )
+    summary["on_vs_off_p99@16"] = round(
+        summary["tracing_on@16"]["p99_ms"] / summary["tracing_off@16"]["p99_ms"], 3
+    )
+    return summary
+
+
 # -- 5: growth -------------------------------------------------------------------------------
 
 
@@ -521,6 +604,11 @@ def main() -> int:
         help="also measure Waygate with its per-request features off (bench/ablate.py), "
         "to show what the features cost; never counted against the targets",
     )
+    parser.add_argument(
+        "--tracing",
+        action="store_true",
+        help="also /mcp/execute with OpenTelemetry tracing off and on, in the same run",
+    )
     parser.add_argument("--rounds", type=int, help="rounds of the comparison (default 3)")
     parser.add_argument(
         "--out",
@@ -554,6 +642,8 @@ def main() -> int:
         results["compare"] = compare(rounds, seconds, data_dir, key)
         if args.floor:
             results["floor"] = compare(rounds, seconds, data_dir, key, app="bench.ablate:app")
+        if args.tracing:
+            results["tracing"] = tracing_cost(rounds, seconds, data_dir, key)
         if not args.compare_only:
             results["process_data"] = process_data(data_dir, key)
             results["memory"] = memory(data_dir, key, requests_for_memory)
@@ -580,6 +670,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     errors = sum(v["non_2xx"] for v in c.values())
+    errors += sum(v["non_2xx"] for v in results.get("tracing", {}).values() if isinstance(v, dict))
     if errors:
         print(f"bench: {errors} non-2xx responses during the comparison", file=sys.stderr)
     return 0 if all(t["met"] for t in results["targets"].values()) and not errors else 1
@@ -618,6 +709,16 @@ def report(results: dict) -> None:
             print(f"{name:22} {r['rps']:10.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
         for name, value in results["floor_ratios"].items():
             print(f"{name:22} {value:10.3f}  (not a target)")
+    if "tracing" in results:
+        t = results["tracing"]
+        print("\ntracing: /mcp/execute echo, OpenTelemetry off and on (OTLP to loopback)")
+        for name in ("tracing_off@1", "tracing_on@1", "tracing_off@16", "tracing_on@16"):
+            r = t[name]
+            print(f"{name:22} {r['rps']:10.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
+        print(f"{'on/off req/s @16':22} {t['on_vs_off_rps@16']:10.3f}  (not a target)")
+        print(
+            f"{'on/off p99 @16':22} {t['on_vs_off_p99@16']:10.3f}  exports: {t['exports_received']}"
+        )
     if "process_data" not in results:
         return
     print("\nprocess_data (transform):")

@@ -23,4 +23,5 @@ from . import (  # noqa: E402
     m010_key_events,  # noqa: F401
     m011_execution_progress,  # noqa: F401
     m012_approvals,  # noqa: F401
+    m013_execution_trace_id,  # noqa: F401
 )

@@ -199,3 +199,21 @@ class BadResourcePlugin(Plugin):
 
     def resources(self):
         return [Resource("no-scheme", "Nothing", lambda values: "")]
+
+
+class TracingPlugin(Plugin):
+    name = "Tracing"
+    version = "0.1.0"
+    description = "Continues the execution's trace as a plugin making outgoing calls would"
+    author = "Waygate tests"
+
+    def commands(self):
+        return [Command("traced", "Log, make a span, return trace headers", NoParams, self.traced)]
+
+    def traced(self, params, ctx):
+        from opentelemetry import trace
+
+        ctx.logger.warning("calling out")
+        with trace.get_tracer("waygate-tests").start_as_current_span("plugin.outgoing"):
+            pass
+        return {"headers": ctx.trace_headers()}

@@ -36,6 +36,7 @@ def test_the_harness_measures_every_case_without_a_failed_request(tmp_path):
             str(ROOT / "bench" / "run.py"),
             "--compare-only",
             "--floor",
+            "--tracing",
             "--rounds",
             "1",
             "--seconds",
@@ -63,4 +64,9 @@ def test_the_harness_measures_every_case_without_a_failed_request(tmp_path):
         "p99_16_vs_bare",
     }
     assert set(results["floor_ratios"]) == set(results["targets"])
+    tracing = results["tracing"]
+    for name in ("tracing_off@1", "tracing_on@1", "tracing_off@16", "tracing_on@16"):
+        assert tracing[name]["non_2xx"] == 0 and tracing[name]["rps"] > 0, (name, tracing)
+    assert tracing["exports_received"] > 0  # the traced server really exported its spans
+    assert tracing["on_vs_off_rps@16"] > 0
     assert "health_vs_bare" in run.stdout and "floor" in run.stdout

@@ -7,7 +7,7 @@ import sys
 
 from flask import Flask
 
-from . import compat
+from . import compat, tracing
 from .config import Config, log_level_number
 from .lifecycle import service_started_at
 from .services import Services
@@ -28,10 +28,15 @@ from .web import (
 from .web import docs as web_docs
 from .web import keys as web_keys
 from .web import metrics as web_metrics
+from .web import tracing as web_tracing
 
 log = logging.getLogger(__name__)
 LOG_FORMAT = (
     "%(asctime)s %(levelname)s [%(process)d] %(name)s request_id=%(request_id)s %(message)s"
+)
+# with tracing on, every line also names the span it was written in
+TRACED_LOG_FORMAT = LOG_FORMAT.replace(
+    " %(message)s", " trace_id=%(trace_id)s span_id=%(span_id)s %(message)s"
 )
 
 
@@ -55,8 +60,10 @@ def configure_logging(config: Config) -> None:
         return
     handler = _StderrHandler()
     handler.waygate = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(logging.Formatter(TRACED_LOG_FORMAT if config.tracing else LOG_FORMAT))
     handler.addFilter(http.RequestIdFilter())
+    if config.tracing:
+        handler.addFilter(tracing.LogContextFilter())
     logger.addHandler(handler)
     logger.propagate = False
 
@@ -65,6 +72,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     """Build the Waygate app. ``config`` defaults to the environment's ``WAYGATE_*`` settings."""
     config = config or (services.config if services else Config.from_env())
     configure_logging(config)
+    tracing.setup(config)  # in the worker, after fork: its own exporter thread
     service_started_at()  # a process that was not forked by Waygate's master records its own
     services = services or Services.build(config)
 
@@ -77,6 +85,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     # Hook order is request order: the metrics timer (it cannot fail), then the request id,
     # before anything that can fail, so that every error carries it.
     web_metrics.init_app(app)
+    web_tracing.init_app(app)  # the server span, before anything that can refuse the request
     http.init_app(app, config)
     versioning.init_app(app, config)
     auth.init_app(app)

@@ -34,7 +34,7 @@ _UNFINISHED = ExecutionStatus.unfinished()  # bound into "status IN (?, ?, ?)"
 _ACCEPT_SQL = (
     "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
     " timeout_s, worker_pid, created_at, params, params_hash, client_context,"
-    " approval_expires_at) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,? WHERE (SELECT count(*)"
+    " approval_expires_at, trace_id) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? WHERE (SELECT count(*)"
     " FROM executions WHERE key_id IS ? AND status IN"
     " ('pending', 'running', 'awaiting_approval')) < ?"
 )
@@ -44,7 +44,7 @@ _COLUMNS = (
     "command_id, action, plugin, key_name, key_id, mode, status, duration_ms, error, "
     "timeout_s, worker_pid, created_at, started_at, finished_at, params, client_context, "
     "params_hash, "
-    "approval_expires_at, decided_by, decided_by_key_id, decided_at, decision_reason"
+    "approval_expires_at, decided_by, decided_by_key_id, decided_at, decision_reason, trace_id"
 )
 _GET_SQL = f"SELECT {_COLUMNS}, result, progress FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
 
@@ -78,6 +78,7 @@ class Execution:
     decided_by_key_id: int | None = None
     decided_at: str | None = None
     decision_reason: str | None = None
+    trace_id: str | None = None  # the OpenTelemetry trace of the execution, when traced
     result: Any = None
     progress: dict[str, Any] | None = None  # the latest report of a running async execution
 
@@ -156,13 +157,14 @@ class AuditLog:
         started_at: str | None,
         result: Any = None,
         store_result: bool = False,
+        trace_id: str | None = None,
     ) -> None:
         """Record a finished execution (its plugin's totals follow by trigger), committed
         before this returns; concurrent requests' records share a transaction."""
         self.storage.execute_grouped(
             "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
             " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
-            " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " finished_at, trace_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 command_id,
                 action,
@@ -179,6 +181,7 @@ class AuditLog:
                 created_at,
                 started_at,
                 isoformat(),
+                trace_id,
             ),
         )
 
@@ -194,6 +197,7 @@ class AuditLog:
         created_at: str,
         mode: Mode = Mode.ASYNC,
         request: StoredRequest | None = None,
+        trace_id: str | None = None,
     ) -> None:
         """Record an async execution as pending, before it is queued, or (with ``request``)
         one awaiting approval, held by no worker; TooManyOpen when the key already has
@@ -217,6 +221,7 @@ class AuditLog:
                 request.params_hash if awaiting else None,
                 request.client_context_json if awaiting else None,
                 request.expires_at if awaiting else None,
+                trace_id,
                 key_id,
                 self.max_open_per_key,
             ),

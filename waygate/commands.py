@@ -26,6 +26,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError
 
+from . import tracing
 from .approvals import Approvals, approval_info, params_hash
 from .audit import AuditLog, Execution, StoredRequest
 from .clock import isoformat
@@ -112,6 +113,7 @@ class Running:
     started: float  # time.monotonic()
     created: str
     job: Job | None = None
+    span: Any = None  # its trace span while tracing is on (waygate.tracing)
 
 
 class Admission:
@@ -289,7 +291,9 @@ class CommandService:
                 try:
                     inv = self.parse(raw, caller, allow_async=False)
                 except WaygateError as err:
-                    runs.append(_rejected(new_command_id(), err, started))
+                    rejected = _rejected(new_command_id(), err, started)
+                    tracing.rejected_command(rejected.command_id, rejected.error or "")
+                    runs.append(rejected)
                     continue
                 if self.needs_approval(inv.command):
                     runs.append(self._hold_item(inv, caller, started))
@@ -310,14 +314,18 @@ class CommandService:
         single request is refused at once when the pool is full (ServiceUnavailable).
         ``on_progress`` hears the handler's progress reports (from the pool thread)."""
         started = time.monotonic() if started is None else started
-        ctx = self._context(inv, caller, started)
+        span = _start_span(inv, caller, mode)
+        ctx = self._context(inv, caller, started, span)
         ctx.on_progress = on_progress
-        run = Running(inv, caller, mode, ctx, started, isoformat())
-        wait = run.ctx.remaining() if mode is Mode.BATCH else 0.0
+        run = Running(inv, caller, mode, ctx, started, isoformat(), span=span)
+        wait = ctx.remaining() if mode is Mode.BATCH else 0.0
         try:
-            run.job = self.pool.submit(lambda: _invoke(inv, run.ctx), wait=wait)
+            run.job = self.pool.submit(
+                tracing.run_in(ctx.trace_context, lambda: _invoke(inv, ctx)), wait=wait
+            )
         except PoolFull:
             if mode is not Mode.BATCH:
+                tracing.end_command(span, ExecutionStatus.FAILED, 0, "server busy")
                 raise _busy() from None
         return run
 
@@ -335,8 +343,14 @@ class CommandService:
         runs it and closes the record (the sweep closes what a dead worker left)."""
         if self.needs_approval(inv.command):
             return self._hold(inv, caller, Mode.ASYNC)
-        created = self._accept(inv, caller, Mode.ASYNC)
-        self._queue(inv, caller, created)
+        # Its own trace, linked to the submitting request's: it outlives that request.
+        span = _start_span(inv, caller, Mode.ASYNC, detached=True)
+        try:
+            created = self._accept(inv, caller, Mode.ASYNC, span=span)
+        except WaygateError as err:
+            tracing.end_command(span, ExecutionStatus.FAILED, 0, err.message)
+            raise
+        self._queue(inv, caller, created, span=span)
         return Outcome(
             status=ExecutionStatus.PENDING,
             command_id=inv.command_id,
@@ -345,7 +359,12 @@ class CommandService:
         )
 
     def _accept(
-        self, inv: Invocation, caller: Caller, mode: Mode, request: StoredRequest | None = None
+        self,
+        inv: Invocation,
+        caller: Caller,
+        mode: Mode,
+        request: StoredRequest | None = None,
+        span: Any = None,
     ) -> str:
         """Record an execution before it runs: pending, or (with ``request``) awaiting
         approval; TooManyOpen past the key's cap. Returns its creation time."""
@@ -360,19 +379,30 @@ class CommandService:
             created_at=created,
             mode=mode,
             request=request,
+            trace_id=tracing.trace_id(span),
         )
         return created
 
-    def _queue(self, inv: Invocation, caller: Caller, created: str, approved: bool = False) -> None:
-        """Queue a pending execution; the pool thread runs it and closes its record."""
+    def _queue(
+        self,
+        inv: Invocation,
+        caller: Caller,
+        created: str,
+        approved: bool = False,
+        span: Any = None,
+    ) -> None:
+        """Queue a pending execution; the pool thread runs it and closes its record. An
+        approved one starts its own trace (the request that held it is long gone)."""
+        if span is None:
+            span = _start_span(inv, caller, Mode.ASYNC, detached=True)
 
         def background() -> None:
             if not self.audit.start(inv.command_id):
+                tracing.end_command(span, ExecutionStatus.FAILED, 0, "closed before it started")
                 return
             started = time.monotonic()
-            run = Running(
-                inv, caller, Mode.ASYNC, self._context(inv, caller, started), started, created
-            )
+            ctx = self._context(inv, caller, started, span)
+            run = Running(inv, caller, Mode.ASYNC, ctx, started, created, span=span)
             run.ctx.on_progress = _ProgressRecorder(self.audit, inv.command_id)
             outcome = _settle(run, lambda: _invoke(inv, run.ctx))
             self._record(run, outcome)
@@ -380,9 +410,10 @@ class CommandService:
                 self.audit.add_event(inv.command_id, Step.EXECUTED, reason=outcome.status)
 
         try:
-            self.pool.submit(background)
+            self.pool.submit(tracing.run_in(tracing.context_of(span), background))
         except PoolFull:
             self.audit.fail_open_executions_by_id(inv.command_id, "server busy: not queued")
+            tracing.end_command(span, ExecutionStatus.FAILED, 0, "server busy: not queued")
             raise _busy() from None
 
     # -- approvals: held, decided, then run as stored ----------------------------------------
@@ -479,7 +510,9 @@ class CommandService:
     # -- internals -----------------------------------------------------------------------------
 
     @staticmethod
-    def _context(inv: Invocation, caller: Caller, started: float) -> ExecutionContext:
+    def _context(
+        inv: Invocation, caller: Caller, started: float, span: Any = None
+    ) -> ExecutionContext:
         logger = logging.LoggerAdapter(
             logging.getLogger(f"waygate.plugin.{inv.plugin}"), {"command_id": inv.command_id}
         )
@@ -489,12 +522,20 @@ class CommandService:
             deadline=started + inv.timeout,
             logger=logger,
             client_context=inv.client_context,
+            trace_context=tracing.context_of(span),
         )
 
     def _record(self, run: Running, outcome: Outcome) -> None:
-        inv = run.inv
         if self._observe is not None:
-            self._observe(inv.action, outcome.status, outcome.duration_ms)
+            self._observe(run.inv.action, outcome.status, outcome.duration_ms)
+        try:
+            with tracing.child(run.span, "waygate.audit.commit"):
+                self._write_audit(run, outcome)
+        finally:
+            tracing.end_command(run.span, outcome.status, outcome.duration_ms, outcome.error)
+
+    def _write_audit(self, run: Running, outcome: Outcome) -> None:
+        inv = run.inv
         if run.mode is Mode.ASYNC:
             self.audit.finish(
                 inv.command_id,
@@ -517,6 +558,7 @@ class CommandService:
             timeout_s=inv.timeout,
             created_at=run.created,
             started_at=run.created,
+            trace_id=tracing.trace_id(run.span),
         )
 
 
@@ -534,6 +576,18 @@ class _ProgressRecorder:
         if now - self._written >= self.INTERVAL_S or report.get("progress") == report.get("total"):
             self._written = now
             self._audit.progress(self._command_id, report)
+
+
+def _start_span(inv: Invocation, caller: Caller, mode: Mode, *, detached: bool = False) -> Any:
+    return tracing.start_command(
+        inv.action,
+        inv.plugin,
+        inv.command_id,
+        mode,
+        inv.timeout,
+        caller.key_id,
+        detached=detached,
+    )
 
 
 def _invoke(inv: Invocation, ctx: ExecutionContext) -> Any:

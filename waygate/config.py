@@ -95,6 +95,9 @@ class Config:
     pin_workers: bool = True
     # ?version=2 is deprecated (spec section 7); the date it stops working (RFC 8594 Sunset)
     version_param_sunset: str = "2027-07-01"
+    # OpenTelemetry traces, exported over OTLP/HTTP as the standard OTEL_* variables say
+    # (docs/tracing.md); off: no span is made at all
+    tracing: bool = False
     # {"PluginName": {"key": value}}: overrides of plugins' default config
     plugin_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__
+from . import __version__, tracing
 from .approvals import APPROVAL_NOTE, META_APPROVAL
 from .commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
 from .errors import ServiceUnavailable, WaygateError
@@ -333,7 +333,8 @@ class McpServer:
         inv = self._resolve_tool(params, caller)
         if isinstance(inv, dict):
             return inv
-        return _present(inv.action, self.commands.run(inv, caller, Mode.MCP))
+        with tracing.continue_meta(params.get("_meta")):  # the caller's trace, if it sent one
+            return _present(inv.action, self.commands.run(inv, caller, Mode.MCP))
 
     def _resolve_tool(self, params: dict, caller: Caller) -> Invocation | dict[str, Any]:
         """The invocation, or the isError result that stands for it."""
@@ -376,7 +377,9 @@ class McpServer:
                 200, response(_present(inv.action, self.commands.run(inv, caller, Mode.MCP)))
             )
         token = _progress_token(params)
-        return Reply(200, stream=ToolStream(self.commands, inv, caller, token, response))
+        with tracing.continue_meta(params.get("_meta")):  # the command starts here
+            stream = ToolStream(self.commands, inv, caller, token, response)
+        return Reply(200, stream=stream)
 
     def _execution_state(self, arguments: Mapping, caller: Caller) -> dict[str, Any]:
         command_id = arguments.get("command_id")

@@ -291,6 +291,10 @@ class ExecutionSchema(Schema):
     decided_by_key_id = fields.Integer(allow_none=True)
     decided_at = fields.String(allow_none=True)
     decision_reason = fields.String(allow_none=True)
+    trace_id = fields.String(
+        allow_none=True,
+        metadata={"description": "OpenTelemetry trace id (32 hex digits) when tracing is on"},
+    )
 
 
 class EventSchema(Schema):

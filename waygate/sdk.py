@@ -56,6 +56,9 @@ class ExecutionContext:
     on_progress: Callable[[dict[str, Any]], None] | None = None
     #: the latest report_progress(), as it was sent
     progress: dict[str, Any] | None = None
+    #: the OpenTelemetry context of this execution's span (None while tracing is off); the
+    #: handler already runs inside it, so instrumented clients continue the trace by themselves
+    trace_context: Any = None
 
     @property
     def cancelled(self) -> bool:
@@ -68,6 +71,13 @@ class ExecutionContext:
         """Call this in long loops: it raises :class:`Cancelled` once time is up."""
         if self.cancelled:
             raise Cancelled("command cancelled: its timeout passed")
+
+    def trace_headers(self) -> dict[str, str]:
+        """W3C ``traceparent``/``tracestate`` headers for an outgoing request, so that the
+        service it calls continues this execution's trace (empty while tracing is off)."""
+        from .tracing import headers
+
+        return headers(self.trace_context)
 
     def report_progress(
         self, progress: float, total: float | None = None, message: str | None = None

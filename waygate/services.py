@@ -24,6 +24,7 @@ from .metrics import metrics
 from .plugins import PluginRegistry
 from .pool import CommandPool
 from .storage import Storage, make_private_dir
+from .tracing import setup as setup_tracing
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Services:
     @classmethod
     def build(cls, config: Config) -> Services:
         make_private_dir(config.data_dir)
+        setup_tracing(config)  # once per process; a no-op when off or already on
         storage = Storage(config.database_path, busy_timeout_ms=config.db_busy_timeout_ms)
         storage.migrate()
         plugins = PluginRegistry(

@@ -33,7 +33,10 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
-from .. import limit_counters  # noqa: F401  (registers the sqlite:// storage scheme)
+from .. import (
+    limit_counters,  # noqa: F401  (registers the sqlite:// storage scheme)
+    tracing,
+)
 from ..config import Config
 from ..errors import RateLimited, ServiceUnavailable
 
@@ -112,8 +115,9 @@ class RateLimiter:
             item = self._own_limit(key.rate_limit)  # the key's own limit replaces the default
         identity = caller_identity()
         try:
-            allowed = self.strategy.hit(item, scope, identity)
-            reset_at, remaining = self.strategy.get_window_stats(item, scope, identity)
+            with tracing.span("waygate.ratelimit.hit", {"waygate.limit": scope}):
+                allowed = self.strategy.hit(item, scope, identity)
+                reset_at, remaining = self.strategy.get_window_stats(item, scope, identity)
         except StorageError as exc:
             self._storage_failed(exc)
             return
