@@ -161,3 +161,33 @@ def test_an_app_made_in_process_keeps_its_data_dir_private_whatever_the_umask(tm
         os.umask(old)
     assert (tmp_path / "data" / "waygate.db").exists()
     assert private(tmp_path / "data") == {}
+
+
+def test_processes_opening_a_new_database_at_once_all_get_wal(tmp_path):
+    """Workers that first open the same new database together (the rate-limit counters) race
+    to switch it to WAL while another already writes; SQLite answers such a loser "locked"
+    without waiting: none may fail."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Barrier(6)
+
+    def open_it(path, results):
+        start.wait()
+        try:
+            conn = Storage(path).connect()
+            conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
+            conn.execute("INSERT INTO t VALUES (1)")
+            results.put(conn.execute("PRAGMA journal_mode").fetchone()[0])
+        except Exception as exc:  # reported, not raised in the child
+            results.put(repr(exc))
+
+    for n in range(15):
+        results = ctx.Queue()
+        path = tmp_path / f"race{n}.db"
+        procs = [ctx.Process(target=open_it, args=(path, results)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        assert sorted(results.get(timeout=5) for _ in procs) == ["wal"] * 6
