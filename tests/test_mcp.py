@@ -1,4 +1,4 @@
-"""POST /mcp: the wire contract (shared/mcp-wire.md), raw-HTTP error paths and tool semantics."""
+"""POST /mcp: the MCP wire contract, raw-HTTP error paths and tool semantics."""
 
 import json
 

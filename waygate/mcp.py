@@ -1,8 +1,8 @@
 """The Model Context Protocol: plugin commands as MCP tools, over JSON-RPC 2.0.
 
 Transport-free: ``waygate.web.mcp`` carries it over HTTP (Streamable HTTP, stateless, JSON
-responses only) and ``waygate.mcp_stdio`` over stdio. The wire contract, both protocol eras,
-is ``shared/mcp-wire.md``: the handshake era (``initialize`` then requests carrying
+responses only) and ``waygate.mcp_stdio`` over stdio. The wire contract spans two protocol
+eras: the handshake era (``initialize`` then requests carrying
 ``MCP-Protocol-Version``) and the 2026-07-28 revision (no handshake; every request repeats its
 envelope in ``params._meta`` and routing headers). Being stateless, the server remembers no
 handshake: each request is judged by the revision it names.
