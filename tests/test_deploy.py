@@ -216,9 +216,17 @@ def test_the_systemd_unit_verifies_and_is_hardened(tmp_path):
         "ExecReload=/bin/kill -HUP",
     ):
         assert option in unit, option
-    # point it at this checkout so that systemd can check the commands it would run
+    assert "ExecStart=/opt/waygate/venv/bin/waygate serve" in unit
+    assert "EnvironmentFile=/etc/waygate/waygate.env" in unit
+    # point it at this venv so that systemd can check the commands it would run
     local = tmp_path / "waygate.service"
-    local.write_text(unit.replace("/opt/waygate", str(ROOT)))
+    env_file = tmp_path / "waygate.env"
+    env_file.write_text((DEPLOY / "systemd" / "waygate.env").read_text())
+    local.write_text(
+        unit.replace("/opt/waygate/venv", sys.prefix).replace(
+            "/etc/waygate/waygate.env", str(env_file)
+        )
+    )
     result = subprocess.run(
         ["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60
     )
@@ -248,3 +256,13 @@ def test_the_spec_python_example_runs_as_written(server_factory, keys, tmp_path)
     assert "'status': 'healthy'" in lines[0]
     assert lines[1] == "Status: failed"  # "sample data" is not JSON: a clear answer, not a 500
     assert re.fullmatch(r"Duration: \d+ms", lines[2])
+
+
+def test_the_example_environment_file_is_a_valid_configuration():
+    from dotenv import dotenv_values
+
+    from waygate.config import Config
+
+    values = dotenv_values(DEPLOY / "systemd" / "waygate.env")
+    config = Config.from_env({k: v for k, v in values.items() if k.startswith("WAYGATE_")})
+    assert str(config.data_dir) == "/var/lib/waygate" and config.trusted_proxies == 1
