@@ -8,7 +8,7 @@ import time
 
 from marshmallow import Schema, fields
 
-from waygate.sdk import Command, Plugin
+from waygate.sdk import Command, CommandError, Plugin
 
 
 class SecondsParams(Schema):
@@ -32,7 +32,17 @@ class TestingPlugin(Plugin):
             Command("stuck", "Sleep, ignoring cancellation", SecondsParams, self.stuck),
             Command("boom", "Raise (after sleeping, if asked)", SecondsParams, self.boom),
             Command("pid", "The worker's pid (after sleeping, if asked)", SecondsParams, self.pid),
+            Command("refuse", "Refuse with a CommandError and details", NoParams, self.refuse),
+            Command("wait", "Wait on the cancel event, then tell", SecondsParams, self.wait),
         ]
+
+    def refuse(self, params, ctx):
+        raise CommandError("quota exceeded", {"quota": 3, "used": 4}, status=409)
+
+    def wait(self, params, ctx):
+        woke = ctx.cancel_event.wait(params["seconds"])
+        ctx.logger.info("woke: cancelled=%s", woke)
+        return {"cancelled": woke}
 
     def sleep(self, params, ctx):
         end = time.monotonic() + params["seconds"]

@@ -64,9 +64,10 @@ class Outcome:
     result: Any = None
     error: str | None = None
     timestamp: str = field(default_factory=isoformat)
+    details: dict[str, Any] | None = None  # a CommandError's details, for the caller
 
     def as_response(self) -> dict[str, Any]:
-        return {
+        response = {
             "status": self.status,
             "result": self.result,
             "error": self.error,
@@ -74,6 +75,9 @@ class Outcome:
             "command_id": self.command_id,
             "timestamp": self.timestamp,
         }
+        if self.details:
+            response["details"] = self.details
+        return response
 
 
 @dataclass(frozen=True)
@@ -323,6 +327,7 @@ class CommandService:
                 duration_ms=_ms(started),
                 http_status=err.status,
                 error=err.message,
+                details=err.details or None,
             )
         except Exception as exc:  # the plugin's failure becomes a failed outcome, never a trace
             log.error(

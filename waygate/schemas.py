@@ -121,6 +121,12 @@ class MCPResponseSchema(Schema):
     )
     result = fields.Raw(allow_none=True, metadata={"description": "Command result (any type)"})
     error = fields.String(allow_none=True, metadata={"description": "Error message if failed"})
+    details = fields.Dict(
+        metadata={
+            "description": "What the command's own refusal (a plugin's CommandError) adds to "
+            "the error, e.g. the offending field; present only then"
+        }
+    )
     duration_ms = fields.Integer(required=True)
     command_id = fields.String(required=True)
     timestamp = fields.String(required=True, metadata={"format": "date-time"})
