@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-import sys
-
 from flask import Flask
 
-from .config import Config, log_level_number
+from .config import Config
 from .lifecycle import service_started_at
+from .logs import configure_logging
 from .mcp import McpServer
 from .services import Services
 from .web import (
@@ -26,36 +24,6 @@ from .web import (
 )
 from .web import docs as web_docs
 from .web import metrics as web_metrics
-
-LOG_FORMAT = (
-    "%(asctime)s %(levelname)s [%(process)d] %(name)s request_id=%(request_id)s %(message)s"
-)
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (gunicorn and test runners swap it)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def configure_logging(config: Config) -> None:
-    """Waygate's records go to stderr with the request id; configured once per process."""
-    logger = logging.getLogger("waygate")
-    logger.setLevel(log_level_number(config))
-    if any(getattr(h, "waygate", False) for h in logger.handlers):
-        return
-    handler = _StderrHandler()
-    handler.waygate = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    handler.addFilter(http.RequestIdFilter())
-    logger.addHandler(handler)
-    logger.propagate = False
 
 
 class WaygateFlask(Flask):

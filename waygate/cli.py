@@ -224,8 +224,8 @@ def mcp() -> None:
 def mcp_stdio(ctx: Context, caller: str) -> None:
     """MCP over stdin/stdout (newline-delimited JSON-RPC) for desktop clients. Local trust:
     no API key is asked for. Logs go to stderr."""
-    from .app import configure_logging
     from .commands import Caller
+    from .logs import configure_logging
     from .mcp import McpServer
     from .mcp_stdio import serve
     from .services import Services

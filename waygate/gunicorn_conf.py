@@ -13,6 +13,11 @@ import sqlite3
 import sys
 import threading
 
+from gunicorn import glogging
+
+from waygate.config import Config, ConfigError
+from waygate.logs import ACCESS_TEXT_FORMAT, JsonFormatter
+
 bind = "127.0.0.1:8000"
 # Workers from the core count, as gunicorn recommends for request handling that mixes CPU
 # work and waiting: (2 x cores) + 1.
@@ -38,6 +43,27 @@ control_socket_disable = True
 limit_request_line = 8190
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+
+
+class WaygateLogger(glogging.Logger):
+    """gunicorn's logger with access lines that carry a timestamp, and every gunicorn line as
+    one JSON object (request fields as keys) when WAYGATE_LOG_FORMAT=json."""
+
+    access_fmt = ACCESS_TEXT_FORMAT
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        try:
+            as_json = Config.from_env().log_format == "json"
+        except ConfigError:
+            return  # on_starting refuses to start and says why
+        if as_json:
+            for log in (self.error_log, self.access_log):
+                for handler in log.handlers:
+                    handler.setFormatter(JsonFormatter())
+
+
+logger_class = WaygateLogger
 
 
 def on_starting(server):

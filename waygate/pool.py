@@ -9,6 +9,7 @@ graceful shutdown), unlike ``ThreadPoolExecutor``, whose exit hook joins every t
 
 from __future__ import annotations
 
+import contextvars
 import os
 import queue
 import threading
@@ -45,10 +46,13 @@ class Job:
     wait and each completion; with eight request threads per worker every lock handed between
     threads costs a GIL switch, and a ``/mcp/execute`` request waits on one job."""
 
-    __slots__ = ("_fn", "_done", "_result", "_error")
+    __slots__ = ("_fn", "_context", "_done", "_result", "_error")
 
     def __init__(self, fn: Callable[[], Any]):
         self._fn = fn
+        # The submitter's context variables (e.g. the request id its log records carry)
+        # travel with the job into the pool thread, as asyncio does for its tasks.
+        self._context = contextvars.copy_context()
         self._done = threading.Lock()
         self._done.acquire()  # released by the pool thread when the call has ended
         self._result: Any = None
@@ -56,11 +60,11 @@ class Job:
 
     def _run(self) -> None:
         try:
-            self._result = self._fn()
+            self._result = self._context.run(self._fn)
         except BaseException as exc:  # handed to whoever waits on the job
             self._error = exc
         finally:
-            self._fn = None  # the call's closure is not kept alive by a finished job
+            self._fn = self._context = None  # a finished job keeps neither alive
             self._done.release()
 
     def done(self) -> bool:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 import uuid
 from typing import Any
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, g, request
 from flask_cors.core import get_cors_options, set_cors_headers
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from .. import logs
 from ..config import Config
 from ..errors import InvalidRequest
 from . import jsonio
@@ -52,14 +52,6 @@ CORS_EXPOSE_HEADERS = [
     "Deprecation",
     "Sunset",
 ]
-
-
-class RequestIdFilter(logging.Filter):
-    """Puts the current request's id on every log record (``-`` outside a request)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
-        return True
 
 
 def read_json(max_depth: int = 64) -> Any:
@@ -105,6 +97,12 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
 def _assign_request_id() -> None:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     g.request_id = incoming if _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    # For log records: this thread's, and the command pool's jobs submitted from it.
+    logs.request_id.set(g.request_id)
+
+
+def _forget_request_id(_exc: BaseException | None) -> None:
+    logs.request_id.set("-")  # the thread's next request sets its own
 
 
 def _refuse_oversize_body() -> None:
@@ -145,6 +143,7 @@ def trust_proxies(app: Flask, config: Config) -> None:
 def init_app(app: Flask, config: Config) -> None:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.before_request(_assign_request_id)
+    app.teardown_request(_forget_request_id)
     app.before_request(_refuse_oversize_body)
     app.after_request(_finish)
     # flask-cors's own after-request hook matches resource patterns on every response; only
