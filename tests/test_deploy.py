@@ -184,6 +184,8 @@ def test_prometheus_config_and_rules_pass_promtool():
     for args in (
         ["check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
         ["check", "rules", str(DEPLOY / "prometheus" / "waygate-rules.yml")],
+        # each alert fires on the series it watches, and stays quiet on healthy ones
+        ["test", "rules", str(DEPLOY / "prometheus" / "waygate-rules.test.yml")],
     ):
         result = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
