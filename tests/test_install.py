@@ -190,3 +190,77 @@ def test_the_plugin_guide_distribution_installs_and_runs_as_written(service, tmp
     assert "DiskUsage" in reloaded["loaded"], reloaded
     assert answer["status"] == "success", answer
     assert answer["result"]["path"] == "/" and answer["result"]["total"] > 0
+
+
+EDITABLE_PLUGIN = """
+from marshmallow import Schema
+
+from waygate.sdk import Command, Plugin
+
+
+class Hello(Plugin):
+    name = "Hello"
+    version = "0.1.0"
+    description = "Says hello"
+    author = "tests"
+
+    def commands(self):
+        return [Command("hello", "Say hello", Schema, lambda params, ctx: {"says": GREETING})]
+
+
+GREETING = "hello"
+"""
+
+
+def test_an_editable_plugin_loads_on_reload_and_sighup_reloads_its_code(service, tmp_path):
+    """`pip install -e` while serving: its .pth path entry is read on reload, and SIGHUP
+    replaces the workers with the plugin's current code."""
+    server = service["serve"]()
+    headers = {"X-API-Key": service["key"]}
+    project = tmp_path / "hello-plugin"
+    (project / "src" / "hello_plugin").mkdir(parents=True)
+    (project / "src" / "hello_plugin" / "__init__.py").write_text(EDITABLE_PLUGIN)
+    (project / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "hello-plugin"\nversion = "0.1.0"\n'
+        '[project.entry-points."waygate.plugins"]\nHello = "hello_plugin:Hello"\n'
+    )
+    run(
+        str(service["venv"] / "bin" / "pip"),
+        "install",
+        "--quiet",
+        "-e",
+        str(project),
+        env=clean_env(),
+    )
+
+    def hello():
+        return requests.post(
+            server.url + "/mcp/execute", headers=headers, json={"action": "hello"}, timeout=10
+        )
+
+    reload = requests.post(server.url + "/plugins/reload", headers=headers, timeout=30).json()
+    assert "Hello" in reload["loaded"], reload
+    assert hello().json()["result"] == {"says": "hello"}
+
+    (project / "src" / "hello_plugin" / "__init__.py").write_text(
+        EDITABLE_PLUGIN.replace('GREETING = "hello"', 'GREETING = "hello again"')
+    )
+    workers = set(worker_pids(server.proc.pid))
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = set(worker_pids(server.proc.pid))
+        if now and not now & workers:
+            try:
+                if requests.get(server.url + "/ready", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass  # between the old workers and the new
+        time.sleep(0.1)
+    assert hello().json()["result"] == {"says": "hello again"}
+
+
+def worker_pids(master: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True)
+    return [int(pid) for pid in out.stdout.split()]
