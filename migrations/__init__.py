@@ -17,4 +17,6 @@ from . import (  # noqa: E402
     m004_stats_triggers,  # noqa: F401
     m005_audit_filter_index,  # noqa: F401
     m006_row_counts,  # noqa: F401
+    m007_execution_key_id,  # noqa: F401
+    m008_open_executions_by_key,  # noqa: F401
 )

@@ -1,5 +1,5 @@
-"""An index for the audit log filtered by action and status together (bench: 62 ms at 1 M rows
-without it, the planner scanning one filter's rows to test the other)."""
+"""An index for the audit log filtered by action and status together (without it the planner
+scans one filter's rows to test the other; figures in bench/README.md)."""
 
 from . import migrations
 

@@ -221,8 +221,8 @@ class Server:
             try:
                 if requests.get(self.url + "/ready", timeout=1).status_code == 200:
                     return self
-            except requests.ConnectionError:
-                pass
+            except (requests.ConnectionError, requests.Timeout):
+                pass  # not listening yet, or a slow first answer on a loaded machine
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"gunicorn did not become ready: {self.log()}")

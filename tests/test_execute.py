@@ -275,6 +275,7 @@ def test_an_execution_whose_worker_died_is_failed_with_a_reason(api, keys, app_s
         action="sleep",
         plugin="Testing",
         key_name="ops-user",
+        key_id=keys.store.authenticate(keys.user).id,
         timeout_s=300,
         created_at="2026-01-01T00:00:00.000Z",
     )

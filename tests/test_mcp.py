@@ -313,7 +313,7 @@ def test_execution_problems_are_is_error_results(
     rpc, app_services_of, client, name, arguments, says
 ):
     if name == "sleep":
-        client.application.extensions["waygate.mcp"].tool_timeout = 1
+        app_services_of(client).mcp.tool_timeout = 1
     result = call(rpc, name, arguments)
     assert result["isError"] is True
     assert says in result["content"][0]["text"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Flask
 
+from . import compat
 from .config import Config
 from .lifecycle import service_started_at
 from .logs import configure_logging
-from .mcp import McpServer
 from .services import Services
 from .web import (
     auth,
@@ -26,22 +26,6 @@ from .web import docs as web_docs
 from .web import metrics as web_metrics
 
 
-class WaygateFlask(Flask):
-    """Flask, minus a per-request cost: Flask asks ``inspect.iscoroutinefunction`` of every
-    hook and view on every request (a dozen calls); the answer never changes, so it is
-    remembered per function."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._sync_funcs: dict = {}
-
-    def ensure_sync(self, func):
-        wrapped = self._sync_funcs.get(func)
-        if wrapped is None:
-            wrapped = self._sync_funcs[func] = super().ensure_sync(func)
-        return wrapped
-
-
 def create_app(config: Config | None = None, services: Services | None = None) -> Flask:
     """Build the Waygate app. ``config`` defaults to the environment's ``WAYGATE_*`` settings."""
     config = config or (services.config if services else Config.from_env())
@@ -49,7 +33,8 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     service_started_at()  # a process that was not forked by Waygate's master records its own
     services = services or Services.build(config)
 
-    app = WaygateFlask(__name__)
+    app = Flask(__name__)
+    compat.remember_sync_wrappers(app)
     jsonio.init_app(app)
     app.extensions["waygate"] = services
     envelope.init_app(app)
@@ -66,7 +51,6 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(diagnostics.bp)
     app.register_blueprint(mcp.bp)
     app.register_blueprint(web_docs.bp)
-    app.extensions["waygate.mcp"] = McpServer(services.commands, lambda: services.plugins.current)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
     http.trust_proxies(app, config)  # last: the outermost WSGI layer
 

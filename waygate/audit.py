@@ -19,17 +19,32 @@ from typing import Any
 import psutil
 
 from .clock import isoformat, parse_iso, utcnow
+from .errors import RateLimited
+from .outcomes import ExecutionStatus, Mode
 from .storage import Storage
 
 log = logging.getLogger(__name__)
 
+_OPEN = ExecutionStatus.open()  # bound into "status IN (?, ?)"
+# An async execution is inserted only while its key has fewer than the cap open. The statuses
+# are literals, as SQLite uses the partial index of m008 only for its own WHERE, word for word
+# (tests/test_execution_path.py checks them against ExecutionStatus.open()).
+_ACCEPT_SQL = (
+    "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
+    " timeout_s, worker_pid, created_at) SELECT ?,?,?,?,?,?,?,?,?,? WHERE (SELECT count(*)"
+    " FROM executions WHERE key_id IS ? AND status IN ('pending', 'running')) < ?"
+)
 _TOTAL_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
 _NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
 _COLUMNS = (
-    "command_id, action, plugin, key_name, mode, status, duration_ms, error, "
+    "command_id, action, plugin, key_name, key_id, mode, status, duration_ms, error, "
     "timeout_s, worker_pid, created_at, started_at, finished_at"
 )
 _GET_SQL = f"SELECT {_COLUMNS}, result FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
+
+
+class TooManyOpen(RateLimited):
+    """A key has as many async executions open as it may."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +53,7 @@ class Execution:
     action: str
     plugin: str | None
     key_name: str | None
+    key_id: int | None
     mode: str
     status: str
     duration_ms: int | None
@@ -64,9 +80,20 @@ class PluginStatistics:
 
 
 class AuditLog:
-    def __init__(self, storage: Storage, retention: timedelta):
+    def __init__(
+        self,
+        storage: Storage,
+        retention: timedelta = timedelta(days=7),
+        *,
+        max_bytes: int = 1024**3,
+        result_max_bytes: int = 1024**2,
+        max_open_per_key: int = 16,
+    ):
         self.storage = storage
         self.retention = retention
+        self.max_bytes = max_bytes  # the database's budget, kept by prune_to_budget()
+        self.result_max_bytes = result_max_bytes  # a stored result's most
+        self.max_open_per_key = max_open_per_key  # open async executions per key
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -77,6 +104,7 @@ class AuditLog:
         action: str,
         plugin: str | None,
         key_name: str | None,
+        key_id: int | None = None,
         mode: str,
         status: str,
         duration_ms: int,
@@ -90,14 +118,15 @@ class AuditLog:
         """Record a finished execution (its plugin's totals follow by trigger), committed
         before this returns; concurrent requests' records share a transaction."""
         self.storage.execute_grouped(
-            "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
+            "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
             " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
-            " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " finished_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 command_id,
                 action,
                 plugin,
                 key_name,
+                key_id,
                 mode,
                 status,
                 duration_ms,
@@ -118,22 +147,43 @@ class AuditLog:
         action: str,
         plugin: str,
         key_name: str | None,
+        key_id: int | None = None,
         timeout_s: int,
         created_at: str,
     ) -> None:
-        """Record an async execution as pending, before it is queued."""
-        self.storage.execute_write(
-            "INSERT INTO executions (command_id, action, plugin, key_name, mode, status,"
-            " timeout_s, worker_pid, created_at) VALUES (?,?,?,?, 'async', 'pending', ?,?,?)",
-            (command_id, action, plugin, key_name, timeout_s, os.getpid(), created_at),
+        """Record an async execution as pending, before it is queued; TooManyOpen when the
+        key already has ``max_open_per_key`` open ones (checked and inserted in one
+        statement under the write lock, so workers cannot overshoot together)."""
+        inserted = self.storage.execute_write(
+            _ACCEPT_SQL,
+            (
+                command_id,
+                action,
+                plugin,
+                key_name,
+                key_id,
+                Mode.ASYNC,
+                ExecutionStatus.PENDING,
+                timeout_s,
+                os.getpid(),
+                created_at,
+                key_id,
+                self.max_open_per_key,
+            ),
         )
+        if inserted.rowcount == 0:
+            raise TooManyOpen(
+                f"this key already has {self.max_open_per_key} async executions pending or"
+                " running; poll them or wait for them to finish",
+                {"max_open": self.max_open_per_key},
+                retry_after=1,
+            )
 
     def start(self, command_id: str) -> bool:
         """Mark a pending execution running; False if it was already closed (e.g. swept)."""
         cursor = self.storage.execute_write(
-            "UPDATE executions SET status = 'running', started_at = ? "
-            "WHERE command_id = ? AND status = 'pending'",
-            (isoformat(), command_id),
+            "UPDATE executions SET status = ?, started_at = ? WHERE command_id = ? AND status = ?",
+            (ExecutionStatus.RUNNING, isoformat(), command_id, ExecutionStatus.PENDING),
         )
         return cursor.rowcount == 1
 
@@ -141,7 +191,7 @@ class AuditLog:
         self,
         command_id: str,
         *,
-        status: str,
+        status: ExecutionStatus,
         duration_ms: int,
         error: str | None,
         result: Any = None,
@@ -149,14 +199,15 @@ class AuditLog:
         """Close an async execution, unless a sweep closed it first."""
         self.storage.execute_write(
             "UPDATE executions SET status = ?, duration_ms = ?, error = ?, result = ?,"
-            " finished_at = ? WHERE command_id = ? AND status IN ('pending', 'running')",
+            " finished_at = ? WHERE command_id = ? AND status IN (?, ?)",
             (
                 status,
                 duration_ms,
                 error,
-                _dump(result) if status == "success" else None,
+                self._stored(result) if status is ExecutionStatus.SUCCESS else None,
                 isoformat(),
                 command_id,
+                *_OPEN,
             ),
         )
 
@@ -164,11 +215,8 @@ class AuditLog:
 
     def fail_open_executions(self, reason: str, worker_pid: int | None = None) -> int:
         """Close unfinished executions of one worker (or of every worker) as failed."""
-        sql = (
-            "UPDATE executions SET status = 'failed', error = ?, finished_at = ? "
-            "WHERE status IN ('pending', 'running')"
-        )
-        args: list[Any] = [reason, isoformat()]
+        sql = "UPDATE executions SET status = ?, error = ?, finished_at = ? WHERE status IN (?, ?)"
+        args: list[Any] = [ExecutionStatus.FAILED, reason, isoformat(), *_OPEN]
         if worker_pid is not None:
             sql += " AND worker_pid = ?"
             args.append(worker_pid)
@@ -176,16 +224,17 @@ class AuditLog:
 
     def fail_open_executions_by_id(self, command_id: str, reason: str) -> None:
         self.storage.execute_write(
-            "UPDATE executions SET status = 'failed', error = ?, finished_at = ? "
-            "WHERE command_id = ? AND status IN ('pending', 'running')",
-            (reason, isoformat(), command_id),
+            "UPDATE executions SET status = ?, error = ?, finished_at = ? "
+            "WHERE command_id = ? AND status IN (?, ?)",
+            (ExecutionStatus.FAILED, reason, isoformat(), command_id, *_OPEN),
         )
 
     def sweep(self, grace_s: float = 5.0) -> int:
         """Close executions whose worker is gone or whose timeout has long passed."""
         rows = self.storage.conn.execute(
             "SELECT command_id, worker_pid, created_at, timeout_s FROM executions "
-            "WHERE status IN ('pending', 'running')"
+            "WHERE status IN (?, ?)",
+            _OPEN,
         ).fetchall()
         closed = 0
         now = utcnow()
@@ -196,18 +245,56 @@ class AuditLog:
             ] + grace_s
             if pid is not None and not psutil.pid_exists(pid):
                 reason = f"the worker (pid {pid}) running this command exited"
-                status = "failed"
+                status = ExecutionStatus.FAILED
             elif expired:
                 reason = f"command exceeded its timeout of {row['timeout_s']} s"
-                status = "timeout"
+                status = ExecutionStatus.TIMEOUT
             else:
                 continue
             closed += self.storage.execute_write(
                 "UPDATE executions SET status = ?, error = ?, finished_at = ? "
-                "WHERE command_id = ? AND status IN ('pending', 'running')",
-                (status, reason, isoformat(), row["command_id"]),
+                "WHERE command_id = ? AND status IN (?, ?)",
+                (status, reason, isoformat(), row["command_id"], *_OPEN),
             ).rowcount
         return closed
+
+    def _stored(self, result: Any) -> str:
+        """The result as stored: whole up to ``result_max_bytes``, else a marked preview."""
+        dumped = _dump(result)
+        if len(dumped) <= self.result_max_bytes:
+            return dumped
+        return _dump(
+            {
+                "truncated": True,
+                "size_bytes": len(dumped.encode()),
+                "max_bytes": self.result_max_bytes,
+                "preview": dumped[: min(4096, self.result_max_bytes // 2)],
+            }
+        )
+
+    def used_bytes(self) -> int:
+        """Bytes the database's live pages take (freed pages are reused, not counted)."""
+        conn = self.storage.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * conn.execute("PRAGMA page_size").fetchone()[0]
+
+    def prune_to_budget(self, batch: int = 500) -> int:
+        """Delete the oldest finished executions while the database is over its budget."""
+        deleted = 0
+        while (used := self.used_bytes()) > self.max_bytes:
+            # as many rows as the excess is worth, at the table's average row size
+            rows = max(1, self.storage.conn.execute(_TOTAL_SQL).fetchone()[0])
+            wanted = min(batch, int((used - self.max_bytes) / (used / rows)) + 1)
+            n = self.storage.execute_write(
+                "DELETE FROM executions WHERE rowid IN (SELECT rowid FROM executions "
+                "WHERE status NOT IN (?, ?) ORDER BY created_at LIMIT ?)",
+                (*_OPEN, wanted),
+            ).rowcount
+            if n == 0:
+                break  # only open executions left: nothing more to give back
+            deleted += n
+        return deleted
 
     def prune(self, batch: int = 500, pause_s: float = 0.01) -> int:
         """Delete rows older than the retention, in small batches so writers never stall."""
@@ -216,8 +303,8 @@ class AuditLog:
         while True:
             n = self.storage.execute_write(
                 "DELETE FROM executions WHERE rowid IN (SELECT rowid FROM executions "
-                "WHERE created_at < ? AND status NOT IN ('pending', 'running') LIMIT ?)",
-                (cutoff, batch),
+                "WHERE created_at < ? AND status NOT IN (?, ?) LIMIT ?)",
+                (cutoff, *_OPEN, batch),
             ).rowcount
             deleted += n
             if n < batch:

@@ -226,14 +226,13 @@ def mcp_stdio(ctx: Context, caller: str) -> None:
     no API key is asked for. Logs go to stderr."""
     from .commands import Caller
     from .logs import configure_logging
-    from .mcp import McpServer
     from .mcp_stdio import serve
     from .services import Services
 
     configure_logging(ctx.config)
     services = Services.build(ctx.config)
     services.housekeeper.start()
-    serve(McpServer(services.commands, lambda: services.plugins.current), Caller(key_name=caller))
+    serve(services.mcp, Caller(key_name=caller))
 
 
 @cli.command()

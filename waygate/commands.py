@@ -1,5 +1,15 @@
-"""The command service: validates MCPCommands and runs them in the pool, with timeouts,
-the audit log and statistics. REST (single, batch, async) and MCP tool calls all come here.
+"""The command service: resolves commands and runs them in the pool, with deadlines, the audit
+log and statistics. REST (single, batch, async) and MCP tool calls all come here.
+
+Every execution takes the same two steps, whatever the entry point:
+
+- :meth:`CommandService.resolve` turns a name and arguments into an :class:`Invocation`
+  (command looked up, params validated, the caller's right to run it checked);
+- :meth:`CommandService.start` hands it to the pool and :meth:`CommandService.finish` waits for
+  it by its deadline, then records and observes the :class:`~waygate.outcomes.Outcome`.
+
+Entry points differ only in how many they start at once (a batch starts all, then finishes
+each) and in how they present the outcome.
 """
 
 from __future__ import annotations
@@ -7,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,12 +29,14 @@ from marshmallow import Schema, ValidationError
 from .audit import AuditLog
 from .clock import isoformat
 from .errors import InvalidRequest, MissingParameter, ServiceUnavailable, WaygateError
+from .outcomes import ExecutionStatus, Failure, Mode, Outcome
 from .plugins import PluginSet
 from .pool import CommandPool, Job, PoolFull
-from .schemas import MCPCommandSchema, field_errors
+from .schemas import MCPCommandSchema, describe_parameters, field_errors
 from .sdk import Cancelled, Command, CommandError, ExecutionContext
 
 log = logging.getLogger(__name__)
+PROTOCOL_VERSION = "1.0"  # of the REST command API (spec: GET /mcp/status)
 _command_schema = MCPCommandSchema()
 
 
@@ -39,50 +52,76 @@ def new_command_id() -> str:
     return f"cmd_{int(time.time() * 1000):012x}{secrets.token_hex(10)}"
 
 
+class UnknownCommand(InvalidRequest):
+    """No such command (or none this caller may see: the two answer alike)."""
+
+
+class CommandRefused(WaygateError):
+    """A handler refused its input (``CommandError``): its status and details, as a domain error."""
+
+    code = "COMMAND_FAILED"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asks: the key's name (shown to plugins) and its id (owns executions; never reused)."""
+
+    key_name: str | None
+    key_id: int | None = None
+
+
 @dataclass(frozen=True)
 class Invocation:
-    """A validated command, bound to the plugin set it was validated against."""
+    """A resolved command: looked up and validated against one plugin set."""
 
     action: str
     plugin: str
     command: Command
     params: dict[str, Any]
-    client_context: dict[str, Any]
     timeout: int
-    run_async: bool
+    client_context: dict[str, Any] = field(default_factory=dict)
+    run_async: bool = False
     command_id: str = field(default_factory=new_command_id)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """One execution's result: the MCPResponse (spec 3.2) and the HTTP status that goes with it."""
+@dataclass
+class Running:
+    """An execution between :meth:`CommandService.start` and :meth:`CommandService.finish`."""
 
-    status: str  # success, failed, timeout (pending, running for async lookups)
-    command_id: str
-    duration_ms: int
-    http_status: int
-    result: Any = None
-    error: str | None = None
-    timestamp: str = field(default_factory=isoformat)
-    details: dict[str, Any] | None = None  # a CommandError's details, for the caller
-
-    def as_response(self) -> dict[str, Any]:
-        response = {
-            "status": self.status,
-            "result": self.result,
-            "error": self.error,
-            "duration_ms": self.duration_ms,
-            "command_id": self.command_id,
-            "timestamp": self.timestamp,
-        }
-        if self.details:
-            response["details"] = self.details
-        return response
+    inv: Invocation
+    caller: Caller
+    mode: Mode
+    ctx: ExecutionContext
+    started: float  # time.monotonic()
+    created: str
+    job: Job | None = None
 
 
-@dataclass(frozen=True)
-class Caller:
-    key_name: str | None
+class Admission:
+    """Caps the request threads of this process that wait on a command, so that a flood of
+    slow commands leaves threads free for health checks, metrics and quick refusals.
+
+    Per process by design: it counts this process's own threads. Beyond the cap a caller is
+    refused at once (:class:`ServiceUnavailable`) instead of queueing."""
+
+    def __init__(self, limit: int, on_refused: Callable[[], None] | None = None):
+        self.limit = limit
+        self._on_refused = on_refused
+        self._slots = threading.BoundedSemaphore(limit) if limit > 0 else None
+
+    def __enter__(self) -> Admission:
+        if self._slots is not None and not self._slots.acquire(blocking=False):
+            if self._on_refused is not None:
+                self._on_refused()
+            raise ServiceUnavailable(
+                "server busy: too many command requests are waiting in this worker",
+                retry_after=1,
+            )
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._slots is not None:
+            self._slots.release()
 
 
 class CommandService:
@@ -92,16 +131,46 @@ class CommandService:
         pool: CommandPool,
         audit: AuditLog,
         observe: Callable[[str, str, int], None] | None = None,
+        admission: Admission | None = None,
     ):
         self._plugins = plugins
         self.pool = pool
         self.audit = audit
         self._observe = observe  # (action, status, duration_ms) of every finished execution
+        self.admission = admission or Admission(0)
 
-    # -- validation ----------------------------------------------------------------------------
+    # -- resolving -----------------------------------------------------------------------------
 
-    def parse(self, raw: Any, *, allow_async: bool = True) -> Invocation:
-        """Validate an MCPCommand and its params; raises MissingParameter or InvalidRequest."""
+    def resolve(
+        self,
+        action: str,
+        params: Any,
+        caller: Caller,
+        *,
+        timeout: int,
+        client_context: dict[str, Any] | None = None,
+        run_async: bool = False,
+    ) -> Invocation:
+        """Name -> command, params validated, caller checked: the one way to an Invocation."""
+        plugins = self._plugins()
+        command = plugins.commands.get(action)
+        if command is None:
+            raise UnknownCommand(
+                f"unknown action {action!r}",
+                {"action": action, "available": sorted(plugins.commands)},
+            )
+        return Invocation(
+            action=action,
+            plugin=plugins.command_plugin[action],
+            command=command,
+            params=self.validate_params(command, params),
+            timeout=timeout,
+            client_context=client_context or {},
+            run_async=run_async,
+        )
+
+    def parse(self, raw: Any, caller: Caller, *, allow_async: bool = True) -> Invocation:
+        """Resolve an MCPCommand (spec 3.1); raises MissingParameter or InvalidRequest."""
         if not isinstance(raw, dict):
             raise InvalidRequest(
                 "a command must be a JSON object", {"received": type(raw).__name__}
@@ -109,32 +178,17 @@ class CommandService:
         try:
             body = _command_schema.load(raw)
         except ValidationError as err:
-            missing, messages = field_errors(err)
-            if missing:
-                raise MissingParameter(
-                    f"missing required field(s): {', '.join(missing)}", {"fields": messages}
-                ) from None
-            raise InvalidRequest("invalid command", {"fields": messages}) from None
+            raise _invalid("invalid command", "missing required field(s)", "fields", err) from None
         if body["async_"] and not allow_async:
             raise InvalidRequest(
                 "async is not supported here", {"fields": {"async": ["not allowed"]}}
             )
-        plugins = self._plugins()
-        action = body["action"]
-        command = plugins.commands.get(action)
-        if command is None:
-            raise InvalidRequest(
-                f"unknown action {action!r}",
-                {"action": action, "available": sorted(plugins.commands)},
-            )
-        params = self.validate_params(command, body["params"])
-        return Invocation(
-            action=action,
-            plugin=plugins.command_plugin[action],
-            command=command,
-            params=params,
-            client_context=body["context"],
+        return self.resolve(
+            body["action"],
+            body["params"],
+            caller,
             timeout=body["timeout"],
+            client_context=body["context"],
             run_async=body["async_"],
         )
 
@@ -143,90 +197,99 @@ class CommandService:
         try:
             return _schema(command.params).load(params)
         except ValidationError as err:
-            missing, messages = field_errors(err)
-            if missing:
-                raise MissingParameter(
-                    f"missing required parameter(s) for {command.name}: {', '.join(missing)}",
-                    {"params": messages},
-                ) from None
-            raise InvalidRequest(
-                f"invalid parameters for {command.name}", {"params": messages}
+            raise _invalid(
+                f"invalid parameters for {command.name}",
+                f"missing required parameter(s) for {command.name}",
+                "params",
+                err,
             ) from None
 
-    def available(self) -> list[str]:
+    def available(self, caller: Caller) -> list[str]:
+        """The names of the commands ``caller`` may run, sorted."""
         return sorted(self._plugins().commands)
 
-    # -- running -------------------------------------------------------------------------------
+    def catalog(self, caller: Caller) -> list[dict[str, Any]]:
+        """The commands ``caller`` may run, parameters described from their schemas."""
+        plugins = self._plugins()
+        return [
+            {
+                "name": name,
+                "description": plugins.commands[name].description,
+                "plugin": plugins.command_plugin[name],
+                "parameters": describe_parameters(plugins.commands[name].params),
+            }
+            for name in self.available(caller)
+        ]
 
-    def run(self, inv: Invocation, caller: Caller, mode: str = "sync") -> Outcome:
+    def engine_status(self, caller: Caller) -> dict[str, Any]:
+        """The engine's state as ``caller`` sees it (spec: GET /mcp/status)."""
+        plugins = self._plugins()
+        return {
+            "engine": "degraded" if plugins.failed else "operational",
+            "plugins_loaded": len(plugins.loaded),
+            "commands_available": self.available(caller),
+            "protocol_version": PROTOCOL_VERSION,
+            "capabilities": {"async": True, "batch": True, "streaming": False},
+            "pool": self.pool.stats().as_dict(),
+            "timestamp": isoformat(),
+        }
+
+    # -- running: one path for every entry point ------------------------------------------------
+
+    def run(self, inv: Invocation, caller: Caller, mode: Mode = Mode.SYNC) -> Outcome:
         """Run and wait: answered by the deadline (plus slack) whatever the handler does."""
-        created = isoformat()
-        started = time.monotonic()
-        ctx = self._context(inv, caller, started)
-        try:
-            future = self.pool.submit(lambda: self._invoke(inv, ctx))
-        except PoolFull:
-            raise _busy() from None
-        outcome = self._await(inv, ctx, future, started)
-        self._record(inv, caller, mode, outcome, created)
-        return outcome
+        with self.admission:
+            return self.finish(self.start(inv, caller, mode))
 
     def run_batch(self, items: list[Any], caller: Caller) -> list[Outcome]:
-        """Run every valid item concurrently in the pool; each gets its own outcome, in order."""
-        pending: list[tuple[Invocation, ExecutionContext, Job, float, str] | Outcome] = []
-        for raw in items:
-            created = isoformat()
+        """Start every item (they share the batch's start, so each deadline counts from it),
+        then finish each: every item is answered by its own deadline, in order."""
+        with self.admission:
             started = time.monotonic()
-            try:
-                inv = self.parse(raw, allow_async=False)
-            except WaygateError as err:
-                pending.append(
-                    Outcome(
-                        status="failed",
-                        command_id=new_command_id(),
-                        duration_ms=0,
-                        http_status=err.status,
-                        error=_describe(err),
-                    )
-                )
-                continue
-            ctx = self._context(inv, caller, started)
-            try:
-                # Wait for room up to the item's own timeout: a batch may be larger than the pool.
-                future = self.pool.submit(
-                    lambda inv=inv, ctx=ctx: self._invoke(inv, ctx), wait=inv.timeout
-                )
-            except PoolFull:
-                outcome = Outcome(
-                    status="failed",
-                    command_id=inv.command_id,
-                    duration_ms=_ms(started),
-                    http_status=503,
-                    error="server busy: no room in the command pool",
-                )
-                self._record(inv, caller, "batch", outcome, created)
-                pending.append(outcome)
-                continue
-            pending.append((inv, ctx, future, started, created))
-        outcomes = []
-        for item in pending:
-            if isinstance(item, Outcome):
-                outcomes.append(item)
-                continue
-            inv, ctx, future, started, created = item
-            outcome = self._await(inv, ctx, future, started)
-            self._record(inv, caller, "batch", outcome, created)
-            outcomes.append(outcome)
-        return outcomes
+            runs: list[Running | Outcome] = []
+            for raw in items:
+                try:
+                    inv = self.parse(raw, caller, allow_async=False)
+                except WaygateError as err:
+                    runs.append(_rejected(new_command_id(), err, started))
+                    continue
+                runs.append(self.start(inv, caller, Mode.BATCH, started=started))
+            return [r if isinstance(r, Outcome) else self.finish(r) for r in runs]
+
+    def start(
+        self, inv: Invocation, caller: Caller, mode: Mode, *, started: float | None = None
+    ) -> Running:
+        """Hand an invocation to the pool. A batch item waits for room until its deadline; a
+        single request is refused at once when the pool is full (ServiceUnavailable)."""
+        started = time.monotonic() if started is None else started
+        run = Running(inv, caller, mode, self._context(inv, caller, started), started, isoformat())
+        wait = run.ctx.remaining() if mode is Mode.BATCH else 0.0
+        try:
+            run.job = self.pool.submit(lambda: _invoke(inv, run.ctx), wait=wait)
+        except PoolFull:
+            if mode is not Mode.BATCH:
+                raise _busy() from None
+        return run
+
+    def finish(self, run: Running) -> Outcome:
+        """Wait by the deadline, then record and observe: the end of every execution."""
+        if run.job is None:  # a batch item that found no room before its deadline
+            outcome = _rejected(run.inv.command_id, _busy(), run.started)
+        else:
+            outcome = _settle(run, lambda: _await(run))
+        self._record(run, outcome)
+        return outcome
 
     def submit_async(self, inv: Invocation, caller: Caller) -> Outcome:
-        """Accept for background execution: recorded as pending, then queued."""
+        """Accept for background execution: recorded as pending, then queued; the pool thread
+        runs it and closes the record (the sweep closes what a dead worker left)."""
         created = isoformat()
         self.audit.accept(
             command_id=inv.command_id,
             action=inv.action,
             plugin=inv.plugin,
             key_name=caller.key_name,
+            key_id=caller.key_id,
             timeout_s=inv.timeout,
             created_at=created,
         )
@@ -235,19 +298,10 @@ class CommandService:
             if not self.audit.start(inv.command_id):
                 return
             started = time.monotonic()
-            ctx = self._context(inv, caller, started)
-            outcome = self._settle(inv, ctx, started, lambda: self._invoke(inv, ctx))
-            if outcome.status == "success" and outcome.duration_ms > inv.timeout * 1000:
-                outcome = _timed_out(inv, started)
-            if self._observe is not None:
-                self._observe(inv.action, outcome.status, outcome.duration_ms)
-            self.audit.finish(
-                inv.command_id,
-                status=outcome.status,
-                duration_ms=outcome.duration_ms,
-                error=outcome.error,
-                result=outcome.result,
+            run = Running(
+                inv, caller, Mode.ASYNC, self._context(inv, caller, started), started, created
             )
+            self._record(run, _settle(run, lambda: _invoke(inv, run.ctx)))
 
         try:
             self.pool.submit(background)
@@ -255,25 +309,23 @@ class CommandService:
             self.audit.fail_open_executions_by_id(inv.command_id, "server busy: not queued")
             raise _busy() from None
         return Outcome(
-            status="pending",
+            status=ExecutionStatus.PENDING,
             command_id=inv.command_id,
             duration_ms=0,
-            http_status=202,
             timestamp=created,
         )
 
     def lookup(self, command_id: str, caller: Caller | None = None) -> Outcome | None:
         """An execution's current state; with ``caller``, only that caller's executions."""
         execution = self.audit.get(command_id)
-        if execution is None or (caller is not None and execution.key_name != caller.key_name):
+        if execution is None or (caller is not None and execution.key_id != caller.key_id):
             return None
-        if execution.status in ("pending", "running") and self.audit.sweep():
+        if execution.status in ExecutionStatus.open() and self.audit.sweep():
             execution = self.audit.get(command_id)
         return Outcome(
-            status=execution.status,
+            status=ExecutionStatus(execution.status),
             command_id=execution.command_id,
             duration_ms=execution.duration_ms or 0,
-            http_status=200,
             result=execution.result,
             error=execution.error,
             timestamp=execution.finished_at or execution.created_at,
@@ -294,100 +346,132 @@ class CommandService:
             client_context=inv.client_context,
         )
 
-    @staticmethod
-    def _invoke(inv: Invocation, ctx: ExecutionContext) -> Any:
-        if ctx.cancelled:  # waited in the queue past its deadline: do not start it
-            raise Cancelled("command timed out before it started")
-        return inv.command.handler(inv.params, ctx)
-
-    def _await(
-        self, inv: Invocation, ctx: ExecutionContext, future: Job, started: float
-    ) -> Outcome:
-        def wait() -> Any:
-            try:
-                return future.result(timeout=max(0.0, ctx.deadline - time.monotonic()))
-            except TimeoutError:
-                ctx.cancel_event.set()  # the handler may look; a thread cannot be killed
-                raise Cancelled() from None
-
-        return self._settle(inv, ctx, started, wait)
-
-    @staticmethod
-    def _settle(
-        inv: Invocation, ctx: ExecutionContext, started: float, produce: Callable[[], Any]
-    ) -> Outcome:
-        try:
-            result = produce()
-        except Cancelled:
-            return _timed_out(inv, started)
-        except CommandError as err:
-            return Outcome(
-                status="failed",
-                command_id=inv.command_id,
-                duration_ms=_ms(started),
-                http_status=err.status,
-                error=err.message,
-                details=err.details or None,
-            )
-        except Exception as exc:  # the plugin's failure becomes a failed outcome, never a trace
-            log.error(
-                "command %s (%s) failed: %s: %s",
-                inv.command_id,
-                inv.action,
-                type(exc).__name__,
-                exc,
-                exc_info=exc,
-            )
-            return Outcome(
-                status="failed",
-                command_id=inv.command_id,
-                duration_ms=_ms(started),
-                http_status=500,
-                error=str(exc) or type(exc).__name__,
-            )
-        return Outcome(
-            status="success",
-            command_id=inv.command_id,
-            duration_ms=_ms(started),
-            http_status=200,
-            result=result,
-        )
-
-    def _record(
-        self, inv: Invocation, caller: Caller, mode: str, outcome: Outcome, created: str
-    ) -> None:
+    def _record(self, run: Running, outcome: Outcome) -> None:
+        inv = run.inv
         if self._observe is not None:
             self._observe(inv.action, outcome.status, outcome.duration_ms)
+        if run.mode is Mode.ASYNC:
+            self.audit.finish(
+                inv.command_id,
+                status=outcome.status,
+                duration_ms=outcome.duration_ms,
+                error=outcome.error,
+                result=outcome.result,
+            )
+            return
         self.audit.record(
             command_id=inv.command_id,
             action=inv.action,
             plugin=inv.plugin,
-            key_name=caller.key_name,
-            mode=mode,
+            key_name=run.caller.key_name,
+            key_id=run.caller.key_id,
+            mode=run.mode,
             status=outcome.status,
             duration_ms=outcome.duration_ms,
             error=outcome.error,
             timeout_s=inv.timeout,
-            created_at=created,
-            started_at=created,
+            created_at=run.created,
+            started_at=run.created,
         )
+
+
+def _invoke(inv: Invocation, ctx: ExecutionContext) -> Any:
+    if ctx.cancelled:  # waited in the queue past its deadline: do not start it
+        raise Cancelled("command timed out before it started")
+    return inv.command.handler(inv.params, ctx)
+
+
+def _await(run: Running) -> Any:
+    if run.job is None:  # never: finish() answers a job-less run itself
+        raise Cancelled()
+    try:
+        return run.job.result(timeout=run.ctx.remaining())
+    except TimeoutError:
+        run.ctx.cancel_event.set()  # the handler may look; a thread cannot be killed
+        raise Cancelled() from None
+
+
+def _settle(run: Running, produce: Callable[[], Any]) -> Outcome:
+    """The handler's result, refusal, failure or timeout as an Outcome. A result that came
+    after the deadline is a timeout: the deadline is the contract, not the handler's luck."""
+    inv, started = run.inv, run.started
+    try:
+        result = produce()
+    except Cancelled:
+        return _timed_out(inv, started)
+    except CommandError as err:
+        return Outcome(
+            status=ExecutionStatus.FAILED,
+            command_id=inv.command_id,
+            duration_ms=_ms(started, _ended(run)),
+            error=err.message,
+            failure=Failure.REFUSED,
+            cause=CommandRefused(err.message, err.details, status=err.status),
+        )
+    except Exception as exc:  # the plugin's failure becomes a failed outcome, never a trace
+        log.error(
+            "command %s (%s) failed: %s: %s",
+            inv.command_id,
+            inv.action,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        return Outcome(
+            status=ExecutionStatus.FAILED,
+            command_id=inv.command_id,
+            duration_ms=_ms(started, _ended(run)),
+            error=str(exc) or type(exc).__name__,
+            failure=Failure.CRASHED,
+        )
+    ended = _ended(run)
+    if ended > run.ctx.deadline:
+        return _timed_out(inv, started)
+    return Outcome(
+        status=ExecutionStatus.SUCCESS,
+        command_id=inv.command_id,
+        duration_ms=_ms(started, ended),
+        result=result,
+    )
+
+
+def _ended(run: Running) -> float:
+    """When the handler ended: a batch collects its items one after another, so each is timed
+    by its own job, not by when it was collected."""
+    return run.job.ended if run.job is not None and run.job.done() else time.monotonic()
+
+
+def _rejected(command_id: str, err: WaygateError, started: float) -> Outcome:
+    return Outcome(
+        status=ExecutionStatus.FAILED,
+        command_id=command_id,
+        duration_ms=_ms(started),
+        error=_describe(err),
+        failure=Failure.REJECTED,
+        cause=err,
+    )
 
 
 def _timed_out(inv: Invocation, started: float) -> Outcome:
     return Outcome(
-        status="timeout",
+        status=ExecutionStatus.TIMEOUT,
         command_id=inv.command_id,
         duration_ms=_ms(started),
-        http_status=408,
         error=f"command exceeded its timeout of {inv.timeout} s",
     )
 
 
 def _busy() -> ServiceUnavailable:
     return ServiceUnavailable(
-        "server busy: every command thread is in use and the queue is full",
-        headers={"Retry-After": "1"},
+        "server busy: every command thread is in use and the queue is full", retry_after=1
     )
+
+
+def _invalid(message: str, missing_message: str, where: str, err: ValidationError) -> WaygateError:
+    missing, messages = field_errors(err)
+    if missing:
+        return MissingParameter(f"{missing_message}: {', '.join(missing)}", {where: messages})
+    return InvalidRequest(message, {where: messages})
 
 
 def _describe(err: WaygateError) -> str:
@@ -395,5 +479,5 @@ def _describe(err: WaygateError) -> str:
     return f"{err.code}: {err.message}" + (f" {details}" if details else "")
 
 
-def _ms(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
+def _ms(started: float, ended: float | None = None) -> int:
+    return int(((time.monotonic() if ended is None else ended) - started) * 1000)

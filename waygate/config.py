@@ -56,7 +56,24 @@ class Config:
     pool_size: int = 8
     pool_queue: int = 16
     batch_max: int = 50
+    # request threads per gunicorn worker (gunicorn.conf.py reads it; workers export theirs)
+    request_threads: int = 16
+    # request threads of a worker that may wait on commands at once; beyond it a command
+    # request is refused with 503 at once. 0: the request threads less two, kept for health
+    # checks, metrics and quick refusals
+    command_requests: int = 0
+    # MCP tools/call: the timeout (seconds) unless the client asks for another, and the most
+    # a client may ask for (params._meta "waygate/timeout")
+    mcp_tool_timeout: int = 30
+    mcp_tool_timeout_max: int = 300
     audit_retention_days: int = 7
+    # the audit database's budget: past it, the oldest finished executions are pruned first
+    audit_max_bytes: int = 1024 * 1024 * 1024
+    # an async execution's result is stored up to this size; a larger one is kept as a
+    # truncated preview with a marker (see README)
+    result_max_bytes: int = 1024 * 1024
+    # async executions a key may have pending or running at once; beyond it 429
+    async_max_open_per_key: int = 16
     housekeeping_interval_s: int = 30
     # seconds a worker keeps serving (with /ready at 503) after SIGTERM before it stops
     drain_seconds: int = 0
@@ -66,6 +83,11 @@ class Config:
     version_param_sunset: str = "2027-07-01"
     # {"PluginName": {"key": value}}: overrides of plugins' default config
     plugin_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def admission_limit(self) -> int:
+        """How many request threads may wait on commands at once (see command_requests)."""
+        return self.command_requests or max(1, self.request_threads - 2)
 
     @property
     def database_path(self) -> Path:
@@ -123,12 +145,23 @@ class Config:
             ("pool_size", 1, 256),
             ("pool_queue", 0, 10_000),
             ("batch_max", 1, 1000),
+            ("request_threads", 1, 1000),
+            ("command_requests", 0, 1000),
+            ("mcp_tool_timeout", 1, 3600),
+            ("mcp_tool_timeout_max", 1, 3600),
             ("audit_retention_days", 1, 3650),
+            ("audit_max_bytes", 1024 * 1024, 2**50),
+            ("result_max_bytes", 1024, 2**31),
+            ("async_max_open_per_key", 1, 100_000),
             ("housekeeping_interval_s", 0, 86_400),
             ("drain_seconds", 0, 300),
         ):
             if not low <= getattr(self, name) <= high:
                 raise ConfigError(f"WAYGATE_{name.upper()}: must be from {low} to {high}")
+        if self.mcp_tool_timeout > self.mcp_tool_timeout_max:
+            raise ConfigError(
+                "WAYGATE_MCP_TOOL_TIMEOUT: must not exceed WAYGATE_MCP_TOOL_TIMEOUT_MAX"
+            )
         try:
             date.fromisoformat(self.version_param_sunset)
         except ValueError:

@@ -19,14 +19,14 @@ class WaygateError(Exception):
         details: dict[str, Any] | None = None,
         *,
         status: int | None = None,
-        headers: dict[str, str] | None = None,
+        retry_after: int | None = None,
     ):
         super().__init__(message)
         self.message = message
         self.details = details or {}
         if status is not None:
             self.status = status
-        self.headers = headers or {}
+        self.retry_after = retry_after  # seconds until a retry may succeed (503, 429)
 
 
 class InvalidRequest(WaygateError):

@@ -28,7 +28,9 @@ workers = 2 * (os.cpu_count() or 1) + 1
 # while commands run. Async workers (gevent/eventlet) would monkey-patch the threads and
 # SQLite calls the command engine relies on.
 worker_class = "gthread"
-threads = 8
+# 16 request threads: at most all but two wait on commands (WAYGATE_COMMAND_REQUESTS), the
+# rest stay free for health checks, metrics and quick refusals. WAYGATE_REQUEST_THREADS sets it.
+threads = int(os.environ.get("WAYGATE_REQUEST_THREADS") or 16)
 # Workers are not preloaded: each imports the app after fork, so no connection, executor or
 # lock is shared across a fork, and SIGHUP really reloads code.
 preload_app = False
@@ -92,9 +94,7 @@ def on_starting(server):
         sys.exit(2)
     try:
         # Nothing survives a restart: executions the previous service left open end as failed.
-        AuditLog(storage, retention=None).fail_open_executions(
-            "the service restarted while this command ran"
-        )
+        AuditLog(storage).fail_open_executions("the service restarted while this command ran")
     except sqlite3.Error as exc:  # e.g. a read-only data dir: start, and let /health say so
         server.log.warning("could not close executions left open: %s", exc)
     storage.close()
@@ -120,9 +120,13 @@ def post_fork(server, worker):
     the kernel wakes those threads on whichever core is idle, and every hand-over between
     cores costs an inter-processor wake-up (a VM exit on virtual machines) and cold caches.
     Kept on one core, each worker's hand-overs stay local and the workers are spread evenly:
-    +30 % /mcp/execute throughput in bench/run.py, bare Flask unchanged (bench/README.md).
+    measured in bench/run.py (bench/README.md).
     WAYGATE_PIN_WORKERS=false turns it off (e.g. when something else pins the process).
+
+    The worker also exports its real thread count (flags may have changed it), from which
+    the app reserves threads that never wait on commands (WAYGATE_COMMAND_REQUESTS).
     """
+    os.environ["WAYGATE_REQUEST_THREADS"] = str(worker.cfg.threads)
     cpu = getattr(worker, "waygate_cpu", None)
     if cpu is None:
         return
@@ -161,7 +165,7 @@ def child_exit(server, worker):
     mark_worker_dead(worker.pid)
     storage = Storage(Config.from_env().database_path)
     try:
-        closed = AuditLog(storage, retention=None).fail_open_executions(
+        closed = AuditLog(storage).fail_open_executions(
             f"the worker (pid {worker.pid}) running this command exited", worker_pid=worker.pid
         )
         if closed:

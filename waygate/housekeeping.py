@@ -5,12 +5,12 @@ batches."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
 from .audit import AuditLog
 from .errorlog import ErrorLog
+from .forksafe import reset_after_fork
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 600.0
@@ -21,14 +21,18 @@ class Housekeeper:
         self.audit = audit
         self.errors = errors
         self.interval_s = interval_s
-        self._pid: int | None = None
         self._stop = threading.Event()
+        self._forked()
+        reset_after_fork(self, Housekeeper._forked)
+
+    def _forked(self) -> None:
+        self._started = False  # a forked child has no housekeeping thread until start()
 
     def start(self) -> None:
-        """Start this process's thread (once per process; made after fork)."""
-        if not self.interval_s or self._pid == os.getpid():
+        """Start this process's thread (once per process)."""
+        if not self.interval_s or self._started:
             return
-        self._pid = os.getpid()
+        self._started = True
         threading.Thread(target=self._run, name="waygate-housekeeping", daemon=True).start()
 
     def stop(self) -> None:
@@ -41,6 +45,13 @@ class Housekeeper:
             errors = self.errors.prune(self.audit.retention)
             if executions or errors:
                 log.info("pruned %d audit and %d error rows past the retention", executions, errors)
+        over = self.audit.prune_to_budget()  # cheap when under budget: three PRAGMAs
+        if over:
+            log.warning(
+                "pruned the %d oldest audit rows: the database was over its budget of %d bytes",
+                over,
+                self.audit.max_bytes,
+            )
 
     def _run(self) -> None:
         last_prune = 0.0

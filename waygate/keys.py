@@ -36,6 +36,7 @@ class ApiKey:
     created_at: str
     last_used_at: str | None = None
     revoked_at: str | None = None
+    id: int | None = None  # never reused: what executions and events belong to
 
     @property
     def is_admin(self) -> bool:
@@ -120,6 +121,7 @@ class KeyStore:
             role=row["role"],
             created_at=row["created_at"],
             last_used_at=row["last_used_at"],
+            id=row["id"],
         )
 
     def _touch(self, key_id: int, last_used_at: str | None) -> None:

@@ -15,6 +15,8 @@ from array import array
 from collections import deque
 from pathlib import Path
 
+from .forksafe import reset_after_fork
+
 FLUSH_EVERY_S = 1.0
 
 
@@ -23,15 +25,19 @@ class LatencyWindow:
         self.directory = directory
         self.window_s = window_s
         self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
-        self._lock = threading.Lock()
         self._dirty = False
-        self._flusher_pid: int | None = None
+        self._forked()
+        reset_after_fork(self, LatencyWindow._forked)
+
+    def _forked(self) -> None:
+        self._lock = threading.Lock()
+        self._flushing = False  # one flusher thread per process, started by the first add()
 
     def add(self, seconds: float) -> None:
         self._samples.append((time.time(), seconds))  # deque.append is atomic
         self._dirty = True
-        if self._flusher_pid != os.getpid():  # one flusher thread per process, made after fork
-            self._flusher_pid = os.getpid()
+        if not self._flushing:
+            self._flushing = True
             threading.Thread(
                 target=self._flush_forever, name="waygate-latency", daemon=True
             ).start()

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
-from .commands import Caller, CommandService, Invocation
-from .errors import WaygateError
+from .commands import Caller, CommandService, UnknownCommand
+from .errors import ServiceUnavailable, WaygateError
+from .outcomes import ExecutionStatus, Mode
 from .plugins import PluginSet
 from .schemas import json_schema
 
@@ -32,6 +33,8 @@ HEADERLESS_VERSION = "2025-03-26"
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
+# A client may ask for a shorter tool timeout (seconds) in tools/call's params._meta.
+META_TIMEOUT = "waygate/timeout"
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
     -32700,
@@ -69,6 +72,7 @@ class Reply:
 
     status: int
     body: dict[str, Any] | None = None
+    retry_after: int | None = None  # seconds, when the server is too busy to answer now
 
 
 @dataclass(frozen=True)
@@ -82,11 +86,16 @@ class Routing:
 
 class McpServer:
     def __init__(
-        self, commands: CommandService, plugins: Callable[[], PluginSet], tool_timeout: int = 30
+        self,
+        commands: CommandService,
+        plugins: Callable[[], PluginSet],
+        tool_timeout: int = 30,
+        tool_timeout_max: int = 300,
     ):
         self.commands = commands
         self._plugins = plugins
-        self.tool_timeout = tool_timeout
+        self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
+        self.tool_timeout_max = tool_timeout_max
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -111,6 +120,11 @@ class McpServer:
             return Reply(200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         except JsonRpcError as err:
             return Reply(err.status, err.body(request_id))
+        except ServiceUnavailable as err:  # too busy to run a tool now: retry later
+            busy = JsonRpcError(
+                INTERNAL_ERROR, err.message, {"code": err.code, "retry_after_s": err.retry_after}
+            )
+            return Reply(503, busy.body(request_id), retry_after=err.retry_after)
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -264,33 +278,20 @@ class McpServer:
             raise JsonRpcError(INVALID_PARAMS, "tools/call needs a tool name", status=400)
         if not isinstance(arguments, Mapping):
             return _error_result(f"arguments of {name} must be an object")
-        plugins = self._plugins()
-        command = plugins.commands.get(name)
-        if command is None:
-            return _error_result(
-                f"Unknown tool: {name}. Available: " + ", ".join(sorted(plugins.commands))
-            )
         try:
-            validated = self.commands.validate_params(command, dict(arguments))
+            inv = self.commands.resolve(
+                name, dict(arguments), caller, timeout=self._timeout(params)
+            )
+        except UnknownCommand:
+            available = ", ".join(self.commands.available(caller))
+            return _error_result(f"Unknown tool: {name}. Available: {available}")
         except WaygateError as err:
             return _error_result(
                 f"Invalid arguments for {name}: {err.message}: "
                 + json.dumps(err.details.get("params", {}))
             )
-        inv = Invocation(
-            action=name,
-            plugin=plugins.command_plugin[name],
-            command=command,
-            params=validated,
-            client_context={},
-            timeout=self.tool_timeout,
-            run_async=False,
-        )
-        try:
-            outcome = self.commands.run(inv, caller, mode="mcp")
-        except WaygateError as err:  # e.g. the pool is full
-            return _error_result(f"{err.message}; try again shortly")
-        if outcome.status != "success":
+        outcome = self.commands.run(inv, caller, Mode.MCP)
+        if outcome.status is not ExecutionStatus.SUCCESS:
             return _error_result(f"{name} {outcome.status}: {outcome.error}")
         result = outcome.result
         structured = result if isinstance(result, dict) else {"result": result}
@@ -300,6 +301,14 @@ class McpServer:
             "structuredContent": structured,
             "isError": False,
         }
+
+    def _timeout(self, params: dict) -> int:
+        """The configured tool timeout, or less where the client asks for less."""
+        meta = params.get("_meta")
+        asked = meta.get(META_TIMEOUT) if isinstance(meta, dict) else None
+        if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked >= 1:
+            return min(int(asked), self.tool_timeout_max)
+        return self.tool_timeout
 
 
 def _error_result(message: str) -> dict[str, Any]:

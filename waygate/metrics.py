@@ -14,9 +14,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
+
+from .forksafe import reset_after_fork
 
 # prometheus_client is imported inside the functions below, never at module import: it picks
 # its value storage (in memory or multiprocess files) once, when first imported, and the
@@ -129,6 +132,11 @@ class Metrics:
         self.connections = Counter(
             "waygate_connections_total", "Client connections accepted", registry=r
         )
+        self.admission_refused = Counter(
+            "waygate_admission_refused_total",
+            "Command requests refused at once because a worker's command threads were all waiting",
+            registry=r,
+        )
         # Set whenever the health checks run (GET /health, and every scrape of /metrics);
         # the most recent run of any live worker counts.
         self.health_failing = Gauge(
@@ -150,6 +158,10 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=r,
         )
+
+    @_never_raising
+    def count_admission_refused(self) -> None:
+        self.admission_refused.inc()
 
     @_never_raising
     def count_connection(self) -> None:
@@ -185,6 +197,13 @@ class Metrics:
 
 _lock = threading.Lock()
 _metrics: Metrics | None = None
+
+
+def _forked(module) -> None:
+    module._lock = threading.Lock()  # another thread may have held it at fork
+
+
+reset_after_fork(sys.modules[__name__], _forked)
 
 
 def metrics() -> Metrics:

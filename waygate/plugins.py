@@ -15,8 +15,9 @@ import os
 import re
 import site
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,11 @@ from typing import Any
 from marshmallow import Schema
 from stevedore import ExtensionManager
 
+from . import compat
+from .clock import isoformat
+from .errors import NotFound
 from .sdk import Command, Plugin
+from .storage import Storage
 
 NAMESPACE = "waygate.plugins"
 _COMMAND_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -43,6 +48,21 @@ class PluginInfo:
     config: Mapping[str, Any] = field(default_factory=dict)
     error: str | None = None
     commands: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        body = {
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "author": self.author,
+            "status": self.status,
+            "capabilities": list(self.capabilities),
+            "config": dict(self.config),
+            "commands": list(self.commands),
+        }
+        if self.error:
+            body["error"] = self.error
+        return body
 
 
 @dataclass(frozen=True)
@@ -116,7 +136,7 @@ def refresh_entry_points(namespace: str = NAMESPACE) -> None:
     """
     importlib.invalidate_caches()
     unique = {(ep.name, ep.value): ep for ep in importlib.metadata.entry_points(group=namespace)}
-    ExtensionManager.ENTRY_POINT_CACHE[namespace] = list(unique.values())
+    compat.seed_entry_points(namespace, list(unique.values()))
 
 
 def forget_plugin_modules(namespace: str = NAMESPACE) -> None:
@@ -124,12 +144,9 @@ def forget_plugin_modules(namespace: str = NAMESPACE) -> None:
 
     Objects already handed out (commands running now) keep the old module alive until done.
     """
-    roots = {ep.module for ep in ExtensionManager.ENTRY_POINT_CACHE.get(namespace, [])}
+    roots = {ep.module for ep in compat.seeded_entry_points(namespace)}
     roots |= {ep.module for ep in importlib.metadata.entry_points(group=namespace)}
-    roots = {r for r in roots if not r.startswith("waygate.")}
-    for name in list(sys.modules):
-        if name in roots or any(name.startswith(root + ".") for root in roots):
-            del sys.modules[name]
+    compat.forget_modules(r for r in roots if not r.startswith("waygate."))
 
 
 def discover(
@@ -244,3 +261,85 @@ def _check_command(command: Any) -> str | None:
     if not callable(command.handler):
         return f"command {command.name!r}: handler is not callable"
     return None
+
+
+class PluginRegistry:
+    """This process's plugin set, kept in step with the shared plugin generation.
+
+    A reload bumps the generation in SQLite; every worker compares its own (a per-process
+    cache of the set, checked at most every ``CHECK_INTERVAL`` seconds) and reloads when it
+    is behind, so no worker serves an old set for more than a second after a reload answers.
+    A reload swaps in a new immutable set: commands already running keep theirs.
+    """
+
+    CHECK_INTERVAL = 0.5
+
+    def __init__(
+        self,
+        storage: Storage,
+        plugin_config=None,
+        loader=discover,
+        on_load: Callable[[PluginSet], None] | None = None,
+    ):
+        self._storage = storage
+        self._loader = loader
+        self._on_load = on_load
+        self._plugin_config = plugin_config or {}
+        self._lock = threading.Lock()
+        self._current: PluginSet | None = None
+        self._generation = -1
+        self._checked_at = 0.0
+
+    @property
+    def current(self) -> PluginSet:
+        if self._current is not None and time.monotonic() - self._checked_at <= self.CHECK_INTERVAL:
+            return self._current
+        # Past the interval: check under the lock, so that threads arriving while another one
+        # loads the new set wait for it instead of being handed the old one.
+        with self._lock:
+            if self._current is None or time.monotonic() - self._checked_at > self.CHECK_INTERVAL:
+                generation = self._shared_generation()
+                if self._current is None or generation != self._generation:
+                    self._install(generation, fresh=self._current is not None)
+                self._checked_at = time.monotonic()
+            return self._current
+
+    def reload(self) -> dict[str, Any]:
+        """Reload here and tell every other worker to reload; a report of what loaded."""
+        started = time.monotonic()
+        with self._storage.write() as conn:
+            generation = conn.execute(
+                "UPDATE plugin_state SET generation = generation + 1, reloaded_at = ? "
+                "WHERE id = 1 RETURNING generation",
+                (isoformat(),),
+            ).fetchone()[0]
+        with self._lock:
+            self._install(generation, fresh=True)
+            plugins = self._current
+        return {
+            "status": "plugins_reloaded",
+            "count": len(plugins.loaded),
+            "loaded": plugins.loaded,
+            "failed": [{"name": p.name, "error": p.error} for p in plugins.failed],
+            "duration_ms": int((time.monotonic() - started) * 1000),
+        }
+
+    def _shared_generation(self) -> int:
+        return self._storage.conn.execute(
+            "SELECT generation FROM plugin_state WHERE id = 1"
+        ).fetchone()[0]
+
+    def _install(self, generation: int, fresh: bool) -> None:
+        """Load and swap in a new set (the caller holds the lock)."""
+        self._current = self._loader(self._plugin_config, fresh_modules=fresh)
+        self._generation = generation
+        self._checked_at = time.monotonic()
+        if self._on_load is not None:
+            self._on_load(self._current)
+
+    def get(self, name: str) -> PluginInfo:
+        """One plugin of the current set (failed ones included); NotFound otherwise."""
+        plugins = self.current.plugins
+        if name not in plugins:
+            raise NotFound(f"no plugin named {name[:100]!r}", {"available": sorted(plugins)})
+        return plugins[name]

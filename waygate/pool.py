@@ -10,12 +10,14 @@ graceful shutdown), unlike ``ThreadPoolExecutor``, whose exit hook joins every t
 from __future__ import annotations
 
 import contextvars
-import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from .forksafe import reset_after_fork
 
 
 class PoolFull(Exception):
@@ -46,7 +48,7 @@ class Job:
     wait and each completion; with eight request threads per worker every lock handed between
     threads costs a GIL switch, and a ``/mcp/execute`` request waits on one job."""
 
-    __slots__ = ("_fn", "_context", "_done", "_result", "_error")
+    __slots__ = ("_fn", "_context", "_done", "_result", "_error", "ended")
 
     def __init__(self, fn: Callable[[], Any]):
         self._fn = fn
@@ -57,6 +59,7 @@ class Job:
         self._done.acquire()  # released by the pool thread when the call has ended
         self._result: Any = None
         self._error: BaseException | None = None
+        self.ended = 0.0  # time.monotonic() when the call ended
 
     def _run(self) -> None:
         try:
@@ -65,6 +68,7 @@ class Job:
             self._error = exc
         finally:
             self._fn = self._context = None  # a finished job keeps neither alive
+            self.ended = time.monotonic()
             self._done.release()
 
     def done(self) -> bool:
@@ -87,20 +91,31 @@ class CommandPool:
         self.size = size
         self.queue_size = queue_size
         self._on_change = on_change  # (in_use, queued) after every change, e.g. for gauges
-        self._pid: int | None = None
+        self._forked()
+        reset_after_fork(self, CommandPool._forked)
 
-    def _ensure_started(self) -> None:
-        # Threads, locks and queues are made in the process that uses them (after fork).
-        if self._pid == os.getpid():
-            return
+    def _forked(self) -> None:
+        """No threads yet in this process: they, the locks and the queue are made on first
+        use (threads do not survive a fork)."""
+        self._started = False
+        self._start_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(self.size + self.queue_size)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._in_use = 0
         self._queued = 0
-        for n in range(self.size):
-            threading.Thread(target=self._work, name=f"waygate-command-{n}", daemon=True).start()
-        self._pid = os.getpid()
+
+    def _ensure_started(self) -> None:
+        if self._started:
+            return
+        with self._start_lock:
+            if self._started:
+                return
+            self._slots = threading.BoundedSemaphore(self.size + self.queue_size)
+            self._queue: queue.SimpleQueue = queue.SimpleQueue()
+            for n in range(self.size):
+                threading.Thread(
+                    target=self._work, name=f"waygate-command-{n}", daemon=True
+                ).start()
+            self._started = True
 
     def submit(self, fn: Callable[[], Any], wait: float = 0.0) -> Job:
         """Queue ``fn``; waits up to ``wait`` seconds for room, then raises PoolFull."""
@@ -143,7 +158,5 @@ class CommandPool:
                 job = None
 
     def stats(self) -> PoolStats:
-        if self._pid != os.getpid():
-            return PoolStats(self.size, self.queue_size, 0, 0)
         with self._lock:
             return PoolStats(self.size, self.queue_size, self._in_use, self._queued)

@@ -11,6 +11,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from . import __version__
+from .outcomes import ExecutionStatus, Mode
 
 
 class MCPCommandSchema(Schema):
@@ -116,7 +117,7 @@ class MCPResponseSchema(Schema):
 
     status = fields.String(
         required=True,
-        validate=validate.OneOf(["success", "failed", "timeout", "pending", "running"]),
+        validate=validate.OneOf([s.value for s in ExecutionStatus]),
         metadata={"description": "Command execution status"},
     )
     result = fields.Raw(allow_none=True, metadata={"description": "Command result (any type)"})
@@ -234,8 +235,9 @@ class ExecutionSchema(Schema):
     action = fields.String(required=True)
     plugin = fields.String(allow_none=True)
     key_name = fields.String(allow_none=True)
-    mode = fields.String(required=True)
-    status = fields.String(required=True)
+    key_id = fields.Integer(allow_none=True)
+    mode = fields.Enum(Mode, by_value=True, required=True)
+    status = fields.Enum(ExecutionStatus, by_value=True, required=True)
     duration_ms = fields.Integer(allow_none=True)
     error = fields.String(allow_none=True)
     timeout_s = fields.Integer(required=True)

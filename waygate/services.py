@@ -6,15 +6,11 @@ Everything here is created after fork (inside a worker), never at import time.
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from .audit import AuditLog
-from .clock import isoformat
-from .commands import CommandService
+from .commands import Admission, CommandService
 from .config import Config
 from .diagnostics import ServerInfo
 from .errorlog import ErrorLog
@@ -22,77 +18,11 @@ from .housekeeping import Housekeeper
 from .keys import KeyStore
 from .latency import LatencyWindow
 from .lifecycle import Readiness
+from .mcp import McpServer
 from .metrics import metrics
-from .plugins import PluginSet, discover
+from .plugins import PluginRegistry
 from .pool import CommandPool
 from .storage import Storage
-
-
-class PluginRegistry:
-    """This process's plugin set, kept in step with the shared plugin generation.
-
-    A reload bumps the generation in SQLite; every worker compares its own (a per-process
-    cache of the set, checked at most every ``CHECK_INTERVAL`` seconds) and reloads when it
-    is behind, so no worker serves an old set for more than a second after a reload answers.
-    A reload swaps in a new immutable set: commands already running keep theirs.
-    """
-
-    CHECK_INTERVAL = 0.5
-
-    def __init__(
-        self,
-        storage: Storage,
-        plugin_config=None,
-        loader=discover,
-        on_load: Callable[[PluginSet], None] | None = None,
-    ):
-        self._storage = storage
-        self._loader = loader
-        self._on_load = on_load
-        self._plugin_config = plugin_config or {}
-        self._lock = threading.Lock()
-        self._current: PluginSet | None = None
-        self._generation = -1
-        self._checked_at = 0.0
-
-    @property
-    def current(self) -> PluginSet:
-        if self._current is not None and time.monotonic() - self._checked_at <= self.CHECK_INTERVAL:
-            return self._current
-        # Past the interval: check under the lock, so that threads arriving while another one
-        # loads the new set wait for it instead of being handed the old one.
-        with self._lock:
-            if self._current is None or time.monotonic() - self._checked_at > self.CHECK_INTERVAL:
-                generation = self._shared_generation()
-                if self._current is None or generation != self._generation:
-                    self._install(generation, fresh=self._current is not None)
-                self._checked_at = time.monotonic()
-            return self._current
-
-    def reload(self) -> PluginSet:
-        """Reload here and tell every other worker to reload."""
-        with self._storage.write() as conn:
-            generation = conn.execute(
-                "UPDATE plugin_state SET generation = generation + 1, reloaded_at = ? "
-                "WHERE id = 1 RETURNING generation",
-                (isoformat(),),
-            ).fetchone()[0]
-        with self._lock:
-            self._install(generation, fresh=True)
-            return self._current
-
-    def _shared_generation(self) -> int:
-        return self._storage.conn.execute(
-            "SELECT generation FROM plugin_state WHERE id = 1"
-        ).fetchone()[0]
-
-    def _install(self, generation: int, fresh: bool) -> None:
-        """Load and swap in a new set (the caller holds the lock)."""
-        self._current = self._loader(self._plugin_config, fresh_modules=fresh)
-        self._generation = generation
-        self._checked_at = time.monotonic()
-        if self._on_load is not None:
-            self._on_load(self._current)
 
 
 @dataclass
@@ -103,6 +33,7 @@ class Services:
     plugins: PluginRegistry
     audit: AuditLog
     commands: CommandService
+    mcp: McpServer
     housekeeper: Housekeeper
     errors: ErrorLog
     latency: LatencyWindow
@@ -119,10 +50,20 @@ class Services:
             config.plugin_config,
             on_load=lambda s: metrics().plugins_loaded.set(len(s.loaded)),
         )
-        audit = AuditLog(storage, retention=timedelta(days=config.audit_retention_days))
+        audit = AuditLog(
+            storage,
+            retention=timedelta(days=config.audit_retention_days),
+            max_bytes=config.audit_max_bytes,
+            result_max_bytes=config.result_max_bytes,
+            max_open_per_key=config.async_max_open_per_key,
+        )
         pool = CommandPool(config.pool_size, config.pool_queue, on_change=metrics().observe_pool)
         commands = CommandService(
-            lambda: plugins.current, pool, audit, observe=metrics().observe_command
+            lambda: plugins.current,
+            pool,
+            audit,
+            observe=metrics().observe_command,
+            admission=Admission(config.admission_limit, metrics().count_admission_refused),
         )
         errors = ErrorLog(storage)
         return cls(
@@ -132,6 +73,12 @@ class Services:
             plugins=plugins,
             audit=audit,
             commands=commands,
+            mcp=McpServer(
+                commands,
+                lambda: plugins.current,
+                tool_timeout=config.mcp_tool_timeout,
+                tool_timeout_max=config.mcp_tool_timeout_max,
+            ),
             housekeeper=Housekeeper(audit, errors, config.housekeeping_interval_s),
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),

@@ -9,7 +9,6 @@ timeout makes writers from several gunicorn workers queue instead of failing wit
 from __future__ import annotations
 
 import fcntl
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -18,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlite_utils
+
+from .forksafe import reset_after_fork
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,24 @@ class _Grouped:
         self.error: Exception | None = None
 
 
+def is_readonly(exc: sqlite3.Error) -> bool:
+    """SQLITE_READONLY or one of its extended codes (e.g. SQLITE_READONLY_DBMOVED)."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_READONLY
+
+
 class Storage:
     def __init__(self, path: Path, busy_timeout_ms: int = 5000, synchronous: str = "NORMAL"):
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
+        self._forked()
+        reset_after_fork(self, Storage._forked)
+
+    def _forked(self) -> None:
+        """A new process has no connection and no write lock yet: both are made on first use
+        (a connection or an flock'd file must not be shared across a fork)."""
         self._local = threading.local()
-        self._lock_pid: int | None = None
-        # Storage objects cross a fork only from gunicorn's single-threaded master.
+        self._thread_lock: threading.Lock | None = None
         self._init_lock = threading.Lock()
 
     def connect(self) -> sqlite3.Connection:
@@ -63,12 +74,11 @@ class Storage:
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """This thread's connection, reopened if the process forked since it was made."""
-        local = self._local
-        if getattr(local, "pid", None) != os.getpid():
-            local.conn = self.connect()
-            local.pid = os.getpid()
-        return local.conn
+        """This thread's connection (a forked child makes its own)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.connect()
+        return conn
 
     @contextmanager
     def _writer(self) -> Iterator[None]:
@@ -85,20 +95,19 @@ class Storage:
             yield
 
     def _process_lock(self) -> threading.Lock:
-        if self._lock_pid == os.getpid():
+        if self._thread_lock is not None:
             return self._thread_lock
         with self._init_lock:  # the first writers of a process race to get here
-            if self._lock_pid == os.getpid():
+            if self._thread_lock is not None:
                 return self._thread_lock
             # Made after fork: flock belongs to an open file, threads to their process.
             try:
                 self._lock_file = open(self.path.with_suffix(".writelock"), "a")  # noqa: SIM115
             except OSError as exc:
                 raise sqlite3.OperationalError(f"cannot open the write lock: {exc}") from exc
-            self._thread_lock = threading.Lock()
             self._group_lock = threading.Lock()
             self._group: list[_Grouped] = []
-            self._lock_pid = os.getpid()
+            self._thread_lock = threading.Lock()  # last: its presence says all is made
             return self._thread_lock
 
     @contextmanager
@@ -198,7 +207,7 @@ class Storage:
         try:
             yield
         except sqlite3.OperationalError as exc:
-            if "readonly" in str(exc) or "read-only" in str(exc):
+            if is_readonly(exc):
                 self._local = threading.local()
             raise
 
@@ -254,9 +263,9 @@ class Storage:
     def close(self) -> None:
         """Close this thread's connection and this process's write-lock file."""
         conn = getattr(self._local, "conn", None)
-        if conn is not None and getattr(self._local, "pid", None) == os.getpid():
+        if conn is not None:
             conn.close()
         self._local = threading.local()
-        if self._lock_pid == os.getpid():
+        if self._thread_lock is not None:
             self._lock_file.close()
-            self._lock_pid = None
+            self._thread_lock = None

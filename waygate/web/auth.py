@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from flask import Flask, g, request
 
+from ..commands import Caller
 from ..errors import Unauthorized, WaygateError
 from ..keys import ApiKey, require_admin
 from . import services
@@ -49,6 +50,12 @@ def current_key() -> ApiKey:
             "missing API key: send it in the X-API-Key header"
         )
     return key
+
+
+def current_caller() -> Caller:
+    """The calling key as the command service knows it."""
+    key = current_key()
+    return Caller(key_name=key.name, key_id=key.id)
 
 
 def key_required(view: F) -> F:

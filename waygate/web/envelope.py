@@ -80,7 +80,8 @@ def jsonrpc_error_body(status: int, code: str, message: str, details: dict | Non
 def _from_domain(exc: WaygateError) -> Response:
     if exc.status >= 500:
         log.error("%s: %s", exc.code, exc.message, extra={"error_code": exc.code})
-    return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+    return error_response(exc.status, exc.code, exc.message, exc.details, headers)
 
 
 def _from_http(exc: HTTPException) -> Response:

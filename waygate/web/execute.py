@@ -4,24 +4,16 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request, url_for
 
-from ..clock import isoformat
-from ..commands import Caller
 from ..errors import InvalidRequest, NotFound
-from ..schemas import describe_parameters
+from ..outcomes import ExecutionStatus
 from . import services
-from .auth import admin_required, current_key, key_required
+from .auth import admin_required, current_caller, current_key, key_required
 from .http import read_json
 from .limiter import limit_group
+from .outcomes import respond
 from .pagination import add_headers, paginated, requested_page, requested_since
 
 bp = Blueprint("execute", __name__)
-
-PROTOCOL_VERSION = "1.0"
-EXECUTION_STATUSES = ("pending", "running", "success", "failed", "timeout")
-
-
-def _caller() -> Caller:
-    return Caller(key_name=current_key().name)
 
 
 @bp.post("/mcp/execute")
@@ -98,22 +90,19 @@ def execute():
                   - {$ref: "#/components/schemas/MCPResponse"}
                   - {$ref: "#/components/schemas/Error"}
     """
-    svc = services()
+    commands = services().commands
     body = read_json()
     if isinstance(body, list):
         return _batch(body)
-    inv = svc.commands.parse(body)
+    inv = commands.parse(body, current_caller())
     if inv.run_async:
-        outcome = svc.commands.submit_async(inv, _caller())
-        response = jsonify(outcome.as_response())
-        response.status_code = 202
+        response = respond(commands.submit_async(inv, current_caller()))
         response.headers["Location"] = url_for("execute.execution", command_id=inv.command_id)
         return response
-    outcome = svc.commands.run(inv, _caller())
     # A command that ran and refused its input (CommandError) answers the MCPResponse with
     # status "failed" and the handler's 4xx: the caller sees the command_id, the duration and
     # the reason in the same model as any other outcome (the spec's own example relies on it).
-    return jsonify(outcome.as_response()), outcome.http_status
+    return respond(commands.run(inv, current_caller()))
 
 
 def _batch(items: list):
@@ -125,7 +114,7 @@ def _batch(items: list):
             f"a batch holds at most {limit} commands; got {len(items)}",
             {"max_items": limit, "items": len(items)},
         )
-    outcomes = services().commands.run_batch(items, _caller())
+    outcomes = services().commands.run_batch(items, current_caller())
     return jsonify([outcome.as_response() for outcome in outcomes])
 
 
@@ -148,9 +137,9 @@ def execution(command_id: str):
         404:
           description: No such execution
     """
-    key = current_key()
     # A user key sees its own executions; an admin key sees every one.
-    outcome = services().commands.lookup(command_id, None if key.is_admin else _caller())
+    caller = None if current_key().is_admin else current_caller()
+    outcome = services().commands.lookup(command_id, caller)
     if outcome is None:
         raise NotFound(f"no execution {command_id!r}", {"command_id": command_id[:100]})
     return jsonify(outcome.as_response())
@@ -181,9 +170,9 @@ def executions():
     page = requested_page()
     action = request.args.get("action") or None
     status = request.args.get("status") or None
-    if status is not None and status not in EXECUTION_STATUSES:
+    if status is not None and status not in ExecutionStatus.__members__.values():
         raise InvalidRequest(
-            f"status must be one of {', '.join(EXECUTION_STATUSES)}", {"parameter": "status"}
+            f"status must be one of {', '.join(ExecutionStatus)}", {"parameter": "status"}
         )
     since = requested_since()
     rows, total = services().audit.query(
@@ -208,18 +197,7 @@ def status():
             application/json:
               schema: {$ref: "#/components/schemas/Status"}
     """
-    plugins = services().plugins.current
-    return jsonify(
-        {
-            "engine": "degraded" if plugins.failed else "operational",
-            "plugins_loaded": len(plugins.loaded),
-            "commands_available": sorted(plugins.commands),
-            "protocol_version": PROTOCOL_VERSION,
-            "capabilities": {"async": True, "batch": True, "streaming": False},
-            "pool": services().commands.pool.stats().as_dict(),
-            "timestamp": isoformat(),
-        }
-    )
+    return jsonify(services().commands.engine_status(current_caller()))
 
 
 @bp.get("/mcp/commands")
@@ -238,16 +216,7 @@ def commands():
             application/json:
               schema: {$ref: "#/components/schemas/CommandList"}
     """
-    plugins = services().plugins.current
-    listed = [
-        {
-            "name": name,
-            "description": command.description,
-            "plugin": plugins.command_plugin[name],
-            "parameters": describe_parameters(command.params),
-        }
-        for name, command in sorted(plugins.commands.items())
-    ]
+    listed = services().commands.catalog(current_caller())
     page = requested_page(default_limit=100)
     response = jsonify({"commands": list(page.slice(listed)), "total": len(listed)})
     return add_headers(response, page, len(listed))

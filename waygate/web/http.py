@@ -8,11 +8,10 @@ import uuid
 from typing import Any
 
 from flask import Flask, Response, g, request
-from flask_cors.core import get_cors_options, set_cors_headers
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .. import logs
+from .. import compat, logs
 from ..config import Config
 from ..errors import InvalidRequest
 from . import jsonio
@@ -149,7 +148,7 @@ def init_app(app: Flask, config: Config) -> None:
     # flask-cors's own after-request hook matches resource patterns on every response; only
     # a request with an Origin header can need CORS headers, so only those go through it.
     # (Every API response is Cache-Control: no-store, so no cache needs Vary: Origin.)
-    cors = get_cors_options(
+    cors = compat.cors_options(
         app,
         {
             "origins": list(config.cors_origins),
@@ -163,5 +162,5 @@ def init_app(app: Flask, config: Config) -> None:
     @app.after_request
     def _cors(response: Response) -> Response:
         if "Origin" in request.headers:
-            set_cors_headers(response, cors)
+            compat.apply_cors(response, cors)
         return response

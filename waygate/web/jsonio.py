@@ -15,6 +15,8 @@ import orjson
 from flask import Flask, Response
 from flask.json.provider import DefaultJSONProvider
 
+from .. import compat
+
 _OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
@@ -43,7 +45,7 @@ class OrjsonProvider(DefaultJSONProvider):
         return loads(s)
 
     def response(self, *args: Any, **kwargs: Any) -> Response:
-        obj = self._prepare_response_obj(args, kwargs)
+        obj = compat.response_payload(self, args, kwargs)
         return self._app.response_class(dumps_bytes(obj), mimetype="application/json")
 
 

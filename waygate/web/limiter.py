@@ -2,8 +2,8 @@
 
 Built directly on the ``limits`` library (its fixed-window strategy and storages: Waygate's
 exact ``sqlite://``, ``redis://``, ``memory://``). flask-limiter, which wraps the same
-library, was measured at about 130 µs per request in its generic limit resolution (40 % of a
-bare Flask request; see bench/README.md), so this module does the one thing Waygate needs:
+library, spends a large share of a bare Flask request in its generic limit resolution (figures
+in bench/README.md), so this module does the one thing Waygate needs:
 one counter per request, chosen from a table built once at start-up.
 
 Views join a limit group with :func:`limit_group` (a group's endpoints share one budget per
@@ -26,7 +26,7 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
-from .. import ratelimit  # noqa: F401  (registers the sqlite:// storage scheme)
+from .. import limit_counters  # noqa: F401  (registers the sqlite:// storage scheme)
 from ..config import Config
 from ..errors import RateLimited, ServiceUnavailable
 
@@ -97,7 +97,7 @@ class RateLimiter:
             raise RateLimited(
                 f"rate limit exceeded: {item}",
                 {"limit": str(item), "retry_after_s": retry_after},
-                headers={"Retry-After": str(retry_after)},
+                retry_after=retry_after,
             )
 
     def _storage_failed(self, exc: StorageError) -> None:
@@ -112,7 +112,7 @@ class RateLimiter:
             )
         if not self.fail_open:
             raise ServiceUnavailable(
-                "rate-limit storage unavailable; try again shortly", headers={"Retry-After": "5"}
+                "rate-limit storage unavailable; try again shortly", retry_after=5
             )
 
     @staticmethod

@@ -7,12 +7,11 @@ REST API apply.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
-from ..commands import Caller
 from ..mcp import INVALID_REQUEST, PARSE_ERROR, JsonRpcError, Routing
 from . import jsonio, services
-from .auth import current_key, key_required
+from .auth import current_caller, key_required
 from .limiter import limit_group
 
 bp = Blueprint("mcp", __name__)
@@ -121,7 +120,6 @@ def endpoint():
         method=request.headers.get("Mcp-Method"),
         name=request.headers.get("Mcp-Name"),
     )
-    reply = current_app.extensions["waygate.mcp"].handle(
-        message, Caller(key_name=current_key().name), routing
-    )
-    return _json(reply.status, reply.body)
+    reply = services().mcp.handle(message, current_caller(), routing)
+    retry = {"Retry-After": str(reply.retry_after)} if reply.retry_after is not None else None
+    return _json(reply.status, reply.body, retry)

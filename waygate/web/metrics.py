@@ -12,6 +12,7 @@ import weakref
 from flask import Flask, Response, g, request
 from prometheus_flask_exporter import PrometheusMetrics
 
+from .. import compat
 from ..metrics import metrics
 from . import services
 from .core import check_health
@@ -70,5 +71,5 @@ def init_app(app: Flask) -> None:
         metrics_decorator=limit_group("metrics"),
     )
     exporter.init_app(app)
-    app.view_functions["prometheus_metrics"].__doc__ = METRICS_DOC
+    compat.document_metrics_view(app, METRICS_DOC)
     app.extensions["waygate.exporter"] = exporter

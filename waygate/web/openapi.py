@@ -95,9 +95,9 @@ def _header(name: str) -> dict[str, Any]:
 
 
 def _response_headers(status: int, view: Any) -> dict[str, Any]:
+    # every endpoint counts against a rate limit (its group's, else the default)
     names = ["X-Request-ID", "Deprecation", "Sunset"]
-    if getattr(view, "waygate_rate_limited", True):
-        names += ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
+    names += ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
     if status in (429, 503):
         names.append("Retry-After")
     if status == 401:
@@ -134,8 +134,6 @@ def _complete(operation: dict[str, Any], view: Any, method: str, jsonrpc: bool) 
     if method in ("post", "put"):
         errors.append(413)
     for status in errors:
-        if status == 429 and not getattr(view, "waygate_rate_limited", True):
-            continue
         responses.setdefault(str(status), {"description": _ERRORS[status]})
     error_schema = "JsonRpcMessage" if jsonrpc else "Error"
     for status, response in responses.items():

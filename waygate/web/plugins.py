@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 from flask import Blueprint, jsonify
 
-from ..errors import NotFound
-from ..plugins import PluginInfo
 from . import services
 from .auth import admin_required, key_required
 from .pagination import add_headers, paginated, requested_page
 
 bp = Blueprint("plugins", __name__)
-
-
-def _describe(info: PluginInfo) -> dict:
-    body = {
-        "name": info.name,
-        "version": info.version,
-        "description": info.description,
-        "author": info.author,
-        "status": info.status,
-        "capabilities": list(info.capabilities),
-        "config": dict(info.config),
-        "commands": list(info.commands),
-    }
-    if info.error:
-        body["error"] = info.error
-    return body
 
 
 @bp.get("/plugins")
@@ -49,7 +29,7 @@ def list_plugins():
     """
     infos = list(services().plugins.current.plugins.values())
     page = requested_page()
-    response = jsonify({"plugins": [_describe(i) for i in page.slice(infos)], "total": len(infos)})
+    response = jsonify({"plugins": [i.as_dict() for i in page.slice(infos)], "total": len(infos)})
     return add_headers(response, page, len(infos))
 
 
@@ -72,15 +52,10 @@ def get_plugin(plugin_name: str):
         404:
           description: Plugin not found
     """
-    info = services().plugins.current.plugins.get(plugin_name)
-    if info is None:
-        raise NotFound(
-            f"no plugin named {plugin_name[:100]!r}",
-            {"available": sorted(services().plugins.current.plugins)},
-        )
-    body = _describe(info)
-    body["statistics"] = services().audit.statistics(info.name).as_dict()
-    return jsonify(body)
+    info = services().plugins.get(plugin_name)
+    return jsonify(
+        {**info.as_dict(), "statistics": services().audit.statistics(info.name).as_dict()}
+    )
 
 
 @bp.post("/plugins/reload")
@@ -98,14 +73,4 @@ def reload_plugins():
             application/json:
               schema: {$ref: "#/components/schemas/Reload"}
     """
-    started = time.monotonic()
-    plugins = services().plugins.reload()
-    return jsonify(
-        {
-            "status": "plugins_reloaded",
-            "count": len(plugins.loaded),
-            "loaded": plugins.loaded,
-            "failed": [{"name": p.name, "error": p.error} for p in plugins.failed],
-            "duration_ms": int((time.monotonic() - started) * 1000),
-        }
-    )
+    return jsonify(services().plugins.reload())

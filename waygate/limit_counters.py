@@ -36,7 +36,7 @@ class SQLiteLimitStorage(LimitsStorage):
         if not uri or path == uri or not path:
             raise ValueError("sqlite rate-limit storage needs a path: sqlite:////abs/file.db")
         # Counters live for one window (a minute or so): synchronous=OFF skips the fsync of
-        # checkpoints (+15 % /health throughput in bench/run.py). A process crash loses nothing
+        # checkpoints (the gain is measured in bench/README.md). A process crash loses nothing
         # (the OS has the pages); after a power loss a damaged file is set aside and recreated.
         self._store = Storage(
             Path(path),
@@ -56,7 +56,8 @@ class SQLiteLimitStorage(LimitsStorage):
             self._store.conn.execute(create)
             self._store.conn.execute("SELECT count(*) FROM rate_limits WHERE 0").fetchone()
         except sqlite3.DatabaseError as exc:
-            if "malformed" not in str(exc) and "not a database" not in str(exc):
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
                 raise
             self._store.close()
             for suffix in ("", "-wal", "-shm"):

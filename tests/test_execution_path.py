@@ -1,0 +1,300 @@
+"""The one execution path: who owns an execution, deadlines in batches, admission control under
+a flood of slow commands, and the MCP tool timeout."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+
+@pytest.fixture
+def testing_client(plugin_dist, make_app):
+    return make_app().test_client()
+
+
+def test_a_new_key_with_a_revoked_keys_name_cannot_read_its_executions(testing_client, keys):
+    _, alice = keys.store.create("alice", "user")
+    accepted = testing_client.post(
+        "/mcp/execute",
+        json={"action": "echo", "params": {"message": "secret"}, "async": True},
+        headers={"X-API-Key": alice},
+    )
+    location = accepted.headers["Location"]
+    time.sleep(0.3)
+    assert testing_client.get(location, headers={"X-API-Key": alice}).status_code == 200
+    keys.store.revoke("alice")
+    _, new_alice = keys.store.create("alice", "user")
+    answer = testing_client.get(location, headers={"X-API-Key": new_alice})
+    assert answer.status_code == 404
+    assert "secret" not in answer.get_data(as_text=True)
+    # an admin still sees it, with the key id that owns it
+    admin_view = testing_client.get("/mcp/executions?action=echo", headers=keys.headers("admin"))
+    (row,) = admin_view.get_json()["executions"]
+    assert row["key_name"] == "alice"
+    assert row["key_id"] != keys.store.authenticate(new_alice).id
+
+
+def test_every_batch_item_is_answered_by_its_own_deadline(testing_client, keys):
+    # Twice as many slow items as the pool holds (8 threads + 16 queued) and more: each has
+    # 1 s; the ones that cannot finish in time are timeouts, none a late success.
+    batch = [{"action": "stuck", "params": {"seconds": 0.6}, "timeout": 1} for _ in range(40)]
+    started = time.monotonic()
+    answer = testing_client.post("/mcp/execute", json=batch, headers=keys.headers())
+    elapsed = time.monotonic() - started
+    assert answer.status_code == 200
+    items = answer.get_json()
+    assert len(items) == 40
+    assert elapsed < 1 + 1.0, elapsed  # the longest item timeout plus slack
+    statuses = {item["status"] for item in items}
+    assert statuses <= {"success", "timeout", "failed"}
+    for item in items:
+        if item["status"] == "success":
+            assert item["duration_ms"] <= 1000, item
+    assert any(item["status"] == "success" for item in items)
+    assert any(item["status"] != "success" for item in items)
+
+
+def test_a_batch_item_is_timed_by_its_own_job_not_by_when_it_was_collected(testing_client, keys):
+    batch = [
+        {"action": "stuck", "params": {"seconds": 0.5}, "timeout": 5},
+        {"action": "echo", "params": {"message": "quick"}},
+    ]
+    items = testing_client.post("/mcp/execute", json=batch, headers=keys.headers()).get_json()
+    assert [i["status"] for i in items] == ["success", "success"]
+    assert items[1]["duration_ms"] < 300, items[1]
+
+
+def test_command_requests_beyond_the_admission_cap_are_refused_at_once(plugin_dist, make_app, keys):
+    from waygate.metrics import counter_total
+
+    app = make_app(command_requests=2)
+    refused_before = counter_total("waygate_admission_refused_total")
+    client_calls = []
+
+    def call(_):
+        with app.test_client() as c:
+            started = time.monotonic()
+            answer = c.post(
+                "/mcp/execute",
+                json={"action": "stuck", "params": {"seconds": 1}, "timeout": 3},
+                headers=keys.headers(),
+            )
+            client_calls.append((answer.status_code, time.monotonic() - started, answer))
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(call, range(6)))
+    codes = sorted(code for code, _, _ in client_calls)
+    assert codes == [200, 200, 503, 503, 503, 503], codes
+    for code, waited, answer in client_calls:
+        if code == 503:
+            assert waited < 0.5, waited
+            assert answer.headers["Retry-After"] == "1"
+            assert answer.get_json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert counter_total("waygate_admission_refused_total") - refused_before == 4
+    assert "waygate_admission_refused_total" in app.test_client().get("/metrics").get_data(
+        as_text=True
+    )
+
+
+def test_mcp_tool_calls_beyond_the_cap_are_503_with_retry_after(plugin_dist, make_app, keys):
+    app = make_app(command_requests=1)
+    answers = []
+
+    def call(_):
+        with app.test_client() as c:
+            answers.append(
+                c.post(
+                    "/mcp",
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": 7,
+                        "method": "tools/call",
+                        "params": {"name": "stuck", "arguments": {"seconds": 1}},
+                    },
+                    headers={**keys.headers(), "MCP-Protocol-Version": "2025-06-18"},
+                )
+            )
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(call, range(3)))
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200, 503, 503], codes
+    refused = next(a for a in answers if a.status_code == 503)
+    assert refused.headers["Retry-After"] == "1"
+    body = refused.get_json()
+    assert body["id"] == 7 and body["error"]["data"]["code"] == "SERVICE_UNAVAILABLE"
+
+
+def test_a_flood_of_stuck_commands_leaves_health_answering_fast(plugin_dist, server_factory, keys):
+    """84 concurrent calls of a command that ignores its 2 s deadline (sleeps 3 s) against 3
+    real gthread workers: no caller waits past its deadline plus 1 s, and /health keeps
+    answering within 100 ms meanwhile."""
+    server = server_factory(
+        workers=3, PYTHONPATH=str(plugin_dist.root), WAYGATE_RATE_LIMIT_EXECUTE="10000/minute"
+    )
+    waits: list[tuple[int, float]] = []
+
+    def flood(_):
+        started = time.monotonic()
+        try:
+            code = requests.post(
+                server.url + "/mcp/execute",
+                json={"action": "stuck", "params": {"seconds": 3}, "timeout": 2},
+                headers=keys.headers(),
+                timeout=10,
+            ).status_code
+        except requests.RequestException:
+            code = 0
+        waits.append((code, time.monotonic() - started))
+
+    health: list[float] = []
+
+    def probe():
+        time.sleep(0.5)  # the flood is in place
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            started = time.monotonic()
+            assert requests.get(server.url + "/health", timeout=5).status_code in (200, 503)
+            health.append(time.monotonic() - started)
+            time.sleep(0.05)
+
+    with ThreadPoolExecutor(85) as pool:
+        futures = [pool.submit(flood, n) for n in range(84)]
+        prober = pool.submit(probe)
+        for f in futures:
+            f.result()
+        prober.result()
+    codes = {code for code, _ in waits}
+    assert codes <= {408, 503}, codes
+    assert max(w for _, w in waits) < 2 + 1, sorted(w for _, w in waits)[-5:]
+    health.sort()
+    assert health[len(health) // 2] < 0.1, health
+    assert health[-1] < 0.5, health
+    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    refused = [
+        line for line in metrics.splitlines() if line.startswith("waygate_admission_refused_total")
+    ]
+    assert refused and float(refused[0].split()[-1]) > 0
+
+
+def test_mcp_tool_timeout_comes_from_config_and_a_client_may_ask_for_less(
+    plugin_dist, make_app, keys
+):
+    app = make_app(mcp_tool_timeout=1, mcp_tool_timeout_max=2)
+    client = app.test_client()
+
+    def call(seconds, meta=None):
+        params = {"name": "sleep", "arguments": {"seconds": seconds}}
+        if meta:
+            params["_meta"] = meta
+        body = client.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params},
+            headers={**keys.headers(), "MCP-Protocol-Version": "2025-06-18"},
+        ).get_json()
+        return body["result"]
+
+    assert call(1.5)["isError"] is True  # the configured 1 s
+    assert call(1.5, {"waygate/timeout": 2})["isError"] is False  # up to the maximum
+    capped = call(2.5, {"waygate/timeout": 60})  # asked beyond the maximum: the maximum
+    assert capped["isError"] is True and "timeout" in capped["content"][0]["text"]
+    executions = client.get("/mcp/executions", headers=keys.headers("admin")).get_json()
+    assert [e["timeout_s"] for e in executions["executions"]][:3] == [2, 2, 1]
+    assert json.dumps(executions)  # plain JSON, statuses as strings
+
+
+def _wait_done(client, location, headers, seconds=10):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        body = client.get(location, headers=headers).get_json()
+        if body["status"] not in ("pending", "running"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"{location} still open")
+
+
+def test_large_async_results_are_stored_as_a_marked_preview(make_app, keys, data_dir):
+    client = make_app(result_max_bytes=4096).test_client()
+    rows = "host,cpu\n" + "".join(f"web{n},0.{n % 10}\n" for n in range(60_000))  # ~0.9 MB
+    db = data_dir / "waygate.db"
+    before = db.stat().st_size + (data_dir / "waygate.db-wal").stat().st_size
+    locations = [
+        client.post(
+            "/mcp/execute",
+            json={
+                "action": "process_data",
+                "params": {"input": rows, "format": "csv"},
+                "async": True,
+            },
+            headers=keys.headers(),
+        ).headers["Location"]
+        for _ in range(3)
+    ]
+    for location in locations:
+        body = _wait_done(client, location, keys.headers())
+        assert body["status"] == "success"
+        assert body["result"]["truncated"] is True
+        assert body["result"]["max_bytes"] == 4096
+        assert body["result"]["size_bytes"] > 1_000_000
+        assert len(body["result"]["preview"]) <= 2048
+    after = db.stat().st_size + (data_dir / "waygate.db-wal").stat().st_size
+    assert after - before < 512 * 1024, after - before  # not three megabyte-sized results
+
+
+def test_a_key_may_have_only_so_many_async_executions_open(plugin_dist, make_app, keys):
+    client = make_app(async_max_open_per_key=2).test_client()
+    slow = {"action": "sleep", "params": {"seconds": 1}, "timeout": 5, "async": True}
+    answers = [client.post("/mcp/execute", json=slow, headers=keys.headers()) for _ in range(3)]
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    refused = answers[2]
+    assert refused.headers["Retry-After"] == "1"
+    assert refused.get_json()["error"]["code"] == "RATE_LIMITED"
+    assert refused.get_json()["error"]["details"]["max_open"] == 2
+    # another key is not held back by this one's executions
+    assert client.post("/mcp/execute", json=slow, headers=keys.headers("admin")).status_code == 202
+    _wait_done(client, answers[0].headers["Location"], keys.headers())
+    _wait_done(client, answers[1].headers["Location"], keys.headers())
+    assert client.post("/mcp/execute", json=slow, headers=keys.headers()).status_code == 202
+
+
+def test_the_audit_database_is_pruned_oldest_first_to_its_budget(app_services_of, make_app):
+    app = make_app(audit_max_bytes=2 * 1024 * 1024)
+    services = app_services_of(app.test_client())
+    audit = services.audit
+    for n in range(400):  # ~4 MB of finished executions, oldest first
+        audit.record(
+            command_id=f"cmd_{n:05d}",
+            action="echo",
+            plugin="Core",
+            key_name="k",
+            mode="sync",
+            status="failed",
+            duration_ms=1,
+            error="x" * 10_000,
+            timeout_s=30,
+            created_at=f"2026-01-01T00:{n // 60:02d}:{n % 60:02d}.000Z",
+            started_at=None,
+        )
+    assert audit.used_bytes() > 2 * 1024 * 1024
+    services.housekeeper.run_once(prune=False)
+    assert audit.used_bytes() <= 2 * 1024 * 1024
+    assert audit.get("cmd_00000") is None  # the oldest went first
+    assert audit.get("cmd_00399") is not None  # the newest stayed
+
+
+def test_the_open_executions_query_uses_the_partial_index(data_dir):
+    from waygate import audit
+    from waygate.outcomes import ExecutionStatus
+    from waygate.storage import Storage
+
+    literal = "(" + ", ".join(f"'{s.value}'" for s in ExecutionStatus.open()) + ")"
+    assert f"status IN {literal}" in audit._ACCEPT_SQL
+    storage = Storage(data_dir / "waygate.db")
+    storage.migrate()
+    query = audit._ACCEPT_SQL.partition("WHERE (")[2].rpartition(") < ?")[0]
+    plan = storage.conn.execute("EXPLAIN QUERY PLAN " + query, (1,)).fetchall()
+    assert any("executions_open_by_key" in row[-1] for row in plan), plan

@@ -1,0 +1,109 @@
+"""Every place where Waygate reaches into a library's internals, and the versions it was
+written for.
+
+Each function here relies on something a library does not promise (a private attribute, a
+cache, an endpoint name, which method a framework calls). They are gathered here, rather than
+spread over the modules that need them, so that an upgrade has one place to check:
+``tests/test_compat.py`` runs each against the installed libraries and fails loudly, naming
+the library, when one no longer holds or when a library is outside ``WRITTEN_FOR``.
+
+Flask and its extensions are imported inside the functions that need them: the service layer
+imports this module and stays free of Flask.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+#: distribution -> the versions the functions below were written and tested for
+WRITTEN_FOR = {
+    "stevedore": ">=5.1,<6",
+    "flask": ">=3.0,<3.2",
+    "flask-cors": ">=5.0,<7",
+    "prometheus-flask-exporter": ">=0.23,<0.24",
+}
+
+
+# -- stevedore ---------------------------------------------------------------------------------
+
+
+def seed_entry_points(namespace: str, entry_points: list) -> None:
+    """Make stevedore's next ExtensionManager of ``namespace`` use these entry points.
+
+    stevedore remembers entry points per process (``ExtensionManager.ENTRY_POINT_CACHE``) and
+    in a file cache keyed on path mtimes; seeding the per-process one bypasses both."""
+    from stevedore import ExtensionManager
+
+    ExtensionManager.ENTRY_POINT_CACHE[namespace] = entry_points
+
+
+def seeded_entry_points(namespace: str) -> list:
+    """What :func:`seed_entry_points` (or stevedore itself) last remembered for ``namespace``."""
+    from stevedore import ExtensionManager
+
+    return list(ExtensionManager.ENTRY_POINT_CACHE.get(namespace, []))
+
+
+def forget_modules(roots: Iterable[str]) -> None:
+    """Drop packages (and their submodules) from ``sys.modules`` so that the next import reads
+    their code again. Objects already handed out keep the old module alive until released."""
+    roots = set(roots)
+    for name in list(sys.modules):
+        if name in roots or any(name.startswith(root + ".") for root in roots):
+            del sys.modules[name]
+
+
+# -- Flask -------------------------------------------------------------------------------------
+
+
+def remember_sync_wrappers(app: Any) -> None:
+    """Flask asks ``inspect.iscoroutinefunction`` of every hook and view on every request (a
+    dozen calls) through ``app.ensure_sync``; the answer never changes, so it is remembered
+    per function. Relies on Flask calling ``self.ensure_sync`` for each hook and view."""
+    original: Callable = app.ensure_sync
+    wrappers: dict = {}
+
+    def ensure_sync(func: Callable) -> Callable:
+        wrapped = wrappers.get(func)
+        if wrapped is None:
+            wrapped = wrappers[func] = original(func)
+        return wrapped
+
+    app.ensure_sync = ensure_sync
+
+
+def response_payload(provider: Any, args: tuple, kwargs: dict) -> Any:
+    """What ``jsonify(*args, **kwargs)`` would serialise, as Flask's JSON provider works it out
+    (one positional value, several as a list, or keywords as an object)."""
+    return provider._prepare_response_obj(args, kwargs)
+
+
+# -- flask-cors --------------------------------------------------------------------------------
+
+
+def cors_options(app: Any, options: dict) -> dict:
+    """flask-cors's resolved options for ``options``, to apply with :func:`apply_cors`."""
+    from flask_cors.core import get_cors_options
+
+    return get_cors_options(app, options)
+
+
+def apply_cors(response: Any, options: dict) -> None:
+    """Add the CORS headers ``options`` call for to ``response`` (for the current request).
+    Used instead of flask-cors's own after-request hook, which matches resource patterns on
+    every response: only requests with an Origin header can need them."""
+    from flask_cors.core import set_cors_headers
+
+    set_cors_headers(response, options)
+
+
+# -- prometheus-flask-exporter -----------------------------------------------------------------
+
+METRICS_ENDPOINT = "prometheus_metrics"  # the exporter's view name for /metrics
+
+
+def document_metrics_view(app: Any, doc: str) -> None:
+    """Give the exporter's /metrics view a docstring (the OpenAPI builder reads views' docs)."""
+    app.view_functions[METRICS_ENDPOINT].__doc__ = doc

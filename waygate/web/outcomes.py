@@ -1,0 +1,37 @@
+"""The one mapping from domain outcomes to HTTP: an execution's status code and headers.
+
+The service layer answers in :class:`~waygate.outcomes.Outcome`; this module alone knows that a
+timeout is 408, a refused input is the handler's 4xx and an accepted async execution is 202.
+Domain errors (``WaygateError``) reach HTTP through ``waygate.web.envelope``.
+"""
+
+from __future__ import annotations
+
+from flask import Response, jsonify
+
+from ..outcomes import ExecutionStatus, Outcome
+
+_STATUS = {
+    ExecutionStatus.SUCCESS: 200,
+    ExecutionStatus.TIMEOUT: 408,
+    ExecutionStatus.PENDING: 202,
+    ExecutionStatus.RUNNING: 202,
+}
+
+
+def http_status(outcome: Outcome) -> int:
+    """A just-finished (or just-accepted) execution's status code."""
+    if outcome.status is ExecutionStatus.FAILED:
+        if outcome.cause is not None:
+            return outcome.cause.status  # rejected before it ran, or refused by the handler
+        return 500  # the handler crashed
+    return _STATUS[outcome.status]
+
+
+def respond(outcome: Outcome) -> Response:
+    """The MCPResponse with its status code (and ``Retry-After`` where the cause gives one)."""
+    response = jsonify(outcome.as_response())
+    response.status_code = http_status(outcome)
+    if outcome.cause is not None and outcome.cause.retry_after is not None:
+        response.headers["Retry-After"] = str(outcome.cause.retry_after)
+    return response
