@@ -13,8 +13,7 @@ import sqlite3
 import sys
 import threading
 
-from gunicorn import glogging
-
+from waygate import compat
 from waygate.config import Config, ConfigError
 from waygate.logs import ACCESS_TEXT_FORMAT, JsonFormatter
 
@@ -47,25 +46,17 @@ accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 
 
-class WaygateLogger(glogging.Logger):
-    """gunicorn's logger with access lines that carry a timestamp, and every gunicorn line as
-    one JSON object (request fields as keys) when WAYGATE_LOG_FORMAT=json."""
-
-    access_fmt = ACCESS_TEXT_FORMAT
-
-    def setup(self, cfg):
-        super().setup(cfg)
-        try:
-            as_json = Config.from_env().log_format == "json"
-        except ConfigError:
-            return  # on_starting refuses to start and says why
-        if as_json:
-            for log in (self.error_log, self.access_log):
-                for handler in log.handlers:
-                    handler.setFormatter(JsonFormatter())
+def _log_formatter():
+    """WAYGATE_LOG_FORMAT=json: every gunicorn line as one JSON object, request fields as keys."""
+    try:
+        as_json = Config.from_env().log_format == "json"
+    except ConfigError:
+        return None  # on_starting refuses to start and says why
+    return JsonFormatter if as_json else None
 
 
-logger_class = WaygateLogger
+# gunicorn's own lines and its access lines, which get a timestamp like Waygate's
+logger_class = compat.gunicorn_logger_class(ACCESS_TEXT_FORMAT, _log_formatter())
 
 
 def on_starting(server):

@@ -94,7 +94,7 @@ def read_new_path_entries() -> list[str]:
     for sitedir in _site_dirs():
         for pth in sorted(Path(sitedir).glob("*.pth")):
             if not _pth_applied(pth):
-                site.addpackage(sitedir, pth.name, None)
+                compat.apply_pth_file(sitedir, pth.name)
                 applied.append(pth.name)
     if applied:
         log.info("read new path entries from %s", ", ".join(applied))
