@@ -255,7 +255,7 @@ def openapi(output: str) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(Config(data_dir=Path(tmp), housekeeping_interval_s=0))
-        text = to_yaml(build_spec(app))
+        text = to_yaml(build_spec(app, app.extensions["waygate"].plugins.current.commands))
         app.extensions["waygate"].storage.close()
     if output == "-":
         click.echo(text, nl=False)

@@ -7,7 +7,7 @@ import re
 import uuid
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -129,6 +129,23 @@ def _finish(response: Response) -> Response:
     return response
 
 
+def _allow_what_is_served(response: Response) -> Response:
+    """Flask's automatic OPTIONS answer lists the methods of every rule the path matches: also
+    those of a variable rule that only happens to match (``/plugins/<plugin_name>`` for
+    ``/plugins/reload``) and of views that exist only to refuse (``waygate_refuses``). Allow
+    lists the methods of this path's own rule string whose views serve them."""
+    rule = request.url_rule
+    if request.method != "OPTIONS" or rule is None or "Allow" not in response.headers:
+        return response
+    methods = {"OPTIONS"}
+    for other in current_app.url_map.iter_rules():
+        view = current_app.view_functions.get(other.endpoint)
+        if other.rule == rule.rule and not getattr(view, "waygate_refuses", False):
+            methods |= other.methods or set()
+    response.headers["Allow"] = ", ".join(sorted(methods))
+    return response
+
+
 def trust_proxies(app: Flask, config: Config) -> None:
     """Outermost WSGI layer: take client address, scheme and host from the trusted hops'
     X-Forwarded-* headers (gunicorn never does)."""
@@ -145,6 +162,7 @@ def init_app(app: Flask, config: Config) -> None:
     app.teardown_request(_forget_request_id)
     app.before_request(_refuse_oversize_body)
     app.after_request(_finish)
+    app.after_request(_allow_what_is_served)
     # flask-cors's own after-request hook matches resource patterns on every response; only
     # a request with an Origin header can need CORS headers, so only those go through it.
     # (Every API response is Cache-Control: no-store, so no cache needs Vary: Origin.)
