@@ -7,7 +7,7 @@ import tempfile
 
 import yaml
 
-from tests.cdp import evaluate_in_page
+from tests.cdp import CHROMIUM_FLAGS, evaluate_in_page
 from tests.conftest import BIN, ROOT
 
 # In the docs page: expand GET /health, "Try it out", "Execute", and read the live response.
@@ -124,14 +124,7 @@ def test_docs_render_in_headless_chromium_from_the_server_alone(server_factory):
         result = subprocess.run(
             [
                 "chromium",
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *CHROMIUM_FLAGS,
                 f"--user-data-dir={profile}",
                 "--virtual-time-budget=15000",
                 "--dump-dom",
