@@ -284,9 +284,9 @@ def _wrk(
     }
 
 
-def create_key(data_dir: Path) -> str:
+def create_key(data_dir: Path, name: str = "bench", *options: str) -> str:
     out = subprocess.run(
-        [str(BIN / "waygate"), "keys", "create", "--name", "bench", "--role", "admin"],
+        [str(BIN / "waygate"), "keys", "create", "--name", name, *options],
         capture_output=True,
         text=True,
         check=True,
@@ -304,6 +304,12 @@ def compare(rounds: int, seconds: float, data_dir: Path, key: str, app: str = "w
     def record(name: str, result: dict) -> None:
         runs.setdefault(name, []).append(result)
 
+    # The cost of a key's scope: a user key with an allow-list against one without.
+    tag = app.replace(":", "-")
+    scoped = create_key(
+        data_dir, f"scoped-{tag}", "--allow", "echo", "--allow", "Core.*", "--allow", "Data*.*"
+    )
+    unscoped = create_key(data_dir, f"unscoped-{tag}")
     with waygate(data_dir, app=app) as wg, bare_flask() as bare, sdk_server() as sdk:
         cases = [
             (
@@ -323,6 +329,14 @@ def compare(rounds: int, seconds: float, data_dir: Path, key: str, app: str = "w
                 lambda c: wrk(wg.url + "/mcp", c, seconds, ECHO_TOOL, key, "2025-11-25", wg),
                 "sdk",
                 lambda c: wrk(sdk.url + "/mcp", c, seconds, ECHO_TOOL, "", "2025-11-25", sdk),
+            ),
+            (
+                "execute_scoped",
+                lambda c: wrk(wg.url + "/mcp/execute", c, seconds, ECHO_COMMAND, scoped, server=wg),
+                "execute_unscoped",
+                lambda c: wrk(
+                    wg.url + "/mcp/execute", c, seconds, ECHO_COMMAND, unscoped, server=wg
+                ),
             ),
         ]
         for _name, fn, _, _ in cases:  # warm up every server once
@@ -526,7 +540,7 @@ def main() -> int:
             capture_output=True,
             env={**os.environ, "WAYGATE_DATA_DIR": str(data_dir)},
         )
-        key = create_key(data_dir)
+        key = create_key(data_dir, "bench", "--role", "admin")
         results = {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "cpu_count": os.cpu_count(),
@@ -582,6 +596,9 @@ def report(results: dict) -> None:
     print(f"\n{'case':22} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}  (median of rounds)")
     for name, r in sorted(results["compare"].items()):
         print(f"{name:22} {r['rps']:10.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
+    scoped = results["compare"]["execute_scoped@16"]["rps"]
+    unscoped = results["compare"]["execute_unscoped@16"]["rps"]
+    print(f"\nscoped / unscoped user key, execute@16: {scoped / unscoped:.3f} (not a target)")
     print(f"\n{'target':22} {'value':>10} {'target':>8}  met")
     for name, t in results["targets"].items():
         bound = "<=" if name in ("p99_16_vs_bare", "csv_10mib_seconds") else ">="

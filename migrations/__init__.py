@@ -19,4 +19,6 @@ from . import (  # noqa: E402
     m006_row_counts,  # noqa: F401
     m007_execution_key_id,  # noqa: F401
     m008_open_executions_by_key,  # noqa: F401
+    m009_key_scopes,  # noqa: F401
+    m010_key_events,  # noqa: F401
 )

@@ -219,7 +219,9 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gunicorn exited {self.proc.returncode}: {self.log()}")
             try:
-                if requests.get(self.url + "/ready", timeout=1).status_code == 200:
+                ready = requests.get(self.url + "/ready", timeout=1).status_code == 200
+                # every worker booted, so that tests spreading requests over them can
+                if ready and self.log().count("worker ready:") >= self.workers:
                     return self
             except (requests.ConnectionError, requests.Timeout):
                 pass  # not listening yet, or a slow first answer on a loaded machine

@@ -13,7 +13,16 @@ from tests.conftest import ROOT
 
 CASES = {
     f"{name}@{connections}"
-    for name in ("health", "bare_health", "execute", "bare_post", "mcp", "sdk")
+    for name in (
+        "health",
+        "bare_health",
+        "execute",
+        "bare_post",
+        "mcp",
+        "sdk",
+        "execute_scoped",
+        "execute_unscoped",
+    )
     for connections in (1, 16)
 }
 

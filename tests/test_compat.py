@@ -46,14 +46,20 @@ def test_stevedore_uses_the_seeded_entry_points():
         ExtensionManager.ENTRY_POINT_CACHE.pop(namespace, None)
 
 
-def test_forgotten_modules_are_imported_afresh():
-    import json.decoder
+def test_forgotten_modules_are_imported_afresh(tmp_path, monkeypatch):
+    package = tmp_path / "forgettable"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "part.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import forgettable.part
 
-    compat.forget_modules(["json"])
-    assert "json" not in sys.modules and "json.decoder" not in sys.modules
-    import json as again
+    compat.forget_modules(["forgettable"])
+    assert "forgettable" not in sys.modules and "forgettable.part" not in sys.modules
+    import forgettable.part as again
 
-    assert again.decoder is not json.decoder
+    assert again is not forgettable.part
+    compat.forget_modules(["forgettable"])
 
 
 def test_a_pth_file_is_applied_as_site_does(tmp_path, monkeypatch):

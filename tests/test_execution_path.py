@@ -50,7 +50,7 @@ def test_every_batch_item_is_answered_by_its_own_deadline(testing_client, keys):
     assert len(items) == 40
     assert elapsed < 1 + 1.0, elapsed  # the longest item timeout plus slack
     statuses = {item["status"] for item in items}
-    assert statuses <= {"success", "timeout", "failed"}
+    assert statuses <= {"success", "timeout"}  # no room in the pool by its deadline: a timeout
     for item in items:
         if item["status"] == "success":
             assert item["duration_ms"] <= 1000, item

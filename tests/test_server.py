@@ -32,7 +32,7 @@ def test_uptime_counts_from_the_service_start_on_a_replacement_worker(server_fac
             try:
                 if requests.get(server.url + "/ready", timeout=1).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
                 pass
         time.sleep(0.1)
     uptimes = {

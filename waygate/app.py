@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask
 
 from . import compat
@@ -23,7 +25,10 @@ from .web import (
     versioning,
 )
 from .web import docs as web_docs
+from .web import keys as web_keys
 from .web import metrics as web_metrics
+
+log = logging.getLogger(__name__)
 
 
 def create_app(config: Config | None = None, services: Services | None = None) -> Flask:
@@ -49,13 +54,20 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(execute.bp)
     app.register_blueprint(plugins.bp)
     app.register_blueprint(diagnostics.bp)
+    app.register_blueprint(web_keys.bp)
     app.register_blueprint(mcp.bp)
     app.register_blueprint(web_docs.bp)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
     http.trust_proxies(app, config)  # last: the outermost WSGI layer
 
-    _ = services.plugins.current  # load plugins now, not on the first request
+    loaded = services.plugins.current  # load plugins now, not on the first request
     services.audit.sweep()  # executions a dead worker left behind are closed on start
     services.housekeeper.start()
     services.readiness.mark_ready()
+    log.info(
+        "worker ready: %d plugin(s) loaded, %d failed, %d command(s)",
+        len(loaded.loaded),
+        len(loaded.failed),
+        len(loaded.commands),
+    )
     return app

@@ -21,7 +21,7 @@ import psutil
 from .clock import isoformat, parse_iso, utcnow
 from .errors import RateLimited
 from .outcomes import ExecutionStatus, Mode
-from .storage import Storage
+from .storage import Storage, where_clause
 
 log = logging.getLogger(__name__)
 
@@ -330,18 +330,10 @@ class AuditLog:
         offset: int = 0,
         limit: int = 10,
     ) -> tuple[list[Execution], int]:
-        where, args = [], []
-        for column, value in (("action", action), ("status", status)):
-            if value:
-                where.append(f"{column} = ?")
-                args.append(value)
-        if since:
-            where.append("created_at >= ?")
-            args.append(since)
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        clause, args = where_clause({"action": action, "status": status}, "created_at", since)
         conn = self.storage.conn
         # Only fixed column names are spliced in; every value is a bound parameter.
-        if where:
+        if clause:
             count_sql = f"SELECT count(*) FROM executions{clause}"  # noqa: S608 # nosec B608
             total = conn.execute(count_sql, args).fetchone()[0]
         else:  # kept by triggers (migration m006): no count over every row

@@ -5,8 +5,13 @@ waygate --version
 waygate serve [GUNICORN OPTIONS]                    (gunicorn with the packaged settings)
 waygate migrate
 waygate backup PATH                                 (an online copy of the database)
-waygate keys create --name NAME --role admin|user   (the key is the last line of stdout)
+waygate keys create --name NAME [--role admin|user] [--allow PATTERN ...] [--read-only]
+                    [--expires 30d] [--rate-limit 1000/minute]   (the key: last line of stdout)
 waygate keys list [--json]
+waygate keys update NAME [--allow PATTERN ... | --allow-all] [--read-only/--not-read-only]
+                    [--expires 30d | --no-expiry] [--rate-limit N/period | --default-rate-limit]
+waygate keys rotate NAME [--grace 1h]                (the new key: last line of stdout)
+waygate keys events [--key NAME]
 waygate keys revoke NAME
 waygate keys bootstrap                              (first admin key, only if none exist)
 waygate mcp stdio [--as NAME]                       (MCP over stdio, for desktop clients)
@@ -14,7 +19,6 @@ waygate mcp stdio [--as NAME]                       (MCP over stdio, for desktop
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -26,7 +30,7 @@ from dotenv import dotenv_values
 from . import __version__
 from .config import Config, ConfigError
 from .errors import WaygateError
-from .keys import KeyStore
+from .keys import KeyStore, expiry, parse_duration
 from .storage import Storage
 
 # The environment file of the systemd unit (deploy/systemd/waygate.service): the CLI reads it
@@ -159,12 +163,88 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--name", required=True, help="A unique name for the key's holder.")
 @click.option("--role", type=click.Choice(["admin", "user"]), default="user", show_default=True)
+@click.option("--allow", multiple=True, help="A command pattern the key may run (repeatable).")
+@click.option("--read-only", is_flag=True, help="Only commands annotated readOnlyHint.")
+@click.option("--expires", help="Lifetime, e.g. 30d, 12h, 15m or seconds.")
+@click.option("--rate-limit", help="The key's own execute limit, e.g. 1000/minute.")
 @pass_context
-def keys_create(ctx: Context, name: str, role: str) -> None:
+def keys_create(
+    ctx: Context,
+    name: str,
+    role: str,
+    allow: tuple[str, ...],
+    read_only: bool,
+    expires: str | None,
+    rate_limit: str | None,
+) -> None:
     """Create a key. It is shown once, on the last line; store it now."""
-    record, key = ctx.keys.create(name, role)
+    record, key = ctx.keys.create(
+        name,
+        role,
+        allow=list(allow) or None,
+        read_only=read_only,
+        expires_at=expiry(parse_duration(expires)) if expires else None,
+        rate_limit=rate_limit,
+    )
     click.echo(f"created {record.role} key {record.name!r}; it is shown only once:")
     click.echo(key)
+
+
+@keys.command("update")
+@click.argument("name")
+@click.option("--allow", multiple=True, help="Replace the allow-list (repeatable).")
+@click.option("--allow-all", is_flag=True, help="Drop the allow-list: every command.")
+@click.option("--read-only/--not-read-only", default=None)
+@click.option("--expires", help="New lifetime from now, e.g. 30d.")
+@click.option("--no-expiry", is_flag=True)
+@click.option("--rate-limit", help="The key's own execute limit, e.g. 1000/minute.")
+@click.option("--default-rate-limit", is_flag=True, help="Back to the default execute limit.")
+@pass_context
+def keys_update(
+    ctx: Context,
+    name: str,
+    allow: tuple[str, ...],
+    allow_all: bool,
+    read_only: bool | None,
+    expires: str | None,
+    no_expiry: bool,
+    rate_limit: str | None,
+    default_rate_limit: bool,
+) -> None:
+    """Change a key's scope, expiry or rate limit."""
+    changes: dict = {}
+    if allow or allow_all:
+        changes["allow"] = None if allow_all else list(allow)
+    if read_only is not None:
+        changes["read_only"] = read_only
+    if expires or no_expiry:
+        changes["expires_in"] = None if no_expiry else parse_duration(expires or "")
+    if rate_limit or default_rate_limit:
+        changes["rate_limit"] = None if default_rate_limit else rate_limit
+    record = ctx.keys.update(name, changes)
+    click.echo(json.dumps(record.as_dict(), indent=2))
+
+
+@keys.command("rotate")
+@click.argument("name")
+@click.option("--grace", default="0", show_default=True, help="How long the old key still works.")
+@pass_context
+def keys_rotate(ctx: Context, name: str, grace: str) -> None:
+    """A new secret for the key, shown once on the last line."""
+    record, key = ctx.keys.rotate(name, parse_duration(grace))
+    click.echo(f"rotated key {record.name!r}; the new key is shown only once:")
+    click.echo(key)
+
+
+@keys.command("events")
+@click.option("--key", "key_name", help="Only this key's events.")
+@click.option("--limit", default=50, show_default=True)
+@pass_context
+def keys_events(ctx: Context, key_name: str | None, limit: int) -> None:
+    """The trail of key events, newest first (JSON lines)."""
+    events, _ = ctx.keys.events(key_name=key_name, limit=limit)
+    for event in events:
+        click.echo(json.dumps(event))
 
 
 @keys.command("list")
@@ -174,7 +254,7 @@ def keys_list(ctx: Context, as_json: bool) -> None:
     """List keys (names, roles and dates; never the keys)."""
     records = ctx.keys.list()
     if as_json:
-        click.echo(json.dumps([dataclasses.asdict(r) for r in records], indent=2))
+        click.echo(json.dumps([r.as_dict() for r in records], indent=2))  # as GET /keys
         return
     click.echo(f"{'NAME':24} {'ROLE':6} {'CREATED':25} {'LAST USED':25} REVOKED")
     for r in records:
@@ -220,19 +300,24 @@ def mcp() -> None:
     show_default=True,
     help="The name executions are audited under.",
 )
+@click.option("--allow", multiple=True, help="Offer only commands matching (repeatable).")
+@click.option("--read-only", is_flag=True, help="Offer only commands annotated readOnlyHint.")
 @pass_context
-def mcp_stdio(ctx: Context, caller: str) -> None:
+def mcp_stdio(ctx: Context, caller: str, allow: tuple[str, ...], read_only: bool) -> None:
     """MCP over stdin/stdout (newline-delimited JSON-RPC) for desktop clients. Local trust:
-    no API key is asked for. Logs go to stderr."""
+    no API key is asked for, but --allow/--read-only scope the tools as a key's scope would.
+    Logs go to stderr."""
     from .commands import Caller
+    from .keys import Scope, check_patterns
     from .logs import configure_logging
     from .mcp_stdio import serve
     from .services import Services
 
+    scope = Scope(check_patterns(list(allow)) if allow else None, read_only)
     configure_logging(ctx.config)
     services = Services.build(ctx.config)
     services.housekeeper.start()
-    serve(services.mcp, Caller(key_name=caller))
+    serve(services.mcp, Caller(key_name=caller, scope=scope))
 
 
 @cli.command()

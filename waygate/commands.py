@@ -28,7 +28,14 @@ from marshmallow import Schema, ValidationError
 
 from .audit import AuditLog
 from .clock import isoformat
-from .errors import InvalidRequest, MissingParameter, ServiceUnavailable, WaygateError
+from .errors import (
+    Forbidden,
+    InvalidRequest,
+    MissingParameter,
+    ServiceUnavailable,
+    WaygateError,
+)
+from .keys import UNSCOPED, Scope
 from .outcomes import ExecutionStatus, Failure, Mode, Outcome
 from .plugins import PluginSet
 from .pool import CommandPool, Job, PoolFull
@@ -53,7 +60,12 @@ def new_command_id() -> str:
 
 
 class UnknownCommand(InvalidRequest):
-    """No such command (or none this caller may see: the two answer alike)."""
+    """No such command."""
+
+
+class OutOfScope(Forbidden):
+    """The caller's key may not run this command (REST names it; MCP answers as for an
+    unknown tool, so a scoped key learns nothing of the commands it may not see)."""
 
 
 class CommandRefused(WaygateError):
@@ -64,10 +76,12 @@ class CommandRefused(WaygateError):
 
 @dataclass(frozen=True)
 class Caller:
-    """Who asks: the key's name (shown to plugins) and its id (owns executions; never reused)."""
+    """Who asks: the key's name (shown to plugins), its id (owns executions; never reused) and
+    the commands it may run."""
 
     key_name: str | None
     key_id: int | None = None
+    scope: Scope = UNSCOPED
 
 
 @dataclass(frozen=True)
@@ -157,11 +171,16 @@ class CommandService:
         if command is None:
             raise UnknownCommand(
                 f"unknown action {action!r}",
-                {"action": action, "available": sorted(plugins.commands)},
+                {"action": action, "available": self.available(caller)},
+            )
+        plugin = plugins.command_plugin[action]
+        if not caller.scope.permits(action, plugin, command.annotations):
+            raise OutOfScope(
+                f"this key may not run {action!r}", {"action": action, "key": caller.key_name}
             )
         return Invocation(
             action=action,
-            plugin=plugins.command_plugin[action],
+            plugin=plugin,
             command=command,
             params=self.validate_params(command, params),
             timeout=timeout,
@@ -205,8 +224,14 @@ class CommandService:
             ) from None
 
     def available(self, caller: Caller) -> list[str]:
-        """The names of the commands ``caller`` may run, sorted."""
-        return sorted(self._plugins().commands)
+        """The names of the commands ``caller`` may run, sorted (the scope is checked against
+        the plugin set of the moment, so a reload never widens a key beyond its patterns)."""
+        plugins = self._plugins()
+        return sorted(
+            name
+            for name, command in plugins.commands.items()
+            if caller.scope.permits(name, plugins.command_plugin[name], command.annotations)
+        )
 
     def catalog(self, caller: Caller) -> list[dict[str, Any]]:
         """The commands ``caller`` may run, parameters described from their schemas."""
@@ -273,8 +298,8 @@ class CommandService:
 
     def finish(self, run: Running) -> Outcome:
         """Wait by the deadline, then record and observe: the end of every execution."""
-        if run.job is None:  # a batch item that found no room before its deadline
-            outcome = _rejected(run.inv.command_id, _busy(), run.started)
+        if run.job is None:  # a batch item that found no room in the pool by its deadline
+            outcome = _timed_out(run.inv, run.started)
         else:
             outcome = _settle(run, lambda: _await(run))
         self._record(run, outcome)

@@ -49,6 +49,10 @@ class NotFound(WaygateError):
     code, status = "NOT_FOUND", 404
 
 
+class Conflict(WaygateError):
+    code, status = "CONFLICT", 409
+
+
 class RateLimited(WaygateError):
     code, status = "RATE_LIMITED", 429
 
@@ -63,6 +67,7 @@ CODE_FOR_STATUS = {
     401: "UNAUTHORIZED",
     403: "FORBIDDEN",
     404: "NOT_FOUND",
+    409: "CONFLICT",
     405: "METHOD_NOT_ALLOWED",
     408: "TIMEOUT",
     429: "RATE_LIMITED",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
-from .commands import Caller, CommandService, UnknownCommand
+from .commands import Caller, CommandService, OutOfScope, UnknownCommand
 from .errors import ServiceUnavailable, WaygateError
 from .outcomes import ExecutionStatus, Mode
 from .plugins import PluginSet
@@ -225,7 +225,7 @@ class McpServer:
             if method == "ping":
                 return self._complete({}, modern)
             if method == "tools/list":
-                listed = {"tools": self.tools()}
+                listed = {"tools": self.tools(caller)}
                 if modern:
                     listed.update(ttlMs=0, cacheScope="private")
                 return self._complete(listed, modern)
@@ -254,10 +254,11 @@ class McpServer:
             "instructions": INSTRUCTIONS,
         }
 
-    def tools(self) -> list[dict[str, Any]]:
+    def tools(self, caller: Caller) -> list[dict[str, Any]]:
         plugins = self._plugins()
         listed = []
-        for name, command in sorted(plugins.commands.items()):
+        for name in self.commands.available(caller):
+            command = plugins.commands[name]
             tool: dict[str, Any] = {
                 "name": name,
                 "title": command.title or name,
@@ -282,7 +283,7 @@ class McpServer:
             inv = self.commands.resolve(
                 name, dict(arguments), caller, timeout=self._timeout(params)
             )
-        except UnknownCommand:
+        except (UnknownCommand, OutOfScope):  # alike: a scope hides what it does not grant
             available = ", ".join(self.commands.available(caller))
             return _error_result(f"Unknown tool: {name}. Available: {available}")
         except WaygateError as err:

@@ -8,7 +8,7 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from . import __version__
 from .outcomes import ExecutionStatus, Mode
@@ -307,3 +307,94 @@ class JsonRpcMessageSchema(Schema):
     params = fields.Dict()
     result = fields.Raw(allow_none=True)
     error = fields.Dict()
+
+
+# -- keys (admin) ------------------------------------------------------------------------------
+
+_PATTERNS = {
+    "description": "Command patterns the key may run: shell-style globs over the command name,"
+    " or Plugin.command / Plugin.*; null or absent: every command",
+}
+
+
+class KeyCreateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.String(required=True, validate=validate.Length(1, 64))
+    role = fields.String(load_default="user", validate=validate.OneOf(["admin", "user"]))
+    allow = fields.List(fields.String(), allow_none=True, load_default=None, metadata=_PATTERNS)
+    read_only = fields.Boolean(
+        load_default=False,
+        metadata={"description": "Only commands annotated readOnlyHint"},
+    )
+    expires_in = fields.Integer(allow_none=True, metadata={"description": "Seconds from now"})
+    expires_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    rate_limit = fields.String(
+        allow_none=True, metadata={"description": "The key's own execute limit, e.g. 1000/minute"}
+    )
+
+
+class KeyUpdateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    allow = fields.List(fields.String(), allow_none=True, metadata=_PATTERNS)
+    read_only = fields.Boolean()
+    expires_in = fields.Integer(allow_none=True)
+    expires_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    rate_limit = fields.String(allow_none=True)
+
+
+class KeyRotateSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    grace_seconds = fields.Integer(
+        load_default=0,
+        metadata={"description": "How long the old secret stays valid (0: refused at once)"},
+    )
+
+
+class KeySchema(Schema):
+    id = fields.Integer(required=True)
+    name = fields.String(required=True)
+    role = fields.String(required=True)
+    allow = fields.List(fields.String(), allow_none=True, metadata=_PATTERNS)
+    read_only = fields.Boolean(required=True)
+    expires_at = fields.String(allow_none=True)
+    rate_limit = fields.String(allow_none=True)
+    created_at = fields.String(required=True)
+    updated_at = fields.String(allow_none=True)
+    last_used_at = fields.String(allow_none=True)
+    revoked_at = fields.String(allow_none=True)
+
+
+class KeyWithSecretSchema(KeySchema):
+    key = fields.String(
+        required=True, metadata={"description": "The secret, shown only in this answer"}
+    )
+
+
+class KeyListSchema(Schema):
+    keys = fields.List(fields.Nested(KeySchema), required=True)
+    total = fields.Integer(required=True)
+
+
+class KeyEventSchema(Schema):
+    id = fields.Integer(required=True)
+    at = fields.String(required=True)
+    event = fields.String(
+        required=True,
+        validate=validate.OneOf(["created", "changed", "rotated", "revoked", "expired_use"]),
+    )
+    key_id = fields.Integer(required=True)
+    key_name = fields.String(required=True)
+    actor_id = fields.Integer(allow_none=True)
+    actor_name = fields.String(required=True)
+    details = fields.Dict(allow_none=True)
+
+
+class KeyEventListSchema(Schema):
+    events = fields.List(fields.Nested(KeyEventSchema), required=True)
+    total = fields.Integer(required=True)

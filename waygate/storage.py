@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -34,6 +35,22 @@ class _Grouped:
         self.sql, self.params = sql, params
         self.done = False
         self.error: Exception | None = None
+
+
+def where_clause(
+    equals: dict[str, Any], since_column: str, since: str | None
+) -> tuple[str, list[Any]]:
+    """`` WHERE a = ? AND ... AND <since_column> >= ?`` for the given filters (None or empty:
+    not filtered), and its arguments. Only the caller's fixed column names are spliced in."""
+    where, args = [], []
+    for column, value in equals.items():
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if since:
+        where.append(f"{since_column} >= ?")
+        args.append(since)
+    return (" WHERE " + " AND ".join(where)) if where else "", args
 
 
 def is_readonly(exc: sqlite3.Error) -> bool:

@@ -55,7 +55,7 @@ def current_key() -> ApiKey:
 def current_caller() -> Caller:
     """The calling key as the command service knows it."""
     key = current_key()
-    return Caller(key_name=key.name, key_id=key.id)
+    return Caller(key_name=key.name, key_id=key.id, scope=key.scope)
 
 
 def key_required(view: F) -> F:

@@ -27,7 +27,7 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'",
     "Referrer-Policy": "no-referrer",
 }
-CORS_METHODS = ["GET", "POST", "PUT", "DELETE", "OPTIONS"]
+CORS_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 CORS_ALLOW_HEADERS = [
     "Content-Type",
     "X-API-Key",

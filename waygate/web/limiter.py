@@ -15,6 +15,7 @@ RATE_LIMITED with Retry-After. When the storage fails, requests pass (fail open,
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -51,7 +52,7 @@ def limit_group(group: str) -> Callable:
 def caller_identity() -> str:
     key = g.get("api_key")
     if key is not None:
-        return f"key:{key.name}"
+        return f"key:{key.id}"  # the id: a revoked key's successor of the same name starts afresh
     return f"ip:{request.remote_addr or 'unknown'}"
 
 
@@ -84,6 +85,9 @@ class RateLimiter:
         if endpoint is None or request.method == "OPTIONS":  # unrouted paths, CORS preflight
             return
         item, scope = self._by_endpoint.get(endpoint) or (self.default, endpoint)
+        key = g.get("api_key")
+        if scope == "execute" and key is not None and key.rate_limit:
+            item = self._own_limit(key.rate_limit)  # the key's own limit replaces the default
         identity = caller_identity()
         try:
             allowed = self.strategy.hit(item, scope, identity)
@@ -99,6 +103,11 @@ class RateLimiter:
                 {"limit": str(item), "retry_after_s": retry_after},
                 retry_after=retry_after,
             )
+
+    @staticmethod
+    @functools.lru_cache(maxsize=256)
+    def _own_limit(text: str) -> RateLimitItem:
+        return parse(text)
 
     def _storage_failed(self, exc: StorageError) -> None:
         now = time.monotonic()

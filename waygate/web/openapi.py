@@ -42,6 +42,13 @@ _RESPONSE_SCHEMAS = {
     "Performance": schemas.PerformanceSchema,
     "ErrorList": schemas.ErrorListSchema,
     "JsonRpcMessage": schemas.JsonRpcMessageSchema,
+    "KeyCreate": schemas.KeyCreateSchema,
+    "KeyUpdate": schemas.KeyUpdateSchema,
+    "KeyRotate": schemas.KeyRotateSchema,
+    "Key": schemas.KeySchema,
+    "KeyWithSecret": schemas.KeyWithSecretSchema,
+    "KeyList": schemas.KeyListSchema,
+    "KeyEventList": schemas.KeyEventListSchema,
 }
 _HEADERS = {
     "X-Request-ID": ("Request tracking ID (echoed when sane, else generated)", "string"),
