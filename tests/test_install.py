@@ -75,14 +75,15 @@ class InstalledServer:
             stdout=open(self.log, "wb"),  # noqa: SIM115 - the child holds it
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                requests.get(self.url + "/ready", timeout=1)
-                return
-            except requests.ConnectionError:
-                time.sleep(0.1)
+                if requests.get(self.url + "/ready", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:  # not listening yet, or a worker still booting
+                pass
+            time.sleep(0.1)
         self.stop()
         raise AssertionError(f"waygate serve did not answer: {self.log.read_text()}")
 
