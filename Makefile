@@ -18,9 +18,11 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed setup.cfg scripts/install-system-tools
+$(VENV)/.installed-test: $(VENV)/.installed setup.cfg scripts/install-system-tools \
+		scripts/install-conformance tests/conformance/package-lock.json
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	bash scripts/install-system-tools
+	bash scripts/install-conformance
 	touch $@
 
 install: $(VENV)/.installed
@@ -39,4 +41,4 @@ bench: install-test
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache tests/conformance/node_modules

@@ -21,4 +21,6 @@ from . import (  # noqa: E402
     m008_open_executions_by_key,  # noqa: F401
     m009_key_scopes,  # noqa: F401
     m010_key_events,  # noqa: F401
+    m011_execution_progress,  # noqa: F401
+    m012_approvals,  # noqa: F401
 )

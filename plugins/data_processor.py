@@ -2,6 +2,10 @@
 
 XML goes through defusedxml: DTDs, entity declarations (billion laughs, quadratic blow-up)
 and external entities are refused before anything is expanded.
+
+Inputs are data, not programs: nesting deeper than ``MAX_DEPTH`` levels, JSON's non-standard
+``NaN``/``Infinity`` and numbers beyond what a double or Python's integer conversion holds are
+invalid input (400), and ``analyze``'s ``mean`` is ``null`` when it does not fit a double.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import csv
 import io
 import json
 import math
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +27,8 @@ from marshmallow import Schema, fields, validate
 from waygate.sdk import Command, CommandError, ExecutionContext, Plugin
 
 FORMATS = ("json", "xml", "csv")
+# Deeper data is refused: profiling and the JSON answer walk it recursively.
+MAX_DEPTH = 200
 
 
 class Options(Schema):
@@ -195,11 +202,49 @@ def parse(fmt: str, text: str, ctx: ExecutionContext) -> Any:
 
 def parse_json(text: str) -> Any:
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_float=_finite_float, parse_constant=_refuse_constant)
     except json.JSONDecodeError as err:
         raise InvalidInput("json", err.msg, err.lineno, err.colno, err.pos) from None
     except RecursionError:
-        raise InvalidInput("json", "nested too deeply") from None
+        raise InvalidInput("json", _TOO_DEEP) from None
+    except ValueError:  # int() refuses more digits than sys.get_int_max_str_digits()
+        raise InvalidInput(
+            "json", f"a number has more than {sys.get_int_max_str_digits()} digits"
+        ) from None
+    if deeper_than(value, MAX_DEPTH, _json_children):
+        raise InvalidInput("json", _TOO_DEEP)
+    return value
+
+
+_TOO_DEEP = f"nested too deeply (more than {MAX_DEPTH} levels)"
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise InvalidInput("json", f"number {text[:40]} is out of range")
+    return number
+
+
+def _refuse_constant(name: str) -> None:
+    raise InvalidInput("json", f"{name} is not a JSON value")
+
+
+def _json_children(value: Any) -> Any:
+    if isinstance(value, dict):
+        return value.values()
+    return value if isinstance(value, list) else ()
+
+
+def deeper_than(root: Any, limit: int, children) -> bool:
+    """Whether ``root`` nests more than ``limit`` levels, walked without recursion."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children(node))
+    return False
 
 
 def parse_csv(text: str, ctx: ExecutionContext) -> list[dict[str, str]]:
@@ -233,7 +278,7 @@ def parse_csv(text: str, ctx: ExecutionContext) -> list[dict[str, str]]:
 
 def parse_xml(text: str) -> Any:
     try:
-        return SafeET.fromstring(text, forbid_dtd=True)
+        root = SafeET.fromstring(text, forbid_dtd=True)
     except DefusedXmlException as err:
         raise InvalidInput(
             "xml", f"refused: {type(err).__name__} (DTDs and entities are not allowed)"
@@ -241,6 +286,9 @@ def parse_xml(text: str) -> Any:
     except ParseError as err:
         line, column = err.position
         raise InvalidInput("xml", str(err).split(":")[0], line, column + 1, None) from None
+    if deeper_than(root, MAX_DEPTH, list):
+        raise InvalidInput("xml", _TOO_DEEP)
+    return root
 
 
 # -- records -----------------------------------------------------------------------------------
@@ -316,8 +364,25 @@ def profile_field(values: list[Any], top: int) -> dict[str, Any]:
         ],
     }
     if numbers and len(numbers) == len(present):
-        info.update(min=min(numbers), max=max(numbers), mean=math.fsum(numbers) / len(numbers))
+        info.update(min=min(numbers), max=max(numbers), mean=mean(numbers))
     return info
+
+
+def mean(numbers: list[int | float]) -> float | None:
+    """The arithmetic mean as a double, or None when it does not fit one."""
+    count = len(numbers)
+    try:
+        return _finite(math.fsum(numbers) / count)
+    except OverflowError:  # the sum (or an integer) leaves the double range
+        pass
+    try:
+        return _finite(math.fsum(n / count for n in numbers))
+    except OverflowError:  # an integer whose share still does not fit a double
+        return None
+
+
+def _finite(number: float) -> float | None:
+    return number if math.isfinite(number) else None
 
 
 def kind_of(value: Any) -> str:

@@ -3,20 +3,51 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 
 from marshmallow import Schema, fields
 
-from waygate.sdk import Command, CommandError, Plugin
+from waygate.sdk import (
+    Command,
+    CommandError,
+    Image,
+    Message,
+    Plugin,
+    Prompt,
+    PromptArgument,
+    Resource,
+    RichResult,
+    Text,
+)
+
+PNG = base64.b64decode(  # a 1x1 red pixel
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
+)
+CHART_SCHEMA = {"type": "object", "properties": {"bars": {"type": "integer"}}, "required": ["bars"]}
+
+
+def _no_ticket():
+    raise CommandError("no such ticket")
 
 
 class SecondsParams(Schema):
     seconds = fields.Float(load_default=0.0)
 
 
+class StepsParams(Schema):
+    count = fields.Integer(load_default=3)
+    pause = fields.Float(load_default=0.0)
+
+
 class NoParams(Schema):
     pass
+
+
+class TargetParams(Schema):
+    target = fields.String(required=True)
+    seconds = fields.Float(load_default=0.0)
 
 
 class TestingPlugin(Plugin):
@@ -34,6 +65,56 @@ class TestingPlugin(Plugin):
             Command("pid", "The worker's pid (after sleeping, if asked)", SecondsParams, self.pid),
             Command("refuse", "Refuse with a CommandError and details", NoParams, self.refuse),
             Command("wait", "Wait on the cancel event, then tell", SecondsParams, self.wait),
+            Command("chart", "A PNG chart", NoParams, self.chart, output_schema=CHART_SCHEMA),
+            Command("steps", "Report progress at each step", StepsParams, self.steps),
+            Command("picture", "Just a picture", NoParams, lambda p, ctx: Image(PNG)),
+            Command(
+                "wipe",
+                "Pretend to wipe a target, and tell who ran it where",
+                TargetParams,
+                self.wipe,
+                annotations={"destructiveHint": True},
+            ),
+        ]
+
+    def steps(self, params, ctx):
+        for step in range(1, params["count"] + 1):
+            time.sleep(params["pause"])
+            ctx.report_progress(step, params["count"], f"step {step}")
+        return {"steps": params["count"]}
+
+    def chart(self, params, ctx):
+        return RichResult([Text("one bar"), Image(PNG, "image/png")], structured={"bars": 1})
+
+    def prompts(self):
+        return [
+            Prompt(
+                "triage",
+                "Incident triage runbook for a service",
+                template="Triage {service} (severity {severity}): check its dashboard first.",
+                arguments=(
+                    PromptArgument("service", "The failing service", required=True),
+                    PromptArgument(
+                        "severity", "SEV1-SEV4", suggestions=("SEV1", "SEV2", "SEV3", "SEV4")
+                    ),
+                ),
+            ),
+            Prompt(
+                "show_chart",
+                "Look at a chart",
+                render=lambda args: [Image(PNG, "image/png"), Message(Text("Seen."), "assistant")],
+            ),
+        ]
+
+    def resources(self):
+        return [
+            Resource("runbook://disk-full", "Disk full", lambda values: "Free space first."),
+            Resource(
+                "ticket://{id}/summary",
+                "Ticket summary",
+                lambda values: {"7": "Disk full on web1"}.get(values["id"]) or _no_ticket(),
+            ),
+            Resource("logo://png", "Logo", lambda values: PNG, mime_type="image/png"),
         ]
 
     def refuse(self, params, ctx):
@@ -64,6 +145,15 @@ class TestingPlugin(Plugin):
         time.sleep(params["seconds"])
         return {"pid": os.getpid()}
 
+    def wipe(self, params, ctx):
+        time.sleep(params["seconds"])
+        return {
+            "wiped": params["target"],
+            "pid": os.getpid(),
+            "key_name": ctx.key_name,
+            "context": ctx.client_context,
+        }
+
 
 class BadMetadataPlugin(Plugin):
     name = "BadMetadata"
@@ -93,3 +183,29 @@ class RaisingPlugin(Plugin):
 
     def commands(self):
         raise ValueError("cannot build commands")
+
+
+class ClashingPromptPlugin(Plugin):
+    name = "TriageCopy"
+    version = "0.1.0"
+    description = "Offers a prompt name and a resource URI that Testing already has"
+    author = "Waygate tests"
+
+    def commands(self):
+        return []
+
+    def prompts(self):
+        return [Prompt("triage", "A second triage", template="again")]
+
+
+class BadResourcePlugin(Plugin):
+    name = "BadResource"
+    version = "0.1.0"
+    description = "Offers a resource without a scheme"
+    author = "Waygate tests"
+
+    def commands(self):
+        return []
+
+    def resources(self):
+        return [Resource("no-scheme", "Nothing", lambda values: "")]

@@ -110,3 +110,22 @@ def test_a_key_never_reaches_logs_metrics_or_diagnostics(server_factory, keys):
     ]
     for text in seen:
         assert keys.user not in text and keys.admin not in text
+
+
+def test_refused_keys_share_one_budget_per_address_across_endpoints(make_app, keys):
+    client = make_app(rate_limit_auth_failures="3/minute").test_client()
+    wrong = {"X-API-Key": "x" * 32}
+    statuses = [
+        client.get(path, headers=wrong).status_code
+        for path in ("/plugins", "/mcp/commands", "/mcp/status", "/plugins/Core")
+    ]
+    assert statuses == [401, 401, 401, 429]
+    # spent: the right key from there is refused too, so a 429 confirms no guess
+    response = client.get("/mcp/status", headers=keys.headers())
+    error = assert_envelope(response, 429, "RATE_LIMITED")
+    assert error["message"] == "too many refused keys from this address: 3 per 1 minute"
+    assert int(response.headers["Retry-After"]) >= 1
+    # another address has its own budget; requests without a key are not throttled by it
+    other = {"REMOTE_ADDR": "127.0.0.9"}
+    assert client.get("/mcp/status", headers=keys.headers(), environ_base=other).status_code == 200
+    assert client.get("/health").status_code == 200

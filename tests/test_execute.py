@@ -241,6 +241,24 @@ def test_async_is_202_with_location_then_the_result(api, keys):
     assert done["command_id"] == body["command_id"]
 
 
+def test_a_polled_async_execution_shows_its_latest_progress(api, keys):
+    location = api(
+        {"action": "steps", "params": {"count": 3, "pause": 0.6}, "async": True}
+    ).headers["Location"]
+    deadline = time.monotonic() + 10
+    seen = []
+    while time.monotonic() < deadline:
+        body = api.client.get(location, headers=keys.headers()).get_json()
+        if body["status"] == "success":
+            break
+        if "progress" in body:
+            seen.append(body["progress"])
+        time.sleep(0.1)
+    assert body["status"] == "success" and "progress" not in body
+    assert seen and seen[0]["total"] == 3 and seen[0]["message"].startswith("step ")
+    assert [p["progress"] for p in seen] == sorted(p["progress"] for p in seen)
+
+
 def test_async_failure_is_reported(api, keys):
     location = api({"action": "boom", "async": True}).headers["Location"]
     done = poll(api.client, location, keys.headers())

@@ -286,15 +286,15 @@ def test_the_audit_database_is_pruned_oldest_first_to_its_budget(app_services_of
     assert audit.get("cmd_00399") is not None  # the newest stayed
 
 
-def test_the_open_executions_query_uses_the_partial_index(data_dir):
+def test_the_unfinished_executions_query_uses_the_partial_index(data_dir):
     from waygate import audit
     from waygate.outcomes import ExecutionStatus
     from waygate.storage import Storage
 
-    literal = "(" + ", ".join(f"'{s.value}'" for s in ExecutionStatus.open()) + ")"
+    literal = "(" + ", ".join(f"'{s.value}'" for s in ExecutionStatus.unfinished()) + ")"
     assert f"status IN {literal}" in audit._ACCEPT_SQL
     storage = Storage(data_dir / "waygate.db")
     storage.migrate()
     query = audit._ACCEPT_SQL.partition("WHERE (")[2].rpartition(") < ?")[0]
     plan = storage.conn.execute("EXPLAIN QUERY PLAN " + query, (1,)).fetchall()
-    assert any("executions_open_by_key" in row[-1] for row in plan), plan
+    assert any("executions_unfinished_by_key" in row[-1] for row in plan), plan

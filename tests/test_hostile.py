@@ -1,11 +1,15 @@
 """Hostile input: property-based fuzzing of bodies and query parameters, and the classic
 attacks. Every answer is the right 4xx envelope (or a success), never a 5xx or a trace."""
 
+import asyncio
 import json
 import os
+import socket
 import string
 
+import httpx2
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -117,7 +121,10 @@ def test_fuzzed_tool_arguments_are_results_not_crashes(client, keys, arguments, 
         "/mcp", json=message, headers={"X-API-Key": keys.user, "Accept": "application/json"}
     )
     assert response.status_code == 200
-    assert "result" in response.get_json()
+    if name == "x":  # no such tool: a protocol error whatever the arguments
+        assert response.get_json()["error"]["code"] == -32602
+    else:
+        assert "result" in response.get_json()
 
 
 @FUZZ
@@ -242,3 +249,203 @@ def test_escaped_lone_surrogates_are_valid_json(client, keys):
     )
     assert response.status_code == 200
     assert response.get_json()["status"] == "success"
+
+
+# What Python says when it gives up; none of it may reach a client.
+INTERPRETER_WORDING = ("recursion", "fsum", "int_max_str_digits", "Exceeds the limit", "overflow")
+HUGE_INT = "9" * 5000
+
+
+def assert_no_interpreter_wording(response):
+    text = response.get_data(as_text=True)
+    assert not [w for w in INTERPRETER_WORDING if w.lower() in text.lower()], text[:300]
+
+
+def nothing_logged_at_error(client, keys):
+    errors = client.get("/diagnostics/errors", headers=keys.headers("admin")).get_json()
+    return errors["total"] == 0
+
+
+def test_a_body_with_a_5000_digit_integer_is_400(client, keys):
+    response = client.post(
+        "/mcp/execute",
+        data='{"action": "echo", "params": {"message": "x"}, "n": ' + HUGE_INT + "}",
+        content_type="application/json",
+        headers=keys.headers(),
+    )
+    error = assert_envelope(response, 400, "INVALID_REQUEST")
+    assert error["message"] == "malformed JSON: a number has more than 4300 digits"
+    assert error["details"] == {"line": 1, "column": 53}
+    assert_no_interpreter_wording(response)
+    assert nothing_logged_at_error(client, keys)
+
+
+def test_an_mcp_message_with_a_5000_digit_id_is_a_clean_parse_error(client, keys):
+    response = client.post(
+        "/mcp",
+        data='{"jsonrpc": "2.0", "method": "ping", "id": ' + HUGE_INT + "}",
+        content_type="application/json",
+        headers=keys.headers(Accept="application/json, text/event-stream"),
+    )
+    assert response.status_code == 400
+    assert response.get_json()["error"]["code"] == -32700
+    assert_no_interpreter_wording(response)
+
+
+@pytest.mark.parametrize(
+    "action, params, message",
+    [
+        (
+            "process_data",
+            {"input": "<a>" * 2000 + "</a>" * 2000, "format": "xml"},
+            "input is not valid xml: nested too deeply (more than 200 levels)",
+        ),
+        (
+            "analyze",
+            {"input": "<a>" * 2000 + "</a>" * 2000, "format": "xml"},
+            "input is not valid xml: nested too deeply (more than 200 levels)",
+        ),
+        (
+            "process_data",
+            {"input": "[" * 900 + "]" * 900},
+            "input is not valid json: nested too deeply (more than 200 levels)",
+        ),
+        (
+            "analyze",
+            {"input": '[{"a": Infinity}, {"a": -Infinity}]'},
+            "input is not valid json: Infinity is not a JSON value",
+        ),
+        (
+            "process_data",
+            {"input": '[{"a": NaN}]'},
+            "input is not valid json: NaN is not a JSON value",
+        ),
+        (
+            "analyze",
+            {"input": '[{"a": 1e400}]'},
+            "input is not valid json: number 1e400 is out of range",
+        ),
+        (
+            "process_data",
+            {"input": '{"a": ' + HUGE_INT + "}"},
+            "input is not valid json: a number has more than 4300 digits",
+        ),
+        (
+            "analyze",
+            {"input": '[{"a": ' + HUGE_INT + "}]"},
+            "input is not valid json: a number has more than 4300 digits",
+        ),
+    ],
+)
+def test_data_python_cannot_hold_is_refused_as_input(client, keys, action, params, message):
+    response = client.post(
+        "/mcp/execute", json={"action": action, "params": params}, headers=keys.headers()
+    )
+    assert assert_failed(response, 400) == message
+    assert_no_interpreter_wording(response)
+    assert nothing_logged_at_error(client, keys)
+
+
+@pytest.mark.parametrize(
+    "data, fmt, mean",
+    [
+        ('[{"a": 1e308}, {"a": 1e308}]', "json", 1e308),  # the sum overflows, the mean does not
+        ('[{"a": 1e308}, {"a": -1e308}, {"a": 1e308}]', "json", 1e308 / 3),
+        ('[{"a": ' + "9" * 400 + '}, {"a": 1}]', "json", None),  # beyond a double: null
+        ("a\n" + "9" * 400 + "\n1\n", "csv", None),
+    ],
+)
+def test_analyze_means_beyond_double_range_are_finite_or_null(client, keys, data, fmt, mean):
+    response = client.post(
+        "/mcp/execute",
+        json={"action": "analyze", "params": {"input": data, "format": fmt}},
+        headers=keys.headers(),
+    )
+    assert response.status_code == 200, response.get_data(as_text=True)
+    field = response.get_json()["result"]["fields"]["a"]
+    assert field["mean"] == (pytest.approx(mean) if mean is not None else None)
+    assert nothing_logged_at_error(client, keys)
+    stats = client.get("/plugins/DataProcessor", headers=keys.headers()).get_json()["statistics"]
+    assert stats["errors_total"] == 0
+
+
+BODY_LIMIT = 1024 * 1024
+
+
+@pytest.fixture
+def small_body_server(server_factory):
+    return server_factory(workers=1, WAYGATE_MAX_BODY_BYTES=str(BODY_LIMIT))
+
+
+def echo_body(size: int) -> bytes:
+    """A valid command followed by spaces: valid JSON of exactly ``size`` bytes."""
+    command = b'{"action": "echo", "params": {"message": "ran"}}'
+    return command + b" " * (size - len(command))
+
+
+async def post_async(url: str, key: str, content) -> tuple[int, dict]:
+    """POST as the MCP SDK does: an async httpx client that sends the whole body first."""
+    headers = {"X-API-Key": key, "Content-Type": "application/json", "Accept": "application/json"}
+    async with httpx2.AsyncClient(headers=headers, timeout=10) as http:
+        response = await http.post(url, content=content)
+        return response.status_code, response.json()
+
+
+def chunked(body: bytes):
+    async def chunks():
+        for start in range(0, len(body), 65536):
+            yield body[start : start + 65536]
+
+    return chunks()
+
+
+def executions(server, keys) -> int:
+    listing = requests.get(server.url + "/mcp/executions", headers=keys.headers("admin"), timeout=5)
+    return listing.json()["total"]
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_nothing_runs(small_body_server, keys):
+    url = small_body_server.url + "/mcp/execute"
+    status, body = asyncio.run(post_async(url, keys.user, chunked(echo_body(BODY_LIMIT + 1))))
+    assert status == 413, body
+    assert body["error"]["code"] == "INVALID_REQUEST"
+    assert body["error"]["details"] == {"max_bytes": BODY_LIMIT}
+    assert executions(small_body_server, keys) == 0
+    # a chunked body within the limit still runs, the last byte included
+    status, body = asyncio.run(post_async(url, keys.user, chunked(echo_body(BODY_LIMIT))))
+    assert (status, body["result"]) == (200, {"result": "ran"})
+
+
+@pytest.mark.parametrize("path", ["/mcp/execute", "/mcp"])
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_async_client_reads_the_413_not_a_reset(small_body_server, keys, path, framing):
+    """The server answers before it has read the body; the client sends all 8 MiB first."""
+    body = echo_body(8 * BODY_LIMIT)
+    content = body if framing == "content-length" else chunked(body)
+    status, answer = asyncio.run(post_async(small_body_server.url + path, keys.user, content))
+    assert status == 413
+    error = answer["error"]["data"] if path == "/mcp" else answer["error"]
+    assert error["code"] == "INVALID_REQUEST"
+    assert executions(small_body_server, keys) == 0
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [b'5\r\n{"a":\r\nZZ\r\n', b'5\r\n{"a"1\r\n'],
+    ids=["bad chunk size", "ends early"],
+)
+def test_a_malformed_chunked_body_is_400(small_body_server, keys, chunks):
+    with socket.create_connection(("127.0.0.1", small_body_server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /mcp/execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-API-Key: " + keys.user.encode() + b"\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" + chunks
+        )
+        sock.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.decode().partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 400"), head
+    assert json.loads(body)["error"]["message"] == "malformed chunked request body"
+    assert "ERROR" not in small_body_server.log()

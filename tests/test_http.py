@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import requests
 from werkzeug.test import create_environ, run_wsgi_app
 
 from tests.conftest import ROOT
@@ -209,3 +210,37 @@ def test_a_damaged_rate_limit_file_is_set_aside_and_recreated(data_dir, make_app
     assert client.get("/health").status_code == 200
     assert client.get("/health").status_code == 429  # counting works again
     assert (data_dir / "ratelimits.db.damaged").exists()
+
+
+def test_links_never_echo_the_host_header(client, keys):
+    response = client.get(
+        "/plugins?limit=1",
+        headers=keys.headers(Host="evil.example"),
+        base_url="http://evil.example",
+    )
+    link = response.headers["Link"]
+    assert "evil.example" not in link
+    assert '</plugins?limit=1&page=2>; rel="next"' in link
+
+
+def test_links_are_absolute_under_the_configured_public_url(make_app, keys):
+    client = make_app(public_url="https://waygate.example.com").test_client()
+    response = client.get("/v2/plugins?limit=1", headers=keys.headers(Host="evil.example"))
+    assert (
+        '<https://waygate.example.com/v2/plugins?limit=1&page=2>; rel="next"'
+        in (response.headers["Link"])
+    )
+
+
+def test_gunicorn_trusts_no_forwarded_header_without_trusted_proxies(server_factory, keys):
+    """Real gunicorn, a loopback client: X-Forwarded-Proto must not make the request HTTPS."""
+    server = server_factory(workers=1)
+    response = requests.get(
+        server.url + "/plugins?limit=1",
+        headers=keys.headers(**{"X-Forwarded-Proto": "https", "Host": "evil.example"}),
+        timeout=5,
+    )
+    assert response.status_code == 200
+    assert "Strict-Transport-Security" not in response.headers
+    assert "evil.example" not in response.headers["Link"]
+    assert "https" not in response.headers["Link"]

@@ -4,10 +4,12 @@ connect modes, and over stdio against `waygate mcp stdio`."""
 import asyncio
 import os
 import sqlite3
+import time
 
 import httpx2
 import mcp
 import pytest
+import requests
 from mcp import StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
@@ -90,3 +92,56 @@ def test_the_sdk_stdio_client_against_waygate_mcp_stdio(data_dir):
         .fetchall()
     )
     assert rows == [("desktop", "mcp")]
+
+
+@pytest.fixture
+def testing_server(plugin_dist, server_factory):
+    return server_factory(workers=1, PYTHONPATH=str(plugin_dist.root))
+
+
+def test_the_sdk_hears_progress_as_it_happens(testing_server, keys):
+    heard = []
+
+    async def on_progress(progress, total, message):
+        heard.append((progress, total, message))
+
+    async def scenario():
+        http, client = connect(testing_server.url + "/mcp", keys.user, "legacy")
+        async with http, client:
+            return await client.call_tool(
+                "steps", {"count": 3, "pause": 0.05}, progress_callback=on_progress
+            )
+
+    result = run(scenario())
+    assert result.structured_content == {"steps": 3}
+    assert heard == [(1.0, 3.0, "step 1"), (2.0, 3.0, "step 2"), (3.0, 3.0, "step 3")]
+
+
+def test_a_client_that_leaves_a_stream_does_not_lose_the_record(testing_server, keys):
+    message = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "steps",
+            "arguments": {"count": 4, "pause": 0.2},
+            "_meta": {"progressToken": "gone"},
+        },
+    }
+    headers = {"X-API-Key": keys.user, "Accept": "application/json, text/event-stream"}
+    with requests.post(
+        testing_server.url + "/mcp", json=message, headers=headers, stream=True, timeout=10
+    ) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        first = next(response.iter_lines(decode_unicode=True, delimiter="\n\n"))
+        assert "notifications/progress" in first
+    admin = {"X-API-Key": keys.admin}
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        executions = requests.get(
+            testing_server.url + "/mcp/executions?action=steps", headers=admin, timeout=5
+        ).json()["executions"]
+        if executions:
+            break
+        time.sleep(0.2)
+    assert [(e["status"], e["mode"]) for e in executions] == [("success", "mcp")]

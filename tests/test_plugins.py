@@ -15,6 +15,8 @@ def broken_dist(plugin_dist):
     plugin_dist.register("Duplicate", "tests.plugin_fixtures:DuplicatePlugin")
     plugin_dist.register("Raising", "tests.plugin_fixtures:RaisingPlugin")
     plugin_dist.register("Misnamed", "tests.plugin_fixtures:TestingPlugin")
+    plugin_dist.register("TriageCopy", "tests.plugin_fixtures:ClashingPromptPlugin")
+    plugin_dist.register("BadResource", "tests.plugin_fixtures:BadResourcePlugin")
     return plugin_dist
 
 
@@ -35,6 +37,8 @@ def test_broken_plugins_are_reported_failed_and_the_server_runs(broken_dist, mak
     assert failed["Duplicate"] == "command name 'echo' is already taken by plugin Core"
     assert failed["Raising"] == "initialisation failed: ValueError: cannot build commands"
     assert "does not match its entry point name 'Misnamed'" in failed["Misnamed"]
+    assert failed["TriageCopy"] == "prompt name 'triage' is already taken by plugin Testing"
+    assert failed["BadResource"].startswith("resource 'no-scheme' needs a URI")
     assert body["total"] == len(by_name)
     # still serving, and honest about it
     echo = client.post(

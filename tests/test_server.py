@@ -51,3 +51,21 @@ def test_gunicorn_refuses_a_bad_config_with_one_clear_line(data_dir):
         in result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_the_access_log_redacts_anything_in_a_query_that_looks_like_a_key(server_factory):
+    server = server_factory(workers=1)
+    secrets = ["s3cretApiKey", "s3cretKey", "s3cretToken", "A" * 16 + "b" * 16]
+    query = (
+        f"api_key={secrets[0]}&limit=7&key={secrets[1]}&access_token={secrets[2]}&x={secrets[3]}"
+    )
+    requests.get(
+        f"{server.url}/mcp/executions?{query}",
+        headers={"Referer": f"https://app.example/?token={secrets[2]}"},
+        timeout=5,
+    )
+    requests.get(server.url + "/health", timeout=5)  # the line before is complete by now
+    log = server.log()
+    line = next(line for line in log.splitlines() if "/mcp/executions?" in line)
+    assert "api_key=REDACTED&limit=7&key=REDACTED&access_token=REDACTED&x=REDACTED" in line
+    assert not [secret for secret in secrets if secret in log]

@@ -1,12 +1,17 @@
 """Storage's group commit: statements of concurrent threads share a transaction, every one of
-them is committed before its caller returns, and one bad statement fails only its caller."""
+them is committed before its caller returns, and one bad statement fails only its caller.
+And the data files: the owner's alone, whatever the umask."""
 
+import os
 import sqlite3
+import subprocess
 import threading
 import time
 
 import pytest
+import requests
 
+from tests.conftest import BIN
 from waygate.storage import Storage
 
 INSERT = "INSERT INTO t (n) VALUES (?)"
@@ -105,3 +110,54 @@ def test_an_interrupted_leader_does_not_report_the_others_as_committed(storage, 
     assert sum(isinstance(e, SystemExit) for e in errors.values()) == 1
     assert sum(isinstance(e, sqlite3.OperationalError) for e in errors.values()) == 2
     assert committed(storage) == []
+
+
+def private(root):
+    """Paths under ``root`` that someone other than their owner may read or write."""
+    return {
+        str(path.relative_to(root)): oct(path.stat().st_mode & 0o777)
+        for path in [root, *root.rglob("*")]
+        if path.stat().st_mode & 0o077
+    }
+
+
+def test_the_service_writes_owner_only_files_whatever_the_umask(server_factory, tmp_path):
+    data = tmp_path / "fresh" / "data"
+    old = os.umask(0)  # the most permissive umask, inherited by gunicorn
+    try:
+        server = server_factory(workers=1, WAYGATE_DATA_DIR=str(data))
+    finally:
+        os.umask(old)
+    for path in ("/health", "/metrics", "/mcp/commands"):
+        requests.get(server.url + path, timeout=5)
+    assert (data / "waygate.db").exists() and (data / "ratelimits.db").exists()
+    assert private(tmp_path / "fresh") == {}
+
+
+def test_the_cli_creates_owner_only_databases_whatever_the_umask(tmp_path):
+    data = tmp_path / "data"
+    result = subprocess.run(
+        [str(BIN / "waygate"), "keys", "create", "--name", "alice", "--role", "user"],
+        env={**os.environ, "WAYGATE_DATA_DIR": str(data)},
+        preexec_fn=lambda: os.umask(0),  # noqa: PLW1509 - no threads in the child yet
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (data / "waygate.db").exists()
+    assert private(data) == {}
+
+
+def test_an_app_made_in_process_keeps_its_data_dir_private_whatever_the_umask(tmp_path):
+    """As `waygate mcp stdio` and any WSGI server other than gunicorn build it."""
+    from waygate.app import create_app
+    from waygate.config import Config
+
+    old = os.umask(0)
+    try:
+        create_app(Config(data_dir=tmp_path / "data", housekeeping_interval_s=0))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "data" / "waygate.db").exists()
+    assert private(tmp_path / "data") == {}

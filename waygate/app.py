@@ -12,6 +12,7 @@ from .lifecycle import service_started_at
 from .logs import configure_logging
 from .services import Services
 from .web import (
+    approvals,
     auth,
     core,
     diagnostics,
@@ -52,6 +53,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     auth.init_app(app)
     app.register_blueprint(core.bp)
     app.register_blueprint(execute.bp)
+    app.register_blueprint(approvals.bp)
     app.register_blueprint(plugins.bp)
     app.register_blueprint(diagnostics.bp)
     app.register_blueprint(web_keys.bp)

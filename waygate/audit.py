@@ -20,27 +20,33 @@ import psutil
 
 from .clock import isoformat, parse_iso, utcnow
 from .errors import RateLimited
-from .outcomes import ExecutionStatus, Mode
+from .outcomes import ApprovalStep, ExecutionStatus, Mode
 from .storage import Storage, where_clause
 
 log = logging.getLogger(__name__)
 
 _OPEN = ExecutionStatus.open()  # bound into "status IN (?, ?)"
-# An async execution is inserted only while its key has fewer than the cap open. The statuses
-# are literals, as SQLite uses the partial index of m008 only for its own WHERE, word for word
-# (tests/test_execution_path.py checks them against ExecutionStatus.open()).
+_UNFINISHED = ExecutionStatus.unfinished()  # bound into "status IN (?, ?, ?)"
+# An execution is accepted (async, or awaiting approval) only while its key has fewer than the
+# cap unfinished. The statuses are literals, as SQLite uses the partial index of m012 only for
+# its own WHERE, word for word (tests/test_execution_path.py checks them against
+# ExecutionStatus.unfinished()).
 _ACCEPT_SQL = (
     "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
-    " timeout_s, worker_pid, created_at) SELECT ?,?,?,?,?,?,?,?,?,? WHERE (SELECT count(*)"
-    " FROM executions WHERE key_id IS ? AND status IN ('pending', 'running')) < ?"
+    " timeout_s, worker_pid, created_at, params, params_hash, client_context,"
+    " approval_expires_at) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,? WHERE (SELECT count(*)"
+    " FROM executions WHERE key_id IS ? AND status IN"
+    " ('pending', 'running', 'awaiting_approval')) < ?"
 )
 _TOTAL_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
 _NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
 _COLUMNS = (
     "command_id, action, plugin, key_name, key_id, mode, status, duration_ms, error, "
-    "timeout_s, worker_pid, created_at, started_at, finished_at"
+    "timeout_s, worker_pid, created_at, started_at, finished_at, params, client_context, "
+    "params_hash, "
+    "approval_expires_at, decided_by, decided_by_key_id, decided_at, decision_reason"
 )
-_GET_SQL = f"SELECT {_COLUMNS}, result FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
+_GET_SQL = f"SELECT {_COLUMNS}, result, progress FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
 
 
 class TooManyOpen(RateLimited):
@@ -63,10 +69,46 @@ class Execution:
     created_at: str
     started_at: str | None
     finished_at: str | None
+    # the stored request and its decision: only for commands that need approval
+    params: Any = None
+    client_context: Any = None
+    params_hash: str | None = None
+    approval_expires_at: str | None = None
+    decided_by: str | None = None
+    decided_by_key_id: int | None = None
+    decided_at: str | None = None
+    decision_reason: str | None = None
     result: Any = None
+    progress: dict[str, Any] | None = None  # the latest report of a running async execution
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "result"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("result", "progress")}
+
+
+@dataclass(frozen=True)
+class StoredRequest:
+    """What an execution awaiting approval will run, fixed when it is stored."""
+
+    params_json: str  # canonical JSON
+    params_hash: str
+    client_context_json: str
+    expires_at: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step of an execution's approval trail."""
+
+    command_id: str
+    event: str  # an ApprovalStep
+    key_id: int | None
+    key_name: str | None
+    reason: str | None
+    worker_pid: int | None
+    at: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
 
 
 @dataclass(frozen=True)
@@ -150,10 +192,14 @@ class AuditLog:
         key_id: int | None = None,
         timeout_s: int,
         created_at: str,
+        mode: Mode = Mode.ASYNC,
+        request: StoredRequest | None = None,
     ) -> None:
-        """Record an async execution as pending, before it is queued; TooManyOpen when the
-        key already has ``max_open_per_key`` open ones (checked and inserted in one
-        statement under the write lock, so workers cannot overshoot together)."""
+        """Record an async execution as pending, before it is queued, or (with ``request``)
+        one awaiting approval, held by no worker; TooManyOpen when the key already has
+        ``max_open_per_key`` unfinished ones (checked and inserted in one statement under
+        the write lock, so workers cannot overshoot together)."""
+        awaiting = request is not None
         inserted = self.storage.execute_write(
             _ACCEPT_SQL,
             (
@@ -162,19 +208,23 @@ class AuditLog:
                 plugin,
                 key_name,
                 key_id,
-                Mode.ASYNC,
-                ExecutionStatus.PENDING,
+                mode,
+                ExecutionStatus.AWAITING_APPROVAL if awaiting else ExecutionStatus.PENDING,
                 timeout_s,
-                os.getpid(),
+                None if awaiting else os.getpid(),
                 created_at,
+                request.params_json if awaiting else None,
+                request.params_hash if awaiting else None,
+                request.client_context_json if awaiting else None,
+                request.expires_at if awaiting else None,
                 key_id,
                 self.max_open_per_key,
             ),
         )
         if inserted.rowcount == 0:
             raise TooManyOpen(
-                f"this key already has {self.max_open_per_key} async executions pending or"
-                " running; poll them or wait for them to finish",
+                f"this key already has {self.max_open_per_key} executions pending, running"
+                " or awaiting approval; poll them or wait for them to finish",
                 {"max_open": self.max_open_per_key},
                 retry_after=1,
             )
@@ -186,6 +236,13 @@ class AuditLog:
             (ExecutionStatus.RUNNING, isoformat(), command_id, ExecutionStatus.PENDING),
         )
         return cursor.rowcount == 1
+
+    def progress(self, command_id: str, report: dict[str, Any]) -> None:
+        """Keep a running async execution's latest progress report."""
+        self.storage.execute_write(
+            "UPDATE executions SET progress = ? WHERE command_id = ? AND status = ?",
+            (json.dumps(report), command_id, ExecutionStatus.RUNNING),
+        )
 
     def finish(
         self,
@@ -211,6 +268,108 @@ class AuditLog:
             ),
         )
 
+    # -- approvals ---------------------------------------------------------------------------
+
+    def decide(
+        self,
+        command_id: str,
+        *,
+        approve: bool,
+        key_id: int | None,
+        key_name: str | None,
+        reason: str | None,
+    ) -> Execution | None:
+        """Decide on an execution awaiting approval and not past its expiry, with its event,
+        in one transaction: approved, it becomes pending in this worker (the caller queues
+        it); denied, it ends. None when it is not awaiting approval (decided, expired, or
+        never asked for it): one decision wins however many are sent at once."""
+        now = isoformat()
+        if approve:
+            sets, args = "status = ?, worker_pid = ?", [ExecutionStatus.PENDING, os.getpid()]
+        else:
+            denial = f"denied by {key_name}" + (f": {reason}" if reason else "")
+            sets, args = (
+                "status = ?, finished_at = ?, error = ?",
+                [ExecutionStatus.DENIED, now, denial],
+            )
+        with self.storage.write() as conn:
+            decided = conn.execute(
+                f"UPDATE executions SET {sets}, decided_by = ?, decided_by_key_id = ?,"  # noqa: S608 # nosec B608
+                " decided_at = ?, decision_reason = ? WHERE command_id = ? AND status = ?"
+                " AND approval_expires_at > ?",
+                [
+                    *args,
+                    key_name,
+                    key_id,
+                    now,
+                    reason,
+                    command_id,
+                    ExecutionStatus.AWAITING_APPROVAL,
+                    now,
+                ],
+            ).rowcount
+            if decided:
+                _insert_event(
+                    conn,
+                    command_id,
+                    ApprovalStep.APPROVED if approve else ApprovalStep.DENIED,
+                    key_id,
+                    key_name,
+                    reason,
+                    now,
+                )
+        return self.get(command_id) if decided else None
+
+    def expire_approvals(self) -> list[str]:
+        """End executions whose approval time has passed as expired; their ids."""
+        now = isoformat()
+        due = self.storage.conn.execute(  # a read through the partial index: cheap when none
+            "SELECT 1 FROM executions WHERE status = ? AND approval_expires_at <= ? LIMIT 1",
+            (ExecutionStatus.AWAITING_APPROVAL, now),
+        ).fetchone()
+        if due is None:
+            return []
+        with self.storage.write() as conn:
+            rows = conn.execute(
+                "UPDATE executions SET status = ?, error = ?, finished_at = ? WHERE status = ?"
+                " AND approval_expires_at <= ? RETURNING command_id",
+                (
+                    ExecutionStatus.EXPIRED,
+                    "nobody approved it in time",
+                    now,
+                    ExecutionStatus.AWAITING_APPROVAL,
+                    now,
+                ),
+            ).fetchall()
+            for row in rows:
+                _insert_event(conn, row[0], ApprovalStep.EXPIRED, None, None, None, now)
+        return [row[0] for row in rows]
+
+    def count_awaiting(self) -> int:
+        return self.storage.conn.execute(
+            "SELECT count(*) FROM executions WHERE status = ?",
+            (ExecutionStatus.AWAITING_APPROVAL,),
+        ).fetchone()[0]
+
+    def add_event(
+        self,
+        command_id: str,
+        event: str,
+        key_id: int | None = None,
+        key_name: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        with self.storage.write() as conn:
+            _insert_event(conn, command_id, event, key_id, key_name, reason, isoformat())
+
+    def events(self, command_id: str) -> list[Event]:
+        rows = self.storage.conn.execute(
+            "SELECT command_id, event, key_id, key_name, reason, worker_pid, at"
+            " FROM execution_events WHERE command_id = ? ORDER BY id",
+            (command_id,),
+        ).fetchall()
+        return [Event(**dict(row)) for row in rows]
+
     # -- sweeping and pruning ----------------------------------------------------------------
 
     def fail_open_executions(self, reason: str, worker_pid: int | None = None) -> int:
@@ -232,8 +391,9 @@ class AuditLog:
     def sweep(self, grace_s: float = 5.0) -> int:
         """Close executions whose worker is gone or whose timeout has long passed."""
         rows = self.storage.conn.execute(
-            "SELECT command_id, worker_pid, created_at, timeout_s FROM executions "
-            "WHERE status IN (?, ?)",
+            # an approved execution's timeout runs from its approval, not its request
+            "SELECT command_id, worker_pid, coalesce(decided_at, created_at) AS created_at,"
+            " timeout_s FROM executions WHERE status IN (?, ?)",
             _OPEN,
         ).fetchall()
         closed = 0
@@ -288,8 +448,8 @@ class AuditLog:
             wanted = min(batch, int((used - self.max_bytes) / (used / rows)) + 1)
             n = self.storage.execute_write(
                 "DELETE FROM executions WHERE rowid IN (SELECT rowid FROM executions "
-                "WHERE status NOT IN (?, ?) ORDER BY created_at LIMIT ?)",
-                (*_OPEN, wanted),
+                "WHERE status NOT IN (?, ?, ?) ORDER BY created_at LIMIT ?)",
+                (*_UNFINISHED, wanted),
             ).rowcount
             if n == 0:
                 break  # only open executions left: nothing more to give back
@@ -303,8 +463,8 @@ class AuditLog:
         while True:
             n = self.storage.execute_write(
                 "DELETE FROM executions WHERE rowid IN (SELECT rowid FROM executions "
-                "WHERE created_at < ? AND status NOT IN (?, ?) LIMIT ?)",
-                (cutoff, *_OPEN, batch),
+                "WHERE created_at < ? AND status NOT IN (?, ?, ?) LIMIT ?)",
+                (cutoff, *_UNFINISHED, batch),
             ).rowcount
             deleted += n
             if n < batch:
@@ -317,9 +477,7 @@ class AuditLog:
         row = self.storage.conn.execute(_GET_SQL, (command_id,)).fetchone()
         if row is None:
             return None
-        data = dict(row)
-        data["result"] = json.loads(data["result"]) if data["result"] is not None else None
-        return Execution(**data)
+        return _execution(row)
 
     def query(
         self,
@@ -340,7 +498,7 @@ class AuditLog:
             total = conn.execute(_TOTAL_SQL).fetchone()[0]
         page_sql = f"SELECT {_COLUMNS} FROM executions{clause} {_NEWEST_FIRST}"  # noqa: S608 # nosec B608
         rows = conn.execute(page_sql, [*args, limit, offset]).fetchall()
-        return [Execution(**dict(r)) for r in rows], total
+        return [_execution(r) for r in rows], total
 
     def statistics(self, plugin: str) -> PluginStatistics:
         row = self.storage.conn.execute(
@@ -355,6 +513,30 @@ class AuditLog:
             row["errors_total"],
             round(row["duration_ms_total"] / row["calls_total"]),
         )
+
+
+def _insert_event(
+    conn: Any,
+    command_id: str,
+    event: str,
+    key_id: int | None,
+    key_name: str | None,
+    reason: str | None,
+    at: str,
+) -> None:
+    conn.execute(
+        "INSERT INTO execution_events (command_id, event, key_id, key_name, reason, worker_pid,"
+        " at) VALUES (?,?,?,?,?,?,?)",
+        (command_id, event, key_id, key_name, reason, os.getpid(), at),
+    )
+
+
+def _execution(row: Any) -> Execution:
+    data = dict(row)
+    for column in ("params", "client_context", "result", "progress"):
+        if data.get(column) is not None:
+            data[column] = json.loads(data[column])
+    return Execution(**data)
 
 
 def _dump(value: Any) -> str:

@@ -15,6 +15,9 @@ waygate keys events [--key NAME]
 waygate keys revoke NAME
 waygate keys bootstrap                              (first admin key, only if none exist)
 waygate mcp stdio [--as NAME]                       (MCP over stdio, for desktop clients)
+waygate approvals list
+waygate approvals approve ID --as NAME [--reason R]  (decided and audited as admin key NAME)
+waygate approvals deny ID --as NAME [--reason R]
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class NoDatabase(click.ClickException):
 class Context:
     def __init__(self) -> None:
         self._storage: Storage | None = None
+        self._services = None
         self.config = Config.from_env()
 
     @property
@@ -64,6 +68,15 @@ class Context:
     @property
     def keys(self) -> KeyStore:
         return KeyStore(self.storage)
+
+    @property
+    def services(self):
+        """The full service set (plugins, pool, audit) for commands that run executions."""
+        from .services import Services
+
+        if self._services is None:
+            self._services = Services.build(self.config)
+        return self._services
 
 
 def load_env_file(path: Path | None) -> None:
@@ -318,6 +331,78 @@ def mcp_stdio(ctx: Context, caller: str, allow: tuple[str, ...], read_only: bool
     services = Services.build(ctx.config)
     services.housekeeper.start()
     serve(services.mcp, Caller(key_name=caller, scope=scope))
+
+
+@cli.group()
+def approvals() -> None:
+    """Executions awaiting approval: list, approve, deny. A decision is made and audited as
+    the admin key named by --as (never the key that requested it), through the same service
+    as POST /mcp/executions/{id}/approve|deny."""
+
+
+@approvals.command("list")
+@pass_context
+def approvals_list(ctx: Context) -> None:
+    """List executions awaiting approval, newest first, with their stored params."""
+    import json
+
+    awaiting = ctx.services.commands.awaiting()
+    click.echo(f"{'COMMAND ID':38} {'ACTION':20} {'REQUESTED BY':16} {'EXPIRES':25} PARAMS")
+    for e in awaiting:
+        params = json.dumps(e.params, sort_keys=True)
+        click.echo(
+            f"{e.command_id:38} {e.action:20} {e.key_name or '-':16} "
+            f"{e.approval_expires_at:25} {params[:200]}"
+        )
+
+
+_as_option = click.option(
+    "--as",
+    "approver",
+    required=True,
+    help="The name of the live admin key this decision is made and audited as.",
+)
+_reason_option = click.option("--reason", default=None, help="Recorded with the decision.")
+
+
+@approvals.command("approve")
+@click.argument("command_id")
+@_as_option
+@_reason_option
+@pass_context
+def approvals_approve(ctx: Context, command_id: str, approver: str, reason: str | None) -> None:
+    """Approve: the stored request runs here, in this process, and its outcome is printed."""
+    import json
+
+    services = ctx.services
+    services.commands.approve(command_id, ctx.keys.live(approver), reason)
+    click.echo(f"approved {command_id} as {approver!r}; running it")
+    outcome = _wait_for(services.commands, command_id)
+    click.echo(json.dumps(outcome.as_response(), default=str))
+
+
+@approvals.command("deny")
+@click.argument("command_id")
+@_as_option
+@_reason_option
+@pass_context
+def approvals_deny(ctx: Context, command_id: str, approver: str, reason: str | None) -> None:
+    """Deny: the execution ends denied and never runs."""
+    ctx.services.commands.deny(command_id, ctx.keys.live(approver), reason)
+    click.echo(f"denied {command_id} as {approver!r}")
+
+
+def _wait_for(commands, command_id: str):
+    """The execution once it has ended (the pool thread of this process runs it)."""
+    import time
+
+    from .outcomes import ExecutionStatus
+
+    while True:
+        outcome = commands.lookup(command_id)
+        if outcome.status not in ExecutionStatus.open():
+            return outcome
+        time.sleep(0.05)
 
 
 @cli.command()

@@ -20,13 +20,14 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
 from marshmallow import Schema, ValidationError
 
-from .audit import AuditLog
+from .approvals import Approvals, approval_info, params_hash
+from .audit import AuditLog, Execution, StoredRequest
 from .clock import isoformat
 from .errors import (
     Forbidden,
@@ -35,7 +36,8 @@ from .errors import (
     ServiceUnavailable,
     WaygateError,
 )
-from .keys import UNSCOPED, Scope
+from .keys import UNSCOPED, ApiKey, Scope
+from .outcomes import ApprovalStep as Step
 from .outcomes import ExecutionStatus, Failure, Mode, Outcome
 from .plugins import PluginSet
 from .pool import CommandPool, Job, PoolFull
@@ -96,6 +98,7 @@ class Invocation:
     client_context: dict[str, Any] = field(default_factory=dict)
     run_async: bool = False
     command_id: str = field(default_factory=new_command_id)
+    requested_params: Any = None  # the params as sent: what an approval stores and replays
 
 
 @dataclass
@@ -146,12 +149,14 @@ class CommandService:
         audit: AuditLog,
         observe: Callable[[str, str, int], None] | None = None,
         admission: Admission | None = None,
+        approvals: Approvals | None = None,
     ):
         self._plugins = plugins
         self.pool = pool
         self.audit = audit
         self._observe = observe  # (action, status, duration_ms) of every finished execution
         self.admission = admission or Admission(0)
+        self.approvals = approvals  # None: nothing waits for approval
 
     # -- resolving -----------------------------------------------------------------------------
 
@@ -186,6 +191,7 @@ class CommandService:
             timeout=timeout,
             client_context=client_context or {},
             run_async=run_async,
+            requested_params=params,
         )
 
     def parse(self, raw: Any, caller: Caller, *, allow_async: bool = True) -> Invocation:
@@ -223,6 +229,9 @@ class CommandService:
                 err,
             ) from None
 
+    def needs_approval(self, command: Command) -> bool:
+        return self.approvals is not None and self.approvals.requires(command)
+
     def available(self, caller: Caller) -> list[str]:
         """The names of the commands ``caller`` may run, sorted (the scope is checked against
         the plugin set of the moment, so a reload never widens a key beyond its patterns)."""
@@ -242,6 +251,7 @@ class CommandService:
                 "description": plugins.commands[name].description,
                 "plugin": plugins.command_plugin[name],
                 "parameters": describe_parameters(plugins.commands[name].params),
+                "approval_required": self.needs_approval(plugins.commands[name]),
             }
             for name in self.available(caller)
         ]
@@ -262,7 +272,10 @@ class CommandService:
     # -- running: one path for every entry point ------------------------------------------------
 
     def run(self, inv: Invocation, caller: Caller, mode: Mode = Mode.SYNC) -> Outcome:
-        """Run and wait: answered by the deadline (plus slack) whatever the handler does."""
+        """Run and wait: answered by the deadline (plus slack) whatever the handler does; a
+        command that needs approval is stored instead and answered awaiting approval."""
+        if self.needs_approval(inv.command):
+            return self._hold(inv, caller, mode)
         with self.admission:
             return self.finish(self.start(inv, caller, mode))
 
@@ -278,16 +291,28 @@ class CommandService:
                 except WaygateError as err:
                     runs.append(_rejected(new_command_id(), err, started))
                     continue
+                if self.needs_approval(inv.command):
+                    runs.append(self._hold_item(inv, caller, started))
+                    continue
                 runs.append(self.start(inv, caller, Mode.BATCH, started=started))
             return [r if isinstance(r, Outcome) else self.finish(r) for r in runs]
 
     def start(
-        self, inv: Invocation, caller: Caller, mode: Mode, *, started: float | None = None
+        self,
+        inv: Invocation,
+        caller: Caller,
+        mode: Mode,
+        *,
+        started: float | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> Running:
         """Hand an invocation to the pool. A batch item waits for room until its deadline; a
-        single request is refused at once when the pool is full (ServiceUnavailable)."""
+        single request is refused at once when the pool is full (ServiceUnavailable).
+        ``on_progress`` hears the handler's progress reports (from the pool thread)."""
         started = time.monotonic() if started is None else started
-        run = Running(inv, caller, mode, self._context(inv, caller, started), started, isoformat())
+        ctx = self._context(inv, caller, started)
+        ctx.on_progress = on_progress
+        run = Running(inv, caller, mode, ctx, started, isoformat())
         wait = run.ctx.remaining() if mode is Mode.BATCH else 0.0
         try:
             run.job = self.pool.submit(lambda: _invoke(inv, run.ctx), wait=wait)
@@ -308,6 +333,22 @@ class CommandService:
     def submit_async(self, inv: Invocation, caller: Caller) -> Outcome:
         """Accept for background execution: recorded as pending, then queued; the pool thread
         runs it and closes the record (the sweep closes what a dead worker left)."""
+        if self.needs_approval(inv.command):
+            return self._hold(inv, caller, Mode.ASYNC)
+        created = self._accept(inv, caller, Mode.ASYNC)
+        self._queue(inv, caller, created)
+        return Outcome(
+            status=ExecutionStatus.PENDING,
+            command_id=inv.command_id,
+            duration_ms=0,
+            timestamp=created,
+        )
+
+    def _accept(
+        self, inv: Invocation, caller: Caller, mode: Mode, request: StoredRequest | None = None
+    ) -> str:
+        """Record an execution before it runs: pending, or (with ``request``) awaiting
+        approval; TooManyOpen past the key's cap. Returns its creation time."""
         created = isoformat()
         self.audit.accept(
             command_id=inv.command_id,
@@ -317,7 +358,13 @@ class CommandService:
             key_id=caller.key_id,
             timeout_s=inv.timeout,
             created_at=created,
+            mode=mode,
+            request=request,
         )
+        return created
+
+    def _queue(self, inv: Invocation, caller: Caller, created: str, approved: bool = False) -> None:
+        """Queue a pending execution; the pool thread runs it and closes its record."""
 
         def background() -> None:
             if not self.audit.start(inv.command_id):
@@ -326,26 +373,97 @@ class CommandService:
             run = Running(
                 inv, caller, Mode.ASYNC, self._context(inv, caller, started), started, created
             )
-            self._record(run, _settle(run, lambda: _invoke(inv, run.ctx)))
+            run.ctx.on_progress = _ProgressRecorder(self.audit, inv.command_id)
+            outcome = _settle(run, lambda: _invoke(inv, run.ctx))
+            self._record(run, outcome)
+            if approved:
+                self.audit.add_event(inv.command_id, Step.EXECUTED, reason=outcome.status)
 
         try:
             self.pool.submit(background)
         except PoolFull:
             self.audit.fail_open_executions_by_id(inv.command_id, "server busy: not queued")
             raise _busy() from None
-        return Outcome(
-            status=ExecutionStatus.PENDING,
-            command_id=inv.command_id,
-            duration_ms=0,
-            timestamp=created,
+
+    # -- approvals: held, decided, then run as stored ----------------------------------------
+
+    def _hold(self, inv: Invocation, caller: Caller, mode: Mode) -> Outcome:
+        """Store the request as awaiting approval; it runs only once someone approves it."""
+        assert self.approvals is not None  # noqa: S101 - needs_approval() said so
+        request = self.approvals.stored_request(inv.requested_params, inv.client_context)
+        self._accept(inv, caller, mode, request)
+        self.approvals.requested(inv.command_id, caller.key_id, caller.key_name)
+        outcome = self.lookup(inv.command_id)
+        assert outcome is not None  # noqa: S101 - inserted just now
+        return outcome
+
+    def _hold_item(self, inv: Invocation, caller: Caller, started: float) -> Outcome:
+        """A batch item that needs approval: held, or its own failed response when refused
+        (e.g. its key's cap of unfinished executions is reached)."""
+        try:
+            return self._hold(inv, caller, Mode.BATCH)
+        except WaygateError as err:
+            return _rejected(inv.command_id, err, started)
+
+    def approve(self, command_id: str, approver: ApiKey, reason: str | None = None) -> Outcome:
+        """Approve an execution awaiting approval and queue exactly its stored request, with
+        its own timeout from now. Forbidden, NotFound or Conflict as ``Approvals.decide``."""
+        approvals = self._approvals()
+        execution = approvals.decide(command_id, approver, approve=True, reason=reason)
+        try:
+            inv, caller = self._stored(execution)
+        except WaygateError as err:  # the command is gone, or its stored request is not valid
+            log.warning("approved execution %s not run: %s", command_id, err.message)
+            self.audit.fail_open_executions_by_id(command_id, f"not run: {_describe(err)}")
+            self.audit.add_event(command_id, Step.EXECUTED, reason=ExecutionStatus.FAILED)
+        else:
+            self._queue(inv, caller, execution.created_at, approved=True)
+        outcome = self.lookup(command_id)
+        assert outcome is not None  # noqa: S101 - decided just now
+        return outcome
+
+    def deny(self, command_id: str, approver: ApiKey, reason: str | None = None) -> Outcome:
+        self._approvals().decide(command_id, approver, approve=False, reason=reason)
+        outcome = self.lookup(command_id)
+        assert outcome is not None  # noqa: S101 - decided just now
+        return outcome
+
+    def awaiting(self, limit: int = 100) -> list[Execution]:
+        """Executions awaiting approval, newest first (expired ones ended first)."""
+        self._approvals().expire()
+        rows, _ = self.audit.query(status=ExecutionStatus.AWAITING_APPROVAL, limit=limit)
+        return rows
+
+    def _approvals(self) -> Approvals:
+        if self.approvals is None:
+            raise ServiceUnavailable("approvals are not configured in this process")
+        return self.approvals
+
+    def _stored(self, execution: Execution) -> tuple[Invocation, Caller]:
+        """The stored request as an Invocation, validated again against today's command; a
+        stored request whose params no longer match its hash is refused, never run."""
+        if params_hash(execution.params) != execution.params_hash:
+            raise InvalidRequest("the stored request does not match its hash: not run")
+        caller = Caller(key_name=execution.key_name, key_id=execution.key_id)
+        inv = self.resolve(
+            execution.action,
+            execution.params,
+            caller,
+            timeout=execution.timeout_s,
+            client_context=execution.client_context,
         )
+        return replace(inv, command_id=execution.command_id), caller
 
     def lookup(self, command_id: str, caller: Caller | None = None) -> Outcome | None:
         """An execution's current state; with ``caller``, only that caller's executions."""
         execution = self.audit.get(command_id)
         if execution is None or (caller is not None and execution.key_id != caller.key_id):
             return None
-        if execution.status in ExecutionStatus.open() and self.audit.sweep():
+        if (execution.status in ExecutionStatus.open() and self.audit.sweep()) or (
+            execution.status == ExecutionStatus.AWAITING_APPROVAL
+            and self.approvals is not None
+            and command_id in self.approvals.expire()
+        ):
             execution = self.audit.get(command_id)
         return Outcome(
             status=ExecutionStatus(execution.status),
@@ -354,6 +472,8 @@ class CommandService:
             result=execution.result,
             error=execution.error,
             timestamp=execution.finished_at or execution.created_at,
+            progress=execution.progress if execution.status in ExecutionStatus.open() else None,
+            approval=approval_info(execution),
         )
 
     # -- internals -----------------------------------------------------------------------------
@@ -398,6 +518,22 @@ class CommandService:
             created_at=run.created,
             started_at=run.created,
         )
+
+
+class _ProgressRecorder:
+    """Keeps an async execution's latest progress where any worker's poll finds it: at most
+    one write per interval (a handler may report in a tight loop), and always the last step."""
+
+    INTERVAL_S = 0.5
+
+    def __init__(self, audit: AuditLog, command_id: str):
+        self._audit, self._command_id, self._written = audit, command_id, 0.0
+
+    def __call__(self, report: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self._written >= self.INTERVAL_S or report.get("progress") == report.get("total"):
+            self._written = now
+            self._audit.progress(self._command_id, report)
 
 
 def _invoke(inv: Invocation, ctx: ExecutionContext) -> Any:

@@ -71,14 +71,17 @@ def apply_pth_file(sitedir: str, name: str) -> None:
 # -- gunicorn ----------------------------------------------------------------------------------
 
 
-def gunicorn_logger_class(access_format: str, formatter: Callable[[], Any] | None) -> type:
+def gunicorn_logger_class(
+    access_format: str, formatter: Callable[[], Any] | None, base: type | None = None
+) -> type:
     """A gunicorn ``logger_class`` whose access lines use ``access_format`` (a logging format,
     gunicorn's line in ``%(message)s``) and, with ``formatter``, whose every handler (error and
-    access) uses the formatter it makes. Relies on ``Logger.access_fmt``, ``setup()`` and the
+    access) uses the formatter it makes; ``base`` is a gunicorn Logger subclass to extend.
+    Relies on ``Logger.access_fmt``, ``setup()`` and the
     ``error_log`` / ``access_log`` loggers, which gunicorn does not document."""
     from gunicorn import glogging
 
-    class Logger(glogging.Logger):
+    class Logger(base or glogging.Logger):  # type: ignore[misc, valid-type]
         access_fmt = access_format
 
         def setup(self, cfg):

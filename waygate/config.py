@@ -30,6 +30,8 @@ _RATE_LIMIT_DEFAULTS = {
     "rate_limit_health": "1000/minute",
     "rate_limit_metrics": "100/minute",
     "rate_limit_default": "500/minute",
+    # refused keys per client address, every endpoint together
+    "rate_limit_auth_failures": "100/minute",
 }
 
 
@@ -41,11 +43,15 @@ class Config:
     rate_limit_health: str = _RATE_LIMIT_DEFAULTS["rate_limit_health"]
     rate_limit_metrics: str = _RATE_LIMIT_DEFAULTS["rate_limit_metrics"]
     rate_limit_default: str = _RATE_LIMIT_DEFAULTS["rate_limit_default"]
+    rate_limit_auth_failures: str = _RATE_LIMIT_DEFAULTS["rate_limit_auth_failures"]
     # Empty means the embedded default: a SQLite file in the data dir, exact across workers.
     ratelimit_storage_uri: str = ""
     ratelimit_fail_open: bool = True
     max_body_bytes: int = 16 * 1024 * 1024
     trusted_proxies: int = 0
+    # Scheme and host clients reach the service at (e.g. https://waygate.example.com):
+    # absolute links are built from it, never from the request's Host. Empty: relative links.
+    public_url: str = ""
     log_level: str = "INFO"
     # "text" lines or "json" (one object per line, for log shippers)
     log_format: str = "text"
@@ -75,6 +81,16 @@ class Config:
     # async executions a key may have pending or running at once; beyond it 429
     async_max_open_per_key: int = 16
     housekeeping_interval_s: int = 30
+    # human approval (issue 17): command-name globs that always / never need approval; commands
+    # annotated destructiveHint need it unless approval_destructive_default is off
+    approval_required: tuple[str, ...] = ()
+    approval_exempt: tuple[str, ...] = ()
+    approval_destructive_default: bool = True
+    # seconds a request waits for a decision before it ends expired
+    approval_ttl_s: int = 900
+    # http(s) URL that gets a JSON POST for every new pending approval and every decision
+    approval_webhook_url: str = ""
+    approval_webhook_attempts: int = 4
     # seconds a worker keeps serving (with /ready at 503) after SIGTERM before it stops
     drain_seconds: int = 0
     # gunicorn workers each kept on one CPU, spread evenly (gunicorn.conf.py)
@@ -129,6 +145,10 @@ class Config:
                 )
         if self.max_body_bytes < 1024:
             raise ConfigError("WAYGATE_MAX_BODY_BYTES: must be at least 1024")
+        if self.public_url and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", self.public_url):
+            raise ConfigError(
+                "WAYGATE_PUBLIC_URL: must be a scheme and host like https://waygate.example.com"
+            )
         if not 0 <= self.trusted_proxies <= 10:
             raise ConfigError("WAYGATE_TRUSTED_PROXIES: must be a hop count from 0 to 10")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
@@ -155,6 +175,8 @@ class Config:
             ("async_max_open_per_key", 1, 100_000),
             ("housekeeping_interval_s", 0, 86_400),
             ("drain_seconds", 0, 300),
+            ("approval_ttl_s", 1, 7 * 86_400),
+            ("approval_webhook_attempts", 1, 10),
         ):
             if not low <= getattr(self, name) <= high:
                 raise ConfigError(f"WAYGATE_{name.upper()}: must be from {low} to {high}")
@@ -168,6 +190,16 @@ class Config:
             raise ConfigError(
                 "WAYGATE_VERSION_PARAM_SUNSET: must be a date like 2027-07-01"
             ) from None
+        for name in ("approval_required", "approval_exempt"):
+            for pattern in getattr(self, name):
+                if not re.fullmatch(r"[A-Za-z0-9_.\-*?\[\]!]{1,128}", pattern):
+                    raise ConfigError(
+                        f"WAYGATE_{name.upper()}: {pattern!r} is not a command-name glob"
+                        " like db.* or wipe_?"
+                    )
+        hook = self.approval_webhook_url
+        if hook and not re.fullmatch(r"https?://[^\s]+", hook):
+            raise ConfigError("WAYGATE_APPROVAL_WEBHOOK_URL: must be an http:// or https:// URL")
         uri = self.ratelimit_storage_uri
         if uri and not re.match(
             r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory)://", uri
@@ -219,6 +251,8 @@ def _parse(name: str, field: str, raw: str) -> Any:
         return raw.upper()
     if field == "log_format":
         return raw.lower()
+    if field == "public_url":
+        return raw.rstrip("/")
     return raw
 
 

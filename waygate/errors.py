@@ -50,6 +50,8 @@ class NotFound(WaygateError):
 
 
 class Conflict(WaygateError):
+    """The resource is not in a state that allows this (e.g. an execution decided already)."""
+
     code, status = "CONFLICT", 409
 
 
@@ -67,9 +69,9 @@ CODE_FOR_STATUS = {
     401: "UNAUTHORIZED",
     403: "FORBIDDEN",
     404: "NOT_FOUND",
-    409: "CONFLICT",
     405: "METHOD_NOT_ALLOWED",
     408: "TIMEOUT",
+    409: "CONFLICT",
     429: "RATE_LIMITED",
     500: "INTERNAL_ERROR",
     503: "SERVICE_UNAVAILABLE",

@@ -14,6 +14,7 @@ import sys
 import threading
 
 from waygate import compat
+from waygate.accesslog import RedactingLogger
 from waygate.config import Config, ConfigError
 from waygate.logs import ACCESS_TEXT_FORMAT, JsonFormatter
 
@@ -42,6 +43,12 @@ control_socket_disable = True
 # The longest request line gunicorn allows (its default, 4094, turns long list queries into
 # 414s before Waygate sees them).
 limit_request_line = 8190
+# X-Forwarded-* are trusted in one place only: Waygate's ProxyFix, for exactly
+# WAYGATE_TRUSTED_PROXIES hops (waygate/web/http.py). gunicorn's own handling would take
+# X-Forwarded-Proto from any loopback client (and any client on a unix socket), whatever
+# that setting says.
+forwarded_allow_ips = ""
+secure_scheme_headers = {}
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 
@@ -55,8 +62,11 @@ def _log_formatter():
     return JsonFormatter if as_json else None
 
 
-# gunicorn's own lines and its access lines, which get a timestamp like Waygate's
-logger_class = compat.gunicorn_logger_class(ACCESS_TEXT_FORMAT, _log_formatter())
+# gunicorn's own lines and its access lines, which get a timestamp like Waygate's; anything
+# in a logged query string that looks like a key is redacted (waygate.accesslog).
+logger_class = compat.gunicorn_logger_class(
+    ACCESS_TEXT_FORMAT, _log_formatter(), base=RedactingLogger
+)
 
 
 def on_starting(server):
@@ -65,14 +75,17 @@ def on_starting(server):
     from waygate.config import Config, ConfigError
     from waygate.lifecycle import mark_service_start
     from waygate.metrics import prepare_multiprocess_dir
-    from waygate.storage import Storage
+    from waygate.storage import Storage, make_private_dir
 
+    # Everything the service writes (databases, metrics, latency samples) is its user's
+    # alone, whatever umask it was started with; workers inherit it through fork.
+    os.umask(os.umask(0o077) | 0o077)
     try:
         config = Config.from_env()
     except ConfigError as exc:
         print(f"waygate: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(config.data_dir)
     storage = Storage(config.database_path, config.db_busy_timeout_ms)
     try:
         storage.migrate()

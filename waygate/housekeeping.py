@@ -1,6 +1,6 @@
 """Background upkeep in each worker: close executions left behind by dead workers or past
-their timeout, and prune the audit log and the error log beyond the retention, in small
-batches."""
+their timeout, end approvals nobody decided on in time, and prune the audit log and the error
+log beyond the retention, in small batches."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 
+from .approvals import Approvals
 from .audit import AuditLog
 from .errorlog import ErrorLog
 from .forksafe import reset_after_fork
@@ -17,8 +18,15 @@ PRUNE_EVERY_S = 600.0
 
 
 class Housekeeper:
-    def __init__(self, audit: AuditLog, errors: ErrorLog, interval_s: float):
+    def __init__(
+        self,
+        audit: AuditLog,
+        errors: ErrorLog,
+        interval_s: float,
+        approvals: Approvals | None = None,
+    ):
         self.audit = audit
+        self.approvals = approvals
         self.errors = errors
         self.interval_s = interval_s
         self._stop = threading.Event()
@@ -40,6 +48,9 @@ class Housekeeper:
 
     def run_once(self, prune: bool) -> None:
         self.audit.sweep()
+        if self.approvals is not None:
+            self.approvals.expire()  # requests nobody decided on in time end expired
+            self.approvals.refresh_gauge()
         if prune:
             executions = self.audit.prune()
             errors = self.errors.prune(self.audit.retention)

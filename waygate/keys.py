@@ -301,6 +301,17 @@ class KeyStore:
         )
         return self.storage.conn.execute(sql).fetchone()[0]
 
+    def live(self, name: str) -> ApiKey:
+        """The live key named ``name`` (NotFound otherwise): for the CLI's ``--as``."""
+        row = self.storage.conn.execute(
+            "SELECT id, name, role, created_at, last_used_at, revoked_at FROM api_keys "
+            "WHERE name = ? AND revoked_at IS NULL",
+            (name,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no live key named {name!r}")
+        return ApiKey(**dict(row))
+
     def count_live(self) -> int:
         return self.count(include_revoked=False)
 

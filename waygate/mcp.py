@@ -1,33 +1,41 @@
-"""The Model Context Protocol: plugin commands as MCP tools, over JSON-RPC 2.0.
+"""The Model Context Protocol: plugin commands as MCP tools (and plugin prompts and resources,
+see ``waygate.mcp_catalog``), over JSON-RPC 2.0.
 
 Transport-free: ``waygate.web.mcp`` carries it over HTTP (Streamable HTTP, stateless, JSON
-responses only) and ``waygate.mcp_stdio`` over stdio. The wire contract spans two protocol
-eras: the handshake era (``initialize`` then requests carrying
-``MCP-Protocol-Version``) and the 2026-07-28 revision (no handshake; every request repeats its
-envelope in ``params._meta`` and routing headers). Being stateless, the server remembers no
+responses, or a stream of messages for a tool call that asks for progress: ``ToolStream``) and
+``waygate.mcp_stdio`` over stdio. The wire contract is the MCP specification's, in both of
+its eras: the handshake era (``initialize`` then requests carrying ``MCP-Protocol-Version``)
+and the 2026-07-28 revision (no handshake; every request repeats its envelope in
+``params._meta`` and routing headers). Being stateless, the server remembers no
 handshake: each request is judged by the revision it names.
 
 Tool calls go through the same command service as ``POST /mcp/execute`` (pool, timeout, audit
 log with mode ``mcp``, statistics, metrics). Execution problems are results with
-``isError: true``, never protocol errors.
+``isError: true``; naming a tool that does not exist (for this key) is a protocol error.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import queue
+import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
-from .commands import Caller, CommandService, OutOfScope, UnknownCommand
+from .approvals import APPROVAL_NOTE, META_APPROVAL
+from .commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
 from .errors import ServiceUnavailable, WaygateError
-from .outcomes import ExecutionStatus, Mode
+from .mcp_catalog import Catalog, CatalogError
+from .outcomes import ExecutionStatus, Mode, Outcome
 from .plugins import PluginSet
 from .schemas import json_schema
+from .sdk import Content, RichResult
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
+SUPPORTED_VERSIONS = HANDSHAKE_VERSIONS + MODERN_VERSIONS
 # A request without MCP-Protocol-Version comes from a 2025-03-26 client (the header came later).
 HEADERLESS_VERSION = "2025-03-26"
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
@@ -51,7 +59,27 @@ INSTRUCTIONS = (
     "its inputSchema lists the parameters. A result with isError explains what "
     "went wrong (invalid arguments, a failure or a timeout)."
 )
-TOOLS_CAPABILITY = {"tools": {"listChanged": False}}
+# No push channel (stateless): lists are asked for again, resources are not subscribable.
+CAPABILITIES = {
+    "tools": {"listChanged": False},
+    "prompts": {"listChanged": False},
+    "resources": {"listChanged": False, "subscribe": False},
+    "completions": {},
+}
+# Built in, read-only: a caller comes back for an execution it started (one that waited for
+# approval, or any async one). Its name is reserved: a plugin command of that name is hidden.
+EXECUTION_TOOL = {
+    "name": "waygate_execution",
+    "title": "Execution state",
+    "description": "The state and result of one of your own executions, by its command_id"
+    " (e.g. one that waits for approval). Call it again until its status is final.",
+    "inputSchema": {
+        "type": "object",
+        "properties": {"command_id": {"type": "string", "maxLength": 100}},
+        "required": ["command_id"],
+    },
+    "annotations": {"readOnlyHint": True, "idempotentHint": True},
+}
 
 
 class JsonRpcError(Exception):
@@ -73,6 +101,7 @@ class Reply:
     status: int
     body: dict[str, Any] | None = None
     retry_after: int | None = None  # seconds, when the server is too busy to answer now
+    stream: ToolStream | None = None  # instead of a body: messages to send as they come
 
 
 @dataclass(frozen=True)
@@ -82,6 +111,7 @@ class Routing:
     version: str | None = None
     method: str | None = None
     name: str | None = None
+    streams: bool = False  # the client accepts text/event-stream
 
 
 class McpServer:
@@ -96,6 +126,18 @@ class McpServer:
         self._plugins = plugins
         self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
         self.tool_timeout_max = tool_timeout_max
+        self.catalog = Catalog(commands, plugins, tool_timeout)
+        self._lists = {
+            "tools/list": ("tools", self.tools),
+            "prompts/list": ("prompts", self.catalog.prompts),
+            "resources/list": ("resources", self.catalog.resources),
+            "resources/templates/list": ("resourceTemplates", self.catalog.templates),
+        }
+        self._reads = {
+            "prompts/get": self.catalog.get_prompt,
+            "resources/read": self.catalog.read_resource,
+            "completion/complete": self.catalog.complete,
+        }
 
     # -- entry point ---------------------------------------------------------------------------
 
@@ -111,12 +153,21 @@ class McpServer:
                 meta = (message.get("params") or {}).get("_meta") or {}
                 version = meta.get(META_VERSION) if isinstance(meta, dict) else None
             version = version or HEADERLESS_VERSION
-            modern = version not in HANDSHAKE_VERSIONS
+            if version not in SUPPORTED_VERSIONS:
+                raise JsonRpcError(
+                    UNSUPPORTED_VERSION,
+                    f"unsupported protocol version {str(version)[:40]!r}",
+                    {"supported": list(SUPPORTED_VERSIONS), "requested": str(version)[:40]},
+                )
+            modern = version in MODERN_VERSIONS
             if method is None or "id" not in message:  # a notification, or a client's response
                 return Reply(202)
             if modern:
                 self._check_modern(message, method, version, routing, http)
-            result = self._dispatch(method, message.get("params") or {}, caller, modern, version)
+            params = message.get("params") or {}
+            if method == "tools/call" and routing.streams and _progress_token(params) is not None:
+                return self._stream_tool(params, caller, request_id, modern)
+            result = self._dispatch(method, params, caller, modern, version)
             return Reply(200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         except JsonRpcError as err:
             return Reply(err.status, err.body(request_id))
@@ -164,7 +215,8 @@ class McpServer:
     def _check_modern(
         message: dict, method: str, version: str, routing: Routing, http: bool
     ) -> None:
-        """The 2026-07-28 checks, in the contract's order: envelope, headers, version."""
+        """The 2026-07-28 checks, in the contract's order: envelope, then headers (the version
+        itself was checked first: an unknown one says nothing about which rules apply)."""
         params = message.get("params") or {}
         meta = params.get("_meta")
         if (
@@ -192,13 +244,6 @@ class McpServer:
                     {"headers": mismatches},
                     status=400,
                 )
-        if version not in MODERN_VERSIONS:
-            raise JsonRpcError(
-                UNSUPPORTED_VERSION,
-                f"unsupported protocol version {version!r}",
-                {"supported": list(MODERN_VERSIONS), "requested": version},
-                status=400,
-            )
 
     # -- methods -------------------------------------------------------------------------------
 
@@ -214,7 +259,7 @@ class McpServer:
                 return self._complete(
                     {
                         "supportedVersions": list(MODERN_VERSIONS),
-                        "capabilities": TOOLS_CAPABILITY,
+                        "capabilities": CAPABILITIES,
                         "instructions": INSTRUCTIONS,
                         "ttlMs": 0,
                         "cacheScope": "private",
@@ -222,15 +267,21 @@ class McpServer:
                     },
                     modern,
                 )
-            if method == "ping":
-                return self._complete({}, modern)
-            if method == "tools/list":
-                listed = {"tools": self.tools(caller)}
+            if method == "ping" and not modern:  # 2026-07-28 removed ping
+                return {}
+            if method in self._lists:
+                key, list_them = self._lists[method]
+                listed = {key: list_them(caller)}
                 if modern:
                     listed.update(ttlMs=0, cacheScope="private")
                 return self._complete(listed, modern)
             if method == "tools/call":
                 return self._complete(self.call_tool(params, caller), modern)
+            if method in self._reads:
+                try:
+                    return self._complete(self._reads[method](params, caller), modern)
+                except CatalogError as err:
+                    raise JsonRpcError(err.code, err.message, err.data) from None
             raise JsonRpcError(
                 METHOD_NOT_FOUND, f"method not found: {method}", status=404 if modern else 200
             )
@@ -249,7 +300,7 @@ class McpServer:
         version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[-1]
         return {
             "protocolVersion": version,
-            "capabilities": TOOLS_CAPABILITY,
+            "capabilities": CAPABILITIES,
             "serverInfo": SERVER_INFO,
             "instructions": INSTRUCTIONS,
         }
@@ -259,49 +310,83 @@ class McpServer:
         listed = []
         for name in self.commands.available(caller):
             command = plugins.commands[name]
+            if name == EXECUTION_TOOL["name"]:
+                continue
             tool: dict[str, Any] = {
                 "name": name,
                 "title": command.title or name,
                 "description": command.description,
                 "inputSchema": json_schema(command.params),
             }
-            if command.output_schema:
+            held = self.commands.needs_approval(command)
+            if command.output_schema and not held:  # a held call answers with its ticket
                 tool["outputSchema"] = dict(command.output_schema)
             if command.annotations:
                 tool["annotations"] = dict(command.annotations)
+            if held:
+                tool["description"] = f"{command.description} {APPROVAL_NOTE}".strip()
+                tool["_meta"] = {META_APPROVAL: True}
             listed.append(tool)
-        return listed
+        return [*listed, EXECUTION_TOOL]
 
     def call_tool(self, params: dict, caller: Caller) -> dict[str, Any]:
+        inv = self._resolve_tool(params, caller)
+        if isinstance(inv, dict):
+            return inv
+        return _present(inv.action, self.commands.run(inv, caller, Mode.MCP))
+
+    def _resolve_tool(self, params: dict, caller: Caller) -> Invocation | dict[str, Any]:
+        """The invocation, or the isError result that stands for it."""
         name = params.get("name")
         arguments = params.get("arguments") or {}
         if not isinstance(name, str):
             raise JsonRpcError(INVALID_PARAMS, "tools/call needs a tool name", status=400)
-        if not isinstance(arguments, Mapping):
-            return _error_result(f"arguments of {name} must be an object")
-        try:
-            inv = self.commands.resolve(
-                name, dict(arguments), caller, timeout=self._timeout(params)
-            )
+        if name == EXECUTION_TOOL["name"]:  # built in: answered here, nothing to run
+            if not isinstance(arguments, Mapping):
+                return _error_result(f"arguments of {name} must be an object")
+            return self._execution_state(arguments, caller)
+        try:  # arguments that are not an object are judged after the name, by the schema
+            return self.commands.resolve(name, arguments, caller, timeout=self._timeout(params))
         except (UnknownCommand, OutOfScope):  # alike: a scope hides what it does not grant
-            available = ", ".join(self.commands.available(caller))
-            return _error_result(f"Unknown tool: {name}. Available: {available}")
+            # a protocol error, not a result: the client named no tool it may call
+            raise JsonRpcError(INVALID_PARAMS, f"Unknown tool: {name[:128]}") from None
         except WaygateError as err:
             return _error_result(
                 f"Invalid arguments for {name}: {err.message}: "
                 + json.dumps(err.details.get("params", {}))
             )
-        outcome = self.commands.run(inv, caller, Mode.MCP)
-        if outcome.status is not ExecutionStatus.SUCCESS:
-            return _error_result(f"{name} {outcome.status}: {outcome.error}")
-        result = outcome.result
-        structured = result if isinstance(result, dict) else {"result": result}
-        text = result if isinstance(result, str) else json.dumps(result, default=str)
-        return {
-            "content": [{"type": "text", "text": text}],
-            "structuredContent": structured,
-            "isError": False,
-        }
+
+    def _stream_tool(self, params: dict, caller: Caller, request_id: Any, modern: bool) -> Reply:
+        """A tool call that asked for progress: streamed once it runs; a call refused before
+        it runs (invalid arguments) is answered at once, as JSON."""
+        try:
+            inv = self._resolve_tool(params, caller)
+        except JsonRpcError as err:
+            if not modern:  # handshake-era errors met while handling travel with HTTP 200
+                err.status = 200
+            raise
+
+        def response(result: dict[str, Any]) -> dict[str, Any]:
+            return {"jsonrpc": "2.0", "id": request_id, "result": self._complete(result, modern)}
+
+        if isinstance(inv, dict):
+            return Reply(200, response(inv))
+        if self.commands.needs_approval(inv.command):  # held, not run: nothing to stream
+            return Reply(
+                200, response(_present(inv.action, self.commands.run(inv, caller, Mode.MCP)))
+            )
+        token = _progress_token(params)
+        return Reply(200, stream=ToolStream(self.commands, inv, caller, token, response))
+
+    def _execution_state(self, arguments: Mapping, caller: Caller) -> dict[str, Any]:
+        command_id = arguments.get("command_id")
+        if not isinstance(command_id, str) or not command_id:
+            return _error_result("command_id must be a non-empty string")
+        outcome = self.commands.lookup(command_id[:100], caller)  # only the caller's own
+        if outcome is None:
+            return _error_result(f"no execution {command_id[:100]!r} of yours")
+        state = outcome.as_response()
+        return _state_result(json.dumps(state, default=str), state)
 
     def _timeout(self, params: dict) -> int:
         """The configured tool timeout, or less where the client asks for less."""
@@ -310,6 +395,122 @@ class McpServer:
         if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked >= 1:
             return min(int(asked), self.tool_timeout_max)
         return self.tool_timeout
+
+
+def _present(name: str, outcome: Outcome) -> dict[str, Any]:
+    if outcome.status is ExecutionStatus.AWAITING_APPROVAL:
+        return _state_result(
+            f"{name} needs approval before it runs; it is stored as execution"
+            f" {outcome.command_id}. Call {EXECUTION_TOOL['name']} with that command_id"
+            " later for its result.",
+            outcome.as_response(),
+        )
+    if outcome.status is not ExecutionStatus.SUCCESS:
+        return _error_result(f"{name} {outcome.status}: {outcome.error}")
+    return tool_result(outcome.result)
+
+
+def _progress_token(params: dict) -> str | int | None:
+    meta = params.get("_meta")
+    token = meta.get("progressToken") if isinstance(meta, dict) else None
+    return token if isinstance(token, (str, int)) and not isinstance(token, bool) else None
+
+
+class ToolStream:
+    """A tool call whose progress the client asked for (``_meta.progressToken``) and can take
+    as a stream: ``notifications/progress`` as the handler reports, then the response.
+
+    Started at once, so that a full pool or worker is still refused with 503 before anything
+    is streamed. It holds one admission slot (like a synchronous call) and its request thread
+    until the response is sent; if the client goes away first, the call is still finished and
+    recorded (``close``)."""
+
+    POLL_S = 0.05  # how soon the end of the call is noticed
+    KEEPALIVE_S = 15.0  # a comment line when nothing was sent for this long
+
+    def __init__(
+        self,
+        commands: CommandService,
+        inv: Invocation,
+        caller: Caller,
+        token: str | int | None,
+        response: Callable[[dict[str, Any]], dict[str, Any]],
+    ):
+        self._commands, self._token, self._response = commands, token, response
+        self._reports: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
+        self._admission = commands.admission
+        self._outcome: Outcome | None = None
+        self._admission.__enter__()
+        try:
+            self._run = commands.start(inv, caller, Mode.MCP, on_progress=self._reports.put)
+        except BaseException:
+            self._admission.__exit__(None, None, None)
+            raise
+
+    def messages(self) -> Iterator[dict[str, Any] | None]:
+        """JSON-RPC messages to send, in order; None asks for a keep-alive comment."""
+        run, quiet_since = self._run, time.monotonic()
+        while not run.job.done() and run.ctx.remaining() > 0:
+            try:
+                report = self._reports.get(timeout=self.POLL_S)
+            except queue.Empty:
+                if time.monotonic() - quiet_since >= self.KEEPALIVE_S:
+                    quiet_since = time.monotonic()
+                    yield None
+                continue
+            quiet_since = time.monotonic()
+            yield self._notification(report)
+        while not self._reports.empty():
+            yield self._notification(self._reports.get_nowait())
+        yield self._response(_present(run.inv.action, self._finish()))
+
+    def close(self) -> None:
+        """Called when the response ends, sent or not: the call is finished and recorded."""
+        self._finish()
+
+    def _finish(self) -> Outcome:
+        if self._outcome is None:
+            try:
+                self._outcome = self._commands.finish(self._run)
+            finally:
+                self._admission.__exit__(None, None, None)
+        return self._outcome
+
+    def _notification(self, report: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "jsonrpc": "2.0",
+            "method": "notifications/progress",
+            "params": {"progressToken": self._token, **report},
+        }
+
+
+def tool_result(result: Any) -> dict[str, Any]:
+    """A handler's result as a tools/call result: content blocks as they are (with the
+    structured value beside them, if any); plain JSON as text plus structuredContent."""
+    if isinstance(result, Content) or (
+        isinstance(result, list) and result and all(isinstance(b, Content) for b in result)
+    ):
+        result = RichResult(result)
+    if isinstance(result, RichResult):
+        rendered = {"content": result["content"], "isError": False}
+        if "structured" in result:
+            rendered["structuredContent"] = result["structured"]
+        return rendered
+    structured = result if isinstance(result, dict) else {"result": result}
+    text = result if isinstance(result, str) else json.dumps(result, default=str)
+    return {
+        "content": [{"type": "text", "text": text}],
+        "structuredContent": structured,
+        "isError": False,
+    }
+
+
+def _state_result(text: str, state: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "content": [{"type": "text", "text": text}],
+        "structuredContent": state,
+        "isError": False,
+    }
 
 
 def _error_result(message: str) -> dict[str, Any]:

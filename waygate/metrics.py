@@ -159,6 +159,43 @@ class Metrics:
             registry=r,
         )
 
+        self.approvals_pending = Gauge(
+            "waygate_approvals_pending",
+            "Executions awaiting approval (a count of the shared database)",
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.approvals_requested = Counter(
+            "waygate_approvals_requested_total",
+            "Executions held for approval",
+            registry=r,
+        )
+        self.approval_decisions = Counter(
+            "waygate_approval_decisions_total",
+            "Approval outcomes: approved, denied or expired",
+            ["outcome"],
+            registry=r,
+        )
+        self.approval_webhook_failures = Counter(
+            "waygate_approval_webhook_failures_total",
+            "Approval notifications the webhook never took (every retry failed, or queue full)",
+            registry=r,
+        )
+
+    @_never_raising
+    def observe_approvals(self, event: str, pending: int) -> None:
+        """After an approval step (requested, approved, denied, expired, or refresh): count
+        it; ``pending`` is the count awaiting approval now, over every worker."""
+        if event == "requested":
+            self.approvals_requested.inc()
+        elif event in ("approved", "denied", "expired"):
+            self.approval_decisions.labels(event).inc()
+        self.approvals_pending.set(pending)
+
+    @_never_raising
+    def count_webhook_failure(self) -> None:
+        self.approval_webhook_failures.inc()
+
     @_never_raising
     def count_admission_refused(self) -> None:
         self.admission_refused.inc()

@@ -20,11 +20,33 @@ class ExecutionStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     TIMEOUT = "timeout"
+    AWAITING_APPROVAL = "awaiting_approval"  # stored, waiting for a second party's decision
+    DENIED = "denied"  # an approver said no: it never ran
+    EXPIRED = "expired"  # nobody decided within the approval time: it never ran
 
     @classmethod
     def open(cls) -> tuple[ExecutionStatus, ...]:
-        """Statuses of executions that have not ended yet."""
+        """Statuses of executions a worker holds (queued or running): the sweep closes them
+        when their worker is gone or their timeout has long passed. An execution awaiting
+        approval is held by no worker and has no timeout running yet: it is not open, it
+        ends by its own approval expiry (``waygate.approvals``)."""
         return (cls.PENDING, cls.RUNNING)
+
+    @classmethod
+    def unfinished(cls) -> tuple[ExecutionStatus, ...]:
+        """Statuses of executions that have not ended: the open ones and those awaiting
+        approval. They count against a key's cap of open executions and are never pruned."""
+        return (*cls.open(), cls.AWAITING_APPROVAL)
+
+
+class ApprovalStep(StrEnum):
+    """The steps of an approval's trail (the audit's ``execution_events.event``)."""
+
+    REQUESTED = "requested"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    EXECUTED = "executed"
 
 
 class Mode(StrEnum):
@@ -60,6 +82,8 @@ class Outcome:
     timestamp: str = field(default_factory=isoformat)
     failure: Failure | None = None
     cause: WaygateError | None = None
+    progress: dict[str, Any] | None = None  # a running async execution's latest report
+    approval: dict[str, Any] | None = None  # the stored request's hash, expiry and decision
 
     def as_response(self) -> dict[str, Any]:
         response = {
@@ -72,4 +96,8 @@ class Outcome:
         }
         if self.failure is Failure.REFUSED and self.cause is not None and self.cause.details:
             response["details"] = self.cause.details  # what the plugin's CommandError gave
+        if self.progress is not None:
+            response["progress"] = self.progress
+        if self.approval is not None:
+            response["approval"] = self.approval
         return response

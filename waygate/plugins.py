@@ -28,12 +28,13 @@ from stevedore import ExtensionManager
 from . import compat
 from .clock import isoformat
 from .errors import NotFound
-from .sdk import Command, Plugin
+from .sdk import Command, Plugin, Prompt, Resource
 from .storage import Storage
 
 NAMESPACE = "waygate.plugins"
 _COMMAND_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 _PTH_IMPORT = re.compile(r"import\s+([A-Za-z_][\w.]*)")
+_RESOURCE_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S{0,2000}$")
 log = logging.getLogger(__name__)
 
 
@@ -71,6 +72,10 @@ class PluginSet:
     commands: Mapping[str, Command]
     command_plugin: Mapping[str, str]
     loaded_at: float
+    prompts: Mapping[str, Prompt] = field(default_factory=dict)
+    resources: Mapping[str, Resource] = field(default_factory=dict)  # by URI (or template)
+    #: who offers each prompt (by name) and resource (by URI)
+    offered_by: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def loaded(self) -> list[str]:
@@ -179,14 +184,26 @@ def discover(
         log.error("plugin %s failed to load: %s", entry_point.name, exc)
 
     manager = ExtensionManager(namespace, invoke_on_load=False, on_load_failure_callback=on_failure)
+    prompts: dict[str, Prompt] = {}
+    resources: dict[str, Resource] = {}
+    offered_by: dict[str, str] = {}
     for ext in sorted(manager.extensions, key=lambda e: e.name):
-        info = _instantiate(
+        info, offer = _instantiate(
             ext.name, ext.plugin, plugin_config.get(ext.name, {}), taken=command_plugin
         )
-        infos[ext.name] = info[0]
-        for command in info[1]:
+        problem = offer and _offer_clash(offer, prompts, resources, offered_by)
+        if problem:
+            log.error("plugin %s failed: %s", ext.name, problem)
+            info, offer = PluginInfo(name=ext.name, status="failed", error=problem), None
+        infos[ext.name] = info
+        if offer is None:
+            continue
+        for command in offer.commands:
             commands[command.name] = command
             command_plugin[command.name] = ext.name
+        prompts.update((p.name, p) for p in offer.prompts)
+        resources.update((r.uri, r) for r in offer.resources)
+        offered_by.update((key, ext.name) for key in offer.offered_keys())
     for failure in failures:
         infos[failure.name] = failure
     return PluginSet(
@@ -194,15 +211,40 @@ def discover(
         commands=commands,
         command_plugin=command_plugin,
         loaded_at=time.time(),
+        prompts=dict(sorted(prompts.items())),
+        resources=dict(sorted(resources.items())),
+        offered_by=offered_by,
     )
+
+
+@dataclass(frozen=True)
+class _Offer:
+    """What one plugin offers."""
+
+    commands: list[Command]
+    prompts: list[Prompt]
+    resources: list[Resource]
+
+    def offered_keys(self) -> list[str]:
+        return [p.name for p in self.prompts] + [r.uri for r in self.resources]
+
+
+def _offer_clash(offer: _Offer, prompts: Mapping, resources: Mapping, owner: Mapping) -> str | None:
+    for prompt in offer.prompts:
+        if prompt.name in prompts:
+            return f"prompt name {prompt.name!r} is already taken by plugin {owner[prompt.name]}"
+    for resource in offer.resources:
+        if resource.uri in resources:
+            return f"resource {resource.uri!r} is already offered by plugin {owner[resource.uri]}"
+    return None
 
 
 def _instantiate(
     name: str, plugin_class: Any, config: Mapping[str, Any], taken: Mapping[str, str]
-) -> tuple[PluginInfo, list[Command]]:
-    def failed(reason: str) -> tuple[PluginInfo, list[Command]]:
+) -> tuple[PluginInfo, _Offer | None]:
+    def failed(reason: str) -> tuple[PluginInfo, None]:
         log.error("plugin %s failed: %s", name, reason)
-        return PluginInfo(name=name, status="failed", error=reason), []
+        return PluginInfo(name=name, status="failed", error=reason), None
 
     if not (isinstance(plugin_class, type) and issubclass(plugin_class, Plugin)):
         return failed("entry point is not a waygate.sdk.Plugin subclass")
@@ -211,9 +253,13 @@ def _instantiate(
         return failed(metadata_problem)
     try:
         plugin = plugin_class(config)
-        commands = list(plugin.commands())
+        offer = _Offer(list(plugin.commands()), list(plugin.prompts()), list(plugin.resources()))
     except Exception as exc:  # a plugin's own bug must not stop the server
         return failed(f"initialisation failed: {type(exc).__name__}: {exc}")
+    commands = offer.commands
+    problem = _check_prompts_and_resources(offer)
+    if problem:
+        return failed(problem)
     seen: set[str] = set()
     for command in commands:
         problem = _check_command(command)
@@ -233,7 +279,7 @@ def _instantiate(
         config=dict(plugin.config),
         commands=tuple(c.name for c in commands),
     )
-    return info, commands
+    return info, offer
 
 
 def _check_metadata(entry_point_name: str, cls: type[Plugin]) -> str | None:
@@ -260,6 +306,25 @@ def _check_command(command: Any) -> str | None:
         return f"command {command.name!r}: params must be a marshmallow Schema class"
     if not callable(command.handler):
         return f"command {command.name!r}: handler is not callable"
+    return None
+
+
+def _check_prompts_and_resources(offer: _Offer) -> str | None:
+    names = [p.name for p in offer.prompts if isinstance(p, Prompt)]
+    uris = [r.uri for r in offer.resources if isinstance(r, Resource)]
+    if len(names) < len(offer.prompts) or len(uris) < len(offer.resources):
+        return "prompts() and resources() must return waygate.sdk Prompt and Resource objects"
+    for prompt in offer.prompts:
+        if not _COMMAND_NAME_RE.match(prompt.name or ""):
+            return f"prompt name {prompt.name!r} must be 1-128 of [A-Za-z0-9_.-]"
+        if (prompt.template is None) == (prompt.render is None):
+            return f"prompt {prompt.name!r} needs exactly one of template and render"
+    for resource in offer.resources:
+        if not _RESOURCE_URI_RE.match(resource.uri or "") or not callable(resource.read):
+            return f"resource {resource.uri!r} needs a URI (scheme://...) and a read function"
+    for kind, keys in (("prompt", names), ("resource", uris)):
+        if len(set(keys)) < len(keys):
+            return f"a {kind} is offered twice"
     return None
 
 

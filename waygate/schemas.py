@@ -8,10 +8,10 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate
+from marshmallow import EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from . import __version__
-from .outcomes import ExecutionStatus, Mode
+from .outcomes import ApprovalStep, ExecutionStatus, Mode
 
 
 class JsonBoolean(fields.Boolean):
@@ -121,6 +121,34 @@ class ErrorSchema(Schema):
     error = fields.Nested(ErrorDetailSchema, required=True)
 
 
+class ApprovalSchema(Schema):
+    """The approval of an execution that needed one (issue 17)."""
+
+    required = fields.Boolean(required=True)
+    params_hash = fields.String(
+        required=True, metadata={"description": "SHA-256 of the stored params' canonical JSON"}
+    )
+    expires_at = fields.String(required=True, metadata={"format": "date-time"})
+    decided_by = fields.String(allow_none=True, metadata={"description": "The deciding key"})
+    decided_at = fields.String(allow_none=True, metadata={"format": "date-time"})
+    reason = fields.String(allow_none=True)
+
+
+class DecisionSchema(Schema):
+    """The body of an approve or deny request, optional. Anything else in it is ignored: what
+    runs is the stored request, never something sent with the decision."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    reason = fields.String(
+        validate=validate.Length(max=1000),
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "Why: recorded in the audit trail and the notification"},
+    )
+
+
 class MCPResponseSchema(Schema):
     """Spec 3.2."""
 
@@ -140,6 +168,16 @@ class MCPResponseSchema(Schema):
     duration_ms = fields.Integer(required=True)
     command_id = fields.String(required=True)
     timestamp = fields.String(required=True, metadata={"format": "date-time"})
+    progress = fields.Dict(
+        metadata={
+            "description": "A running async execution's latest progress report: progress, "
+            "and total and message when the command gave them"
+        }
+    )
+    approval = fields.Nested(
+        ApprovalSchema,
+        metadata={"description": "Present when the command needed approval"},
+    )
 
 
 class IndexSchema(Schema):
@@ -195,6 +233,10 @@ class CommandInfoSchema(Schema):
     description = fields.String(required=True)
     plugin = fields.String(required=True)
     parameters = fields.Dict(required=True)
+    approval_required = fields.Boolean(
+        required=True,
+        metadata={"description": "Each call waits for a second person's approval"},
+    )
 
 
 class CommandListSchema(Schema):
@@ -254,6 +296,32 @@ class ExecutionSchema(Schema):
     created_at = fields.String(required=True)
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
+    params = fields.Raw(
+        allow_none=True, metadata={"description": "The stored request, when it needed approval"}
+    )
+    client_context = fields.Raw(allow_none=True)
+    params_hash = fields.String(allow_none=True)
+    approval_expires_at = fields.String(allow_none=True)
+    decided_by = fields.String(allow_none=True)
+    decided_by_key_id = fields.Integer(allow_none=True)
+    decided_at = fields.String(allow_none=True)
+    decision_reason = fields.String(allow_none=True)
+
+
+class EventSchema(Schema):
+    command_id = fields.String(required=True)
+    event = fields.Enum(ApprovalStep, by_value=True, required=True)
+    key_id = fields.Integer(allow_none=True, metadata={"description": "The key that acted"})
+    key_name = fields.String(allow_none=True)
+    reason = fields.String(
+        allow_none=True, metadata={"description": "A decision's reason; executed: the status"}
+    )
+    worker_pid = fields.Integer(allow_none=True)
+    at = fields.String(required=True, metadata={"format": "date-time"})
+
+
+class EventListSchema(Schema):
+    events = fields.List(fields.Nested(EventSchema), required=True)
 
 
 class ExecutionListSchema(Schema):

@@ -15,6 +15,7 @@ See docs/plugins.md for a complete example.
 
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -51,6 +52,10 @@ class ExecutionContext:
     logger: logging.Logger | logging.LoggerAdapter
     client_context: dict[str, Any] = field(default_factory=dict)
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    #: set by Waygate where someone listens (an MCP stream, an async execution's record)
+    on_progress: Callable[[dict[str, Any]], None] | None = None
+    #: the latest report_progress(), as it was sent
+    progress: dict[str, Any] | None = None
 
     @property
     def cancelled(self) -> bool:
@@ -63,6 +68,27 @@ class ExecutionContext:
         """Call this in long loops: it raises :class:`Cancelled` once time is up."""
         if self.cancelled:
             raise Cancelled("command cancelled: its timeout passed")
+
+    def report_progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Tell the caller how far along the command is: ``progress`` (increasing) out of
+        ``total`` if known, and a short message. An MCP client that asked for progress gets it
+        as it happens; a polled async execution shows the latest. Cheap when nobody listens."""
+        if not _is_number(progress) or not (total is None or _is_number(total)):
+            raise TypeError("progress and total must be numbers")
+        report: dict[str, Any] = {"progress": progress}
+        if total is not None:
+            report["total"] = total
+        if message is not None:
+            report["message"] = str(message)[:500]
+        self.progress = report
+        if self.on_progress is not None:
+            self.on_progress(report)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 Handler = Callable[[dict[str, Any], ExecutionContext], Any]
@@ -81,8 +107,141 @@ class Command:
     output_schema: Mapping[str, Any] | None = None
 
 
+# -- rich results: content blocks ---------------------------------------------------------------
+
+
+class Content(dict):
+    """A content block. Each is already the JSON it travels as (MCP's shape; binary data in
+    base64), so a handler's rich result serialises anywhere a plain result does: the REST
+    answer, the audit log, an async execution's stored result."""
+
+
+class Text(Content):
+    def __init__(self, text: str):
+        super().__init__(type="text", text=text)
+
+
+class Image(Content):
+    def __init__(self, data: bytes, mime_type: str = "image/png"):
+        super().__init__(type="image", data=_base64(data), mimeType=mime_type)
+
+
+class Audio(Content):
+    def __init__(self, data: bytes, mime_type: str = "audio/wav"):
+        super().__init__(type="audio", data=_base64(data), mimeType=mime_type)
+
+
+class EmbeddedResource(Content):
+    """A resource's contents, inline: ``text`` for text, ``data`` (bytes) for anything else."""
+
+    def __init__(
+        self, uri: str, mime_type: str, text: str | None = None, data: bytes | None = None
+    ):
+        if (text is None) == (data is None):
+            raise ValueError("an embedded resource has either text or data")
+        super().__init__(
+            type="resource",
+            resource=resource_contents(uri, mime_type, text if text is not None else data),
+        )
+
+
+class ResourceLink(Content):
+    """A pointer to a resource the client may read (``resources/read``) or fetch itself."""
+
+    def __init__(
+        self, uri: str, name: str, mime_type: str | None = None, description: str | None = None
+    ):
+        link = {"type": "resource_link", "uri": uri, "name": name}
+        if mime_type:
+            link["mimeType"] = mime_type
+        if description:
+            link["description"] = description
+        super().__init__(link)
+
+
+class RichResult(dict):
+    """A handler's result made of content blocks, with a structured value beside them when the
+    command declares an ``output_schema`` (MCP's ``structuredContent``)."""
+
+    def __init__(self, content: list[Content] | Content, structured: Any = None):
+        blocks = [content] if isinstance(content, Content) else list(content)
+        if not all(isinstance(block, Content) for block in blocks):
+            raise TypeError("RichResult content must be waygate.sdk content blocks")
+        super().__init__(content=blocks)
+        if structured is not None:
+            self["structured"] = structured
+
+
+def resource_contents(uri: str, mime_type: str, value: str | bytes) -> dict[str, Any]:
+    """One item of a resource's contents: ``text`` for a str, ``blob`` (base64) for bytes."""
+    if isinstance(value, str):
+        return {"uri": uri, "mimeType": mime_type, "text": value}
+    return {"uri": uri, "mimeType": mime_type, "blob": _base64(value)}
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+# -- prompts and resources ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptArgument:
+    name: str
+    description: str = ""
+    required: bool = False
+    #: values a client may offer while the user types (MCP ``completion/complete``)
+    suggestions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message of a rendered prompt: a content block and who says it."""
+
+    content: Content
+    role: str = "user"  # or "assistant"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt template clients can list and fill in (MCP ``prompts/get``).
+
+    Either ``template``, a text with ``{argument}`` placeholders rendered as one user
+    message, or ``render(arguments)``, which returns a list of :class:`Message` (or bare
+    content blocks, said by the user) for anything richer: images, embedded resources."""
+
+    name: str
+    description: str
+    template: str | None = None
+    arguments: tuple[PromptArgument, ...] = ()
+    render: Callable[[dict[str, str]], list[Message | Content]] | None = None
+    title: str | None = None
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Read-only data clients can list and read (MCP ``resources/read``).
+
+    ``uri`` is either fixed (``runbook://disk-full``) or a template with ``{name}`` segments
+    (``ticket://{id}/summary``, RFC 6570 level 1), whose values ``read`` receives as a dict.
+    ``read`` returns ``str`` (sent as text) or ``bytes`` (sent base64 as ``blob``)."""
+
+    uri: str
+    name: str
+    read: Callable[[dict[str, str]], str | bytes]
+    mime_type: str = "text/plain"
+    description: str = ""
+    title: str | None = None
+
+    @property
+    def is_template(self) -> bool:
+        return "{" in self.uri
+
+
 class Plugin:
-    """Base class for plugins. Subclasses set the class attributes and ``commands()``."""
+    """Base class for plugins. Subclasses set the class attributes and ``commands()``; they
+    may also offer ``prompts()`` and ``resources()``."""
 
     name: ClassVar[str]
     version: ClassVar[str] = "0.0.0"
@@ -96,3 +255,9 @@ class Plugin:
 
     def commands(self) -> list[Command]:
         raise NotImplementedError
+
+    def prompts(self) -> list[Prompt]:
+        return []
+
+    def resources(self) -> list[Resource]:
+        return []

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from .approvals import ApprovalPolicy, Approvals, Notifier
 from .audit import AuditLog
 from .commands import Admission, CommandService
 from .config import Config
@@ -22,7 +23,7 @@ from .mcp import McpServer
 from .metrics import metrics
 from .plugins import PluginRegistry
 from .pool import CommandPool
-from .storage import Storage
+from .storage import Storage, make_private_dir
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Services:
 
     @classmethod
     def build(cls, config: Config) -> Services:
-        config.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(config.data_dir)
         storage = Storage(config.database_path, busy_timeout_ms=config.db_busy_timeout_ms)
         storage.migrate()
         plugins = PluginRegistry(
@@ -57,6 +58,21 @@ class Services:
             result_max_bytes=config.result_max_bytes,
             max_open_per_key=config.async_max_open_per_key,
         )
+        approvals = Approvals(
+            audit,
+            ApprovalPolicy(
+                required=config.approval_required,
+                exempt=config.approval_exempt,
+                destructive_default=config.approval_destructive_default,
+                ttl_s=config.approval_ttl_s,
+            ),
+            Notifier(
+                config.approval_webhook_url,
+                attempts=config.approval_webhook_attempts,
+                on_failure=metrics().count_webhook_failure,
+            ),
+            on_change=metrics().observe_approvals,
+        )
         pool = CommandPool(config.pool_size, config.pool_queue, on_change=metrics().observe_pool)
         commands = CommandService(
             lambda: plugins.current,
@@ -64,6 +80,7 @@ class Services:
             audit,
             observe=metrics().observe_command,
             admission=Admission(config.admission_limit, metrics().count_admission_refused),
+            approvals=approvals,
         )
         errors = ErrorLog(storage)
         return cls(
@@ -79,7 +96,9 @@ class Services:
                 tool_timeout=config.mcp_tool_timeout,
                 tool_timeout_max=config.mcp_tool_timeout_max,
             ),
-            housekeeper=Housekeeper(audit, errors, config.housekeeping_interval_s),
+            housekeeper=Housekeeper(
+                audit, errors, config.housekeeping_interval_s, approvals=approvals
+            ),
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),
         )

@@ -4,15 +4,20 @@ One connection per process and thread, opened lazily after fork (a connection in
 through fork is never reused). WAL mode lets readers run beside the single writer; the busy
 timeout makes writers from several gunicorn workers queue instead of failing with
 "database is locked".
+
+The files it creates (the database, and so its WAL and shared-memory files, which SQLite
+gives the database's mode; the lock files; the data dir) are the owner's alone, whatever the
+umask: they hold key hashes, audit rows and results.
 """
 
 from __future__ import annotations
 
 import fcntl
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,23 @@ from typing import Any
 import sqlite_utils
 
 from .forksafe import reset_after_fork
+
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def make_private_dir(path: Path) -> None:
+    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
+
+
+def open_private(path: Path):
+    """``path`` opened for appending, created readable and writable by its owner only."""
+    return open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE), "a")  # noqa: SIM115
+
+
+def _create_private(path: Path) -> None:
+    with suppress(OSError):  # it exists, or cannot be made: SQLite opens it or says why not
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
 
 
 @dataclass(frozen=True)
@@ -75,7 +97,8 @@ class Storage:
 
     def connect(self) -> sqlite3.Connection:
         """A new connection with Waygate's pragmas; the caller owns it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
+        _create_private(self.path)
         conn = sqlite3.connect(
             self.path,
             timeout=self.busy_timeout_ms / 1000,
@@ -119,7 +142,7 @@ class Storage:
                 return self._thread_lock
             # Made after fork: flock belongs to an open file, threads to their process.
             try:
-                self._lock_file = open(self.path.with_suffix(".writelock"), "a")  # noqa: SIM115
+                self._lock_file = open_private(self.path.with_suffix(".writelock"))
             except OSError as exc:
                 raise sqlite3.OperationalError(f"cannot open the write lock: {exc}") from exc
             self._group_lock = threading.Lock()
@@ -232,11 +255,11 @@ class Storage:
         """Apply pending migrations once; safe to call from several processes at once."""
         from waygate_migrations import migrations
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         if self.path.exists() and not self.pending_migrations():
             return []  # nothing to do, and nothing written (a read-only data dir still starts)
         lock_path = self.path.with_suffix(".migrate.lock")
-        with open(lock_path, "a") as lock:
+        with open_private(lock_path) as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             conn = self.connect()
             try:

@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from .. import errorlog
 from ..clock import isoformat
 from ..errors import WaygateError, code_for_status
+from . import mcp
 
 log = logging.getLogger("waygate.errors")
 
@@ -47,11 +48,12 @@ def error_response(
     details: dict | None = None,
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
+    rpc_code: int | None = None,
 ) -> Response:
     """The envelope as a response; ``extra`` adds top-level fields (e.g. /health's report)."""
     g.error_code, g.error_message = code, message
     if request.blueprint == "mcp":
-        body = jsonrpc_error_body(status, code, message, details)
+        body = jsonrpc_error_body(status, code, message, details, rpc_code)
     else:
         body = {**(extra or {}), **error_body(code, message, details)}
     response = jsonify(body)
@@ -63,14 +65,17 @@ def error_response(
     return response
 
 
-def jsonrpc_error_body(status: int, code: str, message: str, details: dict | None) -> dict:
-    """On /mcp every answer is JSON-RPC: the envelope's facts travel in ``error.data``."""
+def jsonrpc_error_body(
+    status: int, code: str, message: str, details: dict | None, rpc_code: int | None = None
+) -> dict:
+    """On /mcp every answer is JSON-RPC: the envelope's facts travel in ``error.data``, and the
+    request's id when it can be read."""
     error = error_body(code, message, details)["error"]
     return {
         "jsonrpc": "2.0",
-        "id": None,
+        "id": mcp.readable_request_id(),
         "error": {
-            "code": -32603 if status >= 500 else -32600,
+            "code": rpc_code or (-32603 if status >= 500 else -32600),
             "message": message,
             "data": {k: error[k] for k in ("code", "details", "request_id")},
         },

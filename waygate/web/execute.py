@@ -50,7 +50,10 @@ def execute():
                   - type: array
                     items: {$ref: "#/components/schemas/MCPResponse"}
         202:
-          description: Accepted for background execution ("async" true)
+          description: >-
+            Accepted for background execution ("async" true), or stored awaiting approval
+            (status awaiting_approval: a command that needs approval runs only once another
+            key approves it; a batch item gets the same as its own response)
           headers:
             Location: {$ref: "#/components/headers/Location"}
           content:
@@ -95,14 +98,14 @@ def execute():
     if isinstance(body, list):
         return _batch(body)
     inv = commands.parse(body, current_caller())
-    if inv.run_async:
-        response = respond(commands.submit_async(inv, current_caller()))
-        response.headers["Location"] = url_for("execute.execution", command_id=inv.command_id)
-        return response
     # A command that ran and refused its input (CommandError) answers the MCPResponse with
     # status "failed" and the handler's 4xx: the caller sees the command_id, the duration and
     # the reason in the same model as any other outcome (the spec's own example relies on it).
-    return respond(commands.run(inv, current_caller()))
+    run = commands.submit_async if inv.run_async else commands.run
+    response = respond(run(inv, current_caller()))
+    if response.status_code == 202:  # accepted, or awaiting approval: to be polled
+        response.headers["Location"] = url_for("execute.execution", command_id=inv.command_id)
+    return response
 
 
 def _batch(items: list):
@@ -130,7 +133,9 @@ def execution(command_id: str):
         - {name: command_id, in: path, required: true, schema: {type: string}}
       responses:
         200:
-          description: The execution (pending, running, success, failed or timeout)
+          description: >-
+            The execution (pending, running, success, failed, timeout, awaiting_approval,
+            denied or expired)
           content:
             application/json:
               schema: {$ref: "#/components/schemas/MCPResponse"}
@@ -158,7 +163,9 @@ def executions():
         - {name: action, in: query, schema: {type: string}}
         - name: status
           in: query
-          schema: {type: string, enum: [pending, running, success, failed, timeout]}
+          schema:
+            type: string
+            enum: [pending, running, success, failed, timeout, awaiting_approval, denied, expired]
         - {name: since, in: query, schema: {type: string, format: date-time}}
       responses:
         200:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
+import socket
+import time
 import uuid
-from typing import Any
+from functools import partial
+from typing import IO, Any
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, after_this_request, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -72,8 +77,6 @@ def read_json(max_depth: int = 64) -> Any:
         raise InvalidRequest(
             f"malformed JSON: {exc.msg}", {"line": exc.lineno, "column": exc.colno}
         ) from None
-    except RecursionError:
-        raise InvalidRequest("JSON nested too deeply") from None
     if _depth_exceeds(value, max_depth):
         raise InvalidRequest(f"JSON nested deeper than {max_depth} levels")
     return value
@@ -104,12 +107,73 @@ def _forget_request_id(_exc: BaseException | None) -> None:
     logs.request_id.set("-")  # the thread's next request sets its own
 
 
+# After a 413 the unread rest of the body is read and thrown away, up to these bounds: a
+# client that sends its whole body before it reads the answer (httpx, and so the MCP SDK)
+# otherwise gets a connection reset instead of the 413, as the server closes on unread data.
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+DRAIN_SECONDS = 5.0
+
+
 def _refuse_oversize_body() -> None:
-    # Refuse on the declared length, before any of the body is read. A chunked body without
-    # Content-Length is cut off by werkzeug's limited stream when it is read.
+    """413 before anything runs: on the declared length, before any of the body is read; a
+    chunked body (no declared length) is counted while it is read, up to one byte past the
+    limit. werkzeug's limited stream would stop at the limit and hand the view a cut body."""
     limit = request.max_content_length
-    if limit is not None and request.content_length is not None and request.content_length > limit:
+    if limit is None:
+        return
+    environ = request.environ
+    length = request.content_length
+    unread = environ["wsgi.input"]
+    if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        body = _read_chunked(unread, limit + 1)
+        length = len(body)
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(length)
+        request.__dict__.pop("content_length", None)  # werkzeug caches the header's absence
+    if length is not None and length > limit:
+        if length <= DRAIN_MAX_BYTES:  # a bigger declared body is not worth the wait
+            sock = environ.get("gunicorn.socket")
+            after_this_request(partial(_drain_after_answer, unread, sock))
         raise RequestEntityTooLarge()
+
+
+def _read_chunked(stream: IO[bytes], most: int) -> bytes:
+    try:
+        return stream.read(most)
+    # The server's reader raises its own errors for a malformed chunk (gunicorn's derive from
+    # Exception) and OSError for a client that stopped sending: the client's mistake either way.
+    except Exception:
+        raise InvalidRequest("malformed chunked request body") from None
+
+
+def _drain_after_answer(body: IO[bytes], sock: socket.socket | None, response: Response):
+    response.call_on_close(partial(_drain, body, sock))
+    return response
+
+
+def _drain(body: IO[bytes], sock: socket.socket | None) -> None:
+    """Read and discard the rest of a refused body once the answer is out, within bounds; past
+    them the server closes (gunicorn) and the client may see a reset."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    drained = 0
+    prior = sock.gettimeout() if sock is not None else None
+    try:
+        while drained < DRAIN_MAX_BYTES:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if sock is not None:
+                sock.settimeout(remaining)
+            data = body.read(min(65536, DRAIN_MAX_BYTES - drained))
+            if not data:
+                return
+            drained += len(data)
+    except Exception:  # the client stalled, went away or sent a bad chunk: stop listening
+        return
+    finally:
+        if sock is not None:
+            with contextlib.suppress(OSError):  # closed by the client meanwhile
+                sock.settimeout(prior)
 
 
 _DEFAULT_HEADERS = (*SECURITY_HEADERS.items(), ("Cache-Control", "no-store"))

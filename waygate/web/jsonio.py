@@ -3,12 +3,15 @@ bodies (a 10 MiB data set through process_data) and small ones alike.
 
 Where orjson and JSON disagree (escaped lone surrogates, nesting deeper than orjson's limit,
 integers beyond 64 bits), the standard library takes over, so nothing valid is refused and
-invalid input gets the standard library's message and position.
+invalid input gets the standard library's message and position. What the standard library
+cannot take either (an integer longer than Python converts, nesting past the recursion limit)
+is a JSONDecodeError too, worded for the client rather than in the interpreter's terms.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import orjson
@@ -33,8 +36,22 @@ def loads(data: str | bytes) -> Any:
     raises json.JSONDecodeError with its usual message and position."""
     try:
         return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return json.loads(data)
+    except orjson.JSONDecodeError as fast_error:
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError:
+            raise
+        except RecursionError:
+            raise _at(fast_error, "nested too deeply") from None
+        except ValueError:  # int() refuses more digits than sys.get_int_max_str_digits()
+            raise _at(
+                fast_error, f"a number has more than {sys.get_int_max_str_digits()} digits"
+            ) from None
+
+
+def _at(fast_error: orjson.JSONDecodeError, message: str) -> json.JSONDecodeError:
+    """``message`` at the place orjson stopped (the standard library gives none here)."""
+    return json.JSONDecodeError(message, fast_error.doc, fast_error.pos)
 
 
 class OrjsonProvider(DefaultJSONProvider):

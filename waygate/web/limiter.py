@@ -7,9 +7,15 @@ in bench/README.md), so this module does the one thing Waygate needs:
 one counter per request, chosen from a table built once at start-up.
 
 Views join a limit group with :func:`limit_group` (a group's endpoints share one budget per
-caller: /mcp/execute and /mcp share "execute"); every other endpoint has its own budget of
-the default limit. Answers carry X-RateLimit-Limit/-Remaining/-Reset; over the limit: 429
-RATE_LIMITED with Retry-After. When the storage fails, requests pass (fail open, logged, and
+caller: /mcp/execute and /mcp's tool calls share "execute"); a view may choose its group per
+request with :func:`limit_group_by`; every other endpoint has its own budget of the default
+limit. Answers carry X-RateLimit-Limit/-Remaining/-Reset; over the limit: 429
+RATE_LIMITED with Retry-After.
+
+Refused keys also count per client address in one budget for every endpoint together, so
+that rotating endpoints does not multiply a guesser's attempts. Once it is spent, every
+request from that address that presents a key is refused, right key or wrong: a 429 must not
+tell a guess that it was right. When the storage fails, requests pass (fail open, logged, and
 /health fails ``cache``) or are refused with 503 when configured to fail closed.
 """
 
@@ -49,6 +55,17 @@ def limit_group(group: str) -> Callable:
     return mark
 
 
+def limit_group_by(choose: Callable[[], str | None]) -> Callable:
+    """Mark a view whose budget depends on the request: ``choose()`` names the group (checked
+    when the request is counted), or None for the view's own budget of the default limit."""
+
+    def mark(view: Callable) -> Callable:
+        view.waygate_limit_group_by = choose  # type: ignore[attr-defined]
+        return view
+
+    return mark
+
+
 def caller_identity() -> str:
     key = g.get("api_key")
     if key is not None:
@@ -67,7 +84,9 @@ class RateLimiter:
         self.groups = {
             group: parse(getattr(config, f"rate_limit_{group}")) for group in LIMIT_GROUPS
         }
+        self.auth_failures = parse(config.rate_limit_auth_failures)
         self._by_endpoint: dict[str, tuple[RateLimitItem, str]] = {}
+        self._chosen_by: dict[str, Callable[[], str | None]] = {}
         self._storage_error_logged = 0.0
 
     def init_app(self, app: Flask) -> None:
@@ -76,6 +95,9 @@ class RateLimiter:
             self._by_endpoint[endpoint] = (
                 (self.groups[group], group) if group else (self.default, endpoint)
             )
+            choose = getattr(view, "waygate_limit_group_by", None)
+            if choose is not None:
+                self._chosen_by[endpoint] = choose
         app.before_request(self.check)
         app.after_request(self.add_headers)
 
@@ -84,7 +106,7 @@ class RateLimiter:
         endpoint = request.endpoint
         if endpoint is None or request.method == "OPTIONS":  # unrouted paths, CORS preflight
             return
-        item, scope = self._by_endpoint.get(endpoint) or (self.default, endpoint)
+        item, scope = self._limit_for(endpoint)
         key = g.get("api_key")
         if scope == "execute" and key is not None and key.rate_limit:
             item = self._own_limit(key.rate_limit)  # the key's own limit replaces the default
@@ -97,17 +119,48 @@ class RateLimiter:
             return
         g.rate_limit = (item.amount, remaining, math.ceil(reset_at))
         if not allowed:
-            retry_after = max(1, math.ceil(reset_at - time.time()))
-            raise RateLimited(
-                f"rate limit exceeded: {item}",
-                {"limit": str(item), "retry_after_s": retry_after},
-                retry_after=retry_after,
-            )
+            raise self._refusal(item, reset_at)
+        self._check_auth_failures()
+
+    def _check_auth_failures(self) -> None:
+        failed = g.get("auth_error") is not None
+        if not failed and g.get("api_key") is None:
+            return  # no key presented: nothing to guess
+        item, address = self.auth_failures, f"ip:{request.remote_addr or 'unknown'}"
+        try:
+            if failed:
+                allowed = self.strategy.hit(item, "auth-failures", address)
+            else:
+                allowed = self.strategy.test(item, "auth-failures", address)
+            if allowed:
+                return
+            reset_at, _ = self.strategy.get_window_stats(item, "auth-failures", address)
+        except StorageError as exc:
+            self._storage_failed(exc)
+            return
+        raise self._refusal(item, reset_at, "too many refused keys from this address")
+
+    @staticmethod
+    def _refusal(item: RateLimitItem, reset_at: float, why: str = "rate limit exceeded"):
+        retry_after = max(1, math.ceil(reset_at - time.time()))
+        return RateLimited(
+            f"{why}: {item}",
+            {"limit": str(item), "retry_after_s": retry_after},
+            retry_after=retry_after,
+        )
 
     @staticmethod
     @functools.lru_cache(maxsize=256)
     def _own_limit(text: str) -> RateLimitItem:
         return parse(text)
+
+    def _limit_for(self, endpoint: str) -> tuple[RateLimitItem, str]:
+        choose = self._chosen_by.get(endpoint)
+        if choose is not None:
+            group = choose()
+            if group is not None:
+                return self.groups[group], group
+        return self._by_endpoint.get(endpoint) or (self.default, endpoint)
 
     def _storage_failed(self, exc: StorageError) -> None:
         now = time.monotonic()

@@ -1,60 +1,168 @@
-"""``POST /mcp``: MCP over Streamable HTTP, stateless, JSON responses only.
+"""``POST /mcp``: MCP over Streamable HTTP, stateless; JSON responses, or SSE for a tool call
+that asks for progress.
 
-Every answer on this endpoint is JSON-RPC, errors included (see envelope.jsonrpc_error). The
-same API keys, rate-limit budget (shared with /mcp/execute), audit log and metrics as the
-REST API apply.
+Every answer on this endpoint is JSON-RPC, errors included (see envelope.jsonrpc_error_body).
+The same API keys, audit log and metrics as the REST API apply; tool calls share the execute
+rate-limit budget with /mcp/execute, other methods have /mcp's own default budget.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+import json
+import re
+from collections.abc import Callable, Iterator
+from functools import wraps
+from typing import Any
+from urllib.parse import urlsplit
 
-from ..mcp import INVALID_REQUEST, PARSE_ERROR, JsonRpcError, Routing
-from . import jsonio, services
-from .auth import current_caller, key_required
-from .limiter import limit_group
+from flask import Blueprint, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from ..errors import Unauthorized, code_for_status
+from ..mcp import INVALID_REQUEST, PARSE_ERROR, Reply, Routing
+from . import envelope, jsonio, services
+from .auth import current_caller, current_key
+from .limiter import limit_group_by
 
 bp = Blueprint("mcp", __name__)
 
 
-def _json(status: int, body: dict | None, headers: dict | None = None) -> Response:
-    response = Response(
-        jsonio.dumps_bytes(body) if body else b"",
-        status=status,
-        mimetype="application/json" if body else None,
+class TransportError(Exception):
+    """A request refused before it reaches the protocol (Origin, key, method, Content-Type,
+    Accept, JSON): answered as JSON-RPC by the envelope, its facts in ``error.data``."""
+
+    def __init__(
+        self,
+        status: int,
+        rpc_code: int,
+        message: str,
+        code: str | None = None,
+        details: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.rpc_code, self.message = status, rpc_code, message
+        self.code = code or code_for_status(status)
+        self.details, self.headers = details or {}, headers or {}
+
+
+@bp.errorhandler(TransportError)
+def _refused(exc: TransportError) -> Response:
+    return envelope.error_response(
+        exc.status, exc.code, exc.message, exc.details, exc.headers, rpc_code=exc.rpc_code
     )
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
+
+
+def incoming_message() -> tuple[Any, Exception | None]:
+    """The body as JSON (or why it is not), read and parsed once per request."""
+    if "mcp_message" not in g:
+        try:
+            g.mcp_message = (jsonio.loads(request.get_data(cache=True)), None)
+        except (ValueError, RecursionError) as exc:
+            g.mcp_message = (None, exc)
+    return g.mcp_message
+
+
+# A top-level "id" before any nested object or array: found without reading a whole body.
+_LEADING_ID = re.compile(rb'^\s*\{[^{}\[\]]*?"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,128}")')
+ID_PEEK_BYTES = 65536
+
+
+def readable_request_id() -> str | int | None:
+    """The JSON-RPC id of this request if it can be read cheaply, for errors answered before
+    the view parsed the body (403 for a key, 413, 429): a small body is parsed, a large one
+    only searched near its start."""
+    small = min(ID_PEEK_BYTES, request.max_content_length or ID_PEEK_BYTES)
+    if "mcp_message" in g or (request.content_length or 0) <= small:
+        try:
+            message = incoming_message()[0]
+        except HTTPException:  # e.g. a chunked body that turned out too large
+            message = None
+        found = message.get("id") if isinstance(message, dict) else None
+    else:
+        match = _LEADING_ID.match(request.environ["wsgi.input"].read(4096))
+        found = json.loads(match.group(1)) if match else None
+    return found if isinstance(found, (str, int)) and not isinstance(found, bool) else None
+
+
+def _tool_calls_share_the_execute_budget() -> str | None:
+    # Only a known caller's body is read to choose; anyone else is refused (403) regardless.
+    if g.get("api_key") is None:
+        return None
+    message, _ = incoming_message()
+    return (
+        "execute" if isinstance(message, dict) and message.get("method") == "tools/call" else None
+    )
+
+
+# Names that only ever mean this machine: a page served from one of them is local, whereas a
+# rebinding attacker's page keeps its own host name (the Host header alone proves nothing).
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _origin_allowed(origin: str) -> bool:
+    """A configured origin, or this very server's own origin when it is reached on loopback."""
+    allowed = services().config.cors_origins
+    if "*" in allowed or origin in allowed:
+        return True
+    own_origin = f"{request.scheme}://{request.host}".lower()
+    return origin.lower() == own_origin and urlsplit(own_origin).hostname in LOOPBACK_HOSTS
 
 
 @bp.before_request
 def _check_origin():
     # DNS-rebinding protection: a browser page from another origin must not reach /mcp.
     origin = request.headers.get("Origin")
-    allowed = services().config.cors_origins
-    if origin and "*" not in allowed and origin not in allowed:
-        err = JsonRpcError(INVALID_REQUEST, f"Origin {origin[:100]!r} is not allowed")
-        return _json(403, err.body())
-    return None
+    if origin and not _origin_allowed(origin):
+        raise TransportError(
+            403, INVALID_REQUEST, "Origin not allowed", details={"origin": origin[:100]}
+        )
 
 
-@bp.route("/mcp", methods=["GET", "DELETE"])
+@bp.route("/mcp", methods=["GET", "DELETE", "PUT", "PATCH"])
 def no_stream():
     """GET (an event stream) and DELETE (ending a session) are not offered: this server is
     stateless. They answer 405 in JSON-RPC; they are not operations of the API, so neither the
     OpenAPI document nor OPTIONS lists them (``waygate_refuses``)."""
     # No server-to-client stream and no sessions to end: this server is stateless.
-    err = JsonRpcError(INVALID_REQUEST, "Method Not Allowed: POST JSON-RPC messages to /mcp")
-    return _json(405, err.body(), {"Allow": "POST"})
+    raise TransportError(
+        405,
+        INVALID_REQUEST,
+        "Method Not Allowed: POST JSON-RPC messages to /mcp",
+        details={"method": request.method, "allowed": ["POST"]},
+        headers={"Allow": "POST"},
+    )
+
+
+def _mcp_key_required(view: Callable) -> Callable:
+    """A missing or wrong key is refused with 403 and no challenge, where REST answers 401: to
+    an MCP client a 401 means "this server offers OAuth, go and authorize" (MCP authorization
+    spec), and Waygate offers none, so a 401 would send it into a flow that cannot succeed."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        try:
+            current_key()
+        except Unauthorized as exc:
+            raise TransportError(
+                403,
+                INVALID_REQUEST,
+                f"{exc.message} (API key in X-API-Key or Authorization: Bearer; no OAuth here)",
+                code=exc.code,
+            ) from None
+        return view(*args, **kwargs)
+
+    wrapper.waygate_auth = "user"  # type: ignore[attr-defined]  (read by the OpenAPI builder)
+    wrapper.waygate_auth_refusal = 403  # type: ignore[attr-defined]
+    return wrapper
 
 
 no_stream.waygate_refuses = True  # type: ignore[attr-defined]
 
 
 @bp.post("/mcp")
-@limit_group("execute")
-@key_required
+@limit_group_by(_tool_calls_share_the_execute_budget)
+@_mcp_key_required
 def endpoint():
     """MCP over Streamable HTTP (stateless, JSON): one JSON-RPC message per request.
     ---
@@ -103,34 +211,54 @@ def endpoint():
         202:
           description: A notification was accepted (no body)
         403:
-          description: Origin not allowed (DNS-rebinding protection)
+          description: >-
+            Origin not allowed (DNS-rebinding protection), or a missing or wrong API key
+            (error.data.code UNAUTHORIZED; 403 without a challenge because this server
+            offers no OAuth)
         404:
           description: Method not found (2026-07-28 revision)
     """
     if not request.is_json:
-        return _json(
-            400,
-            JsonRpcError(
-                INVALID_REQUEST, "Invalid Content-Type header: send application/json"
-            ).body(),
+        raise TransportError(
+            400, INVALID_REQUEST, "Invalid Content-Type header: send application/json"
         )
     accept = request.headers.get("Accept")
     if accept and not request.accept_mimetypes.quality("application/json"):
-        return _json(
-            406,
-            JsonRpcError(
-                INVALID_REQUEST, "Not Acceptable: the client must accept application/json"
-            ).body(),
+        raise TransportError(
+            406, INVALID_REQUEST, "Not Acceptable: the client must accept application/json"
         )
-    try:
-        message = jsonio.loads(request.get_data(cache=False))
-    except (ValueError, RecursionError) as exc:
-        return _json(400, JsonRpcError(PARSE_ERROR, f"Parse error: {exc}"[:200]).body())
+    message, problem = incoming_message()
+    if problem is not None:
+        raise TransportError(400, PARSE_ERROR, f"Parse error: {problem}"[:200])
     routing = Routing(
         version=request.headers.get("MCP-Protocol-Version"),
         method=request.headers.get("Mcp-Method"),
         name=request.headers.get("Mcp-Name"),
+        streams=bool(request.accept_mimetypes.quality("text/event-stream")),
     )
-    reply = services().mcp.handle(message, current_caller(), routing)
-    retry = {"Retry-After": str(reply.retry_after)} if reply.retry_after is not None else None
-    return _json(reply.status, reply.body, retry)
+    return _reply(services().mcp.handle(message, current_caller(), routing))
+
+
+def _reply(reply: Reply) -> Response:
+    if reply.stream is not None:
+        response = Response(_server_sent_events(reply.stream.messages()), 200)
+        response.mimetype = "text/event-stream"
+        response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
+        response.call_on_close(reply.stream.close)
+        return response
+    if reply.body is None:  # accepted notification: no body, so no Content-Type either
+        response = Response(status=reply.status)
+        del response.headers["Content-Type"]
+        return response
+    response = Response(jsonio.dumps_bytes(reply.body), reply.status, mimetype="application/json")
+    if reply.retry_after is not None:
+        response.headers["Retry-After"] = str(reply.retry_after)
+    return response
+
+
+def _server_sent_events(messages: Iterator[dict | None]) -> Iterator[bytes]:
+    for message in messages:
+        if message is None:
+            yield b": keep-alive\n\n"
+        else:
+            yield b"event: message\ndata: " + jsonio.dumps_bytes(message) + b"\n\n"

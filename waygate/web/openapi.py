@@ -29,6 +29,7 @@ _RESPONSE_SCHEMAS = {
     "Error": schemas.ErrorSchema,
     "MCPCommand": schemas.MCPCommandSchema,
     "MCPResponse": schemas.MCPResponseSchema,
+    "Decision": schemas.DecisionSchema,
     "Index": schemas.IndexSchema,
     "Health": schemas.HealthSchema,
     "Ready": schemas.ReadySchema,
@@ -38,6 +39,7 @@ _RESPONSE_SCHEMAS = {
     "PluginList": schemas.PluginListSchema,
     "Reload": schemas.ReloadSchema,
     "ExecutionList": schemas.ExecutionListSchema,
+    "EventList": schemas.EventListSchema,
     "Connection": schemas.ConnectionSchema,
     "Performance": schemas.PerformanceSchema,
     "ErrorList": schemas.ErrorListSchema,
@@ -72,6 +74,7 @@ _ERRORS = {
     404: "Not found (NOT_FOUND)",
     406: "Unsupported API version in Accept (INVALID_REQUEST)",
     408: "Command timeout",
+    409: "Not in a state that allows this (CONFLICT)",
     413: "Request body too large (INVALID_REQUEST)",
     429: "Rate limit exceeded (RATE_LIMITED)",
     500: "Internal error (INTERNAL_ERROR)",
@@ -125,7 +128,8 @@ def _complete(operation: dict[str, Any], view: Any, method: str, jsonrpc: bool) 
     auth = getattr(view, "waygate_auth", None)
     if auth:
         op["security"] = [{"ApiKey": []}, {"Bearer": []}]
-        responses.setdefault("401", {"description": _ERRORS[401]})
+        refusal = getattr(view, "waygate_auth_refusal", 401)
+        responses.setdefault(str(refusal), {"description": _ERRORS[refusal]})
         if auth == "admin":
             responses.setdefault("403", {"description": _ERRORS[403]})
     else:

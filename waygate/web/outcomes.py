@@ -1,7 +1,8 @@
 """The one mapping from domain outcomes to HTTP: an execution's status code and headers.
 
 The service layer answers in :class:`~waygate.outcomes.Outcome`; this module alone knows that a
-timeout is 408, a refused input is the handler's 4xx and an accepted async execution is 202.
+timeout is 408, a refused input is the handler's 4xx and an accepted async execution, or one
+awaiting approval, is 202.
 Domain errors (``WaygateError``) reach HTTP through ``waygate.web.envelope``.
 """
 
@@ -16,6 +17,9 @@ _STATUS = {
     ExecutionStatus.TIMEOUT: 408,
     ExecutionStatus.PENDING: 202,
     ExecutionStatus.RUNNING: 202,
+    ExecutionStatus.AWAITING_APPROVAL: 202,  # stored; it runs once someone approves it
+    ExecutionStatus.DENIED: 200,  # a decision answered, not a failure of the request
+    ExecutionStatus.EXPIRED: 200,
 }
 
 

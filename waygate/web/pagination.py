@@ -1,6 +1,9 @@
 """List endpoints' query parameters and headers: pagination (spec section 6): ``page`` and
 ``limit`` in, X-Total-Count, X-Page-Count and Link (next, prev, first, last) out; and the
-``since`` filter."""
+``since`` filter.
+
+Links never echo the request's Host (a client or proxy may send any): they are relative, or
+absolute under WAYGATE_PUBLIC_URL when it is configured."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from flask import Response, request
 
 from ..clock import isoformat, parse_iso
 from ..errors import InvalidRequest
+from . import services
 
 MAX_LIMIT = 100
 
@@ -93,4 +97,4 @@ def add_headers(response: Response, page: Page, total: int) -> Response:
 def _url(number: int, limit: int) -> str:
     args = request.args.to_dict()
     args.update(page=str(number), limit=str(limit))
-    return f"{request.base_url}?{urlencode(args)}"
+    return f"{services().config.public_url}{request.script_root}{request.path}?{urlencode(args)}"

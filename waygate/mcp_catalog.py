@@ -1,0 +1,217 @@
+"""Prompts and resources from plugins, as MCP lists and reads.
+
+A prompt render or a resource read runs like a command: in the pool, by a deadline, audited
+(mode ``mcp``, action ``prompts/get:<name>`` or ``resources/read:<uri or template>``), counted
+in the plugin's statistics and in ``waygate_commands_total``, for the same keys. Lists are
+sorted (by name, by URI) so that they are stable between calls and workers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+from marshmallow import Schema
+
+from .commands import Caller, CommandService, Invocation
+from .outcomes import ExecutionStatus, Mode
+from .plugins import PluginSet
+from .sdk import Command, Content, Message, Prompt, Resource, Text, resource_contents
+
+INVALID_PARAMS, INTERNAL_ERROR, RESOURCE_NOT_FOUND = -32602, -32603, -32002
+_READ_ONLY = {"readOnlyHint": True}
+MAX_SUGGESTIONS = 100  # the most completion/complete may answer
+
+
+class CatalogError(Exception):
+    """A JSON-RPC error for the protocol layer to answer with."""
+
+    def __init__(self, code: int, message: str, data: Any = None):
+        super().__init__(message)
+        self.code, self.message, self.data = code, message, data
+
+
+class _Arguments(Schema):
+    """Prompt arguments and template values arrive validated by the catalog itself."""
+
+
+class Catalog:
+    def __init__(
+        self, commands: CommandService, plugins: Callable[[], PluginSet], timeout: int = 30
+    ):
+        self.commands = commands
+        self._plugins = plugins
+        self.timeout = timeout
+
+    # -- prompts -------------------------------------------------------------------------------
+
+    def prompts(self, caller: Caller) -> list[dict[str, Any]]:
+        plugins = self._plugins()
+        listed = plugins.prompts.values()
+        return [_describe_prompt(p) for p in listed if _permits(caller, plugins, p.name)]
+
+    def get_prompt(self, params: dict, caller: Caller) -> dict[str, Any]:
+        plugins = self._plugins()
+        name = params.get("name")
+        prompt = plugins.prompts.get(name) if isinstance(name, str) else None
+        if prompt is None or not _permits(caller, plugins, prompt.name):  # alike, as for tools
+            raise CatalogError(INVALID_PARAMS, f"Unknown prompt: {str(name)[:128]}")
+        arguments = params.get("arguments") or {}
+        if not isinstance(arguments, dict) or not all(
+            isinstance(v, str) for v in arguments.values()
+        ):
+            raise CatalogError(INVALID_PARAMS, "prompt arguments must be an object of strings")
+        missing = [a.name for a in prompt.arguments if a.required and a.name not in arguments]
+        if missing:
+            raise CatalogError(
+                INVALID_PARAMS, f"missing required argument(s): {', '.join(missing)}"
+            )
+        messages = self._run(
+            f"prompts/get:{prompt.name}",
+            plugins.offered_by[prompt.name],
+            lambda: _render(prompt, arguments),
+            caller,
+        )
+        return {"description": prompt.description, "messages": messages}
+
+    def complete(self, params: dict, caller: Caller) -> dict[str, Any]:
+        """Suggestions for a prompt argument that start with what was typed so far."""
+        ref, argument = params.get("ref"), params.get("argument")
+        if not isinstance(ref, dict) or not isinstance(argument, dict):
+            raise CatalogError(INVALID_PARAMS, "completion/complete needs ref and argument")
+        values: list[str] = []
+        if ref.get("type") == "ref/prompt":
+            plugins = self._plugins()
+            prompt = plugins.prompts.get(ref.get("name"))  # type: ignore[arg-type]
+            if prompt is None or not _permits(caller, plugins, prompt.name):
+                raise CatalogError(INVALID_PARAMS, f"Unknown prompt: {str(ref.get('name'))[:128]}")
+            typed = str(argument.get("value") or "")
+            for declared in prompt.arguments:
+                if declared.name == argument.get("name"):
+                    values = [v for v in declared.suggestions if v.startswith(typed)]
+        return {
+            "completion": {
+                "values": values[:MAX_SUGGESTIONS],
+                "total": len(values),
+                "hasMore": len(values) > MAX_SUGGESTIONS,
+            }
+        }
+
+    # -- resources -----------------------------------------------------------------------------
+
+    def resources(self, caller: Caller) -> list[dict[str, Any]]:
+        return [_describe_resource(r, "uri") for r in self._readable(caller) if not r.is_template]
+
+    def templates(self, caller: Caller) -> list[dict[str, Any]]:
+        return [
+            _describe_resource(r, "uriTemplate") for r in self._readable(caller) if r.is_template
+        ]
+
+    def _readable(self, caller: Caller) -> list[Resource]:
+        plugins = self._plugins()
+        return [r for r in plugins.resources.values() if _permits(caller, plugins, r.uri)]
+
+    def read_resource(self, params: dict, caller: Caller) -> dict[str, Any]:
+        plugins = self._plugins()
+        uri = params.get("uri")
+        if not isinstance(uri, str):
+            raise CatalogError(INVALID_PARAMS, "resources/read needs a uri")
+        resource, values = _match(plugins, uri)
+        if resource is None or not _permits(caller, plugins, resource.uri):
+            raise CatalogError(RESOURCE_NOT_FOUND, "Resource not found", {"uri": uri[:2000]})
+        contents = self._run(
+            f"resources/read:{resource.uri}",
+            plugins.offered_by[resource.uri],
+            lambda: [_contents(resource, uri, resource.read(values))],
+            caller,
+        )
+        return {"contents": contents}
+
+    # -- running -------------------------------------------------------------------------------
+
+    def _run(self, action: str, plugin: str, produce: Callable[[], Any], caller: Caller) -> Any:
+        command = Command(action, action, _Arguments, lambda params, ctx: produce())
+        inv = Invocation(
+            action=action, plugin=plugin, command=command, params={}, timeout=self.timeout
+        )
+        outcome = self.commands.run(inv, caller, Mode.MCP)
+        if outcome.status is not ExecutionStatus.SUCCESS:
+            raise CatalogError(INTERNAL_ERROR, f"{action} {outcome.status}: {outcome.error}")
+        return outcome.result
+
+
+def _permits(caller: Caller, plugins: PluginSet, name: str) -> bool:
+    """A key's scope covers a prompt (by name) or a resource (by URI or template) as it covers
+    commands, ``Plugin.*`` included; reading is read-only, so read-only keys may."""
+    return caller.scope.permits(name, plugins.offered_by[name], _READ_ONLY)
+
+
+def _describe_prompt(prompt: Prompt) -> dict[str, Any]:
+    described: dict[str, Any] = {"name": prompt.name, "description": prompt.description}
+    if prompt.title:
+        described["title"] = prompt.title
+    if prompt.arguments:
+        described["arguments"] = [
+            {"name": a.name, "description": a.description, "required": a.required}
+            for a in prompt.arguments
+        ]
+    return described
+
+
+def _describe_resource(resource: Resource, uri_key: str) -> dict[str, Any]:
+    described = {
+        uri_key: resource.uri,
+        "name": resource.name,
+        "description": resource.description,
+        "mimeType": resource.mime_type,
+    }
+    if resource.title:
+        described["title"] = resource.title
+    return described
+
+
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:  # an optional argument left out renders empty
+        return ""
+
+
+def _render(prompt: Prompt, arguments: dict[str, str]) -> list[dict[str, Any]]:
+    if prompt.template is not None:
+        return [{"role": "user", "content": Text(prompt.template.format_map(_Blank(arguments)))}]
+    messages = []
+    for item in prompt.render(dict(arguments)):  # type: ignore[misc]  (checked at load)
+        message = item if isinstance(item, Message) else Message(item)
+        if not isinstance(message.content, Content) or message.role not in ("user", "assistant"):
+            raise TypeError("a prompt renders waygate.sdk Messages or content blocks")
+        messages.append({"role": message.role, "content": message.content})
+    return messages
+
+
+def _contents(resource: Resource, uri: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, (str, bytes)):
+        raise TypeError(f"resource reader returned {type(value).__name__}, not str or bytes")
+    return resource_contents(uri, resource.mime_type, value)
+
+
+def _match(plugins: PluginSet, uri: str) -> tuple[Resource | None, dict[str, str]]:
+    fixed = plugins.resources.get(uri)
+    if fixed is not None and not fixed.is_template:
+        return fixed, {}
+    for resource in plugins.resources.values():
+        if resource.is_template:
+            found = _template_pattern(resource.uri).fullmatch(uri)
+            if found:
+                return resource, found.groupdict()
+    return None, {}
+
+
+@lru_cache(maxsize=256)
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """``ticket://{id}/summary`` -> a pattern whose ``id`` group is one path segment."""
+    parts = re.split(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", template)
+    pattern = "".join(
+        re.escape(part) if i % 2 == 0 else f"(?P<{part}>[^/?#]+)" for i, part in enumerate(parts)
+    )
+    return re.compile(pattern)
