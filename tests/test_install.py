@@ -172,6 +172,10 @@ def test_the_plugin_guide_distribution_installs_and_runs_as_written(service, tmp
     (project / "pyproject.toml").write_text(pyproject)
     server = service["serve"]()
     # the guide's own commands, pointed at this venv and this server's port
+    # install, reload, run disk_usage (the guide's later commands are the approval workflow)
+    commands = steps.replace("\\\n", " ").splitlines()
+    steps = "\n".join(commands[:3]) + "\n"
+    assert '"disk_usage"' in commands[2]
     steps = steps.replace(".venv/bin/pip", str(service["venv"] / "bin" / "pip"))
     steps = steps.replace("127.0.0.1:8000", f"127.0.0.1:{server.port}")
     script = tmp_path / "steps.sh"
