@@ -11,7 +11,10 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 
 # Reinstall when the package metadata changes (the stamp records the last install).
+# The distribution was called "waygate" before it became waygate-mcp: a venv made before
+# the rename drops the old one, whose entry points would otherwise linger.
 $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
+	$(BIN)/python -m pip uninstall --quiet --yes waygate 2>/dev/null || true
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
@@ -28,7 +31,7 @@ install-test: $(VENV)/.installed-test
 serve: install
 	$(BIN)/waygate migrate
 	$(BIN)/waygate keys bootstrap
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	$(BIN)/waygate serve
 
 test: install-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

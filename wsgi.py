@@ -1,5 +1,3 @@
-"""WSGI entry point for gunicorn: ``gunicorn -c gunicorn.conf.py wsgi:app``."""
+"""WSGI entry point for a checkout: ``gunicorn -c gunicorn.conf.py wsgi:app``."""
 
-from waygate.app import create_app
-
-app = create_app()
+from waygate.wsgi import app  # noqa: F401 - gunicorn looks it up here

@@ -136,7 +136,10 @@ def keys(data_dir) -> Keys:
 
 @pytest.fixture
 def runner(data_dir, monkeypatch):
-    """Runs the ``waygate`` CLI in-process: ``code, stdout, stderr = runner("keys", "list")``."""
+    """Runs the ``waygate`` CLI in-process: ``code, stdout, stderr = runner("keys", "list")``.
+
+    The CLI may load an environment file into ``os.environ``: it gets a copy, dropped after."""
+    monkeypatch.setattr(os, "environ", os.environ.copy())
     monkeypatch.setenv("WAYGATE_DATA_DIR", str(data_dir))
     from waygate.cli import main
 

@@ -63,6 +63,8 @@ class TestingPlugin(Plugin):
             Command("stuck", "Sleep, ignoring cancellation", SecondsParams, self.stuck),
             Command("boom", "Raise (after sleeping, if asked)", SecondsParams, self.boom),
             Command("pid", "The worker's pid (after sleeping, if asked)", SecondsParams, self.pid),
+            Command("refuse", "Refuse with a CommandError and details", NoParams, self.refuse),
+            Command("wait", "Wait on the cancel event, then tell", SecondsParams, self.wait),
             Command("chart", "A PNG chart", NoParams, self.chart, output_schema=CHART_SCHEMA),
             Command("steps", "Report progress at each step", StepsParams, self.steps),
             Command("picture", "Just a picture", NoParams, lambda p, ctx: Image(PNG)),
@@ -114,6 +116,14 @@ class TestingPlugin(Plugin):
             ),
             Resource("logo://png", "Logo", lambda values: PNG, mime_type="image/png"),
         ]
+
+    def refuse(self, params, ctx):
+        raise CommandError("quota exceeded", {"quota": 3, "used": 4}, status=409)
+
+    def wait(self, params, ctx):
+        woke = ctx.cancel_event.wait(params["seconds"])
+        ctx.logger.info("woke: cancelled=%s", woke)
+        return {"cancelled": woke}
 
     def sleep(self, params, ctx):
         end = time.monotonic() + params["seconds"]

@@ -62,6 +62,34 @@ def test_forgotten_modules_are_imported_afresh(tmp_path, monkeypatch):
     compat.forget_modules(["forgettable"])
 
 
+def test_a_pth_file_is_applied_as_site_does(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    (tmp_path / "late.pth").write_text(f"{entry}\n")
+    compat.apply_pth_file(str(tmp_path), "late.pth")
+    compat.apply_pth_file(str(tmp_path), "late.pth")
+    assert sys.path.count(str(entry)) == 1
+
+
+def test_the_gunicorn_logger_class_formats_its_access_and_error_lines():
+    import logging
+
+    from gunicorn.config import Config as GunicornConfig
+
+    class Marker(logging.Formatter):
+        def format(self, record):
+            return "marked " + super().format(record)
+
+    cfg = GunicornConfig()
+    cfg.set("accesslog", "-")
+    logger = compat.gunicorn_logger_class("%(asctime)s %(message)s", Marker)(cfg)
+    handlers = logger.error_log.handlers + logger.access_log.handlers
+    assert handlers and all(isinstance(h.formatter, Marker) for h in handlers)
+    plain = compat.gunicorn_logger_class("%(asctime)s %(message)s", None)(cfg)
+    assert [h.formatter._fmt for h in plain.access_log.handlers] == ["%(asctime)s %(message)s"]
+
+
 def test_flask_calls_ensure_sync_through_the_app_instance():
     from flask import Flask
 

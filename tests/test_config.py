@@ -1,3 +1,5 @@
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,24 @@ def test_a_bad_value_names_its_variable(name, value):
     with pytest.raises(ConfigError) as err:
         Config.from_env({name: value})
     assert str(err.value).startswith(name + ":")
+
+
+def readme_settings() -> dict[str, str]:
+    """The README's configuration table: variable -> the default it documents."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `(WAYGATE_\w+)` \| `?([^|`]*)`? \|", section, re.M))
+
+
+def test_the_readme_documents_every_setting_with_its_default():
+    documented = readme_settings()
+    settings = {f"WAYGATE_{f.name.upper()}": f for f in dataclasses.fields(Config)}
+    assert set(documented) == set(settings), (
+        f"missing from the README: {sorted(set(settings) - set(documented))}; "
+        f"documented but unknown: {sorted(set(documented) - set(settings))}"
+    )
+    for name, field in settings.items():
+        if isinstance(field.default, bool):
+            assert documented[name] == str(field.default).lower(), name
+        elif isinstance(field.default, int | str) and field.default != "":  # "": computed
+            assert documented[name] == str(field.default), name

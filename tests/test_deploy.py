@@ -1,5 +1,5 @@
 """The deployment kit, tested as shipped: nginx in front of real gunicorn, the Prometheus
-config and rules, the Grafana dashboard, the systemd unit, and the spec's Python example."""
+config and rules, the Grafana dashboard, the systemd unit, and the API's Python example."""
 
 import contextlib
 import http.client
@@ -22,7 +22,8 @@ from tests.conftest import ROOT, free_port
 from tests.test_metrics import scrape
 
 DEPLOY = ROOT / "deploy"
-SPEC = ROOT.parent / "shared" / "spec" / "waygate-api-v2.md"
+# The API's Python example as printed for readers (spec v2.0.0, 9.2), kept with the tests.
+PYTHON_EXAMPLE = ROOT / "tests" / "fixtures" / "api_python_example.py"
 
 
 @pytest.fixture
@@ -324,6 +325,8 @@ def test_prometheus_config_and_rules_pass_promtool():
     for args in (
         ["check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
         ["check", "rules", str(DEPLOY / "prometheus" / "waygate-rules.yml")],
+        # each alert fires on the series it watches, and stays quiet on healthy ones
+        ["test", "rules", str(DEPLOY / "prometheus" / "waygate-rules.test.yml")],
     ):
         result = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
@@ -358,9 +361,17 @@ def test_the_systemd_unit_verifies_and_is_hardened(tmp_path):
         "ExecReload=/bin/kill -HUP",
     ):
         assert option in unit, option
-    # point it at this checkout so that systemd can check the commands it would run
+    assert "ExecStart=/opt/waygate/venv/bin/waygate serve" in unit
+    assert "EnvironmentFile=/etc/waygate/waygate.env" in unit
+    # point it at this venv so that systemd can check the commands it would run
     local = tmp_path / "waygate.service"
-    local.write_text(unit.replace("/opt/waygate", str(ROOT)))
+    env_file = tmp_path / "waygate.env"
+    env_file.write_text((DEPLOY / "systemd" / "waygate.env").read_text())
+    local.write_text(
+        unit.replace("/opt/waygate/venv", sys.prefix).replace(
+            "/etc/waygate/waygate.env", str(env_file)
+        )
+    )
     result = subprocess.run(
         ["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60
     )
@@ -372,8 +383,7 @@ def test_the_systemd_unit_verifies_and_is_hardened(tmp_path):
 
 def test_the_spec_python_example_runs_as_written(server_factory, keys, tmp_path):
     server = server_factory(workers=1)
-    text = SPEC.read_text()
-    code = re.search(r"### 9\.2 Python Example\n```python\n(.*?)```", text, re.S).group(1)
+    code = PYTHON_EXAMPLE.read_text()
     # the two configuration lines the reader is meant to fill in
     code = code.replace('BASE_URL = "http://localhost:8000"', f'BASE_URL = "{server.url}"')
     code = code.replace('API_KEY = "your-api-key-here"', f'API_KEY = "{keys.user}"')
@@ -391,3 +401,13 @@ def test_the_spec_python_example_runs_as_written(server_factory, keys, tmp_path)
     assert "'status': 'healthy'" in lines[0]
     assert lines[1] == "Status: failed"  # "sample data" is not JSON: a clear answer, not a 500
     assert re.fullmatch(r"Duration: \d+ms", lines[2])
+
+
+def test_the_example_environment_file_is_a_valid_configuration():
+    from dotenv import dotenv_values
+
+    from waygate.config import Config
+
+    values = dotenv_values(DEPLOY / "systemd" / "waygate.env")
+    config = Config.from_env({k: v for k, v in values.items() if k.startswith("WAYGATE_")})
+    assert str(config.data_dir) == "/var/lib/waygate" and config.trusted_proxies == 1

@@ -1,4 +1,4 @@
-"""POST /mcp: the wire contract (both protocol eras), raw-HTTP error paths and tool semantics."""
+"""POST /mcp: the MCP wire contract (both eras), raw-HTTP error paths and tool semantics."""
 
 import base64
 import json

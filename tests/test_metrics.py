@@ -98,3 +98,14 @@ def test_promtool_accepts_the_output(client, keys):
         timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_scrape_reports_the_health_checks_for_the_alert_rules(make_app, plugin_dist):
+    plugin_dist.register("Raising", "tests.plugin_fixtures:RaisingPlugin")
+    client = make_app(min_free_bytes=2**62).test_client()  # more than any disk has
+    text = scrape(client)
+    assert 'waygate_health_check_failing{check="filesystem"} 1.0' in text
+    assert 'waygate_health_check_failing{check="database"} 0.0' in text
+    assert "waygate_plugins_failed 1.0" in text
+    free = float(re.search(r"^waygate_data_dir_free_bytes (\S+)", text, re.M).group(1))
+    assert free > 0

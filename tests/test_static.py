@@ -2,6 +2,7 @@
 formatting) and bandit itself with no medium or high finding. Every silenced finding in the
 code carries its reason next to the `noqa` / `nosec` marker."""
 
+import re
 import subprocess
 
 from tests.conftest import BIN, ROOT
@@ -36,3 +37,15 @@ def test_bandit_finds_no_medium_or_high_issue():
         "txt",
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_repository_needs_nothing_beside_its_checkout():
+    """A fresh clone is self-contained: no file reads or points readers outside the checkout."""
+    tracked = run("git", "ls-files").stdout.split()
+    outside = re.compile(r"\.\./" + "shared|" + "shared/(spec|notes|mcp-wire|CONVENTIONS)")
+    offenders = [
+        path
+        for path in tracked
+        if (ROOT / path).is_file() and outside.search((ROOT / path).read_text(errors="replace"))
+    ]
+    assert not offenders, offenders

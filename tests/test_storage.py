@@ -136,15 +136,16 @@ def test_the_service_writes_owner_only_files_whatever_the_umask(server_factory, 
 
 def test_the_cli_creates_owner_only_databases_whatever_the_umask(tmp_path):
     data = tmp_path / "data"
-    result = subprocess.run(
-        [str(BIN / "waygate"), "keys", "create", "--name", "alice", "--role", "user"],
-        env={**os.environ, "WAYGATE_DATA_DIR": str(data)},
-        preexec_fn=lambda: os.umask(0),  # noqa: PLW1509 - no threads in the child yet
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    for command in (["migrate"], ["keys", "create", "--name", "alice", "--role", "user"]):
+        result = subprocess.run(
+            [str(BIN / "waygate"), *command],
+            env={**os.environ, "WAYGATE_DATA_DIR": str(data)},
+            preexec_fn=lambda: os.umask(0),  # noqa: PLW1509 - no threads in the child yet
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
     assert (data / "waygate.db").exists()
     assert private(data) == {}
 

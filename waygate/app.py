@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from flask import Flask
 
 from . import compat, tracing
-from .config import Config, log_level_number
+from .config import Config
 from .lifecycle import service_started_at
+from .logs import configure_logging
 from .services import Services
 from .web import (
     approvals,
@@ -31,41 +31,6 @@ from .web import metrics as web_metrics
 from .web import tracing as web_tracing
 
 log = logging.getLogger(__name__)
-LOG_FORMAT = (
-    "%(asctime)s %(levelname)s [%(process)d] %(name)s request_id=%(request_id)s %(message)s"
-)
-# with tracing on, every line also names the span it was written in
-TRACED_LOG_FORMAT = LOG_FORMAT.replace(
-    " %(message)s", " trace_id=%(trace_id)s span_id=%(span_id)s %(message)s"
-)
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (gunicorn and test runners swap it)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def configure_logging(config: Config) -> None:
-    """Waygate's records go to stderr with the request id; configured once per process."""
-    logger = logging.getLogger("waygate")
-    logger.setLevel(log_level_number(config))
-    if any(getattr(h, "waygate", False) for h in logger.handlers):
-        return
-    handler = _StderrHandler()
-    handler.waygate = True  # type: ignore[attr-defined]
-    handler.setFormatter(logging.Formatter(TRACED_LOG_FORMAT if config.tracing else LOG_FORMAT))
-    handler.addFilter(http.RequestIdFilter())
-    if config.tracing:
-        handler.addFilter(tracing.LogContextFilter())
-    logger.addHandler(handler)
-    logger.propagate = False
 
 
 def create_app(config: Config | None = None, services: Services | None = None) -> Flask:

@@ -1,9 +1,13 @@
-"""The ``waygate`` command: migrations and API keys.
+"""The ``waygate`` command: serving, migrations, backups and API keys.
 
+waygate [--env-file PATH] ...    (default /etc/waygate/waygate.env when present)
+waygate --version
+waygate serve [GUNICORN OPTIONS]                    (gunicorn with the packaged settings)
 waygate migrate
+waygate backup PATH                                 (an online copy of the database)
 waygate keys create --name NAME [--role admin|user] [--allow PATTERN ...] [--read-only]
                     [--expires 30d] [--rate-limit 1000/minute]   (the key: last line of stdout)
-waygate keys list
+waygate keys list [--json]
 waygate keys update NAME [--allow PATTERN ... | --allow-all] [--read-only/--not-read-only]
                     [--expires 30d | --no-expiry] [--rate-limit N/period | --default-rate-limit]
 waygate keys rotate NAME [--grace 1h]                (the new key: last line of stdout)
@@ -19,14 +23,26 @@ waygate approvals deny ID --as NAME [--reason R]
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import click
+from dotenv import dotenv_values
 
+from . import __version__
 from .config import Config, ConfigError
 from .errors import WaygateError
 from .keys import KeyStore, expiry, parse_duration
 from .storage import Storage
+
+# The environment file of the systemd unit (deploy/systemd/waygate.service): the CLI reads it
+# too, so that it finds the service's data dir and settings.
+DEFAULT_ENV_FILE = Path("/etc/waygate/waygate.env")
+
+
+class NoDatabase(click.ClickException):
+    """A command that works on existing state found no database to work on."""
 
 
 class Context:
@@ -37,8 +53,15 @@ class Context:
 
     @property
     def storage(self) -> Storage:
+        """The existing database; refuses instead of creating an empty one somewhere else."""
         if self._storage is None:
-            self._storage = Storage(self.config.database_path, self.config.db_busy_timeout_ms)
+            path = self.config.database_path
+            if not path.is_file():
+                raise NoDatabase(
+                    f"no database at {path.resolve()}: set WAYGATE_DATA_DIR (or pass "
+                    "--env-file) to the service's data dir, or create one with `waygate migrate`"
+                )
+            self._storage = Storage(path, self.config.db_busy_timeout_ms)
             self._storage.migrate()
         return self._storage
 
@@ -56,14 +79,69 @@ class Context:
         return self._services
 
 
+def load_env_file(path: Path | None) -> None:
+    """Put the file's ``KEY=value`` lines into the environment; variables already set win.
+
+    ``path`` None means the default file, read only when it exists."""
+    if path is None:
+        if not DEFAULT_ENV_FILE.exists():
+            return
+        path = DEFAULT_ENV_FILE
+    try:
+        values = dotenv_values(path)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot read the environment file {path}: {exc.strerror} "
+            "(run as the service's user, or pass --env-file)"
+        ) from None
+    for name, value in values.items():
+        if value is not None:
+            os.environ.setdefault(name, value)
+
+
 pass_context = click.make_pass_decorator(Context)
 
 
 @click.group()
+@click.version_option(__version__, prog_name="waygate", message="%(prog)s %(version)s")
+@click.option(
+    "--env-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help=f"WAYGATE_* settings to read (default: {DEFAULT_ENV_FILE} when present); "
+    "variables already in the environment win.",
+)
 @click.pass_context
-def cli(ctx: click.Context) -> None:
+def cli(ctx: click.Context, env_file: Path | None) -> None:
     """Waygate MCP server administration."""
+    if env_file is not None and not env_file.is_file():
+        raise click.BadParameter(f"{env_file} is not a file", param_hint="--env-file")
+    load_env_file(env_file)
     ctx.obj = Context()
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=False,
+)
+@click.argument("gunicorn_args", nargs=-1, type=click.UNPROCESSED)
+def serve(gunicorn_args: tuple[str, ...]) -> None:
+    """Run the service: gunicorn with Waygate's packaged settings and app, in this process.
+
+    Any gunicorn option may follow (e.g. --bind 0.0.0.0:9000 --workers 4); the master
+    migrates the database before it starts the workers."""
+    argv = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        "python:waygate.gunicorn_conf",
+        *gunicorn_args,
+        "waygate.wsgi:app",
+    ]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # exec: gunicorn's master takes this process's pid, so systemd and signals reach it
+    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter, no shell
 
 
 @cli.command()
@@ -75,6 +153,19 @@ def migrate(ctx: Context) -> None:
     click.echo(
         f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
     )
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@pass_context
+def backup(ctx: Context, path: Path) -> None:
+    """Copy the database to PATH while the service runs (SQLite's online backup).
+
+    To restore, stop the service and put the copy in place of <data dir>/waygate.db."""
+    if path.exists():
+        raise click.ClickException(f"{path} exists already; give a new file name")
+    ctx.storage.backup_to(path)
+    click.echo(f"backed up {ctx.config.database_path.resolve()} to {path}")
 
 
 @cli.group()
@@ -170,10 +261,14 @@ def keys_events(ctx: Context, key_name: str | None, limit: int) -> None:
 
 
 @keys.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 @pass_context
-def keys_list(ctx: Context) -> None:
+def keys_list(ctx: Context, as_json: bool) -> None:
     """List keys (names, roles and dates; never the keys)."""
     records = ctx.keys.list()
+    if as_json:
+        click.echo(json.dumps([r.as_dict() for r in records], indent=2))  # as GET /keys
+        return
     click.echo(f"{'NAME':24} {'ROLE':6} {'CREATED':25} {'LAST USED':25} REVOKED")
     for r in records:
         click.echo(
@@ -225,9 +320,9 @@ def mcp_stdio(ctx: Context, caller: str, allow: tuple[str, ...], read_only: bool
     """MCP over stdin/stdout (newline-delimited JSON-RPC) for desktop clients. Local trust:
     no API key is asked for, but --allow/--read-only scope the tools as a key's scope would.
     Logs go to stderr."""
-    from .app import configure_logging
     from .commands import Caller
     from .keys import Scope, check_patterns
+    from .logs import configure_logging
     from .mcp_stdio import serve
     from .services import Services
 
@@ -330,7 +425,7 @@ def openapi(output: str) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         app = create_app(Config(data_dir=Path(tmp), housekeeping_interval_s=0))
-        text = to_yaml(build_spec(app))
+        text = to_yaml(build_spec(app, app.extensions["waygate"].plugins.current.commands))
         app.extensions["waygate"].storage.close()
     if output == "-":
         click.echo(text, nl=False)
@@ -350,8 +445,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except click.exceptions.Abort:
         return 1
-    except click.ClickException as exc:
+    except click.UsageError as exc:
         exc.show()
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"waygate: {exc.format_message()}", err=True)
         return exc.exit_code
     return 0
 

@@ -23,6 +23,7 @@ WRITTEN_FOR = {
     "flask": ">=3.0,<3.2",
     "flask-cors": ">=5.0,<7",
     "prometheus-flask-exporter": ">=0.23,<0.24",
+    "gunicorn": ">=23,<28",
 }
 
 
@@ -53,6 +54,44 @@ def forget_modules(roots: Iterable[str]) -> None:
     for name in list(sys.modules):
         if name in roots or any(name.startswith(root + ".") for root in roots):
             del sys.modules[name]
+
+
+# -- the standard library's site ------------------------------------------------------------
+
+
+def apply_pth_file(sitedir: str, name: str) -> None:
+    """Apply one ``.pth`` file of ``sitedir`` as ``site`` does at interpreter start: its path
+    lines join ``sys.path`` (once), its ``import`` lines run. ``site.addpackage`` is what
+    ``site.addsitedir`` calls per file; it is not in the documentation (CPython 3.11-3.13)."""
+    import site
+
+    site.addpackage(sitedir, name, None)
+
+
+# -- gunicorn ----------------------------------------------------------------------------------
+
+
+def gunicorn_logger_class(
+    access_format: str, formatter: Callable[[], Any] | None, base: type | None = None
+) -> type:
+    """A gunicorn ``logger_class`` whose access lines use ``access_format`` (a logging format,
+    gunicorn's line in ``%(message)s``) and, with ``formatter``, whose every handler (error and
+    access) uses the formatter it makes; ``base`` is a gunicorn Logger subclass to extend.
+    Relies on ``Logger.access_fmt``, ``setup()`` and the
+    ``error_log`` / ``access_log`` loggers, which gunicorn does not document."""
+    from gunicorn import glogging
+
+    class Logger(base or glogging.Logger):  # type: ignore[misc, valid-type]
+        access_fmt = access_format
+
+        def setup(self, cfg):
+            super().setup(cfg)
+            if formatter is not None:
+                for log in (self.error_log, self.access_log):
+                    for handler in log.handlers:
+                        handler.setFormatter(formatter())
+
+    return Logger
 
 
 # -- Flask -------------------------------------------------------------------------------------

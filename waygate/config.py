@@ -53,6 +53,8 @@ class Config:
     # absolute links are built from it, never from the request's Host. Empty: relative links.
     public_url: str = ""
     log_level: str = "INFO"
+    # "text" lines or "json" (one object per line, for log shippers)
+    log_format: str = "text"
     min_free_bytes: int = 64 * 1024 * 1024
     mode: str = "local_vm"
     db_busy_timeout_ms: int = 5000
@@ -156,6 +158,8 @@ class Config:
             raise ConfigError(
                 "WAYGATE_LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"
             )
+        if self.log_format not in ("text", "json"):
+            raise ConfigError("WAYGATE_LOG_FORMAT: must be text or json")
         if self.min_free_bytes < 0:
             raise ConfigError("WAYGATE_MIN_FREE_BYTES: must not be negative")
         if self.db_busy_timeout_ms < 100:
@@ -248,6 +252,8 @@ def _parse(name: str, field: str, raw: str) -> Any:
             raise ConfigError(f"{name}: {raw!r} is not an integer") from None
     if field == "log_level":
         return raw.upper()
+    if field == "log_format":
+        return raw.lower()
     if field == "public_url":
         return raw.rstrip("/")
     return raw

@@ -64,6 +64,14 @@ def database_check(conn_factory: Callable) -> Check:
     return check
 
 
+def free_bytes(data_dir: Path) -> int | None:
+    """Free space on the data dir's filesystem (None when it cannot be read)."""
+    try:
+        return shutil.disk_usage(data_dir).free
+    except OSError:
+        return None
+
+
 def filesystem_check(data_dir: Path, min_free_bytes: int) -> Check:
     def check() -> str | None:
         # access(2) answers EROFS for a read-only mount and EACCES/ENOENT for a directory the

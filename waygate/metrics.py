@@ -137,6 +137,27 @@ class Metrics:
             "Command requests refused at once because a worker's command threads were all waiting",
             registry=r,
         )
+        # Set whenever the health checks run (GET /health, and every scrape of /metrics);
+        # the most recent run of any live worker counts.
+        self.health_failing = Gauge(
+            "waygate_health_check_failing",
+            "1 while a /health check fails, by check",
+            ["check"],
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.plugins_failed = Gauge(
+            "waygate_plugins_failed",
+            "Plugins that failed to load",
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.free_bytes = Gauge(
+            "waygate_data_dir_free_bytes",
+            "Free space on the data dir's filesystem",
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
 
         self.approvals_pending = Gauge(
             "waygate_approvals_pending",
@@ -194,6 +215,16 @@ class Metrics:
     def observe_command(self, action: str, status: str, duration_ms: int) -> None:
         self.commands.labels(action, status).inc()
         self.command_duration.labels(action).observe(duration_ms / 1000)
+
+    @_never_raising
+    def observe_health(
+        self, failing: dict[str, bool], plugins_failed: int, free_bytes: int | None
+    ) -> None:
+        for check, is_failing in failing.items():
+            self.health_failing.labels(check).set(1 if is_failing else 0)
+        self.plugins_failed.set(plugins_failed)
+        if free_bytes is not None:
+            self.free_bytes.set(free_bytes)
 
     @_never_raising
     def observe_pool(self, in_use: int, queued: int) -> None:

@@ -94,6 +94,8 @@ class Outcome:
             "command_id": self.command_id,
             "timestamp": self.timestamp,
         }
+        if self.failure is Failure.REFUSED and self.cause is not None and self.cause.details:
+            response["details"] = self.cause.details  # what the plugin's CommandError gave
         if self.progress is not None:
             response["progress"] = self.progress
         if self.approval is not None:

@@ -11,11 +11,15 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import logging
+import os
 import re
+import site
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from marshmallow import Schema
@@ -29,6 +33,7 @@ from .storage import Storage
 
 NAMESPACE = "waygate.plugins"
 _COMMAND_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+_PTH_IMPORT = re.compile(r"import\s+([A-Za-z_][\w.]*)")
 _RESOURCE_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S{0,2000}$")
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,52 @@ class PluginSet:
         return [p for p in self.plugins.values() if p.status == "failed"]
 
 
+def read_new_path_entries() -> list[str]:
+    """Apply the ``.pth`` files in site-packages that this interpreter has not applied yet.
+
+    ``pip install -e`` puts a plugin on the path through a ``.pth`` file, which ``site`` reads
+    only at interpreter start (in gunicorn's master, for every worker forked later). A file
+    counts as applied when its path lines are on ``sys.path`` and the modules its import lines
+    import are loaded (setuptools' editable finders, for one); any other file is applied now,
+    as ``site`` would have. Returns the names of the files applied.
+    """
+    applied = []
+    for sitedir in _site_dirs():
+        for pth in sorted(Path(sitedir).glob("*.pth")):
+            if not _pth_applied(pth):
+                compat.apply_pth_file(sitedir, pth.name)
+                applied.append(pth.name)
+    if applied:
+        log.info("read new path entries from %s", ", ".join(applied))
+    return applied
+
+
+def _site_dirs() -> list[str]:
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+
+
+def _pth_applied(pth: Path) -> bool:
+    try:
+        lines = pth.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return True  # site would skip it too
+    for line in (raw.strip() for raw in lines):
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith(("import ", "import\t")):
+            module = _PTH_IMPORT.match(line)
+            if module and module.group(1) not in sys.modules:
+                return False
+            continue
+        entry = os.path.abspath(os.path.join(pth.parent, line))
+        if os.path.exists(entry) and entry not in sys.path:
+            return False
+    return True
+
+
 def refresh_entry_points(namespace: str = NAMESPACE) -> None:
     """Read ``namespace`` afresh from the installed distributions.
 
@@ -117,6 +168,7 @@ def discover(
     commands: dict[str, Command] = {}
     command_plugin: dict[str, str] = {}
     failures: list[PluginInfo] = []
+    read_new_path_entries()
     if fresh_modules:
         forget_plugin_modules(namespace)
     refresh_entry_points(namespace)

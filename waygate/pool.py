@@ -9,6 +9,7 @@ graceful shutdown), unlike ``ThreadPoolExecutor``, whose exit hook joins every t
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 import time
@@ -16,7 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import logs
 from .forksafe import reset_after_fork
+
+# Context variables a job carries from its submitter into the pool thread: the request id
+# its log lines show. Only these: the rest of the submitter's context (Flask's request
+# context among it) belongs to a request thread that may have moved on when the job runs.
+CARRIED: tuple[contextvars.ContextVar, ...] = (logs.request_id,)
 
 
 class PoolFull(Exception):
@@ -47,10 +54,11 @@ class Job:
     wait and each completion; with eight request threads per worker every lock handed between
     threads costs a GIL switch, and a ``/mcp/execute`` request waits on one job."""
 
-    __slots__ = ("_fn", "_done", "_result", "_error", "ended")
+    __slots__ = ("_fn", "_carried", "_done", "_result", "_error", "ended")
 
     def __init__(self, fn: Callable[[], Any]):
         self._fn = fn
+        self._carried = tuple(var.get() for var in CARRIED)
         self._done = threading.Lock()
         self._done.acquire()  # released by the pool thread when the call has ended
         self._result: Any = None
@@ -59,13 +67,19 @@ class Job:
 
     def _run(self) -> None:
         try:
-            self._result = self._fn()
+            self._result = contextvars.Context().run(self._call)
         except BaseException as exc:  # handed to whoever waits on the job
             self._error = exc
         finally:
             self._fn = None  # the call's closure is not kept alive by a finished job
             self.ended = time.monotonic()
             self._done.release()
+
+    def _call(self) -> Any:
+        # A fresh context per job, holding only what the submitter hands over
+        for var, value in zip(CARRIED, self._carried, strict=True):
+            var.set(value)
+        return self._fn()
 
     def done(self) -> bool:
         return not self._done.locked()

@@ -14,6 +14,15 @@ from . import __version__
 from .outcomes import ApprovalStep, ExecutionStatus, Mode
 
 
+class JsonBoolean(fields.Boolean):
+    """JSON ``true`` or ``false`` only: marshmallow's Boolean also takes 0, 1, "yes" ..."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class MCPCommandSchema(Schema):
     """Spec 3.1 MCPCommand, plus ``async`` (capabilities.async)."""
 
@@ -37,7 +46,7 @@ class MCPCommandSchema(Schema):
         validate=validate.Range(min=1, max=300),
         metadata={"description": "Timeout in seconds"},
     )
-    async_ = fields.Boolean(
+    async_ = JsonBoolean(
         data_key="async",
         load_default=False,
         metadata={"description": "Run in the background: answer 202 at once"},
@@ -150,6 +159,12 @@ class MCPResponseSchema(Schema):
     )
     result = fields.Raw(allow_none=True, metadata={"description": "Command result (any type)"})
     error = fields.String(allow_none=True, metadata={"description": "Error message if failed"})
+    details = fields.Dict(
+        metadata={
+            "description": "What the command's own refusal (a plugin's CommandError) adds to "
+            "the error, e.g. the offending field; present only then"
+        }
+    )
     duration_ms = fields.Integer(required=True)
     command_id = fields.String(required=True)
     timestamp = fields.String(required=True, metadata={"format": "date-time"})
@@ -360,7 +375,7 @@ class JsonRpcMessageSchema(Schema):
 
     jsonrpc = fields.String(required=True, validate=validate.Equal("2.0"))
     id = fields.Raw(allow_none=True)
-    method = fields.String()
+    method = fields.String(validate=validate.Length(min=1))
     params = fields.Dict()
     result = fields.Raw(allow_none=True)
     error = fields.Dict()

@@ -297,6 +297,26 @@ class Storage:
         finally:
             conn.close()
 
+    def backup_to(self, target: Path) -> None:
+        """Copy the database to ``target`` with SQLite's online backup API: a consistent
+        snapshot, taken while the service keeps reading and writing. The copy is written
+        beside ``target`` and renamed into place, so ``target`` is never half-written."""
+        target = Path(target)
+        partial = target.with_name(f".{target.name}.partial")
+        source = self.connect()
+        try:
+            copy = sqlite3.connect(partial)
+            try:
+                # Copying in steps lets the service's writers in between them.
+                source.backup(copy, pages=1024)
+                copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+            finally:
+                copy.close()
+            partial.replace(target)
+        finally:
+            source.close()
+            partial.unlink(missing_ok=True)
+
     def close(self) -> None:
         """Close this thread's connection and this process's write-lock file."""
         conn = getattr(self._local, "conn", None)

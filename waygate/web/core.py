@@ -5,7 +5,16 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from .. import SERVICE_NAME, __version__
-from ..health import cache_check, database_check, filesystem_check, plugins_check, run_checks
+from ..health import (
+    HealthReport,
+    cache_check,
+    database_check,
+    filesystem_check,
+    free_bytes,
+    plugins_check,
+    run_checks,
+)
+from ..metrics import metrics
 from . import services
 from .envelope import error_response
 from .limiter import limit_group
@@ -39,6 +48,27 @@ def index():
     )
 
 
+def check_health() -> HealthReport:
+    """Run every health check and record the outcome in the metrics (for the alert rules)."""
+    svc = services()
+    limiter = current_app.extensions["waygate.limiter"]
+    failed_plugins = svc.plugins.current.failed
+    report = run_checks(
+        {
+            "database": database_check(lambda: svc.storage.conn),
+            "cache": cache_check(limiter.storage_answers),
+            "filesystem": filesystem_check(svc.config.data_dir, svc.config.min_free_bytes),
+            "plugins": plugins_check(lambda: failed_plugins),
+        }
+    )
+    metrics().observe_health(
+        {name: name in report.failures for name in report.checks},
+        plugins_failed=len(failed_plugins),
+        free_bytes=free_bytes(svc.config.data_dir),
+    )
+    return report
+
+
 @bp.get("/health")
 @limit_group("health")
 def health():
@@ -60,15 +90,7 @@ def health():
               schema: {$ref: "#/components/schemas/Health"}
     """
     svc = services()
-    limiter = current_app.extensions["waygate.limiter"]
-    report = run_checks(
-        {
-            "database": database_check(lambda: svc.storage.conn),
-            "cache": cache_check(limiter.storage_answers),
-            "filesystem": filesystem_check(svc.config.data_dir, svc.config.min_free_bytes),
-            "plugins": plugins_check(lambda: svc.plugins.current.failed),
-        }
-    )
+    report = check_health()
     body = {**report.as_dict(), "pool": svc.commands.pool.stats().as_dict()}
     if report.healthy:
         return jsonify(body)

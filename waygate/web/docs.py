@@ -8,6 +8,7 @@ from pathlib import Path
 import flask_swagger_ui
 from flask import Blueprint, current_app, jsonify, send_from_directory
 
+from . import services
 from .openapi import build_spec
 
 bp = Blueprint("docs", __name__)
@@ -32,10 +33,14 @@ def openapi():
             application/json:
               schema: {type: object}
     """
-    document = current_app.extensions.get("waygate.openapi")
-    if document is None:
-        document = current_app.extensions["waygate.openapi"] = build_spec(current_app)
-    return jsonify(document)
+    plugins = services().plugins.current
+    cached = current_app.extensions.get("waygate.openapi")
+    if cached is None or cached[0] is not plugins:  # built again after a plugin reload
+        cached = current_app.extensions["waygate.openapi"] = (
+            plugins,
+            build_spec(current_app, plugins.commands),
+        )
+    return jsonify(cached[1])
 
 
 @bp.get("/docs")

@@ -176,7 +176,7 @@ def executions():
     """
     page = requested_page()
     action = request.args.get("action") or None
-    status = request.args.get("status") or None
+    status = request.args.get("status")  # present but empty is refused too
     if status is not None and status not in ExecutionStatus.__members__.values():
         raise InvalidRequest(
             f"status must be one of {', '.join(ExecutionStatus)}", {"parameter": "status"}

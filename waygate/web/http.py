@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import re
 import socket
 import time
@@ -13,11 +12,11 @@ import uuid
 from functools import partial
 from typing import IO, Any
 
-from flask import Flask, Response, after_this_request, g, has_request_context, request
+from flask import Flask, Response, after_this_request, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from .. import compat
+from .. import compat, logs
 from ..config import Config
 from ..errors import InvalidRequest
 from . import jsonio
@@ -57,14 +56,6 @@ CORS_EXPOSE_HEADERS = [
     "Deprecation",
     "Sunset",
 ]
-
-
-class RequestIdFilter(logging.Filter):
-    """Puts the current request's id on every log record (``-`` outside a request)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = g.get("request_id", "-") if has_request_context() else "-"
-        return True
 
 
 def read_json(max_depth: int = 64) -> Any:
@@ -108,6 +99,12 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
 def _assign_request_id() -> None:
     incoming = request.headers.get(REQUEST_ID_HEADER, "")
     g.request_id = incoming if _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    # For log records: this thread's, and the command pool's jobs submitted from it.
+    logs.request_id.set(g.request_id)
+
+
+def _forget_request_id(_exc: BaseException | None) -> None:
+    logs.request_id.set("-")  # the thread's next request sets its own
 
 
 # After a 413 the unread rest of the body is read and thrown away, up to these bounds: a
@@ -196,6 +193,23 @@ def _finish(response: Response) -> Response:
     return response
 
 
+def _allow_what_is_served(response: Response) -> Response:
+    """Flask's automatic OPTIONS answer lists the methods of every rule the path matches: also
+    those of a variable rule that only happens to match (``/plugins/<plugin_name>`` for
+    ``/plugins/reload``) and of views that exist only to refuse (``waygate_refuses``). Allow
+    lists the methods of this path's own rule string whose views serve them."""
+    rule = request.url_rule
+    if request.method != "OPTIONS" or rule is None or "Allow" not in response.headers:
+        return response
+    methods = {"OPTIONS"}
+    for other in current_app.url_map.iter_rules():
+        view = current_app.view_functions.get(other.endpoint)
+        if other.rule == rule.rule and not getattr(view, "waygate_refuses", False):
+            methods |= other.methods or set()
+    response.headers["Allow"] = ", ".join(sorted(methods))
+    return response
+
+
 def trust_proxies(app: Flask, config: Config) -> None:
     """Outermost WSGI layer: take client address, scheme and host from the trusted hops'
     X-Forwarded-* headers (gunicorn never does)."""
@@ -209,8 +223,10 @@ def trust_proxies(app: Flask, config: Config) -> None:
 def init_app(app: Flask, config: Config) -> None:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.before_request(_assign_request_id)
+    app.teardown_request(_forget_request_id)
     app.before_request(_refuse_oversize_body)
     app.after_request(_finish)
+    app.after_request(_allow_what_is_served)
     # flask-cors's own after-request hook matches resource patterns on every response; only
     # a request with an Origin header can need CORS headers, so only those go through it.
     # (Every API response is Cache-Control: no-store, so no cache needs Vary: Origin.)

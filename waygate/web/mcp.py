@@ -121,25 +121,9 @@ def _check_origin():
 
 @bp.route("/mcp", methods=["GET", "DELETE", "PUT", "PATCH"])
 def no_stream():
-    """No event stream and no sessions: this server is stateless.
-    ---
-    get:
-      summary: Not offered (405)
-      tags: [mcp-protocol]
-      responses:
-        405:
-          description: Method not allowed; POST JSON-RPC messages
-          headers:
-            Allow: {$ref: "#/components/headers/Allow"}
-    delete:
-      summary: Not offered (405)
-      tags: [mcp-protocol]
-      responses:
-        405:
-          description: Method not allowed; this server holds no sessions
-          headers:
-            Allow: {$ref: "#/components/headers/Allow"}
-    """
+    """GET (an event stream) and DELETE (ending a session) are not offered: this server is
+    stateless. They answer 405 in JSON-RPC; they are not operations of the API, so neither the
+    OpenAPI document nor OPTIONS lists them (``waygate_refuses``)."""
     # No server-to-client stream and no sessions to end: this server is stateless.
     raise TransportError(
         405,
@@ -173,6 +157,9 @@ def _mcp_key_required(view: Callable) -> Callable:
     return wrapper
 
 
+no_stream.waygate_refuses = True  # type: ignore[attr-defined]
+
+
 @bp.post("/mcp")
 @limit_group_by(_tool_calls_share_the_execute_budget)
 @_mcp_key_required
@@ -190,7 +177,31 @@ def endpoint():
         required: true
         content:
           application/json:
-            schema: {$ref: "#/components/schemas/JsonRpcMessage"}
+            schema:
+              description: One JSON-RPC 2.0 message (batches are refused)
+              oneOf:
+                - title: A request (with id) or a notification (without)
+                  type: object
+                  required: [jsonrpc, method]
+                  properties:
+                    jsonrpc: {type: string, enum: ["2.0"]}
+                    method: {type: string, minLength: 1}
+                    id:
+                      description: Absent in a notification
+                      oneOf: [{type: string}, {type: integer}]
+                    params: {type: object, nullable: true}
+                - title: A response (accepted with 202 and dropped; Waygate sends no requests)
+                  type: object
+                  required: [jsonrpc, id]
+                  not: {required: [method]}
+                  properties:
+                    jsonrpc: {type: string, enum: ["2.0"]}
+                    id: {nullable: true}
+                    result: {nullable: true}
+                    error: {type: object}
+                  oneOf:
+                    - {required: [result], not: {required: [error]}}
+                    - {required: [error], not: {required: [result]}}
       responses:
         200:
           description: A JSON-RPC response

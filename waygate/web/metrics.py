@@ -15,6 +15,7 @@ from prometheus_flask_exporter import PrometheusMetrics
 from .. import compat
 from ..metrics import metrics
 from . import services
+from .core import check_health
 from .limiter import limit_group
 
 UNMATCHED = "<unmatched>"
@@ -52,8 +53,16 @@ def _observe(response: Response) -> Response:
     return response
 
 
+def _check_health_for_scrape() -> None:
+    # Each scrape also runs the health checks, so the health gauges are fresh for the alert
+    # rules even where nothing else polls /health.
+    if request.endpoint == "prometheus_metrics":
+        check_health()
+
+
 def init_app(app: Flask) -> None:
     app.before_request(_start)
+    app.before_request(_check_health_for_scrape)
     app.after_request(_observe)
     exporter = PrometheusMetrics.for_app_factory(
         path="/metrics",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from apispec import APISpec
@@ -21,6 +22,8 @@ from apispec.yaml_utils import load_operations_from_docstring
 from flask import Flask
 
 from .. import __version__, schemas
+from ..schemas import json_schema
+from ..sdk import Command
 
 _RESPONSE_SCHEMAS = {
     "Error": schemas.ErrorSchema,
@@ -119,7 +122,9 @@ def _response_headers(status: int, view: Any) -> dict[str, Any]:
 
 def _complete(operation: dict[str, Any], view: Any, method: str, jsonrpc: bool) -> dict[str, Any]:
     op = copy.deepcopy(operation)
-    responses = op.setdefault("responses", {})
+    # YAML reads `400:` as an int: as a string, the documented answer is not shadowed by the
+    # generic one added below
+    responses = op["responses"] = {str(k): v for k, v in op.get("responses", {}).items()}
     auth = getattr(view, "waygate_auth", None)
     if auth:
         op["security"] = [{"ApiKey": []}, {"Bearer": []}]
@@ -160,7 +165,8 @@ def _complete(operation: dict[str, Any], view: Any, method: str, jsonrpc: bool) 
     return op
 
 
-def build_spec(app: Flask) -> dict[str, Any]:
+def build_spec(app: Flask, commands: Mapping[str, Command] | None = None) -> dict[str, Any]:
+    """The document of ``app``'s routes; ``commands`` (the loaded ones) are MCPCommand's actions."""
     spec = APISpec(
         title="Waygate MCP API",
         version=__version__,
@@ -172,7 +178,12 @@ def build_spec(app: Flask) -> dict[str, Any]:
             "contact": {"name": "Jeremy Longshore"},
             "license": {"name": "MIT"},
         },
-        servers=[{"url": "http://localhost:8000", "description": "Local development"}],
+        # Relative first: Swagger UI's "Try it out" and other clients of the served document
+        # call the service that served it, whatever its host and port.
+        servers=[
+            {"url": "/", "description": "This service (where this document is served from)"},
+            {"url": "http://localhost:8000", "description": "Local development (make serve)"},
+        ],
     )
     for name, schema in _RESPONSE_SCHEMAS.items():
         spec.components.schema(name, schema=schema)
@@ -204,7 +215,45 @@ def build_spec(app: Flask) -> dict[str, Any]:
                 )
         if operations:
             spec.path(path=path, operations=operations)
-    return spec.to_dict()
+    document = spec.to_dict()
+    _name_the_commands(document["components"]["schemas"], commands or {})
+    return document
+
+
+def _name_the_commands(components: dict[str, Any], commands: Mapping[str, Command]) -> None:
+    """MCPCommand as one variant per loaded command: its ``action`` and its own ``params``
+    schema, so that a request valid by the document names a command that exists with params
+    that command accepts."""
+    if not commands:
+        return
+    generic = components["MCPCommand"]
+    variants = {}
+    for name in sorted(commands):
+        variant = copy.deepcopy(generic)
+        variant["title"] = name
+        variant["properties"]["action"] = {
+            **generic["properties"]["action"],
+            "type": "string",
+            "enum": [name],
+        }
+        variant["properties"]["params"] = {
+            **copy.deepcopy(json_schema(commands[name].params)),
+            "description": f"Parameters of {name}",
+        }
+        if variant["properties"]["params"].get("required"):
+            variant["required"] = sorted({*variant.get("required", []), "params"})
+        variants[f"MCPCommand.{name}"] = variant
+    components.update(variants)
+    components["MCPCommand"] = {
+        "description": "Spec 3.1 MCPCommand: one of the loaded commands, with its parameters",
+        "oneOf": [{"$ref": f"#/components/schemas/{key}"} for key in variants],
+        "discriminator": {
+            "propertyName": "action",
+            "mapping": {
+                key.removeprefix("MCPCommand."): f"#/components/schemas/{key}" for key in variants
+            },
+        },
+    }
 
 
 def to_yaml(document: dict[str, Any]) -> str:

@@ -1,0 +1,57 @@
+"""docs/operations.md stays true: every `waygate` command it shows exists, every file of the
+repository it names is there, and every test it cites for a step exists."""
+
+import re
+import subprocess
+
+import pytest
+
+from tests.conftest import BIN, ROOT
+
+GUIDE = (ROOT / "docs" / "operations.md").read_text()
+SHELL = "\n".join(re.findall(r"```bash\n(.*?)```", GUIDE, re.S))
+
+
+def waygate_invocations() -> set[tuple[str, ...]]:
+    found = set()
+    for match in re.finditer(r"(?:^|bin/)waygate((?: [a-z][a-z-]*)+)", SHELL, re.M):
+        words = match.group(1).split()
+        found.add(tuple(words[:2]) if words[0] in ("keys", "mcp") else (words[0],))
+    return found
+
+
+def test_the_guide_is_linked_from_the_readme():
+    assert "(docs/operations.md)" in (ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("command", sorted(waygate_invocations()))
+def test_every_waygate_command_in_the_guide_exists(command):
+    if command == ("serve",):  # hands its options to gunicorn: check it is listed instead
+        listed = subprocess.run([str(BIN / "waygate"), "--help"], capture_output=True, text=True)
+        assert re.search(r"^\s+serve\s", listed.stdout, re.M)
+        return
+    result = subprocess.run(
+        [str(BIN / "waygate"), *command, "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_guide_shows_the_steps_that_matter():
+    assert {("backup",), ("keys", "create"), ("keys", "list"), ("keys", "revoke")} <= (
+        waygate_invocations()
+    )
+
+
+def test_every_repository_file_the_guide_names_exists():
+    named = set(re.findall(r"\b((?:deploy|docs)/[\w./-]+\.\w+)", GUIDE))
+    assert named
+    assert [path for path in sorted(named) if not (ROOT / path).is_file()] == []
+
+
+def test_every_test_the_guide_cites_exists():
+    sources = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    cited = set(re.findall(r"`(test_\w+)`", GUIDE))
+    files = set(re.findall(r"`(tests/test_\w+\.py)`", GUIDE))
+    assert cited and files
+    assert [name for name in sorted(cited) if f"def {name}(" not in sources] == []
+    assert [path for path in sorted(files) if not (ROOT / path).is_file()] == []
