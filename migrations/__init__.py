@@ -24,4 +24,5 @@ from . import (  # noqa: E402
     m011_execution_progress,  # noqa: F401
     m012_approvals,  # noqa: F401
     m013_execution_trace_id,  # noqa: F401
+    m014_worker_leases,  # noqa: F401
 )

@@ -20,7 +20,7 @@ import requests
 from waygate.app import create_app
 from waygate.config import Config
 from waygate.keys import KeyStore
-from waygate.storage import Storage
+from waygate.storage import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -33,9 +33,44 @@ def data_dir(tmp_path) -> Path:
     return path
 
 
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """Tests marked ``both_backends`` run once on SQLite and once on PostgreSQL (a fresh
+    database of the session's throwaway cluster each)."""
+    if "backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "both_backends"
+    ):
+        only = metafunc.definition.get_closest_marker("sqlite_only")
+        metafunc.parametrize("backend", ("sqlite",) if only else BACKENDS, indirect=True)
+
+
 @pytest.fixture
-def config(data_dir) -> Config:
-    return Config(data_dir=data_dir)
+def backend(request) -> str:
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database_url(backend, request) -> str:
+    """Empty on SQLite; on PostgreSQL a fresh, migrated database's URL."""
+    if backend == "sqlite":
+        return ""
+    return request.getfixturevalue("pg_migrated_url")
+
+
+@pytest.fixture
+def config(data_dir, database_url) -> Config:
+    return Config(data_dir=data_dir, database_url=database_url)
+
+
+@pytest.fixture
+def storage(config):
+    """The configured backend's storage, migrated."""
+    storage = open_storage(config)
+    storage.migrate()
+    yield storage
+    storage.close()
 
 
 class PluginDist:
@@ -78,15 +113,20 @@ def plugin_dist(tmp_path, monkeypatch) -> PluginDist:
 
 
 @pytest.fixture
-def make_app(data_dir):
+def make_app(config):
     """Build an app with config overrides: ``make_app(rate_limit_health="2/minute")``."""
+    apps = []
 
     def build(**overrides):
         # no housekeeping thread per test app; gunicorn tests run it as configured
         overrides.setdefault("housekeeping_interval_s", 0)
-        return create_app(Config(data_dir=data_dir).replace(**overrides))
+        app = create_app(config.replace(**overrides))
+        apps.append(app)
+        return app
 
-    return build
+    yield build
+    for app in apps:  # a PostgreSQL pool holds connections until closed
+        app.extensions["waygate"].storage.close()
 
 
 @pytest.fixture
@@ -125,9 +165,7 @@ class Keys:
 
 
 @pytest.fixture
-def keys(data_dir) -> Keys:
-    storage = Storage(data_dir / "waygate.db")
-    storage.migrate()
+def keys(storage) -> Keys:
     store = KeyStore(storage)
     _, admin = store.create("ops-admin", "admin")
     _, user = store.create("ops-user", "user")
@@ -135,12 +173,14 @@ def keys(data_dir) -> Keys:
 
 
 @pytest.fixture
-def runner(data_dir, monkeypatch):
+def runner(data_dir, database_url, monkeypatch):
     """Runs the ``waygate`` CLI in-process: ``code, stdout, stderr = runner("keys", "list")``.
 
     The CLI may load an environment file into ``os.environ``: it gets a copy, dropped after."""
     monkeypatch.setattr(os, "environ", os.environ.copy())
     monkeypatch.setenv("WAYGATE_DATA_DIR", str(data_dir))
+    if database_url:
+        monkeypatch.setenv("WAYGATE_DATABASE_URL", database_url)
     from waygate.cli import main
 
     def invoke(*args: str):
@@ -247,10 +287,12 @@ class Server:
 
 
 @pytest.fixture
-def server_factory(data_dir):
+def server_factory(data_dir, database_url):
     started: list[Server] = []
 
     def start(workers: int = 2, **env) -> Server:
+        if database_url:
+            env.setdefault("WAYGATE_DATABASE_URL", database_url)
         server = Server(data_dir=data_dir, workers=workers, env=env).start()
         started.append(server)
         return server
@@ -264,3 +306,63 @@ def pytest_addoption(parser):
     parser.addoption(
         "--soak", action="store_true", help="run the load and contention tests for 60 s each"
     )
+
+
+# -- PostgreSQL (temporary: a cluster started by hand, until tests/pgcluster.py lands) ---------
+_PG_ADMIN_URL = os.environ.get("WAYGATE_TEST_PG_ADMIN_URL", "")
+_pg_template_ready: list[str] = []
+_pg_counter = iter(range(10**9))
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh, empty database (not migrated)."""
+    import psycopg
+
+    base = _PG_ADMIN_URL.rsplit("/", 1)[0]
+    name = f"waygate_e{os.getpid()}_{next(_pg_counter)}"
+    with psycopg.connect(_PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield f"{base}/{name}"
+    with psycopg.connect(_PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def pg_migrated_url(monkeypatch):
+    import psycopg
+
+    from waygate.pgstorage import PostgresStorage
+
+    opened: list[PostgresStorage] = []
+    init = PostgresStorage.__init__
+
+    def tracked(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(PostgresStorage, "__init__", tracked)
+
+    base = _PG_ADMIN_URL.rsplit("/", 1)[0]
+    with psycopg.connect(_PG_ADMIN_URL, autocommit=True) as admin:
+        if not _pg_template_ready:
+            admin.execute("DROP DATABASE IF EXISTS waygate_template")
+            admin.execute("CREATE DATABASE waygate_template")
+            template = PostgresStorage(f"{base}/waygate_template")
+            template.migrate()
+            template.close()
+            _pg_template_ready.append("yes")
+        name = f"waygate_t{os.getpid()}_{next(_pg_counter)}"
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name} TEMPLATE waygate_template")
+    yield f"{base}/{name}"
+    for storage in opened:  # every pool the test made (apps, CLI, fixtures) gives back its
+        storage.close()  # connections
+    with psycopg.connect(_PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def db(storage):
+    """Rows of the test's database as dicts, whichever the backend: ``db("SELECT ...")``."""
+    return lambda sql, params=(): [dict(r) for r in storage.conn.execute(sql, params).fetchall()]

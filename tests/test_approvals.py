@@ -4,7 +4,6 @@ whom and where; gunicorn and the official SDK client are in test_approvals_serve
 
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.test_metrics import sample, scrape
+from waygate.storage import IntegrityError
+
+pytestmark = pytest.mark.both_backends
 
 WIPE = {"action": "wipe", "params": {"target": "db1"}, "context": {"ticket": "T-1"}}
 
@@ -141,24 +143,25 @@ def test_approval_runs_the_stored_request_as_the_requester(client, keys):
     ]
 
 
-def test_tampering_the_approved_execution_runs_the_stored_params(client, keys, data_dir):
+def test_tampering_the_approved_execution_runs_the_stored_params(client, keys, storage):
     command_id = request_wipe(client, keys)
     # whatever comes with the decision is not the request
     decide(client, keys.headers("admin"), command_id, body={"params": {"target": "prod"}})
     assert until_ended(client, keys, command_id)["result"]["wiped"] == "db1"
     # and the database refuses to change a stored request
     second = request_wipe(client, keys)
-    with sqlite3.connect(data_dir / "waygate.db") as conn, pytest.raises(sqlite3.IntegrityError):
-        conn.execute(
+    with pytest.raises(IntegrityError):
+        storage.execute_write(
             "UPDATE executions SET params = ? WHERE command_id = ?",
             ('{"target":"prod"}', second),
         )
 
 
-def test_a_stored_request_changed_behind_the_triggers_back_is_never_run(client, keys, data_dir):
+def test_a_stored_request_changed_behind_the_triggers_back_is_never_run(client, keys, storage):
     command_id = request_wipe(client, keys)
-    with sqlite3.connect(data_dir / "waygate.db") as conn:
-        conn.execute("DROP TRIGGER executions_request_immutable")
+    on_table = " ON executions" if storage.dialect == "postgresql" else ""
+    with storage.write() as conn:
+        conn.execute(f"DROP TRIGGER executions_request_immutable{on_table}")
         conn.execute(
             "UPDATE executions SET params = ? WHERE command_id = ?",
             ('{"target":"prod"}', command_id),
@@ -471,9 +474,9 @@ def test_m012_keeps_existing_executions_counts_and_statistics(tmp_path):
     import sqlite_utils
     from waygate_migrations import migrations
 
-    from waygate.storage import Storage
+    from waygate.storage import SqliteStorage
 
-    storage = Storage(tmp_path / "waygate.db")
+    storage = SqliteStorage(tmp_path / "waygate.db")
     conn = storage.connect()
     conn.row_factory = None  # plain tuples
     db = sqlite_utils.Database(conn)

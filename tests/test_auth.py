@@ -4,6 +4,8 @@ import pytest
 
 from tests.test_http import assert_envelope
 
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.mark.parametrize(
     "path, role, status",

@@ -167,9 +167,9 @@ def test_the_service_layer_loads_without_flask():
 
 def test_a_forked_child_makes_its_own_connections_threads_and_locks(tmp_path):
     from waygate.pool import CommandPool
-    from waygate.storage import Storage
+    from waygate.storage import SqliteStorage
 
-    storage = Storage(tmp_path / "w.db")
+    storage = SqliteStorage(tmp_path / "w.db")
     storage.migrate()
     parent_conn = storage.conn
     storage.execute_write("CREATE TABLE t (x)")

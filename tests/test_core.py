@@ -4,8 +4,12 @@ import shutil
 import sqlite3
 import time
 
+import pytest
+
 from waygate.lifecycle import STARTED_AT_ENV
 from waygate.plugins import PluginInfo, PluginSet
+
+pytestmark = pytest.mark.both_backends
 
 
 def test_index_matches_the_spec(client):
@@ -89,6 +93,7 @@ def test_a_failed_plugin_fails_the_plugins_check(app):
     )
 
 
+@pytest.mark.sqlite_only
 def test_database_failure_is_503_naming_database(app, data_dir):
     storage = app.extensions["waygate"].storage
     storage.conn.close()  # a closed connection: every query now raises

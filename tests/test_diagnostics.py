@@ -1,10 +1,10 @@
 """Diagnostics endpoints (admin): connection, performance and the persisted error log."""
 
-import sqlite3
-
 import pytest
 
 from tests.test_http import assert_envelope
+
+pytestmark = pytest.mark.both_backends
 
 
 @pytest.fixture
@@ -70,16 +70,14 @@ def test_a_health_503_is_persisted_with_its_code(make_app, keys):
     assert "filesystem" in errors[0]["message"]
 
 
-def test_errors_never_hold_keys_or_bodies(client, keys, data_dir):
+def test_errors_never_hold_keys_or_bodies(client, keys, db):
     client.post(
         "/mcp/execute",
         headers=keys.headers(),
         json={"action": "boom", "context": {"secret": "hunter2-body-value"}},
     )
     client.get("/diagnostics/errors", headers={"X-API-Key": "wrong-" + keys.user})
-    dump = "\n".join(
-        str(row) for row in sqlite3.connect(data_dir / "waygate.db").execute("SELECT * FROM errors")
-    )
+    dump = "\n".join(str(row) for row in db("SELECT * FROM errors"))
     assert dump and keys.user not in dump and keys.admin not in dump
     assert "hunter2-body-value" not in dump
 

@@ -9,6 +9,8 @@ import pytest
 
 from tests.test_http import assert_envelope
 
+pytestmark = pytest.mark.both_backends
+
 RESPONSE_KEYS = {"status", "result", "error", "duration_ms", "command_id", "timestamp"}
 
 

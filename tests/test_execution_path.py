@@ -10,6 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.fixture
 def testing_client(plugin_dist, make_app):
@@ -217,6 +219,7 @@ def _wait_done(client, location, headers, seconds=10):
     raise AssertionError(f"{location} still open")
 
 
+@pytest.mark.sqlite_only
 def test_large_async_results_are_stored_as_a_marked_preview(make_app, keys, data_dir):
     client = make_app(result_max_bytes=4096).test_client()
     rows = "host,cpu\n" + "".join(f"web{n},0.{n % 10}\n" for n in range(60_000))  # ~0.9 MB
@@ -261,6 +264,7 @@ def test_a_key_may_have_only_so_many_async_executions_open(plugin_dist, make_app
     assert client.post("/mcp/execute", json=slow, headers=keys.headers()).status_code == 202
 
 
+@pytest.mark.sqlite_only
 def test_the_audit_database_is_pruned_oldest_first_to_its_budget(app_services_of, make_app):
     app = make_app(audit_max_bytes=2 * 1024 * 1024)
     services = app_services_of(app.test_client())
@@ -279,9 +283,9 @@ def test_the_audit_database_is_pruned_oldest_first_to_its_budget(app_services_of
             created_at=f"2026-01-01T00:{n // 60:02d}:{n % 60:02d}.000Z",
             started_at=None,
         )
-    assert audit.used_bytes() > 2 * 1024 * 1024
+    assert audit.storage.used_bytes() > 2 * 1024 * 1024
     services.housekeeper.run_once(prune=False)
-    assert audit.used_bytes() <= 2 * 1024 * 1024
+    assert audit.storage.used_bytes() <= 2 * 1024 * 1024
     assert audit.get("cmd_00000") is None  # the oldest went first
     assert audit.get("cmd_00399") is not None  # the newest stayed
 
@@ -289,11 +293,11 @@ def test_the_audit_database_is_pruned_oldest_first_to_its_budget(app_services_of
 def test_the_unfinished_executions_query_uses_the_partial_index(data_dir):
     from waygate import audit
     from waygate.outcomes import ExecutionStatus
-    from waygate.storage import Storage
+    from waygate.storage import SqliteStorage
 
     literal = "(" + ", ".join(f"'{s.value}'" for s in ExecutionStatus.unfinished()) + ")"
     assert f"status IN {literal}" in audit._ACCEPT_SQL
-    storage = Storage(data_dir / "waygate.db")
+    storage = SqliteStorage(data_dir / "waygate.db")
     storage.migrate()
     query = audit._ACCEPT_SQL.partition("WHERE (")[2].rpartition(") < ?")[0]
     plan = storage.conn.execute("EXPLAIN QUERY PLAN " + query, (1,)).fetchall()

@@ -178,9 +178,9 @@ def test_a_read_only_data_dir_stops_start_up_with_one_clear_line(plugin_dist, sm
     data dir must say so plainly instead of half-starting."""
     data = small_fs / "data"
     data.mkdir()
-    from waygate.storage import Storage
+    from waygate.storage import SqliteStorage
 
-    storage = Storage(data / "waygate.db")
+    storage = SqliteStorage(data / "waygate.db")
     storage.migrate()
     storage.close()
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
@@ -229,9 +229,9 @@ def test_full_data_dir_is_503_and_recovers_without_restart(plugin_dist, small_fs
     data = small_fs / "data"
     data.mkdir()
     from waygate.keys import KeyStore
-    from waygate.storage import Storage
+    from waygate.storage import SqliteStorage
 
-    storage = Storage(data / "waygate.db")
+    storage = SqliteStorage(data / "waygate.db")
     storage.migrate()
     _, key = KeyStore(storage).create("full-user", "user")
     server = server_factory(

@@ -18,6 +18,8 @@ from mcp import StdioServerParameters
 from tests.conftest import BIN
 from tests.test_mcp_sdk import connect, run
 
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.fixture
 def api(plugin_dist, make_app, keys):
@@ -366,6 +368,7 @@ def test_waygate_mcp_stdio_offers_only_the_scope_it_was_given(data_dir):
 # -- migration ---------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_only
 def test_keys_made_before_scopes_keep_working_unscoped(data_dir, make_app):
     """A database made by the previous release (migrations up to m008, keys created then)."""
     import hashlib

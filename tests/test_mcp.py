@@ -7,6 +7,8 @@ import pytest
 
 from tests.test_metrics import sample
 
+pytestmark = pytest.mark.both_backends
+
 ACCEPT = "application/json, text/event-stream"
 MODERN = "2026-07-28"
 CAPABILITIES = {

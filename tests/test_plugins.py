@@ -7,6 +7,8 @@ import pytest
 
 from tests.test_http import assert_envelope
 
+pytestmark = pytest.mark.both_backends
+
 
 @pytest.fixture
 def broken_dist(plugin_dist):

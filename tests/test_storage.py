@@ -12,14 +12,14 @@ import pytest
 import requests
 
 from tests.conftest import BIN
-from waygate.storage import Storage
+from waygate.storage import SqliteStorage
 
 INSERT = "INSERT INTO t (n) VALUES (?)"
 
 
 @pytest.fixture
 def storage(tmp_path):
-    storage = Storage(tmp_path / "group.db")
+    storage = SqliteStorage(tmp_path / "group.db")
     storage.conn.execute("CREATE TABLE t (n INTEGER NOT NULL CHECK (n >= 0))")
     yield storage
     storage.close()
@@ -176,7 +176,7 @@ def test_processes_opening_a_new_database_at_once_all_get_wal(tmp_path):
     def open_it(path, results):
         start.wait()
         try:
-            conn = Storage(path).connect()
+            conn = SqliteStorage(path).connect()
             conn.execute("CREATE TABLE IF NOT EXISTS t (x)")
             conn.execute("INSERT INTO t VALUES (1)")
             results.put(conn.execute("PRAGMA journal_mode").fetchone()[0])

@@ -34,8 +34,8 @@ _UNFINISHED = ExecutionStatus.unfinished()  # bound into "status IN (?, ?, ?)"
 _ACCEPT_SQL = (
     "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
     " timeout_s, worker_pid, created_at, params, params_hash, client_context,"
-    " approval_expires_at, trace_id) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,? WHERE (SELECT count(*)"
-    " FROM executions WHERE key_id IS ? AND status IN"
+    " approval_expires_at, trace_id, host) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?"
+    " WHERE (SELECT count(*) FROM executions WHERE key_id IS NOT DISTINCT FROM ? AND status IN"
     " ('pending', 'running', 'awaiting_approval')) < ?"
 )
 _TOTAL_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
@@ -131,8 +131,14 @@ class AuditLog:
         max_bytes: int = 1024**3,
         result_max_bytes: int = 1024**2,
         max_open_per_key: int = 16,
+        host: str | None = None,
+        lease_s: float = 15.0,
     ):
         self.storage = storage
+        # this host's name in leases (Config.instance); executions it runs carry it, and a
+        # worker of another host ends them when this worker's lease lapses
+        self.host = host
+        self.lease_s = lease_s
         self.retention = retention
         self.max_bytes = max_bytes  # the database's budget, kept by prune_to_budget()
         self.result_max_bytes = result_max_bytes  # a stored result's most
@@ -202,30 +208,32 @@ class AuditLog:
         """Record an async execution as pending, before it is queued, or (with ``request``)
         one awaiting approval, held by no worker; TooManyOpen when the key already has
         ``max_open_per_key`` unfinished ones (checked and inserted in one statement under
-        the write lock, so workers cannot overshoot together)."""
+        one write transaction, so workers and hosts cannot overshoot together)."""
         awaiting = request is not None
-        inserted = self.storage.execute_write(
-            _ACCEPT_SQL,
-            (
-                command_id,
-                action,
-                plugin,
-                key_name,
-                key_id,
-                mode,
-                ExecutionStatus.AWAITING_APPROVAL if awaiting else ExecutionStatus.PENDING,
-                timeout_s,
-                None if awaiting else os.getpid(),
-                created_at,
-                request.params_json if awaiting else None,
-                request.params_hash if awaiting else None,
-                request.client_context_json if awaiting else None,
-                request.expires_at if awaiting else None,
-                trace_id,
-                key_id,
-                self.max_open_per_key,
-            ),
-        )
+        with self.storage.write() as conn:
+            inserted = conn.execute(
+                _ACCEPT_SQL,
+                (
+                    command_id,
+                    action,
+                    plugin,
+                    key_name,
+                    key_id,
+                    mode,
+                    ExecutionStatus.AWAITING_APPROVAL if awaiting else ExecutionStatus.PENDING,
+                    timeout_s,
+                    None if awaiting else os.getpid(),
+                    created_at,
+                    request.params_json if awaiting else None,
+                    request.params_hash if awaiting else None,
+                    request.client_context_json if awaiting else None,
+                    request.expires_at if awaiting else None,
+                    trace_id,
+                    None if awaiting else self.host,
+                    key_id,
+                    self.max_open_per_key,
+                ),
+            )
         if inserted.rowcount == 0:
             raise TooManyOpen(
                 f"this key already has {self.max_open_per_key} executions pending, running"
@@ -290,7 +298,10 @@ class AuditLog:
         never asked for it): one decision wins however many are sent at once."""
         now = isoformat()
         if approve:
-            sets, args = "status = ?, worker_pid = ?", [ExecutionStatus.PENDING, os.getpid()]
+            sets, args = (
+                "status = ?, worker_pid = ?, host = ?",
+                [ExecutionStatus.PENDING, os.getpid(), self.host],
+            )
         else:
             denial = f"denied by {key_name}" + (f": {reason}" if reason else "")
             sets, args = (
@@ -378,9 +389,13 @@ class AuditLog:
     # -- sweeping and pruning ----------------------------------------------------------------
 
     def fail_open_executions(self, reason: str, worker_pid: int | None = None) -> int:
-        """Close unfinished executions of one worker (or of every worker) as failed."""
-        sql = "UPDATE executions SET status = ?, error = ?, finished_at = ? WHERE status IN (?, ?)"
-        args: list[Any] = [ExecutionStatus.FAILED, reason, isoformat(), *_OPEN]
+        """Close unfinished executions of one worker (or of every worker) of this host as
+        failed; those of other hosts sharing the database are theirs to close."""
+        sql = (
+            "UPDATE executions SET status = ?, error = ?, finished_at = ? WHERE status IN (?, ?)"
+            " AND (host IS NULL OR host = ?)"
+        )
+        args: list[Any] = [ExecutionStatus.FAILED, reason, isoformat(), *_OPEN, self.host]
         if worker_pid is not None:
             sql += " AND worker_pid = ?"
             args.append(worker_pid)
@@ -393,23 +408,57 @@ class AuditLog:
             (ExecutionStatus.FAILED, reason, isoformat(), command_id, *_OPEN),
         )
 
+    def heartbeat(self) -> None:
+        """Renew this worker's lease on the executions it runs (see sweep)."""
+        self.storage.execute_write(
+            "INSERT INTO worker_leases (host, pid, started_at, renewed_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (host, pid) DO UPDATE SET renewed_at = excluded.renewed_at",
+            (self.host or "", os.getpid(), isoformat(), time.time()),
+        )
+
+    def release(self, pid: int) -> None:
+        """Drop a worker's lease once it is gone and its executions are closed."""
+        self.storage.execute_write(
+            "DELETE FROM worker_leases WHERE host = ? AND pid = ?", (self.host or "", pid)
+        )
+
+    def _lapsed(self, host: str, pid: int, leases: dict[tuple[str, int], float]) -> bool:
+        """Whether a worker of another host has stopped renewing its lease (its host died,
+        or lost the database): its executions will never be finished by it."""
+        renewed = leases.get((host, pid))
+        return renewed is None or time.time() - renewed > self.lease_s
+
     def sweep(self, grace_s: float = 5.0) -> int:
-        """Close executions whose worker is gone or whose timeout has long passed."""
+        """Close executions whose worker is gone (this host: its process has exited; another
+        host: its lease has lapsed) or whose timeout has long passed."""
         rows = self.storage.conn.execute(
             # an approved execution's timeout runs from its approval, not its request
-            "SELECT command_id, worker_pid, coalesce(decided_at, created_at) AS created_at,"
+            "SELECT command_id, worker_pid, host, coalesce(decided_at, created_at) AS created_at,"
             " timeout_s FROM executions WHERE status IN (?, ?)",
             _OPEN,
         ).fetchall()
+        if not rows:
+            return 0
+        leases = {
+            (row["host"], row["pid"]): row["renewed_at"]
+            for row in self.storage.conn.execute("SELECT host, pid, renewed_at FROM worker_leases")
+        }
         closed = 0
         now = utcnow()
         for row in rows:
-            pid = row["worker_pid"]
+            pid, host = row["worker_pid"], row["host"]
             expired = (now - parse_iso(row["created_at"])).total_seconds() > row[
                 "timeout_s"
             ] + grace_s
-            if pid is not None and not psutil.pid_exists(pid):
+            local = host is None or host == self.host
+            if pid is not None and local and not psutil.pid_exists(pid):
                 reason = f"the worker (pid {pid}) running this command exited"
+                status = ExecutionStatus.FAILED
+            elif pid is not None and not local and self._lapsed(host, pid, leases):
+                reason = (
+                    f"the worker (pid {pid} on {host}) running this command stopped renewing"
+                    f" its lease for {self.lease_s:g} s: its host is down or cut off"
+                )
                 status = ExecutionStatus.FAILED
             elif expired:
                 reason = f"command exceeded its timeout of {row['timeout_s']} s"
@@ -437,22 +486,16 @@ class AuditLog:
             }
         )
 
-    def used_bytes(self) -> int:
-        """Bytes the database's live pages take (freed pages are reused, not counted)."""
-        conn = self.storage.conn
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return (pages - free) * conn.execute("PRAGMA page_size").fetchone()[0]
-
     def prune_to_budget(self, batch: int = 500) -> int:
-        """Delete the oldest finished executions while the database is over its budget."""
+        """Delete the oldest finished executions while the database is over its budget (on
+        SQLite; PostgreSQL cannot tell its live bytes cheaply, and keeps the retention)."""
         deleted = 0
-        while (used := self.used_bytes()) > self.max_bytes:
+        while (used := self.storage.used_bytes()) is not None and used > self.max_bytes:
             # as many rows as the excess is worth, at the table's average row size
             rows = max(1, self.storage.conn.execute(_TOTAL_SQL).fetchone()[0])
             wanted = min(batch, int((used - self.max_bytes) / (used / rows)) + 1)
             n = self.storage.execute_write(
-                "DELETE FROM executions WHERE rowid IN (SELECT rowid FROM executions "
+                "DELETE FROM executions WHERE command_id IN (SELECT command_id FROM executions "
                 "WHERE status NOT IN (?, ?, ?) ORDER BY created_at LIMIT ?)",
                 (*_UNFINISHED, wanted),
             ).rowcount
@@ -467,7 +510,7 @@ class AuditLog:
         deleted = 0
         while True:
             n = self.storage.execute_write(
-                "DELETE FROM executions WHERE rowid IN (SELECT rowid FROM executions "
+                "DELETE FROM executions WHERE command_id IN (SELECT command_id FROM executions "
                 "WHERE created_at < ? AND status NOT IN (?, ?, ?) LIMIT ?)",
                 (cutoff, *_UNFINISHED, batch),
             ).rowcount

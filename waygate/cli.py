@@ -34,7 +34,7 @@ from . import __version__
 from .config import Config, ConfigError
 from .errors import WaygateError
 from .keys import KeyStore, expiry, parse_duration
-from .storage import Storage
+from .storage import DatabaseError, Storage, open_storage
 
 # The environment file of the systemd unit (deploy/systemd/waygate.service): the CLI reads it
 # too, so that it finds the service's data dir and settings.
@@ -56,12 +56,12 @@ class Context:
         """The existing database; refuses instead of creating an empty one somewhere else."""
         if self._storage is None:
             path = self.config.database_path
-            if not path.is_file():
+            if not self.config.database_url and not path.is_file():
                 raise NoDatabase(
                     f"no database at {path.resolve()}: set WAYGATE_DATA_DIR (or pass "
                     "--env-file) to the service's data dir, or create one with `waygate migrate`"
                 )
-            self._storage = Storage(path, self.config.db_busy_timeout_ms)
+            self._storage = open_storage(self.config)
             self._storage.migrate()
         return self._storage
 
@@ -148,7 +148,7 @@ def serve(gunicorn_args: tuple[str, ...]) -> None:
 @pass_context
 def migrate(ctx: Context) -> None:
     """Apply pending database migrations."""
-    storage = Storage(ctx.config.database_path, ctx.config.db_busy_timeout_ms)
+    storage = open_storage(ctx.config)
     applied = storage.migrate()
     click.echo(
         f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "")
@@ -164,6 +164,10 @@ def backup(ctx: Context, path: Path) -> None:
     To restore, stop the service and put the copy in place of <data dir>/waygate.db."""
     if path.exists():
         raise click.ClickException(f"{path} exists already; give a new file name")
+    if ctx.config.database_url:
+        raise click.ClickException(
+            "the database is PostgreSQL: back it up with pg_dump (see docs/operations.md)"
+        )
     ctx.storage.backup_to(path)
     click.echo(f"backed up {ctx.config.database_path.resolve()} to {path}")
 
@@ -451,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         click.echo(f"waygate: {exc.format_message()}", err=True)
         return exc.exit_code
+    except DatabaseError as exc:  # unreachable, refused, read-only: said in one line
+        click.echo(f"waygate: database error: {str(exc).strip().splitlines()[0]}", err=True)
+        return 1
     return 0
 
 

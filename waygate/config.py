@@ -8,14 +8,17 @@ and exit instead of showing a traceback.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import re
+import socket
 from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from limits import parse as parse_rate_limit
 
@@ -58,6 +61,19 @@ class Config:
     min_free_bytes: int = 64 * 1024 * 1024
     mode: str = "local_vm"
     db_busy_timeout_ms: int = 5000
+    # postgresql://user:password@host:port/db: all state in PostgreSQL, shared by every host
+    # that names it; empty: the SQLite file in the data dir. Never shown with its password.
+    database_url: str = dataclasses.field(default="", repr=False)
+    # PostgreSQL: connections per worker process; the longest a connect (and a wait for a
+    # pooled connection) and a statement may take before the request gets 503 + Retry-After
+    db_pool_size: int = 10
+    db_connect_timeout_s: int = 5
+    db_statement_timeout_ms: int = 30_000
+    # seconds a worker's lease on its executions lasts without a heartbeat: past it another
+    # worker (of any host) ends them as failed. The heartbeat comes every third of it.
+    lease_s: int = 15
+    # this host's name in execution leases; empty: the machine's host name and data dir
+    instance_id: str = ""
     # command engine
     pool_size: int = 8
     pool_queue: int = 16
@@ -113,6 +129,14 @@ class Config:
         return self.data_dir / "waygate.db"
 
     @property
+    def instance(self) -> str:
+        """This host's name in execution leases: unique per host and data dir."""
+        if self.instance_id:
+            return self.instance_id
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:8]
+        return f"{socket.gethostname()}-{digest}"
+
+    @property
     def effective_ratelimit_storage_uri(self) -> str:
         return (
             self.ratelimit_storage_uri or f"sqlite:///{(self.data_dir / 'ratelimits.db').resolve()}"
@@ -164,7 +188,13 @@ class Config:
             raise ConfigError("WAYGATE_MIN_FREE_BYTES: must not be negative")
         if self.db_busy_timeout_ms < 100:
             raise ConfigError("WAYGATE_DB_BUSY_TIMEOUT_MS: must be at least 100")
+        if self.database_url:
+            _check_database_url(self.database_url)
         for name, low, high in (
+            ("db_pool_size", 1, 1000),
+            ("db_connect_timeout_s", 1, 300),
+            ("db_statement_timeout_ms", 100, 3_600_000),
+            ("lease_s", 3, 3600),
             ("pool_size", 1, 256),
             ("pool_queue", 0, 10_000),
             ("batch_max", 1, 1000),
@@ -210,6 +240,17 @@ class Config:
             raise ConfigError(
                 "WAYGATE_RATELIMIT_STORAGE_URI: use sqlite:///path, redis://host:port or memory://"
             )
+
+
+def _check_database_url(url: str) -> None:
+    """A PostgreSQL URL; the message never repeats it (it may carry a password)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ConfigError("WAYGATE_DATABASE_URL: not a valid URL") from None
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ConfigError("WAYGATE_DATABASE_URL: use postgresql://user:password@host:port/database")
 
 
 def _check_rate_limit(name: str, value: str) -> None:

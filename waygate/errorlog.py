@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from .clock import isoformat, utcnow
-from .storage import Storage
+from .storage import DatabaseError, Storage
 
 MAX_MESSAGE = 2000
 _ALL, _SINCE = "", "WHERE timestamp >= ?"
@@ -123,7 +122,7 @@ class PersistingHandler(logging.Handler):
                 context=context,
                 request_id=context.pop("request_id", None),
             )
-        except sqlite3.Error:
+        except DatabaseError:
             self.handleError(record)
         finally:
             self._busy.active = False

@@ -9,7 +9,6 @@ migrations, the service start time) runs in the ``on_starting`` hook.
 
 import os
 import signal
-import sqlite3
 import sys
 import threading
 
@@ -75,7 +74,7 @@ def on_starting(server):
     from waygate.config import Config, ConfigError
     from waygate.lifecycle import mark_service_start
     from waygate.metrics import prepare_multiprocess_dir
-    from waygate.storage import Storage, make_private_dir
+    from waygate.storage import DatabaseError, make_private_dir, open_storage
 
     # Everything the service writes (databases, metrics, latency samples) is its user's
     # alone, whatever umask it was started with; workers inherit it through fork.
@@ -86,20 +85,24 @@ def on_starting(server):
         print(f"waygate: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
     make_private_dir(config.data_dir)
-    storage = Storage(config.database_path, config.db_busy_timeout_ms)
+    storage = open_storage(config)
     try:
         storage.migrate()
-    except (sqlite3.Error, OSError) as exc:
-        print(
-            f"waygate: cannot use the database in {config.data_dir}: {exc} "
-            "(is the data dir writable?)",
-            file=sys.stderr,
+    except (*DatabaseError, OSError) as exc:
+        where = (
+            storage.describe()
+            if config.database_url
+            else f"in {config.data_dir} (is the data dir writable?)"
         )
+        print(f"waygate: cannot use the database {where}: {exc}", file=sys.stderr)
         sys.exit(2)
     try:
-        # Nothing survives a restart: executions the previous service left open end as failed.
-        AuditLog(storage).fail_open_executions("the service restarted while this command ran")
-    except sqlite3.Error as exc:  # e.g. a read-only data dir: start, and let /health say so
+        # Nothing survives a restart: executions this host's previous service left open end
+        # as failed (other hosts sharing the database keep theirs).
+        AuditLog(storage, host=config.instance).fail_open_executions(
+            "the service restarted while this command ran"
+        )
+    except DatabaseError as exc:  # e.g. a read-only data dir: start, and let /health say so
         server.log.warning("could not close executions left open: %s", exc)
     storage.close()
     # Before any worker imports prometheus_client: every worker then writes its metrics to
@@ -164,16 +167,21 @@ def child_exit(server, worker):
     from waygate.audit import AuditLog
     from waygate.config import Config
     from waygate.metrics import mark_worker_dead
-    from waygate.storage import Storage
+    from waygate.storage import DatabaseError, open_storage
 
     mark_worker_dead(worker.pid)
-    storage = Storage(Config.from_env().database_path)
+    config = Config.from_env()
+    storage = open_storage(config)
+    audit = AuditLog(storage, host=config.instance)
     try:
-        closed = AuditLog(storage).fail_open_executions(
+        closed = audit.fail_open_executions(
             f"the worker (pid {worker.pid}) running this command exited", worker_pid=worker.pid
         )
         if closed:
             server.log.warning("worker %s exited with %s command(s) unfinished", worker.pid, closed)
+        audit.release(worker.pid)
+    except DatabaseError as exc:  # the database is away: the sweep closes them later
+        server.log.warning("could not close worker %s's executions: %s", worker.pid, exc)
     finally:
         storage.close()
 

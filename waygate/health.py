@@ -56,9 +56,9 @@ def run_checks(checks: dict[str, Check]) -> HealthReport:
     return HealthReport(results, failures)
 
 
-def database_check(conn_factory: Callable) -> Check:
+def database_check(ping: Callable[[], None]) -> Check:
     def check() -> str | None:
-        conn_factory().execute("SELECT count(*) FROM _sqlite_migrations").fetchone()
+        ping()  # raises unless the database answers and is migrated
         return None
 
     return check

@@ -1,4 +1,5 @@
-"""Background upkeep in each worker: close executions left behind by dead workers or past
+"""Background upkeep in each worker: renew the worker's lease on its executions, close
+executions left behind by dead workers (of this host or, past their lease, of another) or past
 their timeout, end approvals nobody decided on in time, and prune the audit log and the error
 log beyond the retention, in small batches."""
 
@@ -29,6 +30,9 @@ class Housekeeper:
         self.approvals = approvals
         self.errors = errors
         self.interval_s = interval_s
+        # leases matter where hosts share the database; one host's own workers are checked
+        # by pid (see AuditLog.sweep)
+        self.leases = audit.storage.dialect != "sqlite"
         self._stop = threading.Event()
         self._forked()
         reset_after_fork(self, Housekeeper._forked)
@@ -37,9 +41,13 @@ class Housekeeper:
         self._started = False  # a forked child has no housekeeping thread until start()
 
     def start(self) -> None:
-        """Start this process's thread (once per process)."""
-        if not self.interval_s or self._started:
+        """Start this process's thread (once per process). On a database several hosts share
+        it runs even with housekeeping off (interval 0): the lease must be renewed, or other
+        hosts end this worker's executions. The first renewal is made before this returns."""
+        if self._started or not (self.interval_s or self.leases):
             return
+        if self.leases:
+            self._renew()
         self._started = True
         threading.Thread(target=self._run, name="waygate-housekeeping", daemon=True).start()
 
@@ -64,13 +72,30 @@ class Housekeeper:
                 self.audit.max_bytes,
             )
 
+    def _renew(self) -> None:
+        try:
+            self.audit.heartbeat()
+        except Exception as exc:  # the database is away: retried at the next tick
+            log.warning("could not renew this worker's execution lease: %s", exc)
+
     def _run(self) -> None:
-        last_prune = 0.0
-        while not self._stop.wait(self.interval_s):
-            try:
-                due = time.monotonic() - last_prune > PRUNE_EVERY_S
-                if due:
-                    last_prune = time.monotonic()
-                self.run_once(prune=due)
-            except Exception:  # keep the thread alive; the failure is logged and retried
-                log.exception("housekeeping failed")
+        beat_every = self.audit.lease_s / 3
+        tick = min(beat_every, self.interval_s) if self.interval_s else beat_every
+        last_prune, last_beat = 0.0, time.monotonic()
+        last_run = time.monotonic()  # the first upkeep one interval after start, as before
+        while True:
+            now = time.monotonic()
+            if self.leases and now - last_beat >= beat_every:
+                last_beat = now
+                self._renew()
+            if self.interval_s and now - last_run >= self.interval_s:
+                last_run = now
+                try:
+                    due = now - last_prune > PRUNE_EVERY_S
+                    if due:
+                        last_prune = now
+                    self.run_once(prune=due)
+                except Exception:  # keep the thread alive; the failure is logged and retried
+                    log.exception("housekeeping failed")
+            if self._stop.wait(tick):
+                return

@@ -20,7 +20,6 @@ import hmac
 import json
 import re
 import secrets
-import sqlite3
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from limits import parse as parse_limit
 
 from .clock import isoformat, parse_iso, utcnow
 from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
-from .storage import Storage, where_clause
+from .storage import IntegrityError, Storage, where_clause
 
 KEY_LENGTH = 32
 ROLES = ("admin", "user")
@@ -49,13 +48,15 @@ _COLUMNS = (
     "id, name, role, created_at, last_used_at, revoked_at, allow, read_only, expires_at,"
     " rate_limit, updated_at"
 )
+_NO_LIMIT = 2**62  # LIMIT for "all": both SQLite and PostgreSQL take it
 _INSERT_SQL = (
     "INSERT INTO api_keys (name, role, key_hash, created_at, allow, read_only, expires_at,"
     " rate_limit) VALUES (?,?,?,?,?,?,?,?) RETURNING id, name, role, created_at,"
     " last_used_at, revoked_at, allow, read_only, expires_at, rate_limit, updated_at"
 )
 _ROTATE_SQL = (
-    "UPDATE api_keys SET previous_hash = CASE WHEN ? IS NULL THEN NULL ELSE key_hash END,"
+    "UPDATE api_keys SET previous_hash ="
+    " CASE WHEN CAST(? AS TEXT) IS NULL THEN NULL ELSE key_hash END,"
     " previous_valid_until = ?, key_hash = ?, updated_at = ?"
     " WHERE name = ? AND revoked_at IS NULL RETURNING id, name, role, created_at,"
     " last_used_at, revoked_at, allow, read_only, expires_at, rate_limit, updated_at"
@@ -267,7 +268,7 @@ class KeyStore:
                 ).fetchone()
                 record = _record(row)
                 self._event(conn, "created", record, actor, _scope_details(record))
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise Conflict(
                 f"a live key named {name!r} already exists", {"fields": {"name": ["taken"]}}
             ) from None
@@ -290,7 +291,7 @@ class KeyStore:
         if not include_revoked:
             sql += " WHERE revoked_at IS NULL"
         sql += " ORDER BY id LIMIT ? OFFSET ?"
-        rows = self.storage.conn.execute(sql, (-1 if limit is None else limit, offset))
+        rows = self.storage.conn.execute(sql, (_NO_LIMIT if limit is None else limit, offset))
         return [_record(row) for row in rows.fetchall()]
 
     def count(self, include_revoked: bool = True) -> int:
@@ -437,9 +438,7 @@ class KeyStore:
         return listed, total
 
     @staticmethod
-    def _event(
-        conn: sqlite3.Connection, event: str, key: ApiKey, actor: Actor, details: Any
-    ) -> None:
+    def _event(conn: Any, event: str, key: ApiKey, actor: Actor, details: Any) -> None:
         conn.execute(
             "INSERT INTO key_events (at, event, key_id, key_name, actor_id, actor_name, details)"
             " VALUES (?,?,?,?,?,?,?)",
@@ -483,7 +482,7 @@ def require_admin(key: ApiKey) -> None:
         raise Forbidden("this endpoint needs an admin key")
 
 
-def _record(row: sqlite3.Row) -> ApiKey:
+def _record(row: Any) -> ApiKey:
     return ApiKey(
         id=row["id"],
         name=row["name"],

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from limits.storage import Storage as LimitsStorage
 
-from .storage import Storage
+from .storage import SqliteStorage
 
 # How long this thread's own last hit answers reads of the same counter (one request's span).
 JUST_HIT_S = 0.05
@@ -38,7 +38,7 @@ class SQLiteLimitStorage(LimitsStorage):
         # Counters live for one window (a minute or so): synchronous=OFF skips the fsync of
         # checkpoints (the gain is measured in bench/README.md). A process crash loses nothing
         # (the OS has the pages); after a power loss a damaged file is set aside and recreated.
-        self._store = Storage(
+        self._store = SqliteStorage(
             Path(path),
             busy_timeout_ms=int(options.get("busy_timeout_ms", 5000)),
             synchronous="OFF",
@@ -75,8 +75,10 @@ class SQLiteLimitStorage(LimitsStorage):
         value, expires_at = self._store.execute_write(
             "INSERT INTO rate_limits (key, value, expires_at) VALUES (:key, :amount, :expires) "
             "ON CONFLICT(key) DO UPDATE SET "
-            " value = CASE WHEN expires_at <= :now THEN :amount ELSE value + :amount END,"
-            " expires_at = CASE WHEN expires_at <= :now THEN :expires ELSE expires_at END "
+            " value = CASE WHEN rate_limits.expires_at <= :now THEN :amount"
+            " ELSE rate_limits.value + :amount END,"
+            " expires_at = CASE WHEN rate_limits.expires_at <= :now THEN :expires"
+            " ELSE rate_limits.expires_at END "
             "RETURNING value, expires_at",
             {"key": key, "amount": amount, "expires": now + expiry, "now": now},
         ).rows[0]

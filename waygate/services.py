@@ -23,7 +23,7 @@ from .mcp import McpServer
 from .metrics import metrics
 from .plugins import PluginRegistry
 from .pool import CommandPool
-from .storage import Storage, make_private_dir
+from .storage import Storage, make_private_dir, open_storage
 from .tracing import setup as setup_tracing
 
 
@@ -46,7 +46,7 @@ class Services:
     def build(cls, config: Config) -> Services:
         make_private_dir(config.data_dir)
         setup_tracing(config)  # once per process; a no-op when off or already on
-        storage = Storage(config.database_path, busy_timeout_ms=config.db_busy_timeout_ms)
+        storage = open_storage(config)
         storage.migrate()
         plugins = PluginRegistry(
             storage,
@@ -59,6 +59,8 @@ class Services:
             max_bytes=config.audit_max_bytes,
             result_max_bytes=config.result_max_bytes,
             max_open_per_key=config.async_max_open_per_key,
+            host=config.instance,
+            lease_s=config.lease_s,
         )
         approvals = Approvals(
             audit,

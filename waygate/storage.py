@@ -1,6 +1,12 @@
-"""Storage: owns the SQLite database in the data dir and its migrations.
+"""Storage: owns Waygate's database and its migrations.
 
-One connection per process and thread, opened lazily after fork (a connection inherited
+Two backends behind one interface (``Storage``): SQLite in the data dir, the embedded default,
+and PostgreSQL (waygate/pgstorage.py) when ``WAYGATE_DATABASE_URL`` names one, for state that
+several hosts share. Callers write their SQL once, in the dialect both agree on (``?``
+placeholders; see pgstorage for the few rules), and catch the backend-neutral error tuples
+below.
+
+SQLite: one connection per process and thread, opened lazily after fork (a connection inherited
 through fork is never reused). WAL mode lets readers run beside the single writer; the busy
 timeout makes writers from several gunicorn workers queue instead of failing with
 "database is locked".
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import sqlite_utils
 
 from .forksafe import reset_after_fork
@@ -76,18 +83,88 @@ def where_clause(
     return (" WHERE " + " AND ".join(where)) if where else "", args
 
 
+# Backend-neutral exception classes, for ``except`` clauses and error handlers.
+DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
+IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
+# The database cannot serve now (locked, read-only, unreachable, timed out): a 503, not a bug.
+UnavailableError: tuple[type[Exception], ...] = (
+    sqlite3.OperationalError,
+    psycopg.OperationalError,
+)
+
+
+def open_storage(config) -> Storage:
+    """The configured backend: PostgreSQL when ``database_url`` is set, else SQLite."""
+    if config.database_url:
+        from .pgstorage import PostgresStorage
+
+        return PostgresStorage(
+            config.database_url,
+            pool_size=config.db_pool_size,
+            connect_timeout_s=config.db_connect_timeout_s,
+            statement_timeout_ms=config.db_statement_timeout_ms,
+        )
+    return SqliteStorage(config.database_path, busy_timeout_ms=config.db_busy_timeout_ms)
+
+
 def is_readonly(exc: sqlite3.Error) -> bool:
     """SQLITE_READONLY or one of its extended codes (e.g. SQLITE_READONLY_DBMOVED)."""
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_READONLY
 
 
 class Storage:
+    """What every backend offers; SqliteStorage and PostgresStorage implement it."""
+
+    dialect = ""
+
+    @property
+    def conn(self) -> Any:
+        """Something to run reading statements on: ``.execute(sql, params)`` gives a cursor
+        (``fetchone``, ``fetchall``, ``rowcount``, iteration) of rows readable by index and by
+        column name."""
+        raise NotImplementedError
+
+    def write(self) -> Any:
+        """A context manager: a write transaction, serialised with every other writer."""
+        raise NotImplementedError
+
+    def execute_write(self, sql: str, params=()) -> WriteResult:
+        raise NotImplementedError
+
+    def execute_grouped(self, sql: str, params=()) -> None:
+        raise NotImplementedError
+
+    def migrate(self) -> list[str]:
+        raise NotImplementedError
+
+    def pending_migrations(self) -> list[str]:
+        raise NotImplementedError
+
+    def used_bytes(self) -> int | None:
+        """Bytes the live data takes, or None where the backend cannot tell cheaply."""
+        raise NotImplementedError
+
+    def ping(self) -> None:
+        """Raise unless the database answers and is migrated."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """Where the data lives, fit for logs and /diagnostics (never a password)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class SqliteStorage(Storage):
+    dialect = "sqlite"
+
     def __init__(self, path: Path, busy_timeout_ms: int = 5000, synchronous: str = "NORMAL"):
         self.path = Path(path)
         self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
         self._forked()
-        reset_after_fork(self, Storage._forked)
+        reset_after_fork(self, SqliteStorage._forked)
 
     def _forked(self) -> None:
         """A new process has no connection and no write lock yet: both are made on first use
@@ -296,6 +373,19 @@ class Storage:
             return [m.name for m in migrations.pending(sqlite_utils.Database(conn))]
         finally:
             conn.close()
+
+    def used_bytes(self) -> int:
+        """Bytes the database's live pages take (freed pages are reused, not counted)."""
+        conn = self.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * conn.execute("PRAGMA page_size").fetchone()[0]
+
+    def ping(self) -> None:
+        self.conn.execute("SELECT count(*) FROM _sqlite_migrations").fetchone()
+
+    def describe(self) -> str:
+        return str(self.path.resolve())
 
     def backup_to(self, target: Path) -> None:
         """Copy the database to ``target`` with SQLite's online backup API: a consistent

@@ -55,7 +55,7 @@ def check_health() -> HealthReport:
     failed_plugins = svc.plugins.current.failed
     report = run_checks(
         {
-            "database": database_check(lambda: svc.storage.conn),
+            "database": database_check(svc.storage.ping),
             "cache": cache_check(limiter.storage_answers),
             "filesystem": filesystem_check(svc.config.data_dir, svc.config.min_free_bytes),
             "plugins": plugins_check(lambda: failed_plugins),

@@ -8,7 +8,6 @@ carry a stack trace or a server path; unexpected exceptions are logged with the 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from typing import Any
 
 from flask import Flask, Response, current_app, g, has_request_context, jsonify, request
@@ -17,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from .. import errorlog
 from ..clock import isoformat
 from ..errors import WaygateError, code_for_status
+from ..storage import DatabaseError, UnavailableError
 from . import mcp
 
 log = logging.getLogger("waygate.errors")
@@ -157,7 +157,7 @@ def _persist_unlogged_5xx(response: Response) -> Response:
                 context=context,
                 request_id=context.pop("request_id", None),
             )
-        except sqlite3.Error as exc:  # the answer stands even when the log cannot be written
+        except DatabaseError as exc:  # the answer stands even when the log cannot be written
             log.warning("could not persist a %s answer: %s", response.status_code, exc)
     return response
 
@@ -175,7 +175,7 @@ def install_error_persistence(app: Flask) -> None:
     app.after_request(_persist_unlogged_5xx)
 
 
-def _from_storage(exc: sqlite3.OperationalError) -> Response:
+def _from_storage(exc: Exception) -> Response:
     # A full, read-only or vanished data dir is the service's trouble, not the client's.
     log.error(
         "storage failure on %s %s: %s",
@@ -193,7 +193,8 @@ def _from_storage(exc: sqlite3.OperationalError) -> Response:
 
 
 def init_app(app: Flask) -> None:
-    app.register_error_handler(sqlite3.OperationalError, _from_storage)
+    for unavailable in UnavailableError:
+        app.register_error_handler(unavailable, _from_storage)
     app.register_error_handler(WaygateError, _from_domain)
     app.register_error_handler(HTTPException, _from_http)
     app.register_error_handler(Exception, _from_unexpected)

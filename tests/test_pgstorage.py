@@ -1,0 +1,174 @@
+"""The PostgreSQL backend's own parts: the shared SQL dialect, migrations applied once when
+hosts start together, execution leases across hosts, secrets kept out of what users see, and
+bounded waits when the database does not answer. Behaviour shared with SQLite is tested by
+the both_backends modules (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import psycopg
+import pytest
+from waygate_migrations.postgres import MIGRATIONS
+
+from tests.conftest import BIN, ROOT, free_port
+from waygate.audit import AuditLog
+from waygate.clock import isoformat
+from waygate.config import Config, ConfigError
+from waygate.outcomes import ExecutionStatus
+from waygate.pgstorage import PostgresStorage, redact_url, translate
+
+pytestmark = pytest.mark.both_backends
+
+
+@pytest.mark.parametrize(
+    ("sql", "expected"),
+    [
+        (
+            "SELECT a FROM t WHERE b = ? AND c IN (?, ?)",
+            "SELECT a FROM t WHERE b = %s AND c IN (%s, %s)",
+        ),
+        ("VALUES (:key, :amount) -- :key", "VALUES (%(key)s, %(amount)s) -- %(key)s"),
+        (
+            "SELECT '?', 'it''s ?', \"odd?\" WHERE x LIKE '50%' AND y = ?",
+            "SELECT '?', 'it''s ?', \"odd?\" WHERE x LIKE '50%%' AND y = %s",
+        ),
+        ("SELECT 5 % 2, now()::text", "SELECT 5 %% 2, now()::text"),
+    ],
+)
+def test_one_sql_text_serves_both_backends(sql, expected):
+    assert translate(sql) == expected
+
+
+def test_a_url_shown_anywhere_never_carries_its_password():
+    shown = redact_url("postgresql://waygate:s3cr3t-pw@db.example:5433/ops?sslpassword=x2")
+    assert shown == "postgresql://waygate:***@db.example:5433/ops"
+    assert "s3cr3t" not in shown and "x2" not in shown
+    with pytest.raises(ConfigError) as refused:
+        Config(database_url="mysql://root:s3cr3t-pw@db/ops").validate()
+    assert "s3cr3t" not in str(refused.value) and "postgresql://" in str(refused.value)
+    with pytest.raises(ConfigError) as refused:
+        Config(database_url="postgresql://u:s3cr3t-pw@db:port/ops").validate()
+    assert "s3cr3t" not in str(refused.value)
+
+
+def test_hosts_starting_at_once_apply_each_migration_once(pg_url, tmp_path):
+    """Four `waygate migrate` processes on one empty database, released together."""
+    env = {**os.environ, "WAYGATE_DATABASE_URL": pg_url, "WAYGATE_DATA_DIR": str(tmp_path)}
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "waygate"), "migrate"], env=env, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    applied = sorted(int(o.split()[1]) for o in outputs)
+    assert applied == [0, 0, 0, len(MIGRATIONS)], outputs  # one did all, the others nothing
+    with psycopg.connect(pg_url) as conn:
+        names = [r[0] for r in conn.execute("SELECT name FROM _waygate_migrations ORDER BY name")]
+    assert names == [name for name, _ in MIGRATIONS]
+    # the SQLite migrations carry the same names, in the same order
+    from waygate_migrations import migrations
+
+    assert [m.name for m in migrations._migrations] == names
+
+
+def _accept(audit: AuditLog, command_id: str) -> None:
+    audit.accept(
+        command_id=command_id,
+        action="sleep",
+        plugin="Testing",
+        key_name="ops",
+        key_id=1,
+        timeout_s=600,
+        created_at=isoformat(),
+    )
+
+
+def _status(storage, command_id: str) -> tuple[str, str | None]:
+    row = storage.conn.execute(
+        "SELECT status, error FROM executions WHERE command_id = ?", (command_id,)
+    ).fetchone()
+    return row["status"], row["error"]
+
+
+def test_another_host_ends_executions_whose_lease_lapsed(storage):
+    host_a = AuditLog(storage, host="host-a", lease_s=3)
+    host_b = AuditLog(storage, host="host-b", lease_s=3)
+    _accept(host_a, "cmd_on_a")
+    host_a.heartbeat()
+    # B cannot see A's processes: while A renews its lease, B leaves A's execution alone
+    assert host_b.sweep() == 0
+    assert _status(storage, "cmd_on_a") == ("pending", None)
+    # A stops renewing (its host died): past the lease, B ends the execution as failed
+    storage.execute_write("UPDATE worker_leases SET renewed_at = renewed_at - 4")
+    assert host_b.sweep() == 1
+    status, error = _status(storage, "cmd_on_a")
+    assert status == ExecutionStatus.FAILED
+    assert f"pid {os.getpid()} on host-a" in error and "lease" in error
+
+
+def test_a_restart_closes_only_its_own_hosts_executions(storage):
+    host_a = AuditLog(storage, host="host-a")
+    host_b = AuditLog(storage, host="host-b")
+    _accept(host_a, "cmd_on_a")
+    _accept(host_b, "cmd_on_b")
+    assert host_b.fail_open_executions("the service restarted while this command ran") == 1
+    assert _status(storage, "cmd_on_a")[0] == "pending"
+    assert _status(storage, "cmd_on_b")[0] == "failed"
+
+
+def test_an_unreachable_database_is_a_quick_503_and_health_names_it(make_app, keys):
+    """A PostgreSQL that does not answer (nothing listens on its port): requests get the
+    spec's envelope with 503 and Retry-After within the connect timeout, never a hang, and
+    never the URL's password."""
+    url = f"postgresql://waygate:pw-never-shown@127.0.0.1:{free_port()}/waygate"
+    app = make_app()
+    svc = app.extensions["waygate"]
+    svc.storage = svc.audit.storage = PostgresStorage(url, connect_timeout_s=1)
+    svc.keys.storage = svc.storage
+    client = app.test_client()
+    started = time.monotonic()
+    health = client.get("/health")
+    assert time.monotonic() - started < 3
+    assert health.status_code == 503
+    assert health.get_json()["checks"]["database"].startswith("failed:")
+    assert "pw-never-shown" not in health.get_data(as_text=True)
+    started = time.monotonic()
+    refused = client.post("/mcp/execute", json={"action": "test"}, headers={"X-API-Key": keys.user})
+    assert time.monotonic() - started < 3
+    assert refused.status_code == 503 and refused.headers["Retry-After"]
+    assert refused.get_json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert "pw-never-shown" not in refused.get_data(as_text=True)
+    svc.storage.close()
+
+
+def test_a_bad_database_url_stops_the_service_before_it_starts(tmp_path):
+    url = f"postgresql://waygate:pw-never-shown@127.0.0.1:{free_port()}/waygate"
+    done = subprocess.run(
+        [
+            str(BIN / "gunicorn"),
+            "-c",
+            str(ROOT / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{free_port()}",
+            "--chdir",
+            str(ROOT),
+            "wsgi:app",
+        ],
+        env={
+            **os.environ,
+            "WAYGATE_DATA_DIR": str(tmp_path),
+            "WAYGATE_DATABASE_URL": url,
+            "WAYGATE_DB_CONNECT_TIMEOUT_S": "1",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "cannot use the database postgresql://waygate:***@127.0.0.1" in done.stderr
+    assert "pw-never-shown" not in done.stderr + done.stdout

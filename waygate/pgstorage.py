@@ -1,0 +1,364 @@
+"""Storage on PostgreSQL (``WAYGATE_DATABASE_URL=postgresql://...``): the state several
+Waygate hosts share.
+
+The rest of Waygate writes its SQL once, in the dialect both backends agree on (``?`` and
+``:name`` placeholders, ``IS NOT DISTINCT FROM``, ``ON CONFLICT ... DO UPDATE``,
+``RETURNING``, ``CAST``); this module hands it to psycopg 3 in psycopg's placeholder style
+and gives rows that read by index and by column name, as SQLite's do.
+
+Connections come from a psycopg_pool pool per process, made on first use after fork (a pool's
+sockets and threads never cross a fork). A read takes a connection for one statement; a write
+transaction holds one until it commits. Every wait is bounded: connecting by
+``connect_timeout_s`` (also the longest a request waits for a pooled connection), each
+statement by ``statement_timeout_ms``. When the server is down, requests fail fast with an
+OperationalError (503 + Retry-After to clients) and the pool reconnects in the background, so
+the service recovers without a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg_pool
+
+from .forksafe import reset_after_fork
+from .storage import Storage, WriteResult
+
+# After a connect timeout, how long calls fail at once before one tries again.
+DOWN_PROBE_S = 1.0
+
+
+class Unreachable(psycopg.OperationalError):
+    """No connection to the database could be had (an OperationalError: a 503 to clients)."""
+
+
+# pg_advisory_xact_lock keys: one for write transactions (the writer lock SQLite has by
+# nature), one for migrations (two hosts starting at once apply them once).
+WRITE_LOCK = 0x57A7_0001
+MIGRATE_LOCK = 0x57A7_0002
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (and query parameters dropped, which may
+    carry one too): the form logs, errors and /diagnostics show."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = host + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return "postgresql://***"
+    if parts.username:
+        netloc = f"{parts.username}{':***' if parts.password is not None else ''}@{netloc}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class Row:
+    """A result row readable as ``row[0]`` and ``row["column"]``, like ``sqlite3.Row``."""
+
+    __slots__ = ("_values", "_names")
+
+    def __init__(self, values, names: dict[str, int]):
+        self._values = tuple(values)
+        self._names = names
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            return self._values[self._names[key]]
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __eq__(self, other) -> bool:
+        return tuple(self) == tuple(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def keys(self) -> list[str]:
+        return list(self._names)
+
+    def __repr__(self) -> str:
+        return f"Row({dict(zip(self._names, self._values, strict=False))!r})"
+
+
+def _row_factory(cursor):
+    names = {column.name: i for i, column in enumerate(cursor.description or ())}
+    return lambda values: Row(values, names)
+
+
+@lru_cache(maxsize=2048)
+def translate(sql: str) -> str:
+    """Waygate's SQL (``?`` and ``:name`` placeholders) in psycopg's style (``%s``,
+    ``%(name)s``, a literal ``%`` doubled). Quoted strings and identifiers are left alone."""
+    out: list[str] = []
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in ("'", '"'):
+            end = sql.find(c, i + 1)
+            while end != -1 and end + 1 < n and sql[end + 1] == c:  # '' inside a literal
+                end = sql.find(c, end + 2)
+            end = n - 1 if end == -1 else end
+            out.append(sql[i : end + 1].replace("%", "%%"))
+            i = end + 1
+            continue
+        if c == "?":
+            out.append("%s")
+        elif c == "%":
+            out.append("%%")
+        elif (
+            c == ":"
+            and i + 1 < n
+            and (sql[i + 1].isalpha() or sql[i + 1] == "_")
+            and (i == 0 or sql[i - 1] != ":")
+        ):
+            j = i + 1
+            while j < n and (sql[j].isalnum() or sql[j] == "_"):
+                j += 1
+            out.append(f"%({sql[i + 1 : j]})s")
+            i = j
+            continue
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+class Result:
+    """A statement's rows, fetched before its connection went back to the pool."""
+
+    __slots__ = ("_rows", "rowcount", "_at")
+
+    def __init__(self, rows: list[Row], rowcount: int):
+        self._rows, self.rowcount, self._at = rows, rowcount, 0
+
+    def fetchone(self) -> Row | None:
+        if self._at >= len(self._rows):
+            return None
+        self._at += 1
+        return self._rows[self._at - 1]
+
+    def fetchall(self) -> list[Row]:
+        rows, self._at = self._rows[self._at :], len(self._rows)
+        return rows
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.fetchall())
+
+
+def _run(conn: psycopg.Connection, sql: str, params) -> Result:
+    cursor = conn.execute(translate(sql), params if params else None)
+    rows = cursor.fetchall() if cursor.description is not None else []
+    return Result(rows, cursor.rowcount)
+
+
+class Session:
+    """One connection, for the statements of one transaction."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self._conn = conn
+
+    def execute(self, sql: str, params=()) -> Result:
+        return _run(self._conn, sql, params)
+
+    def executemany(self, sql: str, seq) -> None:
+        with self._conn.cursor() as cursor:
+            cursor.executemany(translate(sql), seq)
+
+
+class Reader:
+    """``storage.conn`` on PostgreSQL: each statement on a pooled connection of its own, in
+    autocommit. A statement that meets a connection the server dropped (a restart) is retried
+    once on a fresh one, as the pool discards the broken one."""
+
+    def __init__(self, storage: PostgresStorage):
+        self._storage = storage
+
+    def execute(self, sql: str, params=()) -> Result:
+        for attempt in (1, 2):
+            with self._storage.connection() as conn:
+                try:
+                    return _run(conn, sql, params)
+                except psycopg.OperationalError:
+                    if attempt == 2 or not conn.closed:
+                        raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class PostgresStorage(Storage):
+    dialect = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        pool_size: int = 10,
+        connect_timeout_s: float = 5.0,
+        statement_timeout_ms: int = 30_000,
+    ):
+        self.url = url
+        self.pool_size = pool_size
+        self.connect_timeout_s = connect_timeout_s
+        self.statement_timeout_ms = statement_timeout_ms
+        self._forked()
+        reset_after_fork(self, PostgresStorage._forked)
+
+    def _forked(self) -> None:
+        # A child drops the parent's pool without closing it: closing would talk on the
+        # parent's sockets. It makes its own on first use.
+        self._pool: psycopg_pool.ConnectionPool | None = None
+        self._pool_lock = threading.Lock()
+        self._down_until = 0.0
+        self._closed = False
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection. When none could be had within the connect timeout, the
+        database counts as down for a moment (DOWN_PROBE_S): calls in between fail at once
+        instead of each waiting the timeout out, and the next one after it probes again."""
+        if time.monotonic() < self._down_until:
+            raise Unreachable("the database is unreachable; try again shortly")
+        pool = self.pool()
+        try:
+            conn = pool.getconn()
+        except psycopg_pool.PoolTimeout:
+            self._down_until = time.monotonic() + DOWN_PROBE_S
+            raise Unreachable(
+                f"no database connection within {self.connect_timeout_s:g} s"
+            ) from None
+        try:
+            yield conn
+        finally:
+            pool.putconn(conn)  # a broken one is discarded and replaced by the pool
+
+    def describe(self) -> str:
+        return redact_url(self.url)
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "row_factory": _row_factory,
+            "connect_timeout": max(1, int(round(self.connect_timeout_s))),
+            "options": f"-c statement_timeout={int(self.statement_timeout_ms)}"
+            f" -c lock_timeout={int(self.statement_timeout_ms)}",
+            "application_name": "waygate",
+        }
+
+    def connect(self) -> psycopg.Connection:
+        """A new connection outside the pool; the caller owns it."""
+        return psycopg.connect(self.url, **self._connect_kwargs())
+
+    def pool(self) -> psycopg_pool.ConnectionPool:
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._pool_lock:
+            if self._closed:
+                raise Unreachable("the database connection pool is closed")
+            if self._pool is None:
+                pool = psycopg_pool.ConnectionPool(
+                    self.url,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    kwargs=self._connect_kwargs(),
+                    timeout=self.connect_timeout_s,
+                    # a failed connect is retried while a request may still be waiting for
+                    # it; after that the next request's wait starts a new attempt
+                    reconnect_timeout=self.connect_timeout_s,
+                    name="waygate",
+                    open=False,
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    @property
+    def conn(self) -> Reader:
+        return Reader(self)
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction, serialised with every other write transaction of every host
+        (an advisory lock held to its commit), as SQLite serialises its writers: a read
+        followed by a write inside one sees nothing change in between."""
+        with self.connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+            yield Session(conn)
+
+    def execute_write(self, sql: str, params=()) -> WriteResult:
+        with self.connection() as conn:
+            result = _run(conn, sql, params)
+            return WriteResult(result.rowcount, result.fetchall())
+
+    def execute_grouped(self, sql: str, params=()) -> None:
+        # PostgreSQL groups concurrent commits' WAL flushes itself.
+        self.execute_write(sql, params)
+
+    def used_bytes(self) -> int | None:
+        # A PostgreSQL table keeps its size after rows are deleted (VACUUM makes the space
+        # reusable, not smaller), so a byte budget could never tell when pruning is enough.
+        return None
+
+    def ping(self) -> None:
+        self.conn.execute("SELECT count(*) FROM _waygate_migrations").fetchone()
+
+    # -- migrations --------------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations, each in its own transaction, under an advisory lock:
+        hosts starting at once apply each migration once."""
+        from waygate_migrations.postgres import MIGRATIONS
+
+        with self.connect() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
+            try:
+                applied = self._applied(conn)
+                done = []
+                for name, statements in MIGRATIONS:
+                    if name in applied:
+                        continue
+                    with conn.transaction():
+                        for statement in statements:
+                            conn.execute(statement)
+                        conn.execute(
+                            "INSERT INTO _waygate_migrations (name, applied_at) VALUES (%s, now())",
+                            (name,),
+                        )
+                    done.append(name)
+                return done
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
+
+    @staticmethod
+    def _applied(conn: psycopg.Connection) -> set[str]:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS _waygate_migrations ("
+            " name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+        )
+        return {row[0] for row in conn.execute("SELECT name FROM _waygate_migrations")}
+
+    def pending_migrations(self) -> list[str]:
+        from waygate_migrations.postgres import MIGRATIONS
+
+        with self.connect() as conn:
+            exists = conn.execute("SELECT to_regclass('_waygate_migrations')").fetchone()[0]
+            applied = self._applied(conn) if exists else set()
+        return [name for name, _ in MIGRATIONS if name not in applied]
+
+    def close(self) -> None:
+        """Close the pool for good (threads still finishing get Unreachable)."""
+        with self._pool_lock:
+            pool, self._pool, self._closed = self._pool, None, True
+        if pool is not None:
+            pool.close(timeout=1)
