@@ -260,6 +260,101 @@ def server_factory(data_dir):
         server.stop()
 
 
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free loopback port: ``(uri, process)``."""
+    uri, proc = start_redis(tmp_path)
+    yield uri, proc
+    proc.kill()
+    proc.wait()
+
+
+def start_redis(directory: Path) -> tuple[str, subprocess.Popen]:
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return f"redis://127.0.0.1:{port}", proc
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+
+
+# -- PostgreSQL: one throwaway cluster per test run (tests/pgcluster.py) ----------------------
+# Missing server binaries fail these fixtures loudly (no skip): `make test` installs them.
+PG_TEMPLATE = "waygate_migrated"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    from tests.pgcluster import PgCluster
+
+    cluster = PgCluster().start()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_cluster, tmp_path_factory) -> str:
+    """A database that `waygate migrate` ran on, once per run: copied by ``pg_database``."""
+    url = pg_cluster.create_database(PG_TEMPLATE)
+    done = subprocess.run(
+        [str(BIN / "waygate"), "migrate"],
+        env={
+            **os.environ,
+            "WAYGATE_DATA_DIR": str(tmp_path_factory.mktemp("pg-template")),
+            "WAYGATE_DATABASE_URL": url,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, f"waygate migrate on PostgreSQL failed: {done.stderr}"
+    return PG_TEMPLATE
+
+
+@pytest.fixture
+def pg_database(pg_cluster, request):
+    """Make fresh databases, dropped after the test: ``url = pg_database(migrated=True)``."""
+    made: list[str] = []
+
+    def make(migrated: bool = False) -> str:
+        template = request.getfixturevalue("pg_template") if migrated else None
+        url = pg_cluster.create_database(template=template)
+        made.append(url.rsplit("/", 1)[1])
+        return url
+
+    yield make
+    for name in made:
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def pg_url(pg_database) -> str:
+    """A fresh, empty database of the test's own: its URL (with the password, as in
+    production)."""
+    return pg_database()
+
+
+@pytest.fixture
+def pg_migrated_url(pg_database) -> str:
+    """A fresh database with every migration applied (a copy of a template that `waygate
+    migrate` ran on once per run, faster than migrating each)."""
+    return pg_database(migrated=True)
+
+
 def pytest_addoption(parser):
     parser.addoption(
         "--soak", action="store_true", help="run the load and contention tests for 60 s each"
