@@ -4,6 +4,7 @@ gunicorn servers on free loopback ports for anything that crosses workers."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -353,6 +354,15 @@ def pg_migrated_url(pg_database) -> str:
     """A fresh database with every migration applied (a copy of a template that `waygate
     migrate` ran on once per run, faster than migrating each)."""
     return pg_database(migrated=True)
+
+
+# Figures that tests measure for the record (e.g. tests/test_multihost.py), shown in the summary.
+FIGURES = pytest.StashKey[dict]()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    for name, figures in config.stash.get(FIGURES, {}).items():
+        terminalreporter.write_line(f"{name} figures: {json.dumps(figures, sort_keys=True)}")
 
 
 def pytest_addoption(parser):

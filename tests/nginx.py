@@ -46,6 +46,11 @@ class Nginx:
         self.stop()
         raise RuntimeError("nginx did not start listening")
 
+    @property
+    def cert(self) -> Path:
+        """The self-signed certificate (valid for 127.0.0.1): a client's ``verify``."""
+        return self.root / "cert.pem"
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
@@ -58,7 +63,8 @@ class Nginx:
     def _make_cert(self) -> None:
         subprocess.run(
             ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-             "-subj", "/CN=localhost", "-keyout", str(self.root / "key.pem"),
+             "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+             "-keyout", str(self.root / "key.pem"),
              "-out", str(self.root / "cert.pem")],
             check=True,
             capture_output=True,
