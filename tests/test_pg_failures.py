@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from tests.conftest import BIN, start_redis
+from tests.conftest import BIN
 from tests.pgcluster import PgCluster
 
 CONNECT_TIMEOUT_S = 2
@@ -132,21 +132,13 @@ def cluster_pids(cluster: PgCluster) -> list[int]:
     return [postmaster, *map(int, children.stdout.split())]
 
 
-@pytest.fixture
-def redis_to_stop(tmp_path):
-    uri, proc = start_redis(tmp_path)
-    yield uri, proc
-    proc.kill()
-    proc.wait()
-
-
 def stop_redis(proc) -> None:
     proc.terminate()
     proc.wait(timeout=10)
 
 
-def test_redis_down_fails_open_by_default_on_postgresql(pg_server, redis_to_stop):
-    uri, proc = redis_to_stop
+def test_redis_down_fails_open_by_default_on_postgresql(pg_server, redis_server):
+    uri, proc = redis_server
     server, key = pg_server(WAYGATE_RATELIMIT_STORAGE_URI=uri)
     assert execute(server, key)[0].status_code == 200
     stop_redis(proc)
@@ -157,8 +149,8 @@ def test_redis_down_fails_open_by_default_on_postgresql(pg_server, redis_to_stop
     assert health["checks"]["database"] == "ok"
 
 
-def test_redis_down_fails_closed_when_configured_on_postgresql(pg_server, redis_to_stop):
-    uri, proc = redis_to_stop
+def test_redis_down_fails_closed_when_configured_on_postgresql(pg_server, redis_server):
+    uri, proc = redis_server
     server, key = pg_server(WAYGATE_RATELIMIT_STORAGE_URI=uri, WAYGATE_RATELIMIT_FAIL_OPEN="false")
     assert execute(server, key)[0].status_code == 200
     stop_redis(proc)
