@@ -271,38 +271,74 @@ def test_the_audit_count_equals_the_successes_served_by_both(hosts, figures):
     figures["audit"] = {"rows": audit["total"], "served_a": served["a"], "served_b": served["b"]}
 
 
-def test_a_dead_hosts_execution_ends_failed_within_the_lease(hosts, figures):
-    """Runs last: host A is gone after it."""
-    _, key = create_key(hosts, "orphaned")
-    body = {"action": "stuck", "params": {"seconds": 60}, "timeout": 120, "async": True}
+LEASE_BOUND_S = LEASE_S + HOUSEKEEPING_S + 2  # the lease, one housekeeping round, a margin
+
+
+def start_on_a(hosts: Hosts, key: str, seconds: float) -> str:
+    """An async `stuck` command accepted by host A, seen running from host B: its B URL."""
+    body = {"action": "stuck", "params": {"seconds": seconds}, "timeout": 120, "async": True}
     accepted = execute(hosts, hosts.a.url, key, body)
     assert accepted.status_code == 202
     location = hosts.b.url + accepted.headers["Location"]
-    headers = {"X-API-Key": key}
     deadline = time.monotonic() + 10
-    while hosts.http.get(location, headers=headers, timeout=10).json()["status"] != "running":
+    while poll(hosts, location, key)["status"] != "running":
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    victims = [hosts.a.proc.pid, *hosts.a.worker_pids()]
-    for pid in victims:  # the master first, so that it starts no new worker
-        os.kill(pid, signal.SIGKILL)
-    killed = time.monotonic()
-    hosts.a.proc.wait(timeout=10)
-    bound = LEASE_S + HOUSEKEEPING_S + 2  # the lease, one housekeeping round, a margin for load
-    while time.monotonic() - killed < bound:
-        polled = hosts.http.get(location, headers=headers, timeout=10).json()
-        if polled["status"] != "running":
+    return location
+
+
+def poll(hosts: Hosts, location: str, key: str) -> dict:
+    return hosts.http.get(location, headers={"X-API-Key": key}, timeout=10).json()
+
+
+def wait_until_ended(hosts: Hosts, location: str, key: str) -> tuple[dict, float]:
+    """Poll host B until the execution is no longer running (at most the lease bound)."""
+    since = time.monotonic()
+    while (polled := poll(hosts, location, key))["status"] == "running":
+        if time.monotonic() - since > LEASE_BOUND_S:
             break
         time.sleep(0.1)
-    observed = time.monotonic() - killed
+    return polled, time.monotonic() - since
+
+
+def assert_failed_with_a_reason(polled: dict) -> None:
     assert polled["status"] == "failed", polled
     assert isinstance(polled.get("error"), str) and polled["error"].strip()
     assert "Traceback" not in polled["error"]
+
+
+def test_a_frozen_hosts_execution_ends_failed_and_stays_failed_when_it_wakes(hosts, figures):
+    # A hung host still has its pids: only the lease, not a pid check, can end its work.
+    _, key = create_key(hosts, "frozen")
+    location = start_on_a(hosts, key, seconds=2)
+    frozen = [hosts.a.proc.pid, *hosts.a.worker_pids()]
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        polled, observed = wait_until_ended(hosts, location, key)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+    assert_failed_with_a_reason(polled)
+    time.sleep(1.0)  # host A's handler has finished by now: it must not undo the verdict
+    assert poll(hosts, location, key) == polled
+    figures["lease_frozen_host"] = {"ended_failed_after_s": round(observed, 2)}
+
+
+def test_a_dead_hosts_execution_ends_failed_within_the_lease(hosts, figures):
+    """Runs last: host A is gone after it."""
+    _, key = create_key(hosts, "orphaned")
+    location = start_on_a(hosts, key, seconds=60)
+    for pid in [hosts.a.proc.pid, *hosts.a.worker_pids()]:  # the master first: no new worker
+        os.kill(pid, signal.SIGKILL)
+    hosts.a.proc.wait(timeout=10)
+    polled, observed = wait_until_ended(hosts, location, key)
+    assert_failed_with_a_reason(polled)
+    assert observed <= LEASE_BOUND_S
     figures["lease"] = {
         "lease_s": LEASE_S,
         "housekeeping_interval_s": HOUSEKEEPING_S,
         "ended_failed_after_s": round(observed, 2),
         "reason": polled["error"],
     }
-    # the service stays up through nginx on host B
-    assert status_of(hosts, hosts.front, key) == 200
+    assert status_of(hosts, hosts.front, key) == 200  # the service stays up on host B
