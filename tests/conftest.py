@@ -4,6 +4,7 @@ gunicorn servers on free loopback ports for anything that crosses workers."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -302,36 +303,76 @@ def server_factory(data_dir, database_url):
         server.stop()
 
 
-def pytest_addoption(parser):
-    parser.addoption(
-        "--soak", action="store_true", help="run the load and contention tests for 60 s each"
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on a free loopback port: ``(uri, process)``."""
+    uri, proc = start_redis(tmp_path)
+    yield uri, proc
+    proc.kill()
+    proc.wait()
+
+
+def start_redis(directory: Path) -> tuple[str, subprocess.Popen]:
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return f"redis://127.0.0.1:{port}", proc
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.05)
+
+
+# -- PostgreSQL: one throwaway cluster per test run (tests/pgcluster.py) ----------------------
+# Missing server binaries fail these fixtures loudly (no skip): `make test` installs them.
+PG_TEMPLATE = "waygate_migrated"
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    from tests.pgcluster import PgCluster
+
+    cluster = PgCluster().start()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_cluster, tmp_path_factory) -> str:
+    """A database that `waygate migrate` ran on, once per run: copied by ``pg_database``."""
+    url = pg_cluster.create_database(PG_TEMPLATE)
+    done = subprocess.run(
+        [str(BIN / "waygate"), "migrate"],
+        env={
+            **os.environ,
+            "WAYGATE_DATA_DIR": str(tmp_path_factory.mktemp("pg-template")),
+            "WAYGATE_DATABASE_URL": url,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-
-
-# -- PostgreSQL (temporary: a cluster started by hand, until tests/pgcluster.py lands) ---------
-_PG_ADMIN_URL = os.environ.get("WAYGATE_TEST_PG_ADMIN_URL", "")
-_pg_template_ready: list[str] = []
-_pg_counter = iter(range(10**9))
+    assert done.returncode == 0, f"waygate migrate on PostgreSQL failed: {done.stderr}"
+    return PG_TEMPLATE
 
 
 @pytest.fixture
-def pg_url():
-    """A fresh, empty database (not migrated)."""
-    import psycopg
-
-    base = _PG_ADMIN_URL.rsplit("/", 1)[0]
-    name = f"waygate_e{os.getpid()}_{next(_pg_counter)}"
-    with psycopg.connect(_PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield f"{base}/{name}"
-    with psycopg.connect(_PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture
-def pg_migrated_url(monkeypatch):
-    import psycopg
-
+def pg_database(pg_cluster, request, monkeypatch):
+    """Make fresh databases, dropped after the test: ``url = pg_database(migrated=True)``.
+    Every connection pool the test opened in this process (apps, CLI, fixtures) is closed
+    first."""
     from waygate.pgstorage import PostgresStorage
 
     opened: list[PostgresStorage] = []
@@ -342,24 +383,48 @@ def pg_migrated_url(monkeypatch):
         opened.append(self)
 
     monkeypatch.setattr(PostgresStorage, "__init__", tracked)
+    made: list[str] = []
 
-    base = _PG_ADMIN_URL.rsplit("/", 1)[0]
-    with psycopg.connect(_PG_ADMIN_URL, autocommit=True) as admin:
-        if not _pg_template_ready:
-            admin.execute("DROP DATABASE IF EXISTS waygate_template")
-            admin.execute("CREATE DATABASE waygate_template")
-            template = PostgresStorage(f"{base}/waygate_template")
-            template.migrate()
-            template.close()
-            _pg_template_ready.append("yes")
-        name = f"waygate_t{os.getpid()}_{next(_pg_counter)}"
-        admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.execute(f"CREATE DATABASE {name} TEMPLATE waygate_template")
-    yield f"{base}/{name}"
-    for storage in opened:  # every pool the test made (apps, CLI, fixtures) gives back its
-        storage.close()  # connections
-    with psycopg.connect(_PG_ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    def make(migrated: bool = False) -> str:
+        template = request.getfixturevalue("pg_template") if migrated else None
+        url = pg_cluster.create_database(template=template)
+        made.append(url.rsplit("/", 1)[1])
+        return url
+
+    yield make
+    for storage in opened:
+        storage.close()
+    for name in made:
+        pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def pg_url(pg_database) -> str:
+    """A fresh, empty database of the test's own: its URL (with the password, as in
+    production)."""
+    return pg_database()
+
+
+@pytest.fixture
+def pg_migrated_url(pg_database) -> str:
+    """A fresh database with every migration applied (a copy of a template that `waygate
+    migrate` ran on once per run, faster than migrating each)."""
+    return pg_database(migrated=True)
+
+
+# Figures that tests measure for the record (e.g. tests/test_multihost.py), shown in the summary.
+FIGURES = pytest.StashKey[dict]()
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    for name, figures in config.stash.get(FIGURES, {}).items():
+        terminalreporter.write_line(f"{name} figures: {json.dumps(figures, sort_keys=True)}")
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--soak", action="store_true", help="run the load and contention tests for 60 s each"
+    )
 
 
 @pytest.fixture

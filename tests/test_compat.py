@@ -143,6 +143,28 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
+def test_psycopg_waits_take_the_timeout_the_bounded_connection_passes():
+    """bounded_connection_class relies on Connection.wait(gen, interval, timeout) raising
+    errors._WaitTimeout (psycopg 3.3); tests/test_pg_failures.py freezes a real server."""
+    import inspect
+
+    import psycopg
+    from psycopg import errors
+
+    assert list(inspect.signature(psycopg.Connection.wait).parameters)[1:] == [
+        "gen",
+        "interval",
+        "timeout",
+    ]
+    assert issubclass(errors._WaitTimeout, psycopg.OperationalError)
+
+    class NoAnswer(psycopg.OperationalError):
+        pass
+
+    bounded = compat.bounded_connection_class(0.5, NoAnswer)
+    assert issubclass(bounded, psycopg.Connection) and "wait" in vars(bounded)
+
+
 def test_nothing_outside_web_and_the_app_factory_imports_flask():
     allowed = {PACKAGE / "app.py", PACKAGE / "compat.py"}  # compat: inside functions only
     offenders = [

@@ -10,15 +10,14 @@ import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT
+from tests.nginx import Nginx
 from tests.test_metrics import scrape
 
 DEPLOY = ROOT / "deploy"
@@ -32,86 +31,9 @@ def nginx_in_front(server_factory, keys):
     server = server_factory(
         workers=2, WAYGATE_TRUSTED_PROXIES="1", WAYGATE_RATE_LIMIT_HEALTH="3/minute"
     )
-    root = Path(tempfile.mkdtemp(prefix="waygate-nginx-"))
-    root.chmod(0o755)  # nginx workers run unprivileged and must read the config and cert
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-keyout",
-            str(root / "key.pem"),
-            "-out",
-            str(root / "cert.pem"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    (root / "key.pem").chmod(0o644)
-    http_port, https_port = free_port(), free_port()
-    replacements = {
-        "upstream": f"server 127.0.0.1:{server.port};",
-        "http": f"listen 127.0.0.1:{http_port};",
-        "https": f"listen 127.0.0.1:{https_port} ssl http2;",
-        "cert": f"ssl_certificate {root / 'cert.pem'};",
-        "key": f"ssl_certificate_key {root / 'key.pem'};",
-    }
-    site = []
-    for line in (DEPLOY / "nginx" / "waygate.conf").read_text().splitlines():
-        marker = re.search(r"# @TEST@ (\w+)", line)
-        if marker:
-            indent = line[: len(line) - len(line.lstrip())]
-            line = indent + replacements[marker.group(1)]
-        site.append(line)
-    (root / "site.conf").write_text("\n".join(site) + "\n")
-    temp = {name: root / name for name in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    for path in temp.values():
-        path.mkdir()
-        path.chmod(0o777)
-    (root / "nginx.conf").write_text(f"""
-worker_processes 1;
-daemon off;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {root}/access.log;
-    client_body_temp_path {temp["body"]};
-    proxy_temp_path {temp["proxy"]};
-    fastcgi_temp_path {temp["fastcgi"]};
-    uwsgi_temp_path {temp["uwsgi"]};
-    scgi_temp_path {temp["scgi"]};
-    include {root}/site.conf;
-}}
-""")
-    check = subprocess.run(
-        ["nginx", "-t", "-p", str(root), "-c", str(root / "nginx.conf")],
-        capture_output=True,
-        text=True,
-    )
-    assert check.returncode == 0, check.stderr
-    proc = subprocess.Popen(
-        ["nginx", "-p", str(root), "-c", str(root / "nginx.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", https_port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    yield {"server": server, "https": https_port, "http": http_port, "root": root}
-    proc.terminate()
-    proc.wait(timeout=10)
+    nginx = Nginx([server.port]).start()
+    yield {"server": server, "https": nginx.https, "http": nginx.http, "root": nginx.root}
+    nginx.stop()
 
 
 def call(port, method, path, source="127.0.0.1", headers=None, body=None):

@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.conftest import free_port
 from tests.test_engine_server import SPREAD, pids_serving
 from tests.test_metrics import sample
 
@@ -107,44 +106,6 @@ def test_diagnostics_count_every_worker(ops_server, keys):
     ).json()
     assert errors["total"] == 9
     assert len({e["worker_pid"] for e in errors["errors"]}) >= 2
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}", proc
-    proc.kill()
-    proc.wait()
 
 
 def test_redis_backed_limits_are_exact_across_workers(ops_server, keys, redis_server):

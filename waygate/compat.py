@@ -24,7 +24,33 @@ WRITTEN_FOR = {
     "flask-cors": ">=5.0,<7",
     "prometheus-flask-exporter": ">=0.23,<0.24",
     "gunicorn": ">=23,<28",
+    "psycopg": ">=3.3,<3.4",
 }
+
+
+# -- psycopg -----------------------------------------------------------------------------------
+
+
+def bounded_connection_class(timeout_s: float, error: type[Exception]) -> type:
+    """A psycopg Connection class whose every wait on the server ends after ``timeout_s``.
+
+    A server that accepts and never answers (frozen, stuck on a dead disk) is never ended by
+    its own ``statement_timeout``; libpq would wait forever on a pooled connection. psycopg
+    3.3's ``Connection.wait`` takes a ``timeout`` and raises its private ``_WaitTimeout``; this
+    class passes the bound to every wait, closes the connection (its protocol state is lost
+    mid-statement, so the pool drops it) and raises ``error`` saying so."""
+    import psycopg
+    from psycopg import errors
+
+    class BoundedConnection(psycopg.Connection):
+        def wait(self, gen, interval=0.1, timeout=None):
+            try:
+                return super().wait(gen, interval, timeout_s if timeout is None else timeout)
+            except errors._WaitTimeout:
+                self.close()
+                raise error(f"the database did not answer within {timeout_s:g} s") from None
+
+    return BoundedConnection
 
 
 # -- stevedore ---------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import psycopg_pool
 
+from .compat import bounded_connection_class
 from .forksafe import reset_after_fork
 from .storage import Storage, WriteResult
 
@@ -37,6 +38,10 @@ DOWN_PROBE_S = 1.0
 
 class Unreachable(psycopg.OperationalError):
     """No connection to the database could be had (an OperationalError: a 503 to clients)."""
+
+
+class NoAnswer(Unreachable):
+    """The server took a statement and did not answer within the bound (frozen, stuck)."""
 
 
 # pg_advisory_xact_lock keys: one for write transactions (the writer lock SQLite has by
@@ -191,8 +196,10 @@ class Reader:
             with self._storage.connection() as conn:
                 try:
                     return _run(conn, sql, params)
-                except psycopg.OperationalError:
-                    if attempt == 2 or not conn.closed:
+                except psycopg.OperationalError as exc:
+                    # a connection the server dropped (a restart) is worth one retry; one
+                    # that was never answered is not
+                    if attempt == 2 or not conn.closed or isinstance(exc, NoAnswer):
                         raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -239,6 +246,9 @@ class PostgresStorage(Storage):
             ) from None
         try:
             yield conn
+        except NoAnswer:
+            self._down_until = time.monotonic() + DOWN_PROBE_S
+            raise
         finally:
             pool.putconn(conn)  # a broken one is discarded and replaced by the pool
 
@@ -255,8 +265,13 @@ class PostgresStorage(Storage):
             "application_name": "waygate",
         }
 
+    def _answer_within_s(self) -> float:
+        """The longest a pooled connection waits for the server: its statement timeout (which
+        the server enforces itself) and a margin, for a server that answers nothing at all."""
+        return self.statement_timeout_ms / 1000 + 1
+
     def connect(self) -> psycopg.Connection:
-        """A new connection outside the pool; the caller owns it."""
+        """A new connection outside the pool; the caller owns it (migrations: unbounded)."""
         return psycopg.connect(self.url, **self._connect_kwargs())
 
     def pool(self) -> psycopg_pool.ConnectionPool:
@@ -269,6 +284,7 @@ class PostgresStorage(Storage):
             if self._pool is None:
                 pool = psycopg_pool.ConnectionPool(
                     self.url,
+                    connection_class=bounded_connection_class(self._answer_within_s(), NoAnswer),
                     min_size=1,
                     max_size=self.pool_size,
                     kwargs=self._connect_kwargs(),

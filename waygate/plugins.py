@@ -29,7 +29,7 @@ from . import compat
 from .clock import isoformat
 from .errors import NotFound
 from .sdk import Command, Plugin, Prompt, Resource
-from .storage import Storage
+from .storage import DatabaseError, Storage
 
 NAMESPACE = "waygate.plugins"
 _COMMAND_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -363,7 +363,15 @@ class PluginRegistry:
         # loads the new set wait for it instead of being handed the old one.
         with self._lock:
             if self._current is None or time.monotonic() - self._checked_at > self.CHECK_INTERVAL:
-                generation = self._shared_generation()
+                try:
+                    generation = self._shared_generation()
+                except DatabaseError as exc:
+                    if self._current is None:
+                        raise
+                    # the database is away: keep serving the loaded set, ask again later
+                    log.warning("could not read the plugin generation: %s", exc)
+                    self._checked_at = time.monotonic()
+                    return self._current
                 if self._current is None or generation != self._generation:
                     self._install(generation, fresh=self._current is not None)
                 self._checked_at = time.monotonic()
