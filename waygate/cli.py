@@ -5,6 +5,7 @@ waygate --version
 waygate serve [GUNICORN OPTIONS]                    (gunicorn with the packaged settings)
 waygate migrate
 waygate backup PATH                                 (an online copy of the database)
+waygate db copy --to postgresql://...               (this host's SQLite state into PostgreSQL)
 waygate keys create --name NAME [--role admin|user] [--allow PATTERN ...] [--read-only]
                     [--expires 30d] [--rate-limit 1000/minute]   (the key: last line of stdout)
 waygate keys list [--json]
@@ -170,6 +171,66 @@ def backup(ctx: Context, path: Path) -> None:
         )
     ctx.storage.backup_to(path)
     click.echo(f"backed up {ctx.config.database_path.resolve()} to {path}")
+
+
+@cli.group()
+def db() -> None:
+    """Move state between databases."""
+
+
+@db.command("copy")
+@click.option(
+    "--to",
+    "target_url",
+    required=True,
+    metavar="postgresql://user:password@host:port/db",
+    help="The PostgreSQL database every host will share.",
+)
+@pass_context
+def db_copy(ctx: Context, target_url: str) -> None:
+    """Copy this host's SQLite state (keys, executions, statistics, errors) into PostgreSQL.
+
+    Idempotent: rows already there are kept, so running it again after stopping the service
+    copies what came in meanwhile. Each table is verified by counting its rows in the target.
+    Then set WAYGATE_DATABASE_URL on every host (docs/operations.md, "Several hosts")."""
+    from .config import ConfigError, _check_database_url
+    from .dbcopy import copy_state
+    from .pgstorage import PostgresStorage
+
+    if ctx.config.database_url:
+        raise click.ClickException(
+            "WAYGATE_DATABASE_URL is set: this host is on PostgreSQL already; unset it to copy"
+            " the SQLite state of its data dir"
+        )
+    try:
+        _check_database_url(target_url)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc).replace("WAYGATE_DATABASE_URL", "--to")) from None
+    source = ctx.storage
+    target = PostgresStorage(
+        target_url,
+        pool_size=2,
+        connect_timeout_s=ctx.config.db_connect_timeout_s,
+        statement_timeout_ms=ctx.config.db_statement_timeout_ms,
+    )
+    try:
+        applied = target.migrate()
+        if applied:
+            click.echo(f"migrated {target.describe()}: {len(applied)} migration(s)")
+        reports = copy_state(source, target)
+    finally:
+        target.close()
+    for r in reports:
+        click.echo(
+            f"{r.table}: {r.source} in {source.describe()}, {r.copied} copied,"
+            f" {r.source - r.copied} already there; {r.verified} verified in the target"
+        )
+    if not all(r.ok for r in reports):
+        raise click.ClickException(
+            "some rows are not in the target: a row there holds the same unique value (e.g. a"
+            " live key of the same name); resolve it and run the copy again"
+        )
+    click.echo(f"copied into {target.describe()}: every row verified")
 
 
 @cli.group()

@@ -1,0 +1,55 @@
+"""`waygate db copy --to postgresql://...`: a host's SQLite state moves into PostgreSQL, keys
+keep working there, a second run copies nothing twice, and the password never shows."""
+
+from __future__ import annotations
+
+import psycopg
+
+
+def test_sqlite_state_moves_into_postgresql_idempotently_and_verified(
+    runner, make_app, keys, pg_url
+):
+    client = make_app().test_client()
+    for message in ("a", "b", "c"):
+        ran = client.post(
+            "/mcp/execute",
+            json={"action": "echo", "params": {"message": message}},
+            headers=keys.headers(),
+        )
+        assert ran.status_code == 200
+    client.post("/mcp/execute", json={"action": "nope"}, headers=keys.headers())
+    code, out, err = runner("db", "copy", "--to", pg_url)
+    assert code == 0, err
+    password = pg_url.split(":")[2].split("@")[0]
+    assert password not in out + err and ":***@" in out
+    assert "api_keys: 2 in " in out and "2 copied" in out
+    assert "executions: 3 in " in out and "every row verified" in out
+
+    # the same state answers from PostgreSQL: keys, audit, statistics, totals
+    moved = make_app(database_url=pg_url).test_client()
+    assert (
+        moved.post(
+            "/mcp/execute",
+            json={"action": "echo", "params": {"message": "d"}},
+            headers=keys.headers(),
+        ).status_code
+        == 200
+    )
+    listed = moved.get("/mcp/executions", headers=keys.headers("admin"))
+    assert listed.status_code == 200 and listed.headers["X-Total-Count"] == "4"
+    with psycopg.connect(pg_url) as conn:
+        calls = conn.execute("SELECT sum(calls_total) FROM plugin_stats").fetchone()[0]
+        assert calls == 4  # three copied totals and the new call, never double counted
+        created = conn.execute("SELECT count(*) FROM key_events").fetchone()[0]
+        assert created == 2
+
+    # again: nothing copied twice, nothing lost
+    code, out, err = runner("db", "copy", "--to", pg_url)
+    assert code == 0, err
+    assert "executions: 3 in " in out and "0 copied, 3 already there" in out
+
+
+def test_a_copy_to_something_else_than_postgresql_is_refused_without_repeating_it(runner, keys):
+    code, out, err = runner("db", "copy", "--to", "mysql://root:hunter2@db/ops")
+    assert code == 1 and "hunter2" not in out + err
+    assert "--to: use postgresql://" in err
