@@ -449,6 +449,15 @@ def tracing_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
     return summary
 
 
+def postgresql_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
+    """/mcp/execute on SQLite and on PostgreSQL side by side (bench/pg.py)."""
+    if str(ROOT) not in sys.path:  # run as a script: bench/ and tests/ are under ROOT
+        sys.path.insert(0, str(ROOT))
+    from bench import pg
+
+    return pg.postgresql_cost(rounds, seconds, data_dir, key, sys.modules[__name__])
+
+
 # -- 5: growth -------------------------------------------------------------------------------
 
 
@@ -609,6 +618,12 @@ def main() -> int:
         action="store_true",
         help="also /mcp/execute with OpenTelemetry tracing off and on, in the same run",
     )
+    parser.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="/mcp/execute on SQLite and on PostgreSQL side by side (part of every full run;"
+        " this adds it to --compare-only)",
+    )
     parser.add_argument("--rounds", type=int, help="rounds of the comparison (default 3)")
     parser.add_argument(
         "--out",
@@ -644,6 +659,8 @@ def main() -> int:
             results["floor"] = compare(rounds, seconds, data_dir, key, app="bench.ablate:app")
         if args.tracing:
             results["tracing"] = tracing_cost(rounds, seconds, data_dir, key)
+        if args.postgresql or not args.compare_only:
+            results["postgresql"] = postgresql_cost(rounds, seconds, data_dir, key)
         if not args.compare_only:
             results["process_data"] = process_data(data_dir, key)
             results["memory"] = memory(data_dir, key, requests_for_memory)
@@ -670,7 +687,8 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     errors = sum(v["non_2xx"] for v in c.values())
-    errors += sum(v["non_2xx"] for v in results.get("tracing", {}).values() if isinstance(v, dict))
+    for extra in ("tracing", "postgresql"):
+        errors += sum(v["non_2xx"] for v in results.get(extra, {}).values() if isinstance(v, dict))
     if errors:
         print(f"bench: {errors} non-2xx responses during the comparison", file=sys.stderr)
     return 0 if all(t["met"] for t in results["targets"].values()) and not errors else 1
@@ -709,6 +727,10 @@ def report(results: dict) -> None:
             print(f"{name:22} {r['rps']:10.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
         for name, value in results["floor_ratios"].items():
             print(f"{name:22} {value:10.3f}  (not a target)")
+    if "postgresql" in results:
+        from bench import pg
+
+        pg.report(results["postgresql"])
     if "tracing" in results:
         t = results["tracing"]
         print("\ntracing: /mcp/execute echo, OpenTelemetry off and on (OTLP to loopback)")

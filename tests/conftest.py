@@ -127,6 +127,7 @@ def make_app(config):
 
     yield build
     for app in apps:  # a PostgreSQL pool holds connections until closed
+        app.extensions["waygate"].housekeeper.stop()
         app.extensions["waygate"].storage.close()
 
 

@@ -80,6 +80,8 @@ class PgCluster:
     port: int = 0
     bin: Path = field(default_factory=bin_dir)
     watchdog: subprocess.Popen | None = None
+    # postgresql.conf settings over SETTINGS (bench/pg.py: production durability)
+    settings: dict = field(default_factory=dict)
 
     @property
     def data(self) -> Path:
@@ -168,7 +170,11 @@ class PgCluster:
         pwfile.unlink()
         if done.returncode != 0:
             raise RuntimeError(f"initdb failed: {done.stdout}{done.stderr}")
-        settings = {**SETTINGS, "unix_socket_directories": f"'{self.root / 'socket'}'"}
+        settings = {
+            **SETTINGS,
+            **self.settings,
+            "unix_socket_directories": f"'{self.root / 'socket'}'",
+        }
         with (self.data / "postgresql.conf").open("a") as conf:
             conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
 

@@ -37,6 +37,7 @@ def test_the_harness_measures_every_case_without_a_failed_request(tmp_path):
             "--compare-only",
             "--floor",
             "--tracing",
+            "--postgresql",
             "--rounds",
             "1",
             "--seconds",
@@ -68,5 +69,9 @@ def test_the_harness_measures_every_case_without_a_failed_request(tmp_path):
     for name in ("tracing_off@1", "tracing_on@1", "tracing_off@16", "tracing_on@16"):
         assert tracing[name]["non_2xx"] == 0 and tracing[name]["rps"] > 0, (name, tracing)
     assert tracing["exports_received"] > 0  # the traced server really exported its spans
+    pg = results["postgresql"]
+    for name in ("sqlite@1", "postgresql@1", "sqlite@16", "postgresql@16"):
+        assert pg[name]["non_2xx"] == 0 and pg[name]["rps"] > 0, (name, pg)
+    assert pg["postgresql_audit_rows"] > 0 and pg["pg_vs_sqlite_rps@16"] > 0
     assert tracing["on_vs_off_rps@16"] > 0
     assert "health_vs_bare" in run.stdout and "floor" in run.stdout

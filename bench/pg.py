@@ -1,0 +1,89 @@
+"""The cost of PostgreSQL: ``POST /mcp/execute`` (echo) on one server with SQLite and one on
+PostgreSQL (a cluster on this machine), in the same run, rounds alternating.
+
+Durability is matched, not maximised: SQLite runs as shipped (WAL, synchronous=NORMAL: a
+commit reaches the OS, fsync at checkpoints), PostgreSQL with fsync on and
+synchronous_commit=off (a commit reaches the WAL buffers and is flushed within 200 ms; a
+crash never corrupts, a power loss may lose the last fraction of a second on either).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+from pathlib import Path
+
+from tests.pgcluster import PgCluster
+
+DURABLE = {"fsync": "on", "full_page_writes": "on", "synchronous_commit": "off"}
+
+
+def postgresql_cost(rounds: int, seconds: float, data_dir: Path, key: str, bench) -> dict:
+    """``bench`` is bench/run.py (its servers, wrk and constants)."""
+    cluster = PgCluster(settings=DURABLE).start()
+    try:
+        url = cluster.create_database("waygate_bench")
+        pg_dir = data_dir / "pg-host"
+        pg_dir.mkdir()
+        env = {**os.environ, "WAYGATE_DATA_DIR": str(pg_dir), "WAYGATE_DATABASE_URL": url}
+        subprocess.run([str(bench.BIN / "waygate"), "migrate"], check=True, env=env,
+                       capture_output=True)  # fmt: skip
+        pg_key = subprocess.run(
+            [str(bench.BIN / "waygate"), "keys", "create", "--name", "bench", "--role", "admin"],
+            check=True, env=env, capture_output=True, text=True,
+        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        runs: dict[str, list[dict]] = {}
+        with (
+            bench.waygate(data_dir) as lite,
+            bench.waygate(pg_dir, env={"WAYGATE_DATABASE_URL": url}) as pg,
+        ):
+            cases = [
+                ("sqlite", lambda c: bench.wrk(lite.url + "/mcp/execute", c, seconds,
+                                               bench.ECHO_COMMAND, key, server=lite)),
+                ("postgresql", lambda c: bench.wrk(pg.url + "/mcp/execute", c, seconds,
+                                                   bench.ECHO_COMMAND, pg_key, server=pg)),
+            ]  # fmt: skip
+            for _, fn in cases:  # warm up
+                fn(16)
+            for n in range(rounds):
+                for connections in (1, 16):
+                    for name, fn in cases if n % 2 == 0 else reversed(cases):
+                        runs.setdefault(f"{name}@{connections}", []).append(fn(connections))
+        rows = cluster.connect("waygate_bench").execute("SELECT count(*) FROM executions")
+        audit_rows = rows.fetchone()[0]
+    finally:
+        cluster.destroy()
+    summary: dict = {
+        name: {
+            "rps": statistics.median(r["rps"] for r in results),
+            "p50_ms": statistics.median(r["p50_ms"] for r in results),
+            "p99_ms": statistics.median(r["p99_ms"] for r in results),
+            "non_2xx": sum(r["non_2xx"] for r in results),
+            "rounds": len(results),
+        }
+        for name, results in runs.items()
+    }
+    summary["postgresql_audit_rows"] = audit_rows
+    for c in (1, 16):
+        summary[f"pg_vs_sqlite_rps@{c}"] = round(
+            summary[f"postgresql@{c}"]["rps"] / summary[f"sqlite@{c}"]["rps"], 3
+        )
+        summary[f"pg_vs_sqlite_p99@{c}"] = round(
+            summary[f"postgresql@{c}"]["p99_ms"] / summary[f"sqlite@{c}"]["p99_ms"], 3
+        )
+    return summary
+
+
+def report(p: dict) -> None:
+    print("\npostgresql: /mcp/execute echo, SQLite and PostgreSQL (same machine) side by side")
+    for name in ("sqlite@1", "postgresql@1", "sqlite@16", "postgresql@16"):
+        r = p[name]
+        print(f"  {name:<15} {r['rps']:>8.0f} req/s  p50 {r['p50_ms']:6.2f} ms"
+              f"  p99 {r['p99_ms']:6.2f} ms  non-2xx {r['non_2xx']}")  # fmt: skip
+    rps, p99, rows = (
+        p["pg_vs_sqlite_rps@16"],
+        p["pg_vs_sqlite_p99@16"],
+        p["postgresql_audit_rows"],
+    )
+    print(f"  PostgreSQL / SQLite at 16 connections: {rps:.2f}x req/s, p99 {p99:.2f}x; {rows} rows")
