@@ -52,7 +52,7 @@ def test_values_are_read_from_waygate_variables(tmp_path):
         ("WAYGATE_TRUSTED_PROXIES", "-1"),
         ("WAYGATE_LOG_LEVEL", "LOUD"),
         ("WAYGATE_CORS_ORIGINS", "not an origin"),
-        ("WAYGATE_RATELIMIT_STORAGE_URI", "postgres://db"),
+        ("WAYGATE_RATELIMIT_STORAGE_URI", "mysql://db"),
         ("WAYGATE_RATELIMIT_FAIL_OPEN", "maybe"),
         ("WAYGATE_PUBLIC_URL", "waygate.example.com"),
         ("WAYGATE_PUBLIC_URL", "https://waygate.example.com/api?x=1"),

@@ -172,3 +172,27 @@ def test_a_bad_database_url_stops_the_service_before_it_starts(tmp_path):
     assert done.returncode != 0
     assert "cannot use the database postgresql://waygate:***@127.0.0.1" in done.stderr
     assert "pw-never-shown" not in done.stderr + done.stdout
+
+
+def test_without_redis_the_limits_of_hosts_on_one_database_are_one(
+    make_app, pg_migrated_url, tmp_path
+):
+    """Two hosts (own data dirs) on one PostgreSQL and no limit storage set: the per-key
+    limit counts their requests together."""
+    from waygate.keys import KeyStore
+
+    storage = PostgresStorage(pg_migrated_url)
+    _, key = KeyStore(storage).create("ops", "user")
+    storage.close()
+    hosts = [
+        make_app(
+            database_url=pg_migrated_url, data_dir=tmp_path / name, rate_limit_execute="3/minute"
+        ).test_client()
+        for name in ("a", "b")
+    ]
+    body = {"action": "test"}
+    answers = [
+        hosts[n % 2].post("/mcp/execute", json=body, headers={"X-API-Key": key}).status_code
+        for n in range(4)
+    ]
+    assert answers == [200, 200, 200, 429]

@@ -138,9 +138,11 @@ class Config:
 
     @property
     def effective_ratelimit_storage_uri(self) -> str:
-        return (
-            self.ratelimit_storage_uri or f"sqlite:///{(self.data_dir / 'ratelimits.db').resolve()}"
-        )
+        """The configured limit storage; unset: the shared database when there is one (exact
+        across hosts), else a SQLite file in the data dir (exact across workers)."""
+        if self.ratelimit_storage_uri:
+            return self.ratelimit_storage_uri
+        return self.database_url or f"sqlite:///{(self.data_dir / 'ratelimits.db').resolve()}"
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -235,10 +237,12 @@ class Config:
             raise ConfigError("WAYGATE_APPROVAL_WEBHOOK_URL: must be an http:// or https:// URL")
         uri = self.ratelimit_storage_uri
         if uri and not re.match(
-            r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory)://", uri
+            r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory|postgresql|postgres)://",
+            uri,
         ):
             raise ConfigError(
-                "WAYGATE_RATELIMIT_STORAGE_URI: use sqlite:///path, redis://host:port or memory://"
+                "WAYGATE_RATELIMIT_STORAGE_URI: use sqlite:///path, redis://host:port,"
+                " postgresql://... or memory://"
             )
 
 

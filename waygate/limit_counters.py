@@ -6,6 +6,10 @@ statement on a shared SQLite file in WAL mode, so every worker sees one counter 
 Only the fixed-window strategy is supported (it needs incr/get/get_expiry).
 
     sqlite:////abs/path/ratelimits.db     (four slashes: an absolute path, as in SQLAlchemy)
+
+The same counters in PostgreSQL, registered as ``postgresql://``, are exact across hosts: the
+default when Waygate's own state is there (WAYGATE_DATABASE_URL). Redis is the faster choice
+for many hosts.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ import random
 import sqlite3
 import threading
 import time
+from contextlib import suppress
 from pathlib import Path
 
 from limits.storage import Storage as LimitsStorage
 
-from .storage import SqliteStorage
+from .storage import DatabaseError, SqliteStorage
 
 # How long this thread's own last hit answers reads of the same counter (one request's span).
 JUST_HIT_S = 0.05
@@ -68,7 +73,7 @@ class SQLiteLimitStorage(LimitsStorage):
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
-        return sqlite3.Error
+        return DatabaseError
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
         now = time.time()
@@ -116,9 +121,9 @@ class SQLiteLimitStorage(LimitsStorage):
 
     def check(self) -> bool:
         try:
-            self._store.conn.execute("SELECT count(*) FROM rate_limits WHERE 0").fetchone()
+            self._store.conn.execute("SELECT count(*) FROM rate_limits WHERE 1 = 0").fetchone()
             return True
-        except sqlite3.Error:
+        except DatabaseError:
             return False
 
     def reset(self) -> int | None:
@@ -129,3 +134,45 @@ class SQLiteLimitStorage(LimitsStorage):
 
     def _prune(self, now: float) -> None:
         self._store.execute_write("DELETE FROM rate_limits WHERE expires_at <= ?", (now,))
+
+
+class PostgresLimitStorage(SQLiteLimitStorage):
+    """The counters in PostgreSQL (``postgresql://user:password@host/db``), one row per
+    window shared by every worker of every host. The table is UNLOGGED: counters live a
+    minute, so they skip the WAL (a server crash empties them, never corrupts them)."""
+
+    STORAGE_SCHEME = ["postgresql", "postgres"]
+
+    def __init__(
+        self, uri: str | None = None, wrap_exceptions: bool = False, **options: float | str | bool
+    ):
+        LimitsStorage.__init__(self, uri, wrap_exceptions=wrap_exceptions, **options)
+        from .pgstorage import PostgresStorage
+
+        self._store = PostgresStorage(
+            uri or "",
+            pool_size=int(options.get("pool_size", 4)),
+            connect_timeout_s=float(options.get("connect_timeout_s", 5)),
+        )
+        self._recent = threading.local()
+        with suppress(*DatabaseError):  # the database is away: the first hit makes the table
+            self._ensure_table()
+
+    def _ensure_table(self) -> None:
+        import psycopg
+
+        with suppress(psycopg.errors.UniqueViolation):  # another worker made it just now
+            self._store.execute_write(
+                "CREATE UNLOGGED TABLE IF NOT EXISTS rate_limits ("
+                " key TEXT PRIMARY KEY, value BIGINT NOT NULL,"
+                " expires_at DOUBLE PRECISION NOT NULL)"
+            )
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        import psycopg
+
+        try:
+            return super().incr(key, expiry, amount)
+        except psycopg.errors.UndefinedTable:
+            self._ensure_table()
+            return super().incr(key, expiry, amount)
