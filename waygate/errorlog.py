@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from .clock import isoformat, utcnow
-from .storage import DatabaseError, Storage
+from .storage import DatabaseError, Storage, UnavailableError
 
 MAX_MESSAGE = 2000
 _ALL, _SINCE = "", "WHERE timestamp >= ?"
@@ -122,6 +122,8 @@ class PersistingHandler(logging.Handler):
                 context=context,
                 request_id=context.pop("request_id", None),
             )
+        except UnavailableError:
+            pass  # the database is away: the record still went to the log stream
         except DatabaseError:
             self.handleError(record)
         finally:

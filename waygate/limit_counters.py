@@ -153,6 +153,7 @@ class PostgresLimitStorage(SQLiteLimitStorage):
             uri or "",
             pool_size=int(options.get("pool_size", 4)),
             connect_timeout_s=float(options.get("connect_timeout_s", 5)),
+            statement_timeout_ms=int(options.get("statement_timeout_ms", 30_000)),
         )
         self._recent = threading.local()
         with suppress(*DatabaseError):  # the database is away: the first hit makes the table

@@ -34,6 +34,9 @@ from .storage import Storage, WriteResult
 
 # After a connect timeout, how long calls fail at once before one tries again.
 DOWN_PROBE_S = 1.0
+# database URL -> until when it counts as down, shared by the storages of one process (the
+# state and the rate-limit counters may live in one database: one wait tells both)
+_DOWN_UNTIL: dict[str, float] = {}
 
 
 class Unreachable(psycopg.OperationalError):
@@ -226,7 +229,6 @@ class PostgresStorage(Storage):
         # parent's sockets. It makes its own on first use.
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._pool_lock = threading.Lock()
-        self._down_until = 0.0
         self._closed = False
 
     @contextmanager
@@ -234,23 +236,30 @@ class PostgresStorage(Storage):
         """A pooled connection. When none could be had within the connect timeout, the
         database counts as down for a moment (DOWN_PROBE_S): calls in between fail at once
         instead of each waiting the timeout out, and the next one after it probes again."""
-        if time.monotonic() < self._down_until:
+        if time.monotonic() < _DOWN_UNTIL.get(self.url, 0.0):
             raise Unreachable("the database is unreachable; try again shortly")
         pool = self.pool()
         try:
             conn = pool.getconn()
         except psycopg_pool.PoolTimeout:
-            self._down_until = time.monotonic() + DOWN_PROBE_S
+            _DOWN_UNTIL[self.url] = time.monotonic() + DOWN_PROBE_S
             raise Unreachable(
                 f"no database connection within {self.connect_timeout_s:g} s"
             ) from None
         try:
             yield conn
         except NoAnswer:
-            self._down_until = time.monotonic() + DOWN_PROBE_S
+            _DOWN_UNTIL[self.url] = time.monotonic() + DOWN_PROBE_S
+            raise
+        except psycopg.OperationalError:
+            if conn.closed:  # the server dropped it (a restart): its idle siblings are dead too
+                pool.putconn(conn)
+                conn = None
+                pool.check()  # discards every idle connection that no longer answers
             raise
         finally:
-            pool.putconn(conn)  # a broken one is discarded and replaced by the pool
+            if conn is not None:
+                pool.putconn(conn)  # a broken one is discarded and replaced by the pool
 
     def describe(self) -> str:
         return redact_url(self.url)

@@ -78,9 +78,16 @@ def caller_identity() -> str:
 
 class RateLimiter:
     def __init__(self, config: Config):
-        self.storage = storage_from_string(
-            config.effective_ratelimit_storage_uri, wrap_exceptions=True
+        uri = config.effective_ratelimit_storage_uri
+        options = (  # the database's waits bound the counters' too
+            {
+                "connect_timeout_s": config.db_connect_timeout_s,
+                "statement_timeout_ms": config.db_statement_timeout_ms,
+            }
+            if uri.startswith(("postgresql://", "postgres://"))
+            else {}
         )
+        self.storage = storage_from_string(uri, wrap_exceptions=True, **options)
         self.strategy = FixedWindowRateLimiter(self.storage)
         self.fail_open = config.ratelimit_fail_open
         self.default = parse(config.rate_limit_default)
