@@ -490,6 +490,51 @@ def tracing_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
     return summary
 
 
+# -- worker pinning: on and off, with more workers than cores ---------------------------------
+
+
+def pinning_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
+    """/health and /mcp/execute (echo) against two Waygates with gunicorn's default worker
+    count (2 x cores + 1), one with its workers kept on one CPU each (the default), one with
+    WAYGATE_PIN_WORKERS=false; alternating order, 16 connections."""
+    workers = 2 * (os.cpu_count() or 1) + 1
+    runs: dict[str, list[dict]] = {}
+    with (
+        waygate(data_dir, workers) as pinned,
+        waygate(data_dir, workers, env={"WAYGATE_PIN_WORKERS": "false"}) as free,
+    ):
+        cases = [
+            (f"{label}_{path}", server, path)
+            for label, server in (("pinned", pinned), ("unpinned", free))
+            for path in ("health", "execute")
+        ]
+
+        def measure(server: Server, path: str) -> dict:
+            if path == "health":
+                return wrk(server.url + "/health", 16, seconds, server=server)
+            return wrk(server.url + "/mcp/execute", 16, seconds, ECHO_COMMAND, key, server=server)
+
+        for _, server, path in cases:  # warm up
+            measure(server, path)
+        for n in range(rounds):
+            for path in ("health", "execute"):
+                pair = [c for c in cases if c[2] == path]
+                for name, server, _ in pair if n % 2 == 0 else reversed(pair):
+                    runs.setdefault(name, []).append(measure(server, path))
+    summary: dict = {"workers": workers}
+    for name, results in runs.items():
+        summary[name] = {
+            field: statistics.median(r[field] for r in results)
+            for field in ("rps", "p50_ms", "p99_ms")
+        }
+        summary[name]["non_2xx"] = sum(r["non_2xx"] for r in results)
+    for path in ("health", "execute"):
+        summary[f"pinned_vs_unpinned_{path}"] = round(
+            summary[f"pinned_{path}"]["rps"] / summary[f"unpinned_{path}"]["rps"], 3
+        )
+    return summary
+
+
 # -- 5: growth -------------------------------------------------------------------------------
 
 
@@ -650,6 +695,11 @@ def main() -> int:
         action="store_true",
         help="also /mcp/execute with OpenTelemetry tracing off and on, in the same run",
     )
+    parser.add_argument(
+        "--pinning",
+        action="store_true",
+        help="also Waygate with 2 x cores + 1 workers, pinned to CPUs and not, in the same run",
+    )
     parser.add_argument("--rounds", type=int, help="rounds of the comparison (default 3)")
     parser.add_argument(
         "--out",
@@ -685,6 +735,8 @@ def main() -> int:
             results["floor"] = compare(rounds, seconds, data_dir, key, app="bench.ablate:app")
         if args.tracing:
             results["tracing"] = tracing_cost(rounds, seconds, data_dir, key)
+        if args.pinning:
+            results["pinning"] = pinning_cost(rounds, seconds, data_dir, key)
         if not args.compare_only:
             results["process_data"] = process_data(data_dir, key)
             results["memory"] = memory(data_dir, key, requests_for_memory)
@@ -716,6 +768,7 @@ def main() -> int:
     out.write_text(json.dumps(results, indent=2))
     errors = sum(v["non_2xx"] for v in c.values())
     errors += sum(v["non_2xx"] for v in results.get("tracing", {}).values() if isinstance(v, dict))
+    errors += sum(v["non_2xx"] for v in results.get("pinning", {}).values() if isinstance(v, dict))
     if errors:
         print(f"bench: {errors} non-2xx responses during the comparison", file=sys.stderr)
     return 0 if all(t["met"] for t in results["targets"].values()) and not errors else 1
@@ -784,6 +837,14 @@ def report(results: dict) -> None:
         print(
             f"{'on/off p99 @16':22} {t['on_vs_off_p99@16']:10.3f}  exports: {t['exports_received']}"
         )
+    if "pinning" in results:
+        p = results["pinning"]
+        print(f"\nworker pinning, {p['workers']} workers, 16 connections")
+        for name in ("pinned_health", "unpinned_health", "pinned_execute", "unpinned_execute"):
+            r = p[name]
+            print(f"{name:22} {r['rps']:10.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
+        for path in ("health", "execute"):
+            print(f"{'pinned/unpinned ' + path:22} {p[f'pinned_vs_unpinned_{path}']:10.3f}")
     if "process_data" not in results:
         return
     print("\nprocess_data (transform):")
