@@ -81,6 +81,7 @@ class Metrics:
 
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple, Any] = {}
+        self._pool_written = (0, 0)  # the pool gauges' values, as last written
         r = self.registry
         self.requests = Counter(
             "waygate_requests_total",
@@ -240,8 +241,14 @@ class Metrics:
 
     @_never_raising
     def observe_pool(self, in_use: int, queued: int) -> None:
-        self.pool_in_use.set(in_use)
-        self.pool_queued.set(queued)
+        # Only what changed is written (the pool reports both after each change, in order):
+        # each write is a file write in multiprocess mode, and a livesum gauge is this
+        # process's own value, so skipping an unchanged one changes nothing a scrape sees.
+        if in_use != self._pool_written[0]:
+            self.pool_in_use.set(in_use)
+        if queued != self._pool_written[1]:
+            self.pool_queued.set(queued)
+        self._pool_written = (in_use, queued)
 
 
 _lock = threading.Lock()
