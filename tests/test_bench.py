@@ -20,6 +20,7 @@ CASES = {
         "bare_post",
         "mcp",
         "sdk",
+        "fastmcp",
         "execute_scoped",
         "execute_unscoped",
     )
@@ -59,12 +60,15 @@ def test_the_harness_measures_every_case_without_a_failed_request(tmp_path):
             assert case["non_2xx"] == 0, (section, name, case)
             assert case["rps"] > 0 and case["p99_ms"] > 0, (section, name, case)
     assert set(results["targets"]) == {
-        "health_vs_bare",
-        "execute_vs_bare_post",
         "mcp_vs_sdk",
+        "mcp_vs_fastmcp",
+        "p50_1_vs_bare",
         "p99_16_vs_bare",
+        "health_vs_floor",
+        "execute_vs_floor",
+        "mcp_vs_floor",
+        "floor_health_vs_bare",
     }
-    assert set(results["floor_ratios"]) == set(results["targets"])
     tracing = results["tracing"]
     for name in ("tracing_off@1", "tracing_on@1", "tracing_off@16", "tracing_on@16"):
         assert tracing[name]["non_2xx"] == 0 and tracing[name]["rps"] > 0, (name, tracing)
@@ -74,4 +78,4 @@ def test_the_harness_measures_every_case_without_a_failed_request(tmp_path):
         assert pg[name]["non_2xx"] == 0 and pg[name]["rps"] > 0, (name, pg)
     assert pg["postgresql_audit_rows"] > 0 and pg["pg_vs_sqlite_rps@16"] > 0
     assert tracing["on_vs_off_rps@16"] > 0
-    assert "health_vs_bare" in run.stdout and "floor" in run.stdout
+    assert "health_vs_floor" in run.stdout and "mcp_vs_fastmcp" in run.stdout

@@ -56,6 +56,12 @@ def _schema(schema_class: type[Schema]) -> Schema:
     return schema_class()
 
 
+@lru_cache(maxsize=1024)
+def _plugin_logger(plugin: str) -> logging.Logger:
+    """A plugin's logger (``logging.getLogger`` takes the logging module's lock each call)."""
+    return logging.getLogger(f"waygate.plugin.{plugin}")
+
+
 def new_command_id() -> str:
     """``cmd_`` + milliseconds since the epoch (hex) + 80 random bits: unique across workers
     and restarts, and sorted by time."""
@@ -513,9 +519,7 @@ class CommandService:
     def _context(
         inv: Invocation, caller: Caller, started: float, span: Any = None
     ) -> ExecutionContext:
-        logger = logging.LoggerAdapter(
-            logging.getLogger(f"waygate.plugin.{inv.plugin}"), {"command_id": inv.command_id}
-        )
+        logger = logging.LoggerAdapter(_plugin_logger(inv.plugin), {"command_id": inv.command_id})
         return ExecutionContext(
             command_id=inv.command_id,
             key_name=caller.key_name,

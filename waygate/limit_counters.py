@@ -169,11 +169,36 @@ class PostgresLimitStorage(SQLiteLimitStorage):
                 " expires_at DOUBLE PRECISION NOT NULL)"
             )
 
-    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+    def _again_with_table(self, call):
+        """``call()``; when the table is gone (never made while the database was away, or
+        lost with a crash before its creation was flushed), made again and ``call()`` again."""
         import psycopg
 
         try:
-            return super().incr(key, expiry, amount)
+            return call()
         except psycopg.errors.UndefinedTable:
             self._ensure_table()
-            return super().incr(key, expiry, amount)
+            return call()
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return self._again_with_table(
+            lambda: super(PostgresLimitStorage, self).incr(key, expiry, amount)
+        )
+
+    def get(self, key: str) -> int:
+        return self._again_with_table(lambda: super(PostgresLimitStorage, self).get(key))
+
+    def get_expiry(self, key: str) -> float:
+        return self._again_with_table(lambda: super(PostgresLimitStorage, self).get_expiry(key))
+
+    def check(self) -> bool:
+        import psycopg
+
+        try:
+            self._store.conn.execute("SELECT count(*) FROM rate_limits WHERE 1 = 0").fetchone()
+            return True
+        except psycopg.errors.UndefinedTable:
+            self._ensure_table()
+            return True
+        except DatabaseError:
+            return False

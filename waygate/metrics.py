@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from .forksafe import reset_after_fork
 
@@ -79,6 +80,8 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple, Any] = {}
+        self._pool_written = (0, 0)  # the pool gauges' values, as last written
         r = self.registry
         self.requests = Counter(
             "waygate_requests_total",
@@ -206,15 +209,25 @@ class Metrics:
 
     @_never_raising
     def observe_request(self, method: str, endpoint: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, endpoint, str(status)).inc()
+        self._child(self.requests, method, endpoint, status).inc()
         self.response_time.observe(seconds)
         if status == 429:
             self.rate_limited.labels(endpoint).inc()
 
     @_never_raising
     def observe_command(self, action: str, status: str, duration_ms: int) -> None:
-        self.commands.labels(action, status).inc()
-        self.command_duration.labels(action).observe(duration_ms / 1000)
+        self._child(self.commands, action, status).inc()
+        self._child(self.command_duration, action).observe(duration_ms / 1000)
+
+    def _child(self, metric: Any, *labels: Any) -> Any:
+        """``metric.labels(*labels)``, remembered: prometheus_client looks a child up under a
+        lock and re-validates its label values on every call. A cache of this process's own
+        metric objects (they live as long as the process); the values stay in the metric."""
+        key = (metric, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*(str(v) for v in labels))
+        return child
 
     @_never_raising
     def observe_health(
@@ -228,8 +241,14 @@ class Metrics:
 
     @_never_raising
     def observe_pool(self, in_use: int, queued: int) -> None:
-        self.pool_in_use.set(in_use)
-        self.pool_queued.set(queued)
+        # Only what changed is written (the pool reports both after each change, in order):
+        # each write is a file write in multiprocess mode, and a livesum gauge is this
+        # process's own value, so skipping an unchanged one changes nothing a scrape sees.
+        if in_use != self._pool_written[0]:
+            self.pool_in_use.set(in_use)
+        if queued != self._pool_written[1]:
+            self.pool_queued.set(queued)
+        self._pool_written = (in_use, queued)
 
 
 _lock = threading.Lock()

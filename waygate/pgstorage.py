@@ -188,23 +188,14 @@ class Session:
 
 class Reader:
     """``storage.conn`` on PostgreSQL: each statement on a pooled connection of its own, in
-    autocommit. A statement that meets a connection the server dropped (a restart) is retried
-    once on a fresh one, as the pool discards the broken one."""
+    autocommit."""
 
     def __init__(self, storage: PostgresStorage):
         self._storage = storage
 
     def execute(self, sql: str, params=()) -> Result:
-        for attempt in (1, 2):
-            with self._storage.connection() as conn:
-                try:
-                    return _run(conn, sql, params)
-                except psycopg.OperationalError as exc:
-                    # a connection the server dropped (a restart) is worth one retry; one
-                    # that was never answered is not
-                    if attempt == 2 or not conn.closed or isinstance(exc, NoAnswer):
-                        raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        with self._storage.connection() as conn:
+            return _run(conn, sql, params)
 
 
 class PostgresStorage(Storage):
@@ -251,15 +242,8 @@ class PostgresStorage(Storage):
         except NoAnswer:
             _DOWN_UNTIL[self.url] = time.monotonic() + DOWN_PROBE_S
             raise
-        except psycopg.OperationalError:
-            if conn.closed:  # the server dropped it (a restart): its idle siblings are dead too
-                pool.putconn(conn)
-                conn = None
-                pool.check()  # discards every idle connection that no longer answers
-            raise
         finally:
-            if conn is not None:
-                pool.putconn(conn)  # a broken one is discarded and replaced by the pool
+            pool.putconn(conn)  # a broken one is discarded and replaced by the pool
 
     def describe(self) -> str:
         return redact_url(self.url)
@@ -298,6 +282,9 @@ class PostgresStorage(Storage):
                     max_size=self.pool_size,
                     kwargs=self._connect_kwargs(),
                     timeout=self.connect_timeout_s,
+                    # a connection is checked as it leaves the pool (one empty round trip):
+                    # after a server restart no request meets a dead one
+                    check=psycopg_pool.ConnectionPool.check_connection,
                     # a failed connect is retried while a request may still be waiting for
                     # it; after that the next request's wait starts a new attempt
                     reconnect_timeout=self.connect_timeout_s,

@@ -109,7 +109,11 @@ class CommandPool:
         use (threads do not survive a fork)."""
         self._started = False
         self._start_lock = threading.Lock()
+        # One lock for the counts, which also admit: a command holds a place from submit()
+        # until its call ends, at most size + queue_size places.
         self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # waited on only by submit(wait > 0)
+        self._waiting_for_room = 0
         self._in_use = 0
         self._queued = 0
 
@@ -119,7 +123,6 @@ class CommandPool:
         with self._start_lock:
             if self._started:
                 return
-            self._slots = threading.BoundedSemaphore(self.size + self.queue_size)
             self._queue: queue.SimpleQueue = queue.SimpleQueue()
             for n in range(self.size):
                 threading.Thread(
@@ -130,22 +133,30 @@ class CommandPool:
     def submit(self, fn: Callable[[], Any], wait: float = 0.0) -> Job:
         """Queue ``fn``; waits up to ``wait`` seconds for room, then raises PoolFull."""
         self._ensure_started()
-        acquired = (
-            self._slots.acquire(timeout=wait) if wait > 0 else self._slots.acquire(blocking=False)
-        )
-        if not acquired:
-            raise PoolFull()
         job = Job(fn)
         with self._lock:
+            if not self._has_room() and not (wait > 0 and self._wait_for_room(wait)):
+                raise PoolFull()
             self._queued += 1
-            in_use, queued = self._in_use, self._queued
-        self._changed(in_use, queued)
+            self._changed()
         self._queue.put(job)
         return job
 
-    def _changed(self, in_use: int, queued: int) -> None:
+    def _has_room(self) -> bool:
+        return self._in_use + self._queued < self.size + self.queue_size
+
+    def _wait_for_room(self, wait: float) -> bool:
+        self._waiting_for_room += 1
+        try:
+            return self._room.wait_for(self._has_room, timeout=wait)
+        finally:
+            self._waiting_for_room -= 1
+
+    def _changed(self) -> None:
+        """Report the counts (under the lock: reports reach the gauges in the order of the
+        changes)."""
         if self._on_change is not None:
-            self._on_change(in_use, queued)
+            self._on_change(self._in_use, self._queued)
 
     def _work(self) -> None:
         while True:
@@ -153,16 +164,15 @@ class CommandPool:
             with self._lock:
                 self._queued -= 1
                 self._in_use += 1
-                in_use, queued = self._in_use, self._queued
-            self._changed(in_use, queued)
+                self._changed()
             try:
                 job._run()
             finally:
                 with self._lock:
                     self._in_use -= 1
-                    in_use, queued = self._in_use, self._queued
-                self._slots.release()
-                self._changed(in_use, queued)
+                    self._changed()
+                    if self._waiting_for_room:
+                        self._room.notify()
                 # Waiting for the next job must not keep this one's result alive (a large
                 # process_data result per idle thread, eight threads per worker).
                 job = None

@@ -12,7 +12,7 @@ import uuid
 from functools import partial
 from typing import IO, Any
 
-from flask import Flask, Response, after_this_request, current_app, g, request
+from flask import Flask, Request, Response, after_this_request, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -96,11 +96,20 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def _assign_request_id() -> None:
-    incoming = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = incoming if _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+def _before() -> None:
+    """Every request's first own hook: its id, then the body size (a 413 carries the id).
+    One hook, not two: each hook costs Flask a dispatch and each ``request`` a proxy lookup."""
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    _assign_request_id(req)
+    _refuse_oversize_body(req)
+
+
+def _assign_request_id(req: Request) -> None:
+    incoming = req.environ.get("HTTP_X_REQUEST_ID", "")
+    request_id = incoming if _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    g.request_id = request_id
     # For log records: this thread's, and the command pool's jobs submitted from it.
-    logs.request_id.set(g.request_id)
+    logs.request_id.set(request_id)
 
 
 def _forget_request_id(_exc: BaseException | None) -> None:
@@ -114,22 +123,28 @@ DRAIN_MAX_BYTES = 64 * 1024 * 1024
 DRAIN_SECONDS = 5.0
 
 
-def _refuse_oversize_body() -> None:
+def _refuse_oversize_body(req: Request) -> None:
     """413 before anything runs: on the declared length, before any of the body is read; a
     chunked body (no declared length) is counted while it is read, up to one byte past the
     limit. werkzeug's limited stream would stop at the limit and hand the view a cut body."""
-    limit = request.max_content_length
+    environ = req.environ
+    if (
+        req.method == "GET"
+        and "CONTENT_LENGTH" not in environ
+        and ("HTTP_TRANSFER_ENCODING" not in environ)
+    ):
+        return  # no body at all: nothing to measure (most GETs)
+    limit = req.max_content_length
     if limit is None:
         return
-    environ = request.environ
-    length = request.content_length
+    length = req.content_length
     unread = environ["wsgi.input"]
     if length is None and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
         body = _read_chunked(unread, limit + 1)
         length = len(body)
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(length)
-        request.__dict__.pop("content_length", None)  # werkzeug caches the header's absence
+        req.__dict__.pop("content_length", None)  # werkzeug caches the header's absence
     if length is not None and length > limit:
         if length <= DRAIN_MAX_BYTES:  # a bigger declared body is not worth the wait
             sock = environ.get("gunicorn.socket")
@@ -179,27 +194,27 @@ def _drain(body: IO[bytes], sock: socket.socket | None) -> None:
 _DEFAULT_HEADERS = (*SECURITY_HEADERS.items(), ("Cache-Control", "no-store"))
 
 
-def _finish(response: Response) -> Response:
+def _finish(response: Response, req: Request) -> Response:
     # One pass over the headers a view set, then append what is missing (this runs on every
     # response; Headers.setdefault would rescan the list for each name).
     headers = response.headers
     present = {name.lower() for name, _ in headers}
     missing = [(n, v) for n, v in _DEFAULT_HEADERS if n.lower() not in present]
-    if REQUEST_ID_HEADER.lower() not in present:
+    if "x-request-id" not in present:
         missing.append((REQUEST_ID_HEADER, g.get("request_id") or uuid.uuid4().hex))
-    if request.is_secure and "strict-transport-security" not in present:
+    if req.is_secure and "strict-transport-security" not in present:
         missing.append(("Strict-Transport-Security", "max-age=31536000"))
     headers.extend(missing)
     return response
 
 
-def _allow_what_is_served(response: Response) -> Response:
+def _allow_what_is_served(response: Response, req: Request) -> Response:
     """Flask's automatic OPTIONS answer lists the methods of every rule the path matches: also
     those of a variable rule that only happens to match (``/plugins/<plugin_name>`` for
     ``/plugins/reload``) and of views that exist only to refuse (``waygate_refuses``). Allow
     lists the methods of this path's own rule string whose views serve them."""
-    rule = request.url_rule
-    if request.method != "OPTIONS" or rule is None or "Allow" not in response.headers:
+    rule = req.url_rule
+    if req.method != "OPTIONS" or rule is None or "Allow" not in response.headers:
         return response
     methods = {"OPTIONS"}
     for other in current_app.url_map.iter_rules():
@@ -222,11 +237,8 @@ def trust_proxies(app: Flask, config: Config) -> None:
 
 def init_app(app: Flask, config: Config) -> None:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.before_request(_assign_request_id)
+    app.before_request(_before)
     app.teardown_request(_forget_request_id)
-    app.before_request(_refuse_oversize_body)
-    app.after_request(_finish)
-    app.after_request(_allow_what_is_served)
     # flask-cors's own after-request hook matches resource patterns on every response; only
     # a request with an Origin header can need CORS headers, so only those go through it.
     # (Every API response is Cache-Control: no-store, so no cache needs Vary: Origin.)
@@ -242,7 +254,12 @@ def init_app(app: Flask, config: Config) -> None:
     )
 
     @app.after_request
-    def _cors(response: Response) -> Response:
-        if "Origin" in request.headers:
+    def _after(response: Response) -> Response:
+        """CORS (only a request with an Origin header can need it), Allow, default headers:
+        one hook for the three, in that order."""
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        if "HTTP_ORIGIN" in req.environ:
             compat.apply_cors(response, cors)
-        return response
+        if req.method == "OPTIONS":
+            response = _allow_what_is_served(response, req)
+        return _finish(response, req)

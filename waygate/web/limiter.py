@@ -39,6 +39,7 @@ from .. import (
 )
 from ..config import Config
 from ..errors import RateLimited, ServiceUnavailable
+from ..keys import ApiKey
 
 log = logging.getLogger("waygate.limits")
 
@@ -67,13 +68,6 @@ def limit_group_by(choose: Callable[[], str | None]) -> Callable:
         return view
 
     return mark
-
-
-def caller_identity() -> str:
-    key = g.get("api_key")
-    if key is not None:
-        return f"key:{key.id}"  # the id: a revoked key's successor of the same name starts afresh
-    return f"ip:{request.remote_addr or 'unknown'}"
 
 
 class RateLimiter:
@@ -113,31 +107,41 @@ class RateLimiter:
 
     def check(self) -> None:
         """Count this request against its limit; raise RateLimited when over it."""
-        endpoint = request.endpoint
-        if endpoint is None or request.method == "OPTIONS":  # unrouted paths, CORS preflight
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        endpoint = req.endpoint
+        if endpoint is None or req.method == "OPTIONS":  # unrouted paths, CORS preflight
             return
         item, scope = self._limit_for(endpoint)
         key = g.get("api_key")
         if scope == "execute" and key is not None and key.rate_limit:
             item = self._own_limit(key.rate_limit)  # the key's own limit replaces the default
-        identity = caller_identity()
+        address = f"ip:{req.remote_addr or 'unknown'}"
+        # By key id (a revoked key's successor of the same name starts afresh), else address.
+        identity = f"key:{key.id}" if key is not None else address
         try:
             with tracing.span("waygate.ratelimit.hit", {"waygate.limit": scope}):
-                allowed = self.strategy.hit(item, scope, identity)
-                reset_at, remaining = self.strategy.get_window_stats(item, scope, identity)
+                count, reset_at = self._hit(item, scope, identity)
         except StorageError as exc:
             self._storage_failed(exc)
             return
-        g.rate_limit = (item.amount, remaining, math.ceil(reset_at))
-        if not allowed:
+        g.rate_limit = (item.amount, max(0, item.amount - count), math.ceil(reset_at))
+        if count > item.amount:
             raise self._refusal(item, reset_at)
-        self._check_auth_failures()
+        self._check_auth_failures(key, address)
 
-    def _check_auth_failures(self) -> None:
+    def _hit(self, item: RateLimitItem, scope: str, identity: str) -> tuple[int, float]:
+        """The fixed-window hit (``FixedWindowRateLimiter.hit``, which answers only
+        allowed-or-not), keeping the count it returns: the remaining budget is the hit's own,
+        not a second read of a counter other workers may have moved since."""
+        counter = item.key_for(scope, identity)
+        count = self.storage.incr(counter, item.get_expiry())
+        return count, self.storage.get_expiry(counter)
+
+    def _check_auth_failures(self, key: ApiKey | None, address: str) -> None:
         failed = g.get("auth_error") is not None
-        if not failed and g.get("api_key") is None:
+        if not failed and key is None:
             return  # no key presented: nothing to guess
-        item, address = self.auth_failures, f"ip:{request.remote_addr or 'unknown'}"
+        item = self.auth_failures
         try:
             if failed:
                 allowed = self.strategy.hit(item, "auth-failures", address)

@@ -37,32 +37,32 @@ _seen_sockets: weakref.WeakSet = weakref.WeakSet()
 
 def _start() -> None:
     g.started = time.perf_counter()
-    sock = request.environ.get("gunicorn.socket")
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    sock = req.environ.get("gunicorn.socket")
     if sock is not None and sock not in _seen_sockets:
         _seen_sockets.add(sock)
         metrics().count_connection()
+    # Each scrape also runs the health checks, so the health gauges are fresh for the alert
+    # rules even where nothing else polls /health.
+    if req.endpoint == compat.METRICS_ENDPOINT:
+        check_health()
 
 
 def _observe(response: Response) -> Response:
     started = g.get("started")
     if started is not None:
-        endpoint = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+        req = request._get_current_object()  # type: ignore[attr-defined]
+        rule = req.url_rule
         elapsed = time.perf_counter() - started
         services().latency.add(elapsed)
-        metrics().observe_request(request.method, endpoint, response.status_code, elapsed)
+        metrics().observe_request(
+            req.method, rule.rule if rule is not None else UNMATCHED, response.status_code, elapsed
+        )
     return response
-
-
-def _check_health_for_scrape() -> None:
-    # Each scrape also runs the health checks, so the health gauges are fresh for the alert
-    # rules even where nothing else polls /health.
-    if request.endpoint == "prometheus_metrics":
-        check_health()
 
 
 def init_app(app: Flask) -> None:
     app.before_request(_start)
-    app.before_request(_check_health_for_scrape)
     app.after_request(_observe)
     exporter = PrometheusMetrics.for_app_factory(
         path="/metrics",

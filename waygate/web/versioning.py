@@ -45,7 +45,15 @@ class VersionPrefix:
 
 
 def _negotiate() -> None:
-    path = request.path
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    environ = req.environ
+    if (
+        not environ.get("QUERY_STRING")
+        and "vnd.waygate" not in environ.get("HTTP_ACCEPT", "")
+        and not environ.get("PATH_INFO", "").startswith("/v")
+    ):
+        return  # nothing here names a version (most requests)
+    path = req.path
     match = _PATH_VERSION_RE.match(path) if path.startswith("/v") else None
     if match:
         raise NotFound(
@@ -53,7 +61,7 @@ def _negotiate() -> None:
             f"(/v{CURRENT}/...)",
             {"supported": [CURRENT]},
         )
-    version = request.args.get("version") if request.query_string else None
+    version = req.args.get("version") if req.query_string else None
     if version is not None:
         if version != CURRENT:
             raise InvalidRequest(
@@ -61,10 +69,10 @@ def _negotiate() -> None:
                 {"parameter": "version", "supported": [CURRENT]},
             )
         g.version_param = True
-    accept = request.headers.get("Accept", "")
+    accept = req.headers.get("Accept", "")
     asked = set(_VENDOR_RE.findall(accept)) if "vnd.waygate" in accept else ()
     if asked:
-        offered = request.accept_mimetypes
+        offered = req.accept_mimetypes
         if CURRENT in asked and offered.quality(VENDOR_TYPE) >= offered.quality("application/json"):
             g.vendor_type = True
         elif CURRENT not in asked and not offered.quality("application/json"):
@@ -75,6 +83,8 @@ def _negotiate() -> None:
 
 
 def _label(response: Response, sunset: str) -> Response:
+    if "vendor_type" not in g and "version_param" not in g:
+        return response
     if g.get("vendor_type") and response.mimetype == "application/json":
         response.headers["Content-Type"] = VENDOR_TYPE
     if g.get("version_param"):
