@@ -10,7 +10,6 @@ crash never corrupts, a power loss may lose the last fraction of a second on eit
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 from pathlib import Path
 
@@ -54,16 +53,7 @@ def postgresql_cost(rounds: int, seconds: float, data_dir: Path, key: str, bench
         audit_rows = rows.fetchone()[0]
     finally:
         cluster.destroy()
-    summary: dict = {
-        name: {
-            "rps": statistics.median(r["rps"] for r in results),
-            "p50_ms": statistics.median(r["p50_ms"] for r in results),
-            "p99_ms": statistics.median(r["p99_ms"] for r in results),
-            "non_2xx": sum(r["non_2xx"] for r in results),
-            "rounds": len(results),
-        }
-        for name, results in runs.items()
-    }
+    summary = bench.medians(runs)
     summary["postgresql_audit_rows"] = audit_rows
     for c in (1, 16):
         summary[f"pg_vs_sqlite_rps@{c}"] = round(

@@ -434,6 +434,20 @@ class _OtlpSink(BaseHTTPRequestHandler):
         pass
 
 
+def medians(runs: dict[str, list[dict]]) -> dict:
+    """Each case's median req/s, p50 and p99 over its rounds, and its non-2xx total."""
+    return {
+        name: {
+            "rps": statistics.median(r["rps"] for r in results),
+            "p50_ms": statistics.median(r["p50_ms"] for r in results),
+            "p99_ms": statistics.median(r["p99_ms"] for r in results),
+            "non_2xx": sum(r["non_2xx"] for r in results),
+            "rounds": len(results),
+        }
+        for name, results in runs.items()
+    }
+
+
 def tracing_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
     """/mcp/execute (echo) against the same server with
     WAYGATE_TRACING on, exporting every span to a loopback receiver; alternating order."""
@@ -470,16 +484,7 @@ def tracing_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
     finally:
         sink.shutdown()
         sink.server_close()
-    summary = {
-        name: {
-            "rps": statistics.median(r["rps"] for r in results),
-            "p50_ms": statistics.median(r["p50_ms"] for r in results),
-            "p99_ms": statistics.median(r["p99_ms"] for r in results),
-            "non_2xx": sum(r["non_2xx"] for r in results),
-            "rounds": len(results),
-        }
-        for name, results in runs.items()
-    }
+    summary = medians(runs)
     summary["exports_received"] = sink.exports  # type: ignore[attr-defined]
     summary["on_vs_off_rps@16"] = round(
         summary["tracing_on@16"]["rps"] / summary["tracing_off@16"]["rps"], 3

@@ -13,6 +13,8 @@ Add a migration to both lists with the same name; never edit one that has shippe
 
 from __future__ import annotations
 
+from .m012_approvals import _REQUEST_COLUMNS  # the same stored-request columns on both
+
 _COUNT_FUNCTION = """
 CREATE FUNCTION waygate_count_execution() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -43,16 +45,6 @@ def _row_count(table: str) -> list[str]:
         f"FOR EACH ROW EXECUTE FUNCTION waygate_{table}_count()",
     ]
 
-
-_REQUEST_COLUMNS = (
-    "action",
-    "plugin",
-    "key_id",
-    "params",
-    "params_hash",
-    "client_context",
-    "timeout_s",
-)
 
 MIGRATIONS: list[tuple[str, list[str]]] = [
     (

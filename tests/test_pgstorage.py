@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from waygate_migrations.postgres import MIGRATIONS
 
-from tests.conftest import BIN, ROOT, free_port
+from tests.conftest import BIN, free_port, run_gunicorn_once
 from waygate.audit import AuditLog
 from waygate.clock import isoformat
 from waygate.config import Config, ConfigError
@@ -148,25 +148,12 @@ def test_an_unreachable_database_is_a_quick_503_and_health_names_it(make_app, ke
 
 def test_a_bad_database_url_stops_the_service_before_it_starts(tmp_path):
     url = f"postgresql://waygate:pw-never-shown@127.0.0.1:{free_port()}/waygate"
-    done = subprocess.run(
-        [
-            str(BIN / "gunicorn"),
-            "-c",
-            str(ROOT / "gunicorn.conf.py"),
-            "--bind",
-            f"127.0.0.1:{free_port()}",
-            "--chdir",
-            str(ROOT),
-            "wsgi:app",
-        ],
-        env={
-            **os.environ,
+    done = run_gunicorn_once(
+        {
             "WAYGATE_DATA_DIR": str(tmp_path),
             "WAYGATE_DATABASE_URL": url,
             "WAYGATE_DB_CONNECT_TIMEOUT_S": "1",
         },
-        capture_output=True,
-        text=True,
         timeout=60,
     )
     assert done.returncode != 0
