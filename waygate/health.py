@@ -17,6 +17,7 @@ from pathlib import Path
 from . import __version__
 from .clock import isoformat
 from .lifecycle import uptime_seconds
+from .storage import UnavailableError
 
 Check = Callable[[], str | None]  # returns None when healthy, else the reason
 
@@ -58,7 +59,11 @@ def run_checks(checks: dict[str, Check]) -> HealthReport:
 
 def database_check(ping: Callable[[], None]) -> Check:
     def check() -> str | None:
-        ping()  # raises unless the database answers and is migrated
+        try:
+            ping()  # raises unless the database answers and is migrated
+        except UnavailableError as exc:  # said in a line of our own, not the driver's page
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            return "the database does not answer" + (f" ({first})" if first else "")
         return None
 
     return check

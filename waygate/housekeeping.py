@@ -13,6 +13,7 @@ from .approvals import Approvals
 from .audit import AuditLog
 from .errorlog import ErrorLog
 from .forksafe import reset_after_fork
+from .storage import UnavailableError
 
 log = logging.getLogger(__name__)
 PRUNE_EVERY_S = 600.0
@@ -95,6 +96,8 @@ class Housekeeper:
                     if due:
                         last_prune = now
                     self.run_once(prune=due)
+                except UnavailableError as exc:  # an outage, said once a round, no traceback
+                    log.warning("housekeeping skipped: the database does not answer (%s)", exc)
                 except Exception:  # keep the thread alive; the failure is logged and retried
                     log.exception("housekeeping failed")
             if self._stop.wait(tick):
