@@ -280,9 +280,20 @@ class SqliteStorage(Storage):
     def execute_write(self, sql: str, params=()) -> WriteResult:
         """One writing statement in its own transaction (RETURNING rows are fetched here)."""
         conn = self.conn
-        with self._writer(), self._reopen_when_readonly():
-            cursor = conn.execute(sql, params)
-            rows = cursor.fetchall()
+        # The locks of _writer() and the read-only check of _reopen_when_readonly(), spelled
+        # out: this runs on every request (the rate-limit hit), and two generator-based
+        # context managers cost more here than the statement's own locking.
+        lock = self._process_lock()
+        with lock:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+            try:
+                cursor = conn.execute(sql, params)
+                rows = cursor.fetchall()
+            except sqlite3.OperationalError as exc:
+                self._forget_if_readonly(exc)
+                raise
+            finally:
+                fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._committed()
         return WriteResult(cursor.rowcount, rows)
 
@@ -334,7 +345,8 @@ class SqliteStorage(Storage):
 
     def _commit(self, batch: list[_Grouped]) -> None:
         conn = self.conn
-        with self._file_lock(), self._reopen_when_readonly():
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)  # as in execute_write: on every request
+        try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for entry in batch:
@@ -344,6 +356,11 @@ class SqliteStorage(Storage):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+        except sqlite3.OperationalError as exc:
+            self._forget_if_readonly(exc)
+            raise
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
         self._committed()
 
     def _committed(self) -> None:
@@ -391,14 +408,17 @@ class SqliteStorage(Storage):
 
     @contextmanager
     def _reopen_when_readonly(self) -> Iterator[None]:
-        # A connection opened while the data dir was read-only stays read-only for good;
-        # dropping it lets the next use reconnect once the directory is writable again.
         try:
             yield
         except sqlite3.OperationalError as exc:
-            if is_readonly(exc):
-                self._local = threading.local()
+            self._forget_if_readonly(exc)
             raise
+
+    def _forget_if_readonly(self, exc: sqlite3.OperationalError) -> None:
+        # A connection opened while the data dir was read-only stays read-only for good;
+        # dropping it lets the next use reconnect once the directory is writable again.
+        if is_readonly(exc):
+            self._local = threading.local()
 
     def migrate(self) -> list[str]:
         """Apply pending migrations once; safe to call from several processes at once."""
