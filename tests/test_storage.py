@@ -225,7 +225,7 @@ def test_a_commit_never_runs_the_checkpoint_itself(pages, monkeypatch):
     # writer queued behind it; with the background thread kept asleep, 1,500 commits of a
     # page each leave all their frames in the WAL.
     monkeypatch.setattr("waygate.storage.CHECKPOINT_AFTER_COMMITS", 10**9)
-    for n in range(1500):
+    for _ in range(1500):
         pages.execute_grouped(PAGE_ROW, (os.urandom(3000),))
     frames, _ = wal_frames(pages.path)
     assert frames >= 1500
