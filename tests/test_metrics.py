@@ -2,6 +2,8 @@
 
 import re
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -79,6 +81,34 @@ def test_pool_and_plugin_gauges_are_exported(client):
     assert sample(text, "waygate_plugins_loaded") == 3
     assert "# TYPE waygate_pool_threads_in_use gauge" in text
     assert "# TYPE waygate_pool_queue_depth gauge" in text
+
+
+def test_a_command_holding_a_pool_thread_shows_in_the_gauge_within_a_second(
+    plugin_dist, make_app, keys
+):
+    # the counts are sampled for the gauges (every second), not written at every change
+    client = make_app().test_client()
+    stuck = threading.Thread(
+        target=client.post,
+        args=("/mcp/execute",),
+        kwargs={
+            "json": {"action": "stuck", "params": {"seconds": 2.5}, "timeout": 5},
+            "headers": keys.headers(),
+        },
+    )
+    stuck.start()
+
+    def in_use_within(seconds, wanted):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if sample(scrape(client), "waygate_pool_threads_in_use") == wanted:
+                return True
+            time.sleep(0.1)
+        return False
+
+    assert in_use_within(2.0, 1)
+    stuck.join(5)
+    assert in_use_within(2.0, 0)
 
 
 def test_metrics_has_its_own_rate_limit(plugin_dist, make_app):

@@ -241,9 +241,9 @@ class Metrics:
 
     @_never_raising
     def observe_pool(self, in_use: int, queued: int) -> None:
-        # Only what changed is written (the pool reports both after each change, in order):
-        # each write is a file write in multiprocess mode, and a livesum gauge is this
-        # process's own value, so skipping an unchanged one changes nothing a scrape sees.
+        # Only what changed is written (the pool reports both when either changed): each
+        # write is a file write in multiprocess mode, and a livesum gauge is this process's
+        # own value, so skipping an unchanged one changes nothing a scrape sees.
         if in_use != self._pool_written[0]:
             self.pool_in_use.set(in_use)
         if queued != self._pool_written[1]:

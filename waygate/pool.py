@@ -26,6 +26,9 @@ from .forksafe import reset_after_fork
 CARRIED: tuple[contextvars.ContextVar, ...] = (logs.request_id,)
 
 
+REPORT_EVERY_S = 1.0  # how often the counts are sampled for the gauges
+
+
 class PoolFull(Exception):
     """Every thread is busy and the queue is full."""
 
@@ -100,7 +103,8 @@ class CommandPool:
     ):
         self.size = size
         self.queue_size = queue_size
-        self._on_change = on_change  # (in_use, queued) after every change, e.g. for gauges
+        # (in_use, queued), sampled for the gauges by a reporter thread (see _report)
+        self._on_change = on_change
         self._forked()
         reset_after_fork(self, CommandPool._forked)
 
@@ -128,6 +132,10 @@ class CommandPool:
                 threading.Thread(
                     target=self._work, name=f"waygate-command-{n}", daemon=True
                 ).start()
+            if self._on_change is not None:
+                threading.Thread(
+                    target=self._report, name="waygate-pool-gauges", daemon=True
+                ).start()
             self._started = True
 
     def submit(self, fn: Callable[[], Any], wait: float = 0.0) -> Job:
@@ -138,7 +146,6 @@ class CommandPool:
             if not self._has_room() and not (wait > 0 and self._wait_for_room(wait)):
                 raise PoolFull()
             self._queued += 1
-            self._changed()
         self._queue.put(job)
         return job
 
@@ -152,11 +159,20 @@ class CommandPool:
         finally:
             self._waiting_for_room -= 1
 
-    def _changed(self) -> None:
-        """Report the counts (under the lock: reports reach the gauges in the order of the
-        changes)."""
-        if self._on_change is not None:
-            self._on_change(self._in_use, self._queued)
+    def _report(self) -> None:
+        """Hand the counts to ``on_change`` when they differ from the last report, sampled
+        every REPORT_EVERY_S: a scrape reads an instant anyway, and a command that holds its
+        thread shows within that time. Reported at every change instead, a command cost four
+        gauge writes (a file write each in multiprocess mode), made under the pool's lock that
+        every request and pool thread takes."""
+        reported = None
+        while True:
+            with self._lock:
+                counts = (self._in_use, self._queued)
+            if counts != reported:
+                self._on_change(*counts)  # type: ignore[misc]
+                reported = counts
+            time.sleep(REPORT_EVERY_S)
 
     def _work(self) -> None:
         while True:
@@ -164,13 +180,11 @@ class CommandPool:
             with self._lock:
                 self._queued -= 1
                 self._in_use += 1
-                self._changed()
             try:
                 job._run()
             finally:
                 with self._lock:
                     self._in_use -= 1
-                    self._changed()
                     if self._waiting_for_room:
                         self._room.notify()
                 # Waiting for the next job must not keep this one's result alive (a large

@@ -48,8 +48,12 @@ def index():
     )
 
 
-def check_health() -> HealthReport:
-    """Run every health check and record the outcome in the metrics (for the alert rules)."""
+def check_health(record: bool = False) -> HealthReport:
+    """Run every health check; with ``record``, also set the health gauges (for the alert
+    rules). Only a scrape records: it runs the checks itself right before it collects, and
+    the gauges keep the most recent value of any worker, so a value /health wrote would
+    always be superseded by the scrape's own before anyone reads it (and the writes, a file
+    write per gauge in multiprocess mode, were most of /health's metrics cost)."""
     svc = services()
     limiter = current_app.extensions["waygate.limiter"]
     failed_plugins = svc.plugins.current.failed
@@ -61,11 +65,12 @@ def check_health() -> HealthReport:
             "plugins": plugins_check(lambda: failed_plugins),
         }
     )
-    metrics().observe_health(
-        {name: name in report.failures for name in report.checks},
-        plugins_failed=len(failed_plugins),
-        free_bytes=free_bytes(svc.config.data_dir),
-    )
+    if record:
+        metrics().observe_health(
+            {name: name in report.failures for name in report.checks},
+            plugins_failed=len(failed_plugins),
+            free_bytes=free_bytes(svc.config.data_dir),
+        )
     return report
 
 

@@ -45,7 +45,7 @@ def _start() -> None:
     # Each scrape also runs the health checks, so the health gauges are fresh for the alert
     # rules even where nothing else polls /health.
     if req.endpoint == compat.METRICS_ENDPOINT:
-        check_health()
+        check_health(record=True)
 
 
 def _observe(response: Response) -> Response:
