@@ -1,6 +1,7 @@
 """The second peer: FastMCP (the most used third-party MCP server framework) with the same echo
 tool, stateless HTTP with JSON responses, as an ASGI app for uvicorn
-(``uvicorn --workers 2 bench.fastmcp_server:app``), like bench/sdk_server.py."""
+(``uvicorn bench.fastmcp_server:app``; bench/run.py starts one process per worker port), like
+bench/sdk_server.py."""
 
 from fastmcp import FastMCP
 

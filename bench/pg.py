@@ -32,37 +32,26 @@ def postgresql_cost(rounds: int, seconds: float, data_dir: Path, key: str, bench
             [str(bench.BIN / "waygate"), "keys", "create", "--name", "bench", "--role", "admin"],
             check=True, env=env, capture_output=True, text=True,
         ).stdout.strip().splitlines()[-1]  # fmt: skip
-        runs: dict[str, list[dict]] = {}
         with (
             bench.waygate(data_dir) as lite,
-            bench.waygate(pg_dir, env={"WAYGATE_DATABASE_URL": url}) as pg,
+            bench.waygate(pg_dir, env={"WAYGATE_DATABASE_URL": url}, name="pg") as pg,
         ):
-            cases = [
-                ("sqlite", lambda c: bench.wrk(lite.url + "/mcp/execute", c, seconds,
-                                               bench.ECHO_COMMAND, key, server=lite)),
-                ("postgresql", lambda c: bench.wrk(pg.url + "/mcp/execute", c, seconds,
-                                                   bench.ECHO_COMMAND, pg_key, server=pg)),
-            ]  # fmt: skip
-            for _, fn in cases:  # warm up
-                fn(16)
-            for n in range(rounds):
-                for connections in (1, 16):
-                    for name, fn in cases if n % 2 == 0 else reversed(cases):
-                        runs.setdefault(f"{name}@{connections}", []).append(fn(connections))
+            group = [
+                bench.Case("sqlite", lite, "/mcp/execute", bench.ECHO_COMMAND, key),
+                bench.Case("postgresql", pg, "/mcp/execute", bench.ECHO_COMMAND, pg_key),
+            ]
+            runs = bench.alternating(rounds, seconds, [group])
         rows = cluster.connect("waygate_bench").execute("SELECT count(*) FROM executions")
         audit_rows = rows.fetchone()[0]
     finally:
         cluster.destroy()
     summary = bench.medians(runs)
     summary["postgresql_audit_rows"] = audit_rows
+    ratios = {}
     for c in (1, 16):
-        summary[f"pg_vs_sqlite_rps@{c}"] = round(
-            summary[f"postgresql@{c}"]["rps"] / summary[f"sqlite@{c}"]["rps"], 3
-        )
-        summary[f"pg_vs_sqlite_p99@{c}"] = round(
-            summary[f"postgresql@{c}"]["p99_ms"] / summary[f"sqlite@{c}"]["p99_ms"], 3
-        )
-    return summary
+        ratios[f"pg_vs_sqlite_rps@{c}"] = bench.ratio_of(f"postgresql@{c}", f"sqlite@{c}")
+        ratios[f"pg_vs_sqlite_p99@{c}"] = bench.ratio_of(f"postgresql@{c}", f"sqlite@{c}", "p99_ms")
+    return bench.add_paired(summary, runs, ratios)
 
 
 def report(p: dict) -> None:

@@ -1,5 +1,6 @@
 """The peer: the official MCP Python SDK's server with the same echo tool, stateless with JSON
-responses, as an ASGI app for uvicorn (``uvicorn --workers 2 bench.sdk_server:app``)."""
+responses, as an ASGI app for uvicorn (``uvicorn bench.sdk_server:app``; bench/run.py starts one
+process per worker port)."""
 
 from mcp.server.mcpserver import MCPServer
 
