@@ -135,6 +135,34 @@ def run_variant(name: str, data_dir: Path, key: str, requests: int, blocks: int)
     return json.loads(out.strip().splitlines()[-1])
 
 
+def run(repeat: int, requests: int, blocks: int) -> tuple[dict, dict]:
+    """Every variant ``repeat`` times, alternating order: the medians and every run."""
+    runs: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="waygate-inprocess-") as tmp:
+        data_dir = Path(tmp)
+        env = {**os.environ, "WAYGATE_DATA_DIR": str(data_dir)}
+        subprocess.run([str(BIN / "waygate"), "migrate"], check=True, capture_output=True, env=env)
+        key = subprocess.run(
+            [str(BIN / "waygate"), "keys", "create", "--name", "bench", "--role", "admin"],
+            check=True, capture_output=True, text=True, env=env,
+        ).stdout.strip().splitlines()[-1]  # fmt: skip
+        names = list(VARIANTS)
+        for n in range(repeat):  # order reversed every other round
+            for name in names if n % 2 == 0 else reversed(names):
+                runs.setdefault(name, []).append(run_variant(name, data_dir, key, requests, blocks))
+    table = {
+        name: {
+            path: {
+                field: statistics.median(r[path][field] for r in results)
+                for field in ("cpu_us", "wall_us")
+            }
+            for path in results[0]
+        }
+        for name, results in runs.items()
+    }
+    return table, runs
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         _, _, app, key, requests, blocks = sys.argv
@@ -146,31 +174,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3, help="rounds over all variants")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "inprocess.json")
     args = parser.parse_args()
-    runs: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory(prefix="waygate-inprocess-") as tmp:
-        data_dir = Path(tmp)
-        env = {**os.environ, "WAYGATE_DATA_DIR": str(data_dir)}
-        subprocess.run([str(BIN / "waygate"), "migrate"], check=True, capture_output=True, env=env)
-        key = subprocess.run(
-            [str(BIN / "waygate"), "keys", "create", "--name", "bench", "--role", "admin"],
-            check=True, capture_output=True, text=True, env=env,
-        ).stdout.strip().splitlines()[-1]  # fmt: skip
-        names = list(VARIANTS)
-        for n in range(args.repeat):  # order reversed every other round
-            for name in names if n % 2 == 0 else reversed(names):
-                runs.setdefault(name, []).append(
-                    run_variant(name, data_dir, key, args.requests, args.blocks)
-                )
-    table = {
-        name: {
-            path: {
-                field: statistics.median(r[path][field] for r in results)
-                for field in ("cpu_us", "wall_us")
-            }
-            for path in results[0]
-        }
-        for name, results in runs.items()
-    }
+    table, runs = run(args.repeat, args.requests, args.blocks)
     report(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"medians": table, "runs": runs}, indent=2))
@@ -179,7 +183,8 @@ def main() -> int:
 
 def report(table: dict) -> None:
     floor = table["floor"]
-    print(f"\n{'variant':18}" + "".join(f"{p + ' cpu':>13}{'wall':>8}" for p in PATHS))
+    print("\nin-process, us per request (bench/inprocess.py: one thread, no network)")
+    print(f"{'variant':18}" + "".join(f"{p + ' cpu':>13}{'wall':>8}" for p in PATHS))
     for name, paths in table.items():
         cells = ""
         for path in PATHS:

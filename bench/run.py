@@ -567,6 +567,16 @@ def postgresql_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> di
     return pg.postgresql_cost(rounds, seconds, data_dir, key, sys.modules[__name__])
 
 
+def inprocess_costs(quick: bool) -> dict:
+    """Each per-request feature's CPU time without the network (bench/inprocess.py)."""
+    if str(ROOT) not in sys.path:  # run as a script: bench/ is under ROOT
+        sys.path.insert(0, str(ROOT))
+    from bench import inprocess
+
+    table, _ = inprocess.run(*((1, 50, 2) if quick else (3, 300, 9)))
+    return table
+
+
 # -- worker pinning: on and off, with more workers than cores ---------------------------------
 
 
@@ -767,6 +777,12 @@ def main() -> int:
         action="store_true",
         help="also Waygate with 2 x cores + 1 workers, pinned to CPUs and not, in the same run",
     )
+    parser.add_argument(
+        "--inprocess",
+        action="store_true",
+        help="each feature's CPU cost per request in-process (bench/inprocess.py; part of every"
+        " full run, this adds it to --compare-only)",
+    )
     parser.add_argument("--rounds", type=int, help="rounds of the comparison (default 3)")
     parser.add_argument(
         "--out",
@@ -805,6 +821,8 @@ def main() -> int:
         if args.pinning:
             with fresh("pinning") as (data_dir, key):
                 results["pinning"] = pinning_cost(rounds, seconds, data_dir, key)
+        if args.inprocess or not args.compare_only:
+            results["inprocess"] = inprocess_costs(args.quick)
         if not args.compare_only:
             with fresh("process_data") as (data_dir, key):
                 results["process_data"] = process_data(data_dir, key)
@@ -873,6 +891,10 @@ def report(results: dict) -> None:
         from bench import pg
 
         pg.report(results["postgresql"])
+    if "inprocess" in results:
+        from bench import inprocess
+
+        inprocess.report(results["inprocess"])
     if "tracing" in results:
         t = results["tracing"]
         print("\ntracing: /mcp/execute echo, OpenTelemetry off and on (OTLP to loopback)")

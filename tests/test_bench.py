@@ -125,3 +125,30 @@ def test_the_latency_histogram_gives_wrks_own_percentiles():
         value, unit = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)$", out, re.M).groups()
         ours = run.percentile_us(latency, p) / {"us": 1, "ms": 1e3, "s": 1e6}[unit]
         assert f"{ours:.2f}" == value, (p, out)
+
+
+def test_the_in_process_breakdown_runs_every_variant_on_every_path(tmp_path):
+    out = tmp_path / "inprocess.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "inprocess.py"), "--repeat", "1",
+         "--requests", "20", "--blocks", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    medians = json.loads(out.read_text())["medians"]
+    assert set(medians) == {
+        "bare",
+        "floor",
+        "floor+ratelimit",
+        "floor+audit",
+        "floor+pool",
+        "floor+metrics",
+        "waygate",
+    }
+    for name, paths in medians.items():
+        # every request answered 200 (a child exits otherwise); bare Flask has no /mcp
+        assert set(paths) == (
+            {"health", "execute"} if name == "bare" else {"health", "execute", "mcp"}
+        )
+        assert all(p["cpu_us"] > 0 for p in paths.values())
+    assert "floor / variant" in done.stdout
