@@ -580,11 +580,14 @@ def inprocess_costs(quick: bool) -> dict:
 # -- worker pinning: on and off, with more workers than cores ---------------------------------
 
 
-def pinning_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
-    """/health and /mcp/execute (echo) against two Waygates with gunicorn's default worker
-    count (2 x cores + 1), one with its workers kept on one CPU each (the default), one with
-    WAYGATE_PIN_WORKERS=false; alternating order, 16 connections spread over the workers."""
-    workers = 2 * (os.cpu_count() or 1) + 1
+def pinning_cost(
+    rounds: int, seconds: float, data_dir: Path, key: str, workers: int | None = None
+) -> dict:
+    """/health and /mcp/execute (echo) against two Waygates with ``workers`` workers
+    (gunicorn's default, 2 x cores + 1, unless given), one with its workers kept on one CPU
+    each, one with WAYGATE_PIN_WORKERS=false; alternating order, 16 connections spread over
+    the workers."""
+    workers = workers or 2 * (os.cpu_count() or 1) + 1
     with (
         waygate(data_dir, workers, name="pinned") as pinned,
         waygate(data_dir, workers, env={"WAYGATE_PIN_WORKERS": "false"}, name="free") as free,
@@ -783,6 +786,11 @@ def main() -> int:
         help="each feature's CPU cost per request in-process (bench/inprocess.py; part of every"
         " full run, this adds it to --compare-only)",
     )
+    parser.add_argument(
+        "--pinning-workers",
+        type=int,
+        help="workers of the --pinning servers (default 2 x cores + 1)",
+    )
     parser.add_argument("--rounds", type=int, help="rounds of the comparison (default 3)")
     parser.add_argument(
         "--out",
@@ -820,7 +828,9 @@ def main() -> int:
                 results["postgresql"] = postgresql_cost(rounds, seconds, data_dir, key)
         if args.pinning:
             with fresh("pinning") as (data_dir, key):
-                results["pinning"] = pinning_cost(rounds, seconds, data_dir, key)
+                results["pinning"] = pinning_cost(
+                    rounds, seconds, data_dir, key, args.pinning_workers
+                )
         if args.inprocess or not args.compare_only:
             results["inprocess"] = inprocess_costs(args.quick)
         if not args.compare_only:

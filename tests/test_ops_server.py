@@ -233,13 +233,21 @@ def test_workers_are_spread_over_the_cpus_and_a_replacement_takes_the_free_one(s
     assert set(cpus_of(replacement)) == set(pinned[victim])
 
 
-def test_pinning_can_be_turned_off(server_factory):
-    server = server_factory(workers=2, WAYGATE_PIN_WORKERS="false")
+def assert_unpinned(server):
     everywhere = cpu_list(os.sched_getaffinity(0))
     for pid in server.worker_pids():
         masks = cpus_of(pid)
         # /proc writes ranges ("0-1"); compare as sets of CPUs
         assert {expand(m) for m in masks} == {everywhere}
+
+
+def test_pinning_can_be_turned_off(server_factory):
+    assert_unpinned(server_factory(workers=2, WAYGATE_PIN_WORKERS="false"))
+
+
+def test_more_workers_than_cpus_are_left_to_the_kernel(server_factory):
+    # pinned, a worker waits for its CPU while another CPU idles (bench/README.md)
+    assert_unpinned(server_factory(workers=len(os.sched_getaffinity(0)) + 1))
 
 
 def expand(mask):

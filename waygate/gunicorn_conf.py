@@ -126,8 +126,12 @@ def post_fork(server, worker):
     command-pool threads hand each request over to each other several times. Left free,
     the kernel wakes those threads on whichever core is idle, and every hand-over between
     cores costs an inter-processor wake-up (a VM exit on virtual machines) and cold caches.
-    Kept on one core, each worker's hand-overs stay local and the workers are spread evenly:
-    measured in bench/run.py (bench/README.md).
+    Kept on one core, each worker's hand-overs stay local and the workers are spread evenly.
+    Only while there are no more workers than CPUs: each worker then has a CPU of its own
+    (2 workers on 2 CPUs: 1.12-1.14 x the requests per second, lower p99). With more (gunicorn's
+    default 2 x cores + 1) a pinned worker waits for its CPU while another is idle, and the
+    kernel's placement did as well or better (5 workers on 2 CPUs: 1.01-1.05 x the throughput
+    within the noise, p99 up to 1.6 x worse pinned); bench/run.py --pinning, bench/README.md.
     WAYGATE_PIN_WORKERS=false turns it off (e.g. when something else pins the process).
 
     The worker also exports its real thread count (flags may have changed it), from which
@@ -152,7 +156,7 @@ def _least_used_cpu(server):
     except ConfigError:
         return None  # on_starting has already refused to start
     allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) < 2:
+    if len(allowed) < 2 or server.num_workers > len(allowed):
         return None
     load = dict.fromkeys(allowed, 0)
     for other in server.WORKERS.values():
