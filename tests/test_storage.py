@@ -17,10 +17,15 @@ from waygate.storage import SqliteStorage
 INSERT = "INSERT INTO t (n) VALUES (?)"
 
 
+def storage_with(path, table):
+    storage = SqliteStorage(path)
+    storage.conn.execute(f"CREATE TABLE {table}")
+    return storage
+
+
 @pytest.fixture
 def storage(tmp_path):
-    storage = SqliteStorage(tmp_path / "group.db")
-    storage.conn.execute("CREATE TABLE t (n INTEGER NOT NULL CHECK (n >= 0))")
+    storage = storage_with(tmp_path / "group.db", "t (n INTEGER NOT NULL CHECK (n >= 0))")
     yield storage
     storage.close()
 
@@ -212,10 +217,12 @@ def wal_frames(path):
         conn.close()
 
 
+PAGES = "pages (id INTEGER PRIMARY KEY, blob BLOB NOT NULL)"
+
+
 @pytest.fixture
 def pages(tmp_path):
-    storage = SqliteStorage(tmp_path / "wal.db")
-    storage.conn.execute("CREATE TABLE pages (id INTEGER PRIMARY KEY, blob BLOB NOT NULL)")
+    storage = storage_with(tmp_path / "wal.db", PAGES)
     yield storage
     storage.close()
 
@@ -256,8 +263,7 @@ def test_the_checkpointer_copies_the_wal_and_keeps_it_bounded(pages, monkeypatch
 
 
 def test_closing_the_storage_stops_its_checkpointer(tmp_path):
-    storage = SqliteStorage(tmp_path / "stop.db")
-    storage.conn.execute("CREATE TABLE pages (id INTEGER PRIMARY KEY, blob BLOB NOT NULL)")
+    storage = storage_with(tmp_path / "stop.db", PAGES)
     for _ in range(64):
         storage.execute_grouped(PAGE_ROW, (b"x",))
     thread = storage._checkpointer.thread
