@@ -97,6 +97,8 @@ def health():
     svc = services()
     report = check_health()
     body = {**report.as_dict(), "pool": svc.commands.pool.stats().as_dict()}
+    if svc.upstreams is not None:  # an upstream that is down degrades, it does not fail
+        body["checks"]["upstreams"], body["upstreams"] = svc.upstreams.health()
     if report.healthy:
         return jsonify(body)
     failed = sorted(report.failures)
