@@ -37,6 +37,7 @@ NODE_MODULES = ROOT / "tests" / "upstreams" / "node_modules"
 FILESYSTEM = NODE_MODULES / "@modelcontextprotocol" / "server-filesystem" / "dist" / "index.js"
 EVERYTHING = NODE_MODULES / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 LOOPBACK = ROOT / "tests" / "upstreams" / "loopback.mjs"
+PROBE = ROOT / "tests" / "upstreams" / "probe_server.py"
 ACCEPT = "application/json, text/event-stream"
 
 
@@ -164,8 +165,9 @@ def start_everything(port: int, log: Path) -> subprocess.Popen:
 
 
 class Stack:
-    def __init__(self, server: Server, root: Path, keys: dict[str, str], everything):
-        self.server, self.root, self.keys, self.everything = server, root, keys, everything
+    def __init__(self, server: Server, base: Path, keys: dict[str, str], everything):
+        self.server, self.base, self.keys, self.everything = server, base, keys, everything
+        self.root, self.records = base / "files", base / "records"
 
     def h(self, who: str = "admin", **extra) -> dict[str, str]:
         return {"X-API-Key": self.keys[who], **extra}
@@ -204,6 +206,7 @@ def stack(tmp_path_factory):
     data_dir, root = base / "data", base / "files"
     data_dir.mkdir()
     root.mkdir()
+    (base / "records").mkdir()
     (root / "notes.txt").write_text("first line\n")
     port = free_port()
     everything = start_everything(port, base / "everything.log")
@@ -214,6 +217,7 @@ def stack(tmp_path_factory):
                      "args": ["-m", "mcp_server_time", "--local-timezone", "UTC"]},
             "everything": {"url": f"http://127.0.0.1:{port}/mcp",
                            "headers": {"X-Token": "${EVERYTHING_TOKEN}"}},
+            "probe": {"command": sys.executable, "args": [str(PROBE), str(base / "records")]},
             "broken": {"command": str(base / "no-such-server")},
             "misconfigured": {"command": "x", "url": "http://127.0.0.1:1/mcp"},
         }
@@ -243,8 +247,8 @@ def stack(tmp_path_factory):
     started = time.monotonic()
     server.start(timeout=60)
     boot_s = time.monotonic() - started
-    yield Stack(server, root, keys, everything)
-    children = [c.pid for c in Stack(server, root, keys, everything).upstream_children("")]
+    yield Stack(server, base, keys, everything)
+    children = [c.pid for c in Stack(server, base, keys, everything).upstream_children("")]
     server.stop()
     everything.kill()
     everything.wait()
@@ -288,6 +292,7 @@ def test_each_upstream_is_a_plugin_and_its_tools_are_commands(stack):
     assert commands["files__list_directory"]["approval_required"] is False
     assert commands["files__create_directory"]["approval_required"] is False  # exempted
     assert commands["files__list_directory"]["parameters"]["path"]["required"] is True
+    assert commands["probe__plain"]["approval_required"] is True  # no annotations: careful
     document = requests.get(f"{stack.server.url}/openapi.json", timeout=10).json()
     assert "MCPCommand.files__list_directory" in document["components"]["schemas"]
 
@@ -432,6 +437,42 @@ def test_a_slow_upstream_tool_is_answered_and_cancelled_at_the_deadline(stack, r
     }
 
 
+def test_the_upstream_call_is_cancelled_at_the_deadline(stack):
+    slow = stack.execute("admin", "probe__wait", {"seconds": 30}, timeout=1)
+    assert slow.status_code == 408
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not list(stack.records.glob("cancelled-*")):
+        time.sleep(0.05)
+    assert list(stack.records.glob("cancelled-*")), "the upstream never heard of the cancel"
+
+
+def test_a_tool_list_that_changes_upstream_is_followed(stack):
+    with requests.Session() as same_worker:  # one connection: one worker and its own upstream
+        same_worker.headers.update(stack.h())
+        grown = same_worker.post(
+            f"{stack.server.url}/mcp/execute", json={"action": "probe__grow", "params": {}},
+            timeout=10,
+        )  # fmt: skip
+        assert grown.status_code == 200, grown.text
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            names = [
+                c["name"]
+                for c in same_worker.get(f"{stack.server.url}/mcp/commands", timeout=10).json()[
+                    "commands"
+                ]
+            ]
+            if "probe__grown" in names:
+                break
+            time.sleep(0.1)
+        assert "probe__grown" in names
+        ran = same_worker.post(
+            f"{stack.server.url}/mcp/execute", json={"action": "probe__grown", "params": {}},
+            timeout=10,
+        )  # fmt: skip
+        assert ran.status_code == 200 and ran.json()["result"]["content"][0]["text"] == "grown"
+
+
 def test_a_down_upstream_is_degraded_in_health_and_its_name_is_said(stack):
     health = requests.get(f"{stack.server.url}/health", timeout=10)
     body = health.json()
@@ -501,3 +542,23 @@ def test_the_sdk_client_lists_and_calls_an_upstream_tool_through_waygate(stack):
     names, called = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert "files__read_text_file" in names
     assert called.is_error is False and called.content[0].text == "first line\n"
+
+
+def test_a_reload_reads_the_file_again_and_keeps_unchanged_upstreams_running(stack):
+    path = stack.base / "upstreams.json"
+    document = json.loads(path.read_text())
+    document["mcpServers"]["clock"] = document["mcpServers"]["time"]
+    before = {c.pid for c in stack.upstream_children(str(FILESYSTEM))}
+    path.write_text(json.dumps(document))
+    reloaded = requests.post(f"{stack.server.url}/plugins/reload", headers=stack.h(), timeout=60)
+    assert reloaded.status_code == 200 and "clock" in reloaded.json()["loaded"]
+    time.sleep(1)  # every worker follows within a second of the answer
+    for _ in range(8):  # a new connection each: both workers answer
+        answer = requests.post(
+            f"{stack.server.url}/mcp/execute",
+            json={"action": "clock__get_current_time", "params": {"timezone": "UTC"}},
+            headers={**stack.h(), "Connection": "close"},
+            timeout=30,
+        )
+        assert answer.status_code == 200, answer.text
+    assert {c.pid for c in stack.upstream_children(str(FILESYSTEM))} == before
