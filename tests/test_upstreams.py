@@ -330,6 +330,20 @@ def test_a_directory_is_listed_through_rest_and_mcp(stack):
     # arguments that break the inputSchema never reach the upstream
     missing = stack.execute("reader", "files__list_directory", {})
     assert missing.status_code == 400 and missing.json()["error"]["code"] == "MISSING_PARAMETER"
+    # the audit rows (the key, the upstream as plugin, the mode), the metrics, the log
+    rows = requests.get(
+        f"{stack.server.url}/mcp/executions?action=files__list_directory",
+        headers=stack.h(),
+        timeout=10,
+    ).json()["executions"]
+    assert {(r["plugin"], r["key_name"], r["status"]) for r in rows} == {
+        ("files", "up-reader", "success")
+    }
+    assert {r["mode"] for r in rows} >= {"sync", "mcp"}
+    metrics = requests.get(f"{stack.server.url}/metrics", headers=stack.h(), timeout=10).text
+    assert 'waygate_commands_total{action="files__list_directory",status="success"}' in metrics
+    assert "waygate.upstream.files" in stack.server.log()  # the child's stderr, named
+    assert "Secure MCP Filesystem Server running on stdio" in stack.server.log()
 
 
 def test_a_write_waits_for_approval_and_lands_exactly_as_approved(stack):
