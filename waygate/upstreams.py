@@ -41,6 +41,7 @@ import logging
 import os
 import queue
 import re
+import shutil
 import sys
 import threading
 import time
@@ -69,6 +70,7 @@ CAPABILITY = "mcp-upstream"
 # Seconds: the first connection's wait at start-up and reload, a ping of an idle connection,
 # the backoff between attempts to reconnect.
 CONNECT_TIMEOUT_S = 10.0
+START_TIMEOUT_S = 60.0  # one attempt's handshake and listing (npx may install first)
 PING_EVERY_S = {"stdio": 2.0, "http": 15.0}
 PING_TIMEOUT_S = 5.0
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
@@ -80,7 +82,10 @@ _TRAMPOLINE = (
     "import ctypes,os,signal,sys\n"
     "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"  # PR_SET_PDEATHSIG
     "os.getppid() == int(sys.argv[1]) or sys.exit(1)\n"  # the parent died before prctl
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "try:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "except OSError as exc:\n"
+    "    sys.exit(f'cannot start {sys.argv[2]}: {exc.strerror}')\n"
 )
 
 
@@ -412,7 +417,7 @@ class Connection:
                     client_info=_client_info(),
                 )
             )
-            with anyio.fail_after(CONNECT_TIMEOUT_S):
+            with anyio.fail_after(START_TIMEOUT_S):
                 result = await session.initialize()
                 tools = await _list_tools(session)
             info = result.server_info
@@ -438,6 +443,9 @@ class Connection:
         if self.spec.transport == "stdio":
             from mcp.client.stdio import StdioServerParameters, stdio_client
 
+            path = dict(self.spec.env).get("PATH") or os.environ.get("PATH") or os.defpath
+            if shutil.which(self.spec.command, path=path) is None:
+                raise Unavailable(f"command not found: {self.spec.command}")
             errlog = self._stderr_pipe(stack)
             params = StdioServerParameters(
                 command=sys.executable,
@@ -601,6 +609,10 @@ def _reason(exc: BaseException) -> str:
     """One line about a failure, from the innermost of an exception group."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
+    if isinstance(exc, Unavailable):
+        return str(exc)
+    if getattr(getattr(exc, "error", None), "code", None) == -32000:  # CONNECTION_CLOSED
+        return "the server closed the connection (its stderr is in the log)"
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
         return "no answer in time"
     if isinstance(exc, FileNotFoundError):
