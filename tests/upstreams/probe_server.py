@@ -34,8 +34,9 @@ async def wait(seconds: float) -> str:
 @server.tool(annotations=READ_ONLY)
 async def grow(ctx: Context) -> str:
     """Add a tool and tell the client that the list changed."""
-    server.add_tool(lambda: "grown", name="grown", description="added at run time",
-                    annotations=READ_ONLY)
+    server.add_tool(
+        lambda: "grown", name="grown", description="added at run time", annotations=READ_ONLY
+    )
     await ctx.session.send_tool_list_changed()
     return "grew"
 
