@@ -606,3 +606,48 @@ def test_a_reload_reads_the_file_again_and_keeps_unchanged_upstreams_running(sta
         time.sleep(0.05)
     assert in_a_row == 8, answer.text
     assert {c.pid for c in stack.upstream_children(str(FILESYSTEM))} == before
+
+
+# -- in-process: the manager on its own -------------------------------------------------------
+
+
+def test_the_call_carries_the_execution_s_trace_to_the_upstream(tmp_path):
+    import logging
+
+    from opentelemetry import trace
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    from waygate.sdk import ExecutionContext
+    from waygate.upstreams import UpstreamManager
+
+    path = write(
+        tmp_path,
+        {"mcpServers": {"probe": {"command": sys.executable, "args": [str(PROBE), str(tmp_path)]}}},
+    )
+    manager = UpstreamManager(str(path), connect_timeout_s=25)
+    try:
+        manager.sync()
+        span = trace.NonRecordingSpan(
+            SpanContext(0xABC, 0xDEF, is_remote=False, trace_flags=TraceFlags(1))
+        )
+        ctx = ExecutionContext(
+            command_id="cmd_x",
+            key_name=None,
+            deadline=time.monotonic() + 20,
+            logger=logging.getLogger("test"),
+            trace_context=trace.set_span_in_context(span),
+        )
+        result = manager.invoke("probe", "traceparent", {}, ctx)
+    finally:
+        manager.stop()
+    assert result["structured"]["result"].startswith(f"00-{0xABC:032x}-")
+
+
+def test_an_upstream_s_protocol_error_is_a_502_and_invalid_params_a_400():
+    from mcp.shared.exceptions import MCPError
+
+    from waygate.upstreams import _upstream_error
+
+    assert _upstream_error("x", MCPError(-32603, "boom")).status == 502
+    assert "upstream x failed: boom" in _upstream_error("x", MCPError(-32603, "boom")).message
+    assert _upstream_error("x", MCPError(-32602, "bad")).status == 400

@@ -847,9 +847,16 @@ class UpstreamManager:
         async def progress(value: float, total: float | None, message: str | None) -> None:
             reports.put((value, total, message))
 
-        future = asyncio.run_coroutine_threadsafe(
-            connection.call(tool, arguments, ctx.remaining() + 1, progress), self._ensure_loop()
-        )
+        trace = ctx.trace_context
+
+        async def call() -> Any:
+            if trace is not None:  # the SDK sends the span's traceparent in the call's _meta
+                from opentelemetry import context as otel_context
+
+                otel_context.attach(trace)  # this task's own context: nothing to detach
+            return await connection.call(tool, arguments, ctx.remaining() + 1, progress)
+
+        future = asyncio.run_coroutine_threadsafe(call(), self._ensure_loop())
         future.add_done_callback(lambda _: reports.put(done))
         while True:
             remaining = ctx.remaining()

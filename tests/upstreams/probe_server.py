@@ -41,6 +41,13 @@ async def grow(ctx: Context) -> str:
     return "grew"
 
 
+@server.tool(annotations=READ_ONLY)
+def traceparent(ctx: Context) -> str:
+    """The W3C traceparent the call carried in its _meta (empty without one)."""
+    meta = ctx.request_context.meta or {}
+    return str(meta.get("traceparent") or "")
+
+
 @server.tool()
 def plain() -> str:
     """A tool that says nothing about itself."""
