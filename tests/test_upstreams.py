@@ -651,3 +651,27 @@ def test_an_upstream_s_protocol_error_is_a_502_and_invalid_params_a_400():
     assert _upstream_error("x", MCPError(-32603, "boom")).status == 502
     assert "upstream x failed: boom" in _upstream_error("x", MCPError(-32603, "boom")).message
     assert _upstream_error("x", MCPError(-32602, "bad")).status == 400
+
+
+def test_a_file_broken_on_reload_keeps_the_last_good_upstreams_running(tmp_path):
+    from waygate.plugins import PluginSet
+    from waygate.upstreams import UpstreamManager
+
+    path = write(
+        tmp_path,
+        {"mcpServers": {"probe": {"command": sys.executable, "args": [str(PROBE), str(tmp_path)]}}},
+    )
+    manager = UpstreamManager(str(path), connect_timeout_s=25)
+    empty = PluginSet(plugins={}, commands={}, command_plugin={}, loaded_at=0.0)
+    try:
+        manager.sync()
+        path.write_text("{broken")
+        manager.sync()  # a reload
+        plugins = manager.extend(empty)
+        state = manager.health()[1]
+    finally:
+        manager.stop()
+    assert plugins.plugins["probe"].status == "active" and "probe__wait" in plugins.commands
+    assert plugins.plugins["upstreams"].status == "failed"
+    assert "is not valid JSON" in plugins.plugins["upstreams"].error
+    assert state["probe"]["status"] == "up"

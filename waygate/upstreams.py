@@ -444,7 +444,10 @@ class Connection:
             from mcp.client.stdio import StdioServerParameters, stdio_client
 
             path = dict(self.spec.env).get("PATH") or os.environ.get("PATH") or os.defpath
-            if shutil.which(self.spec.command, path=path) is None:
+            command = self.spec.command
+            if self.spec.cwd and os.sep in command:  # relative to the server's own cwd
+                command = os.path.join(self.spec.cwd, command)
+            if shutil.which(command, path=path) is None:
                 raise Unavailable(f"command not found: {self.spec.command}")
             errlog = self._stderr_pipe(stack)
             params = StdioServerParameters(
@@ -690,7 +693,11 @@ class UpstreamManager:
     def sync(self) -> None:
         """Re-read the file; start new upstreams, stop removed or changed ones, re-list the
         rest; wait (bounded) until each new one connected or failed."""
-        self._config = read_config(self.path, self._environ)
+        config = read_config(self.path, self._environ)
+        if config.file_error and self._config.specs:
+            # a file broken since the last good read: its upstreams keep running as they were
+            config = replace(self._config, file_error=config.file_error)
+        self._config = config
         self._synced = True
         if self._config.file_error:
             log.error("upstreams: %s", self._config.file_error)
