@@ -608,6 +608,34 @@ def test_a_reload_reads_the_file_again_and_keeps_unchanged_upstreams_running(sta
     assert {c.pid for c in stack.upstream_children(str(FILESYSTEM))} == before
 
 
+def test_a_remote_upstream_that_restarts_is_a_clear_503_or_502_then_serves_again(stack):
+    port = int(
+        stack.everything.args
+        and json.loads((stack.base / "upstreams.json").read_text())["mcpServers"]["everything"][
+            "url"
+        ]
+        .split(":")[2]
+        .split("/")[0]
+    )
+    stack.everything.kill()
+    stack.everything.wait()
+    gone = stack.execute("admin", "everything__echo", {"message": "hi"})
+    assert gone.status_code == 503, gone.text
+    assert gone.json()["error"].startswith("upstream everything is unavailable")
+    stack.everything = start_everything(port, stack.base / "everything-2.log")
+    answers, in_a_row, deadline = [], 0, time.monotonic() + 30
+    while in_a_row < 8 and time.monotonic() < deadline:
+        answer = stack.execute("admin", "everything__echo", {"message": "hi"})
+        answers.append(answer)
+        in_a_row = in_a_row + 1 if answer.status_code == 200 else 0
+        time.sleep(0.05)
+    assert in_a_row == 8, answers[-1].text
+    for answer in answers:
+        assert answer.status_code in (200, 502, 503), answer.text
+        if answer.status_code != 200:
+            assert answer.json()["error"].startswith("upstream everything")
+
+
 # -- in-process: the manager on its own -------------------------------------------------------
 
 

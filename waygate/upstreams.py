@@ -504,9 +504,10 @@ class Connection:
         while not self._stopping:
             if self._dead.is_set():
                 raise Unavailable("the server process exited")
+            if not self._wake.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), every)
             self._wake.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), every)
             if self._stopping or self._dead.is_set():
                 continue
             if self._relist:
@@ -568,6 +569,8 @@ class Connection:
             if exc.error.code == -32000:  # CONNECTION_CLOSED
                 self.reconnect_now()
                 raise Unavailable("the connection closed during the call") from None
+            if exc.error.code != -32602:  # not the arguments: is the session still there?
+                self._wake.set()  # a ping now (a remote that restarted forgot the session)
             raise
         except (OSError, EOFError) as exc:
             self.reconnect_now()
