@@ -199,7 +199,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, request):
     if not FILESYSTEM.exists():
         pytest.fail("the npm upstreams are not installed: run `make install-test`")
     base = tmp_path_factory.mktemp("upstreams")
@@ -242,16 +242,28 @@ def stack(tmp_path_factory):
             "WAYGATE_RATE_LIMIT_EXECUTE": "10000/minute",
             "WAYGATE_RATE_LIMIT_DEFAULT": "10000/minute",
             "WAYGATE_APPROVAL_EXEMPT": "files__create_directory",
+            "WAYGATE_UPSTREAM_CONNECT_TIMEOUT_S": "25",
         },
     )
     started = time.monotonic()
-    server.start(timeout=60)
+    server.start(timeout=90)
+    # on a loaded machine a worker may be ready before a child of its own answered (it joins
+    # when it does): wait until every worker has them all up
+    in_a_row, deadline = 0, time.monotonic() + 60
+    while in_a_row < 6 and time.monotonic() < deadline:
+        states = requests.get(server.url + "/health", headers={"Connection": "close"}, timeout=10)
+        up = {n for n, s in states.json()["upstreams"].items() if s["status"] == "up"}
+        in_a_row = in_a_row + 1 if up >= {"files", "time", "everything", "probe"} else 0
+        time.sleep(0.1)
     boot_s = time.monotonic() - started
-    yield Stack(server, base, keys, everything)
-    children = [c.pid for c in Stack(server, base, keys, everything).upstream_children("")]
+    stack = Stack(server, base, keys, everything)
+    stack.everything_port = port
+    request.config.stash.setdefault(FIGURES, {})["upstreams boot"] = {"s": round(boot_s, 1)}
+    yield stack
+    children = [c.pid for c in stack.upstream_children("")]
     server.stop()
-    everything.kill()
-    everything.wait()
+    stack.everything.kill()
+    stack.everything.wait()
     # no orphans: every upstream child of every worker is gone with its worker
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(psutil.pid_exists(p) for p in children):
@@ -609,20 +621,12 @@ def test_a_reload_reads_the_file_again_and_keeps_unchanged_upstreams_running(sta
 
 
 def test_a_remote_upstream_that_restarts_is_a_clear_503_or_502_then_serves_again(stack):
-    port = int(
-        stack.everything.args
-        and json.loads((stack.base / "upstreams.json").read_text())["mcpServers"]["everything"][
-            "url"
-        ]
-        .split(":")[2]
-        .split("/")[0]
-    )
     stack.everything.kill()
     stack.everything.wait()
     gone = stack.execute("admin", "everything__echo", {"message": "hi"})
     assert gone.status_code == 503, gone.text
     assert gone.json()["error"].startswith("upstream everything is unavailable")
-    stack.everything = start_everything(port, stack.base / "everything-2.log")
+    stack.everything = start_everything(stack.everything_port, stack.base / "everything-2.log")
     answers, in_a_row, deadline = [], 0, time.monotonic() + 30
     while in_a_row < 8 and time.monotonic() < deadline:
         answer = stack.execute("admin", "everything__echo", {"message": "hi"})
