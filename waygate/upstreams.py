@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -563,7 +564,11 @@ class Connection:
 
         try:
             return await session.call_tool(
-                tool, arguments, read_timeout_seconds=timeout, progress_callback=progress
+                tool,
+                arguments,
+                read_timeout_seconds=timeout,
+                progress_callback=progress,
+                allow_input_required=True,  # said clearly in present(), not as the SDK's hint
             )
         except MCPError as exc:
             if exc.error.code == -32000:  # CONNECTION_CLOSED
@@ -803,6 +808,7 @@ class UpstreamManager:
         if cached is not None:
             return cached
         made: dict[str, Command] = {}
+        originals: dict[str, str] = {}
         for tool in snap.tools:
             name = command_name(snap.spec.name, str(tool.get("name", "")))
             if len(name) > 128 or not tool.get("name"):
@@ -816,11 +822,12 @@ class UpstreamManager:
                 log.error(
                     "upstream %s: tools %r and %r are both %s: the second is left out",
                     snap.spec.name,
-                    made[name].title,
+                    originals[name],
                     tool["name"],
                     name,
                 )
                 continue
+            originals[name] = tool["name"]
             made[name] = Command(
                 name=name,
                 description=str(tool.get("description") or ""),
@@ -881,7 +888,7 @@ class UpstreamManager:
                 ctx.report_progress(*item)
         try:
             result = future.result()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, concurrent.futures.CancelledError):
             raise Cancelled("cancelled") from None
         except Unavailable as exc:
             raise _unavailable(upstream, str(exc)) from None
@@ -955,6 +962,13 @@ def _describe(snap: Snapshot) -> str:
 def present(upstream: str, result: Any) -> Any:
     """A CallToolResult as a Waygate result: content blocks and structured content as they
     are; a tool error (isError) as a refusal carrying them."""
+    if type(result).__name__ == "InputRequiredResult":
+        raise CommandError(
+            f"upstream {upstream} asks the caller for input (elicitation or sampling), which"
+            " Waygate cannot relay: its MCP endpoint sends no requests to clients",
+            {"upstream": upstream, "code": "UPSTREAM_INPUT_REQUIRED"},
+            status=502,
+        )
     dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)
     blocks = [Content(block) for block in dumped.get("content") or []]
     structured = dumped.get("structuredContent")
