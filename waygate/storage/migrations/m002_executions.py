@@ -5,14 +5,23 @@ executions      one row per execution (single, batch item, async, MCP tool call)
 plugin_stats    running totals per plugin, updated in the same transaction as the audit row,
                 so they add up over every worker and survive restarts and audit pruning
 plugin_state    one row: the plugin generation, bumped by a reload so every worker reloads
+
+The sweep for executions left behind by a dead worker reads only unfinished rows
+(``executions_open``, a partial index).
 """
 
-from . import migrations
+from .migration import Migration
 
+_INDEXES = [
+    "CREATE INDEX executions_created ON executions(created_at)",
+    "CREATE INDEX executions_action_created ON executions(action, created_at)",
+    "CREATE INDEX executions_status_created ON executions(status, created_at)",
+    "CREATE INDEX executions_open ON executions(worker_pid) WHERE status IN ('pending', 'running')",
+]
 
-@migrations()
-def m002_executions(db):
-    db.execute(
+migration = Migration(
+    "m002_executions",
+    sqlite=[
         """
         CREATE TABLE executions (
             command_id TEXT PRIMARY KEY,
@@ -31,17 +40,8 @@ def m002_executions(db):
             started_at TEXT,
             finished_at TEXT
         )
-        """
-    )
-    db.execute("CREATE INDEX executions_created ON executions(created_at)")
-    db.execute("CREATE INDEX executions_action_created ON executions(action, created_at)")
-    db.execute("CREATE INDEX executions_status_created ON executions(status, created_at)")
-    # The sweep for executions left behind by a dead worker reads only unfinished rows.
-    db.execute(
-        "CREATE INDEX executions_open ON executions(worker_pid) "
-        "WHERE status IN ('pending', 'running')"
-    )
-    db.execute(
+        """,
+        *_INDEXES,
         """
         CREATE TABLE plugin_stats (
             plugin TEXT PRIMARY KEY,
@@ -49,10 +49,42 @@ def m002_executions(db):
             errors_total INTEGER NOT NULL DEFAULT 0,
             duration_ms_total INTEGER NOT NULL DEFAULT 0
         )
-        """
-    )
-    db.execute(
+        """,
         "CREATE TABLE plugin_state (id INTEGER PRIMARY KEY CHECK (id = 1), "
-        "generation INTEGER NOT NULL, reloaded_at TEXT)"
-    )
-    db.execute("INSERT INTO plugin_state (id, generation) VALUES (1, 0)")
+        "generation INTEGER NOT NULL, reloaded_at TEXT)",
+        "INSERT INTO plugin_state (id, generation) VALUES (1, 0)",
+    ],
+    postgresql=[
+        """
+        CREATE TABLE executions (
+            command_id TEXT PRIMARY KEY,
+            action TEXT NOT NULL,
+            plugin TEXT,
+            key_name TEXT,
+            mode TEXT NOT NULL CHECK (mode IN ('sync', 'batch', 'async', 'mcp')),
+            status TEXT NOT NULL
+                CHECK (status IN ('pending', 'running', 'success', 'failed', 'timeout')),
+            duration_ms BIGINT,
+            error TEXT,
+            result TEXT,
+            timeout_s BIGINT NOT NULL,
+            worker_pid BIGINT,
+            created_at TEXT NOT NULL,
+            started_at TEXT,
+            finished_at TEXT
+        )
+        """,
+        *_INDEXES,
+        """
+        CREATE TABLE plugin_stats (
+            plugin TEXT PRIMARY KEY,
+            calls_total BIGINT NOT NULL DEFAULT 0,
+            errors_total BIGINT NOT NULL DEFAULT 0,
+            duration_ms_total BIGINT NOT NULL DEFAULT 0
+        )
+        """,
+        "CREATE TABLE plugin_state (id BIGINT PRIMARY KEY CHECK (id = 1), "
+        "generation BIGINT NOT NULL, reloaded_at TEXT)",
+        "INSERT INTO plugin_state (id, generation) VALUES (1, 0)",
+    ],
+)
