@@ -17,7 +17,7 @@ from waygate.audit import AuditLog
 from waygate.clock import isoformat
 from waygate.config import Config, ConfigError
 from waygate.outcomes import ExecutionStatus
-from waygate.storage import PostgresStorage
+from waygate.storage import PostgresStorage, Storage
 from waygate.storage.dialect import translate
 from waygate.storage.migrations import STATE
 from waygate.storage.postgresql import redact_url
@@ -181,3 +181,20 @@ def test_without_redis_the_limits_of_hosts_on_one_database_are_one(
         for n in range(4)
     ]
     assert answers == [200, 200, 200, 429]
+
+
+def test_every_backend_offers_the_whole_storage_interface(storage):
+    assert isinstance(storage, Storage)
+
+
+def test_a_backup_is_sqlites_and_postgresql_is_pointed_to_pg_dump(
+    storage, runner, backend, tmp_path
+):
+    copy = tmp_path / "copy.db"
+    code, out, err = runner("backup", str(copy))
+    if backend == "sqlite":
+        assert (code, copy.is_file()) == (0, True), err
+        assert out.strip() == f"backed up {storage.describe()} to {copy}"
+    else:
+        assert (code, copy.exists()) == (1, False)
+        assert "back it up with pg_dump" in err and "Traceback" not in err

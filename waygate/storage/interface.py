@@ -41,7 +41,7 @@ class Cursor(Protocol):
 
     def fetchone(self) -> Row | None: ...
 
-    def fetchall(self) -> list[Row]: ...
+    def fetchall(self) -> Sequence[Row]: ...
 
     def __iter__(self) -> Iterator[Row]: ...
 
@@ -61,7 +61,7 @@ class Transaction(Connection, Protocol):
 @dataclass(frozen=True)
 class WriteResult:
     rowcount: int
-    rows: list[Row]
+    rows: Sequence[Row]
 
 
 @runtime_checkable
