@@ -240,6 +240,8 @@ def test_keys_are_managed_over_rest_and_secrets_shown_once(api):
         ({"name": "a", "expires_at": "yesterday"}, 400, "expires_at"),
         ({"name": "a", "rate_limit": "lots"}, 400, "rate_limit"),
         ({"name": "bad name!"}, 400, "name"),
+        ({"name": "u1\n"}, 400, "name"),  # anchored at the end too: no second "u1"
+        ({"name": "a", "allow": ["echo\n"]}, 400, "allow"),
         ({"name": "a", "colour": "red"}, 400, "colour"),
         ({"role": "user"}, 400, "name"),
         ({"name": "ops-user"}, 409, "name"),
@@ -249,6 +251,17 @@ def test_bad_key_requests_get_field_details(api, body, status, field):
     answer = api.post("/keys", json=body, headers=api.admin)
     assert answer.status_code == status, answer.get_json()
     assert field in answer.get_json()["error"]["details"]["fields"]
+
+
+def test_a_name_with_a_trailing_newline_is_refused_not_a_second_key(api, runner):
+    api.create(name="u1")
+    answer = api.post("/keys", json={"name": "u1\n"}, headers=api.admin)
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["code"] == "INVALID_REQUEST"
+    names = [k["name"] for k in api.get("/keys?limit=100", headers=api.admin).get_json()["keys"]]
+    assert names.count("u1") == 1 and "u1\n" not in names
+    code, _, err = runner("keys", "create", "--name", "u1\n")
+    assert code == 1 and "invalid name" in err
 
 
 def test_only_admin_keys_manage_keys(api, keys):

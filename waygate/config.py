@@ -116,8 +116,11 @@ class Config:
     # OpenTelemetry traces, exported over OTLP/HTTP as the standard OTEL_* variables say
     # (docs/tracing.md); off: no span is made at all
     tracing: bool = False
-    # {"PluginName": {"key": value}}: overrides of plugins' default config
-    plugin_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # {"PluginName": {"key": value}}: overrides of plugins' default config (may hold secrets:
+    # never in the repr, so never in a log line that shows the config)
+    plugin_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def admission_limit(self) -> int:

@@ -39,8 +39,8 @@ MAX_PATTERNS = 64
 MAX_GRACE = timedelta(days=30)
 MAX_LIFETIME = timedelta(days=3650)
 _ALPHABET = string.ascii_letters + string.digits
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-_PATTERN_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,128}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+_PATTERN_RE = re.compile(r"[A-Za-z0-9_.*?\[\]!-]{1,128}")
 # last_used_at (and an expired key's attempts) are written at most this often per key, so
 # that authentication stays a read.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -167,7 +167,7 @@ def check_patterns(patterns: Any) -> tuple[str, ...] | None:
     if not isinstance(patterns, (list, tuple)) or len(patterns) > MAX_PATTERNS:
         raise _invalid("allow", f"a list of at most {MAX_PATTERNS} patterns")
     for p in patterns:
-        if not isinstance(p, str) or not _PATTERN_RE.match(p):
+        if not isinstance(p, str) or not _PATTERN_RE.fullmatch(p):
             raise _invalid(
                 "allow",
                 f"{str(p)[:60]!r} is not a pattern (letters, digits, '_', '.', '-', and the"
@@ -222,7 +222,7 @@ def parse_duration(text: str) -> int:
 
 
 def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise _invalid("name", "1-64 characters of letters, digits, '_', '.', '@' or '-'")
     return name
 
