@@ -44,7 +44,7 @@ APPROVAL_NOTE = "Requires approval: a second person must approve each call befor
 
 @dataclass(frozen=True)
 class ApprovalPolicy:
-    """Which commands wait for approval. Globs as in ``fnmatch`` (``db.*``), case-sensitive;
+    """Which commands wait for approval. Globs as in ``fnmatch`` (``drop_*``), case-sensitive;
     an exempt pattern wins over a required one, and both over the ``destructiveHint``
     annotation, which needs approval unless ``destructive_default`` is off."""
 

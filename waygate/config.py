@@ -233,7 +233,7 @@ class Config:
                 if not re.fullmatch(r"[A-Za-z0-9_.\-*?\[\]!]{1,128}", pattern):
                     raise ConfigError(
                         f"WAYGATE_{name.upper()}: {pattern!r} is not a command-name glob"
-                        " like db.* or wipe_?"
+                        " like drop_* or wipe_?"
                     )
         hook = self.approval_webhook_url
         if hook and not re.fullmatch(r"https?://[^\s]+", hook):
