@@ -8,7 +8,7 @@ waygate backup PATH                                 (an online copy of the datab
 waygate db copy --to postgresql://...               (this host's SQLite state into PostgreSQL)
 waygate keys create --name NAME [--role admin|user] [--allow PATTERN ...] [--read-only]
                     [--expires 30d] [--rate-limit 1000/minute]   (the key: last line of stdout)
-waygate keys list [--json]
+waygate keys list [--json]                          (role, scope, expiry, last use, state)
 waygate keys update NAME [--allow PATTERN ... | --allow-all] [--read-only/--not-read-only]
                     [--expires 30d | --no-expiry] [--rate-limit N/period | --default-rate-limit]
 waygate keys rotate NAME [--grace 1h]                (the new key: last line of stdout)
@@ -32,6 +32,7 @@ import click
 from dotenv import dotenv_values
 
 from . import __version__
+from .clock import utcnow
 from .config import Config, ConfigError
 from .errors import WaygateError
 from .keys import KeyStore, expiry, parse_duration
@@ -329,16 +330,23 @@ def keys_events(ctx: Context, key_name: str | None, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 @pass_context
 def keys_list(ctx: Context, as_json: bool) -> None:
-    """List keys (names, roles and dates; never the keys)."""
+    """List keys: role, allow-list, read-only, expiry, last use and state (live, expired or
+    revoked); never the keys."""
     records = ctx.keys.list()
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in records], indent=2))  # as GET /keys
         return
-    click.echo(f"{'NAME':24} {'ROLE':6} {'CREATED':25} {'LAST USED':25} REVOKED")
+    click.echo(
+        f"{'NAME':24} {'ROLE':6} {'ALLOW':24} {'READ-ONLY':9} {'EXPIRES':24} {'LAST USED':24}"
+        " STATE"
+    )
+    now = utcnow()
     for r in records:
+        allow = "(all)" if r.allow is None or r.is_admin else ",".join(r.allow) or "(none)"
+        read_only = "yes" if r.read_only and not r.is_admin else "no"
         click.echo(
-            f"{r.name:24} {r.role:6} {r.created_at:25} {r.last_used_at or '-':25} "
-            f"{r.revoked_at or '-'}"
+            f"{r.name:24} {r.role:6} {allow:24} {read_only:9} "
+            f"{r.expires_at or 'never':24} {r.last_used_at or 'never':24} {r.state(now)}"
         )
 
 

@@ -129,6 +129,14 @@ class ApiKey:
     def actor(self) -> Actor:
         return Actor(self.name, self.id)
 
+    def state(self, now: datetime | None = None) -> str:
+        """``revoked``, ``expired`` or ``live``: whether the key opens anything now."""
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at and parse_iso(self.expires_at) <= (now or utcnow()):
+            return "expired"
+        return "live"
+
     def as_dict(self) -> dict[str, Any]:
         """The record as shown to admins: never a secret or a digest."""
         return {
