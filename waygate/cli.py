@@ -337,8 +337,7 @@ def keys_list(ctx: Context, as_json: bool) -> None:
         click.echo(json.dumps([r.as_dict() for r in records], indent=2))  # as GET /keys
         return
     click.echo(
-        f"{'NAME':24} {'ROLE':6} {'ALLOW':24} {'READ-ONLY':9} {'EXPIRES':24} {'LAST USED':24}"
-        " STATE"
+        f"{'NAME':24} {'ROLE':6} {'ALLOW':24} {'READ-ONLY':9} {'EXPIRES':24} {'LAST USED':24} STATE"
     )
     now = utcnow()
     for r in records:
