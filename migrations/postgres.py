@@ -14,6 +14,7 @@ Add a migration to both lists with the same name; never edit one that has shippe
 from __future__ import annotations
 
 from .m012_approvals import _REQUEST_COLUMNS  # the same stored-request columns on both
+from .m015_key_created_by import BACKFILL as _CREATED_BY_BACKFILL  # portable SQL
 
 _COUNT_FUNCTION = """
 CREATE FUNCTION waygate_count_execution() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -248,6 +249,13 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 renewed_at DOUBLE PRECISION NOT NULL,
                 PRIMARY KEY (host, pid)
             )""",
+        ],
+    ),
+    (
+        "m015_key_created_by",
+        [
+            "ALTER TABLE api_keys ADD COLUMN created_by_key_id BIGINT, ADD COLUMN created_by TEXT",
+            _CREATED_BY_BACKFILL,
         ],
     ),
 ]

@@ -143,7 +143,7 @@ def test_keys_list_json_is_one_array_without_keys(cli):
     _, out, _ = cli("keys", "create", "--name", "ci-bot", "--role", "user")
     key = out.strip().splitlines()[-1]
     cli("keys", "create", "--name", "old", "--role", "admin")
-    cli("keys", "revoke", "old")
+    cli("keys", "revoke", "old", "--force")  # the last live admin key: deliberately
     code, out, err = cli("keys", "list", "--json")
     assert code == 0, err
     listing = json.loads(out)

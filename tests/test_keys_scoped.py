@@ -264,6 +264,39 @@ def test_a_name_with_a_trailing_newline_is_refused_not_a_second_key(api, runner)
     assert code == 1 and "invalid name" in err
 
 
+def test_the_last_live_admin_key_is_not_revoked_or_expired_by_accident(api, keys, runner):
+    # an admin key that has expired does not count as one left
+    keys.store.create("stale-admin", "admin", expires_at="2099-01-01T00:00:00.000Z")
+    keys.store.storage.execute_write(
+        "UPDATE api_keys SET expires_at = '2020-01-01T00:00:00.000Z' WHERE name = 'stale-admin'"
+    )
+    for answer in (
+        api.delete("/keys/ops-admin", headers=api.admin),
+        api.patch("/keys/ops-admin", json={"expires_in": 3600}, headers=api.admin),
+    ):
+        assert answer.status_code == 409, answer.get_json()
+        error = answer.get_json()["error"]
+        assert error["code"] == "CONFLICT" and "last live admin key" in error["message"]
+        assert "--force" in error["message"] and error["details"]["name"] == "ops-admin"
+    assert api.get("/keys", headers=api.admin).status_code == 200  # still an admin
+    assert api.get("/keys/ops-admin", headers=api.admin).get_json()["expires_at"] is None
+    # with a second live admin either may go, and then the other is the last
+    second = api.create(name="second-admin", role="admin")
+    assert api.patch("/keys/ops-admin", json={"expires_in": 60}, headers=second).status_code == 200
+    assert api.delete("/keys/ops-admin", headers=second).status_code == 200
+    assert api.delete("/keys/second-admin", headers=second).status_code == 409
+    # deliberately, on the host
+    code, _, err = runner("keys", "revoke", "second-admin")
+    assert code == 1 and "waygate keys revoke second-admin --force" in err
+    code, _, err = runner("keys", "update", "second-admin", "--expires", "1h")
+    assert code == 1 and "--force" in err
+    code, _, err = runner("keys", "update", "second-admin", "--expires", "1h", "--force")
+    assert code == 0, err
+    code, out, err = runner("keys", "revoke", "second-admin", "--force")
+    assert code == 0 and "revoked key 'second-admin'" in out
+    assert api.get("/keys", headers=second).status_code == 401
+
+
 def test_only_admin_keys_manage_keys(api, keys):
     for method, path in (
         ("get", "/keys"),
@@ -417,3 +450,36 @@ def test_keys_made_before_scopes_keep_working_unscoped(data_dir, make_app):
     assert execute(client, legacy, "process_data", input="[]", format="json").status_code == 200
     commands = client.get("/mcp/commands", headers=legacy).get_json()["total"]
     assert commands == 5
+
+
+@pytest.mark.sqlite_only
+def test_m015_keeps_who_created_each_key_from_the_key_events(tmp_path):
+    import sqlite_utils
+    from waygate_migrations import migrations
+
+    from waygate.storage import SqliteStorage
+
+    conn = SqliteStorage(tmp_path / "waygate.db").connect()
+    conn.row_factory = None
+    db = sqlite_utils.Database(conn)
+    migrations.apply(db, stop_before="m015_key_created_by")
+    for key_id, name, actor_id, actor_name in ((1, "root", None, "cli"), (2, "made", 1, "root")):
+        db.execute(
+            "INSERT INTO api_keys (id, name, role, key_hash, created_at) VALUES (?, ?, 'admin',"
+            " ?, '2026-11-01T00:00:00.000Z')",
+            (key_id, name, f"h{key_id}"),
+        )
+        db.execute(
+            "INSERT INTO key_events (at, event, key_id, key_name, actor_id, actor_name) VALUES"
+            " ('2026-11-01T00:00:00.000Z', 'created', ?, ?, ?, ?)",
+            (key_id, name, actor_id, actor_name),
+        )
+    db.execute(  # a key whose trail was lost: nobody is named
+        "INSERT INTO api_keys (id, name, role, key_hash, created_at) VALUES (3, 'orphan', 'user',"
+        " 'h3', '2026-11-01T00:00:00.000Z')"
+    )
+    db.conn.commit()
+    migrations.apply(db)
+    db.conn.commit()
+    rows = db.execute("SELECT name, created_by_key_id, created_by FROM api_keys ORDER BY id")
+    assert rows.fetchall() == [("root", None, "cli"), ("made", 1, "root"), ("orphan", None, None)]

@@ -13,7 +13,7 @@ waygate keys update NAME [--allow PATTERN ... | --allow-all] [--read-only/--not-
                     [--expires 30d | --no-expiry] [--rate-limit N/period | --default-rate-limit]
 waygate keys rotate NAME [--grace 1h]                (the new key: last line of stdout)
 waygate keys events [--key NAME]
-waygate keys revoke NAME
+waygate keys revoke NAME [--force]                  (--force: even the last live admin key)
 waygate keys bootstrap                              (first admin key, only if none exist)
 waygate mcp stdio [--as NAME]                       (MCP over stdio, for desktop clients)
 waygate approvals list
@@ -278,6 +278,11 @@ def keys_create(
 @click.option("--no-expiry", is_flag=True)
 @click.option("--rate-limit", help="The key's own execute limit, e.g. 1000/minute.")
 @click.option("--default-rate-limit", is_flag=True, help="Back to the default execute limit.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Set an expiry even on the last live admin key (refused otherwise).",
+)
 @pass_context
 def keys_update(
     ctx: Context,
@@ -289,6 +294,7 @@ def keys_update(
     no_expiry: bool,
     rate_limit: str | None,
     default_rate_limit: bool,
+    force: bool,
 ) -> None:
     """Change a key's scope, expiry or rate limit."""
     changes: dict = {}
@@ -300,7 +306,7 @@ def keys_update(
         changes["expires_in"] = None if no_expiry else parse_duration(expires or "")
     if rate_limit or default_rate_limit:
         changes["rate_limit"] = None if default_rate_limit else rate_limit
-    record = ctx.keys.update(name, changes)
+    record = ctx.keys.update(name, changes, force=force)
     click.echo(json.dumps(record.as_dict(), indent=2))
 
 
@@ -351,10 +357,16 @@ def keys_list(ctx: Context, as_json: bool) -> None:
 
 @keys.command("revoke")
 @click.argument("name")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Revoke even the last live admin key (then only this CLI can make a new one).",
+)
 @pass_context
-def keys_revoke(ctx: Context, name: str) -> None:
-    """Revoke a key; every worker refuses it from its next request."""
-    record = ctx.keys.revoke(name)
+def keys_revoke(ctx: Context, name: str, force: bool) -> None:
+    """Revoke a key; every worker refuses it from its next request. Its requests still
+    awaiting approval are denied with it."""
+    record = ctx.keys.revoke(name, force=force)
     click.echo(f"revoked key {record.name!r}")
 
 
