@@ -55,3 +55,28 @@ def test_every_test_the_guide_cites_exists():
     assert cited and files
     assert [name for name in sorted(cited) if f"def {name}(" not in sources] == []
     assert [path for path in sorted(files) if not (ROOT / path).is_file()] == []
+
+
+UNIT = (ROOT / "deploy" / "systemd" / "waygate.service").read_text()
+DOCS = {path.name: path.read_text() for path in (ROOT / "docs").glob("*.md")}
+
+
+def unit_setting(name: str) -> str:
+    match = re.search(rf"^{name}=(.*)$", UNIT, re.M)
+    assert match, name
+    return match.group(1).strip()
+
+
+def test_the_guide_states_the_state_directory_mode_the_unit_sets():
+    mode = unit_setting("StateDirectoryMode")
+    stated = re.search(r"\(its `StateDirectory`\) owned by that user, mode\s+(0\d{3})", GUIDE)
+    assert stated and stated.group(1) == mode
+
+
+def test_the_docs_put_settings_where_the_unit_reads_them():
+    env_file = unit_setting("EnvironmentFile")
+    assert not re.search(r"^Environment=", UNIT, re.M)  # the unit has no inline settings
+    for name, text in DOCS.items():
+        assert "`Environment=`" not in text, name  # so no doc may send a reader to them
+    assert f"EnvironmentFile={env_file}" in DOCS["tracing.md"]
+    assert env_file in GUIDE
