@@ -162,9 +162,15 @@ def migrate(ctx: Context) -> None:
 def backup(ctx: Context, path: Path) -> None:
     """Copy the database to PATH while the service runs (SQLite's online backup).
 
-    To restore, stop the service and put the copy in place of <data dir>/waygate.db."""
+    The copy is readable by its owner only (0600), like the database itself. To restore, stop
+    the service and put the copy in place of <data dir>/waygate.db."""
     if path.exists():
         raise click.ClickException(f"{path} exists already; give a new file name")
+    if not path.parent.is_dir():
+        raise click.ClickException(
+            f"the directory {path.parent} does not exist: create it first (e.g. install -d -m"
+            f" 0700 {path.parent}) or give a path in an existing directory"
+        )
     if ctx.config.database_url:
         raise click.ClickException(
             "the database is PostgreSQL: back it up with pg_dump (see docs/operations.md)"

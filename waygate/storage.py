@@ -457,6 +457,11 @@ class SqliteStorage(Storage):
         beside ``target`` and renamed into place, so ``target`` is never half-written."""
         target = Path(target)
         partial = target.with_name(f".{target.name}.partial")
+        partial.unlink(missing_ok=True)  # left by a copy that was killed
+        # the copy holds every key hash and audit row: its owner's alone, as the data dir's
+        # files are, whatever the umask (created 0600 before SQLite writes a byte into it)
+        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.chmod(partial, 0o600)
         source = self.connect()
         try:
             copy = sqlite3.connect(partial)
