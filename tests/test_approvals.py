@@ -393,6 +393,20 @@ def test_the_cli_lists_approves_and_denies_as_a_named_admin(client, keys, runner
     assert [e["key_name"] for e in events(client, keys, first)][:2] == ["ops-user", "ops-admin"]
 
 
+def test_cli_approve_exits_non_zero_when_the_approved_command_fails(client, keys, runner):
+    slow = {"action": "wipe", "params": {"target": "db2", "seconds": 5}, "timeout": 1}
+    failing = request_wipe(client, keys, slow)
+    code, out, err = runner("approvals", "approve", failing, "--as", "ops-admin")
+    assert code == 3
+    assert '"status": "timeout"' in out
+    assert err.strip() == f"waygate: approved {failing}, but the command ended timeout"
+    succeeding = request_wipe(client, keys)
+    code, out, err = runner("approvals", "approve", succeeding, "--as", "ops-admin")
+    assert (code, err) == (0, "")
+    code, _, err = runner("approvals", "approve", succeeding, "--as", "ops-admin")
+    assert code == 1 and "not awaiting approval" in err  # refused: nothing ran
+
+
 # -- the webhook ---------------------------------------------------------------------------------
 
 

@@ -17,7 +17,9 @@ waygate keys revoke NAME
 waygate keys bootstrap                              (first admin key, only if none exist)
 waygate mcp stdio [--as NAME]                       (MCP over stdio, for desktop clients)
 waygate approvals list
-waygate approvals approve ID --as NAME [--reason R]  (decided and audited as admin key NAME)
+waygate approvals approve ID --as NAME [--reason R]  (decided and audited as admin key NAME;
+                                                     exit 0 ran and succeeded, 1 refused,
+                                                     3 approved but the command failed)
 waygate approvals deny ID --as NAME [--reason R]
 """
 
@@ -436,20 +438,38 @@ _as_option = click.option(
 _reason_option = click.option("--reason", default=None, help="Recorded with the decision.")
 
 
+# Exit codes of `waygate approvals approve` (README, "Approvals"): 0 the approved command ran
+# and succeeded; 1 the decision was refused (unknown id, not awaiting approval, not a live
+# admin key, the requester's own key) and nothing ran; 3 approved, but the command failed,
+# timed out or could not be run: its outcome is printed all the same.
+EXIT_COMMAND_FAILED = 3
+
+
+class CommandFailed(click.ClickException):
+    exit_code = EXIT_COMMAND_FAILED
+
+
 @approvals.command("approve")
 @click.argument("command_id")
 @_as_option
 @_reason_option
 @pass_context
 def approvals_approve(ctx: Context, command_id: str, approver: str, reason: str | None) -> None:
-    """Approve: the stored request runs here, in this process, and its outcome is printed."""
+    """Approve: the stored request runs here, in this process, and its outcome is printed.
+
+    Exit status: 0 it ran and succeeded; 1 the decision was refused (nothing ran); 3 approved,
+    but the command failed, timed out or could not be run."""
     import json
+
+    from .outcomes import ExecutionStatus
 
     services = ctx.services
     services.commands.approve(command_id, ctx.keys.live(approver), reason)
     click.echo(f"approved {command_id} as {approver!r}; running it")
     outcome = _wait_for(services.commands, command_id)
     click.echo(json.dumps(outcome.as_response(), default=str))
+    if outcome.status != ExecutionStatus.SUCCESS:
+        raise CommandFailed(f"approved {command_id}, but the command ended {outcome.status}")
 
 
 @approvals.command("deny")
