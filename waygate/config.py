@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from limits import parse as parse_rate_limit
 
@@ -246,15 +246,54 @@ class Config:
             )
 
 
+_ENCODE_HINT = (
+    "percent-encode special characters of the user name and password (% as %25, @ as %40,"
+    " / as %2F, : as %3A, ? as %3F, # as %23)"
+)
+
+
 def _check_database_url(url: str) -> None:
-    """A PostgreSQL URL; the message never repeats it (it may carry a password)."""
+    """A PostgreSQL URL that PostgreSQL's client reads as Python does; the message never
+    repeats any of it (it may carry a password).
+
+    Checked before anything hands the URL to libpq: libpq's own errors quote the part they
+    could not read, and a password with a bare ``%`` or ``@`` in it is such a part (an invalid
+    percent-escape, or a "host" that starts with the rest of the password)."""
+    if re.search(r"%(?![0-9A-Fa-f]{2})", url):
+        raise ConfigError(
+            f"WAYGATE_DATABASE_URL: a '%' that does not start a percent-escape; {_ENCODE_HINT}"
+        )
+    if url.count("@") > 1 or re.search(r"[/?#].*@", url.partition("://")[2]):
+        raise ConfigError(
+            f"WAYGATE_DATABASE_URL: an '@' besides the one before the host; {_ENCODE_HINT}"
+        )
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise ConfigError("WAYGATE_DATABASE_URL: spaces and control characters must be encoded")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
-        raise ConfigError("WAYGATE_DATABASE_URL: not a valid URL") from None
+        raise ConfigError(f"WAYGATE_DATABASE_URL: not a valid URL; {_ENCODE_HINT}") from None
     if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
         raise ConfigError("WAYGATE_DATABASE_URL: use postgresql://user:password@host:port/database")
+    # the same URL as libpq reads it: its user, host and port must be the ones Python read
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        read = conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 - its message would quote the URL
+        raise ConfigError(f"WAYGATE_DATABASE_URL: not a valid URL; {_ENCODE_HINT}") from None
+    ours = (
+        unquote(parts.username or ""),
+        (parts.hostname or "").lower(),
+        str(parts.port or ""),
+    )
+    theirs = (read.get("user", ""), read.get("host", "").lower(), read.get("port", ""))
+    if ours != theirs:
+        raise ConfigError(
+            f"WAYGATE_DATABASE_URL: PostgreSQL's client reads another user, host or port out"
+            f" of it; {_ENCODE_HINT}"
+        )
 
 
 def _check_rate_limit(name: str, value: str) -> None:
