@@ -105,7 +105,8 @@ class Config:
     # seconds a request waits for a decision before it ends expired
     approval_ttl_s: int = 900
     # http(s) URL that gets a JSON POST for every new pending approval and every decision
-    approval_webhook_url: str = ""
+    # (user:password@ in it is sent as Basic auth; never shown)
+    approval_webhook_url: str = dataclasses.field(default="", repr=False)
     approval_webhook_attempts: int = 4
     # seconds a worker keeps serving (with /ready at 503) after SIGTERM before it stops
     drain_seconds: int = 0
@@ -233,8 +234,8 @@ class Config:
                         " like db.* or wipe_?"
                     )
         hook = self.approval_webhook_url
-        if hook and not re.fullmatch(r"https?://[^\s]+", hook):
-            raise ConfigError("WAYGATE_APPROVAL_WEBHOOK_URL: must be an http:// or https:// URL")
+        if hook:
+            _check_webhook_url(hook)
         uri = self.ratelimit_storage_uri
         if uri and not re.match(
             r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory|postgresql|postgres)://",
@@ -294,6 +295,25 @@ def _check_database_url(url: str) -> None:
             f"WAYGATE_DATABASE_URL: PostgreSQL's client reads another user, host or port out"
             f" of it; {_ENCODE_HINT}"
         )
+
+
+def _check_webhook_url(url: str) -> None:
+    """An http(s) URL; user:password@ in it is allowed (sent as Basic auth) and never shown."""
+    name = "WAYGATE_APPROVAL_WEBHOOK_URL"
+    if not re.fullmatch(r"https?://[^\s]+", url):
+        raise ConfigError(f"{name}: must be an http:// or https:// URL")
+    if re.search(r"%(?![0-9A-Fa-f]{2})", url) or url.partition("#")[0].count("@") > 1:
+        raise ConfigError(
+            f"{name}: percent-encode special characters of its user name and password"
+            " (% as %25, @ as %40)"
+        )
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{name}: not a valid URL") from None
+    if not parts.hostname:
+        raise ConfigError(f"{name}: must name a host, like https://hooks.example.com/waygate")
 
 
 def _check_rate_limit(name: str, value: str) -> None:
