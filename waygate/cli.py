@@ -100,6 +100,8 @@ def load_env_file(path: Path | None) -> None:
     for name, value in values.items():
         if value is not None:
             os.environ.setdefault(name, value)
+    # the service reads WAYGATE_PLUGIN_CONFIG from it again when plugins are reloaded
+    os.environ.setdefault("WAYGATE_ENV_FILE", str(path.resolve()))
 
 
 pass_context = click.make_pass_decorator(Context)

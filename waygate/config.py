@@ -119,6 +119,26 @@ class Config:
     tracing: bool = False
     # {"PluginName": {"key": value}}: overrides of plugins' default config
     plugin_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # the environment file the service was started with (`waygate serve` sets it to the file
+    # it read): a plugin reload reads WAYGATE_PLUGIN_CONFIG from it again
+    env_file: str = ""
+
+    def current_plugin_config(self) -> Mapping[str, Mapping[str, Any]]:
+        """WAYGATE_PLUGIN_CONFIG as the environment file says now (a reload edits it there),
+        or as the service started when there is no file or the file does not set it.
+        ConfigError when the file cannot be read or its value is not valid."""
+        if not self.env_file:
+            return self.plugin_config
+        from dotenv import dotenv_values
+
+        name = "WAYGATE_PLUGIN_CONFIG"
+        try:
+            raw = dotenv_values(self.env_file).get(name)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {self.env_file}: {exc.strerror}") from None
+        if raw is None:
+            return self.plugin_config
+        return _parse(name, "plugin_config", raw.strip()) if raw.strip() else {}
 
     @property
     def admission_limit(self) -> int:
