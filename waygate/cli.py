@@ -78,8 +78,19 @@ class Context:
         from .services import Services
 
         if self._services is None:
+            share_metrics(self.config)
             self._services = Services.build(self.config)
         return self._services
+
+
+def share_metrics(config: Config) -> None:
+    """Work this process does (an approved command it runs, MCP over stdio) is counted in the
+    service's /metrics, as it is in the audit; a warning on stderr when it cannot be."""
+    from .metrics import share_service_metrics
+
+    problem = share_service_metrics(config.data_dir / "prometheus")
+    if problem:
+        click.echo(f"waygate: warning: not counted in the service's metrics: {problem}", err=True)
 
 
 def load_env_file(path: Path | None) -> None:
@@ -403,6 +414,7 @@ def mcp_stdio(ctx: Context, caller: str, allow: tuple[str, ...], read_only: bool
 
     scope = Scope(check_patterns(list(allow)) if allow else None, read_only)
     configure_logging(ctx.config)
+    share_metrics(ctx.config)
     services = Services.build(ctx.config)
     services.housekeeper.start()
     serve(services.mcp, Caller(key_name=caller, scope=scope))
