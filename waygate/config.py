@@ -124,9 +124,10 @@ class Config:
     env_file: str = ""
 
     def current_plugin_config(self) -> Mapping[str, Mapping[str, Any]]:
-        """WAYGATE_PLUGIN_CONFIG as the environment file says now (a reload edits it there),
-        or as the service started when there is no file or the file does not set it.
-        ConfigError when the file cannot be read or its value is not valid."""
+        """WAYGATE_PLUGIN_CONFIG as the environment file says now (an operator edits it there
+        and reloads), or as the service started when there is no file or the file does not
+        set it. Read at every plugin load, so workers SIGHUP starts and workers that reload
+        agree. ConfigError when the file cannot be read or its value is not valid."""
         if not self.env_file:
             return self.plugin_config
         from dotenv import dotenv_values

@@ -407,7 +407,7 @@ class PluginRegistry:
 
     def _install(self, generation: int, fresh: bool) -> None:
         """Load and swap in a new set (the caller holds the lock)."""
-        if fresh and self._config_source is not None:
+        if self._config_source is not None:  # at start too: SIGHUP's new workers agree
             try:
                 self._plugin_config = self._config_source()
             except ValueError as exc:  # ConfigError: keep the config the plugins have
