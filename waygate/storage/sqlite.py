@@ -354,9 +354,8 @@ class SqliteStorage:
         partial = target.with_name(f".{target.name}.partial")
         partial.unlink(missing_ok=True)  # left by a copy that was killed
         # the copy holds every key hash and audit row: its owner's alone, as the data dir's
-        # files are, whatever the umask (created 0600 before SQLite writes a byte into it)
-        os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        os.chmod(partial, 0o600)
+        # files are, whatever the umask (created private before SQLite writes a byte into it)
+        create_private(partial)
         source = self.connect()
         try:
             copy = sqlite3.connect(partial)
