@@ -123,7 +123,7 @@ class Config:
         default_factory=dict, repr=False
     )
     # the environment file the service was started with (`waygate serve` sets it to the file
-    # it read): a plugin reload reads WAYGATE_PLUGIN_CONFIG from it again
+    # it read): every plugin load, reloads included, reads WAYGATE_PLUGIN_CONFIG from it
     env_file: str = ""
 
     def current_plugin_config(self) -> Mapping[str, Mapping[str, Any]]:

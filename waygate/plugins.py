@@ -371,7 +371,7 @@ class PluginRegistry:
         config_source: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
     ):
         self._storage = storage
-        # read again at every reload (the operator's WAYGATE_PLUGIN_CONFIG as it is now)
+        # read at every load, reloads included (the operator's WAYGATE_PLUGIN_CONFIG as it is now)
         self._config_source = config_source
         self._loader = loader
         self._on_load = on_load
