@@ -60,6 +60,7 @@ class Services:
             config.plugin_config,
             loader=upstreams.loader(discover) if upstreams else discover,
             on_load=lambda s: metrics().plugins_loaded.set(len(s.loaded)),
+            config_source=config.current_plugin_config,
         )
         if upstreams is not None:
             upstreams.on_change = plugins.refresh
