@@ -17,6 +17,7 @@ log with mode ``mcp``, statistics, metrics). Execution problems are results with
 from __future__ import annotations
 
 import json
+import math
 import queue
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -392,11 +393,19 @@ class McpServer:
         return _state_result(json.dumps(state, default=str), state)
 
     def _timeout(self, params: dict) -> int:
-        """The configured tool timeout, or less where the client asks for less."""
+        """The configured tool timeout, or another where the client asks for one (at most
+        the configured maximum); a number that is not finite (1e999 reads as infinity) is
+        no number of seconds: invalid params."""
         meta = params.get("_meta")
         asked = meta.get(META_TIMEOUT) if isinstance(meta, dict) else None
+        if isinstance(asked, float) and not math.isfinite(asked):
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                f'params._meta["{META_TIMEOUT}"] must be a finite number of seconds'
+                f" (1 to {self.tool_timeout_max})",
+            )
         if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked >= 1:
-            return min(int(asked), self.tool_timeout_max)
+            return int(min(asked, self.tool_timeout_max))
         return self.tool_timeout
 
 

@@ -53,14 +53,25 @@ def _refused(exc: TransportError) -> Response:
     )
 
 
-def incoming_message() -> tuple[Any, Exception | None]:
-    """The body as JSON (or why it is not), read and parsed once per request."""
+def incoming_message() -> tuple[Any, jsonio.BodyRefused | None]:
+    """The body as JSON (or why it is not), read and parsed once per request, by the same
+    rules as REST's (UTF-8, no lone surrogate, nesting capped)."""
     if "mcp_message" not in g:
         try:
-            g.mcp_message = (jsonio.loads(request.get_data(cache=True)), None)
-        except (ValueError, RecursionError) as exc:
-            g.mcp_message = (None, exc)
+            g.mcp_message = (jsonio.read_body(request.get_data(cache=True)), None)
+        except jsonio.BodyRefused as refused:
+            g.mcp_message = (None, refused)
     return g.mcp_message
+
+
+def _refusal(problem: jsonio.BodyRefused) -> TransportError:
+    """A body that is not JSON text is a parse error; JSON nested too deeply, an invalid
+    request; either way 400, with the envelope's details (the field, the position)."""
+    if problem.kind == "depth":
+        return TransportError(400, INVALID_REQUEST, problem.message[:200])
+    return TransportError(
+        400, PARSE_ERROR, f"Parse error: {problem.message}"[:300], details=problem.details
+    )
 
 
 # A top-level "id" before any nested object or array: found without reading a whole body.
@@ -75,10 +86,14 @@ def readable_request_id() -> str | int | None:
     small = min(ID_PEEK_BYTES, request.max_content_length or ID_PEEK_BYTES)
     if "mcp_message" in g or (request.content_length or 0) <= small:
         try:
-            message = incoming_message()[0]
+            message, problem = incoming_message()
         except HTTPException:  # e.g. a chunked body that turned out too large
-            message = None
+            message, problem = None, None
         found = message.get("id") if isinstance(message, dict) else None
+        if problem is not None and problem.kind in ("depth", "unicode"):  # JSON, yet refused
+            match = _LEADING_ID.match(request.get_data(cache=True)[:4096])
+            found = json.loads(match.group(1)) if match else None
+            found = None if jsonio.lone_surrogate_at(found) is not None else found
     else:
         match = _LEADING_ID.match(request.environ["wsgi.input"].read(4096))
         found = json.loads(match.group(1)) if match else None
@@ -229,7 +244,7 @@ def endpoint():
         )
     message, problem = incoming_message()
     if problem is not None:
-        raise TransportError(400, PARSE_ERROR, f"Parse error: {problem}"[:200])
+        raise _refusal(problem)
     routing = Routing(
         version=request.headers.get("MCP-Protocol-Version"),
         method=request.headers.get("Mcp-Method"),
