@@ -611,3 +611,45 @@ def test_mcp_params_python_cannot_hold_are_json_rpc_errors(client, keys, caplog,
     assert body["id"] == 5 and body["error"]["code"] == -32602, body
     assert_no_interpreter_wording(response)
     assert errors_logged(caplog) == [] and nothing_logged_at_error(client, keys)
+
+
+# -- date-times at the edge of the range: one parser, 400 outside it ---------------------------
+EDGE_TIMES = [
+    "9999-12-31T23:59:59-23:59",  # year 10000 once in UTC
+    "0001-01-01T00:00:00+23:59",  # year 0 once in UTC
+    "10000-01-01T00:00:00Z",
+    "2025-01-14T10:00:00" + "0" * 5000,
+]
+
+
+@pytest.mark.parametrize("since", EDGE_TIMES)
+@pytest.mark.parametrize("path", ["/key-events", "/mcp/executions", "/diagnostics/errors"])
+def test_a_since_outside_the_supported_range_is_400(client, keys, caplog, path, since):
+    response = client.get(path, query_string={"since": since}, headers=keys.headers("admin"))
+    error = assert_envelope(response, 400, "INVALID_REQUEST")
+    assert error["details"]["parameter"] == "since"
+    assert error["details"]["range"] == "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"
+    assert_no_interpreter_wording(response)
+    assert errors_logged(caplog) == [] and nothing_logged_at_error(client, keys)
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "2025-01-14"])
+def test_a_since_at_the_ends_of_the_range_is_taken(client, keys, since):
+    response = client.get(f"/mcp/executions?since={since}", headers=keys.headers("admin"))
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("expires_at", EDGE_TIMES)
+def test_an_expiry_outside_the_supported_range_is_400(client, keys, caplog, expires_at):
+    admin = keys.headers("admin")
+    created = client.post("/keys", json={"name": "edge", "expires_at": expires_at}, headers=admin)
+    error = assert_envelope(created, 400, "INVALID_REQUEST")
+    assert list(error["details"]["fields"]) == ["expires_at"]
+    assert "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z" in error["message"]
+    assert client.post("/keys", json={"name": "edge"}, headers=admin).status_code == 201
+    changed = client.patch("/keys/edge", json={"expires_at": expires_at}, headers=admin)
+    assert_envelope(changed, 400, "INVALID_REQUEST")
+    assert client.get("/keys/edge", headers=admin).get_json()["expires_at"] is None
+    assert_no_interpreter_wording(created)
+    assert_no_interpreter_wording(changed)
+    assert errors_logged(caplog) == [] and nothing_logged_at_error(client, keys)
