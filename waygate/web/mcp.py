@@ -116,12 +116,40 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _origin_allowed(origin: str) -> bool:
-    """A configured origin, or this very server's own origin when it is reached on loopback."""
+    """A configured origin, or this very server's own origin when it is reached on loopback.
+    On a server bound to loopback the loopback names are one origin (as the official MCP
+    SDK's defaults have it): a page from http://localhost:PORT may call http://127.0.0.1:PORT,
+    same scheme and port; a rebinding page keeps its own, foreign, host name."""
     allowed = services().config.cors_origins
     if "*" in allowed or origin in allowed:
         return True
-    own_origin = f"{request.scheme}://{request.host}".lower()
-    return origin.lower() == own_origin and urlsplit(own_origin).hostname in LOOPBACK_HOSTS
+    own = urlsplit(f"{request.scheme}://{request.host}".lower())
+    try:
+        theirs = urlsplit(origin.lower())
+        ports = (_port_of(own), _port_of(theirs))
+    except ValueError:  # a port that is not a number: no origin of this server
+        return False
+    if (
+        own.hostname not in LOOPBACK_HOSTS
+        or theirs.scheme != own.scheme
+        or ports[0] != ports[1]
+        or theirs.path
+        or theirs.query
+    ):
+        return False
+    if theirs.netloc == own.netloc:
+        return True
+    return theirs.hostname in LOOPBACK_HOSTS and _bound_to_loopback()
+
+
+def _port_of(url) -> int | None:
+    return url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _bound_to_loopback() -> bool:
+    """The address this request arrived on (gunicorn's listening address) is loopback."""
+    bound = request.environ.get("SERVER_NAME", "").strip("[]").lower()
+    return bound in LOOPBACK_HOSTS or bound.startswith("127.")
 
 
 @bp.before_request
