@@ -203,6 +203,7 @@ def test_the_loopback_names_are_one_origin_for_a_loopback_server(rpc, host, orig
         ("127.0.0.1:8103", "http://127.0.0.2.nip.io:8103"),
         ("127.0.0.1:8103", "http://localhost:8103/path"),  # not an origin
         ("127.0.0.1:8103", "http://localhost:x"),
+        ("127.0.0.1:8103", "http://evil@localhost:8103"),
         ("127.0.0.1:8103", "null"),
     ],
 )

@@ -135,6 +135,7 @@ def _origin_allowed(origin: str) -> bool:
         or ports[0] != ports[1]
         or theirs.path
         or theirs.query
+        or "@" in theirs.netloc
     ):
         return False
     if theirs.netloc == own.netloc:
