@@ -262,7 +262,9 @@ def test_one_key_holding_60_hung_calls_leaves_another_keys_calls_answered(
     assert [code for code, _ in echoes] == [200] * 10, echoes
     assert elapsed < 1, (elapsed, echoes)
     codes = sorted(a.status_code for a in answers)
-    assert codes.count(200) == 2 * 7 and codes.count(429) == 60 - 2 * 7, codes
+    # each worker admits the key its share, 7 (14 when both took at least 7 of the 60);
+    # beyond it 429, never a 503 of a full worker
+    assert set(codes) == {200, 429} and 7 <= codes.count(200) <= 2 * 7, codes
     refused = next(a for a in answers if a.status_code == 429)
     assert refused.headers["Retry-After"] == "1"
     assert " ERROR " not in server.log()
