@@ -469,7 +469,7 @@ def test_progress_of_an_async_upstream_call_is_polled_then_its_result(stack):
     assert "completed" in state["result"]["content"][0]["text"]
 
 
-def test_a_slow_upstream_tool_is_answered_and_cancelled_at_the_deadline(stack, request):
+def test_a_slow_remote_tool_is_answered_408_at_its_deadline(stack, request):
     started = time.monotonic()
     slow = stack.execute(
         "admin", "everything__trigger-long-running-operation", {"duration": 20, "steps": 2},
@@ -556,6 +556,31 @@ def test_the_upstream_killed_mid_run_comes_back_and_calls_meanwhile_are_a_clear_
             assert "Traceback" not in answer.text
     fresh = {c.pid for c in stack.upstream_children(str(FILESYSTEM))}
     assert not fresh & {c.pid for c in children}  # new processes, no restart of Waygate
+
+
+def test_a_call_in_flight_when_its_upstream_dies_is_answered_503_at_once(stack):
+    from concurrent.futures import ThreadPoolExecutor
+
+    for old in stack.records.glob("started-*"):
+        old.unlink()
+    with ThreadPoolExecutor(1) as pool:
+        started = time.monotonic()
+        waiting = pool.submit(stack.execute, "admin", "probe__wait", {"seconds": 20})
+        deadline = time.monotonic() + 10  # the call reached a probe child: it is running
+        while time.monotonic() < deadline and not list(stack.records.glob("started-*")):
+            time.sleep(0.05)
+        for child in stack.upstream_children(str(PROBE)):
+            child.send_signal(signal.SIGKILL)
+        answer = waiting.result(timeout=30)
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"].startswith("upstream probe is unavailable")
+    assert time.monotonic() - started < 15  # not held until its 30 s timeout
+    in_a_row, deadline = 0, time.monotonic() + 30
+    while in_a_row < 4 and time.monotonic() < deadline:
+        back = stack.execute("admin", "probe__wait", {"seconds": 0})
+        in_a_row = in_a_row + 1 if back.status_code == 200 else 0
+        time.sleep(0.05)
+    assert in_a_row == 4, back.text
 
 
 def test_a_killed_worker_leaves_no_upstream_child_behind(stack):

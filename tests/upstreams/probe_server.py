@@ -22,7 +22,8 @@ def record(name: str) -> None:
 
 @server.tool(annotations=READ_ONLY)
 async def wait(seconds: float) -> str:
-    """Sleep, and record a cancellation."""
+    """Sleep (recording that it started), and record a cancellation."""
+    record("started")
     try:
         await anyio.sleep(seconds)
     except anyio.get_cancelled_exc_class():
