@@ -13,8 +13,9 @@ out of the file. Each upstream becomes a plugin of the registry like any other (
 ``/mcp/commands``, tools/list, the OpenAPI document) and each of its tools a command named
 ``<upstream>__<tool>`` (any character of the tool's name outside ``A-Za-z0-9_-`` becomes
 ``_``). Upstream names are letters and digits joined by single ``-`` or ``_``, so the first
-``__`` of a command name always ends the upstream's name: ``files__*`` (or the qualified
-``files.*``) names one upstream's tools and nothing else.
+``__`` of a command name always ends the upstream's name, and neither ever holds ``.``: the
+qualified ``files.*`` names that upstream's tools and nothing else (``files__*`` does too,
+unless an installed plugin names a command of its own so).
 
 Commands run through the one execution path (``waygate.commands``): scopes, read-only keys
 (``readOnlyHint`` only), approvals (``destructiveHint``, which MCP defaults to true for a tool
