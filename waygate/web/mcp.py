@@ -19,7 +19,7 @@ from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import Unauthorized, code_for_status
-from ..mcp import INVALID_REQUEST, PARSE_ERROR, Reply, Routing
+from ..mcp import INVALID_REQUEST, Reply, Routing, refused_body_error
 from . import envelope, jsonio, services
 from .auth import current_caller, current_key
 from .limiter import limit_group_by
@@ -65,13 +65,9 @@ def incoming_message() -> tuple[Any, jsonio.BodyRefused | None]:
 
 
 def _refusal(problem: jsonio.BodyRefused) -> TransportError:
-    """A body that is not JSON text is a parse error; JSON nested too deeply, an invalid
-    request; either way 400, with the envelope's details (the field, the position)."""
-    if problem.kind == "depth":
-        return TransportError(400, INVALID_REQUEST, problem.message[:200])
-    return TransportError(
-        400, PARSE_ERROR, f"Parse error: {problem.message}"[:300], details=problem.details
-    )
+    """Refused bodies are 400s, worded as on every MCP transport."""
+    error = refused_body_error(problem)
+    return TransportError(400, error.code, error.message, details=problem.details)
 
 
 # A top-level "id" before any nested object or array: found without reading a whole body.
