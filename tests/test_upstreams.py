@@ -533,6 +533,10 @@ def test_a_down_upstream_is_degraded_in_health_and_its_name_is_said(stack):
         "degraded"
     )
     assert body["upstreams"]["files"]["status"] == "up"
+    metrics = requests.get(f"{stack.server.url}/metrics", timeout=10).text
+    assert 'waygate_upstream_up{upstream="broken"} 0.0' in metrics
+    assert 'waygate_upstream_up{upstream="misconfigured"} 0.0' in metrics
+    assert 'waygate_upstream_up{upstream="files"} 1.0' in metrics
 
 
 def test_the_upstream_killed_mid_run_comes_back_and_calls_meanwhile_are_a_clear_503(stack):

@@ -71,6 +71,9 @@ def check_health(record: bool = False) -> HealthReport:
             plugins_failed=len(failed_plugins),
             free_bytes=free_bytes(svc.config.data_dir),
         )
+        if svc.upstreams is not None:
+            states = svc.upstreams.health()[1]
+            metrics().observe_upstreams({n: s["status"] == "up" for n, s in states.items()})
     return report
 
 
