@@ -87,6 +87,7 @@ def test_each_broken_entry_is_reported_alone_with_a_clear_reason(tmp_path):
                 "bad args": {"command": "x"},
                 "a__b": {"command": "x"},
                 "ftp": {"url": "ftp://x.example/"},
+                "files\n": {"command": "node"},  # a name is anchored at both ends
             }
         },
     )
@@ -100,6 +101,7 @@ def test_each_broken_entry_is_reported_alone_with_a_clear_reason(tmp_path):
     assert "url must be an http:// or https:// URL" in errors["ftp"]
     assert any("must be 1-48 letters and digits" in e for k, e in errors.items() if "bad" in k)
     assert any("must be 1-48" in e for k, e in errors.items() if "a__b" in k)
+    assert "must be 1-48" in errors["invalid:'files\\n'"]
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ from .sdk import Cancelled, Command, CommandError, Content, ExecutionContext, Ri
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*$")
+NAME_RE = re.compile(r"[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*")  # whole names only: fullmatch
 NAME_MAX = 48
 SEPARATOR = "__"
 _TOOL_CHAR = re.compile(r"[^A-Za-z0-9_-]")
@@ -168,11 +168,11 @@ def read_config(path: str | os.PathLike, environ: Mapping[str, str] | None = Non
 
 
 def _shown_name(name: str) -> str:
-    return name if NAME_RE.match(name) and len(name) <= NAME_MAX else f"invalid:{name[:40]!r}"
+    return name if NAME_RE.fullmatch(name) and len(name) <= NAME_MAX else f"invalid:{name[:40]!r}"
 
 
 def parse_entry(name: str, entry: Any, env: Mapping[str, str]) -> UpstreamSpec:
-    if not NAME_RE.match(name) or len(name) > NAME_MAX:
+    if not NAME_RE.fullmatch(name) or len(name) > NAME_MAX:
         raise UpstreamConfigError(
             f"upstream name {name[:60]!r} must be 1-{NAME_MAX} letters and digits, joined by"
             " single - or _ (so that __ in a command name always ends it)"
