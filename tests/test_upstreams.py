@@ -145,6 +145,16 @@ def test_arguments_are_checked_against_the_input_schema_and_kept_exactly():
     assert issubclass(type(params), UpstreamParams)
 
 
+@pytest.mark.parametrize("ref", ["#/nowhere", "http://127.0.0.1:1/schema.json"])
+def test_a_ref_the_upstream_schema_cannot_resolve_is_its_fault_not_the_callers(ref, caplog):
+    # a 500 before: the validator raised while checking the caller's arguments; nothing is
+    # fetched for a remote $ref
+    schema = {"type": "object", "properties": {"a": {"$ref": ref}}}
+    params = params_class("hostile__badref", schema)()
+    assert params.load({"a": 1}) == {"a": 1}  # unchecked, as for an invalid schema
+    assert "hostile__badref: inputSchema has a $ref that does not resolve" in caplog.text
+
+
 # -- behind real gunicorn ------------------------------------------------------------------------
 
 

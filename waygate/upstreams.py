@@ -272,8 +272,21 @@ class UpstreamParams(Schema):
         validator = type(self)._validator
         if validator is None:
             return data
+        import referencing.exceptions
+
         messages: dict[str, list[str]] = {}
-        for error in sorted(validator.iter_errors(data), key=lambda e: list(e.path))[:20]:
+        try:
+            errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))[:20]
+        except referencing.exceptions.Unresolvable as exc:
+            # the upstream's schema is at fault, not the caller: as an invalid schema, the
+            # arguments go unchecked (the upstream checks its own); nothing is fetched
+            log.warning(
+                "%s: inputSchema has a $ref that does not resolve, not checked: %s",
+                type(self).__name__.removeprefix("Params_"),
+                str(exc)[:300],
+            )
+            return data
+        for error in errors:
             if error.validator == "required" and not error.path:
                 for missing in set(error.validator_value) - set(data):
                     messages.setdefault(missing, []).append("Missing data for required field.")
