@@ -29,6 +29,7 @@ from waygate.upstreams import (
     UpstreamParams,
     command_name,
     effective_annotations,
+    log_stderr,
     params_class,
     read_config,
 )
@@ -153,6 +154,34 @@ def test_a_ref_the_upstream_schema_cannot_resolve_is_its_fault_not_the_callers(r
     params = params_class("hostile__badref", schema)()
     assert params.load({"a": 1}) == {"a": 1}  # unchecked, as for an invalid schema
     assert "hostile__badref: inputSchema has a $ref that does not resolve" in caplog.text
+
+
+def test_a_child_writing_stderr_without_newlines_cannot_fill_the_worker(caplog):
+    # before: a whole line was read into memory before it was cut, so 30 MB (or 3 GB) of
+    # stderr without a newline was held at once by the worker
+    import logging
+    import threading
+    import tracemalloc
+
+    read_fd, write_fd = os.pipe()
+
+    def child() -> None:
+        with os.fdopen(write_fd, "wb") as out:
+            for _ in range(30):
+                out.write(b"E" * (1024 * 1024))
+            out.write(b"\nthe next line\n")
+
+    writer = threading.Thread(target=child)
+    tracemalloc.start()
+    writer.start()
+    with caplog.at_level(logging.INFO), os.fdopen(read_fd, "rb") as pipe:
+        log_stderr(pipe, logging.getLogger("waygate.upstream.flood"))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    writer.join()
+    lines = [r.getMessage() for r in caplog.records if r.name == "waygate.upstream.flood"]
+    assert lines == ["E" * 2000, "the next line"]
+    assert peak < 4 * 1024 * 1024, peak
 
 
 # -- behind real gunicorn ------------------------------------------------------------------------

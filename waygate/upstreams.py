@@ -501,12 +501,8 @@ class Connection:
         name = self.spec.name
 
         def pump() -> None:
-            logger = logging.getLogger(f"waygate.upstream.{name}")
             with os.fdopen(read_fd, "rb") as pipe:
-                for line in pipe:
-                    text = line.decode("utf-8", "replace").rstrip()
-                    if text:
-                        logger.info("%s", text[:2000])
+                log_stderr(pipe, logging.getLogger(f"waygate.upstream.{name}"))
             with contextlib.suppress(RuntimeError):  # the loop is closed at exit
                 loop.call_soon_threadsafe(dead.set)
 
@@ -601,6 +597,23 @@ async def _with_client(client: Any, transport: Any):
     """The pooled HTTP client of one connection, closed with it."""
     async with client, transport as streams:
         yield streams
+
+
+STDERR_LINE_MAX = 2000  # characters of a child's stderr line that reach the log
+
+
+def log_stderr(pipe: Any, logger: logging.Logger) -> None:
+    """Log a child's stderr line by line until it closes, each line cut at STDERR_LINE_MAX:
+    read in bounded pieces, so a child writing without newlines cannot fill the worker."""
+    while True:
+        line = pipe.readline(STDERR_LINE_MAX * 4)
+        if not line:
+            return
+        text = line.decode("utf-8", "replace").rstrip()
+        while line and not line.endswith(b"\n"):  # the rest of an overlong line: skipped
+            line = pipe.readline(64 * 1024)
+        if text:
+            logger.info("%s", text[:STDERR_LINE_MAX])
 
 
 async def _list_tools(session: Any) -> list[dict[str, Any]]:
