@@ -75,6 +75,18 @@ def test_the_mcp_servers_file_is_read_with_variables_from_the_environment(tmp_pa
     assert files.shown["args"] == ["fs.js", "${ROOT_DIR}"] and files.shown["env"] == ["TOKEN"]
 
 
+def test_a_secret_written_into_an_upstream_url_is_not_shown(tmp_path):
+    # before: /plugins (to any key) and the plugin's description showed the URL as written,
+    # a password in its userinfo and an api_key in its query included
+    url = "https://bob:hunter2@mcp.example.com/mcp?api_key=abc123&region=eu&token=${T}#top"
+    read = read_config(write(tmp_path, {"mcpServers": {"remote": {"url": url}}}), {"T": "t0k"})
+    remote = read.specs["remote"]
+    assert remote.url == url.replace("${T}", "t0k")  # what is used is untouched
+    assert remote.shown["url"] == (
+        "https://bob:***@mcp.example.com/mcp?api_key=***&region=eu&token=${T}#top"
+    )
+
+
 def test_each_broken_entry_is_reported_alone_with_a_clear_reason(tmp_path):
     path = write(
         tmp_path,

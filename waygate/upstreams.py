@@ -227,9 +227,43 @@ def parse_entry(name: str, entry: Any, env: Mapping[str, str]) -> UpstreamSpec:
             transport="http",
             url=expanded,
             headers={k: _expand(v, env, f"headers.{k}") for k, v in headers.items()},
-            shown={"transport": "http", "url": url, "headers": sorted(headers)},
+            shown={"transport": "http", "url": shown_url(url), "headers": sorted(headers)},
         )
     raise UpstreamConfigError("needs command (a stdio server) or url (a Streamable HTTP server)")
+
+
+_SECRET_QUERY_NAME = re.compile(r"key|token|secret|passw|auth|credential|sig", re.IGNORECASE)
+
+
+def shown_url(url: str) -> str:
+    """The URL as written, for /plugins and the description: a password in its userinfo and
+    the values of query parameters named like secrets as ``***`` (a ``${VAR}`` stays: it names
+    the secret, it is not one)."""
+
+    def hidden(value: str) -> str:
+        return value if not value or _VAR.fullmatch(value) else "***"
+
+    scheme, sep, rest = url.partition("://")
+    end = len(rest)
+    for stop in "/?#":
+        if stop in rest:
+            end = min(end, rest.index(stop))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        userinfo, host = authority.rsplit("@", 1)
+        user, colon, password = userinfo.partition(":")
+        authority = f"{user}{colon}{hidden(password)}@{host}"
+    path, mark, query = tail.partition("?")
+    if mark:
+        query, hash_, fragment = query.partition("#")
+        parts = []
+        for part in query.split("&"):
+            name, equals, value = part.partition("=")
+            parts.append(
+                f"{name}={hidden(value)}" if equals and _SECRET_QUERY_NAME.search(name) else part
+            )
+        tail = f"{path}?{'&'.join(parts)}{hash_}{fragment}"
+    return f"{scheme}{sep}{authority}{tail}"
 
 
 def _check_string_map(value: Any, what: str) -> None:
