@@ -196,6 +196,22 @@ def test_a_child_writing_stderr_without_newlines_cannot_fill_the_worker(caplog):
     assert peak < 4 * 1024 * 1024, peak
 
 
+def test_a_malformed_result_is_said_without_the_libraries_wording():
+    # before: "upstream hostile failed: ValidationError: 13 validation errors for CallToolResult"
+    import mcp_types
+    import pydantic
+
+    from waygate.upstreams import _upstream_error
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        mcp_types.CallToolResult.model_validate({"content": [{"type": "bogus"}]})
+    error = _upstream_error("hostile", caught.value)
+    assert str(error) == (
+        "upstream hostile failed: it answered with a CallToolResult that is not valid MCP"
+    )
+    assert error.status == 502
+
+
 # -- behind real gunicorn ------------------------------------------------------------------------
 
 

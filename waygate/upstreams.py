@@ -689,6 +689,8 @@ def _reason(exc: BaseException) -> str:
         return "no answer in time"
     if isinstance(exc, FileNotFoundError):
         return f"command not found: {exc.filename}" if exc.filename else "command not found"
+    if type(exc).__name__ == "ValidationError" and hasattr(exc, "title"):  # pydantic's
+        return f"it answered with a {exc.title} that is not valid MCP"  # wording is not ours
     text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
