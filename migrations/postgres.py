@@ -250,4 +250,18 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        "m015_console_sessions",
+        [
+            """CREATE TABLE console_sessions (
+                token_hash TEXT PRIMARY KEY,
+                key_id BIGINT NOT NULL,
+                created_at TEXT NOT NULL,
+                seen_at TEXT NOT NULL
+            )""",
+            "CREATE INDEX console_sessions_key ON console_sessions(key_id)",
+            "CREATE TABLE instance_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+            "CREATE INDEX executions_key_created ON executions(key_name, created_at)",
+        ],
+    ),
 ]

@@ -133,11 +133,7 @@ class Approvals:
         execution = self.audit.get(command_id)
         if execution is None:
             raise NotFound(f"no execution {command_id!r}", {"command_id": command_id[:100]})
-        if execution.key_id is not None and execution.key_id == approver.id:
-            raise Forbidden(
-                "a key cannot decide on its own request: another approver must",
-                {"command_id": command_id},
-            )
+        self.check_decider(approver, execution)
         decided = self.audit.decide(
             command_id, approve=approve, key_id=approver.id, key_name=approver.name, reason=reason
         )
@@ -150,6 +146,26 @@ class Approvals:
             )
         self._changed(Step.APPROVED if approve else Step.DENIED, command_id)
         return decided
+
+    def check_decider(self, approver: ApiKey, execution: Execution) -> None:
+        """Forbidden when ``approver`` may not decide on ``execution``: the one rule, asked by
+        :meth:`decide` and by whatever shows a decision before it is made (the console shows
+        its buttons disabled with this message)."""
+        if not may_approve(approver):
+            raise Forbidden("deciding on approvals needs an admin key")
+        if execution.key_id is not None and execution.key_id == approver.id:
+            raise Forbidden(
+                "a key cannot decide on its own request: another approver must",
+                {"command_id": execution.command_id},
+            )
+
+    def refusal(self, approver: ApiKey, execution: Execution) -> str | None:
+        """Why ``approver`` may not decide on ``execution`` (None: it may)."""
+        try:
+            self.check_decider(approver, execution)
+        except Forbidden as refused:
+            return refused.message
+        return None
 
     def expire(self) -> list[str]:
         """End the executions nobody decided on in time (housekeeping, and before reads)."""
@@ -186,8 +202,10 @@ class Notifier:
         timeout_s: float = 5.0,
         queue_size: int = 1000,
         on_failure: Callable[[], None] | None = None,
+        public_url: str = "",
     ):
         self.url = url
+        self.public_url = public_url  # WAYGATE_PUBLIC_URL: payloads link the console's page
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
@@ -204,7 +222,7 @@ class Notifier:
         if not self.url:
             return
         try:
-            self._events().put_nowait(payload(event, execution))
+            self._events().put_nowait(payload(event, execution, self.public_url))
         except queue.Full:
             self._failed(f"webhook queue full: {event} of {execution.command_id} not sent")
 
@@ -259,8 +277,14 @@ class Notifier:
             self._on_failure()
 
 
-def payload(event: Step, execution: Execution) -> dict[str, Any]:
-    """The webhook body: Slack's ``text`` and the structured record."""
+def console_path(command_id: str) -> str:
+    """The console's page of an execution (where an approver decides), from the site root."""
+    return f"/console/executions/{command_id}"
+
+
+def payload(event: Step, execution: Execution, public_url: str = "") -> dict[str, Any]:
+    """The webhook body: Slack's ``text`` and the structured record; with the service's
+    public URL, the console link of the item (``console_url``, also in the text)."""
     who = execution.key_name or "an unnamed caller"
     texts = {
         Step.REQUESTED: f"{who} asks to run `{execution.action}`: it waits for approval until"
@@ -272,8 +296,12 @@ def payload(event: Step, execution: Execution) -> dict[str, Any]:
         + (f": {execution.decision_reason}" if execution.decision_reason else ""),
         Step.EXPIRED: f"`{execution.action}` requested by {who} expired: nobody approved it",
     }
-    return {
+    body = {
         "text": f"Waygate: {texts[event]} (execution {execution.command_id})",
         "event": event.value,
         "execution": execution.as_dict(),
     }
+    if public_url:
+        body["console_url"] = public_url + console_path(execution.command_id)
+        body["text"] += f" {body['console_url']}"
+    return body
