@@ -8,12 +8,14 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 import requests
 
 from tests.browser import DESKTOP, PHONE, OriginWatch, axe_violations, new_page
 from tests.conftest import FIGURES, ROOT, PluginDist, Server
+from waygate.clock import isoformat, utcnow
 from waygate.config import Config
 from waygate.keys import KeyStore
 from waygate.storage import open_storage
@@ -78,6 +80,7 @@ def console(tmp_path_factory):
             "WAYGATE_RATE_LIMIT_EXECUTE": "10000/minute",
             "WAYGATE_RATE_LIMIT_DEFAULT": "10000/minute",
             "WAYGATE_TRACE_URL_TEMPLATE": "https://jaeger.example.com/trace/{trace_id}",
+            "WAYGATE_TRUSTED_PROXIES": "1",  # nginx in front, for the test that uses it
         },
     ).start()
     yield Console(server, keys["alice"], keys["bob"], keys["carol"], store)
@@ -298,6 +301,30 @@ def test_a_user_key_sees_no_approve_button_and_gets_403_on_admin_pages(browser, 
         assert page.get_by_role("heading", name=re.compile("^wipe")).count() == 1
 
 
+def test_behind_the_shipped_nginx_site_over_tls_the_cookie_is_secure(browser, console):
+    from tests.nginx import Nginx
+
+    nginx = Nginx([console.server.port]).start()
+    try:
+        site = f"https://127.0.0.1:{nginx.https}/console"
+        command_id = console.execute(console.user).json()["command_id"]
+        with new_page(browser, ignore_https_errors=True) as page:
+            page.goto(site + "/login")
+            page.get_by_label("API key").fill(console.admin)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(site + "/approvals")
+            (cookie,) = page.context.cookies()
+            assert cookie["secure"] and cookie["httpOnly"] and cookie["sameSite"] == "Lax"
+            row = item(page, command_id)
+            row.get_by_label("Reason").fill("through nginx")
+            row.get_by_role("button", name="Approve").click()  # Origin https://...:port
+            page.wait_for_url(site + "/approvals")
+            assert f"Approved {command_id}" in page.get_by_role("status").inner_text()
+    finally:
+        nginx.stop()
+    assert console.ended(command_id)["status"] == "success"
+
+
 ADMIN_PAGES = ("/approvals", "/executions", "/commands", "/keys", "/key-events", "/status")
 
 
@@ -340,3 +367,177 @@ def test_screenshots_of_the_inbox_and_an_execution_at_desktop_and_phone_widths(b
             page.screenshot(path=SHOTS / f"execution-{name}.png", full_page=True)
     for shot in ("inbox-desktop", "inbox-phone", "execution-desktop", "execution-phone"):
         assert (SHOTS / f"{shot}.png").stat().st_size > 10_000, shot
+
+
+# -- without a browser: the test client on one app --------------------------------------------
+
+
+def sign_in(client, key: str, **options):
+    """Sign a test client in through the form; returns the answer to the form's POST."""
+    page = client.get("/console/login", **options).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    headers = {"Origin": "http://localhost", **options.pop("headers", {})}
+    return client.post(
+        "/console/login", data={"api_key": key, "csrf_token": token}, headers=headers, **options
+    )
+
+
+def test_every_console_page_has_a_strict_csp_and_is_never_cached(client, keys):
+    assert sign_in(client, keys.admin).status_code == 303
+    for path in ("/approvals", "/approvals/items", "/executions", "/keys", "/status"):
+        answer = client.get("/console" + path)
+        assert answer.status_code == 200, path
+        csp = answer.headers["Content-Security-Policy"]
+        assert csp.startswith("default-src 'none'") and "frame-ancestors 'none'" in csp
+        assert "unsafe" not in csp and "http" not in csp and "*" not in csp
+        assert answer.headers["Cache-Control"] == "no-store"
+        assert answer.headers["X-Frame-Options"] == "DENY"
+    # the API's own headers are unchanged, and it never opens or sets the console's cookie
+    health = client.get("/health")
+    assert health.headers["Content-Security-Policy"] == "default-src 'self'"
+    assert "Set-Cookie" not in health.headers
+
+
+def test_static_files_are_served_by_waygate_and_cached_by_their_content(client):
+    page = client.get("/console/login").get_data(as_text=True)
+    paths = re.findall(r'(?:href|src)="(/console/static/[^"]+)"', page)
+    assert len(paths) == 2 and all("?v=" in path for path in paths)
+    for path in paths:
+        answer = client.get(path)
+        assert answer.status_code == 200
+        assert answer.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+
+
+def test_the_console_works_under_a_path_prefix(make_app, keys):
+    """A proxy that serves Waygate under /waygate says so (X-Forwarded-Prefix, one trusted hop):
+    every link, form, poll and the cookie's path carry the prefix."""
+    client = make_app(trusted_proxies=1).test_client()
+    behind = {"headers": {"X-Forwarded-Prefix": "/waygate"}, "base_url": "http://localhost/waygate"}
+    page = client.get("/console/login", **behind).get_data(as_text=True)
+    assert 'action="/waygate/console/login"' in page
+    assert 'href="/waygate/console/static/console.css?v=' in page
+    answer = sign_in(client, keys.admin, **behind)
+    assert answer.headers["Location"] == "/waygate/console/"
+    assert "Path=/waygate/console" in answer.headers["Set-Cookie"]
+    approvals = client.get("/console/approvals", **behind).get_data(as_text=True)
+    assert 'data-poll="/waygate/console/approvals/items"' in approvals
+
+
+def test_wrong_keys_at_sign_in_spend_the_refused_key_budget(make_app, keys, caplog):
+    client = make_app(rate_limit_auth_failures="3/minute").test_client()
+    for _ in range(3):
+        answer = sign_in(client, "y" * 32)
+        assert answer.status_code == 401
+        assert "not accepted" in answer.get_data(as_text=True)
+        assert "Set-Cookie" not in answer.headers or "sid" not in answer.headers["Set-Cookie"]
+    for key in ("y" * 32, keys.admin):  # spent: the right key is refused too, as on the API
+        answer = sign_in(client, key)
+        assert answer.status_code == 429
+        assert "too many refused keys" in answer.get_data(as_text=True)
+    # the secret is in no page, no URL and no log line
+    assert keys.admin not in caplog.text and "y" * 32 not in caplog.text
+
+
+def test_a_signed_in_session_ends_at_its_timeouts_and_with_its_key(app, keys):
+    from waygate.web.console_sessions import ConsoleSessions, SessionPolicy
+
+    services = app.extensions["waygate"]
+    store = ConsoleSessions(
+        services.storage,
+        services.keys,
+        SessionPolicy(idle=timedelta(minutes=30), absolute=timedelta(hours=12)),
+    )
+    admin = services.keys.get("ops-admin")
+    write = services.storage.execute_write
+    idle, old, revoked = store.start(admin), store.start(admin), store.start(admin)
+    assert store.resolve(idle) == store.resolve(old) == admin
+    write(
+        "UPDATE console_sessions SET seen_at = ? WHERE token_hash = ?",
+        (isoformat(utcnow() - timedelta(minutes=31)), digest_of(idle)),
+    )
+    write(  # active a second ago, but signed in 13 hours ago
+        "UPDATE console_sessions SET created_at = ? WHERE token_hash = ?",
+        (isoformat(utcnow() - timedelta(hours=13)), digest_of(old)),
+    )
+    assert store.resolve(idle) is None and store.resolve(old) is None
+    services.keys.revoke("ops-admin")
+    assert store.resolve(revoked) is None
+    rows = services.storage.conn.execute("SELECT count(*) FROM console_sessions").fetchone()[0]
+    assert rows == 0  # each ended session's row is gone
+
+
+def digest_of(token: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def test_the_approval_webhook_links_the_items_console_page():
+    from waygate.approvals import payload
+    from waygate.audit import Execution
+    from waygate.outcomes import ApprovalStep
+
+    execution = Execution(
+        command_id="cmd_1",
+        action="wipe",
+        plugin="Testing",
+        key_name="carol",
+        key_id=3,
+        mode="sync",
+        status="awaiting_approval",
+        duration_ms=None,
+        error=None,
+        timeout_s=30,
+        worker_pid=None,
+        created_at="2026-12-07T08:00:00.000Z",
+        started_at=None,
+        finished_at=None,
+    )
+    body = payload(ApprovalStep.REQUESTED, execution, "https://waygate.example.com")
+    assert body["console_url"] == "https://waygate.example.com/console/executions/cmd_1"
+    assert body["text"].endswith(body["console_url"])
+    assert "console_url" not in payload(ApprovalStep.REQUESTED, execution)  # no public URL
+
+
+@pytest.mark.both_backends
+def test_executions_page_by_keyset_newest_first_with_filters(storage, backend):
+    from waygate.audit import AuditLog
+
+    audit = AuditLog(storage)
+    base = utcnow() - timedelta(hours=1)
+    for n in range(130):
+        audit.record(
+            command_id=f"cmd_{n:04d}",
+            action="echo" if n % 2 else "status",
+            plugin="Core",
+            key_name="k1" if n % 3 else "k2",
+            mode="sync",
+            status="success",
+            duration_ms=1,
+            error=None,
+            timeout_s=30,
+            # pairs share a time: the command id breaks the tie
+            created_at=isoformat(base + timedelta(seconds=n // 2)),
+            started_at=None,
+        )
+    seen, cursor = [], None
+    while True:
+        rows, cursor = audit.page(action="echo", before=cursor, limit=20)
+        seen += [row.command_id for row in rows]
+        if cursor is None:
+            break
+    expected = sorted((f"cmd_{n:04d}" for n in range(130) if n % 2), reverse=True)
+    assert seen == expected
+    rows, _ = audit.page(key_name="k2", limit=100)
+    assert [r.command_id for r in rows] == sorted(
+        (f"cmd_{n:04d}" for n in range(130) if not n % 3), reverse=True
+    )
+    if backend == "sqlite":  # each filter reads an index in order, not the whole table
+        for column in ("status", "action", "key_name"):
+            plan = storage.conn.execute(
+                f"EXPLAIN QUERY PLAN SELECT command_id FROM executions WHERE {column} = ?"  # noqa: S608
+                " AND (created_at < ? OR (created_at = ? AND command_id < ?))"
+                " ORDER BY created_at DESC, command_id DESC LIMIT 51",
+                ("x", "z", "z", "z"),
+            ).fetchall()
+            assert "USING INDEX" in str([tuple(row) for row in plan]), (column, plan)

@@ -104,21 +104,36 @@ def admin_page(view: F) -> F:
 def own_origins() -> set[str]:
     """The origins the console is served from: this request's (the trusted proxy's forwarded
     scheme and host, when there is one) and the configured public URL's."""
-    origins = {f"{request.scheme}://{request.host}"}
+    origins = {_origin(f"{request.scheme}://{request.host}")}
     public = current_app.extensions["waygate"].config.public_url
     if public:
-        parts = urlsplit(public)
-        origins.add(f"{parts.scheme}://{parts.netloc}")
+        origins.add(_origin(public))
     return origins
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] without the scheme's default port (a proxy forwards the port it
+    listens on, a browser's Origin leaves the default one out)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return "invalid"
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS.get(parts.scheme):
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port}"
 
 
 def check_form_post() -> None:
     """Forbidden unless this POST came from the console's own origin with a valid CSRF token."""
-    origin = request.headers.get("Origin")
-    if origin is None and request.referrer:
-        parts = urlsplit(request.referrer)
-        origin = f"{parts.scheme}://{parts.netloc}"
-    if origin not in own_origins():
+    origin = request.headers.get("Origin") or request.referrer
+    if origin is None or _origin(origin) not in own_origins():
         raise Forbidden("this form was not sent from the console's own pages")
     try:
         validate_csrf(request.form.get("csrf_token"))
