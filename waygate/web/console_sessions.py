@@ -39,6 +39,7 @@ class ConsoleSessions:
     def start(self, key: ApiKey) -> str:
         """A new session for ``key``; returns the token for the cookie (never stored)."""
         token, now = secrets.token_urlsafe(32), isoformat()
+        self.prune()  # sessions nobody came back to end here, not by a sweep of their own
         self.storage.execute_write(
             "INSERT INTO console_sessions (token_hash, key_id, created_at, seen_at)"
             " VALUES (?, ?, ?, ?)",
