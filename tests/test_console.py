@@ -170,14 +170,20 @@ def test_a_users_request_appears_in_another_admins_inbox_and_is_approved_by_clic
     }
 
 
-def test_deny_with_a_reason_from_the_execution_page(browser, console):
+def test_deny_with_a_reason_typed_while_new_requests_arrive(browser, console):
     command_id = console.execute(console.user).json()["command_id"]
     with signed_in(browser, console, console.admin2) as page:
+        row = item(page, command_id)
+        row.get_by_label("Reason").fill("not during the freeze")
+        # another request arrives while the reason is being typed: it appears above, and the
+        # typed reason stays where it was
+        later = console.execute(console.user).json()["command_id"]
+        item(page, later).wait_for(timeout=2_000)
+        assert row.get_by_label("Reason").input_value() == "not during the freeze"
+        row.get_by_role("button", name="Deny").click()
+        page.wait_for_url("**/console/approvals")
+        assert f"Denied {command_id}" in page.get_by_role("status").inner_text()
         page.goto(f"{console.url}/executions/{command_id}")
-        page.get_by_label("Reason").fill("not during the freeze")
-        page.get_by_role("button", name="Deny").click()
-        page.wait_for_url(f"**/console/executions/{command_id}")
-        assert "Denied" in page.get_by_role("status").inner_text()
         assert page.locator(".decision-reason").inner_text() == "not during the freeze"
     body = console.execution(command_id)
     assert body["status"] == "denied" and body["approval"]["decided_by"] == "bob"

@@ -602,8 +602,18 @@ class AuditLog:
             " ORDER BY id DESC LIMIT ?",
             (ApprovalStep.APPROVED, ApprovalStep.DENIED, ApprovalStep.EXPIRED, limit),
         ).fetchall()
-        found = [self.get(row[0]) for row in rows]
-        return [execution for execution in found if execution is not None]
+        ids = list(dict.fromkeys(row[0] for row in rows))  # an id once, at its newest event
+        if not ids:
+            return []
+        found = {
+            row["command_id"]: _execution(row)
+            for row in self.storage.conn.execute(
+                f"SELECT {_COLUMNS} FROM executions"  # noqa: S608 # nosec B608 - fixed names
+                f" WHERE command_id IN ({', '.join('?' * len(ids))})",
+                ids,
+            ).fetchall()
+        }
+        return [found[command_id] for command_id in ids if command_id in found]
 
     def count_since(self, since: str, statuses: tuple[str, ...] = ()) -> int:
         """Executions created since ``since`` (of the given statuses): the recent error rate."""
