@@ -547,3 +547,52 @@ def test_executions_page_by_keyset_newest_first_with_filters(storage, backend):
                 ("x", "z", "z", "z"),
             ).fetchall()
             assert "USING INDEX" in str([tuple(row) for row in plan]), (column, plan)
+
+
+def test_behind_a_proxy_on_port_443_the_browsers_origin_is_the_consoles_own(make_app, keys):
+    """nginx forwards the port it listens on (443); a browser's Origin leaves the default
+    port out: the two are the same origin, and a form from another one is still refused."""
+    client = make_app(trusted_proxies=1).test_client()
+    proxy = {
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-Host": "waygate.example.com",
+        "X-Forwarded-Port": "443",
+        "X-Forwarded-For": "192.0.2.7",
+    }
+    page = client.get("/console/login", headers=proxy).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    form = {"api_key": keys.admin, "csrf_token": token}
+    for origin, status in (
+        ("https://waygate.example.com:8443", 403),
+        ("http://waygate.example.com", 403),
+        ("https://waygate.example.com", 303),
+    ):
+        answer = client.post("/console/login", data=form, headers={**proxy, "Origin": origin})
+        assert answer.status_code == status, origin
+    assert "Secure" in answer.headers["Set-Cookie"]
+
+
+def test_an_executions_trace_id_links_through_the_configured_template(make_app, keys):
+    client = make_app(
+        trace_url_template="https://jaeger.example.com/trace/{trace_id}"
+    ).test_client()
+    audit = client.application.extensions["waygate"].audit
+    audit.record(
+        command_id="cmd_traced",
+        action="echo",
+        plugin="Core",
+        key_name="ops-user",
+        mode="sync",
+        status="success",
+        duration_ms=3,
+        error=None,
+        timeout_s=30,
+        created_at=isoformat(),
+        started_at=isoformat(),
+        trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+    )
+    sign_in(client, keys.admin)
+    page = client.get("/console/executions/cmd_traced").get_data(as_text=True)
+    assert 'href="https://jaeger.example.com/trace/4bf92f3577b34da6a3ce929d0e0e4736"' in page
+    keys_page = client.get("/console/keys").get_data(as_text=True)
+    assert "Created by" in keys_page and ">cli<" in keys_page  # the fixture's keys: the CLI's
