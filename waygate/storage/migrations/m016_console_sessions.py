@@ -25,4 +25,6 @@ def _forms(integer: str) -> list[str]:
     ]
 
 
-migration = Migration("m016_console_sessions", sqlite=_forms("INTEGER"), postgresql=_forms("BIGINT"))
+migration = Migration(
+    "m016_console_sessions", sqlite=_forms("INTEGER"), postgresql=_forms("BIGINT")
+)
