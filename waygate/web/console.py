@@ -39,6 +39,7 @@ from ..schemas import DecisionSchema
 from ..services import Services
 from . import console_auth, services
 from .console_auth import admin_page, me, signed_in_key
+from .core import check_health  # the /health view's own checks
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static" / "console"
@@ -498,8 +499,6 @@ def commands():
 @bp.get("/status")
 @admin_page
 def status():
-    from .core import check_health  # the /health view's own checks
-
     svc = services()
     since = isoformat(utcnow() - ERROR_WINDOW)
     recent = svc.audit.count_since(since)
