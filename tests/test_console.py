@@ -198,6 +198,17 @@ def test_self_approval_is_shown_disabled_with_the_reason(browser, console):
             assert button.is_disabled()
         assert "cannot decide on its own request" in row.locator(".refusal").inner_text()
     assert console.execution(command_id)["status"] == "awaiting_approval"
+    # the service's whole rule, not a copy of part of it: a key bob created is still bob
+    puppet = requests.post(
+        console.server.url + "/keys",
+        json={"name": "bob-2", "role": "admin"},
+        headers={"X-API-Key": console.admin2},
+        timeout=10,
+    ).json()["key"]
+    with signed_in(browser, console, puppet) as page:
+        row = item(page, command_id)
+        assert row.get_by_role("button", name="Approve").is_disabled()
+        assert "created by the requesting key" in row.locator(".refusal").inner_text()
 
 
 def test_keys_created_rotated_and_revoked_in_the_console_work_over_rest(browser, console):

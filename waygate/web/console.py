@@ -354,18 +354,12 @@ def keys():
 
 
 def _keys_page(secret: dict[str, str] | None = None, status: int = 200):
-    store = services().keys
-    listed = store.list(include_revoked=True)
-    # who made each key: its "created" event names the acting key (or the CLI)
-    created, _ = store.events(event="created", limit=max(1, len(listed)))
-    owners = {event["key_id"]: event["actor_name"] for event in created}
+    listed = services().keys.list(include_revoked=True)
     return render_template(
         "console/keys.html",
         title="Keys",
         keys=listed,
-        owners=owners,
         secret=secret,
-        now=isoformat(),
     ), status
 
 
