@@ -477,7 +477,7 @@ def test_a_signed_in_session_ends_at_its_timeouts_and_with_its_key(app, keys):
         (isoformat(utcnow() - timedelta(hours=13)), digest_of(old)),
     )
     assert store.resolve(idle) is None and store.resolve(old) is None
-    services.keys.revoke("ops-admin")
+    services.keys.revoke("ops-admin", force=True)  # the last admin key: deliberately
     assert store.resolve(revoked) is None
     rows = services.storage.conn.execute("SELECT count(*) FROM console_sessions").fetchone()[0]
     assert rows == 0  # each ended session's row is gone
