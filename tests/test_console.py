@@ -607,3 +607,15 @@ def test_an_executions_trace_id_links_through_the_configured_template(make_app, 
     assert 'href="https://jaeger.example.com/trace/4bf92f3577b34da6a3ce929d0e0e4736"' in page
     keys_page = client.get("/console/keys").get_data(as_text=True)
     assert "Created by" in keys_page and ">cli<" in keys_page  # the fixture's keys: the CLI's
+
+
+def test_a_bad_filter_is_a_400_page_not_a_500(client, keys):
+    sign_in(client, keys.user)
+    for query in (
+        "since=9999-12-31T23:59:59-23:59",  # past the end of time once in UTC
+        "until=yesterday",
+        "status=exploded",
+    ):
+        answer = client.get(f"/console/executions?{query}")
+        assert answer.status_code == 400, query
+        assert "INVALID_REQUEST" in answer.get_data(as_text=True)
