@@ -4,9 +4,10 @@ pinned in tests/axe/ and installed by scripts/install-axe), and that it loads no
 another origin.
 
 Playwright's sync API keeps its event loop marked running in the test thread for as long as
-the browser lives, and asyncio code cannot run in that thread meanwhile. So tests that use a
-browser are marked ``browser`` (the ``page`` and ``browser`` fixtures mark them) and run after
-every other test of the session (tests/conftest.py orders them), sharing one Chromium.
+the browser lives, and asyncio code cannot run in that thread meanwhile. So every test that
+uses the ``browser`` fixture (directly or through its own fixtures) is marked ``browser`` and
+runs after every other test of the session (tests/conftest.py does both), sharing one
+Chromium.
 """
 
 from __future__ import annotations
