@@ -30,7 +30,7 @@ from flask import (
 )
 from marshmallow import ValidationError
 
-from ..clock import isoformat, parse_iso, utcnow
+from ..clock import ClientTimeError, isoformat, parse_client_time, parse_iso, utcnow
 from ..commands import Caller
 from ..errors import InvalidRequest, NotFound, WaygateError
 from ..keys import EVENTS, expiry, parse_duration
@@ -299,9 +299,9 @@ def _moment(raw: str | None, name: str) -> str | None:
     if not raw:
         return None
     try:
-        return isoformat(parse_iso(raw))
-    except (ValueError, OverflowError):
-        raise InvalidRequest(f"{name} must be a date and time like 2026-12-07T09:30") from None
+        return isoformat(parse_client_time(raw))  # the one parser of client date-times
+    except ClientTimeError as err:
+        raise InvalidRequest(f"{name}: {err} (e.g. 2026-12-07T09:30)") from None
 
 
 @bp.get("/executions/<command_id>")
