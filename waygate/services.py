@@ -21,10 +21,11 @@ from .latency import LatencyWindow
 from .lifecycle import Readiness
 from .mcp import McpServer
 from .metrics import metrics
-from .plugins import PluginRegistry
+from .plugins import PluginRegistry, discover
 from .pool import CommandPool
 from .storage import Storage, make_private_dir, open_storage
 from .tracing import setup as setup_tracing
+from .upstreams import UpstreamManager
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Services:
     latency: LatencyWindow
     readiness: Readiness = field(default_factory=Readiness)
     server_info: ServerInfo = field(default_factory=ServerInfo)
+    upstreams: UpstreamManager | None = None  # WAYGATE_UPSTREAMS: MCP servers behind the gate
 
     @classmethod
     def build(cls, config: Config) -> Services:
@@ -48,12 +50,20 @@ class Services:
         setup_tracing(config)  # once per process; a no-op when off or already on
         storage = open_storage(config)
         storage.migrate()
+        upstreams = (
+            UpstreamManager(config.upstreams, config.upstream_connect_timeout_s)
+            if config.upstreams
+            else None
+        )
         plugins = PluginRegistry(
             storage,
             config.plugin_config,
+            loader=upstreams.loader(discover) if upstreams else discover,
             on_load=lambda s: metrics().plugins_loaded.set(len(s.loaded)),
             config_source=config.current_plugin_config,
         )
+        if upstreams is not None:
+            upstreams.on_change = plugins.refresh
         audit = AuditLog(
             storage,
             retention=timedelta(days=config.audit_retention_days),
@@ -111,4 +121,5 @@ class Services:
             ),
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),
+            upstreams=upstreams,
         )
