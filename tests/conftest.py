@@ -428,6 +428,30 @@ def pytest_addoption(parser):
     )
 
 
+# -- the browser: one Chromium for every browser test, driven by Playwright (tests/browser.py)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests last (stable order otherwise): while the session's browser lives, its
+    event loop is marked running in this thread and no other test could use asyncio."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import launch
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
+
+
 @pytest.fixture
 def db(storage):
     """Rows of the test's database as dicts, whichever the backend: ``db("SELECT ...")``."""

@@ -25,6 +25,7 @@ from .web import (
     plugins,
     versioning,
 )
+from .web import console as web_console
 from .web import docs as web_docs
 from .web import keys as web_keys
 from .web import metrics as web_metrics
@@ -62,6 +63,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(web_keys.bp)
     app.register_blueprint(mcp.bp)
     app.register_blueprint(web_docs.bp)
+    web_console.init_app(app, services)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
     http.trust_proxies(app, config)  # last: the outermost WSGI layer
 

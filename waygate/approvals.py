@@ -181,6 +181,16 @@ class Approvals:
         self._changed(Step.APPROVED if approve else Step.DENIED, command_id)
         return decided
 
+    def refusal(self, approver: ApiKey, execution: Execution) -> str | None:
+        """Why ``approver`` may not decide on ``execution`` (None: it may): the one rule,
+        :func:`check_approver`, asked before a decision is offered (the console shows the
+        buttons disabled with this message)."""
+        try:
+            check_approver(approver, execution, KeyStore(self.audit.storage))
+        except Forbidden as refused:
+            return refused.message
+        return None
+
     def expire(self) -> list[str]:
         """End the executions nobody decided on in time (housekeeping, and before reads)."""
         expired = self.audit.expire_approvals()
@@ -221,10 +231,12 @@ class Notifier:
         timeout_s: float = 5.0,
         queue_size: int = 1000,
         on_failure: Callable[[], None] | None = None,
+        public_url: str = "",
     ):
         # user:password@ in the URL (a webhook behind Basic auth) is sent as an Authorization
         # header: urllib would take it for part of the host name and fail every delivery
         self.url, self._headers = split_credentials(url)
+        self.public_url = public_url  # WAYGATE_PUBLIC_URL: payloads link the console's page
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
@@ -241,7 +253,7 @@ class Notifier:
         if not self.url:
             return
         try:
-            self._events().put_nowait(payload(event, execution))
+            self._events().put_nowait(payload(event, execution, self.public_url))
         except queue.Full:
             self._failed(f"webhook queue full: {event} of {execution.command_id} not sent")
 
@@ -310,8 +322,14 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
 
 
-def payload(event: Step, execution: Execution) -> dict[str, Any]:
-    """The webhook body: Slack's ``text`` and the structured record."""
+def console_path(command_id: str) -> str:
+    """The console's page of an execution (where an approver decides), from the site root."""
+    return f"/console/executions/{command_id}"
+
+
+def payload(event: Step, execution: Execution, public_url: str = "") -> dict[str, Any]:
+    """The webhook body: Slack's ``text`` and the structured record; with the service's
+    public URL, the console link of the item (``console_url``, also in the text)."""
     who = execution.key_name or "an unnamed caller"
     texts = {
         Step.REQUESTED: f"{who} asks to run `{execution.action}`: it waits for approval until"
@@ -323,8 +341,12 @@ def payload(event: Step, execution: Execution) -> dict[str, Any]:
         + (f": {execution.decision_reason}" if execution.decision_reason else ""),
         Step.EXPIRED: f"`{execution.action}` requested by {who} expired: nobody approved it",
     }
-    return {
+    body = {
         "text": f"Waygate: {texts[event]} (execution {execution.command_id})",
         "event": event.value,
         "execution": execution.as_dict(),
     }
+    if public_url:
+        body["console_url"] = public_url + console_path(execution.command_id)
+        body["text"] += f" {body['console_url']}"
+    return body

@@ -548,6 +548,82 @@ class AuditLog:
         rows = conn.execute(page_sql, [*args, limit, offset]).fetchall()
         return [_execution(r) for r in rows], total
 
+    def page(
+        self,
+        *,
+        action: str | None = None,
+        status: str | None = None,
+        key_name: str | None = None,
+        key_id: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Execution], str | None]:
+        """Executions newest first, by keyset: those older than the execution ``before``
+        (a command id; the next page starts after the last row of this one), so a deep page
+        costs what the first does. Returns the rows and the cursor of the next page (None at
+        the end). Each filter is an index's leading column (status, action, key name)."""
+        where, args = [], []
+        for column, value in (("action", action), ("status", status), ("key_name", key_name)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if key_id is not None:
+            where.append("key_id = ?")
+            args.append(key_id)
+        if since:
+            where.append("created_at >= ?")
+            args.append(since)
+        if until:
+            where.append("created_at < ?")
+            args.append(until)
+        if before:
+            cursor = self.storage.conn.execute(
+                "SELECT created_at FROM executions WHERE command_id = ?", (before,)
+            ).fetchone()
+            if cursor is not None:
+                where.append("(created_at < ? OR (created_at = ? AND command_id < ?))")
+                args += [cursor[0], cursor[0], before]
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        rows = self.storage.conn.execute(
+            f"SELECT {_COLUMNS} FROM executions{clause}"  # noqa: S608 # nosec B608 - fixed names
+            " ORDER BY created_at DESC, command_id DESC LIMIT ?",
+            [*args, limit + 1],
+        ).fetchall()
+        listed = [_execution(row) for row in rows[:limit]]
+        return listed, (listed[-1].command_id if len(rows) > limit else None)
+
+    def recently_decided(self, limit: int = 10) -> list[Execution]:
+        """The executions decided (approved, denied) or expired most recently, newest first:
+        read from the events' own order, never a scan of the executions."""
+        rows = self.storage.conn.execute(
+            "SELECT command_id FROM execution_events WHERE event IN (?, ?, ?)"
+            " ORDER BY id DESC LIMIT ?",
+            (ApprovalStep.APPROVED, ApprovalStep.DENIED, ApprovalStep.EXPIRED, limit),
+        ).fetchall()
+        ids = list(dict.fromkeys(row[0] for row in rows))  # an id once, at its newest event
+        if not ids:
+            return []
+        found = {
+            row["command_id"]: _execution(row)
+            for row in self.storage.conn.execute(
+                f"SELECT {_COLUMNS} FROM executions"  # noqa: S608 # nosec B608 - fixed names
+                f" WHERE command_id IN ({', '.join('?' * len(ids))})",
+                ids,
+            ).fetchall()
+        }
+        return [found[command_id] for command_id in ids if command_id in found]
+
+    def count_since(self, since: str, statuses: tuple[str, ...] = ()) -> int:
+        """Executions created since ``since`` (of the given statuses): the recent error rate."""
+        sql = "SELECT count(*) FROM executions WHERE created_at >= ?"
+        args: list[Any] = [since]
+        if statuses:
+            sql += f" AND status IN ({', '.join('?' * len(statuses))})"
+            args += statuses
+        return self.storage.conn.execute(sql, args).fetchone()[0]
+
     def statistics(self, plugin: str) -> PluginStatistics:
         row = self.storage.conn.execute(
             "SELECT calls_total, errors_total, duration_ms_total FROM plugin_stats "
