@@ -36,7 +36,7 @@ from .audit import AuditLog, Execution, StoredRequest
 from .clock import isoformat, utcnow
 from .errors import Conflict, Forbidden, NotFound
 from .forksafe import reset_after_fork
-from .keys import ApiKey, KeyStore
+from .keys import MAX_CHAIN, ApiKey, KeyStore
 from .outcomes import ApprovalStep as Step
 from .sdk import Command
 
@@ -85,7 +85,15 @@ def check_approver(approver: ApiKey, execution: Execution, keys: KeyStore) -> No
             "a key cannot decide on its own request: another approver must",
             {"command_id": execution.command_id},
         )
-    if requester in keys.created_by_chain(approver.id):
+    chain = keys.created_by_chain(approver.id)
+    if len(chain) >= MAX_CHAIN:  # its end is not seen: it may lead back to the requester
+        raise Forbidden(
+            f"key {approver.name!r} was created through a chain of {MAX_CHAIN} or more keys,"
+            " too long to tell whether the requesting key made it: a key of another person"
+            " must decide (one the host's CLI made, for example)",
+            {"command_id": execution.command_id, "two_person_rule": True},
+        )
+    if requester in chain:
         raise Forbidden(
             f"key {approver.name!r} was created by the requesting key {execution.key_name!r}"
             " (directly or through keys it created): a key of another person must decide",
