@@ -101,6 +101,7 @@ def test_each_broken_entry_is_reported_alone_with_a_clear_reason(tmp_path):
                 "a__b": {"command": "x"},
                 "ftp": {"url": "ftp://x.example/"},
                 "files\n": {"command": "node"},  # a name is anchored at both ends
+                "port": {"url": "http://127.0.0.1:99999/mcp"},
             }
         },
     )
@@ -115,6 +116,7 @@ def test_each_broken_entry_is_reported_alone_with_a_clear_reason(tmp_path):
     assert any("must be 1-48 letters and digits" in e for k, e in errors.items() if "bad" in k)
     assert any("must be 1-48" in e for k, e in errors.items() if "a__b" in k)
     assert "must be 1-48" in errors["invalid:'files\\n'"]
+    assert errors["port"] == "url has no valid host and port (a port is a number from 1 to 65535)"
 
 
 @pytest.mark.parametrize(

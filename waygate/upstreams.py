@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import anyio
 from marshmallow import Schema, ValidationError
@@ -222,6 +223,15 @@ def parse_entry(name: str, entry: Any, env: Mapping[str, str]) -> UpstreamSpec:
         expanded = _expand(url, env, "url")
         if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", expanded):
             raise UpstreamConfigError("url must be an http:// or https:// URL")
+        try:  # the host and port as the client will read them, said now rather than per call
+            parts = urlsplit(expanded)
+            parts.port  # noqa: B018 (raises ValueError for a port out of 0-65535)
+        except ValueError:
+            raise UpstreamConfigError(
+                "url has no valid host and port (a port is a number from 1 to 65535)"
+            ) from None
+        if not parts.hostname:
+            raise UpstreamConfigError("url has no host")
         return UpstreamSpec(
             name=name,
             transport="http",
