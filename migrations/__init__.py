@@ -25,4 +25,5 @@ from . import (  # noqa: E402
     m012_approvals,  # noqa: F401
     m013_execution_trace_id,  # noqa: F401
     m014_worker_leases,  # noqa: F401
+    m015_principals,  # noqa: F401
 )

@@ -14,6 +14,8 @@ Add a migration to both lists with the same name; never edit one that has shippe
 from __future__ import annotations
 
 from .m012_approvals import _REQUEST_COLUMNS  # the same stored-request columns on both
+from .m015_principals import COLUMNS as _PRINCIPAL_COLUMNS
+from .m015_principals import INDEX as _PRINCIPAL_INDEX
 
 _COUNT_FUNCTION = """
 CREATE FUNCTION waygate_count_execution() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -248,6 +250,13 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 renewed_at DOUBLE PRECISION NOT NULL,
                 PRIMARY KEY (host, pid)
             )""",
+        ],
+    ),
+    (
+        "m015_principals",
+        [
+            *(f"ALTER TABLE {t} ADD COLUMN {c} TEXT" for t, c in _PRINCIPAL_COLUMNS),
+            _PRINCIPAL_INDEX,
         ],
     ),
 ]

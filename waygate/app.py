@@ -22,6 +22,7 @@ from .web import (
     jsonio,
     limiter,
     mcp,
+    oauth,
     plugins,
     versioning,
 )
@@ -61,6 +62,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(diagnostics.bp)
     app.register_blueprint(web_keys.bp)
     app.register_blueprint(mcp.bp)
+    app.register_blueprint(oauth.bp)
     app.register_blueprint(web_docs.bp)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
     http.trust_proxies(app, config)  # last: the outermost WSGI layer

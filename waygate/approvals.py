@@ -35,6 +35,7 @@ from .errors import Conflict, Forbidden, NotFound
 from .forksafe import reset_after_fork
 from .keys import ApiKey
 from .outcomes import ApprovalStep as Step
+from .principals import Principal
 from .sdk import Command
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,18 @@ class ApprovalPolicy:
         return self.destructive_default and bool(command.annotations.get("destructiveHint"))
 
 
-def may_approve(key: ApiKey) -> bool:
-    """Whether ``key`` may decide on approvals: admin keys. The one place that says so (a key
-    scope that grants approving belongs here)."""
-    return key.is_admin
+def may_approve(principal: Principal) -> bool:
+    """Whether ``principal`` may decide on approvals: admins, and with OAuth the members of
+    an approver group (WAYGATE_OAUTH_APPROVER_GROUPS). The one place that says so."""
+    return principal.is_admin or principal.approver
+
+
+def same_requester(execution: Execution, principal: Principal) -> bool:
+    """Whether ``principal`` asked for ``execution`` itself: the same key, or the same person
+    (a person with a token, or the owner of a key), however each came. The two-person rule."""
+    if execution.key_id is not None and execution.key_id == principal.key_id:
+        return True
+    return execution.principal is not None and execution.principal == principal.id
 
 
 def canonical(value: Any) -> str:
@@ -118,28 +127,48 @@ class Approvals:
             expires_at=isoformat(utcnow() + timedelta(seconds=self.policy.ttl_s)),
         )
 
-    def requested(self, command_id: str, key_id: int | None, key_name: str | None) -> None:
-        self.audit.add_event(command_id, Step.REQUESTED, key_id, key_name)
+    def requested(
+        self,
+        command_id: str,
+        key_id: int | None,
+        key_name: str | None,
+        principal: str | None = None,
+    ) -> None:
+        self.audit.add_event(command_id, Step.REQUESTED, key_id, key_name, principal=principal)
         self._changed(Step.REQUESTED, command_id)
 
     def decide(
-        self, command_id: str, approver: ApiKey, *, approve: bool, reason: str | None
+        self,
+        command_id: str,
+        approver: Principal | ApiKey,
+        *,
+        approve: bool,
+        reason: str | None,
     ) -> Execution:
-        """Approve or deny; Forbidden for a key that may not, or for the requesting key,
-        NotFound, or Conflict when it is not awaiting approval (decided, expired)."""
+        """Approve or deny; Forbidden for a caller that may not, or for the requester (key or
+        person), NotFound, or Conflict when it is not awaiting approval (decided, expired)."""
+        if isinstance(approver, ApiKey):
+            approver = Principal.of_key(approver)
         if not may_approve(approver):
-            raise Forbidden("deciding on approvals needs an admin key")
+            raise Forbidden(
+                "deciding on approvals needs an admin key or membership of an approver group"
+            )
         self.expire()
         execution = self.audit.get(command_id)
         if execution is None:
             raise NotFound(f"no execution {command_id!r}", {"command_id": command_id[:100]})
-        if execution.key_id is not None and execution.key_id == approver.id:
+        if same_requester(execution, approver):
             raise Forbidden(
-                "a key cannot decide on its own request: another approver must",
+                "a requester cannot decide on its own request: another person must",
                 {"command_id": command_id},
             )
         decided = self.audit.decide(
-            command_id, approve=approve, key_id=approver.id, key_name=approver.name, reason=reason
+            command_id,
+            approve=approve,
+            key_id=approver.key_id,
+            key_name=approver.name,
+            reason=reason,
+            principal=approver.id,
         )
         if decided is None:
             current = self.audit.get(command_id)

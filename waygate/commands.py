@@ -42,6 +42,7 @@ from .outcomes import ApprovalStep as Step
 from .outcomes import ExecutionStatus, Failure, Mode, Outcome
 from .plugins import PluginSet
 from .pool import CommandPool, Job, PoolFull
+from .principals import Principal
 from .schemas import MCPCommandSchema, describe_parameters, field_errors
 from .sdk import Cancelled, Command, CommandError, ExecutionContext
 
@@ -91,6 +92,14 @@ class Caller:
     key_name: str | None
     key_id: int | None = None
     scope: Scope = UNSCOPED
+    principal: str | None = None  # who, as waygate.principals says: recorded with the run
+
+    def owns(self, execution: Execution) -> bool:
+        """Whether ``execution`` is this caller's: the same key, or for a person with an
+        access token (no key), the same person."""
+        if self.key_id is not None:
+            return execution.key_id == self.key_id
+        return self.principal is not None and execution.principal == self.principal
 
 
 @dataclass(frozen=True)
@@ -386,6 +395,7 @@ class CommandService:
             mode=mode,
             request=request,
             trace_id=tracing.trace_id(span),
+            principal=caller.principal,
         )
         return created
 
@@ -429,7 +439,7 @@ class CommandService:
         assert self.approvals is not None  # noqa: S101 - needs_approval() said so
         request = self.approvals.stored_request(inv.requested_params, inv.client_context)
         self._accept(inv, caller, mode, request)
-        self.approvals.requested(inv.command_id, caller.key_id, caller.key_name)
+        self.approvals.requested(inv.command_id, caller.key_id, caller.key_name, caller.principal)
         outcome = self.lookup(inv.command_id)
         assert outcome is not None  # noqa: S101 - inserted just now
         return outcome
@@ -442,7 +452,9 @@ class CommandService:
         except WaygateError as err:
             return _rejected(inv.command_id, err, started)
 
-    def approve(self, command_id: str, approver: ApiKey, reason: str | None = None) -> Outcome:
+    def approve(
+        self, command_id: str, approver: Principal | ApiKey, reason: str | None = None
+    ) -> Outcome:
         """Approve an execution awaiting approval and queue exactly its stored request, with
         its own timeout from now. Forbidden, NotFound or Conflict as ``Approvals.decide``."""
         approvals = self._approvals()
@@ -459,7 +471,9 @@ class CommandService:
         assert outcome is not None  # noqa: S101 - decided just now
         return outcome
 
-    def deny(self, command_id: str, approver: ApiKey, reason: str | None = None) -> Outcome:
+    def deny(
+        self, command_id: str, approver: Principal | ApiKey, reason: str | None = None
+    ) -> Outcome:
         self._approvals().decide(command_id, approver, approve=False, reason=reason)
         outcome = self.lookup(command_id)
         assert outcome is not None  # noqa: S101 - decided just now
@@ -481,7 +495,9 @@ class CommandService:
         stored request whose params no longer match its hash is refused, never run."""
         if params_hash(execution.params) != execution.params_hash:
             raise InvalidRequest("the stored request does not match its hash: not run")
-        caller = Caller(key_name=execution.key_name, key_id=execution.key_id)
+        caller = Caller(
+            key_name=execution.key_name, key_id=execution.key_id, principal=execution.principal
+        )
         inv = self.resolve(
             execution.action,
             execution.params,
@@ -494,7 +510,7 @@ class CommandService:
     def lookup(self, command_id: str, caller: Caller | None = None) -> Outcome | None:
         """An execution's current state; with ``caller``, only that caller's executions."""
         execution = self.audit.get(command_id)
-        if execution is None or (caller is not None and execution.key_id != caller.key_id):
+        if execution is None or (caller is not None and not caller.owns(execution)):
             return None
         if (execution.status in ExecutionStatus.open() and self.audit.sweep()) or (
             execution.status == ExecutionStatus.AWAITING_APPROVAL
@@ -563,6 +579,7 @@ class CommandService:
             created_at=run.created,
             started_at=run.created,
             trace_id=tracing.trace_id(run.span),
+            principal=run.caller.principal,
         )
 
 

@@ -281,6 +281,9 @@ class ReloadSchema(Schema):
     duration_ms = fields.Integer(required=True)
 
 
+_PRINCIPAL = "Who: a person as <issuer>#<subject> (with a token, or owning the key), else key:<id>"
+
+
 class ExecutionSchema(Schema):
     command_id = fields.String(required=True)
     action = fields.String(required=True)
@@ -310,6 +313,8 @@ class ExecutionSchema(Schema):
         allow_none=True,
         metadata={"description": "OpenTelemetry trace id (32 hex digits) when tracing is on"},
     )
+    principal = fields.String(allow_none=True, metadata={"description": _PRINCIPAL})
+    decided_by_principal = fields.String(allow_none=True, metadata={"description": _PRINCIPAL})
 
 
 class EventSchema(Schema):
@@ -322,6 +327,7 @@ class EventSchema(Schema):
     )
     worker_pid = fields.Integer(allow_none=True)
     at = fields.String(required=True, metadata={"format": "date-time"})
+    principal = fields.String(allow_none=True, metadata={"description": _PRINCIPAL})
 
 
 class EventListSchema(Schema):

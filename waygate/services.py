@@ -21,6 +21,7 @@ from .latency import LatencyWindow
 from .lifecycle import Readiness
 from .mcp import McpServer
 from .metrics import metrics
+from .oauth import ResourceServer
 from .plugins import PluginRegistry
 from .pool import CommandPool
 from .storage import Storage, make_private_dir, open_storage
@@ -41,6 +42,7 @@ class Services:
     latency: LatencyWindow
     readiness: Readiness = field(default_factory=Readiness)
     server_info: ServerInfo = field(default_factory=ServerInfo)
+    oauth: ResourceServer | None = None  # with WAYGATE_OAUTH_ISSUER: bearer access tokens
 
     @classmethod
     def build(cls, config: Config) -> Services:
@@ -105,4 +107,5 @@ class Services:
             ),
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),
+            oauth=ResourceServer(config) if config.oauth_issuer else None,
         )

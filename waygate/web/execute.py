@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify, request, url_for
 from ..errors import InvalidRequest, NotFound
 from ..outcomes import ExecutionStatus
 from . import services
-from .auth import admin_required, current_caller, current_key, key_required
+from .auth import admin_required, current_caller, current_principal, key_required
 from .http import read_json
 from .limiter import limit_group
 from .outcomes import respond
@@ -143,7 +143,7 @@ def execution(command_id: str):
           description: No such execution
     """
     # A user key sees its own executions; an admin key sees every one.
-    caller = None if current_key().is_admin else current_caller()
+    caller = None if current_principal().is_admin else current_caller()
     outcome = services().commands.lookup(command_id, caller)
     if outcome is None:
         raise NotFound(f"no execution {command_id!r}", {"command_id": command_id[:100]})

@@ -12,7 +12,7 @@ from ..errors import InvalidRequest, MissingParameter
 from ..keys import EVENTS, expiry
 from ..schemas import KeyCreateSchema, KeyRotateSchema, KeyUpdateSchema, field_errors
 from . import services
-from .auth import admin_required, current_key
+from .auth import admin_required, current_principal
 from .http import read_json
 from .pagination import add_headers, paginated, requested_page, requested_since
 
@@ -65,7 +65,7 @@ def create_key():
         read_only=body["read_only"],
         expires_at=expiry(body.get("expires_in"), body.get("expires_at")),
         rate_limit=body.get("rate_limit"),
-        actor=current_key().actor,
+        actor=current_principal().actor,
     )
     return jsonify({**record.as_dict(), "key": secret}), 201
 
@@ -183,7 +183,7 @@ def update_key(name: str):
           description: No live key of that name
     """
     changes = _body(_update, partial=True)
-    record = services().keys.update(name, changes, actor=current_key().actor)
+    record = services().keys.update(name, changes, actor=current_principal().actor)
     return jsonify(record.as_dict())
 
 
@@ -211,7 +211,9 @@ def rotate_key(name: str):
           description: No live key of that name
     """
     body = _body(_rotate)
-    record, secret = services().keys.rotate(name, body["grace_seconds"], actor=current_key().actor)
+    record, secret = services().keys.rotate(
+        name, body["grace_seconds"], actor=current_principal().actor
+    )
     return jsonify({**record.as_dict(), "key": secret})
 
 
@@ -234,4 +236,4 @@ def revoke_key(name: str):
         404:
           description: No live key of that name
     """
-    return jsonify(services().keys.revoke(name, actor=current_key().actor).as_dict())
+    return jsonify(services().keys.revoke(name, actor=current_principal().actor).as_dict())
