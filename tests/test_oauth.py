@@ -346,7 +346,13 @@ def test_an_approver_group_member_approves_and_a_person_without_it_cannot(client
 
     refused = decide(Person("mallory", ["ops"]))
     assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "FORBIDDEN"
-    approved = decide(Person("ann", ["approvers"], "Ann Approver"))
+    ann = Person("ann", ["approvers"], "Ann Approver")
+    polled = client.get(
+        f"/mcp/executions/{command_id}",
+        headers={"Authorization": f"Bearer {authserver.mint(RESOURCE, ann)}"},
+    )
+    assert polled.status_code == 200 and polled.get_json()["status"] == "awaiting_approval"
+    approved = decide(ann)
     assert approved.status_code == 202, approved.get_json()
     assert approved.get_json()["approval"]["decided_by"] == "Ann Approver"
 
@@ -401,3 +407,31 @@ def test_settings_that_would_weaken_verification_are_refused_at_start(settings, 
     with pytest.raises(ConfigError) as refused:
         Config.from_env({k: v for k, v in environ.items() if v})
     assert str(refused.value).startswith(variable + ":"), refused.value
+
+
+def test_a_person_cannot_approve_what_their_own_key_asked_for(client, authserver, keys):
+    alice = f"{authserver.issuer}#alice"
+    _, key = keys.store.create("alice-ci", "user", owner=alice)
+    requested = client.post(
+        "/mcp/execute",
+        json={"action": "wipe", "params": {"target": "db1"}},
+        headers={"X-API-Key": key},
+    )
+    command_id = requested.get_json()["command_id"]
+    token = authserver.mint(RESOURCE, Person("alice", ["approvers", "ops-admins"]))
+    refused = client.post(
+        f"/mcp/executions/{command_id}/approve", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert refused.status_code == 403 and "own request" in refused.get_json()["error"]["message"]
+
+
+def test_key_events_name_the_person_who_acted(client, authserver):
+    token = authserver.mint(RESOURCE, Person("root", ["ops-admins"], "Root Admin"))
+    headers = {"Authorization": f"Bearer {token}"}
+    assert client.post("/keys", json={"name": "made-by-root"}, headers=headers).status_code == 201
+    events = client.get("/key-events", headers=headers).get_json()["events"]
+    assert (events[0]["actor_name"], events[0]["actor_id"], events[0]["actor_principal"]) == (
+        "Root Admin",
+        None,
+        f"{authserver.issuer}#root",
+    )

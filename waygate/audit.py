@@ -550,8 +550,11 @@ class AuditLog:
         since: str | None = None,
         offset: int = 0,
         limit: int = 10,
+        principal: str | None = None,
     ) -> tuple[list[Execution], int]:
-        clause, args = where_clause({"action": action, "status": status}, "created_at", since)
+        clause, args = where_clause(
+            {"action": action, "status": status, "principal": principal}, "created_at", since
+        )
         conn = self.storage.conn
         # Only fixed column names are spliced in; every value is a bound parameter.
         if clause:

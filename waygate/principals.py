@@ -42,8 +42,9 @@ class Principal:
     approver: bool = False
 
     @classmethod
-    def of_key(cls, key: ApiKey, owner: Person | None = None) -> Principal:
-        return cls(role=key.role, scope=key.scope, key=key, person=owner)
+    def of_key(cls, key: ApiKey) -> Principal:
+        """A key acts as its owner when it has one."""
+        return cls(role=key.role, scope=key.scope, key=key, person=owner_of(key))
 
     @property
     def is_admin(self) -> bool:
@@ -69,4 +70,14 @@ class Principal:
 
     @property
     def actor(self) -> Actor:
-        return Actor(self.name, self.key_id)
+        return Actor(self.name, self.key_id, self.id)
+
+
+def person_of(principal_id: str, name: str | None = None) -> Person | None:
+    """The person a stored principal id names (None for ``key:<id>``)."""
+    issuer, sep, subject = principal_id.partition("#")
+    return Person(issuer, subject, name) if sep and subject else None
+
+
+def owner_of(key: ApiKey) -> Person | None:
+    return person_of(key.owner, key.owner_name) if key.owner else None

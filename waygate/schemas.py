@@ -411,6 +411,14 @@ class KeyCreateSchema(Schema):
     rate_limit = fields.String(
         allow_none=True, metadata={"description": "The key's own execute limit, e.g. 1000/minute"}
     )
+    owner = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "The person who holds the key, <issuer>#<subject>: the two-person"
+            " rule of approvals compares owners"
+        },
+    )
+    owner_name = fields.String(allow_none=True, metadata={"description": "Their display name"})
 
 
 class KeyUpdateSchema(Schema):
@@ -422,6 +430,14 @@ class KeyUpdateSchema(Schema):
     expires_in = fields.Integer(allow_none=True)
     expires_at = fields.String(allow_none=True, metadata={"format": "date-time"})
     rate_limit = fields.String(allow_none=True)
+    owner = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "The person who holds the key, <issuer>#<subject>: the two-person"
+            " rule of approvals compares owners"
+        },
+    )
+    owner_name = fields.String(allow_none=True, metadata={"description": "Their display name"})
 
 
 class KeyRotateSchema(Schema):
@@ -446,6 +462,8 @@ class KeySchema(Schema):
     updated_at = fields.String(allow_none=True)
     last_used_at = fields.String(allow_none=True)
     revoked_at = fields.String(allow_none=True)
+    owner = fields.String(allow_none=True)
+    owner_name = fields.String(allow_none=True)
 
 
 class KeyWithSecretSchema(KeySchema):
@@ -471,6 +489,7 @@ class KeyEventSchema(Schema):
     actor_id = fields.Integer(allow_none=True)
     actor_name = fields.String(required=True)
     details = fields.Dict(allow_none=True)
+    actor_principal = fields.String(allow_none=True, metadata={"description": _PRINCIPAL})
 
 
 class KeyEventListSchema(Schema):

@@ -66,6 +66,8 @@ def create_key():
         expires_at=expiry(body.get("expires_in"), body.get("expires_at")),
         rate_limit=body.get("rate_limit"),
         actor=current_principal().actor,
+        owner=body.get("owner"),
+        owner_name=body.get("owner_name"),
     )
     return jsonify({**record.as_dict(), "key": secret}), 201
 
@@ -161,7 +163,7 @@ def get_key(name: str):
 @bp.patch("/keys/<name>")
 @admin_required
 def update_key(name: str):
-    """Change a key's scope, expiry or rate limit (null clears one).
+    """Change a key's scope, expiry, rate limit or owner (null clears one).
     ---
     patch:
       summary: Change an API key (admin)
