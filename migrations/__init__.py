@@ -26,4 +26,5 @@ from . import (  # noqa: E402
     m013_execution_trace_id,  # noqa: F401
     m014_worker_leases,  # noqa: F401
     m015_principals,  # noqa: F401
+    m016_sessions,  # noqa: F401
 )

@@ -16,6 +16,9 @@ from __future__ import annotations
 from .m012_approvals import _REQUEST_COLUMNS  # the same stored-request columns on both
 from .m015_principals import COLUMNS as _PRINCIPAL_COLUMNS
 from .m015_principals import INDEX as _PRINCIPAL_INDEX
+from .m016_sessions import INDEXES as _SESSION_INDEXES
+from .m016_sessions import SESSIONS as _SESSIONS
+from .m016_sessions import SIGNIN_REQUESTS as _SIGNIN_REQUESTS
 
 _COUNT_FUNCTION = """
 CREATE FUNCTION waygate_count_execution() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -259,4 +262,5 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             _PRINCIPAL_INDEX,
         ],
     ),
+    ("m016_sessions", [_SIGNIN_REQUESTS, _SESSIONS, *_SESSION_INDEXES]),
 ]

@@ -26,9 +26,12 @@ from authlib.oauth2.rfc6750 import BearerTokenGenerator
 from authlib.oauth2.rfc7591 import ClientRegistrationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oidc.core import UserInfo
+from authlib.oidc.core.grants import OpenIDCode
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask, Response, jsonify, request
+from joserfc.jwk import RSAKey
 from werkzeug.serving import make_server
 
 
@@ -51,6 +54,14 @@ class SigningKey:
     @classmethod
     def new(cls, kid: str) -> SigningKey:
         return cls(kid, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+
+    @property
+    def private_pem(self) -> bytes:
+        return self.private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
 
     @property
     def public_pem(self) -> bytes:
@@ -339,7 +350,27 @@ class TestAuthorizationServer:
             def check_permission(self, token, client, req):
                 return True
 
-        server.register_grant(CodeGrant, [CodeChallenge(required=True)])
+        class OpenID(OpenIDCode):
+            def resolve_client_private_key(self, client):
+                return RSAKey.import_key(
+                    owner.signing.private_pem, {"kid": owner.signing.kid, "use": "sig"}
+                )
+
+            def get_client_claims(self, client):
+                return {"iss": owner.issuer, "aud": [client.get_client_id()]}
+
+            def get_encode_header(self, client):
+                return {"alg": "RS256", "kid": owner.signing.kid}
+
+            def exists_nonce(self, nonce, req):
+                return any(code.nonce == nonce for code in owner.codes.values())
+
+            def generate_user_info(self, user, scope):
+                return UserInfo(
+                    sub=user.sub, name=user.name, email=user.email, groups=list(user.groups)
+                )
+
+        server.register_grant(CodeGrant, [CodeChallenge(required=True), OpenID(require_nonce=True)])
         server.register_endpoint(Registration)
         server.register_endpoint(Introspection)
         server.register_token_generator(
@@ -408,6 +439,7 @@ class TestAuthorizationServer:
             "scopes_supported": ["openid", "profile", "email", "waygate:read", "waygate:run"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
+            "end_session_endpoint": f"{base}/logout",
         }
 
     def _access_token(self, client, grant_type, user, scope):

@@ -24,6 +24,7 @@ from .web import (
     mcp,
     oauth,
     plugins,
+    signin,
     versioning,
 )
 from .web import docs as web_docs
@@ -63,6 +64,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(web_keys.bp)
     app.register_blueprint(mcp.bp)
     app.register_blueprint(oauth.bp)
+    app.register_blueprint(signin.bp)
     app.register_blueprint(web_docs.bp)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
     http.trust_proxies(app, config)  # last: the outermost WSGI layer

@@ -149,6 +149,15 @@ class Config:
     oauth_timeout_s: int = 5
     oauth_jwks_refresh_s: int = 30
     oauth_leeway_s: int = 30
+    # sign-in for people (OpenID Connect, authorization code + PKCE) at the same issuer:
+    # Waygate's client id there (and its secret, for a confidential client); empty: people
+    # sign in with an API key
+    oidc_client_id: str = ""
+    oidc_client_secret: str = dataclasses.field(default="", repr=False)
+    # a signed-in session ends after this many seconds without a request, and this many after
+    # sign-in whatever happens
+    session_idle_s: int = 1800
+    session_max_s: int = 43200
 
     @property
     def admission_limit(self) -> int:
@@ -291,6 +300,8 @@ class Config:
             ("oauth_timeout_s", 1, 60),
             ("oauth_jwks_refresh_s", 0, 3600),
             ("oauth_leeway_s", 0, 300),
+            ("session_idle_s", 60, 86_400),
+            ("session_max_s", 300, 30 * 86_400),
         ):
             if not low <= getattr(self, name) <= high:
                 raise ConfigError(f"WAYGATE_{name.upper()}: must be from {low} to {high}")
@@ -320,6 +331,12 @@ class Config:
             raise ConfigError(
                 "WAYGATE_OAUTH_INTROSPECTION_CLIENT_ID: give it with"
                 " WAYGATE_OAUTH_INTROSPECTION_CLIENT_SECRET, or neither"
+            )
+        if self.oidc_client_secret and not self.oidc_client_id:
+            raise ConfigError("WAYGATE_OIDC_CLIENT_SECRET: give it with WAYGATE_OIDC_CLIENT_ID")
+        if self.oidc_client_id and not self.oauth_issuer:
+            raise ConfigError(
+                "WAYGATE_OIDC_CLIENT_ID: needs WAYGATE_OAUTH_ISSUER (people sign in there)"
             )
         if not self.oauth_issuer:
             return

@@ -27,6 +27,7 @@ challenges.
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import logging
 import math
@@ -276,7 +277,25 @@ class ResourceServer:
             raise InvalidToken("not a JWT access token, and no introspection is configured")
         return self.principal(claims)
 
-    def _jwt_claims(self, token: str) -> dict[str, Any]:
+    def id_token_claims(self, token: str, client_id: str, nonce: str) -> dict[str, Any]:
+        """The claims of an OpenID Connect ID token issued to ``client_id`` for the sign-in
+        that sent ``nonce``: verified exactly as an access token, with the client as its
+        audience (and ``azp``, when present)."""
+        claims = self._jwt_claims(token, audience=client_id, required=("exp", "iat", "sub"))
+        if not isinstance(claims.get("nonce"), str) or not hmac.compare_digest(
+            claims["nonce"], nonce
+        ):
+            raise InvalidToken("the ID token does not answer this sign-in (nonce)")
+        if claims.get("azp", client_id) != client_id:
+            raise InvalidToken("the ID token was issued to another client (azp)")
+        return claims
+
+    def _jwt_claims(
+        self,
+        token: str,
+        audience: str | None = None,
+        required: tuple[str, ...] = ("exp", "iss", "aud", "sub"),
+    ) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -291,10 +310,10 @@ class ResourceServer:
                 token,
                 key,
                 algorithms=list(self.algorithms),
-                audience=self.audience,
+                audience=audience or self.audience,
                 issuer=self.issuer,
                 leeway=self.config.oauth_leeway_s,
-                options={"require": ["exp", "iss", "aud", "sub"]},
+                options={"require": ["iss", "aud", *required]},
             )
         except jwt.ExpiredSignatureError:
             raise InvalidToken("access token expired") from None
@@ -323,7 +342,7 @@ class ResourceServer:
         return key
 
     def _introspected_claims(self, token: str) -> dict[str, Any]:
-        endpoint = self._endpoint("introspection_endpoint")
+        endpoint = self.endpoint("introspection_endpoint")
         config = self.config
         secret = f"{_form(config.oauth_introspection_client_id)}:"
         secret += _form(config.oauth_introspection_client_secret)
@@ -355,7 +374,7 @@ class ResourceServer:
             raise InvalidToken("the introspected token names no subject (sub)")
         return answer
 
-    def _endpoint(self, name: str) -> str:
+    def endpoint(self, name: str) -> str:
         metadata = self.metadata.get()
         url = metadata.get(name) if metadata else None
         if not _http_url(url):

@@ -24,6 +24,7 @@ from .metrics import metrics
 from .oauth import ResourceServer
 from .plugins import PluginRegistry
 from .pool import CommandPool
+from .signin import SignIn
 from .storage import Storage, make_private_dir, open_storage
 from .tracing import setup as setup_tracing
 
@@ -43,6 +44,7 @@ class Services:
     readiness: Readiness = field(default_factory=Readiness)
     server_info: ServerInfo = field(default_factory=ServerInfo)
     oauth: ResourceServer | None = None  # with WAYGATE_OAUTH_ISSUER: bearer access tokens
+    signin: SignIn | None = None  # with WAYGATE_OIDC_CLIENT_ID: people sign in at the issuer
 
     @classmethod
     def build(cls, config: Config) -> Services:
@@ -89,6 +91,7 @@ class Services:
             approvals=approvals,
         )
         errors = ErrorLog(storage)
+        oauth = ResourceServer(config) if config.oauth_issuer else None
         return cls(
             config=config,
             storage=storage,
@@ -107,5 +110,6 @@ class Services:
             ),
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),
-            oauth=ResourceServer(config) if config.oauth_issuer else None,
+            oauth=oauth,
+            signin=SignIn(config, storage, oauth) if oauth and config.oidc_client_id else None,
         )

@@ -23,6 +23,7 @@ from ..oauth import InvalidToken, looks_like_jwt
 from ..principals import Principal
 from . import services
 from .oauth import refused_token
+from .signin import session_principal
 
 F = TypeVar("F", bound=Callable)
 
@@ -45,6 +46,10 @@ def _identify_caller() -> None:
     g.bearer_refused = False  # a bearer access token failed verification (a 401 on /mcp)
     key, bearer = presented_credentials()
     if key is None and bearer is None:
+        try:
+            g.principal = session_principal()  # a person signed in with a browser session
+        except WaygateError as exc:
+            g.auth_error = exc
         return
     svc = services()
     oauth = svc.oauth
