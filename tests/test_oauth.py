@@ -435,3 +435,18 @@ def test_key_events_name_the_person_who_acted(client, authserver):
         None,
         f"{authserver.issuer}#root",
     )
+
+
+def test_a_key_a_person_mints_is_theirs_so_it_cannot_get_their_approval(client, authserver):
+    root = Person("root", ["ops-admins"], "Root Admin")
+    headers = {"Authorization": f"Bearer {authserver.mint(RESOURCE, root)}"}
+    minted = client.post("/keys", json={"name": "roots-bot"}, headers=headers)
+    assert minted.get_json()["owner"] == f"{authserver.issuer}#root"
+    requested = client.post(
+        "/mcp/execute",
+        json={"action": "wipe", "params": {"target": "db1"}},
+        headers={"X-API-Key": minted.get_json()["key"]},
+    )
+    command_id = requested.get_json()["command_id"]
+    refused = client.post(f"/mcp/executions/{command_id}/approve", headers=headers)
+    assert refused.status_code == 403 and "own request" in refused.get_json()["error"]["message"]

@@ -97,3 +97,16 @@ def test_the_cli_gives_a_key_an_owner_and_takes_it_away(runner, keys):
     code, out, err = runner("keys", "update", "carol-ci", "--no-owner")
     assert code == 0, err
     assert keys.store.get("carol-ci").owner is None
+
+
+def test_a_key_made_with_an_owned_key_has_the_same_owner(client, alices):
+    _, _, approving = alices
+    made = client.post("/keys", json={"name": "alice-bot"}, headers=approving)
+    assert made.status_code == 201
+    assert (made.get_json()["owner"], made.get_json()["owner_name"]) == (ALICE, "Alice")
+    requested = client.post(
+        "/mcp/execute", json=WIPE, headers={"X-API-Key": made.get_json()["key"]}
+    )
+    command_id = requested.get_json()["command_id"]
+    refused = client.post(f"/mcp/executions/{command_id}/approve", headers=approving)
+    assert refused.status_code == 403

@@ -4,7 +4,8 @@ request, and who is told.
 A command that needs approval is not run when asked for: its request (action, params as sent,
 context, timeout, the caller's key id and a SHA-256 of the canonical params) is stored with
 the status ``awaiting_approval`` and cannot change after that (a trigger of migration m012
-refuses it). A second party, never the requesting key, approves or denies it; an approved
+refuses it). A second party, never the requesting key nor a key it created (directly or
+through keys it created: :func:`check_approver`), approves or denies it; an approved
 execution runs exactly the stored request in the background, with its own timeout counted from
 the approval. Nobody deciding within ``ttl_s`` ends it ``expired``. Every step is an event row
 (``execution_events``) and, when a webhook is configured, a JSON POST.
@@ -33,7 +34,7 @@ from .audit import AuditLog, Execution, StoredRequest
 from .clock import isoformat, utcnow
 from .errors import Conflict, Forbidden, NotFound
 from .forksafe import reset_after_fork
-from .keys import ApiKey
+from .keys import ApiKey, KeyStore
 from .outcomes import ApprovalStep as Step
 from .principals import Principal
 from .sdk import Command
@@ -45,7 +46,7 @@ APPROVAL_NOTE = "Requires approval: a second person must approve each call befor
 
 @dataclass(frozen=True)
 class ApprovalPolicy:
-    """Which commands wait for approval. Globs as in ``fnmatch`` (``db.*``), case-sensitive;
+    """Which commands wait for approval. Globs as in ``fnmatch`` (``drop_*``), case-sensitive;
     an exempt pattern wins over a required one, and both over the ``destructiveHint``
     annotation, which needs approval unless ``destructive_default`` is off."""
 
@@ -63,17 +64,41 @@ class ApprovalPolicy:
 
 
 def may_approve(principal: Principal) -> bool:
-    """Whether ``principal`` may decide on approvals: admins, and with OAuth the members of
-    an approver group (WAYGATE_OAUTH_APPROVER_GROUPS). The one place that says so."""
+    """Whether ``principal`` may decide on approvals at all: admins, and with OAuth the
+    members of an approver group (WAYGATE_OAUTH_APPROVER_GROUPS). Whether it may decide on
+    one request: :func:`check_approver`."""
     return principal.is_admin or principal.approver
 
 
-def same_requester(execution: Execution, principal: Principal) -> bool:
-    """Whether ``principal`` asked for ``execution`` itself: the same key, or the same person
-    (a person with a token, or the owner of a key), however each came. The two-person rule."""
-    if execution.key_id is not None and execution.key_id == principal.key_id:
-        return True
-    return execution.principal is not None and execution.principal == principal.id
+def check_approver(approver: Principal, execution: Execution, keys: KeyStore) -> None:
+    """The two-person rule, the one place every door (REST, MCP, the CLI) decides it:
+    Forbidden unless ``approver`` may approve, and is neither the person who requested
+    ``execution`` (with a token, or as the owner of the requesting key, whichever way each
+    came), nor the key that requested it, nor a key created by it, directly or through keys
+    it created (an admin who mints a second key is still one person)."""
+    if not may_approve(approver):
+        raise Forbidden(
+            "deciding on approvals needs an admin key or membership of an approver group"
+        )
+    if execution.principal is not None and execution.principal == approver.id:
+        raise Forbidden(
+            "a requester cannot decide on its own request: another person must",
+            {"command_id": execution.command_id, "two_person_rule": True},
+        )
+    requester = execution.key_id
+    if requester is None:
+        return
+    if requester == approver.key_id:
+        raise Forbidden(
+            "a key cannot decide on its own request: another approver must",
+            {"command_id": execution.command_id},
+        )
+    if requester in keys.created_by_chain(approver.key_id):
+        raise Forbidden(
+            f"key {approver.name!r} was created by the requesting key {execution.key_name!r}"
+            " (directly or through keys it created): a key of another person must decide",
+            {"command_id": execution.command_id, "two_person_rule": True},
+        )
 
 
 def canonical(value: Any) -> str:
@@ -157,11 +182,7 @@ class Approvals:
         execution = self.audit.get(command_id)
         if execution is None:
             raise NotFound(f"no execution {command_id!r}", {"command_id": command_id[:100]})
-        if same_requester(execution, approver):
-            raise Forbidden(
-                "a requester cannot decide on its own request: another person must",
-                {"command_id": command_id},
-            )
+        check_approver(approver, execution, KeyStore(self.audit.storage))
         decided = self.audit.decide(
             command_id,
             approve=approve,
@@ -186,6 +207,11 @@ class Approvals:
         for command_id in expired:
             self._changed(Step.EXPIRED, command_id)
         return expired
+
+    def requests_ended(self, command_ids: list[str]) -> None:
+        """Executions a key's revocation denied: the gauge and the webhook are told."""
+        for command_id in command_ids:
+            self._changed(Step.DENIED, command_id)
 
     def refresh_gauge(self) -> None:
         if self._on_change is not None:

@@ -8,12 +8,12 @@ waygate backup PATH                                 (an online copy of the datab
 waygate db copy --to postgresql://...               (this host's SQLite state into PostgreSQL)
 waygate keys create --name NAME [--role admin|user] [--allow PATTERN ...] [--read-only]
                     [--expires 30d] [--rate-limit 1000/minute]   (the key: last line of stdout)
-waygate keys list [--json]
+waygate keys list [--json]                          (role, scope, expiry, last use, state)
 waygate keys update NAME [--allow PATTERN ... | --allow-all] [--read-only/--not-read-only]
                     [--expires 30d | --no-expiry] [--rate-limit N/period | --default-rate-limit]
 waygate keys rotate NAME [--grace 1h]                (the new key: last line of stdout)
 waygate keys events [--key NAME]
-waygate keys revoke NAME
+waygate keys revoke NAME [--force]                  (--force: even the last live admin key)
 waygate keys bootstrap                              (first admin key, only if none exist)
 waygate mcp stdio [--as NAME]                       (MCP over stdio, for desktop clients)
 waygate approvals list
@@ -32,10 +32,11 @@ import click
 from dotenv import dotenv_values
 
 from . import __version__
+from .clock import utcnow
 from .config import Config, ConfigError
 from .errors import WaygateError
 from .keys import KeyStore, expiry, parse_duration
-from .storage import DatabaseError, Storage, open_storage
+from .storage import DatabaseError, PostgresStorage, Storage, Unsupported, open_storage
 
 # The environment file of the systemd unit (deploy/systemd/waygate.service): the CLI reads it
 # too, so that it finds the service's data dir and settings.
@@ -165,12 +166,11 @@ def backup(ctx: Context, path: Path) -> None:
     To restore, stop the service and put the copy in place of <data dir>/waygate.db."""
     if path.exists():
         raise click.ClickException(f"{path} exists already; give a new file name")
-    if ctx.config.database_url:
-        raise click.ClickException(
-            "the database is PostgreSQL: back it up with pg_dump (see docs/operations.md)"
-        )
-    ctx.storage.backup_to(path)
-    click.echo(f"backed up {ctx.config.database_path.resolve()} to {path}")
+    try:
+        ctx.storage.backup_to(path)
+    except Unsupported as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backed up {ctx.storage.describe()} to {path}")
 
 
 @cli.group()
@@ -195,7 +195,6 @@ def db_copy(ctx: Context, target_url: str) -> None:
     Then set WAYGATE_DATABASE_URL on every host (docs/operations.md, "Several hosts")."""
     from .config import ConfigError, _check_database_url
     from .dbcopy import copy_state
-    from .pgstorage import PostgresStorage
 
     if ctx.config.database_url:
         raise click.ClickException(
@@ -286,6 +285,11 @@ def keys_create(
 @click.option("--owner", help="The person who holds it: <issuer URL>#<subject>.")
 @click.option("--owner-name", help="The owner's display name.")
 @click.option("--no-owner", is_flag=True, help="The key belongs to no person.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Set an expiry even on the last live admin key (refused otherwise).",
+)
 @pass_context
 def keys_update(
     ctx: Context,
@@ -300,6 +304,7 @@ def keys_update(
     owner: str | None,
     owner_name: str | None,
     no_owner: bool,
+    force: bool,
 ) -> None:
     """Change a key's scope, expiry, rate limit or owner."""
     changes: dict = {}
@@ -313,7 +318,7 @@ def keys_update(
         changes["rate_limit"] = None if default_rate_limit else rate_limit
     if owner or no_owner:
         changes["owner"], changes["owner_name"] = (None, None) if no_owner else (owner, owner_name)
-    record = ctx.keys.update(name, changes)
+    record = ctx.keys.update(name, changes, force=force)
     click.echo(json.dumps(record.as_dict(), indent=2))
 
 
@@ -343,25 +348,37 @@ def keys_events(ctx: Context, key_name: str | None, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 @pass_context
 def keys_list(ctx: Context, as_json: bool) -> None:
-    """List keys (names, roles and dates; never the keys)."""
+    """List keys: role, allow-list, read-only, expiry, last use and state (live, expired or
+    revoked); never the keys."""
     records = ctx.keys.list()
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in records], indent=2))  # as GET /keys
         return
-    click.echo(f"{'NAME':24} {'ROLE':6} {'CREATED':25} {'LAST USED':25} REVOKED")
+    click.echo(
+        f"{'NAME':24} {'ROLE':6} {'ALLOW':24} {'READ-ONLY':9} {'EXPIRES':24} {'LAST USED':24} STATE"
+    )
+    now = utcnow()
     for r in records:
+        allow = "(all)" if r.allow is None or r.is_admin else ",".join(r.allow) or "(none)"
+        read_only = "yes" if r.read_only and not r.is_admin else "no"
         click.echo(
-            f"{r.name:24} {r.role:6} {r.created_at:25} {r.last_used_at or '-':25} "
-            f"{r.revoked_at or '-'}"
+            f"{r.name:24} {r.role:6} {allow:24} {read_only:9} "
+            f"{r.expires_at or 'never':24} {r.last_used_at or 'never':24} {r.state(now)}"
         )
 
 
 @keys.command("revoke")
 @click.argument("name")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Revoke even the last live admin key (then only this CLI can make a new one).",
+)
 @pass_context
-def keys_revoke(ctx: Context, name: str) -> None:
-    """Revoke a key; every worker refuses it from its next request."""
-    record = ctx.keys.revoke(name)
+def keys_revoke(ctx: Context, name: str, force: bool) -> None:
+    """Revoke a key; every worker refuses it from its next request. Its requests still
+    awaiting approval are denied with it."""
+    record = ctx.keys.revoke(name, force=force)
     click.echo(f"revoked key {record.name!r}")
 
 

@@ -95,7 +95,7 @@ class Services:
         return cls(
             config=config,
             storage=storage,
-            keys=KeyStore(storage),
+            keys=KeyStore(storage, on_requests_ended=approvals.requests_ended),
             plugins=plugins,
             audit=audit,
             commands=commands,

@@ -58,6 +58,12 @@ def create_key():
           description: A live key of that name exists
     """
     body = _body(_create)
+    principal = current_principal()
+    owner, owner_name = body.get("owner"), body.get("owner_name")
+    if owner is None and principal.person is not None:
+        # a person's new key is theirs (with a token, or through a key they own): otherwise
+        # one person could mint a key that is nobody's and approve its requests themselves
+        owner, owner_name = principal.person.id, principal.person.label
     record, secret = services().keys.create(
         body["name"],
         body["role"],
@@ -65,9 +71,9 @@ def create_key():
         read_only=body["read_only"],
         expires_at=expiry(body.get("expires_in"), body.get("expires_at")),
         rate_limit=body.get("rate_limit"),
-        actor=current_principal().actor,
-        owner=body.get("owner"),
-        owner_name=body.get("owner_name"),
+        actor=principal.actor,
+        owner=owner,
+        owner_name=owner_name,
     )
     return jsonify({**record.as_dict(), "key": secret}), 201
 
@@ -183,6 +189,10 @@ def update_key(name: str):
               schema: {$ref: "#/components/schemas/Key"}
         404:
           description: No live key of that name
+        409:
+          description: >-
+            An expiry on the last live admin key (CONFLICT): create another admin key first,
+            or use the CLI's --force
     """
     changes = _body(_update, partial=True)
     record = services().keys.update(name, changes, actor=current_principal().actor)
@@ -222,7 +232,8 @@ def rotate_key(name: str):
 @bp.delete("/keys/<name>")
 @admin_required
 def revoke_key(name: str):
-    """Revoke a key: every worker refuses it from its next request.
+    """Revoke a key: every worker refuses it from its next request; its requests awaiting
+    approval end denied ("requester key revoked") in the same transaction.
     ---
     delete:
       summary: Revoke an API key (admin)
@@ -237,5 +248,9 @@ def revoke_key(name: str):
               schema: {$ref: "#/components/schemas/Key"}
         404:
           description: No live key of that name
+        409:
+          description: >-
+            The last live admin key (CONFLICT): create another admin key first, or use the
+            CLI's --force
     """
     return jsonify(services().keys.revoke(name, actor=current_principal().actor).as_dict())

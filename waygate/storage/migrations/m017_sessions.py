@@ -7,7 +7,7 @@ verifier to check and use then, and where to go after. ``sessions`` holds a sign
 by a digest of the session cookie: who, with which permissions (fixed at sign-in), and the
 idle and absolute deadlines."""
 
-from . import migrations
+from .migration import Migration
 
 SIGNIN_REQUESTS = """
 CREATE TABLE signin_requests (
@@ -24,23 +24,21 @@ CREATE TABLE sessions (
     principal TEXT NOT NULL,
     person TEXT NOT NULL,
     role TEXT NOT NULL,
-    approver INTEGER NOT NULL,
+    approver {integer} NOT NULL,
     allow TEXT,
-    read_only INTEGER NOT NULL,
+    read_only {integer} NOT NULL,
     created_at TEXT NOT NULL,
     last_seen_at TEXT NOT NULL,
     expires_at TEXT NOT NULL
 )
 """
-INDEXES = (
+INDEXES = [
     "CREATE INDEX sessions_expiry ON sessions(expires_at)",
     "CREATE INDEX signin_requests_expiry ON signin_requests(expires_at)",
+]
+
+migration = Migration(
+    "m017_sessions",
+    sqlite=[SIGNIN_REQUESTS, SESSIONS.format(integer="INTEGER"), *INDEXES],
+    postgresql=[SIGNIN_REQUESTS, SESSIONS.format(integer="BIGINT"), *INDEXES],
 )
-
-
-@migrations()
-def m016_sessions(db):
-    db.execute(SIGNIN_REQUESTS)
-    db.execute(SESSIONS)
-    for statement in INDEXES:
-        db.execute(statement)

@@ -7,7 +7,7 @@ and a key may name the person who owns it (``owner``, with a display name for li
 An execution's ``key_name`` stays the display name: a key's name or a person's.
 The index serves ``/mcp/executions?principal=`` and a person's own executions."""
 
-from . import migrations
+from .migration import Migration
 
 COLUMNS = (
     ("executions", "principal"),
@@ -17,11 +17,9 @@ COLUMNS = (
     ("api_keys", "owner"),
     ("api_keys", "owner_name"),
 )
-INDEX = "CREATE INDEX executions_by_principal ON executions(principal, created_at)"
+STATEMENTS = [
+    *(f"ALTER TABLE {table} ADD COLUMN {column} TEXT" for table, column in COLUMNS),
+    "CREATE INDEX executions_by_principal ON executions(principal, created_at)",
+]
 
-
-@migrations()
-def m015_principals(db):
-    for table, column in COLUMNS:
-        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT")
-    db.execute(INDEX)
+migration = Migration("m016_principals", sqlite=STATEMENTS, postgresql=STATEMENTS)
