@@ -450,3 +450,18 @@ def test_a_key_a_person_mints_is_theirs_so_it_cannot_get_their_approval(client, 
     command_id = requested.get_json()["command_id"]
     refused = client.post(f"/mcp/executions/{command_id}/approve", headers=headers)
     assert refused.status_code == 403 and "own request" in refused.get_json()["error"]["message"]
+
+
+def test_each_person_has_their_own_cap_of_unfinished_executions(oauth_app, authserver):
+    client = oauth_app(async_max_open_per_key=1).test_client()
+    wipe = {"action": "wipe", "params": {"target": "db1"}}
+
+    def ask(person):
+        token = authserver.mint(RESOURCE, person)
+        return client.post(
+            "/mcp/execute", json=wipe, headers={"Authorization": f"Bearer {token}"}
+        ).status_code
+
+    assert ask(Person("amy", [])) == 202  # held for approval: unfinished
+    assert ask(Person("amy", [])) == 429
+    assert ask(Person("ben", [])) == 202  # another person's cap, not amy's

@@ -35,9 +35,12 @@ _ACCEPT_SQL = (
     "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
     " timeout_s, worker_pid, created_at, params, params_hash, client_context,"
     " approval_expires_at, trace_id, host, principal) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?"
-    " WHERE (SELECT count(*) FROM executions WHERE key_id IS NOT DISTINCT FROM ?"
-    " AND principal IS NOT DISTINCT FROM ? AND status IN"
+    " WHERE (SELECT count(*) FROM executions WHERE key_id IS NOT DISTINCT FROM ? AND status IN"
     " ('pending', 'running', 'awaiting_approval')) < ?"
+)
+# A person with a token has no key: their cap counts their own executions (index of m016).
+_ACCEPT_BY_PRINCIPAL_SQL = _ACCEPT_SQL.replace(
+    "key_id IS NOT DISTINCT FROM ?", "key_id IS NULL AND principal = ?"
 )
 _TOTAL_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
 _NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
@@ -221,7 +224,7 @@ class AuditLog:
         awaiting = request is not None
         with self.storage.write() as conn:
             inserted = conn.execute(
-                _ACCEPT_SQL,
+                _ACCEPT_BY_PRINCIPAL_SQL if key_id is None and principal else _ACCEPT_SQL,
                 (
                     command_id,
                     action,
@@ -240,8 +243,7 @@ class AuditLog:
                     trace_id,
                     None if awaiting else self.host,
                     principal,
-                    key_id,
-                    principal,
+                    principal if key_id is None and principal else key_id,
                     self.max_open_per_key,
                 ),
             )
