@@ -16,6 +16,7 @@ Framework-free: the REST views, MCP and the CLI all decide through
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from fnmatch import fnmatchcase
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .audit import AuditLog, Execution, StoredRequest
 from .clock import isoformat, utcnow
@@ -242,7 +244,9 @@ class Notifier:
         queue_size: int = 1000,
         on_failure: Callable[[], None] | None = None,
     ):
-        self.url = url
+        # user:password@ in the URL (a webhook behind Basic auth) is sent as an Authorization
+        # header: urllib would take it for part of the host name and fail every delivery
+        self.url, self._headers = split_credentials(url)
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
@@ -292,7 +296,7 @@ class Notifier:
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             request = urllib.request.Request(  # noqa: S310 - the operator's http(s) URL
-                self.url, data=data, headers={"Content-Type": "application/json"}
+                self.url, data=data, headers={"Content-Type": "application/json", **self._headers}
             )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 # nosec B310
@@ -312,6 +316,20 @@ class Notifier:
         log.warning(message)  # the URL may carry a token: it is never logged
         if self._on_failure is not None:
             self._on_failure()
+
+
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its ``user:password@`` and the Basic ``Authorization`` header that
+    carries them instead (percent-escapes decoded, as a browser does)."""
+    if not url:
+        return url, {}
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, {}
+    host = parts.netloc.rpartition("@")[2]
+    credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    token = base64.b64encode(credentials.encode()).decode("ascii")
+    return urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
 
 
 def payload(event: Step, execution: Execution) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class Services:
             storage,
             config.plugin_config,
             on_load=lambda s: metrics().plugins_loaded.set(len(s.loaded)),
+            config_source=config.current_plugin_config,
         )
         audit = AuditLog(
             storage,
@@ -87,7 +88,11 @@ class Services:
             pool,
             audit,
             observe=metrics().observe_command,
-            admission=Admission(config.admission_limit, metrics().count_admission_refused),
+            admission=Admission(
+                config.admission_limit,
+                metrics().count_admission_refused,
+                per_key=config.admission_per_key,
+            ),
             approvals=approvals,
         )
         errors = ErrorLog(storage)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 import socket
 import time
@@ -58,7 +57,7 @@ CORS_EXPOSE_HEADERS = [
 ]
 
 
-def read_json(max_depth: int = 64) -> Any:
+def read_json(max_depth: int = jsonio.MAX_DEPTH) -> Any:
     """The request body as JSON, or InvalidRequest saying what is wrong with it."""
     if not request.is_json:
         raise InvalidRequest(
@@ -68,32 +67,9 @@ def read_json(max_depth: int = 64) -> Any:
     if not raw:
         raise InvalidRequest("request body is empty: send a JSON object")
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("request body is not valid UTF-8", {"position": exc.start}) from None
-    try:
-        value = jsonio.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"malformed JSON: {exc.msg}", {"line": exc.lineno, "column": exc.colno}
-        ) from None
-    if _depth_exceeds(value, max_depth):
-        raise InvalidRequest(f"JSON nested deeper than {max_depth} levels")
-    return value
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend(
-                (child, depth + 1) for child in children if isinstance(child, (dict, list))
-            )
-    return False
+        return jsonio.read_body(raw, max_depth)
+    except jsonio.BodyRefused as refused:
+        raise InvalidRequest(refused.message, refused.details) from None
 
 
 def _before() -> None:

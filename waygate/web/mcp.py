@@ -19,7 +19,7 @@ from flask import Blueprint, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from ..errors import Unauthorized, code_for_status
-from ..mcp import INVALID_REQUEST, PARSE_ERROR, Reply, Routing
+from ..mcp import INVALID_REQUEST, Reply, Routing, refused_body_error
 from . import envelope, jsonio, services
 from .auth import current_caller, current_principal, presented_credentials
 from .limiter import limit_group_by
@@ -53,14 +53,21 @@ def _refused(exc: TransportError) -> Response:
     )
 
 
-def incoming_message() -> tuple[Any, Exception | None]:
-    """The body as JSON (or why it is not), read and parsed once per request."""
+def incoming_message() -> tuple[Any, jsonio.BodyRefused | None]:
+    """The body as JSON (or why it is not), read and parsed once per request, by the same
+    rules as REST's (UTF-8, no lone surrogate, nesting capped)."""
     if "mcp_message" not in g:
         try:
-            g.mcp_message = (jsonio.loads(request.get_data(cache=True)), None)
-        except (ValueError, RecursionError) as exc:
-            g.mcp_message = (None, exc)
+            g.mcp_message = (jsonio.read_body(request.get_data(cache=True)), None)
+        except jsonio.BodyRefused as refused:
+            g.mcp_message = (None, refused)
     return g.mcp_message
+
+
+def _refusal(problem: jsonio.BodyRefused) -> TransportError:
+    """Refused bodies are 400s, worded as on every MCP transport."""
+    error = refused_body_error(problem)
+    return TransportError(400, error.code, error.message, details=problem.details)
 
 
 # A top-level "id" before any nested object or array: found without reading a whole body.
@@ -75,10 +82,14 @@ def readable_request_id() -> str | int | None:
     small = min(ID_PEEK_BYTES, request.max_content_length or ID_PEEK_BYTES)
     if "mcp_message" in g or (request.content_length or 0) <= small:
         try:
-            message = incoming_message()[0]
+            message, problem = incoming_message()
         except HTTPException:  # e.g. a chunked body that turned out too large
-            message = None
+            message, problem = None, None
         found = message.get("id") if isinstance(message, dict) else None
+        if problem is not None and problem.kind in ("depth", "unicode"):  # JSON, yet refused
+            match = _LEADING_ID.match(request.get_data(cache=True)[:4096])
+            found = json.loads(match.group(1)) if match else None
+            found = None if jsonio.lone_surrogate_at(found) is not None else found
     else:
         match = _LEADING_ID.match(request.environ["wsgi.input"].read(4096))
         found = json.loads(match.group(1)) if match else None
@@ -101,12 +112,41 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _origin_allowed(origin: str) -> bool:
-    """A configured origin, or this very server's own origin when it is reached on loopback."""
+    """A configured origin, or this very server's own origin when it is reached on loopback.
+    On a server bound to loopback the loopback names are one origin (as the official MCP
+    SDK's defaults have it): a page from http://localhost:PORT may call http://127.0.0.1:PORT,
+    same scheme and port; a rebinding page keeps its own, foreign, host name."""
     allowed = services().config.cors_origins
     if "*" in allowed or origin in allowed:
         return True
-    own_origin = f"{request.scheme}://{request.host}".lower()
-    return origin.lower() == own_origin and urlsplit(own_origin).hostname in LOOPBACK_HOSTS
+    own = urlsplit(f"{request.scheme}://{request.host}".lower())
+    try:
+        theirs = urlsplit(origin.lower())
+        ports = (_port_of(own), _port_of(theirs))
+    except ValueError:  # a port that is not a number: no origin of this server
+        return False
+    if (
+        own.hostname not in LOOPBACK_HOSTS
+        or theirs.scheme != own.scheme
+        or ports[0] != ports[1]
+        or theirs.path
+        or theirs.query
+        or "@" in theirs.netloc
+    ):
+        return False
+    if theirs.netloc == own.netloc:
+        return True
+    return theirs.hostname in LOOPBACK_HOSTS and _bound_to_loopback()
+
+
+def _port_of(url) -> int | None:
+    return url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _bound_to_loopback() -> bool:
+    """The address this request arrived on (gunicorn's listening address) is loopback."""
+    bound = request.environ.get("SERVER_NAME", "").strip("[]").lower()
+    return bound in LOOPBACK_HOSTS or bound.startswith("127.")
 
 
 @bp.before_request
@@ -240,7 +280,7 @@ def endpoint():
         )
     message, problem = incoming_message()
     if problem is not None:
-        raise TransportError(400, PARSE_ERROR, f"Parse error: {problem}"[:200])
+        raise _refusal(problem)
     routing = Routing(
         version=request.headers.get("MCP-Protocol-Version"),
         method=request.headers.get("Mcp-Method"),
