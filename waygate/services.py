@@ -22,11 +22,12 @@ from .lifecycle import Readiness
 from .mcp import McpServer
 from .metrics import metrics
 from .oauth import ResourceServer
-from .plugins import PluginRegistry
+from .plugins import PluginRegistry, discover
 from .pool import CommandPool
 from .signin import SignIn
 from .storage import Storage, make_private_dir, open_storage
 from .tracing import setup as setup_tracing
+from .upstreams import UpstreamManager
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Services:
     server_info: ServerInfo = field(default_factory=ServerInfo)
     oauth: ResourceServer | None = None  # with WAYGATE_OAUTH_ISSUER: bearer access tokens
     signin: SignIn | None = None  # with WAYGATE_OIDC_CLIENT_ID: people sign in at the issuer
+    upstreams: UpstreamManager | None = None  # WAYGATE_UPSTREAMS: MCP servers behind the gate
 
     @classmethod
     def build(cls, config: Config) -> Services:
@@ -52,12 +54,20 @@ class Services:
         setup_tracing(config)  # once per process; a no-op when off or already on
         storage = open_storage(config)
         storage.migrate()
+        upstreams = (
+            UpstreamManager(config.upstreams, config.upstream_connect_timeout_s)
+            if config.upstreams
+            else None
+        )
         plugins = PluginRegistry(
             storage,
             config.plugin_config,
+            loader=upstreams.loader(discover) if upstreams else discover,
             on_load=lambda s: metrics().plugins_loaded.set(len(s.loaded)),
             config_source=config.current_plugin_config,
         )
+        if upstreams is not None:
+            upstreams.on_change = plugins.refresh
         audit = AuditLog(
             storage,
             retention=timedelta(days=config.audit_retention_days),
@@ -117,4 +127,5 @@ class Services:
             latency=LatencyWindow(config.data_dir / "latency"),
             oauth=oauth,
             signin=SignIn(config, storage, oauth) if oauth and config.oidc_client_id else None,
+            upstreams=upstreams,
         )
