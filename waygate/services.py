@@ -21,8 +21,10 @@ from .latency import LatencyWindow
 from .lifecycle import Readiness
 from .mcp import McpServer
 from .metrics import metrics
+from .oauth import ResourceServer
 from .plugins import PluginRegistry, discover
 from .pool import CommandPool
+from .signin import SignIn
 from .storage import Storage, make_private_dir, open_storage
 from .tracing import setup as setup_tracing
 from .upstreams import UpstreamManager
@@ -42,6 +44,8 @@ class Services:
     latency: LatencyWindow
     readiness: Readiness = field(default_factory=Readiness)
     server_info: ServerInfo = field(default_factory=ServerInfo)
+    oauth: ResourceServer | None = None  # with WAYGATE_OAUTH_ISSUER: bearer access tokens
+    signin: SignIn | None = None  # with WAYGATE_OIDC_CLIENT_ID: people sign in at the issuer
     upstreams: UpstreamManager | None = None  # WAYGATE_UPSTREAMS: MCP servers behind the gate
 
     @classmethod
@@ -103,6 +107,7 @@ class Services:
             approvals=approvals,
         )
         errors = ErrorLog(storage)
+        oauth = ResourceServer(config) if config.oauth_issuer else None
         return cls(
             config=config,
             storage=storage,
@@ -121,5 +126,7 @@ class Services:
             ),
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),
+            oauth=oauth,
+            signin=SignIn(config, storage, oauth) if oauth and config.oidc_client_id else None,
             upstreams=upstreams,
         )
