@@ -203,10 +203,12 @@ class Approvals:
         self._changed(Step.APPROVED if approve else Step.DENIED, command_id)
         return decided
 
-    def refusal(self, approver: ApiKey, execution: Execution) -> str | None:
+    def refusal(self, approver: Principal | ApiKey, execution: Execution) -> str | None:
         """Why ``approver`` may not decide on ``execution`` (None: it may): the one rule,
         :func:`check_approver`, asked before a decision is offered (the console shows the
         buttons disabled with this message)."""
+        if isinstance(approver, ApiKey):
+            approver = Principal.of_key(approver)
         try:
             check_approver(approver, execution, KeyStore(self.audit.storage))
         except Forbidden as refused:

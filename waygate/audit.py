@@ -575,6 +575,7 @@ class AuditLog:
         status: str | None = None,
         key_name: str | None = None,
         key_id: int | None = None,
+        principal: str | None = None,
         since: str | None = None,
         until: str | None = None,
         before: str | None = None,
@@ -592,6 +593,9 @@ class AuditLog:
         if key_id is not None:
             where.append("key_id = ?")
             args.append(key_id)
+        if principal:
+            where.append("principal = ?")
+            args.append(principal)
         if since:
             where.append("created_at >= ?")
             args.append(since)

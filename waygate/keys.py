@@ -387,6 +387,13 @@ class KeyStore:
             return None
         return record
 
+    def owner_name(self, key_id: int) -> str | None:
+        """The display name of the person who owns the key with this id (revoked or not)."""
+        row = self.storage.conn.execute(
+            "SELECT owner_name FROM api_keys WHERE id = ?", (key_id,)
+        ).fetchone()
+        return row[0] if row is not None else None
+
     def count_live(self) -> int:
         return self.count(include_revoked=False)
 

@@ -81,3 +81,14 @@ def person_of(principal_id: str, name: str | None = None) -> Person | None:
 
 def owner_of(key: ApiKey) -> Person | None:
     return person_of(key.owner, key.owner_name) if key.owner else None
+
+
+def owner_for(
+    principal: Principal, owner: str | None = None, owner_name: str | None = None
+) -> tuple[str | None, str | None]:
+    """Who owns a key ``principal`` creates: the one named, else the creating person (with a
+    token, or through a key they own), so one person cannot mint a key that is nobody's and
+    approve its requests themselves."""
+    if owner is None and principal.person is not None:
+        return principal.person.id, principal.person.label
+    return owner, owner_name

@@ -88,7 +88,11 @@ def current_key() -> ApiKey | None:
 
 def current_caller() -> Caller:
     """The caller as the command service knows it."""
-    principal = current_principal()
+    return caller_of(current_principal())
+
+
+def caller_of(principal: Principal) -> Caller:
+    """A principal as the command service knows it (the REST API's and the console's)."""
     return Caller(
         key_name=principal.name,
         key_id=principal.key_id,

@@ -24,9 +24,12 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import generate_csrf, validate_csrf
 from wtforms import ValidationError
 
+from ..approvals import may_approve
 from ..errors import Forbidden, Unauthorized
-from ..keys import ApiKey, require_admin
+from ..keys import ApiKey
+from ..principals import Principal
 from ..services import Services
+from .auth import require_admin
 from .console_sessions import ConsoleSessions, SessionPolicy
 
 F = TypeVar("F", bound=Callable)
@@ -63,39 +66,56 @@ def sessions() -> ConsoleSessions:
     return current_app.extensions["waygate.console"]
 
 
-def signed_in_key() -> ApiKey | None:
-    """The key the browser is signed in as (checked against storage once per request)."""
-    if "console_key" not in g:
-        g.console_key = sessions().resolve(session.get("sid"))
-    return g.console_key
+def signed_in() -> Principal | None:
+    """Who the browser is signed in as (checked against storage once per request): the
+    principal of the key it signed in with, as the REST API sees that key."""
+    if "console_principal" not in g:
+        key = sessions().resolve(session.get("sid"))
+        g.console_principal = Principal.of_key(key) if key is not None else None
+    return g.console_principal
 
 
-def me() -> ApiKey:
-    key = signed_in_key()
-    if key is None:
+def me() -> Principal:
+    principal = signed_in()
+    if principal is None:
         raise Unauthorized("sign in to the console")
-    return key
+    return principal
 
 
 def sign_in(key: ApiKey) -> None:
     """A new session for ``key``: the old cookie's contents (and its CSRF token) go."""
     session.clear()
     session["sid"] = sessions().start(key)
-    g.console_key = key
+    g.console_principal = Principal.of_key(key)
 
 
 def sign_out() -> None:
     sessions().end(session.get("sid"))
     session.clear()
-    g.console_key = None
+    g.console_principal = None
 
 
 def admin_page(view: F) -> F:
-    """A console page for admin keys only: the same check as the REST API's admin endpoints."""
+    """A console page for admins only: the same check as the REST API's admin endpoints."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
         require_admin(me())
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def approver_page(view: F) -> F:
+    """A console page for those who may decide on approvals (admins, approver group members):
+    the same hook as the REST API's approve and deny."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if not may_approve(me()):
+            raise Forbidden(
+                "deciding on approvals needs an admin key or membership of an approver group"
+            )
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

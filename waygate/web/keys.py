@@ -10,6 +10,7 @@ from marshmallow import Schema, ValidationError
 
 from ..errors import InvalidRequest, MissingParameter
 from ..keys import EVENTS, expiry
+from ..principals import owner_for
 from ..schemas import KeyCreateSchema, KeyRotateSchema, KeyUpdateSchema, field_errors
 from . import services
 from .auth import admin_required, current_principal
@@ -59,11 +60,7 @@ def create_key():
     """
     body = _body(_create)
     principal = current_principal()
-    owner, owner_name = body.get("owner"), body.get("owner_name")
-    if owner is None and principal.person is not None:
-        # a person's new key is theirs (with a token, or through a key they own): otherwise
-        # one person could mint a key that is nobody's and approve its requests themselves
-        owner, owner_name = principal.person.id, principal.person.label
+    owner, owner_name = owner_for(principal, body.get("owner"), body.get("owner_name"))
     record, secret = services().keys.create(
         body["name"],
         body["role"],
