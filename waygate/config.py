@@ -117,10 +117,6 @@ class Config:
     pin_workers: bool = True
     # ?version=2 is deprecated (spec section 7); the date it stops working (RFC 8594 Sunset)
     version_param_sunset: str = "2027-07-01"
-    # the web console (/console): a signed-in browser is signed out after this many seconds
-    # without a request, and this many seconds after signing in whatever its activity
-    console_idle_timeout_s: int = 1800
-    console_session_max_s: int = 43_200
     # a link from an execution's trace id to a trace viewer: {trace_id} is replaced, e.g.
     # https://grafana.example.com/explore?...{trace_id} (Tempo) or .../trace/{trace_id} (Jaeger)
     trace_url_template: str = ""
@@ -174,8 +170,10 @@ class Config:
     # sign in with an API key
     oidc_client_id: str = ""
     oidc_client_secret: str = dataclasses.field(default="", repr=False)
-    # a signed-in session ends after this many seconds without a request, and this many after
-    # sign-in whatever happens
+    # the name on the console's "Sign in with <provider>" button; empty: the issuer's host
+    oidc_provider_name: str = ""
+    # a signed-in browser (the web console's, by key or by person; /auth's) is signed out after
+    # this many seconds without a request, and this many after sign-in whatever happens
     session_idle_s: int = 1800
     session_max_s: int = 43200
     # the environment file the service was started with (`waygate serve` sets it to the file
@@ -308,8 +306,6 @@ class Config:
             ("drain_seconds", 0, 300),
             ("approval_ttl_s", 1, 7 * 86_400),
             ("approval_webhook_attempts", 1, 10),
-            ("console_idle_timeout_s", 60, 7 * 86_400),
-            ("console_session_max_s", 60, 30 * 86_400),
             ("upstream_connect_timeout_s", 1, 25),
         ):
             if not low <= getattr(self, name) <= high:

@@ -24,6 +24,7 @@ from .metrics import metrics
 from .oauth import ResourceServer
 from .plugins import PluginRegistry, discover
 from .pool import CommandPool
+from .sessions import SessionPolicy, Sessions
 from .signin import SignIn
 from .storage import Storage, make_private_dir, open_storage
 from .tracing import setup as setup_tracing
@@ -45,6 +46,7 @@ class Services:
     readiness: Readiness = field(default_factory=Readiness)
     server_info: ServerInfo = field(default_factory=ServerInfo)
     oauth: ResourceServer | None = None  # with WAYGATE_OAUTH_ISSUER: bearer access tokens
+    sessions: Sessions | None = None  # signed-in browsers: the console's and people's
     signin: SignIn | None = None  # with WAYGATE_OIDC_CLIENT_ID: people sign in at the issuer
     upstreams: UpstreamManager | None = None  # WAYGATE_UPSTREAMS: MCP servers behind the gate
 
@@ -108,10 +110,19 @@ class Services:
         )
         errors = ErrorLog(storage)
         oauth = ResourceServer(config) if config.oauth_issuer else None
+        keys = KeyStore(storage, on_requests_ended=approvals.requests_ended)
+        sessions = Sessions(
+            storage,
+            keys,
+            SessionPolicy(
+                idle=timedelta(seconds=config.session_idle_s),
+                absolute=timedelta(seconds=config.session_max_s),
+            ),
+        )
         return cls(
             config=config,
             storage=storage,
-            keys=KeyStore(storage, on_requests_ended=approvals.requests_ended),
+            keys=keys,
             plugins=plugins,
             audit=audit,
             commands=commands,
@@ -127,6 +138,9 @@ class Services:
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),
             oauth=oauth,
-            signin=SignIn(config, storage, oauth) if oauth and config.oidc_client_id else None,
+            sessions=sessions,
+            signin=SignIn(config, storage, oauth, sessions)
+            if oauth and config.oidc_client_id
+            else None,
             upstreams=upstreams,
         )

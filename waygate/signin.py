@@ -10,8 +10,8 @@ issuer of ``WAYGATE_OAUTH_ISSUER``, and the server-side sessions it opens.
   this client, ``exp``, the nonce) and maps its claims to permissions exactly as an access
   token's (:meth:`waygate.oauth.ResourceServer.principal`). It opens a session: a random id
   whose digest is stored, with the person and their permissions as of sign-in.
-- :meth:`SignIn.session` finds the person behind a session cookie, ending sessions idle for
-  ``session_idle_s`` or older than ``session_max_s``; :meth:`SignIn.end` signs out.
+- Sessions are the one store of :mod:`waygate.sessions` (the web console's too):
+  :meth:`SignIn.session` finds who is behind a session cookie, :meth:`SignIn.end` signs out.
 
 Framework-free: ``waygate.web.signin`` owns the endpoints and the cookies.
 """
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import logging
 import secrets
 import urllib.parse
@@ -28,12 +27,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .clock import isoformat, parse_iso, utcnow
+from .clock import isoformat, utcnow
 from .config import Config
 from .errors import InvalidRequest, ServiceUnavailable, Unauthorized
-from .keys import Scope
 from .oauth import FetchError, ResourceServer, fetch_json
-from .principals import Person, Principal
+from .principals import Principal
+from .sessions import Sessions
 from .storage import Storage
 
 log = logging.getLogger(__name__)
@@ -67,8 +66,8 @@ def safe_next(value: str | None) -> str:
 
 
 class SignIn:
-    def __init__(self, config: Config, storage: Storage, oauth: ResourceServer):
-        self.config, self.storage, self.oauth = config, storage, oauth
+    def __init__(self, config: Config, storage: Storage, oauth: ResourceServer, sessions: Sessions):
+        self.config, self.storage, self.oauth, self.sessions = config, storage, oauth, sessions
         self.client_id = config.oidc_client_id
         self.redirect_uri = f"{config.public_url}/auth/callback"
 
@@ -130,40 +129,16 @@ class SignIn:
         claims = self.oauth.id_token_claims(id_token, self.client_id, row["nonce"])
         granted = tokens.get("scope") if isinstance(tokens.get("scope"), str) else self.scopes
         principal = self.oauth.principal({**claims, "scope": granted})
-        return Opened(self._open(principal), principal, row["next_path"], self.config.session_max_s)
+        return Opened(self._open(principal), principal, row["next_path"], self.sessions.max_age_s)
 
-    # -- sessions ------------------------------------------------------------------------------
+    # -- sessions (the one store, waygate.sessions) ----------------------------------------
 
     def session(self, session_id: str) -> Principal | None:
-        """The person signed in with this session id, or None (unknown, idle, too old)."""
-        now = utcnow()
-        row = self.storage.conn.execute(
-            "SELECT id_hash, person, role, approver, allow, read_only, last_seen_at, expires_at"
-            " FROM sessions WHERE id_hash = ?",
-            (_digest(session_id),),
-        ).fetchone()
-        if row is None:
-            return None
-        idle = now - parse_iso(row["last_seen_at"]) > timedelta(seconds=self.config.session_idle_s)
-        if idle or parse_iso(row["expires_at"]) <= now:
-            self.storage.execute_write("DELETE FROM sessions WHERE id_hash = ?", (row["id_hash"],))
-            return None
-        if now - parse_iso(row["last_seen_at"]) >= TOUCH_EVERY:
-            self.storage.execute_write(
-                "UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?",
-                (isoformat(now), row["id_hash"]),
-            )
-        person = json.loads(row["person"])
-        allow = json.loads(row["allow"]) if row["allow"] is not None else None
-        return Principal(
-            role=row["role"],
-            scope=Scope(tuple(allow) if allow is not None else None, bool(row["read_only"])),
-            person=Person(**person),
-            approver=bool(row["approver"]),
-        )
+        """Who is signed in with this session id, or None (unknown, idle, too old)."""
+        return self.sessions.resolve(session_id)
 
     def end(self, session_id: str) -> None:
-        self.storage.execute_write("DELETE FROM sessions WHERE id_hash = ?", (_digest(session_id),))
+        self.sessions.end(session_id)
 
     def end_session_url(self) -> str | None:
         """The provider's RP-initiated logout endpoint, when it has one."""
@@ -174,30 +149,9 @@ class SignIn:
     # -- internals -----------------------------------------------------------------------------
 
     def _open(self, principal: Principal) -> str:
-        assert principal.person is not None  # noqa: S101 - sessions are for people
-        session_id, now = secrets.token_urlsafe(32), utcnow()
-        person = principal.person
-        allow = principal.scope.allow
-        with self.storage.write() as conn:
-            conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (isoformat(now),))
-            conn.execute(
-                "INSERT INTO sessions (id_hash, principal, person, role, approver, allow,"
-                " read_only, created_at, last_seen_at, expires_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (
-                    _digest(session_id),
-                    principal.id,
-                    json.dumps(person.__dict__),
-                    principal.role,
-                    int(principal.approver),
-                    json.dumps(list(allow)) if allow is not None else None,
-                    int(principal.scope.read_only),
-                    isoformat(now),
-                    isoformat(now),
-                    isoformat(now + timedelta(seconds=self.config.session_max_s)),
-                ),
-            )
-        log.info("signed in: %s (%s)", person.label, principal.role)
+        assert principal.person is not None  # noqa: S101 - sign-in is for people
+        session_id = self.sessions.open(principal)
+        log.info("signed in: %s (%s)", principal.person.label, principal.role)
         return session_id
 
     def _exchange(self, code: str, verifier: str) -> dict[str, Any]:

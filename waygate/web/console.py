@@ -16,6 +16,7 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -174,7 +175,7 @@ def login():
     if request.method == "GET":
         if signed_in() is not None:
             return redirect(_safe_next(request.args.get("next")))
-        return render_template("console/login.html", title="Sign in", next=request.args.get("next"))
+        return render_template("console/login.html", title="Sign in", **_providers())
     presented = request.form.get("api_key", "").strip()
     limiter = current_app.extensions["waygate.limiter"]
     try:
@@ -186,7 +187,7 @@ def login():
         return render_template(
             "console/login.html",
             title="Sign in",
-            next=request.form.get("next"),
+            **_providers(request.form.get("next")),
             problem="That API key was not accepted: it is wrong, revoked or expired.",
         ), 401
     console_auth.sign_in(key)
@@ -194,14 +195,28 @@ def login():
     return redirect(_safe_next(request.form.get("next")), code=303)
 
 
+def _providers(target: str | None = None) -> dict[str, Any]:
+    """The sign-in page's choices: an API key, and with OIDC configured the identity
+    provider (issue 27's code flow, ``/auth/login``, back to where the browser was going)."""
+    target = target if target is not None else request.args.get("next")
+    svc = services()
+    if svc.signin is None:
+        return {"next": target, "provider": None}
+    config = svc.config
+    name = config.oidc_provider_name or urlsplit(config.oauth_issuer).hostname or "single sign-on"
+    start = url_for("signin.login", next=_safe_next(target))
+    return {"next": target, "provider": {"name": name, "url": start}}
+
+
 @bp.post("/logout")
 def logout():
     principal = signed_in()
-    console_auth.sign_out()
+    response = redirect(url_for("console.login"), code=303)
+    console_auth.sign_out(response)
     if principal is not None:
         log.info("console: %s signed out", principal.name)
     flash("Signed out.")
-    return redirect(url_for("console.login"), code=303)
+    return response
 
 
 @bp.get("/")

@@ -135,8 +135,8 @@ def session():
     return jsonify(
         {
             "principal": principal.id,
-            "name": person.label,
-            "email": person.email,
+            "name": person.label if person is not None else principal.name,
+            "email": person.email if person is not None else None,
             "role": principal.role,
             "approver": principal.approver,
             "read_only": principal.scope.read_only,

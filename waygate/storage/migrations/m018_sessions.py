@@ -1,11 +1,13 @@
-"""Sign-in for people (issue 27): OpenID Connect sessions kept in the database, so that any
-worker of any host knows them and a sign-out ends them everywhere at once.
+"""Signed-in browsers (issues 27 and 28): one session store for the web console and sign-in
+for people, kept in the database, so that any worker of any host knows them and a sign-out
+ends them everywhere at once.
 
 ``signin_requests`` holds a started sign-in (by a digest of its ``state``) until the browser
 comes back from the identity provider, whichever worker it reaches: the nonce and PKCE
 verifier to check and use then, and where to go after. ``sessions`` holds a signed-in person
-by a digest of the session cookie: who, with which permissions (fixed at sign-in), and the
-idle and absolute deadlines."""
+by a digest of the session cookie: who (a key, by ``key_id``, read again on every request;
+or a person, with their permissions fixed at sign-in), and the idle and absolute deadlines.
+See waygate/sessions.py."""
 
 from .migration import Migration
 
@@ -22,7 +24,8 @@ SESSIONS = """
 CREATE TABLE sessions (
     id_hash TEXT PRIMARY KEY,
     principal TEXT NOT NULL,
-    person TEXT NOT NULL,
+    key_id {integer},
+    person TEXT,
     role TEXT NOT NULL,
     approver {integer} NOT NULL,
     allow TEXT,
