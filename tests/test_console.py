@@ -455,18 +455,17 @@ def test_wrong_keys_at_sign_in_spend_the_refused_key_budget(make_app, keys, capl
     assert keys.admin not in caplog.text and "y" * 32 not in caplog.text
 
 
-def test_a_signed_in_session_ends_at_its_timeouts_and_with_its_key(app, keys):
+@pytest.mark.both_backends
+def test_a_signed_in_session_ends_at_its_timeouts_and_with_its_key(storage, backend):
     from waygate.principals import Principal
     from waygate.sessions import SessionPolicy, Sessions
 
-    services = app.extensions["waygate"]
+    keys = KeyStore(storage)
+    admin, _ = keys.create("ops-admin", "admin")
     store = Sessions(
-        services.storage,
-        services.keys,
-        SessionPolicy(idle=timedelta(minutes=30), absolute=timedelta(hours=12)),
+        storage, keys, SessionPolicy(idle=timedelta(minutes=30), absolute=timedelta(hours=12))
     )
-    admin = services.keys.get("ops-admin")
-    write = services.storage.execute_write
+    write = storage.execute_write
     idle, old, revoked = (store.open(Principal.of_key(admin)) for _ in range(3))
     assert store.resolve(idle) == store.resolve(old) == Principal.of_key(admin)
     write(
@@ -478,9 +477,9 @@ def test_a_signed_in_session_ends_at_its_timeouts_and_with_its_key(app, keys):
         (isoformat(utcnow() - timedelta(seconds=1)), digest_of(old)),
     )
     assert store.resolve(idle) is None and store.resolve(old) is None
-    services.keys.revoke("ops-admin", force=True)  # the last admin key: deliberately
+    keys.revoke("ops-admin", force=True)  # the last admin key: deliberately
     assert store.resolve(revoked) is None
-    rows = services.storage.conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
+    rows = storage.conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
     assert rows == 0  # each ended session's row is gone
 
 
