@@ -22,7 +22,9 @@ from .web import (
     jsonio,
     limiter,
     mcp,
+    oauth,
     plugins,
+    signin,
     versioning,
 )
 from .web import console as web_console
@@ -62,6 +64,8 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(diagnostics.bp)
     app.register_blueprint(web_keys.bp)
     app.register_blueprint(mcp.bp)
+    app.register_blueprint(oauth.bp)
+    app.register_blueprint(signin.bp)
     app.register_blueprint(web_docs.bp)
     web_console.init_app(app, services)
     app.extensions["waygate.limiter"] = limiter.build(app, config)

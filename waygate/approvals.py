@@ -38,6 +38,7 @@ from .errors import Conflict, Forbidden, NotFound
 from .forksafe import reset_after_fork
 from .keys import MAX_CHAIN, ApiKey, KeyStore
 from .outcomes import ApprovalStep as Step
+from .principals import Principal
 from .sdk import Command
 
 log = logging.getLogger(__name__)
@@ -64,28 +65,37 @@ class ApprovalPolicy:
         return self.destructive_default and bool(command.annotations.get("destructiveHint"))
 
 
-def may_approve(key: ApiKey) -> bool:
-    """Whether ``key`` may decide on approvals at all: admin keys (a key scope that grants
-    approving belongs here). Whether it may decide on one request: :func:`check_approver`."""
-    return key.is_admin
+def may_approve(principal: Principal) -> bool:
+    """Whether ``principal`` may decide on approvals at all: admins, and with OAuth the
+    members of an approver group (WAYGATE_OAUTH_APPROVER_GROUPS). Whether it may decide on
+    one request: :func:`check_approver`."""
+    return principal.is_admin or principal.approver
 
 
-def check_approver(approver: ApiKey, execution: Execution, keys: KeyStore) -> None:
+def check_approver(approver: Principal, execution: Execution, keys: KeyStore) -> None:
     """The two-person rule, the one place every door (REST, MCP, the CLI) decides it:
-    Forbidden unless ``approver`` may approve, and is neither the key that requested
-    ``execution`` nor a key created by it, directly or through keys it created (an admin who
-    mints a second key is still one person)."""
+    Forbidden unless ``approver`` may approve, and is neither the person who requested
+    ``execution`` (with a token, or as the owner of the requesting key, whichever way each
+    came), nor the key that requested it, nor a key created by it, directly or through keys
+    it created (an admin who mints a second key is still one person)."""
     if not may_approve(approver):
-        raise Forbidden("deciding on approvals needs an admin key")
+        raise Forbidden(
+            "deciding on approvals needs an admin key or membership of an approver group"
+        )
+    if execution.principal is not None and execution.principal == approver.id:
+        raise Forbidden(
+            "a requester cannot decide on its own request: another person must",
+            {"command_id": execution.command_id, "two_person_rule": True},
+        )
     requester = execution.key_id
     if requester is None:
         return
-    if requester == approver.id:
+    if requester == approver.key_id:
         raise Forbidden(
             "a key cannot decide on its own request: another approver must",
             {"command_id": execution.command_id},
         )
-    chain = keys.created_by_chain(approver.id)
+    chain = keys.created_by_chain(approver.key_id)
     if len(chain) >= MAX_CHAIN:  # its end is not seen: it may lead back to the requester
         raise Forbidden(
             f"key {approver.name!r} was created through a chain of {MAX_CHAIN} or more keys,"
@@ -152,24 +162,44 @@ class Approvals:
             expires_at=isoformat(utcnow() + timedelta(seconds=self.policy.ttl_s)),
         )
 
-    def requested(self, command_id: str, key_id: int | None, key_name: str | None) -> None:
-        self.audit.add_event(command_id, Step.REQUESTED, key_id, key_name)
+    def requested(
+        self,
+        command_id: str,
+        key_id: int | None,
+        key_name: str | None,
+        principal: str | None = None,
+    ) -> None:
+        self.audit.add_event(command_id, Step.REQUESTED, key_id, key_name, principal=principal)
         self._changed(Step.REQUESTED, command_id)
 
     def decide(
-        self, command_id: str, approver: ApiKey, *, approve: bool, reason: str | None
+        self,
+        command_id: str,
+        approver: Principal | ApiKey,
+        *,
+        approve: bool,
+        reason: str | None,
     ) -> Execution:
-        """Approve or deny; Forbidden for a key that may not, or for the requesting key,
-        NotFound, or Conflict when it is not awaiting approval (decided, expired)."""
+        """Approve or deny; Forbidden for a caller that may not, or for the requester (key or
+        person), NotFound, or Conflict when it is not awaiting approval (decided, expired)."""
+        if isinstance(approver, ApiKey):
+            approver = Principal.of_key(approver)
         if not may_approve(approver):
-            raise Forbidden("deciding on approvals needs an admin key")
+            raise Forbidden(
+                "deciding on approvals needs an admin key or membership of an approver group"
+            )
         self.expire()
         execution = self.audit.get(command_id)
         if execution is None:
             raise NotFound(f"no execution {command_id!r}", {"command_id": command_id[:100]})
         check_approver(approver, execution, KeyStore(self.audit.storage))
         decided = self.audit.decide(
-            command_id, approve=approve, key_id=approver.id, key_name=approver.name, reason=reason
+            command_id,
+            approve=approve,
+            key_id=approver.key_id,
+            key_name=approver.name,
+            reason=reason,
+            principal=approver.id,
         )
         if decided is None:
             current = self.audit.get(command_id)
@@ -181,10 +211,12 @@ class Approvals:
         self._changed(Step.APPROVED if approve else Step.DENIED, command_id)
         return decided
 
-    def refusal(self, approver: ApiKey, execution: Execution) -> str | None:
+    def refusal(self, approver: Principal | ApiKey, execution: Execution) -> str | None:
         """Why ``approver`` may not decide on ``execution`` (None: it may): the one rule,
         :func:`check_approver`, asked before a decision is offered (the console shows the
         buttons disabled with this message)."""
+        if isinstance(approver, ApiKey):
+            approver = Principal.of_key(approver)
         try:
             check_approver(approver, execution, KeyStore(self.audit.storage))
         except Forbidden as refused:

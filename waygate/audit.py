@@ -34,9 +34,13 @@ _UNFINISHED = ExecutionStatus.unfinished()  # bound into "status IN (?, ?, ?)"
 _ACCEPT_SQL = (
     "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
     " timeout_s, worker_pid, created_at, params, params_hash, client_context,"
-    " approval_expires_at, trace_id, host) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?"
+    " approval_expires_at, trace_id, host, principal) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?"
     " WHERE (SELECT count(*) FROM executions WHERE key_id IS NOT DISTINCT FROM ? AND status IN"
     " ('pending', 'running', 'awaiting_approval')) < ?"
+)
+# A person with a token has no key: their cap counts their own executions (index of m016).
+_ACCEPT_BY_PRINCIPAL_SQL = _ACCEPT_SQL.replace(
+    "key_id IS NOT DISTINCT FROM ?", "key_id IS NULL AND principal = ?"
 )
 _TOTAL_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
 _NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
@@ -44,7 +48,8 @@ _COLUMNS = (
     "command_id, action, plugin, key_name, key_id, mode, status, duration_ms, error, "
     "timeout_s, worker_pid, created_at, started_at, finished_at, params, client_context, "
     "params_hash, "
-    "approval_expires_at, decided_by, decided_by_key_id, decided_at, decision_reason, trace_id"
+    "approval_expires_at, decided_by, decided_by_key_id, decided_at, decision_reason, trace_id, "
+    "principal, decided_by_principal"
 )
 _GET_SQL = f"SELECT {_COLUMNS}, result, progress FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
 
@@ -79,6 +84,9 @@ class Execution:
     decided_at: str | None = None
     decision_reason: str | None = None
     trace_id: str | None = None  # the OpenTelemetry trace of the execution, when traced
+    # who asked and who decided (waygate.principals: a person, or a key without an owner)
+    principal: str | None = None
+    decided_by_principal: str | None = None
     result: Any = None
     progress: dict[str, Any] | None = None  # the latest report of a running async execution
 
@@ -107,6 +115,7 @@ class Event:
     reason: str | None
     worker_pid: int | None
     at: str
+    principal: str | None = None  # who acted (waygate.principals)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -164,13 +173,14 @@ class AuditLog:
         result: Any = None,
         store_result: bool = False,
         trace_id: str | None = None,
+        principal: str | None = None,
     ) -> None:
         """Record a finished execution (its plugin's totals follow by trigger), committed
         before this returns; concurrent requests' records share a transaction."""
         self.storage.execute_grouped(
             "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
             " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
-            " finished_at, trace_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " finished_at, trace_id, principal) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 command_id,
                 action,
@@ -188,6 +198,7 @@ class AuditLog:
                 started_at,
                 isoformat(),
                 trace_id,
+                principal,
             ),
         )
 
@@ -204,6 +215,7 @@ class AuditLog:
         mode: Mode = Mode.ASYNC,
         request: StoredRequest | None = None,
         trace_id: str | None = None,
+        principal: str | None = None,
     ) -> None:
         """Record an async execution as pending, before it is queued, or (with ``request``)
         one awaiting approval, held by no worker; TooManyOpen when the key already has
@@ -212,7 +224,7 @@ class AuditLog:
         awaiting = request is not None
         with self.storage.write() as conn:
             inserted = conn.execute(
-                _ACCEPT_SQL,
+                _ACCEPT_BY_PRINCIPAL_SQL if key_id is None and principal else _ACCEPT_SQL,
                 (
                     command_id,
                     action,
@@ -230,7 +242,8 @@ class AuditLog:
                     request.expires_at if awaiting else None,
                     trace_id,
                     None if awaiting else self.host,
-                    key_id,
+                    principal,
+                    principal if key_id is None and principal else key_id,
                     self.max_open_per_key,
                 ),
             )
@@ -291,6 +304,7 @@ class AuditLog:
         key_id: int | None,
         key_name: str | None,
         reason: str | None,
+        principal: str | None = None,
     ) -> Execution | None:
         """Decide on an execution awaiting approval and not past its expiry, with its event,
         in one transaction: approved, it becomes pending in this worker (the caller queues
@@ -311,12 +325,13 @@ class AuditLog:
         with self.storage.write() as conn:
             decided = conn.execute(
                 f"UPDATE executions SET {sets}, decided_by = ?, decided_by_key_id = ?,"  # noqa: S608 # nosec B608
-                " decided_at = ?, decision_reason = ? WHERE command_id = ? AND status = ?"
-                " AND approval_expires_at > ?",
+                " decided_by_principal = ?, decided_at = ?, decision_reason = ?"
+                " WHERE command_id = ? AND status = ? AND approval_expires_at > ?",
                 [
                     *args,
                     key_name,
                     key_id,
+                    principal,
                     now,
                     reason,
                     command_id,
@@ -333,6 +348,7 @@ class AuditLog:
                     key_name,
                     reason,
                     now,
+                    principal,
                 )
         return self.get(command_id) if decided else None
 
@@ -374,13 +390,14 @@ class AuditLog:
         key_id: int | None = None,
         key_name: str | None = None,
         reason: str | None = None,
+        principal: str | None = None,
     ) -> None:
         with self.storage.write() as conn:
-            _insert_event(conn, command_id, event, key_id, key_name, reason, isoformat())
+            _insert_event(conn, command_id, event, key_id, key_name, reason, isoformat(), principal)
 
     def events(self, command_id: str) -> list[Event]:
         rows = self.storage.conn.execute(
-            "SELECT command_id, event, key_id, key_name, reason, worker_pid, at"
+            "SELECT command_id, event, key_id, key_name, reason, worker_pid, at, principal"
             " FROM execution_events WHERE command_id = ? ORDER BY id",
             (command_id,),
         ).fetchall()
@@ -535,8 +552,11 @@ class AuditLog:
         since: str | None = None,
         offset: int = 0,
         limit: int = 10,
+        principal: str | None = None,
     ) -> tuple[list[Execution], int]:
-        clause, args = where_clause({"action": action, "status": status}, "created_at", since)
+        clause, args = where_clause(
+            {"action": action, "status": status, "principal": principal}, "created_at", since
+        )
         conn = self.storage.conn
         # Only fixed column names are spliced in; every value is a bound parameter.
         if clause:
@@ -555,6 +575,7 @@ class AuditLog:
         status: str | None = None,
         key_name: str | None = None,
         key_id: int | None = None,
+        principal: str | None = None,
         since: str | None = None,
         until: str | None = None,
         before: str | None = None,
@@ -572,6 +593,9 @@ class AuditLog:
         if key_id is not None:
             where.append("key_id = ?")
             args.append(key_id)
+        if principal:
+            where.append("principal = ?")
+            args.append(principal)
         if since:
             where.append("created_at >= ?")
             args.append(since)
@@ -679,11 +703,12 @@ def _insert_event(
     key_name: str | None,
     reason: str | None,
     at: str,
+    principal: str | None = None,
 ) -> None:
     conn.execute(
         "INSERT INTO execution_events (command_id, event, key_id, key_name, reason, worker_pid,"
-        " at) VALUES (?,?,?,?,?,?,?)",
-        (command_id, event, key_id, key_name, reason, os.getpid(), at),
+        " at, principal) VALUES (?,?,?,?,?,?,?,?)",
+        (command_id, event, key_id, key_name, reason, os.getpid(), at, principal),
     )
 
 

@@ -43,6 +43,7 @@ from .outcomes import ApprovalStep as Step
 from .outcomes import ExecutionStatus, Failure, Mode, Outcome
 from .plugins import PluginSet
 from .pool import CommandPool, Job, PoolFull
+from .principals import Principal
 from .schemas import MCPCommandSchema, describe_parameters, field_errors
 from .sdk import Cancelled, Command, CommandError, ExecutionContext
 
@@ -92,6 +93,14 @@ class Caller:
     key_name: str | None
     key_id: int | None = None
     scope: Scope = UNSCOPED
+    principal: str | None = None  # who, as waygate.principals says: recorded with the run
+
+    def owns(self, execution: Execution) -> bool:
+        """Whether ``execution`` is this caller's: the same key, or for a person with an
+        access token (no key), the same person."""
+        if self.key_id is not None:
+            return execution.key_id == self.key_id
+        return self.principal is not None and execution.principal == self.principal
 
 
 @dataclass(frozen=True)
@@ -150,14 +159,15 @@ class Admission:
         self._held = 0
         # this worker's own request threads waiting on commands, per key: a count of this
         # process's threads, like the cap itself, not state that workers must agree on
-        self._held_by_key: dict[int | None, int] = {}
-        self._waiting_by_key: dict[int | None, int] = {}  # callers waiting for their share
+        self._held_by_key: dict[int | str | None, int] = {}
+        self._waiting_by_key: dict[int | str | None, int] = {}  # callers waiting for their share
 
     def slot(self, caller: Caller) -> AdmissionSlot:
-        """A context manager that holds one of the worker's slots for ``caller``'s key."""
-        return AdmissionSlot(self, caller.key_id)
+        """A context manager that holds one of the worker's slots for ``caller``'s key (a
+        person with a token: their own share, by principal)."""
+        return AdmissionSlot(self, caller.key_id if caller.key_id is not None else caller.principal)
 
-    def _take(self, key: int | None) -> None:
+    def _take(self, key: int | str | None) -> None:
         if self.limit <= 0:
             return
         with self._freed:
@@ -195,7 +205,7 @@ class Admission:
             retry_after=1,
         )
 
-    def _give_back(self, key: int | None) -> None:
+    def _give_back(self, key: int | str | None) -> None:
         if self.limit <= 0:
             return
         with self._freed:
@@ -214,7 +224,7 @@ class AdmissionSlot:
 
     __slots__ = ("_admission", "_key")
 
-    def __init__(self, admission: Admission, key: int | None):
+    def __init__(self, admission: Admission, key: int | str | None):
         self._admission, self._key = admission, key
 
     def __enter__(self) -> AdmissionSlot:
@@ -462,6 +472,7 @@ class CommandService:
             mode=mode,
             request=request,
             trace_id=tracing.trace_id(span),
+            principal=caller.principal,
         )
         return created
 
@@ -505,7 +516,7 @@ class CommandService:
         assert self.approvals is not None  # noqa: S101 - needs_approval() said so
         request = self.approvals.stored_request(inv.requested_params, inv.client_context)
         self._accept(inv, caller, mode, request)
-        self.approvals.requested(inv.command_id, caller.key_id, caller.key_name)
+        self.approvals.requested(inv.command_id, caller.key_id, caller.key_name, caller.principal)
         outcome = self.lookup(inv.command_id)
         assert outcome is not None  # noqa: S101 - inserted just now
         return outcome
@@ -518,7 +529,9 @@ class CommandService:
         except WaygateError as err:
             return _rejected(inv.command_id, err, started)
 
-    def approve(self, command_id: str, approver: ApiKey, reason: str | None = None) -> Outcome:
+    def approve(
+        self, command_id: str, approver: Principal | ApiKey, reason: str | None = None
+    ) -> Outcome:
         """Approve an execution awaiting approval and queue exactly its stored request, with
         its own timeout from now. Forbidden, NotFound or Conflict as ``Approvals.decide``."""
         approvals = self._approvals()
@@ -535,7 +548,9 @@ class CommandService:
         assert outcome is not None  # noqa: S101 - decided just now
         return outcome
 
-    def deny(self, command_id: str, approver: ApiKey, reason: str | None = None) -> Outcome:
+    def deny(
+        self, command_id: str, approver: Principal | ApiKey, reason: str | None = None
+    ) -> Outcome:
         self._approvals().decide(command_id, approver, approve=False, reason=reason)
         outcome = self.lookup(command_id)
         assert outcome is not None  # noqa: S101 - decided just now
@@ -557,7 +572,9 @@ class CommandService:
         stored request whose params no longer match its hash is refused, never run."""
         if params_hash(execution.params) != execution.params_hash:
             raise InvalidRequest("the stored request does not match its hash: not run")
-        caller = Caller(key_name=execution.key_name, key_id=execution.key_id)
+        caller = Caller(
+            key_name=execution.key_name, key_id=execution.key_id, principal=execution.principal
+        )
         inv = self.resolve(
             execution.action,
             execution.params,
@@ -570,7 +587,7 @@ class CommandService:
     def lookup(self, command_id: str, caller: Caller | None = None) -> Outcome | None:
         """An execution's current state; with ``caller``, only that caller's executions."""
         execution = self.audit.get(command_id)
-        if execution is None or (caller is not None and execution.key_id != caller.key_id):
+        if execution is None or (caller is not None and not caller.owns(execution)):
             return None
         if (execution.status in ExecutionStatus.open() and self.audit.sweep()) or (
             execution.status == ExecutionStatus.AWAITING_APPROVAL
@@ -639,6 +656,7 @@ class CommandService:
             created_at=run.created,
             started_at=run.created,
             trace_id=tracing.trace_id(run.span),
+            principal=run.caller.principal,
         )
 
 

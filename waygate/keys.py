@@ -43,19 +43,23 @@ MAX_CHAIN = 64  # the longest creator chain followed (key -> its creator -> ...)
 _ALPHABET = string.ascii_letters + string.digits
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _PATTERN_RE = re.compile(r"[A-Za-z0-9_.*?\[\]!-]{1,128}")
+# a person, as waygate.principals names one: <issuer URL>#<subject>
+_OWNER_RE = re.compile(r"https?://[^\s#]{1,500}#[^\s]{1,255}")
 # last_used_at (and an expired key's attempts) are written at most this often per key, so
 # that authentication stays a read.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 _COLUMNS = (
     "id, name, role, created_at, last_used_at, revoked_at, allow, read_only, expires_at,"
-    " rate_limit, updated_at, created_by_key_id, created_by"
+    " rate_limit, updated_at, created_by_key_id, created_by,"
+    " owner, owner_name"
 )
 _NO_LIMIT = 2**62  # LIMIT for "all": both SQLite and PostgreSQL take it
 _INSERT_SQL = (
     "INSERT INTO api_keys (name, role, key_hash, created_at, allow, read_only, expires_at,"
-    " rate_limit, created_by_key_id, created_by) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    " rate_limit, created_by_key_id, created_by, owner, owner_name)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
     " RETURNING id, name, role, created_at, last_used_at, revoked_at, allow, read_only,"
-    " expires_at, rate_limit, updated_at, created_by_key_id, created_by"
+    " expires_at, rate_limit, updated_at, created_by_key_id, created_by, owner, owner_name"
 )
 _ROTATE_SQL = (
     "UPDATE api_keys SET previous_hash ="
@@ -63,13 +67,15 @@ _ROTATE_SQL = (
     " previous_valid_until = ?, key_hash = ?, updated_at = ?"
     " WHERE name = ? AND revoked_at IS NULL"
     " RETURNING id, name, role, created_at, last_used_at, revoked_at, allow, read_only,"
-    " expires_at, rate_limit, updated_at, created_by_key_id, created_by"
+    " expires_at, rate_limit, updated_at, created_by_key_id, created_by,"
+    " owner, owner_name"
 )
 _REVOKE_SQL = (
     "UPDATE api_keys SET revoked_at = ?, previous_hash = NULL"
     " WHERE name = ? AND revoked_at IS NULL"
     " RETURNING id, name, role, created_at, last_used_at, revoked_at, allow, read_only,"
-    " expires_at, rate_limit, updated_at, created_by_key_id, created_by"
+    " expires_at, rate_limit, updated_at, created_by_key_id, created_by,"
+    " owner, owner_name"
 )
 
 
@@ -96,10 +102,11 @@ UNSCOPED = Scope()
 
 @dataclass(frozen=True)
 class Actor:
-    """Who changes keys: an admin key (name and id), or the host's CLI (no id)."""
+    """Who changes keys: an admin key (name and id) or person, or the host's CLI (no id)."""
 
     name: str
     id: int | None = None
+    principal: str | None = None  # waygate.principals' id of who acted
 
 
 CLI_ACTOR = Actor("cli")
@@ -120,6 +127,10 @@ class ApiKey:
     updated_at: str | None = None
     created_by_key_id: int | None = None  # the key that created this one; None: the CLI
     created_by: str | None = None  # its name ("cli" for the host's CLI)
+    # the person who holds the key (<issuer>#<subject>), so that "who" is a person however
+    # they come: the two-person rule compares owners
+    owner: str | None = None
+    owner_name: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -160,6 +171,8 @@ class ApiKey:
             "revoked_at": self.revoked_at,
             "created_by": self.created_by,
             "created_by_id": self.created_by_key_id,
+            "owner": self.owner,
+            "owner_name": self.owner_name,
         }
 
 
@@ -191,6 +204,24 @@ def check_patterns(patterns: Any) -> tuple[str, ...] | None:
                 " globs '*', '?', '[...]'; up to 128 characters)",
             )
     return tuple(dict.fromkeys(patterns))
+
+
+def check_owner(owner: Any, owner_name: Any = None) -> tuple[str | None, str | None]:
+    """A key's owner (a person's ``<issuer>#<subject>``) and display name, checked."""
+    if owner is None:
+        if owner_name is not None:
+            raise _invalid("owner_name", "give it with owner")
+        return None, None
+    if not isinstance(owner, str) or not _OWNER_RE.fullmatch(owner):
+        raise _invalid(
+            "owner",
+            "a person as <issuer URL>#<subject>, e.g. https://sso.example.com/realms/ops#alice",
+        )
+    if owner_name is not None and (
+        not isinstance(owner_name, str) or not 0 < len(owner_name) <= 200
+    ):
+        raise _invalid("owner_name", "1-200 characters")
+    return owner, owner_name
 
 
 def check_rate_limit(value: Any) -> str | None:
@@ -267,12 +298,15 @@ class KeyStore:
         expires_at: str | None = None,
         rate_limit: Any = None,
         actor: Actor = CLI_ACTOR,
+        owner: Any = None,
+        owner_name: Any = None,
     ) -> tuple[ApiKey, str]:
         """Create a key; returns its record and the key itself, which is never stored."""
         _check_name(name)
         if role not in ROLES:
             raise _invalid("role", "admin or user")
         allow, rate_limit = check_patterns(allow), check_rate_limit(rate_limit)
+        owner, owner_name = check_owner(owner, owner_name)
         key, now = generate_key(), isoformat()
         try:
             with self.storage.write() as conn:
@@ -289,6 +323,8 @@ class KeyStore:
                         rate_limit,
                         actor.id,
                         actor.name,
+                        owner,
+                        owner_name,
                     ),
                 ).fetchone()
                 record = _record(row)
@@ -351,6 +387,13 @@ class KeyStore:
             return None
         return record
 
+    def owner_name(self, key_id: int) -> str | None:
+        """The display name of the person who owns the key with this id (revoked or not)."""
+        row = self.storage.conn.execute(
+            "SELECT owner_name FROM api_keys WHERE id = ?", (key_id,)
+        ).fetchone()
+        return row[0] if row is not None else None
+
     def count_live(self) -> int:
         return self.count(include_revoked=False)
 
@@ -375,9 +418,14 @@ class KeyStore:
             columns["expires_at"] = expiry(changes.get("expires_in"), changes.get("expires_at"))
         if "rate_limit" in changes:
             columns["rate_limit"] = check_rate_limit(changes["rate_limit"])
+        if "owner" in changes:
+            columns["owner"], columns["owner_name"] = check_owner(
+                changes["owner"], changes.get("owner_name")
+            )
         if not columns:
             raise InvalidRequest(
-                "nothing to change: give allow, read_only, expires_in, expires_at or rate_limit"
+                "nothing to change: give allow, read_only, expires_in, expires_at, rate_limit"
+                " or owner"
             )
         assignments = ", ".join(f"{column} = ?" for column in columns)  # fixed names only
         with self.storage.write() as conn:
@@ -495,7 +543,8 @@ class KeyStore:
         conn = self.storage.conn
         total = conn.execute(f"SELECT count(*) FROM key_events{clause}", args).fetchone()[0]  # noqa: S608 # nosec B608
         rows = conn.execute(
-            "SELECT id, at, event, key_id, key_name, actor_id, actor_name, details"  # noqa: S608 # nosec B608
+            "SELECT id, at, event, key_id, key_name, actor_id, actor_name, details,"  # noqa: S608 # nosec B608
+            " actor_principal"
             f" FROM key_events{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
             [*args, limit, offset],
         ).fetchall()
@@ -509,8 +558,8 @@ class KeyStore:
     @staticmethod
     def _event(conn: Any, event: str, key: ApiKey, actor: Actor, details: Any) -> None:
         conn.execute(
-            "INSERT INTO key_events (at, event, key_id, key_name, actor_id, actor_name, details)"
-            " VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO key_events (at, event, key_id, key_name, actor_id, actor_name, details,"
+            " actor_principal) VALUES (?,?,?,?,?,?,?,?)",
             (
                 isoformat(),
                 event,
@@ -519,6 +568,7 @@ class KeyStore:
                 actor.id,
                 actor.name,
                 json.dumps(details, separators=(",", ":")) if details else None,
+                actor.principal,
             ),
         )
 
@@ -588,6 +638,8 @@ def _record(row: Any) -> ApiKey:
         updated_at=row["updated_at"],
         created_by_key_id=row["created_by_key_id"],
         created_by=row["created_by"],
+        owner=row["owner"],
+        owner_name=row["owner_name"],
     )
 
 
@@ -602,4 +654,5 @@ def _scope_details(key: ApiKey) -> dict[str, Any]:
         "read_only": key.read_only,
         "expires_at": key.expires_at,
         "rate_limit": key.rate_limit,
+        "owner": key.owner,
     }
