@@ -19,7 +19,7 @@ from .housekeeping import Housekeeper
 from .keys import KeyStore
 from .latency import LatencyWindow
 from .lifecycle import Readiness
-from .mcp import McpServer
+from .mcp.server import McpServer
 from .metrics import metrics
 from .plugins import PluginRegistry
 from .pool import CommandPool

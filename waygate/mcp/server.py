@@ -1,9 +1,9 @@
 """The Model Context Protocol: plugin commands as MCP tools (and plugin prompts and resources,
-see ``waygate.mcp_catalog``), over JSON-RPC 2.0.
+see ``waygate.mcp.catalog``), over JSON-RPC 2.0.
 
-Transport-free: ``waygate.web.mcp`` carries it over HTTP (Streamable HTTP, stateless, JSON
+Transport-free: ``waygate.web.mcp_api`` carries it over HTTP (Streamable HTTP, stateless, JSON
 responses, or a stream of messages for a tool call that asks for progress: ``ToolStream``) and
-``waygate.mcp_stdio`` over stdio. The wire contract is the MCP specification's, in both of
+``waygate.mcp.stdio`` over stdio. The wire contract is the MCP specification's, in both of
 its eras: the handshake era (``initialize`` then requests carrying ``MCP-Protocol-Version``)
 and the 2026-07-28 revision (no handshake; every request repeats its envelope in
 ``params._meta`` and routing headers). Being stateless, the server remembers no
@@ -23,15 +23,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__, tracing
-from .approvals import APPROVAL_NOTE, META_APPROVAL
-from .commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
-from .errors import ServiceUnavailable, WaygateError
-from .mcp_catalog import Catalog, CatalogError
-from .outcomes import ExecutionStatus, Mode, Outcome
-from .plugins import PluginSet
-from .schemas import json_schema
-from .sdk import Content, RichResult
+from .. import __version__, tracing
+from ..approvals import APPROVAL_NOTE, META_APPROVAL
+from ..commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
+from ..errors import ServiceUnavailable, WaygateError
+from ..outcomes import ExecutionStatus, Mode, Outcome
+from ..plugins import PluginSet
+from ..schemas import json_schema
+from ..sdk import Content, RichResult
+from .catalog import Catalog, CatalogError
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)

@@ -14,8 +14,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
-from .commands import Caller
-from .mcp import PARSE_ERROR, JsonRpcError, McpServer
+from ..commands import Caller
+from .server import PARSE_ERROR, JsonRpcError, McpServer
 
 log = logging.getLogger(__name__)
 

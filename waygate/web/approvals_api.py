@@ -14,7 +14,7 @@ from ..schemas import DecisionSchema
 from . import services
 from .auth import admin_required, current_key, key_required
 from .http import read_json
-from .outcomes import respond
+from .responses import respond
 
 bp = Blueprint("approvals", __name__)
 _decision = DecisionSchema()

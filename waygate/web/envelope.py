@@ -17,7 +17,7 @@ from .. import errorlog
 from ..clock import isoformat
 from ..errors import WaygateError, code_for_status
 from ..storage import DatabaseError, UnavailableError
-from . import mcp
+from .mcp_message import readable_request_id
 
 log = logging.getLogger("waygate.errors")
 
@@ -73,7 +73,7 @@ def jsonrpc_error_body(
     error = error_body(code, message, details)["error"]
     return {
         "jsonrpc": "2.0",
-        "id": mcp.readable_request_id(),
+        "id": readable_request_id(),
         "error": {
             "code": rpc_code or (-32603 if status >= 500 else -32600),
             "message": message,

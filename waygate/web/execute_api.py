@@ -10,8 +10,8 @@ from . import services
 from .auth import admin_required, current_caller, current_key, key_required
 from .http import read_json
 from .limiter import limit_group
-from .outcomes import respond
 from .pagination import add_headers, paginated, requested_page, requested_since
+from .responses import respond
 
 bp = Blueprint("execute", __name__)
 

@@ -8,21 +8,19 @@ rate-limit budget with /mcp/execute, other methods have /mcp's own default budge
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, g, request
-from werkzeug.exceptions import HTTPException
 
 from ..errors import Unauthorized, code_for_status
-from ..mcp import INVALID_REQUEST, PARSE_ERROR, Reply, Routing
+from ..mcp.server import INVALID_REQUEST, PARSE_ERROR, Reply, Routing
 from . import envelope, jsonio, services
 from .auth import current_caller, current_key
 from .limiter import limit_group_by
+from .mcp_message import incoming_message
 
 bp = Blueprint("mcp", __name__)
 
@@ -51,38 +49,6 @@ def _refused(exc: TransportError) -> Response:
     return envelope.error_response(
         exc.status, exc.code, exc.message, exc.details, exc.headers, rpc_code=exc.rpc_code
     )
-
-
-def incoming_message() -> tuple[Any, Exception | None]:
-    """The body as JSON (or why it is not), read and parsed once per request."""
-    if "mcp_message" not in g:
-        try:
-            g.mcp_message = (jsonio.loads(request.get_data(cache=True)), None)
-        except (ValueError, RecursionError) as exc:
-            g.mcp_message = (None, exc)
-    return g.mcp_message
-
-
-# A top-level "id" before any nested object or array: found without reading a whole body.
-_LEADING_ID = re.compile(rb'^\s*\{[^{}\[\]]*?"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,128}")')
-ID_PEEK_BYTES = 65536
-
-
-def readable_request_id() -> str | int | None:
-    """The JSON-RPC id of this request if it can be read cheaply, for errors answered before
-    the view parsed the body (403 for a key, 413, 429): a small body is parsed, a large one
-    only searched near its start."""
-    small = min(ID_PEEK_BYTES, request.max_content_length or ID_PEEK_BYTES)
-    if "mcp_message" in g or (request.content_length or 0) <= small:
-        try:
-            message = incoming_message()[0]
-        except HTTPException:  # e.g. a chunked body that turned out too large
-            message = None
-        found = message.get("id") if isinstance(message, dict) else None
-    else:
-        match = _LEADING_ID.match(request.environ["wsgi.input"].read(4096))
-        found = json.loads(match.group(1)) if match else None
-    return found if isinstance(found, (str, int)) and not isinstance(found, bool) else None
 
 
 def _tool_calls_share_the_execute_budget() -> str | None:
