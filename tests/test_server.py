@@ -53,6 +53,19 @@ def test_gunicorn_refuses_a_bad_config_with_one_clear_line(data_dir):
     assert "Traceback" not in result.stderr
 
 
+def test_gunicorn_refuses_bad_request_threads_with_one_clear_line(data_dir):
+    # gunicorn's own settings take the thread count through Config's validation too
+    result = run_gunicorn_once(
+        {"WAYGATE_DATA_DIR": str(data_dir), "WAYGATE_REQUEST_THREADS": "many"}
+    )
+    assert result.returncode == 2
+    assert (
+        "waygate: configuration error: WAYGATE_REQUEST_THREADS: 'many' is not an integer"
+        in result.stderr
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_the_access_log_redacts_anything_in_a_query_that_looks_like_a_key(server_factory):
     server = server_factory(workers=1)
     secrets = ["s3cretApiKey", "s3cretKey", "s3cretToken", "A" * 16 + "b" * 16]

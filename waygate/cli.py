@@ -193,7 +193,7 @@ def db_copy(ctx: Context, target_url: str) -> None:
     Idempotent: rows already there are kept, so running it again after stopping the service
     copies what came in meanwhile. Each table is verified by counting its rows in the target.
     Then set WAYGATE_DATABASE_URL on every host (docs/operations.md, "Several hosts")."""
-    from .config import ConfigError, _check_database_url
+    from .config import ConfigError, check_database_url
     from .dbcopy import copy_state
     from .pgstorage import PostgresStorage
 
@@ -203,9 +203,9 @@ def db_copy(ctx: Context, target_url: str) -> None:
             " the SQLite state of its data dir"
         )
     try:
-        _check_database_url(target_url)
+        check_database_url(target_url, name="--to")
     except ConfigError as exc:
-        raise click.ClickException(str(exc).replace("WAYGATE_DATABASE_URL", "--to")) from None
+        raise click.ClickException(str(exc)) from None
     source = ctx.storage
     target = PostgresStorage(
         target_url,
@@ -388,7 +388,7 @@ def mcp_stdio(ctx: Context, caller: str, allow: tuple[str, ...], read_only: bool
     from .commands import Caller
     from .keys import Scope, check_patterns
     from .logs import configure_logging
-    from .mcp_stdio import serve
+    from .mcp.stdio import serve
     from .services import Services
 
     scope = Scope(check_patterns(list(allow)) if allow else None, read_only)

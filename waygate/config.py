@@ -191,7 +191,7 @@ class Config:
         if self.db_busy_timeout_ms < 100:
             raise ConfigError("WAYGATE_DB_BUSY_TIMEOUT_MS: must be at least 100")
         if self.database_url:
-            _check_database_url(self.database_url)
+            check_database_url(self.database_url)
         for name, low, high in (
             ("db_pool_size", 1, 1000),
             ("db_connect_timeout_s", 1, 300),
@@ -246,15 +246,16 @@ class Config:
             )
 
 
-def _check_database_url(url: str) -> None:
-    """A PostgreSQL URL; the message never repeats it (it may carry a password)."""
+def check_database_url(url: str, name: str = "WAYGATE_DATABASE_URL") -> None:
+    """A PostgreSQL URL, or ConfigError naming ``name`` (the setting, or a CLI option that takes
+    one); the message never repeats the URL (it may carry a password)."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
-        raise ConfigError("WAYGATE_DATABASE_URL: not a valid URL") from None
+        raise ConfigError(f"{name}: not a valid URL") from None
     if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
-        raise ConfigError("WAYGATE_DATABASE_URL: use postgresql://user:password@host:port/database")
+        raise ConfigError(f"{name}: use postgresql://user:password@host:port/database")
 
 
 def _check_rate_limit(name: str, value: str) -> None:
