@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema
 
 from . import tracing
 from .approvals import Approvals, approval_info, params_hash
@@ -33,7 +33,6 @@ from .clock import isoformat
 from .errors import (
     Forbidden,
     InvalidRequest,
-    MissingParameter,
     ServiceUnavailable,
     WaygateError,
 )
@@ -42,7 +41,7 @@ from .outcomes import ApprovalStep as Step
 from .outcomes import ExecutionStatus, Failure, Mode, Outcome
 from .plugins import PluginSet
 from .pool import CommandPool, Job, PoolFull
-from .schemas import MCPCommandSchema, describe_parameters, field_errors
+from .schemas import MCPCommandSchema, describe_parameters, expect_object, load
 from .sdk import Cancelled, Command, CommandError, ExecutionContext
 
 log = logging.getLogger(__name__)
@@ -204,14 +203,7 @@ class CommandService:
 
     def parse(self, raw: Any, caller: Caller, *, allow_async: bool = True) -> Invocation:
         """Resolve an MCPCommand (spec 3.1); raises MissingParameter or InvalidRequest."""
-        if not isinstance(raw, dict):
-            raise InvalidRequest(
-                "a command must be a JSON object", {"received": type(raw).__name__}
-            )
-        try:
-            body = _command_schema.load(raw)
-        except ValidationError as err:
-            raise _invalid("invalid command", "missing required field(s)", "fields", err) from None
+        body = load(_command_schema, expect_object(raw, "a command"), invalid="invalid command")
         if body["async_"] and not allow_async:
             raise InvalidRequest(
                 "async is not supported here", {"fields": {"async": ["not allowed"]}}
@@ -227,15 +219,13 @@ class CommandService:
 
     @staticmethod
     def validate_params(command: Command, params: Any) -> dict[str, Any]:
-        try:
-            return _schema(command.params).load(params)
-        except ValidationError as err:
-            raise _invalid(
-                f"invalid parameters for {command.name}",
-                f"missing required parameter(s) for {command.name}",
-                "params",
-                err,
-            ) from None
+        return load(
+            _schema(command.params),
+            params,
+            invalid=f"invalid parameters for {command.name}",
+            missing=f"missing required parameter(s) for {command.name}",
+            where="params",
+        )
 
     def needs_approval(self, command: Command) -> bool:
         return self.approvals is not None and self.approvals.requires(command)
@@ -684,13 +674,6 @@ def _busy() -> ServiceUnavailable:
     return ServiceUnavailable(
         "server busy: every command thread is in use and the queue is full", retry_after=1
     )
-
-
-def _invalid(message: str, missing_message: str, where: str, err: ValidationError) -> WaygateError:
-    missing, messages = field_errors(err)
-    if missing:
-        return MissingParameter(f"{missing_message}: {', '.join(missing)}", {where: messages})
-    return InvalidRequest(message, {where: messages})
 
 
 def _describe(err: WaygateError) -> str:

@@ -6,14 +6,13 @@ Who may decide, and that a key never decides on its own request, is the service'
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, url_for
-from marshmallow import ValidationError
+from flask import Blueprint, jsonify, url_for
 
-from ..errors import InvalidRequest, NotFound
-from ..schemas import DecisionSchema
+from ..errors import NotFound
+from ..schemas import DecisionSchema, load
 from . import services
 from .auth import admin_required, current_key, key_required
-from .http import read_json
+from .http import read_object
 from .responses import respond
 
 bp = Blueprint("approvals", __name__)
@@ -94,15 +93,8 @@ def deny(command_id: str):
 
 def _reason() -> str | None:
     """The optional ``{"reason": ...}`` body; no body at all is no reason."""
-    if not request.get_data(cache=True):
-        return None
-    body = read_json()
-    if not isinstance(body, dict):
-        raise InvalidRequest('the body must be a JSON object like {"reason": "..."}')
-    try:
-        return _decision.load(body)["reason"]
-    except ValidationError as err:
-        raise InvalidRequest("invalid decision", {"fields": err.messages}) from None
+    body = read_object('the body (like {"reason": "..."})')
+    return load(_decision, body, invalid="invalid decision")["reason"]
 
 
 @bp.get("/mcp/executions/<command_id>/events")

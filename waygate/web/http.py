@@ -19,6 +19,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .. import compat, logs
 from ..config import Config
 from ..errors import InvalidRequest
+from ..schemas import expect_object
 from . import jsonio
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -80,6 +81,12 @@ def read_json(max_depth: int = 64) -> Any:
     if _depth_exceeds(value, max_depth):
         raise InvalidRequest(f"JSON nested deeper than {max_depth} levels")
     return value
+
+
+def read_object(what: str = "the body") -> dict[str, Any]:
+    """The body as a JSON object, to validate with ``schemas.load``; no body at all is an
+    empty object (every field left out)."""
+    return expect_object(read_json() if request.get_data(cache=True) else {}, what)
 
 
 def _depth_exceeds(value: Any, limit: int) -> bool:

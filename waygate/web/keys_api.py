@@ -3,36 +3,19 @@ and the trail of key events. Secrets appear once, in the answer that creates the
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, jsonify, request
-from marshmallow import Schema, ValidationError
 
-from ..errors import InvalidRequest, MissingParameter
+from ..errors import InvalidRequest
 from ..keys import EVENTS, expiry
-from ..schemas import KeyCreateSchema, KeyRotateSchema, KeyUpdateSchema, field_errors
+from ..schemas import KeyCreateSchema, KeyRotateSchema, KeyUpdateSchema, load
 from . import services
 from .auth import admin_required, current_key
-from .http import read_json
+from .http import read_object
 from .pagination import add_headers, paginated, requested_page, requested_since
 
 bp = Blueprint("keys", __name__)
 _create, _update, _rotate = KeyCreateSchema(), KeyUpdateSchema(), KeyRotateSchema()
-
-
-def _body(schema: Schema, *, partial: bool = False) -> dict[str, Any]:
-    raw = read_json() if request.get_data(cache=True) else {}
-    if not isinstance(raw, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    try:
-        return schema.load(raw, partial=partial)
-    except ValidationError as err:
-        missing, messages = field_errors(err)
-        if missing:
-            raise MissingParameter(
-                f"missing required field(s): {', '.join(missing)}", {"fields": messages}
-            ) from None
-        raise InvalidRequest("invalid key request", {"fields": messages}) from None
+INVALID = "invalid key request"
 
 
 @bp.post("/keys")
@@ -57,7 +40,7 @@ def create_key():
         409:
           description: A live key of that name exists
     """
-    body = _body(_create)
+    body = load(_create, read_object(), invalid=INVALID)
     record, secret = services().keys.create(
         body["name"],
         body["role"],
@@ -182,7 +165,7 @@ def update_key(name: str):
         404:
           description: No live key of that name
     """
-    changes = _body(_update, partial=True)
+    changes = load(_update, read_object(), invalid=INVALID, partial=True)
     record = services().keys.update(name, changes, actor=current_key().actor)
     return jsonify(record.as_dict())
 
@@ -210,7 +193,7 @@ def rotate_key(name: str):
         404:
           description: No live key of that name
     """
-    body = _body(_rotate)
+    body = load(_rotate, read_object(), invalid=INVALID)
     record, secret = services().keys.rotate(name, body["grace_seconds"], actor=current_key().actor)
     return jsonify({**record.as_dict(), "key": secret})
 
