@@ -74,6 +74,8 @@ def test_the_sdk_is_refused_with_a_wrong_key(server, mode):
     assert "invalid API key" in repr(refused.value) and "UNAUTHORIZED" in repr(refused.value)
 
 
+# a `waygate mcp stdio` process
+@pytest.mark.server
 def test_the_sdk_stdio_client_against_waygate_mcp_stdio(data_dir):
     params = StdioServerParameters(
         command=str(BIN / "waygate"),

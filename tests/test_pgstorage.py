@@ -146,6 +146,7 @@ def test_an_unreachable_database_is_a_quick_503_and_health_names_it(make_app, ke
     svc.storage.close()
 
 
+@pytest.mark.server
 def test_a_bad_database_url_stops_the_service_before_it_starts(tmp_path):
     url = f"postgresql://waygate:pw-never-shown@127.0.0.1:{free_port()}/waygate"
     done = run_gunicorn_once(

@@ -9,6 +9,9 @@ import requests
 
 from tests.conftest import run_gunicorn_once
 
+# every test starts gunicorn
+pytestmark = pytest.mark.server
+
 
 def test_gunicorn_with_two_workers_is_healthy_and_ready(server_factory):
     server = server_factory(workers=2)
