@@ -9,9 +9,12 @@ import tempfile
 import time
 
 import sqlite_utils
-from waygate_migrations import migrations
 
-from waygate.storage import Storage
+from waygate.storage import SqliteStorage
+from waygate.storage.migrations import STATE
+from waygate.storage.sqlite import sqlite_migrations
+
+migrations = sqlite_migrations(STATE)
 
 _INSERT = (
     "INSERT INTO executions (command_id, action, plugin, key_name, mode, status, duration_ms,"
@@ -22,7 +25,7 @@ _INSERT = (
 
 def main(rows: int) -> None:
     path = pathlib.Path(tempfile.mkdtemp()) / "waygate.db"
-    conn = Storage(path).connect()
+    conn = SqliteStorage(path).connect()
     db = sqlite_utils.Database(conn)
     migrations.apply(db, stop_before="m012_approvals")
     conn.execute("BEGIN")

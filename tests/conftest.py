@@ -408,7 +408,7 @@ def pg_database(pg_cluster, request, monkeypatch):
     """Make fresh databases, dropped after the test: ``url = pg_database(migrated=True)``.
     Every connection pool the test opened in this process (apps, CLI, fixtures) is closed
     first."""
-    from waygate.pgstorage import PostgresStorage
+    from waygate.storage import PostgresStorage
 
     opened: list[PostgresStorage] = []
     init = PostgresStorage.__init__

@@ -157,9 +157,11 @@ def test_tampering_the_approved_execution_runs_the_stored_params(client, keys, s
         )
 
 
-def test_a_stored_request_changed_behind_the_triggers_back_is_never_run(client, keys, storage):
+def test_a_stored_request_changed_behind_the_triggers_back_is_never_run(
+    client, keys, storage, backend
+):
     command_id = request_wipe(client, keys)
-    on_table = " ON executions" if storage.dialect == "postgresql" else ""
+    on_table = " ON executions" if backend == "postgresql" else ""
     with storage.write() as conn:
         conn.execute(f"DROP TRIGGER executions_request_immutable{on_table}")
         conn.execute(
@@ -472,10 +474,11 @@ def test_a_webhook_that_never_answers_is_logged_and_counted_and_blocks_nothing(
 
 def test_m012_keeps_existing_executions_counts_and_statistics(tmp_path):
     import sqlite_utils
-    from waygate_migrations import migrations
 
-    from waygate.storage import SqliteStorage
+    from waygate.storage.migrations import STATE
+    from waygate.storage.sqlite import SqliteStorage, sqlite_migrations
 
+    migrations = sqlite_migrations(STATE)
     storage = SqliteStorage(tmp_path / "waygate.db")
     conn = storage.connect()
     conn.row_factory = None  # plain tuples

@@ -374,26 +374,14 @@ def test_waygate_mcp_stdio_offers_only_the_scope_it_was_given(data_dir):
 def test_keys_made_before_scopes_keep_working_unscoped(data_dir, make_app):
     """A database made by the previous release (migrations up to m008, keys created then)."""
     import hashlib
-    import importlib
 
-    from sqlite_utils import Database, Migrations
+    from sqlite_utils import Database
 
-    names = [
-        "m001_api_keys",
-        "m002_executions",
-        "m003_errors",
-        "m004_stats_triggers",
-        "m005_audit_filter_index",
-        "m006_row_counts",
-        "m007_execution_key_id",
-        "m008_open_executions_by_key",
-    ]
-    before = Migrations("waygate")
-    for name in names:
-        module = importlib.import_module(f"waygate_migrations.{name}")
-        before()(getattr(module, name))
+    from waygate.storage.migrations import STATE
+    from waygate.storage.sqlite import sqlite_migrations
+
     conn = sqlite3.connect(data_dir / "waygate.db")
-    before.apply(Database(conn))
+    sqlite_migrations(STATE).apply(Database(conn), stop_before="m009_key_scopes")
     conn.execute(
         "INSERT INTO api_keys (name, role, key_hash, created_at) VALUES (?, 'user', ?, ?)",
         ("legacy", hashlib.sha256(b"L" * 32).hexdigest(), "2026-11-01T00:00:00.000Z"),

@@ -11,14 +11,16 @@ import time
 
 import psycopg
 import pytest
-from waygate_migrations.postgres import MIGRATIONS
 
 from tests.conftest import BIN, free_port, run_gunicorn_once
 from waygate.audit import AuditLog
 from waygate.clock import isoformat
 from waygate.config import Config, ConfigError
 from waygate.outcomes import ExecutionStatus
-from waygate.pgstorage import PostgresStorage, redact_url, translate
+from waygate.storage import PostgresStorage, Storage
+from waygate.storage.dialect import translate
+from waygate.storage.migrations import STATE
+from waygate.storage.postgresql import redact_url
 
 pytestmark = pytest.mark.both_backends
 
@@ -66,14 +68,10 @@ def test_hosts_starting_at_once_apply_each_migration_once(pg_url, tmp_path):
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
     applied = sorted(int(o.split()[1]) for o in outputs)
-    assert applied == [0, 0, 0, len(MIGRATIONS)], outputs  # one did all, the others nothing
+    assert applied == [0, 0, 0, len(STATE.migrations)], outputs  # one did all, the others nothing
     with psycopg.connect(pg_url) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM _waygate_migrations ORDER BY name")]
-    assert names == [name for name, _ in MIGRATIONS]
-    # the SQLite migrations carry the same names, in the same order
-    from waygate_migrations import migrations
-
-    assert [m.name for m in migrations._migrations] == names
+    assert names == STATE.names
 
 
 def _accept(audit: AuditLog, command_id: str) -> None:
@@ -184,3 +182,20 @@ def test_without_redis_the_limits_of_hosts_on_one_database_are_one(
         for n in range(4)
     ]
     assert answers == [200, 200, 200, 429]
+
+
+def test_every_backend_offers_the_whole_storage_interface(storage):
+    assert isinstance(storage, Storage)
+
+
+def test_a_backup_is_sqlites_and_postgresql_is_pointed_to_pg_dump(
+    storage, runner, backend, tmp_path
+):
+    copy = tmp_path / "copy.db"
+    code, out, err = runner("backup", str(copy))
+    if backend == "sqlite":
+        assert (code, copy.is_file()) == (0, True), err
+        assert out.strip() == f"backed up {storage.describe()} to {copy}"
+    else:
+        assert (code, copy.exists()) == (1, False)
+        assert "back it up with pg_dump" in err and "Traceback" not in err

@@ -231,7 +231,7 @@ def test_a_commit_never_runs_the_checkpoint_itself(pages, monkeypatch):
     # SQLite's default would checkpoint inside the commit that crosses 1,000 pages, with every
     # writer queued behind it; with the background thread kept asleep, 1,500 commits of a
     # page each leave all their frames in the WAL.
-    monkeypatch.setattr("waygate.storage.CHECKPOINT_AFTER_COMMITS", 10**9)
+    monkeypatch.setattr("waygate.storage.sqlite.CHECKPOINT_AFTER_COMMITS", 10**9)
     for _ in range(1500):
         pages.execute_grouped(PAGE_ROW, (os.urandom(3000),))
     frames, _ = wal_frames(pages.path)
@@ -239,7 +239,7 @@ def test_a_commit_never_runs_the_checkpoint_itself(pages, monkeypatch):
 
 
 def test_the_checkpointer_copies_the_wal_and_keeps_it_bounded(pages, monkeypatch):
-    monkeypatch.setattr("waygate.storage.CHECKPOINT_CAP_FRAMES", 200)
+    monkeypatch.setattr("waygate.storage.sqlite.CHECKPOINT_CAP_FRAMES", 200)
     wal = pages.path.with_name(pages.path.name + "-wal")
     largest = 0
     for n in range(6000):  # a page each: 6,000 frames written in all

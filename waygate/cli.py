@@ -35,7 +35,7 @@ from . import __version__
 from .config import Config, ConfigError
 from .errors import WaygateError
 from .keys import KeyStore, expiry, parse_duration
-from .storage import DatabaseError, Storage, open_storage
+from .storage import DatabaseError, PostgresStorage, Storage, Unsupported, open_storage
 
 # The environment file of the systemd unit (deploy/systemd/waygate.service): the CLI reads it
 # too, so that it finds the service's data dir and settings.
@@ -165,12 +165,11 @@ def backup(ctx: Context, path: Path) -> None:
     To restore, stop the service and put the copy in place of <data dir>/waygate.db."""
     if path.exists():
         raise click.ClickException(f"{path} exists already; give a new file name")
-    if ctx.config.database_url:
-        raise click.ClickException(
-            "the database is PostgreSQL: back it up with pg_dump (see docs/operations.md)"
-        )
-    ctx.storage.backup_to(path)
-    click.echo(f"backed up {ctx.config.database_path.resolve()} to {path}")
+    try:
+        ctx.storage.backup_to(path)
+    except Unsupported as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backed up {ctx.storage.describe()} to {path}")
 
 
 @cli.group()
@@ -195,7 +194,6 @@ def db_copy(ctx: Context, target_url: str) -> None:
     Then set WAYGATE_DATABASE_URL on every host (docs/operations.md, "Several hosts")."""
     from .config import ConfigError, check_database_url
     from .dbcopy import copy_state
-    from .pgstorage import PostgresStorage
 
     if ctx.config.database_url:
         raise click.ClickException(

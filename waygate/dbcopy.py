@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .storage import Storage
+from .storage import PostgresStorage, Storage
 
 # (table, primary key), parents before children
 TABLES = (
@@ -57,7 +57,7 @@ def _batches(storage: Storage, table: str, key: str) -> Iterator[list]:
         last = rows[-1][key]
 
 
-def copy_state(source: Storage, target: Storage) -> list[TableReport]:
+def copy_state(source: Storage, target: PostgresStorage) -> list[TableReport]:
     """Copy ``source`` into ``target``, a PostgreSQL storage (both migrated to the same
     version); one report per
     table. Each batch is its own transaction: an interrupted copy is resumed by running it

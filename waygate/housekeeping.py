@@ -33,7 +33,7 @@ class Housekeeper:
         self.interval_s = interval_s
         # leases matter where hosts share the database; one host's own workers are checked
         # by pid (see AuditLog.sweep)
-        self.leases = audit.storage.dialect != "sqlite"
+        self.leases = audit.storage.shared_by_hosts
         self._stop = threading.Event()
         self._forked()
         reset_after_fork(self, Housekeeper._forked)

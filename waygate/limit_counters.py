@@ -9,7 +9,8 @@ Only the fixed-window strategy is supported (it needs incr/get/get_expiry).
 
 The same counters in PostgreSQL, registered as ``postgresql://``, are exact across hosts: the
 default when Waygate's own state is there (WAYGATE_DATABASE_URL). Redis is the faster choice
-for many hosts.
+for many hosts. Either way the table is made by its migration
+(waygate/storage/migrations/r001_rate_limits.py) when the storage opens.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from limits.storage import Storage as LimitsStorage
 
-from .storage import DatabaseError, SqliteStorage
+from .storage import DatabaseError, PostgresStorage, SqliteStorage
+from .storage.migrations import RATE_LIMITS
 
 # How long this thread's own last hit answers reads of the same counter (one request's span).
 JUST_HIT_S = 0.05
@@ -52,13 +54,10 @@ class SQLiteLimitStorage(LimitsStorage):
         self._ensure_table()
 
     def _ensure_table(self) -> None:
-        create = (
-            "CREATE TABLE IF NOT EXISTS rate_limits ("
-            " key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires_at REAL NOT NULL"
-            ") WITHOUT ROWID"
-        )
+        """The counters' table made by its migration; a damaged file (a power loss with
+        fsync off) is set aside and made again."""
         try:
-            self._store.conn.execute(create)
+            self._store.migrate(RATE_LIMITS)
             self._store.conn.execute("SELECT count(*) FROM rate_limits WHERE 0").fetchone()
         except sqlite3.DatabaseError as exc:
             code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
@@ -69,7 +68,7 @@ class SQLiteLimitStorage(LimitsStorage):
                 path = Path(str(self._store.path) + suffix)
                 if path.exists():
                     path.rename(path.with_name(path.name + ".damaged"))
-            self._store.conn.execute(create)
+            self._store.migrate(RATE_LIMITS)
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
@@ -147,8 +146,6 @@ class PostgresLimitStorage(SQLiteLimitStorage):
         self, uri: str | None = None, wrap_exceptions: bool = False, **options: float | str | bool
     ):
         LimitsStorage.__init__(self, uri, wrap_exceptions=wrap_exceptions, **options)
-        from .pgstorage import PostgresStorage
-
         self._store = PostgresStorage(
             uri or "",
             pool_size=int(options.get("pool_size", 4)),
@@ -156,22 +153,15 @@ class PostgresLimitStorage(SQLiteLimitStorage):
             statement_timeout_ms=int(options.get("statement_timeout_ms", 30_000)),
         )
         self._recent = threading.local()
-        with suppress(*DatabaseError):  # the database is away: the first hit makes the table
+        with suppress(*DatabaseError):  # the database is away: the first hit migrates
             self._ensure_table()
 
     def _ensure_table(self) -> None:
-        import psycopg
-
-        with suppress(psycopg.errors.UniqueViolation):  # another worker made it just now
-            self._store.execute_write(
-                "CREATE UNLOGGED TABLE IF NOT EXISTS rate_limits ("
-                " key TEXT PRIMARY KEY, value BIGINT NOT NULL,"
-                " expires_at DOUBLE PRECISION NOT NULL)"
-            )
+        self._store.migrate(RATE_LIMITS)
 
     def _again_with_table(self, call):
-        """``call()``; when the table is gone (never made while the database was away, or
-        lost with a crash before its creation was flushed), made again and ``call()`` again."""
+        """``call()``; when the table is not there (its migration could not run while the
+        database was away), migrated and ``call()`` again."""
         import psycopg
 
         try:

@@ -1,10 +1,9 @@
 """Storage on PostgreSQL (``WAYGATE_DATABASE_URL=postgresql://...``): the state several
 Waygate hosts share.
 
-The rest of Waygate writes its SQL once, in the dialect both backends agree on (``?`` and
-``:name`` placeholders, ``IS NOT DISTINCT FROM``, ``ON CONFLICT ... DO UPDATE``,
-``RETURNING``, ``CAST``); this module hands it to psycopg 3 in psycopg's placeholder style
-and gives rows that read by index and by column name, as SQLite's do.
+The rest of Waygate writes its SQL once, in the dialect both backends agree on
+(waygate/storage/dialect.py); this module hands it to psycopg 3 translated into psycopg's
+placeholder style and gives rows that read by index and by column name, as SQLite's do.
 
 Connections come from a psycopg_pool pool per process, made on first use after fork (a pool's
 sockets and threads never cross a fork). A read takes a connection for one statement; a write
@@ -21,16 +20,19 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import psycopg_pool
 
-from .compat import bounded_connection_class
-from .forksafe import reset_after_fork
-from .storage import Storage, WriteResult
+from ..compat import bounded_connection_class
+from ..forksafe import reset_after_fork
+from .dialect import translate
+from .errors import Unsupported
+from .interface import Params, WriteResult
+from .migrations import STATE, Schema
 
 # After a connect timeout, how long calls fail at once before one tries again.
 DOWN_PROBE_S = 1.0
@@ -106,44 +108,6 @@ def _row_factory(cursor):
     return lambda values: Row(values, names)
 
 
-@lru_cache(maxsize=2048)
-def translate(sql: str) -> str:
-    """Waygate's SQL (``?`` and ``:name`` placeholders) in psycopg's style (``%s``,
-    ``%(name)s``, a literal ``%`` doubled). Quoted strings and identifiers are left alone."""
-    out: list[str] = []
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c in ("'", '"'):
-            end = sql.find(c, i + 1)
-            while end != -1 and end + 1 < n and sql[end + 1] == c:  # '' inside a literal
-                end = sql.find(c, end + 2)
-            end = n - 1 if end == -1 else end
-            out.append(sql[i : end + 1].replace("%", "%%"))
-            i = end + 1
-            continue
-        if c == "?":
-            out.append("%s")
-        elif c == "%":
-            out.append("%%")
-        elif (
-            c == ":"
-            and i + 1 < n
-            and (sql[i + 1].isalpha() or sql[i + 1] == "_")
-            and (i == 0 or sql[i - 1] != ":")
-        ):
-            j = i + 1
-            while j < n and (sql[j].isalnum() or sql[j] == "_"):
-                j += 1
-            out.append(f"%({sql[i + 1 : j]})s")
-            i = j
-            continue
-        else:
-            out.append(c)
-        i += 1
-    return "".join(out)
-
-
 class Result:
     """A statement's rows, fetched before its connection went back to the pool."""
 
@@ -198,8 +162,10 @@ class Reader:
             return _run(conn, sql, params)
 
 
-class PostgresStorage(Storage):
-    dialect = "postgresql"
+class PostgresStorage:
+    """A Storage (waygate/storage/interface.py) on a PostgreSQL database."""
+
+    shared_by_hosts = True
 
     def __init__(
         self,
@@ -308,12 +274,12 @@ class PostgresStorage(Storage):
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
             yield Session(conn)
 
-    def execute_write(self, sql: str, params=()) -> WriteResult:
+    def execute_write(self, sql: str, params: Params = ()) -> WriteResult:
         with self.connection() as conn:
             result = _run(conn, sql, params)
             return WriteResult(result.rowcount, result.fetchall())
 
-    def execute_grouped(self, sql: str, params=()) -> None:
+    def execute_grouped(self, sql: str, params: Params = ()) -> None:
         # PostgreSQL groups concurrent commits' WAL flushes itself.
         self.execute_write(sql, params)
 
@@ -327,27 +293,25 @@ class PostgresStorage(Storage):
 
     # -- migrations --------------------------------------------------------------------------
 
-    def migrate(self) -> list[str]:
+    def migrate(self, schema: Schema = STATE) -> list[str]:
         """Apply pending migrations, each in its own transaction, under an advisory lock:
         hosts starting at once apply each migration once."""
-        from waygate_migrations.postgres import MIGRATIONS
-
         with self.connect() as conn:
             conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATE_LOCK,))
             try:
                 applied = self._applied(conn)
                 done = []
-                for name, statements in MIGRATIONS:
-                    if name in applied:
+                for migration in schema.migrations:
+                    if migration.name in applied:
                         continue
                     with conn.transaction():
-                        for statement in statements:
+                        for statement in migration.postgresql:
                             conn.execute(statement)
                         conn.execute(
                             "INSERT INTO _waygate_migrations (name, applied_at) VALUES (%s, now())",
-                            (name,),
+                            (migration.name,),
                         )
-                    done.append(name)
+                    done.append(migration.name)
                 return done
             finally:
                 conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATE_LOCK,))
@@ -360,13 +324,16 @@ class PostgresStorage(Storage):
         )
         return {row[0] for row in conn.execute("SELECT name FROM _waygate_migrations")}
 
-    def pending_migrations(self) -> list[str]:
-        from waygate_migrations.postgres import MIGRATIONS
-
+    def pending_migrations(self, schema: Schema = STATE) -> list[str]:
         with self.connect() as conn:
             exists = conn.execute("SELECT to_regclass('_waygate_migrations')").fetchone()[0]
             applied = self._applied(conn) if exists else set()
-        return [name for name, _ in MIGRATIONS if name not in applied]
+        return [name for name in schema.names if name not in applied]
+
+    def backup_to(self, target: Path) -> None:
+        raise Unsupported(
+            "the database is PostgreSQL: back it up with pg_dump (see docs/operations.md)"
+        )
 
     def close(self) -> None:
         """Close the pool for good (threads still finishing get Unreachable)."""

@@ -3,13 +3,12 @@ the host whose worker runs it, and each worker renews a lease every few seconds.
 dies stops renewing; another host's housekeeping then ends its executions as failed (the
 sweep), where a pid check could only ever see its own host's processes."""
 
-from . import migrations
+from .migration import Migration
 
-
-@migrations()
-def m014_worker_leases(db):
-    db.execute("ALTER TABLE executions ADD COLUMN host TEXT")
-    db.execute(
+migration = Migration(
+    "m014_worker_leases",
+    sqlite=[
+        "ALTER TABLE executions ADD COLUMN host TEXT",
         """
         CREATE TABLE worker_leases (
             host TEXT NOT NULL,
@@ -18,5 +17,18 @@ def m014_worker_leases(db):
             renewed_at REAL NOT NULL,
             PRIMARY KEY (host, pid)
         )
+        """,
+    ],
+    postgresql=[
+        "ALTER TABLE executions ADD COLUMN host TEXT",
         """
-    )
+        CREATE TABLE worker_leases (
+            host TEXT NOT NULL,
+            pid BIGINT NOT NULL,
+            started_at TEXT NOT NULL,
+            renewed_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (host, pid)
+        )
+        """,
+    ],
+)

@@ -1,12 +1,6 @@
-"""Storage: owns Waygate's database and its migrations.
+"""Storage on SQLite: the embedded default, one file in the data dir (``waygate.db``).
 
-Two backends behind one interface (``Storage``): SQLite in the data dir, the embedded default,
-and PostgreSQL (waygate/pgstorage.py) when ``WAYGATE_DATABASE_URL`` names one, for state that
-several hosts share. Callers write their SQL once, in the dialect both agree on (``?``
-placeholders; see pgstorage for the few rules), and catch the backend-neutral error tuples
-below.
-
-SQLite: one connection per process and thread, opened lazily after fork (a connection inherited
+One connection per process and thread, opened lazily after fork (a connection inherited
 through fork is never reused). WAL mode lets readers run beside the single writer; the busy
 timeout makes writers from several gunicorn workers queue instead of failing with
 "database is locked". WAL checkpoints run in a background thread (``_Checkpointer``), not in
@@ -14,46 +8,29 @@ the commit of whichever request happens to cross SQLite's threshold.
 
 The files it creates (the database, and so its WAL and shared-memory files, which SQLite
 gives the database's mode; the lock files; the data dir) are the owner's alone, whatever the
-umask: they hold key hashes, audit rows and results.
+umask (waygate/storage/files.py).
 """
 
 from __future__ import annotations
 
 import fcntl
 import logging
-import os
 import sqlite3
 import threading
 import time
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import sqlite_utils
 
-from .forksafe import reset_after_fork
+from ..forksafe import reset_after_fork
+from .files import create_private, make_private_dir, open_private
+from .interface import Params, WriteResult
+from .migrations import STATE, Schema
 
-PRIVATE_FILE = 0o600
-PRIVATE_DIR = 0o700
 log = logging.getLogger(__name__)
-
-
-def make_private_dir(path: Path) -> None:
-    path.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
-
-
-def open_private(path: Path):
-    """``path`` opened for appending, created readable and writable by its owner only."""
-    return open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE), "a")  # noqa: SIM115
-
-
-def _create_private(path: Path) -> None:
-    with suppress(OSError):  # it exists, or cannot be made: SQLite opens it or says why not
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
 
 
 class _FileLocked:
@@ -77,12 +54,6 @@ class _FileLocked:
         return False
 
 
-@dataclass(frozen=True)
-class WriteResult:
-    rowcount: int
-    rows: list[sqlite3.Row]
-
-
 class _Grouped:
     __slots__ = ("sql", "params", "done", "error")
 
@@ -92,44 +63,13 @@ class _Grouped:
         self.error: Exception | None = None
 
 
-def where_clause(
-    equals: dict[str, Any], since_column: str, since: str | None
-) -> tuple[str, list[Any]]:
-    """`` WHERE a = ? AND ... AND <since_column> >= ?`` for the given filters (None or empty:
-    not filtered), and its arguments. Only the caller's fixed column names are spliced in."""
-    where, args = [], []
-    for column, value in equals.items():
-        if value:
-            where.append(f"{column} = ?")
-            args.append(value)
-    if since:
-        where.append(f"{since_column} >= ?")
-        args.append(since)
-    return (" WHERE " + " AND ".join(where)) if where else "", args
-
-
-# Backend-neutral exception classes, for ``except`` clauses and error handlers.
-DatabaseError: tuple[type[Exception], ...] = (sqlite3.Error, psycopg.Error)
-IntegrityError: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)
-# The database cannot serve now (locked, read-only, unreachable, timed out): a 503, not a bug.
-UnavailableError: tuple[type[Exception], ...] = (
-    sqlite3.OperationalError,
-    psycopg.OperationalError,
-)
-
-
-def open_storage(config) -> Storage:
-    """The configured backend: PostgreSQL when ``database_url`` is set, else SQLite."""
-    if config.database_url:
-        from .pgstorage import PostgresStorage
-
-        return PostgresStorage(
-            config.database_url,
-            pool_size=config.db_pool_size,
-            connect_timeout_s=config.db_connect_timeout_s,
-            statement_timeout_ms=config.db_statement_timeout_ms,
-        )
-    return SqliteStorage(config.database_path, busy_timeout_ms=config.db_busy_timeout_ms)
+def sqlite_migrations(schema: Schema) -> sqlite_utils.Migrations:
+    """``schema`` as sqlite-utils' migration set, which applies each pending migration in a
+    transaction with its record in ``_sqlite_migrations``."""
+    migrations = sqlite_utils.Migrations(schema.name)
+    for migration in schema.migrations:
+        migrations(name=migration.name)(migration.apply_sqlite)
+    return migrations
 
 
 def is_readonly(exc: sqlite3.Error) -> bool:
@@ -137,52 +77,10 @@ def is_readonly(exc: sqlite3.Error) -> bool:
     return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_READONLY
 
 
-class Storage:
-    """What every backend offers; SqliteStorage and PostgresStorage implement it."""
+class SqliteStorage:
+    """A Storage (waygate/storage/interface.py) on one SQLite file."""
 
-    dialect = ""
-
-    @property
-    def conn(self) -> Any:
-        """Something to run reading statements on: ``.execute(sql, params)`` gives a cursor
-        (``fetchone``, ``fetchall``, ``rowcount``, iteration) of rows readable by index and by
-        column name."""
-        raise NotImplementedError
-
-    def write(self) -> Any:
-        """A context manager: a write transaction, serialised with every other writer."""
-        raise NotImplementedError
-
-    def execute_write(self, sql: str, params=()) -> WriteResult:
-        raise NotImplementedError
-
-    def execute_grouped(self, sql: str, params=()) -> None:
-        raise NotImplementedError
-
-    def migrate(self) -> list[str]:
-        raise NotImplementedError
-
-    def pending_migrations(self) -> list[str]:
-        raise NotImplementedError
-
-    def used_bytes(self) -> int | None:
-        """Bytes the live data takes, or None where the backend cannot tell cheaply."""
-        raise NotImplementedError
-
-    def ping(self) -> None:
-        """Raise unless the database answers and is migrated."""
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        """Where the data lives, fit for logs and /diagnostics (never a password)."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
-class SqliteStorage(Storage):
-    dialect = "sqlite"
+    shared_by_hosts = False  # one host's workers; their liveness is checked by pid
 
     def __init__(self, path: Path, busy_timeout_ms: int = 5000, synchronous: str = "NORMAL"):
         self.path = Path(path)
@@ -203,7 +101,7 @@ class SqliteStorage(Storage):
     def connect(self) -> sqlite3.Connection:
         """A new connection with Waygate's pragmas; the caller owns it."""
         make_private_dir(self.path.parent)
-        _create_private(self.path)
+        create_private(self.path)
         conn = sqlite3.connect(
             self.path,
             timeout=self.busy_timeout_ms / 1000,
@@ -291,7 +189,7 @@ class SqliteStorage(Storage):
                 conn.execute("COMMIT")
         self._committed()
 
-    def execute_write(self, sql: str, params=()) -> WriteResult:
+    def execute_write(self, sql: str, params: Params = ()) -> WriteResult:
         """One writing statement in its own transaction (RETURNING rows are fetched here)."""
         conn = self.conn
         with self._process_lock(), self._locked:
@@ -300,7 +198,7 @@ class SqliteStorage(Storage):
         self._committed()
         return WriteResult(cursor.rowcount, rows)
 
-    def execute_grouped(self, sql: str, params=()) -> None:
+    def execute_grouped(self, sql: str, params: Params = ()) -> None:
         """One writing statement, committed before this returns, in a transaction it may share
         with other threads' statements (group commit).
 
@@ -409,12 +307,10 @@ class SqliteStorage(Storage):
         if is_readonly(exc):
             self._local = threading.local()
 
-    def migrate(self) -> list[str]:
+    def migrate(self, schema: Schema = STATE) -> list[str]:
         """Apply pending migrations once; safe to call from several processes at once."""
-        from waygate_migrations import migrations
-
         make_private_dir(self.path.parent)
-        if self.path.exists() and not self.pending_migrations():
+        if self.path.exists() and not self.pending_migrations(schema):
             return []  # nothing to do, and nothing written (a read-only data dir still starts)
         lock_path = self.path.with_suffix(".migrate.lock")
         with open_private(lock_path) as lock:
@@ -422,6 +318,7 @@ class SqliteStorage(Storage):
             conn = self.connect()
             try:
                 db = sqlite_utils.Database(conn)
+                migrations = sqlite_migrations(schema)
                 pending = [m.name for m in migrations.pending(db)]
                 if pending:
                     migrations.apply(db)
@@ -429,12 +326,10 @@ class SqliteStorage(Storage):
             finally:
                 conn.close()
 
-    def pending_migrations(self) -> list[str]:
-        from waygate_migrations import migrations
-
+    def pending_migrations(self, schema: Schema = STATE) -> list[str]:
         conn = self.connect()
         try:
-            return [m.name for m in migrations.pending(sqlite_utils.Database(conn))]
+            return [m.name for m in sqlite_migrations(schema).pending(sqlite_utils.Database(conn))]
         finally:
             conn.close()
 
