@@ -66,7 +66,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     http.trust_proxies(app, config)  # last: the outermost WSGI layer
 
     loaded = services.plugins.current  # load plugins now, not on the first request
-    services.audit.sweep()  # executions a dead worker left behind are closed on start
+    services.leases.sweep()  # executions a dead worker left behind are closed on start
     services.housekeeper.start()
     services.readiness.mark_ready()
     log.info(

@@ -1,9 +1,10 @@
-"""The audit log of executions and the per-plugin statistics, both in SQLite.
+"""The audit log of executions and the per-plugin statistics, on either storage backend.
 
 A finished execution is one INSERT, written before the caller gets the answer, so no
 completed command goes unrecorded; triggers (migration m004) add it to its plugin's running
 totals in the same statement, so the statistics add up over every worker. Keys are recorded
-by name, never the key itself.
+by name, never the key itself. Whether an open execution still has a worker is
+``waygate.leases``'s question; how long finished ones are kept, ``waygate.retention``'s.
 """
 
 from __future__ import annotations
@@ -11,14 +12,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-import psutil
-
-from .clock import isoformat, parse_iso, utcnow
+from .clock import isoformat
 from .errors import RateLimited
 from .outcomes import ApprovalStep, ExecutionStatus, Mode
 from .storage import Storage, where_clause
@@ -38,7 +35,7 @@ _ACCEPT_SQL = (
     " WHERE (SELECT count(*) FROM executions WHERE key_id IS NOT DISTINCT FROM ? AND status IN"
     " ('pending', 'running', 'awaiting_approval')) < ?"
 )
-_TOTAL_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
+ROW_COUNT_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
 _NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
 _COLUMNS = (
     "command_id, action, plugin, key_name, key_id, mode, status, duration_ms, error, "
@@ -126,21 +123,15 @@ class AuditLog:
     def __init__(
         self,
         storage: Storage,
-        retention: timedelta = timedelta(days=7),
         *,
-        max_bytes: int = 1024**3,
         result_max_bytes: int = 1024**2,
         max_open_per_key: int = 16,
         host: str | None = None,
-        lease_s: float = 15.0,
     ):
         self.storage = storage
-        # this host's name in leases (Config.instance); executions it runs carry it, and a
-        # worker of another host ends them when this worker's lease lapses
+        # this host's name (Config.instance): the executions it takes on carry it, so that
+        # leases (waygate.leases) tell whose worker runs them
         self.host = host
-        self.lease_s = lease_s
-        self.retention = retention
-        self.max_bytes = max_bytes  # the database's budget, kept by prune_to_budget()
         self.result_max_bytes = result_max_bytes  # a stored result's most
         self.max_open_per_key = max_open_per_key  # open async executions per key
 
@@ -386,20 +377,7 @@ class AuditLog:
         ).fetchall()
         return [Event(**dict(row)) for row in rows]
 
-    # -- sweeping and pruning ----------------------------------------------------------------
-
-    def fail_open_executions(self, reason: str, worker_pid: int | None = None) -> int:
-        """Close unfinished executions of one worker (or of every worker) of this host as
-        failed; those of other hosts sharing the database are theirs to close."""
-        sql = (
-            "UPDATE executions SET status = ?, error = ?, finished_at = ? WHERE status IN (?, ?)"
-            " AND (host IS NULL OR host = ?)"
-        )
-        args: list[Any] = [ExecutionStatus.FAILED, reason, isoformat(), *_OPEN, self.host]
-        if worker_pid is not None:
-            sql += " AND worker_pid = ?"
-            args.append(worker_pid)
-        return self.storage.execute_write(sql, args).rowcount
+    # -- closing -----------------------------------------------------------------------------
 
     def fail_open_executions_by_id(self, command_id: str, reason: str) -> None:
         self.storage.execute_write(
@@ -407,70 +385,6 @@ class AuditLog:
             "WHERE command_id = ? AND status IN (?, ?)",
             (ExecutionStatus.FAILED, reason, isoformat(), command_id, *_OPEN),
         )
-
-    def heartbeat(self) -> None:
-        """Renew this worker's lease on the executions it runs (see sweep)."""
-        self.storage.execute_write(
-            "INSERT INTO worker_leases (host, pid, started_at, renewed_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (host, pid) DO UPDATE SET renewed_at = excluded.renewed_at",
-            (self.host or "", os.getpid(), isoformat(), time.time()),
-        )
-
-    def release(self, pid: int) -> None:
-        """Drop a worker's lease once it is gone and its executions are closed."""
-        self.storage.execute_write(
-            "DELETE FROM worker_leases WHERE host = ? AND pid = ?", (self.host or "", pid)
-        )
-
-    def _lapsed(self, host: str, pid: int, leases: dict[tuple[str, int], float]) -> bool:
-        """Whether a worker of another host has stopped renewing its lease (its host died,
-        or lost the database): its executions will never be finished by it."""
-        renewed = leases.get((host, pid))
-        return renewed is None or time.time() - renewed > self.lease_s
-
-    def sweep(self, grace_s: float = 5.0) -> int:
-        """Close executions whose worker is gone (this host: its process has exited; another
-        host: its lease has lapsed) or whose timeout has long passed."""
-        rows = self.storage.conn.execute(
-            # an approved execution's timeout runs from its approval, not its request
-            "SELECT command_id, worker_pid, host, coalesce(decided_at, created_at) AS created_at,"
-            " timeout_s FROM executions WHERE status IN (?, ?)",
-            _OPEN,
-        ).fetchall()
-        if not rows:
-            return 0
-        leases = {
-            (row["host"], row["pid"]): row["renewed_at"]
-            for row in self.storage.conn.execute("SELECT host, pid, renewed_at FROM worker_leases")
-        }
-        closed = 0
-        now = utcnow()
-        for row in rows:
-            pid, host = row["worker_pid"], row["host"]
-            expired = (now - parse_iso(row["created_at"])).total_seconds() > row[
-                "timeout_s"
-            ] + grace_s
-            local = host is None or host == self.host
-            if pid is not None and local and not psutil.pid_exists(pid):
-                reason = f"the worker (pid {pid}) running this command exited"
-                status = ExecutionStatus.FAILED
-            elif pid is not None and not local and self._lapsed(host, pid, leases):
-                reason = (
-                    f"the worker (pid {pid} on {host}) running this command stopped renewing"
-                    f" its lease for {self.lease_s:g} s: its host is down or cut off"
-                )
-                status = ExecutionStatus.FAILED
-            elif expired:
-                reason = f"command exceeded its timeout of {row['timeout_s']} s"
-                status = ExecutionStatus.TIMEOUT
-            else:
-                continue
-            closed += self.storage.execute_write(
-                "UPDATE executions SET status = ?, error = ?, finished_at = ? "
-                "WHERE command_id = ? AND status IN (?, ?)",
-                (status, reason, isoformat(), row["command_id"], *_OPEN),
-            ).rowcount
-        return closed
 
     def _stored(self, result: Any) -> str:
         """The result as stored: whole up to ``result_max_bytes``, else a marked preview."""
@@ -485,39 +399,6 @@ class AuditLog:
                 "preview": dumped[: min(4096, self.result_max_bytes // 2)],
             }
         )
-
-    def prune_to_budget(self, batch: int = 500) -> int:
-        """Delete the oldest finished executions while the database is over its budget (on
-        SQLite; PostgreSQL cannot tell its live bytes cheaply, and keeps the retention)."""
-        deleted = 0
-        while (used := self.storage.used_bytes()) is not None and used > self.max_bytes:
-            # as many rows as the excess is worth, at the table's average row size
-            rows = max(1, self.storage.conn.execute(_TOTAL_SQL).fetchone()[0])
-            wanted = min(batch, int((used - self.max_bytes) / (used / rows)) + 1)
-            n = self.storage.execute_write(
-                "DELETE FROM executions WHERE command_id IN (SELECT command_id FROM executions "
-                "WHERE status NOT IN (?, ?, ?) ORDER BY created_at LIMIT ?)",
-                (*_UNFINISHED, wanted),
-            ).rowcount
-            if n == 0:
-                break  # only open executions left: nothing more to give back
-            deleted += n
-        return deleted
-
-    def prune(self, batch: int = 500, pause_s: float = 0.01) -> int:
-        """Delete rows older than the retention, in small batches so writers never stall."""
-        cutoff = isoformat(utcnow() - self.retention)
-        deleted = 0
-        while True:
-            n = self.storage.execute_write(
-                "DELETE FROM executions WHERE command_id IN (SELECT command_id FROM executions "
-                "WHERE created_at < ? AND status NOT IN (?, ?, ?) LIMIT ?)",
-                (cutoff, *_UNFINISHED, batch),
-            ).rowcount
-            deleted += n
-            if n < batch:
-                return deleted
-            time.sleep(pause_s)
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -543,7 +424,7 @@ class AuditLog:
             count_sql = f"SELECT count(*) FROM executions{clause}"  # noqa: S608 # nosec B608
             total = conn.execute(count_sql, args).fetchone()[0]
         else:  # kept by triggers (migration m006): no count over every row
-            total = conn.execute(_TOTAL_SQL).fetchone()[0]
+            total = conn.execute(ROW_COUNT_SQL).fetchone()[0]
         page_sql = f"SELECT {_COLUMNS} FROM executions{clause} {_NEWEST_FIRST}"  # noqa: S608 # nosec B608
         rows = conn.execute(page_sql, [*args, limit, offset]).fetchall()
         return [_execution(r) for r in rows], total

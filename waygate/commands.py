@@ -37,6 +37,7 @@ from .errors import (
     WaygateError,
 )
 from .keys import UNSCOPED, ApiKey, Scope
+from .leases import Leases
 from .outcomes import ApprovalStep as Step
 from .outcomes import ExecutionStatus, Failure, Mode, Outcome
 from .plugins import PluginSet
@@ -157,6 +158,7 @@ class CommandService:
         observe: Callable[[str, str, int], None] | None = None,
         admission: Admission | None = None,
         approvals: Approvals | None = None,
+        leases: Leases | None = None,
     ):
         self._plugins = plugins
         self.pool = pool
@@ -164,6 +166,7 @@ class CommandService:
         self._observe = observe  # (action, status, duration_ms) of every finished execution
         self.admission = admission or Admission(0)
         self.approvals = approvals  # None: nothing waits for approval
+        self.leases = leases or Leases(audit.storage, host=audit.host)
 
     # -- resolving -----------------------------------------------------------------------------
 
@@ -486,7 +489,7 @@ class CommandService:
         execution = self.audit.get(command_id)
         if execution is None or (caller is not None and execution.key_id != caller.key_id):
             return None
-        if (execution.status in ExecutionStatus.open() and self.audit.sweep()) or (
+        if (execution.status in ExecutionStatus.open() and self.leases.sweep()) or (
             execution.status == ExecutionStatus.AWAITING_APPROVAL
             and self.approvals is not None
             and command_id in self.approvals.expire()

@@ -77,8 +77,8 @@ logger_class = compat.gunicorn_logger_class(
 
 def on_starting(server):
     """Runs once in the master before any worker: validate config, migrate, mark the start."""
-    from waygate.audit import AuditLog
     from waygate.config import Config, ConfigError
+    from waygate.leases import Leases
     from waygate.lifecycle import mark_service_start
     from waygate.metrics import prepare_multiprocess_dir
     from waygate.storage import DatabaseError, make_private_dir, open_storage
@@ -106,7 +106,7 @@ def on_starting(server):
     try:
         # Nothing survives a restart: executions this host's previous service left open end
         # as failed (other hosts sharing the database keep theirs).
-        AuditLog(storage, host=config.instance).fail_open_executions(
+        Leases(storage, host=config.instance).fail_open_executions(
             "the service restarted while this command ran"
         )
     except DatabaseError as exc:  # e.g. a read-only data dir: start, and let /health say so
@@ -171,22 +171,22 @@ def _least_used_cpu(server):
 
 def child_exit(server, worker):
     """A worker is gone (any cause, SIGKILL included): its unfinished async commands fail."""
-    from waygate.audit import AuditLog
     from waygate.config import Config
+    from waygate.leases import Leases
     from waygate.metrics import mark_worker_dead
     from waygate.storage import DatabaseError, open_storage
 
     mark_worker_dead(worker.pid)
     config = Config.from_env()
     storage = open_storage(config)
-    audit = AuditLog(storage, host=config.instance)
+    leases = Leases(storage, host=config.instance)
     try:
-        closed = audit.fail_open_executions(
+        closed = leases.fail_open_executions(
             f"the worker (pid {worker.pid}) running this command exited", worker_pid=worker.pid
         )
         if closed:
             server.log.warning("worker %s exited with %s command(s) unfinished", worker.pid, closed)
-        audit.release(worker.pid)
+        leases.release(worker.pid)
     except DatabaseError as exc:  # the database is away: the sweep closes them later
         server.log.warning("could not close worker %s's executions: %s", worker.pid, exc)
     finally:

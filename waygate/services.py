@@ -18,11 +18,13 @@ from .errorlog import ErrorLog
 from .housekeeping import Housekeeper
 from .keys import KeyStore
 from .latency import LatencyWindow
+from .leases import Leases
 from .lifecycle import Readiness
 from .mcp.server import McpServer
 from .metrics import metrics
 from .plugins import PluginRegistry
 from .pool import CommandPool
+from .retention import Retention
 from .storage import Storage, make_private_dir, open_storage
 from .tracing import setup as setup_tracing
 
@@ -34,6 +36,7 @@ class Services:
     keys: KeyStore
     plugins: PluginRegistry
     audit: AuditLog
+    leases: Leases
     commands: CommandService
     mcp: McpServer
     housekeeper: Housekeeper
@@ -55,13 +58,11 @@ class Services:
         )
         audit = AuditLog(
             storage,
-            retention=timedelta(days=config.audit_retention_days),
-            max_bytes=config.audit_max_bytes,
             result_max_bytes=config.result_max_bytes,
             max_open_per_key=config.async_max_open_per_key,
             host=config.instance,
-            lease_s=config.lease_s,
         )
+        leases = Leases(storage, host=config.instance, lease_s=config.lease_s)
         approvals = Approvals(
             audit,
             ApprovalPolicy(
@@ -85,6 +86,7 @@ class Services:
             observe=metrics().observe_command,
             admission=Admission(config.admission_limit, metrics().count_admission_refused),
             approvals=approvals,
+            leases=leases,
         )
         errors = ErrorLog(storage)
         return cls(
@@ -93,6 +95,7 @@ class Services:
             keys=KeyStore(storage),
             plugins=plugins,
             audit=audit,
+            leases=leases,
             commands=commands,
             mcp=McpServer(
                 commands,
@@ -101,7 +104,15 @@ class Services:
                 tool_timeout_max=config.mcp_tool_timeout_max,
             ),
             housekeeper=Housekeeper(
-                audit, errors, config.housekeeping_interval_s, approvals=approvals
+                leases,
+                Retention(
+                    storage,
+                    retention=timedelta(days=config.audit_retention_days),
+                    max_bytes=config.audit_max_bytes,
+                ),
+                errors,
+                config.housekeeping_interval_s,
+                approvals=approvals,
             ),
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),
