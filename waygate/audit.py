@@ -17,7 +17,7 @@ from typing import Any
 
 from .clock import isoformat
 from .errors import RateLimited
-from .outcomes import ApprovalStep, ExecutionStatus, Mode
+from .outcomes import ExecutionStatus, Mode
 from .storage import Storage, where_clause
 
 log = logging.getLogger(__name__)
@@ -91,22 +91,6 @@ class StoredRequest:
     params_hash: str
     client_context_json: str
     expires_at: str
-
-
-@dataclass(frozen=True)
-class Event:
-    """One step of an execution's approval trail."""
-
-    command_id: str
-    event: str  # an ApprovalStep
-    key_id: int | None
-    key_name: str | None
-    reason: str | None
-    worker_pid: int | None
-    at: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
 
 
 @dataclass(frozen=True)
@@ -272,111 +256,6 @@ class AuditLog:
             ),
         )
 
-    # -- approvals ---------------------------------------------------------------------------
-
-    def decide(
-        self,
-        command_id: str,
-        *,
-        approve: bool,
-        key_id: int | None,
-        key_name: str | None,
-        reason: str | None,
-    ) -> Execution | None:
-        """Decide on an execution awaiting approval and not past its expiry, with its event,
-        in one transaction: approved, it becomes pending in this worker (the caller queues
-        it); denied, it ends. None when it is not awaiting approval (decided, expired, or
-        never asked for it): one decision wins however many are sent at once."""
-        now = isoformat()
-        if approve:
-            sets, args = (
-                "status = ?, worker_pid = ?, host = ?",
-                [ExecutionStatus.PENDING, os.getpid(), self.host],
-            )
-        else:
-            denial = f"denied by {key_name}" + (f": {reason}" if reason else "")
-            sets, args = (
-                "status = ?, finished_at = ?, error = ?",
-                [ExecutionStatus.DENIED, now, denial],
-            )
-        with self.storage.write() as conn:
-            decided = conn.execute(
-                f"UPDATE executions SET {sets}, decided_by = ?, decided_by_key_id = ?,"  # noqa: S608 # nosec B608
-                " decided_at = ?, decision_reason = ? WHERE command_id = ? AND status = ?"
-                " AND approval_expires_at > ?",
-                [
-                    *args,
-                    key_name,
-                    key_id,
-                    now,
-                    reason,
-                    command_id,
-                    ExecutionStatus.AWAITING_APPROVAL,
-                    now,
-                ],
-            ).rowcount
-            if decided:
-                _insert_event(
-                    conn,
-                    command_id,
-                    ApprovalStep.APPROVED if approve else ApprovalStep.DENIED,
-                    key_id,
-                    key_name,
-                    reason,
-                    now,
-                )
-        return self.get(command_id) if decided else None
-
-    def expire_approvals(self) -> list[str]:
-        """End executions whose approval time has passed as expired; their ids."""
-        now = isoformat()
-        due = self.storage.conn.execute(  # a read through the partial index: cheap when none
-            "SELECT 1 FROM executions WHERE status = ? AND approval_expires_at <= ? LIMIT 1",
-            (ExecutionStatus.AWAITING_APPROVAL, now),
-        ).fetchone()
-        if due is None:
-            return []
-        with self.storage.write() as conn:
-            rows = conn.execute(
-                "UPDATE executions SET status = ?, error = ?, finished_at = ? WHERE status = ?"
-                " AND approval_expires_at <= ? RETURNING command_id",
-                (
-                    ExecutionStatus.EXPIRED,
-                    "nobody approved it in time",
-                    now,
-                    ExecutionStatus.AWAITING_APPROVAL,
-                    now,
-                ),
-            ).fetchall()
-            for row in rows:
-                _insert_event(conn, row[0], ApprovalStep.EXPIRED, None, None, None, now)
-        return [row[0] for row in rows]
-
-    def count_awaiting(self) -> int:
-        return self.storage.conn.execute(
-            "SELECT count(*) FROM executions WHERE status = ?",
-            (ExecutionStatus.AWAITING_APPROVAL,),
-        ).fetchone()[0]
-
-    def add_event(
-        self,
-        command_id: str,
-        event: str,
-        key_id: int | None = None,
-        key_name: str | None = None,
-        reason: str | None = None,
-    ) -> None:
-        with self.storage.write() as conn:
-            _insert_event(conn, command_id, event, key_id, key_name, reason, isoformat())
-
-    def events(self, command_id: str) -> list[Event]:
-        rows = self.storage.conn.execute(
-            "SELECT command_id, event, key_id, key_name, reason, worker_pid, at"
-            " FROM execution_events WHERE command_id = ? ORDER BY id",
-            (command_id,),
-        ).fetchall()
-        return [Event(**dict(row)) for row in rows]
-
     # -- closing -----------------------------------------------------------------------------
 
     def fail_open_executions_by_id(self, command_id: str, reason: str) -> None:
@@ -442,22 +321,6 @@ class AuditLog:
             row["errors_total"],
             round(row["duration_ms_total"] / row["calls_total"]),
         )
-
-
-def _insert_event(
-    conn: Any,
-    command_id: str,
-    event: str,
-    key_id: int | None,
-    key_name: str | None,
-    reason: str | None,
-    at: str,
-) -> None:
-    conn.execute(
-        "INSERT INTO execution_events (command_id, event, key_id, key_name, reason, worker_pid,"
-        " at) VALUES (?,?,?,?,?,?,?)",
-        (command_id, event, key_id, key_name, reason, os.getpid(), at),
-    )
 
 
 def _execution(row: Any) -> Execution:

@@ -409,7 +409,7 @@ def approvals_list(ctx: Context) -> None:
     """List executions awaiting approval, newest first, with their stored params."""
     import json
 
-    awaiting = ctx.services.commands.awaiting()
+    awaiting = ctx.services.approvals.awaiting()
     click.echo(f"{'COMMAND ID':38} {'ACTION':20} {'REQUESTED BY':16} {'EXPIRES':25} PARAMS")
     for e in awaiting:
         params = json.dumps(e.params, sort_keys=True)

@@ -27,7 +27,8 @@ from typing import Any
 from marshmallow import Schema
 
 from . import tracing
-from .approvals import Approvals, approval_info, params_hash
+from .approvals.records import approval_info
+from .approvals.workflow import Approvals
 from .audit import AuditLog, Execution, StoredRequest
 from .clock import isoformat
 from .errors import (
@@ -38,7 +39,6 @@ from .errors import (
 )
 from .keys import UNSCOPED, ApiKey, Scope
 from .leases import Leases
-from .outcomes import ApprovalStep as Step
 from .outcomes import ExecutionStatus, Failure, Mode, Outcome
 from .plugins import PluginSet
 from .pool import CommandPool, Job, PoolFull
@@ -406,7 +406,7 @@ class CommandService:
             outcome = _settle(run, lambda: _invoke(inv, run.ctx))
             self._record(run, outcome)
             if approved:
-                self.audit.add_event(inv.command_id, Step.EXECUTED, reason=outcome.status)
+                self._approvals().executed(inv.command_id, outcome.status)
 
         try:
             self.pool.submit(tracing.run_in(tracing.context_of(span), background))
@@ -415,7 +415,7 @@ class CommandService:
             tracing.end_command(span, ExecutionStatus.FAILED, 0, "server busy: not queued")
             raise _busy() from None
 
-    # -- approvals: held, decided, then run as stored ----------------------------------------
+    # -- approvals: held, then run as stored once decided (the steps: waygate.approvals) ----
 
     def _hold(self, inv: Invocation, caller: Caller, mode: Mode) -> Outcome:
         """Store the request as awaiting approval; it runs only once someone approves it."""
@@ -445,7 +445,7 @@ class CommandService:
         except WaygateError as err:  # the command is gone, or its stored request is not valid
             log.warning("approved execution %s not run: %s", command_id, err.message)
             self.audit.fail_open_executions_by_id(command_id, f"not run: {_describe(err)}")
-            self.audit.add_event(command_id, Step.EXECUTED, reason=ExecutionStatus.FAILED)
+            approvals.executed(command_id, ExecutionStatus.FAILED)
         else:
             self._queue(inv, caller, execution.created_at, approved=True)
         outcome = self.lookup(command_id)
@@ -458,12 +458,6 @@ class CommandService:
         assert outcome is not None  # noqa: S101 - decided just now
         return outcome
 
-    def awaiting(self, limit: int = 100) -> list[Execution]:
-        """Executions awaiting approval, newest first (expired ones ended first)."""
-        self._approvals().expire()
-        rows, _ = self.audit.query(status=ExecutionStatus.AWAITING_APPROVAL, limit=limit)
-        return rows
-
     def _approvals(self) -> Approvals:
         if self.approvals is None:
             raise ServiceUnavailable("approvals are not configured in this process")
@@ -472,12 +466,11 @@ class CommandService:
     def _stored(self, execution: Execution) -> tuple[Invocation, Caller]:
         """The stored request as an Invocation, validated again against today's command; a
         stored request whose params no longer match its hash is refused, never run."""
-        if params_hash(execution.params) != execution.params_hash:
-            raise InvalidRequest("the stored request does not match its hash: not run")
+        params = self._approvals().stored_params(execution)
         caller = Caller(key_name=execution.key_name, key_id=execution.key_id)
         inv = self.resolve(
             execution.action,
-            execution.params,
+            params,
             caller,
             timeout=execution.timeout_s,
             client_context=execution.client_context,

@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 
-from .approvals import Approvals
+from .approvals.workflow import Approvals
 from .errorlog import ErrorLog
 from .forksafe import reset_after_fork
 from .leases import Leases

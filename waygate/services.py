@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from .approvals import ApprovalPolicy, Approvals, Notifier
+from .approvals.policy import ApprovalPolicy
+from .approvals.records import ApprovalRecords
+from .approvals.webhook import Notifier
+from .approvals.workflow import Approvals
 from .audit import AuditLog
 from .commands import Admission, CommandService
 from .config import Config
@@ -37,6 +40,7 @@ class Services:
     plugins: PluginRegistry
     audit: AuditLog
     leases: Leases
+    approvals: Approvals
     commands: CommandService
     mcp: McpServer
     housekeeper: Housekeeper
@@ -64,7 +68,7 @@ class Services:
         )
         leases = Leases(storage, host=config.instance, lease_s=config.lease_s)
         approvals = Approvals(
-            audit,
+            ApprovalRecords(audit),
             ApprovalPolicy(
                 required=config.approval_required,
                 exempt=config.approval_exempt,
@@ -96,6 +100,7 @@ class Services:
             plugins=plugins,
             audit=audit,
             leases=leases,
+            approvals=approvals,
             commands=commands,
             mcp=McpServer(
                 commands,

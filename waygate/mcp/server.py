@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import __version__, tracing
-from ..approvals import APPROVAL_NOTE, META_APPROVAL
+from ..approvals.policy import APPROVAL_NOTE, META_APPROVAL
 from ..commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
 from ..errors import ServiceUnavailable, WaygateError
 from ..outcomes import ExecutionStatus, Mode, Outcome

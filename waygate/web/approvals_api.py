@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, url_for
 
-from ..errors import NotFound
 from ..schemas import DecisionSchema, load
 from . import services
 from .auth import admin_required, current_key, key_required
@@ -117,7 +116,5 @@ def events(command_id: str):
         404:
           description: No such execution (NOT_FOUND)
     """
-    audit = services().audit
-    if audit.get(command_id) is None:
-        raise NotFound(f"no execution {command_id!r}", {"command_id": command_id[:100]})
-    return jsonify({"events": [event.as_dict() for event in audit.events(command_id)]})
+    trail = services().approvals.trail(command_id)
+    return jsonify({"events": [event.as_dict() for event in trail]})
