@@ -17,7 +17,7 @@ from typing import Any
 
 from .clock import isoformat
 from .errors import RateLimited
-from .outcomes import ExecutionStatus, Mode
+from .outcomes import ExecutionStatus, Mode, Outcome
 from .storage import Storage, where_clause
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,33 @@ class Execution:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("result", "progress")}
+
+    def outcome(self) -> Outcome:
+        """Its state as the API shows it (an open execution with its latest progress)."""
+        is_open = self.status in ExecutionStatus.open()
+        return Outcome(
+            status=ExecutionStatus(self.status),
+            command_id=self.command_id,
+            duration_ms=self.duration_ms or 0,
+            result=self.result,
+            error=self.error,
+            timestamp=self.finished_at or self.created_at,
+            progress=self.progress if is_open else None,
+            approval=self.approval(),
+        )
+
+    def approval(self) -> dict[str, Any] | None:
+        """The approval part of its response, when it needed approval."""
+        if self.params_hash is None:
+            return None
+        return {
+            "required": True,
+            "params_hash": self.params_hash,
+            "expires_at": self.approval_expires_at,
+            "decided_by": self.decided_by,
+            "decided_at": self.decided_at,
+            "reason": self.decision_reason,
+        }
 
 
 @dataclass(frozen=True)

@@ -440,7 +440,7 @@ def approvals_approve(ctx: Context, command_id: str, approver: str, reason: str 
     services = ctx.services
     services.commands.approve(command_id, ctx.keys.live(approver), reason)
     click.echo(f"approved {command_id} as {approver!r}; running it")
-    outcome = _wait_for(services.commands, command_id)
+    outcome = _wait_for(services.status, command_id)
     click.echo(json.dumps(outcome.as_response(), default=str))
 
 
@@ -455,14 +455,14 @@ def approvals_deny(ctx: Context, command_id: str, approver: str, reason: str | N
     click.echo(f"denied {command_id} as {approver!r}")
 
 
-def _wait_for(commands, command_id: str):
+def _wait_for(status, command_id: str):
     """The execution once it has ended (the pool thread of this process runs it)."""
     import time
 
     from .outcomes import ExecutionStatus
 
     while True:
-        outcome = commands.lookup(command_id)
+        outcome = status.lookup(command_id)
         if outcome.status not in ExecutionStatus.open():
             return outcome
         time.sleep(0.05)

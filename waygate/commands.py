@@ -9,7 +9,9 @@ Every execution takes the same two steps, whatever the entry point:
   it by its deadline, then records and observes the :class:`~waygate.outcomes.Outcome`.
 
 Entry points differ only in how many they start at once (a batch starts all, then finishes
-each) and in how they present the outcome.
+each) and in how they present the outcome. A command that needs approval is held here and run
+here once approved; the approval steps themselves are ``waygate.approvals``'. What callers see
+of commands and executions without running anything is ``waygate.status``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from typing import Any
 from marshmallow import Schema
 
 from . import tracing
-from .approvals.records import approval_info
 from .approvals.workflow import Approvals
 from .audit import AuditLog, Execution, StoredRequest
 from .clock import isoformat
@@ -42,11 +43,10 @@ from .leases import Leases
 from .outcomes import ExecutionStatus, Failure, Mode, Outcome
 from .plugins import PluginSet
 from .pool import CommandPool, Job, PoolFull
-from .schemas import MCPCommandSchema, describe_parameters, expect_object, load
+from .schemas import MCPCommandSchema, expect_object, load
 from .sdk import Cancelled, Command, CommandError, ExecutionContext
 
 log = logging.getLogger(__name__)
-PROTOCOL_VERSION = "1.0"  # of the REST command API (spec: GET /mcp/status)
 _command_schema = MCPCommandSchema()
 
 
@@ -160,7 +160,7 @@ class CommandService:
         approvals: Approvals | None = None,
         leases: Leases | None = None,
     ):
-        self._plugins = plugins
+        self.plugins = plugins
         self.pool = pool
         self.audit = audit
         self._observe = observe  # (action, status, duration_ms) of every finished execution
@@ -181,7 +181,7 @@ class CommandService:
         run_async: bool = False,
     ) -> Invocation:
         """Name -> command, params validated, caller checked: the one way to an Invocation."""
-        plugins = self._plugins()
+        plugins = self.plugins()
         command = plugins.commands.get(action)
         if command is None:
             raise UnknownCommand(
@@ -236,39 +236,12 @@ class CommandService:
     def available(self, caller: Caller) -> list[str]:
         """The names of the commands ``caller`` may run, sorted (the scope is checked against
         the plugin set of the moment, so a reload never widens a key beyond its patterns)."""
-        plugins = self._plugins()
+        plugins = self.plugins()
         return sorted(
             name
             for name, command in plugins.commands.items()
             if caller.scope.permits(name, plugins.command_plugin[name], command.annotations)
         )
-
-    def catalog(self, caller: Caller) -> list[dict[str, Any]]:
-        """The commands ``caller`` may run, parameters described from their schemas."""
-        plugins = self._plugins()
-        return [
-            {
-                "name": name,
-                "description": plugins.commands[name].description,
-                "plugin": plugins.command_plugin[name],
-                "parameters": describe_parameters(plugins.commands[name].params),
-                "approval_required": self.needs_approval(plugins.commands[name]),
-            }
-            for name in self.available(caller)
-        ]
-
-    def engine_status(self, caller: Caller) -> dict[str, Any]:
-        """The engine's state as ``caller`` sees it (spec: GET /mcp/status)."""
-        plugins = self._plugins()
-        return {
-            "engine": "degraded" if plugins.failed else "operational",
-            "plugins_loaded": len(plugins.loaded),
-            "commands_available": self.available(caller),
-            "protocol_version": PROTOCOL_VERSION,
-            "capabilities": {"async": True, "batch": True, "streaming": False},
-            "pool": self.pool.stats().as_dict(),
-            "timestamp": isoformat(),
-        }
 
     # -- running: one path for every entry point ------------------------------------------------
 
@@ -423,9 +396,7 @@ class CommandService:
         request = self.approvals.stored_request(inv.requested_params, inv.client_context)
         self._accept(inv, caller, mode, request)
         self.approvals.requested(inv.command_id, caller.key_id, caller.key_name)
-        outcome = self.lookup(inv.command_id)
-        assert outcome is not None  # noqa: S101 - inserted just now
-        return outcome
+        return self._state(inv.command_id)
 
     def _hold_item(self, inv: Invocation, caller: Caller, started: float) -> Outcome:
         """A batch item that needs approval: held, or its own failed response when refused
@@ -448,15 +419,11 @@ class CommandService:
             approvals.executed(command_id, ExecutionStatus.FAILED)
         else:
             self._queue(inv, caller, execution.created_at, approved=True)
-        outcome = self.lookup(command_id)
-        assert outcome is not None  # noqa: S101 - decided just now
-        return outcome
+        return self._state(command_id)
 
     def deny(self, command_id: str, approver: ApiKey, reason: str | None = None) -> Outcome:
         self._approvals().decide(command_id, approver, approve=False, reason=reason)
-        outcome = self.lookup(command_id)
-        assert outcome is not None  # noqa: S101 - decided just now
-        return outcome
+        return self._state(command_id)
 
     def _approvals(self) -> Approvals:
         if self.approvals is None:
@@ -477,27 +444,11 @@ class CommandService:
         )
         return replace(inv, command_id=execution.command_id), caller
 
-    def lookup(self, command_id: str, caller: Caller | None = None) -> Outcome | None:
-        """An execution's current state; with ``caller``, only that caller's executions."""
+    def _state(self, command_id: str) -> Outcome:
+        """The state of an execution this service has just stored or decided on."""
         execution = self.audit.get(command_id)
-        if execution is None or (caller is not None and execution.key_id != caller.key_id):
-            return None
-        if (execution.status in ExecutionStatus.open() and self.leases.sweep()) or (
-            execution.status == ExecutionStatus.AWAITING_APPROVAL
-            and self.approvals is not None
-            and command_id in self.approvals.expire()
-        ):
-            execution = self.audit.get(command_id)
-        return Outcome(
-            status=ExecutionStatus(execution.status),
-            command_id=execution.command_id,
-            duration_ms=execution.duration_ms or 0,
-            result=execution.result,
-            error=execution.error,
-            timestamp=execution.finished_at or execution.created_at,
-            progress=execution.progress if execution.status in ExecutionStatus.open() else None,
-            approval=approval_info(execution),
-        )
+        assert execution is not None  # noqa: S101 - stored or decided just now
+        return execution.outcome()
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from .metrics import metrics
 from .plugins import PluginRegistry
 from .pool import CommandPool
 from .retention import Retention
+from .status import Status
 from .storage import Storage, make_private_dir, open_storage
 from .tracing import setup as setup_tracing
 
@@ -42,6 +43,7 @@ class Services:
     leases: Leases
     approvals: Approvals
     commands: CommandService
+    status: Status
     mcp: McpServer
     housekeeper: Housekeeper
     errors: ErrorLog
@@ -102,6 +104,7 @@ class Services:
             leases=leases,
             approvals=approvals,
             commands=commands,
+            status=Status(commands),
             mcp=McpServer(
                 commands,
                 lambda: plugins.current,

@@ -11,6 +11,7 @@ the approval. Nobody deciding within ``ttl_s`` ends it ``expired``. Every step i
     policy.py     which commands wait, which keys may decide
     workflow.py   the steps: hold, decide, expire, the trail; metrics and notifications
     records.py    the steps in storage: decisions, expiry, event rows, the stored request's hash
+                  (an execution shows its approval part itself: audit.Execution.approval)
     webhook.py    who is told: the webhook's queue, retries and body
 
 The command service holds a request (``CommandService.run``) and runs an approved one

@@ -1,6 +1,6 @@
 """The approval steps in storage: deciding on and expiring held executions, counting them,
 and their trail (``execution_events``); the canonical params whose hash a stored request is
-checked by; the approval part of an execution's response.
+checked by.
 
 Written in the SQL both backends read (waygate.storage.dialect), on the executions table the
 audit log owns: each step is one write transaction with its event row.
@@ -42,20 +42,6 @@ def canonical(value: Any) -> str:
 
 def params_hash(value: Any) -> str:
     return hashlib.sha256(canonical(value).encode()).hexdigest()
-
-
-def approval_info(execution: Execution) -> dict[str, Any] | None:
-    """The approval part of an execution's response, when it needed approval."""
-    if execution.params_hash is None:
-        return None
-    return {
-        "required": True,
-        "params_hash": execution.params_hash,
-        "expires_at": execution.approval_expires_at,
-        "decided_by": execution.decided_by,
-        "decided_at": execution.decided_at,
-        "reason": execution.decision_reason,
-    }
 
 
 class ApprovalRecords:

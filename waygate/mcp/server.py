@@ -31,6 +31,7 @@ from ..outcomes import ExecutionStatus, Mode, Outcome
 from ..plugins import PluginSet
 from ..schemas import json_schema
 from ..sdk import Content, RichResult
+from ..status import Status
 from .catalog import Catalog, CatalogError
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
@@ -123,6 +124,7 @@ class McpServer:
         tool_timeout_max: int = 300,
     ):
         self.commands = commands
+        self.status = Status(commands)
         self._plugins = plugins
         self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
         self.tool_timeout_max = tool_timeout_max
@@ -385,7 +387,7 @@ class McpServer:
         command_id = arguments.get("command_id")
         if not isinstance(command_id, str) or not command_id:
             return _error_result("command_id must be a non-empty string")
-        outcome = self.commands.lookup(command_id[:100], caller)  # only the caller's own
+        outcome = self.status.lookup(command_id[:100], caller)  # only the caller's own
         if outcome is None:
             return _error_result(f"no execution {command_id[:100]!r} of yours")
         state = outcome.as_response()

@@ -144,7 +144,7 @@ def execution(command_id: str):
     """
     # A user key sees its own executions; an admin key sees every one.
     caller = None if current_key().is_admin else current_caller()
-    outcome = services().commands.lookup(command_id, caller)
+    outcome = services().status.lookup(command_id, caller)
     if outcome is None:
         raise NotFound(f"no execution {command_id!r}", {"command_id": command_id[:100]})
     return jsonify(outcome.as_response())
@@ -204,7 +204,7 @@ def status():
             application/json:
               schema: {$ref: "#/components/schemas/Status"}
     """
-    return jsonify(services().commands.engine_status(current_caller()))
+    return jsonify(services().status.engine_status(current_caller()))
 
 
 @bp.get("/mcp/commands")
@@ -223,7 +223,7 @@ def commands():
             application/json:
               schema: {$ref: "#/components/schemas/CommandList"}
     """
-    listed = services().commands.catalog(current_caller())
+    listed = services().status.catalog(current_caller())
     page = requested_page(default_limit=100)
     response = jsonify({"commands": list(page.slice(listed)), "total": len(listed)})
     return add_headers(response, page, len(listed))
