@@ -227,3 +227,28 @@ class TracingPlugin(Plugin):
         with trace.get_tracer("waygate-tests").start_as_current_span("plugin.outgoing"):
             pass
         return {"headers": ctx.trace_headers()}
+
+
+class ShadowPlugin(Plugin):
+    name = "Shadow"
+    version = "0.1.0"
+    description = "Names a command as if it were Core's: Core.shadow"
+    author = "Waygate tests"
+
+    def commands(self):
+        return [Command("Core.shadow", "Looks like a Core command", NoParams, lambda p, ctx: "ran")]
+
+
+class SecretConfigPlugin(Plugin):
+    name = "Vault"
+    version = "0.1.0"
+    description = "Holds secrets in its config"
+    author = "Waygate tests"
+    default_config = {"region": "eu-west", "dsn": None, "upstream": {"url": "https://x"}}
+    secret_config = ("dsn",)
+
+    def commands(self):
+        return [Command("vault_region", "The configured region", NoParams, self.region)]
+
+    def region(self, params, ctx):
+        return {"region": self.config["region"], "token_length": len(self.config["api_token"])}

@@ -30,8 +30,9 @@ def approver(keys):
     return {"X-API-Key": key}
 
 
-def execute(client, keys, body=WIPE, role="user"):
-    return client.post("/mcp/execute", headers=keys.headers(role), json=body)
+def execute(client, keys, body=WIPE, role="user", headers=None):
+    headers = headers if headers is not None else keys.headers(role)
+    return client.post("/mcp/execute", headers=headers, json=body)
 
 
 def request_wipe(client, keys, body=WIPE, role="user") -> str:
@@ -182,6 +183,85 @@ def test_self_approval_is_refused_with_403(client, keys, approver):
     assert decide(client, keys.headers("admin"), command_id, "deny").status_code == 403
     assert state(client, keys, command_id, "admin")["status"] == "awaiting_approval"
     assert decide(client, approver, command_id).status_code == 202  # another admin may
+
+
+def test_a_key_the_requester_created_cannot_decide_on_rest_or_the_cli(client, keys, runner):
+    """Two keys are not two people: an admin's own key, and keys that key made, directly or
+    through keys it made, may not approve its request."""
+    puppet = client.post(
+        "/keys", json={"name": "sock-puppet", "role": "admin"}, headers=keys.headers("admin")
+    ).get_json()
+    assert puppet["created_by"] == "ops-admin"
+    assert puppet["created_by_id"] == keys.store.get("ops-admin").id
+    grandchild = client.post(
+        "/keys", json={"name": "puppet-2", "role": "admin"}, headers={"X-API-Key": puppet["key"]}
+    ).get_json()
+    assert grandchild["created_by"] == "sock-puppet"
+    command_id = request_wipe(client, keys, role="admin")
+    for made in (puppet, grandchild):
+        for verb in ("approve", "deny"):
+            refused = decide(client, {"X-API-Key": made["key"]}, command_id, verb)
+            assert refused.status_code == 403, refused.get_json()
+            error = refused.get_json()["error"]
+            assert error["code"] == "FORBIDDEN"
+            assert "created by the requesting key 'ops-admin'" in error["message"]
+    code, out, err = runner("approvals", "approve", command_id, "--as", "puppet-2")
+    assert code == 1 and "created by the requesting key" in err and "Traceback" not in err
+    assert state(client, keys, command_id, "admin")["status"] == "awaiting_approval"
+    # a key the requester did not make (the host's CLI made this one) may decide
+    _, other = keys.store.create("other-admin", "admin")
+    assert keys.store.get("other-admin").created_by == "cli"
+    approved = decide(client, {"X-API-Key": other}, command_id)
+    assert approved.status_code == 202 and approved.get_json()["approval"]["decided_by"] == (
+        "other-admin"
+    )
+    # the puppet may decide on requests of keys it did not create
+    user_request = request_wipe(client, keys)
+    assert decide(client, {"X-API-Key": puppet["key"]}, user_request, "deny").status_code == 200
+
+
+def test_revoking_a_key_denies_its_awaiting_requests_and_approving_one_is_409(
+    client, keys, runner, db
+):
+    _, requester = keys.store.create("requester", "user")
+    held = [request_wipe(client, keys, role="user")]
+    mine = [
+        execute(client, None, WIPE, headers={"X-API-Key": requester}).get_json()["command_id"]
+        for _ in range(2)
+    ]
+    before = scrape(client)
+    revoked = client.delete("/keys/requester", headers=keys.headers("admin"))
+    assert revoked.status_code == 200
+    after = scrape(client)
+    assert sample(after, "waygate_approvals_pending") == 1
+    denied = {"outcome": "denied"}
+    assert (
+        sample(after, "waygate_approval_decisions_total", **denied)
+        - sample(before, "waygate_approval_decisions_total", **denied)
+        == 2
+    )
+    for command_id in mine:
+        body = state(client, keys, command_id, "admin")
+        assert body["status"] == "denied"
+        assert body["approval"]["reason"] == "requester key revoked"
+        assert body["approval"]["decided_by"] == "ops-admin"
+        assert [e["event"] for e in events(client, keys, command_id)] == ["requested", "denied"]
+        late = decide(client, keys.headers("admin"), command_id)
+        assert late.status_code == 409 and late.get_json()["error"]["code"] == "CONFLICT"
+    # another key's request is untouched
+    assert state(client, keys, held[0])["status"] == "awaiting_approval"
+    # the same through the CLI, in one transaction with the revocation
+    _, second = keys.store.create("second", "user")
+    other = execute(client, None, WIPE, headers={"X-API-Key": second}).get_json()["command_id"]
+    code, _, err = runner("keys", "revoke", "second")
+    assert code == 0, err
+    rows = db(
+        "SELECT e.status, e.decision_reason, k.revoked_at FROM executions e"
+        " JOIN api_keys k ON k.id = e.key_id WHERE e.command_id = ?",
+        (other,),
+    )
+    assert rows[0]["status"] == "denied" and rows[0]["decision_reason"] == "requester key revoked"
+    assert rows[0]["revoked_at"]
 
 
 def test_a_user_key_cannot_decide(client, keys):

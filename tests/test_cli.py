@@ -38,6 +38,31 @@ def test_keys_list_shows_names_and_roles_but_never_keys(cli):
     assert key not in listing
 
 
+def test_keys_list_shows_scope_expiry_last_use_and_state(cli, keys):
+    keys.store.create("scoped", "user", allow=["echo", "Core.*"], read_only=True)
+    keys.store.create("soon", "user", expires_at="2099-01-01T00:00:00.000Z")
+    keys.store.create("gone", "user")
+    keys.store.revoke("gone")
+    keys.store.authenticate(keys.user)  # ops-user has been used
+    keys.store.create("lapsed", "user", expires_at="2099-01-01T00:00:00.000Z")
+    keys.store.storage.execute_write(
+        "UPDATE api_keys SET expires_at = '2020-01-01T00:00:00.000Z' WHERE name = 'lapsed'"
+    )
+    code, listing, err = cli("keys", "list")
+    assert code == 0, err
+    header, *lines = listing.splitlines()
+    assert header.split() == [
+        "NAME", "ROLE", "ALLOW", "READ-ONLY", "EXPIRES", "LAST", "USED", "STATE"
+    ]  # fmt: skip
+    rows = {line.split()[0]: line.split()[1:] for line in lines}
+    assert rows["ops-admin"] == ["admin", "(all)", "no", "never", "never", "live"]
+    assert rows["scoped"] == ["user", "echo,Core.*", "yes", "never", "never", "live"]
+    assert rows["soon"][3:] == ["2099-01-01T00:00:00.000Z", "never", "live"]
+    assert rows["lapsed"][3] == "2020-01-01T00:00:00.000Z" and rows["lapsed"][-1] == "expired"
+    assert rows["gone"][-1] == "revoked"
+    assert rows["ops-user"][4] != "never" and rows["ops-user"][-1] == "live"
+
+
 def test_keys_revoke_marks_the_key_revoked(cli):
     cli("keys", "create", "--name", "carol", "--role", "user")
     code, out, _ = cli("keys", "revoke", "carol")
@@ -118,7 +143,7 @@ def test_keys_list_json_is_one_array_without_keys(cli):
     _, out, _ = cli("keys", "create", "--name", "ci-bot", "--role", "user")
     key = out.strip().splitlines()[-1]
     cli("keys", "create", "--name", "old", "--role", "admin")
-    cli("keys", "revoke", "old")
+    cli("keys", "revoke", "old", "--force")  # the last live admin key: deliberately
     code, out, err = cli("keys", "list", "--json")
     assert code == 0, err
     listing = json.loads(out)

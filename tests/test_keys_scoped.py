@@ -240,6 +240,8 @@ def test_keys_are_managed_over_rest_and_secrets_shown_once(api):
         ({"name": "a", "expires_at": "yesterday"}, 400, "expires_at"),
         ({"name": "a", "rate_limit": "lots"}, 400, "rate_limit"),
         ({"name": "bad name!"}, 400, "name"),
+        ({"name": "u1\n"}, 400, "name"),  # anchored at the end too: no second "u1"
+        ({"name": "a", "allow": ["echo\n"]}, 400, "allow"),
         ({"name": "a", "colour": "red"}, 400, "colour"),
         ({"role": "user"}, 400, "name"),
         ({"name": "ops-user"}, 409, "name"),
@@ -249,6 +251,50 @@ def test_bad_key_requests_get_field_details(api, body, status, field):
     answer = api.post("/keys", json=body, headers=api.admin)
     assert answer.status_code == status, answer.get_json()
     assert field in answer.get_json()["error"]["details"]["fields"]
+
+
+def test_a_name_with_a_trailing_newline_is_refused_not_a_second_key(api, runner):
+    api.create(name="u1")
+    answer = api.post("/keys", json={"name": "u1\n"}, headers=api.admin)
+    assert answer.status_code == 400
+    assert answer.get_json()["error"]["code"] == "INVALID_REQUEST"
+    names = [k["name"] for k in api.get("/keys?limit=100", headers=api.admin).get_json()["keys"]]
+    assert names.count("u1") == 1 and "u1\n" not in names
+    code, _, err = runner("keys", "create", "--name", "u1\n")
+    assert code == 1 and "invalid name" in err
+
+
+def test_the_last_live_admin_key_is_not_revoked_or_expired_by_accident(api, keys, runner):
+    # an admin key that has expired does not count as one left
+    keys.store.create("stale-admin", "admin", expires_at="2099-01-01T00:00:00.000Z")
+    keys.store.storage.execute_write(
+        "UPDATE api_keys SET expires_at = '2020-01-01T00:00:00.000Z' WHERE name = 'stale-admin'"
+    )
+    for answer in (
+        api.delete("/keys/ops-admin", headers=api.admin),
+        api.patch("/keys/ops-admin", json={"expires_in": 3600}, headers=api.admin),
+    ):
+        assert answer.status_code == 409, answer.get_json()
+        error = answer.get_json()["error"]
+        assert error["code"] == "CONFLICT" and "last live admin key" in error["message"]
+        assert "--force" in error["message"] and error["details"]["name"] == "ops-admin"
+    assert api.get("/keys", headers=api.admin).status_code == 200  # still an admin
+    assert api.get("/keys/ops-admin", headers=api.admin).get_json()["expires_at"] is None
+    # with a second live admin either may go, and then the other is the last
+    second = api.create(name="second-admin", role="admin")
+    assert api.patch("/keys/ops-admin", json={"expires_in": 60}, headers=second).status_code == 200
+    assert api.delete("/keys/ops-admin", headers=second).status_code == 200
+    assert api.delete("/keys/second-admin", headers=second).status_code == 409
+    # deliberately, on the host
+    code, _, err = runner("keys", "revoke", "second-admin")
+    assert code == 1 and "waygate keys revoke second-admin --force" in err
+    code, _, err = runner("keys", "update", "second-admin", "--expires", "1h")
+    assert code == 1 and "--force" in err
+    code, _, err = runner("keys", "update", "second-admin", "--expires", "1h", "--force")
+    assert code == 0, err
+    code, out, err = runner("keys", "revoke", "second-admin", "--force")
+    assert code == 0 and "revoked key 'second-admin'" in out
+    assert api.get("/keys", headers=second).status_code == 401
 
 
 def test_only_admin_keys_manage_keys(api, keys):
@@ -394,3 +440,39 @@ def test_keys_made_before_scopes_keep_working_unscoped(data_dir, make_app):
     assert execute(client, legacy, "process_data", input="[]", format="json").status_code == 200
     commands = client.get("/mcp/commands", headers=legacy).get_json()["total"]
     assert commands == 5
+
+
+@pytest.mark.sqlite_only
+def test_m015_keeps_who_created_each_key_from_the_key_events(tmp_path):
+    import sqlite_utils
+
+    from waygate.storage import SqliteStorage
+    from waygate.storage.migrations import STATE
+    from waygate.storage.sqlite import sqlite_migrations
+
+    migrations = sqlite_migrations(STATE)
+
+    conn = SqliteStorage(tmp_path / "waygate.db").connect()
+    conn.row_factory = None
+    db = sqlite_utils.Database(conn)
+    migrations.apply(db, stop_before="m015_key_created_by")
+    for key_id, name, actor_id, actor_name in ((1, "root", None, "cli"), (2, "made", 1, "root")):
+        db.execute(
+            "INSERT INTO api_keys (id, name, role, key_hash, created_at) VALUES (?, ?, 'admin',"
+            " ?, '2026-11-01T00:00:00.000Z')",
+            (key_id, name, f"h{key_id}"),
+        )
+        db.execute(
+            "INSERT INTO key_events (at, event, key_id, key_name, actor_id, actor_name) VALUES"
+            " ('2026-11-01T00:00:00.000Z', 'created', ?, ?, ?, ?)",
+            (key_id, name, actor_id, actor_name),
+        )
+    db.execute(  # a key whose trail was lost: nobody is named
+        "INSERT INTO api_keys (id, name, role, key_hash, created_at) VALUES (3, 'orphan', 'user',"
+        " 'h3', '2026-11-01T00:00:00.000Z')"
+    )
+    db.conn.commit()
+    migrations.apply(db)
+    db.conn.commit()
+    rows = db.execute("SELECT name, created_by_key_id, created_by FROM api_keys ORDER BY id")
+    assert rows.fetchall() == [("root", None, "cli"), ("made", 1, "root"), ("orphan", None, None)]

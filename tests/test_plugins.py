@@ -198,3 +198,64 @@ def test_a_running_command_finishes_on_the_plugin_it_started_with(plugin_dist, c
         client.post("/mcp/execute", json={"action": "sleep"}, headers=keys.headers()).status_code
         == 400
     )
+
+
+def test_plugin_config_secrets_are_redacted_for_every_key_everywhere(plugin_dist, make_app, keys):
+    plugin_dist.register("Vault", "tests.plugin_fixtures:SecretConfigPlugin")
+    operator = {
+        "Vault": {
+            "api_token": "tok-SECRET-1",  # secret by its name
+            "dsn": "postgresql://u:SECRET-2@db/x",  # declared secret by the plugin
+            "upstream": {"url": "https://y", "Password": "SECRET-3"},  # nested, any case
+            "region": "eu-central",
+        },
+        "DataProcessor": {"max_size": 1024, "private_key": "SECRET-4"},
+    }
+    client = make_app(plugin_config=operator).test_client()
+    expected = {
+        "region": "eu-central",
+        "dsn": "***",
+        "api_token": "***",
+        "upstream": {"url": "https://y", "Password": "***"},
+    }
+    for who in ("admin", "user"):
+        headers = keys.headers(who)
+        listed = client.get("/plugins?limit=100", headers=headers)
+        by_name = {p["name"]: p for p in listed.get_json()["plugins"]}
+        assert by_name["Vault"]["config"] == expected
+        assert by_name["DataProcessor"]["config"]["private_key"] == "***"
+        one = client.get("/plugins/Vault", headers=headers)
+        assert one.get_json()["config"] == expected
+        for body in (listed, one):
+            assert "SECRET" not in body.get_data(as_text=True)
+    # the plugin itself still gets the real values
+    ran = client.post("/mcp/execute", json={"action": "vault_region"}, headers=keys.headers())
+    assert ran.get_json()["result"] == {"region": "eu-central", "token_length": 12}
+    assert "SECRET" not in repr(client.application.extensions["waygate"].config)
+
+
+def test_a_scoped_key_sees_only_its_commands_in_plugins(client, keys):
+    _, scoped = keys.store.create("echo-only", "user", allow=["echo"])
+    listed = client.get("/plugins?limit=100", headers={"X-API-Key": scoped}).get_json()
+    commands = {p["name"]: p["commands"] for p in listed["plugins"]}
+    assert commands["Core"] == ["echo"]
+    assert commands["DataProcessor"] == [] and commands["Testing"] == []
+    one = client.get("/plugins/Core", headers={"X-API-Key": scoped}).get_json()
+    assert one["commands"] == ["echo"]
+    # an unscoped key sees them all
+    admin = client.get("/plugins/Core", headers=keys.headers()).get_json()
+    assert len(admin["commands"]) > 1
+
+
+def test_a_command_named_like_another_plugins_cannot_load(plugin_dist, make_app, keys):
+    plugin_dist.register("Shadow", "tests.plugin_fixtures:ShadowPlugin")
+    client = make_app().test_client()
+    shadow = client.get("/plugins/Shadow", headers=keys.headers()).get_json()
+    assert shadow["status"] == "failed"
+    assert "'Core.shadow' must not contain '.'" in shadow["error"]
+    _, core_only = keys.store.create("core-only", "user", allow=["Core.*"])
+    ran = client.post(
+        "/mcp/execute", json={"action": "Core.shadow"}, headers={"X-API-Key": core_only}
+    )
+    assert ran.status_code == 400
+    assert ran.get_json()["error"]["code"] == "INVALID_REQUEST"

@@ -8,12 +8,12 @@ waygate backup PATH                                 (an online copy of the datab
 waygate db copy --to postgresql://...               (this host's SQLite state into PostgreSQL)
 waygate keys create --name NAME [--role admin|user] [--allow PATTERN ...] [--read-only]
                     [--expires 30d] [--rate-limit 1000/minute]   (the key: last line of stdout)
-waygate keys list [--json]
+waygate keys list [--json]                          (role, scope, expiry, last use, state)
 waygate keys update NAME [--allow PATTERN ... | --allow-all] [--read-only/--not-read-only]
                     [--expires 30d | --no-expiry] [--rate-limit N/period | --default-rate-limit]
 waygate keys rotate NAME [--grace 1h]                (the new key: last line of stdout)
 waygate keys events [--key NAME]
-waygate keys revoke NAME
+waygate keys revoke NAME [--force]                  (--force: even the last live admin key)
 waygate keys bootstrap                              (first admin key, only if none exist)
 waygate mcp stdio [--as NAME]                       (MCP over stdio, for desktop clients)
 waygate approvals list
@@ -32,6 +32,7 @@ import click
 from dotenv import dotenv_values
 
 from . import __version__
+from .clock import utcnow
 from .config import Config, ConfigError
 from .errors import WaygateError
 from .keys import KeyStore, expiry, parse_duration
@@ -275,6 +276,11 @@ def keys_create(
 @click.option("--no-expiry", is_flag=True)
 @click.option("--rate-limit", help="The key's own execute limit, e.g. 1000/minute.")
 @click.option("--default-rate-limit", is_flag=True, help="Back to the default execute limit.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Set an expiry even on the last live admin key (refused otherwise).",
+)
 @pass_context
 def keys_update(
     ctx: Context,
@@ -286,6 +292,7 @@ def keys_update(
     no_expiry: bool,
     rate_limit: str | None,
     default_rate_limit: bool,
+    force: bool,
 ) -> None:
     """Change a key's scope, expiry or rate limit."""
     changes: dict = {}
@@ -297,7 +304,7 @@ def keys_update(
         changes["expires_in"] = None if no_expiry else parse_duration(expires or "")
     if rate_limit or default_rate_limit:
         changes["rate_limit"] = None if default_rate_limit else rate_limit
-    record = ctx.keys.update(name, changes)
+    record = ctx.keys.update(name, changes, force=force)
     click.echo(json.dumps(record.as_dict(), indent=2))
 
 
@@ -327,25 +334,37 @@ def keys_events(ctx: Context, key_name: str | None, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array, for scripts.")
 @pass_context
 def keys_list(ctx: Context, as_json: bool) -> None:
-    """List keys (names, roles and dates; never the keys)."""
+    """List keys: role, allow-list, read-only, expiry, last use and state (live, expired or
+    revoked); never the keys."""
     records = ctx.keys.list()
     if as_json:
         click.echo(json.dumps([r.as_dict() for r in records], indent=2))  # as GET /keys
         return
-    click.echo(f"{'NAME':24} {'ROLE':6} {'CREATED':25} {'LAST USED':25} REVOKED")
+    click.echo(
+        f"{'NAME':24} {'ROLE':6} {'ALLOW':24} {'READ-ONLY':9} {'EXPIRES':24} {'LAST USED':24} STATE"
+    )
+    now = utcnow()
     for r in records:
+        allow = "(all)" if r.allow is None or r.is_admin else ",".join(r.allow) or "(none)"
+        read_only = "yes" if r.read_only and not r.is_admin else "no"
         click.echo(
-            f"{r.name:24} {r.role:6} {r.created_at:25} {r.last_used_at or '-':25} "
-            f"{r.revoked_at or '-'}"
+            f"{r.name:24} {r.role:6} {allow:24} {read_only:9} "
+            f"{r.expires_at or 'never':24} {r.last_used_at or 'never':24} {r.state(now)}"
         )
 
 
 @keys.command("revoke")
 @click.argument("name")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Revoke even the last live admin key (then only this CLI can make a new one).",
+)
 @pass_context
-def keys_revoke(ctx: Context, name: str) -> None:
-    """Revoke a key; every worker refuses it from its next request."""
-    record = ctx.keys.revoke(name)
+def keys_revoke(ctx: Context, name: str, force: bool) -> None:
+    """Revoke a key; every worker refuses it from its next request. Its requests still
+    awaiting approval are denied with it."""
+    record = ctx.keys.revoke(name, force=force)
     click.echo(f"revoked key {record.name!r}")
 
 

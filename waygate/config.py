@@ -116,8 +116,11 @@ class Config:
     # OpenTelemetry traces, exported over OTLP/HTTP as the standard OTEL_* variables say
     # (docs/tracing.md); off: no span is made at all
     tracing: bool = False
-    # {"PluginName": {"key": value}}: overrides of plugins' default config
-    plugin_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    # {"PluginName": {"key": value}}: overrides of plugins' default config (may hold secrets:
+    # never in the repr, so never in a log line that shows the config)
+    plugin_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(
+        default_factory=dict, repr=False
+    )
 
     @property
     def admission_limit(self) -> int:
@@ -230,7 +233,7 @@ class Config:
                 if not re.fullmatch(r"[A-Za-z0-9_.\-*?\[\]!]{1,128}", pattern):
                     raise ConfigError(
                         f"WAYGATE_{name.upper()}: {pattern!r} is not a command-name glob"
-                        " like db.* or wipe_?"
+                        " like drop_* or wipe_?"
                     )
         hook = self.approval_webhook_url
         if hook and not re.fullmatch(r"https?://[^\s]+", hook):

@@ -21,13 +21,14 @@ import json
 import re
 import secrets
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from limits import parse as parse_limit
 
+from .approvals.records import deny_requests_of_key
 from .clock import isoformat, parse_iso, utcnow
 from .errors import Conflict, Forbidden, InvalidRequest, NotFound, Unauthorized
 from .storage import IntegrityError, Storage, where_clause
@@ -38,33 +39,37 @@ EVENTS = ("created", "changed", "rotated", "revoked", "expired_use")
 MAX_PATTERNS = 64
 MAX_GRACE = timedelta(days=30)
 MAX_LIFETIME = timedelta(days=3650)
+MAX_CHAIN = 64  # the longest creator chain followed (key -> its creator -> ...)
 _ALPHABET = string.ascii_letters + string.digits
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-_PATTERN_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,128}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+_PATTERN_RE = re.compile(r"[A-Za-z0-9_.*?\[\]!-]{1,128}")
 # last_used_at (and an expired key's attempts) are written at most this often per key, so
 # that authentication stays a read.
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 _COLUMNS = (
     "id, name, role, created_at, last_used_at, revoked_at, allow, read_only, expires_at,"
-    " rate_limit, updated_at"
+    " rate_limit, updated_at, created_by_key_id, created_by"
 )
 _NO_LIMIT = 2**62  # LIMIT for "all": both SQLite and PostgreSQL take it
 _INSERT_SQL = (
     "INSERT INTO api_keys (name, role, key_hash, created_at, allow, read_only, expires_at,"
-    " rate_limit) VALUES (?,?,?,?,?,?,?,?) RETURNING id, name, role, created_at,"
-    " last_used_at, revoked_at, allow, read_only, expires_at, rate_limit, updated_at"
+    " rate_limit, created_by_key_id, created_by) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    " RETURNING id, name, role, created_at, last_used_at, revoked_at, allow, read_only,"
+    " expires_at, rate_limit, updated_at, created_by_key_id, created_by"
 )
 _ROTATE_SQL = (
     "UPDATE api_keys SET previous_hash ="
     " CASE WHEN CAST(? AS TEXT) IS NULL THEN NULL ELSE key_hash END,"
     " previous_valid_until = ?, key_hash = ?, updated_at = ?"
-    " WHERE name = ? AND revoked_at IS NULL RETURNING id, name, role, created_at,"
-    " last_used_at, revoked_at, allow, read_only, expires_at, rate_limit, updated_at"
+    " WHERE name = ? AND revoked_at IS NULL"
+    " RETURNING id, name, role, created_at, last_used_at, revoked_at, allow, read_only,"
+    " expires_at, rate_limit, updated_at, created_by_key_id, created_by"
 )
 _REVOKE_SQL = (
     "UPDATE api_keys SET revoked_at = ?, previous_hash = NULL"
-    " WHERE name = ? AND revoked_at IS NULL RETURNING id, name, role, created_at,"
-    " last_used_at, revoked_at, allow, read_only, expires_at, rate_limit, updated_at"
+    " WHERE name = ? AND revoked_at IS NULL"
+    " RETURNING id, name, role, created_at, last_used_at, revoked_at, allow, read_only,"
+    " expires_at, rate_limit, updated_at, created_by_key_id, created_by"
 )
 
 
@@ -113,6 +118,8 @@ class ApiKey:
     expires_at: str | None = None
     rate_limit: str | None = None  # the key's own execute limit, e.g. "1000/minute"
     updated_at: str | None = None
+    created_by_key_id: int | None = None  # the key that created this one; None: the CLI
+    created_by: str | None = None  # its name ("cli" for the host's CLI)
 
     @property
     def is_admin(self) -> bool:
@@ -129,6 +136,14 @@ class ApiKey:
     def actor(self) -> Actor:
         return Actor(self.name, self.id)
 
+    def state(self, now: datetime | None = None) -> str:
+        """``revoked``, ``expired`` or ``live``: whether the key opens anything now."""
+        if self.revoked_at:
+            return "revoked"
+        if self.expires_at and parse_iso(self.expires_at) <= (now or utcnow()):
+            return "expired"
+        return "live"
+
     def as_dict(self) -> dict[str, Any]:
         """The record as shown to admins: never a secret or a digest."""
         return {
@@ -143,6 +158,8 @@ class ApiKey:
             "updated_at": self.updated_at,
             "last_used_at": self.last_used_at,
             "revoked_at": self.revoked_at,
+            "created_by": self.created_by,
+            "created_by_id": self.created_by_key_id,
         }
 
 
@@ -167,7 +184,7 @@ def check_patterns(patterns: Any) -> tuple[str, ...] | None:
     if not isinstance(patterns, (list, tuple)) or len(patterns) > MAX_PATTERNS:
         raise _invalid("allow", f"a list of at most {MAX_PATTERNS} patterns")
     for p in patterns:
-        if not isinstance(p, str) or not _PATTERN_RE.match(p):
+        if not isinstance(p, str) or not _PATTERN_RE.fullmatch(p):
             raise _invalid(
                 "allow",
                 f"{str(p)[:60]!r} is not a pattern (letters, digits, '_', '.', '-', and the"
@@ -222,7 +239,7 @@ def parse_duration(text: str) -> int:
 
 
 def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise _invalid("name", "1-64 characters of letters, digits, '_', '.', '@' or '-'")
     return name
 
@@ -231,8 +248,14 @@ def _check_name(name: Any) -> str:
 
 
 class KeyStore:
-    def __init__(self, storage: Storage):
+    def __init__(
+        self,
+        storage: Storage,
+        on_requests_ended: Callable[[list[str]], None] | None = None,
+    ):
         self.storage = storage
+        # told the command ids a revocation denied (the approvals' gauge and webhook)
+        self.on_requests_ended = on_requests_ended
 
     def create(
         self,
@@ -264,6 +287,8 @@ class KeyStore:
                         int(bool(read_only)),
                         expires_at,
                         rate_limit,
+                        actor.id,
+                        actor.name,
                     ),
                 ).fetchone()
                 record = _record(row)
@@ -305,19 +330,26 @@ class KeyStore:
     def live(self, name: str) -> ApiKey:
         """The live key named ``name`` (NotFound otherwise): for the CLI's ``--as``."""
         row = self.storage.conn.execute(
-            "SELECT id, name, role, created_at, last_used_at, revoked_at FROM api_keys "
-            "WHERE name = ? AND revoked_at IS NULL",
+            f"SELECT {_COLUMNS} FROM api_keys WHERE name = ? AND revoked_at IS NULL",  # noqa: S608 # nosec B608
             (name,),
         ).fetchone()
         if row is None:
             raise NotFound(f"no live key named {name!r}")
-        return ApiKey(**dict(row))
+        return _record(row)
 
     def count_live(self) -> int:
         return self.count(include_revoked=False)
 
-    def update(self, name: str, changes: Mapping[str, Any], actor: Actor = CLI_ACTOR) -> ApiKey:
-        """Change a live key's scope, expiry or rate limit (None clears one)."""
+    def update(
+        self,
+        name: str,
+        changes: Mapping[str, Any],
+        actor: Actor = CLI_ACTOR,
+        *,
+        force: bool = False,
+    ) -> ApiKey:
+        """Change a live key's scope, expiry or rate limit (None clears one). Setting an expiry
+        on the last live admin key is a Conflict unless ``force`` (the CLI's ``--force``)."""
         columns: dict[str, Any] = {}
         if "allow" in changes:
             columns["allow"] = _dump_allow(check_patterns(changes["allow"]))
@@ -335,6 +367,8 @@ class KeyStore:
             )
         assignments = ", ".join(f"{column} = ?" for column in columns)  # fixed names only
         with self.storage.write() as conn:
+            if columns.get("expires_at") is not None and not force:
+                _keep_an_admin(conn, name, "set an expiry on", "update NAME --expires ...")
             row = conn.execute(
                 f"UPDATE api_keys SET {assignments}, updated_at = ? "  # noqa: S608 # nosec B608
                 f"WHERE name = ? AND revoked_at IS NULL RETURNING {_COLUMNS}",
@@ -371,17 +405,38 @@ class KeyStore:
             self._event(conn, "rotated", record, actor, {"old_secret_valid_until": until})
         return record, key
 
-    def revoke(self, name: str, actor: Actor = CLI_ACTOR) -> ApiKey:
+    def revoke(self, name: str, actor: Actor = CLI_ACTOR, *, force: bool = False) -> ApiKey:
+        """Revoke a live key and, in the same transaction, deny every request of it still
+        awaiting approval ("requester key revoked"). Revoking the last live admin key is a
+        Conflict unless ``force`` (the CLI's ``--force``)."""
         with self.storage.write() as conn:
-            row = conn.execute(
-                _REVOKE_SQL,
-                (isoformat(), name),
-            ).fetchone()
+            if not force:
+                _keep_an_admin(conn, name, "revoke", "revoke NAME")
+            now = isoformat()
+            row = conn.execute(_REVOKE_SQL, (now, name)).fetchone()
             if row is None:
                 raise NotFound(f"no live key named {name[:100]!r}", {"name": name[:100]})
             record = _record(row)
             self._event(conn, "revoked", record, actor, None)
+            ended = deny_requests_of_key(conn, record.id, actor.id, actor.name, now)
+        if ended and self.on_requests_ended is not None:
+            self.on_requests_ended(ended)
         return record
+
+    def created_by_chain(self, key_id: int | None) -> list[int]:
+        """The ids of the keys that created ``key_id``: its creator, that key's creator, and
+        so on up to a key the CLI made (bounded: a chain is never longer than MAX_CHAIN)."""
+        if key_id is None:
+            return []
+        rows = self.storage.conn.execute(
+            "WITH RECURSIVE chain(id, depth) AS ("
+            " SELECT created_by_key_id, 1 FROM api_keys WHERE id = ?"
+            " UNION ALL SELECT k.created_by_key_id, c.depth + 1 FROM api_keys k"
+            " JOIN chain c ON k.id = c.id WHERE c.depth < ?)"
+            " SELECT id FROM chain WHERE id IS NOT NULL ORDER BY depth",
+            (key_id, MAX_CHAIN),
+        ).fetchall()
+        return [row[0] for row in rows]
 
     def authenticate(self, presented: str | None) -> ApiKey:
         """The live key matching ``presented``, or Unauthorized. Records the last use."""
@@ -477,6 +532,28 @@ class KeyStore:
         )
 
 
+def _keep_an_admin(conn: Any, name: str, doing: str, command: str) -> None:
+    """Conflict when the live key ``name`` is the last live admin key: with none left, the
+    REST admin surface is closed until someone reaches the host's CLI. Run inside the write
+    transaction that makes the change, so two admins revoking each other cannot both win."""
+    now = isoformat()
+    rows = conn.execute(
+        "SELECT name FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL"
+        " AND (expires_at IS NULL OR expires_at > ?)",
+        (now,),
+    ).fetchall()
+    live_admins = [row[0] for row in rows]
+    if live_admins != [name]:
+        return
+    deliberate = f"waygate keys {command.replace('NAME', name)} --force"
+    raise Conflict(
+        f"{name!r} is the last live admin key: to {doing} it would leave no admin key, and"
+        f" only the host's CLI could make one. Create another admin key first, or, to do it"
+        f" deliberately, run `{deliberate}` on the host",
+        {"name": name, "last_admin": True},
+    )
+
+
 def require_admin(key: ApiKey) -> None:
     if not key.is_admin:
         raise Forbidden("this endpoint needs an admin key")
@@ -495,6 +572,8 @@ def _record(row: Any) -> ApiKey:
         expires_at=row["expires_at"],
         rate_limit=row["rate_limit"],
         updated_at=row["updated_at"],
+        created_by_key_id=row["created_by_key_id"],
+        created_by=row["created_by"],
     )
 
 

@@ -28,13 +28,14 @@ from stevedore import ExtensionManager
 from . import compat
 from .clock import isoformat
 from .errors import NotFound
-from .sdk import Command, Plugin, Prompt, Resource
+from .sdk import Command, Plugin, Prompt, Resource, redact_config
 from .storage import DatabaseError, Storage
 
 NAMESPACE = "waygate.plugins"
-_COMMAND_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+QUALIFIER = "."  # Plugin.command: never part of a command's own name
+_COMMAND_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _PTH_IMPORT = re.compile(r"import\s+([A-Za-z_][\w.]*)")
-_RESOURCE_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S{0,2000}$")
+_RESOURCE_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S{0,2000}")
 log = logging.getLogger(__name__)
 
 
@@ -46,7 +47,7 @@ class PluginInfo:
     description: str = ""
     author: str = ""
     capabilities: tuple[str, ...] = ()
-    config: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)  # secrets redacted: for showing
     error: str | None = None
     commands: tuple[str, ...] = ()
 
@@ -76,6 +77,16 @@ class PluginSet:
     resources: Mapping[str, Resource] = field(default_factory=dict)  # by URI (or template)
     #: who offers each prompt (by name) and resource (by URI)
     offered_by: Mapping[str, str] = field(default_factory=dict)
+
+    def visible_commands(
+        self, info: PluginInfo, permits: Callable[[str, str, Mapping[str, Any]], bool]
+    ) -> list[str]:
+        """The commands of ``info`` that ``permits`` (a key's ``Scope.permits``) lets through."""
+        return [
+            name
+            for name in info.commands
+            if name in self.commands and permits(name, info.name, self.commands[name].annotations)
+        ]
 
     @property
     def loaded(self) -> list[str]:
@@ -276,7 +287,7 @@ def _instantiate(
         description=plugin_class.description,
         author=plugin_class.author,
         capabilities=tuple(plugin_class.capabilities),
-        config=dict(plugin.config),
+        config=redact_config(plugin.config, frozenset(plugin_class.secret_config)),
         commands=tuple(c.name for c in commands),
     )
     return info, offer
@@ -294,14 +305,26 @@ def _check_metadata(entry_point_name: str, cls: type[Plugin]) -> str | None:
         return "metadata 'capabilities' must be a list of strings"
     if not isinstance(getattr(cls, "default_config", {}), Mapping):
         return "metadata 'default_config' must be a mapping"
+    secret = getattr(cls, "secret_config", ())
+    if not isinstance(secret, (list, tuple, frozenset, set)) or not all(
+        isinstance(k, str) for k in secret
+    ):
+        return "metadata 'secret_config' must be a list of config key names"
     return None
 
 
 def _check_command(command: Any) -> str | None:
     if not isinstance(command, Command):
         return "commands() must return waygate.sdk.Command objects"
-    if not _COMMAND_NAME_RE.match(command.name or ""):
-        return f"command name {command.name!r} must be 1-128 of [A-Za-z0-9_.-]"
+    if not _COMMAND_NAME_RE.fullmatch(command.name or ""):
+        return f"command name {command.name!r} must be 1-128 of [A-Za-z0-9_-]"
+    if QUALIFIER in command.name:
+        # ``Plugin.command`` names a command in allow-lists: a dotted bare name would let a
+        # key's ``Core.*`` match another plugin's command called ``Core.anything``
+        return (
+            f"command name {command.name!r} must not contain {QUALIFIER!r}: it separates plugin"
+            " and command in allow-lists (Plugin.command); use '_' or '-'"
+        )
     if not (isinstance(command.params, type) and issubclass(command.params, Schema)):
         return f"command {command.name!r}: params must be a marshmallow Schema class"
     if not callable(command.handler):
@@ -315,12 +338,12 @@ def _check_prompts_and_resources(offer: _Offer) -> str | None:
     if len(names) < len(offer.prompts) or len(uris) < len(offer.resources):
         return "prompts() and resources() must return waygate.sdk Prompt and Resource objects"
     for prompt in offer.prompts:
-        if not _COMMAND_NAME_RE.match(prompt.name or ""):
+        if not _COMMAND_NAME_RE.fullmatch(prompt.name or ""):
             return f"prompt name {prompt.name!r} must be 1-128 of [A-Za-z0-9_.-]"
         if (prompt.template is None) == (prompt.render is None):
             return f"prompt {prompt.name!r} needs exactly one of template and render"
     for resource in offer.resources:
-        if not _RESOURCE_URI_RE.match(resource.uri or "") or not callable(resource.read):
+        if not _RESOURCE_URI_RE.fullmatch(resource.uri or "") or not callable(resource.read):
             return f"resource {resource.uri!r} needs a URI (scheme://...) and a read function"
     for kind, keys in (("prompt", names), ("resource", uris)):
         if len(set(keys)) < len(keys):

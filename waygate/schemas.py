@@ -466,6 +466,13 @@ class KeySchema(Schema):
     updated_at = fields.String(allow_none=True)
     last_used_at = fields.String(allow_none=True)
     revoked_at = fields.String(allow_none=True)
+    created_by = fields.String(
+        allow_none=True,
+        metadata={"description": "The name of the key that created it; cli: the host's CLI"},
+    )
+    created_by_id = fields.Integer(
+        allow_none=True, metadata={"description": "The id of the key that created it"}
+    )
 
 
 class KeyWithSecretSchema(KeySchema):

@@ -249,6 +249,37 @@ class Resource:
         return "{" in self.uri
 
 
+# -- secret config -------------------------------------------------------------------------------
+
+REDACTED = "***"
+#: parts of a config key's name that make it secret by default (case-insensitive)
+SECRET_NAME_PARTS = ("token", "secret", "password", "passwd", "key", "credential", "private")
+
+
+def is_secret_config_key(name: str, declared: tuple[str, ...] | frozenset[str] = ()) -> bool:
+    """Whether a config value is secret: its key is declared (``Plugin.secret_config``) or its
+    name contains a part of SECRET_NAME_PARTS (``api_token``, ``dbPassword``, ``ssh_key``)."""
+    lowered = str(name).lower()
+    return name in declared or any(part in lowered for part in SECRET_NAME_PARTS)
+
+
+def redact_config(config: Any, declared: tuple[str, ...] | frozenset[str] = ()) -> Any:
+    """``config`` as it may be shown: every secret value (at any depth) replaced by ``"***"``;
+    ``None`` stays ``None`` (nothing set, nothing to hide)."""
+    if isinstance(config, Mapping):
+        return {
+            key: (
+                REDACTED
+                if value is not None and is_secret_config_key(key, declared)
+                else redact_config(value, declared)
+            )
+            for key, value in config.items()
+        }
+    if isinstance(config, (list, tuple)):
+        return [redact_config(item, declared) for item in config]
+    return config
+
+
 class Plugin:
     """Base class for plugins. Subclasses set the class attributes and ``commands()``; they
     may also offer ``prompts()`` and ``resources()``."""
@@ -259,6 +290,10 @@ class Plugin:
     author: ClassVar[str] = ""
     capabilities: ClassVar[tuple[str, ...]] = ()
     default_config: ClassVar[Mapping[str, Any]] = {}
+    #: config keys whose values are secret (write-only: shown as ``"***"`` wherever config is
+    #: shown). Keys whose names look secret (see :func:`is_secret_config_key`) are secret
+    #: without being listed here.
+    secret_config: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Mapping[str, Any] | None = None):
         self.config: dict[str, Any] = {**self.default_config, **(config or {})}

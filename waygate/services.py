@@ -69,6 +69,7 @@ class Services:
             host=config.instance,
         )
         leases = Leases(storage, host=config.instance, lease_s=config.lease_s)
+        keys = KeyStore(storage)
         approvals = Approvals(
             ApprovalRecords(audit),
             ApprovalPolicy(
@@ -77,13 +78,15 @@ class Services:
                 destructive_default=config.approval_destructive_default,
                 ttl_s=config.approval_ttl_s,
             ),
-            Notifier(
+            creators=keys.created_by_chain,
+            notifier=Notifier(
                 config.approval_webhook_url,
                 attempts=config.approval_webhook_attempts,
                 on_failure=metrics().count_webhook_failure,
             ),
             on_change=metrics().observe_approvals,
         )
+        keys.on_requests_ended = approvals.requests_ended  # a revocation denies held requests
         pool = CommandPool(config.pool_size, config.pool_queue, on_change=metrics().observe_pool)
         commands = CommandService(
             lambda: plugins.current,
@@ -98,7 +101,7 @@ class Services:
         return cls(
             config=config,
             storage=storage,
-            keys=KeyStore(storage),
+            keys=keys,
             plugins=plugins,
             audit=audit,
             leases=leases,

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
+from ..audit import Execution
+from ..errors import Forbidden
 from ..keys import ApiKey
 from ..sdk import Command
 
@@ -14,7 +17,7 @@ APPROVAL_NOTE = "Requires approval: a second person must approve each call befor
 
 @dataclass(frozen=True)
 class ApprovalPolicy:
-    """Which commands wait for approval. Globs as in ``fnmatch`` (``db.*``), case-sensitive;
+    """Which commands wait for approval. Globs as in ``fnmatch`` (``drop_*``), case-sensitive;
     an exempt pattern wins over a required one, and both over the ``destructiveHint``
     annotation, which needs approval unless ``destructive_default`` is off."""
 
@@ -32,6 +35,31 @@ class ApprovalPolicy:
 
 
 def may_approve(key: ApiKey) -> bool:
-    """Whether ``key`` may decide on approvals: admin keys. The one place that says so (a key
-    scope that grants approving belongs here)."""
+    """Whether ``key`` may decide on approvals at all: admin keys (a key scope that grants
+    approving belongs here). Whether it may decide on one request: :func:`check_approver`."""
     return key.is_admin
+
+
+def check_approver(
+    approver: ApiKey, execution: Execution, creators: Callable[[int | None], list[int]]
+) -> None:
+    """The two-person rule, the one place every door (REST, MCP, the CLI) decides it:
+    Forbidden unless ``approver`` may approve, and is neither the key that requested
+    ``execution`` nor a key created by it, directly or through keys it created (an admin who
+    mints a second key is still one person). ``creators`` gives a key's creator chain."""
+    if not may_approve(approver):
+        raise Forbidden("deciding on approvals needs an admin key")
+    requester = execution.key_id
+    if requester is None:
+        return
+    if requester == approver.id:
+        raise Forbidden(
+            "a key cannot decide on its own request: another approver must",
+            {"command_id": execution.command_id},
+        )
+    if requester in creators(approver.id):
+        raise Forbidden(
+            f"key {approver.name!r} was created by the requesting key {execution.key_name!r}"
+            " (directly or through keys it created): a key of another person must decide",
+            {"command_id": execution.command_id, "two_person_rule": True},
+        )

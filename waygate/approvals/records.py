@@ -167,3 +167,35 @@ def _insert_event(
         " at) VALUES (?,?,?,?,?,?,?)",
         (command_id, event, key_id, key_name, reason, os.getpid(), at),
     )
+
+
+REQUESTER_REVOKED = "requester key revoked"
+
+
+def deny_requests_of_key(
+    conn: Any, key_id: int | None, actor_id: int | None, actor_name: str, at: str
+) -> list[str]:
+    """Deny every execution of ``key_id`` still awaiting approval, with its event, on the
+    caller's write transaction (a key's revocation: the two commit together, so no approval
+    can slip in between). Returns the command ids denied."""
+    rows = conn.execute(
+        "UPDATE executions SET status = ?, finished_at = ?, error = ?, decided_by = ?,"
+        " decided_by_key_id = ?, decided_at = ?, decision_reason = ?"
+        " WHERE key_id = ? AND status = ? RETURNING command_id",
+        (
+            ExecutionStatus.DENIED,
+            at,
+            f"denied: {REQUESTER_REVOKED}",
+            actor_name,
+            actor_id,
+            at,
+            REQUESTER_REVOKED,
+            key_id,
+            ExecutionStatus.AWAITING_APPROVAL,
+        ),
+    ).fetchall()
+    for row in rows:
+        _insert_event(
+            conn, row[0], ApprovalStep.DENIED, actor_id, actor_name, REQUESTER_REVOKED, at
+        )
+    return [row[0] for row in rows]

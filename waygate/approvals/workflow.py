@@ -9,12 +9,12 @@ from typing import Any
 
 from ..audit import Execution, StoredRequest
 from ..clock import isoformat, utcnow
-from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
+from ..errors import Conflict, InvalidRequest, NotFound
 from ..keys import ApiKey
 from ..outcomes import ApprovalStep as Step
 from ..outcomes import ExecutionStatus
 from ..sdk import Command
-from .policy import ApprovalPolicy, may_approve
+from .policy import ApprovalPolicy, check_approver
 from .records import ApprovalRecords, Event, canonical, params_hash
 from .webhook import Notifier
 
@@ -26,6 +26,8 @@ class Approvals:
         self,
         records: ApprovalRecords,
         policy: ApprovalPolicy,
+        *,
+        creators: Callable[[int | None], list[int]],
         notifier: Notifier | None = None,
         on_change: Callable[[str, int], None] | None = None,
     ):
@@ -36,6 +38,8 @@ class Approvals:
         # (event, count awaiting approval) after every step: requested, approved, denied,
         # expired, or refresh
         self._on_change = on_change
+        # a key's creator chain (KeyStore.created_by_chain), for the two-person rule
+        self.creators = creators
 
     def requires(self, command: Command) -> bool:
         return self.policy.requires(command)
@@ -59,17 +63,11 @@ class Approvals:
     def decide(
         self, command_id: str, approver: ApiKey, *, approve: bool, reason: str | None
     ) -> Execution:
-        """Approve or deny; Forbidden for a key that may not, or for the requesting key,
-        NotFound, or Conflict when it is not awaiting approval (decided, expired)."""
-        if not may_approve(approver):
-            raise Forbidden("deciding on approvals needs an admin key")
+        """Approve or deny; Forbidden for a key that may not, for the requesting key or a key
+        it created (``check_approver``), NotFound, or Conflict when it is not awaiting approval
+        (decided, expired)."""
         self.expire()
-        execution = self._execution(command_id)
-        if execution.key_id is not None and execution.key_id == approver.id:
-            raise Forbidden(
-                "a key cannot decide on its own request: another approver must",
-                {"command_id": command_id},
-            )
+        check_approver(approver, self._execution(command_id), self.creators)
         decided = self.records.decide(
             command_id, approve=approve, key_id=approver.id, key_name=approver.name, reason=reason
         )
@@ -103,6 +101,11 @@ class Approvals:
         for command_id in expired:
             self._changed(Step.EXPIRED, command_id)
         return expired
+
+    def requests_ended(self, command_ids: list[str]) -> None:
+        """Executions a key's revocation denied: the gauge and the webhook are told."""
+        for command_id in command_ids:
+            self._changed(Step.DENIED, command_id)
 
     def awaiting(self, limit: int = 100) -> list[Execution]:
         """Executions awaiting approval, newest first (expired ones ended first)."""

@@ -397,6 +397,7 @@ CHECKPOINT_AFTER_COMMITS = 32  # commits between two rounds
 CHECKPOINT_CAP_FRAMES = 2000  # ~8 MB of WAL: copy the rest with the writers held back
 FALLBACK_AUTOCHECKPOINT_PAGES = 10_000  # SQLite's own, should this thread ever fall behind
 CHECKPOINT_IDLE_S = 5.0  # how often an idle checkpointer looks whether its storage is gone
+CHECKPOINT_STOP_WAIT_S = 10.0  # a round waits on the write lock at most the busy timeout
 
 
 class _Checkpointer:
@@ -416,8 +417,12 @@ class _Checkpointer:
         self._wake.set()
 
     def stop(self) -> None:
+        """End the thread and wait for a round under way: the storage closes the files that
+        round may be writing through (its write lock) right after this returns."""
         self._stopped = True
         self._wake.set()
+        if self.thread is not threading.current_thread():
+            self.thread.join(CHECKPOINT_STOP_WAIT_S)
 
     def _run(self) -> None:
         storage = None

@@ -44,7 +44,7 @@ def approve(command_id: str):
             application/json:
               schema: {$ref: "#/components/schemas/MCPResponse"}
         403:
-          description: Not an approver, or the key that requested it (FORBIDDEN)
+          description: Not an approver, the key that requested it, or a key it created (FORBIDDEN)
         404:
           description: No such execution (NOT_FOUND)
         409:
@@ -81,7 +81,7 @@ def deny(command_id: str):
             application/json:
               schema: {$ref: "#/components/schemas/MCPResponse"}
         403:
-          description: Not an approver, or the key that requested it (FORBIDDEN)
+          description: Not an approver, the key that requested it, or a key it created (FORBIDDEN)
         404:
           description: No such execution (NOT_FOUND)
         409:

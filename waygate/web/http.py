@@ -24,7 +24,7 @@ from . import jsonio
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # An incoming id is echoed only if it is short and plain: no CR/LF, spaces or quotes.
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -113,7 +113,7 @@ def _before() -> None:
 
 def _assign_request_id(req: Request) -> None:
     incoming = req.environ.get("HTTP_X_REQUEST_ID", "")
-    request_id = incoming if _SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    request_id = incoming if _SANE_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
     g.request_id = request_id
     # For log records: this thread's, and the command pool's jobs submitted from it.
     logs.request_id.set(request_id)

@@ -164,6 +164,10 @@ def update_key(name: str):
               schema: {$ref: "#/components/schemas/Key"}
         404:
           description: No live key of that name
+        409:
+          description: >-
+            An expiry on the last live admin key (CONFLICT): create another admin key first,
+            or use the CLI's --force
     """
     changes = load(_update, read_object(), invalid=INVALID, partial=True)
     record = services().keys.update(name, changes, actor=current_key().actor)
@@ -201,7 +205,8 @@ def rotate_key(name: str):
 @bp.delete("/keys/<name>")
 @admin_required
 def revoke_key(name: str):
-    """Revoke a key: every worker refuses it from its next request.
+    """Revoke a key: every worker refuses it from its next request; its requests awaiting
+    approval end denied ("requester key revoked") in the same transaction.
     ---
     delete:
       summary: Revoke an API key (admin)
@@ -216,5 +221,9 @@ def revoke_key(name: str):
               schema: {$ref: "#/components/schemas/Key"}
         404:
           description: No live key of that name
+        409:
+          description: >-
+            The last live admin key (CONFLICT): create another admin key first, or use the
+            CLI's --force
     """
     return jsonify(services().keys.revoke(name, actor=current_key().actor).as_dict())

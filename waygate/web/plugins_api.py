@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify
 
+from ..plugins import PluginInfo, PluginSet
 from . import services
-from .auth import admin_required, key_required
+from .auth import admin_required, current_key, key_required
 from .pagination import add_headers, paginated, requested_page
 
 bp = Blueprint("plugins", __name__)
@@ -27,9 +28,11 @@ def list_plugins():
             application/json:
               schema: {$ref: "#/components/schemas/PluginList"}
     """
-    infos = list(services().plugins.current.plugins.values())
+    plugins = services().plugins.current
+    infos = list(plugins.plugins.values())
     page = requested_page()
-    response = jsonify({"plugins": [i.as_dict() for i in page.slice(infos)], "total": len(infos)})
+    shown = [_shown(i, plugins) for i in page.slice(infos)]
+    response = jsonify({"plugins": shown, "total": len(infos)})
     return add_headers(response, page, len(infos))
 
 
@@ -53,9 +56,16 @@ def get_plugin(plugin_name: str):
           description: Plugin not found
     """
     info = services().plugins.get(plugin_name)
-    return jsonify(
-        {**info.as_dict(), "statistics": services().audit.statistics(info.name).as_dict()}
-    )
+    shown = _shown(info, services().plugins.current)
+    return jsonify({**shown, "statistics": services().audit.statistics(info.name).as_dict()})
+
+
+def _shown(info: PluginInfo, plugins: PluginSet) -> dict:
+    """A plugin as the caller may see it: secret config redacted (done at load, for every
+    key), and only the commands the caller's key may run, as /mcp/commands lists them."""
+    body = info.as_dict()
+    body["commands"] = plugins.visible_commands(info, current_key().scope.permits)
+    return body
 
 
 @bp.post("/plugins/reload")

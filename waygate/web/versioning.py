@@ -21,7 +21,7 @@ from ..errors import InvalidRequest, NotFound, WaygateError
 CURRENT = "2"
 VENDOR_TYPE = "application/vnd.waygate.v2+json"
 _VENDOR_RE = re.compile(r"application/vnd\.waygate\.v(\d+)\+json")
-_PATH_VERSION_RE = re.compile(r"^/v(\d+)(/|$)")
+_PATH_VERSION_RE = re.compile(r"/v(\d+)(/|\Z)")
 # The day query-parameter versioning was deprecated (the v2 specification's date).
 VERSION_PARAM_DEPRECATED = datetime(2025, 1, 14, tzinfo=UTC)
 

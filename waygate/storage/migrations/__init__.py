@@ -28,6 +28,7 @@ from . import (
     m012_approvals,
     m013_execution_trace_id,
     m014_worker_leases,
+    m015_key_created_by,
     r001_rate_limits,
 )
 from .migration import Migration, Schema
@@ -50,6 +51,7 @@ STATE = Schema(
         m012_approvals.migration,
         m013_execution_trace_id.migration,
         m014_worker_leases.migration,
+        m015_key_created_by.migration,
     ),
 )
 
