@@ -24,7 +24,7 @@ import requests
 
 from waygate.app import create_app
 from waygate.config import Config
-from waygate.keys import KeyStore
+from waygate.keystore import KeyStore
 from waygate.storage import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -229,7 +229,7 @@ def test_read_only_data_dir_while_running_is_503_and_recovers(
 def test_full_data_dir_is_503_and_recovers_without_restart(plugin_dist, small_fs, server_factory):
     data = small_fs / "data"
     data.mkdir()
-    from waygate.keys import KeyStore
+    from waygate.keystore import KeyStore
     from waygate.storage import SqliteStorage
 
     storage = SqliteStorage(data / "waygate.db")

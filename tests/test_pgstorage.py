@@ -169,7 +169,7 @@ def test_without_redis_the_limits_of_hosts_on_one_database_are_one(
 ):
     """Two hosts (own data dirs) on one PostgreSQL and no limit storage set: the per-key
     limit counts their requests together."""
-    from waygate.keys import KeyStore
+    from waygate.keystore import KeyStore
 
     storage = PostgresStorage(pg_migrated_url)
     _, key = KeyStore(storage).create("ops", "user")

@@ -35,7 +35,8 @@ from . import __version__
 from .clock import utcnow
 from .config import Config, ConfigError
 from .errors import WaygateError
-from .keys import KeyStore, expiry, parse_duration
+from .keys import expiry, parse_duration
+from .keystore import KeyStore
 from .storage import DatabaseError, PostgresStorage, Storage, Unsupported, open_storage
 
 # The environment file of the systemd unit (deploy/systemd/waygate.service): the CLI reads it
@@ -457,7 +458,7 @@ def approvals_approve(ctx: Context, command_id: str, approver: str, reason: str 
     import json
 
     services = ctx.services
-    services.commands.approve(command_id, ctx.keys.live(approver), reason)
+    services.commands.approve(command_id, ctx.keys.get(approver), reason)
     click.echo(f"approved {command_id} as {approver!r}; running it")
     outcome = _wait_for(services.status, command_id)
     click.echo(json.dumps(outcome.as_response(), default=str))
@@ -470,7 +471,7 @@ def approvals_approve(ctx: Context, command_id: str, approver: str, reason: str 
 @pass_context
 def approvals_deny(ctx: Context, command_id: str, approver: str, reason: str | None) -> None:
     """Deny: the execution ends denied and never runs."""
-    ctx.services.commands.deny(command_id, ctx.keys.live(approver), reason)
+    ctx.services.commands.deny(command_id, ctx.keys.get(approver), reason)
     click.echo(f"denied {command_id} as {approver!r}")
 
 

@@ -19,7 +19,7 @@ from .config import Config
 from .diagnostics import ServerInfo
 from .errorlog import ErrorLog
 from .housekeeping import Housekeeper
-from .keys import KeyStore
+from .keystore import KeyStore
 from .latency import LatencyWindow
 from .leases import Leases
 from .lifecycle import Readiness
