@@ -476,20 +476,37 @@ def test_the_cli_lists_approves_and_denies_as_a_named_admin(client, keys, runner
     assert [e["key_name"] for e in events(client, keys, first)][:2] == ["ops-user", "ops-admin"]
 
 
+def test_cli_approve_exits_non_zero_when_the_approved_command_fails(client, keys, runner):
+    slow = {"action": "wipe", "params": {"target": "db2", "seconds": 5}, "timeout": 1}
+    failing = request_wipe(client, keys, slow)
+    code, out, err = runner("approvals", "approve", failing, "--as", "ops-admin")
+    assert code == 3
+    assert '"status": "timeout"' in out
+    assert err.strip() == f"waygate: approved {failing}, but the command ended timeout"
+    succeeding = request_wipe(client, keys)
+    code, out, err = runner("approvals", "approve", succeeding, "--as", "ops-admin")
+    assert (code, err) == (0, "")
+    code, _, err = runner("approvals", "approve", succeeding, "--as", "ops-admin")
+    assert code == 1 and "not awaiting approval" in err  # refused: nothing ran
+
+
 # -- the webhook ---------------------------------------------------------------------------------
 
 
 class Receiver:
     """A webhook receiver on loopback that fails the first ``failures`` posts with 500."""
 
-    def __init__(self, failures=0):
-        self.bodies, self.failures = [], failures
+    def __init__(self, failures=0, basic_auth=None):
+        self.bodies, self.failures, self.authorizations = [], failures, []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if outer.failures:
+                outer.authorizations.append(self.headers.get("Authorization"))
+                if basic_auth and self.headers.get("Authorization") != basic_auth:
+                    self.send_response(401)
+                elif outer.failures:
                     outer.failures -= 1
                     self.send_response(500)
                 else:
@@ -534,6 +551,46 @@ def test_the_webhook_gets_every_request_and_decision_with_retries(
     assert denied["text"].startswith("Waygate: `wipe` requested by ops-user was denied by")
     assert denied["execution"]["decision_reason"] == "no"
     assert denied["execution"]["params"] == {"target": "db1"}
+
+
+def test_a_webhook_url_with_user_and_password_delivers_them_as_basic_auth_never_logged(
+    plugin_dist, make_app, keys, app_services_of, caplog
+):
+    import base64
+
+    expected = "Basic " + base64.b64encode(b"hook-user:p@ss:WEBHOOKSECRET").decode()
+    receiver = Receiver(basic_auth=expected)
+    url = receiver.url.replace("http://", "http://hook-user:p%40ss%3AWEBHOOKSECRET@")
+    try:
+        client = make_app(approval_webhook_url=url).test_client()
+        services = app_services_of(client)
+        notifier = services.commands.approvals.notifier
+        first = request_wipe(client, keys)
+        decide(client, keys.headers("admin"), first, "deny", {"reason": "no"})
+        notifier.join()
+    finally:
+        receiver.close()
+    assert [b["event"] for b in receiver.bodies] == ["requested", "denied"]
+    assert receiver.authorizations == [expected, expected]  # the first try of each took it
+    assert "WEBHOOKSECRET" not in caplog.text
+    assert "WEBHOOKSECRET" not in repr(services.config)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:pa@ssWEBHOOKSECRET@hooks.example.com/x",
+        "https://user:pa%zzWEBHOOKSECRET@hooks.example.com/x",
+        "https://user:WEBHOOKSECRET@hooks.example.com:port/x",
+    ],
+)
+def test_a_malformed_webhook_url_is_refused_at_start_up_without_repeating_it(url):
+    from waygate.config import Config, ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        Config.from_env({"WAYGATE_APPROVAL_WEBHOOK_URL": url})
+    assert str(refused.value).startswith("WAYGATE_APPROVAL_WEBHOOK_URL: ")
+    assert "WEBHOOKSECRET" not in str(refused.value)
 
 
 def test_a_webhook_that_never_answers_is_logged_and_counted_and_blocks_nothing(

@@ -106,3 +106,116 @@ def test_the_sdk_client_requests_and_fetches_the_result_after_another_key_approv
     assert read.structured_content["status"] == "success"
     assert read.structured_content["result"]["wiped"] == "db9"
     assert read.structured_content["result"]["key_name"] == "ops-user"
+
+
+def test_metrics_count_the_work_of_every_door_as_the_audit_does(engine_server, keys, data_dir):
+    """REST, MCP over HTTP, MCP over stdio and commands the CLI approves and runs in its own
+    process: /metrics on the server counts each execution and approval the audit holds."""
+    import json
+    import os
+    import sqlite3
+    import subprocess
+
+    from tests.conftest import BIN, ROOT
+    from tests.test_metrics import sample
+
+    server = engine_server(workers=2)
+    cli_env = {  # the CLI as an operator runs it on the server's host, with its plugins
+        **os.environ,
+        "WAYGATE_DATA_DIR": str(data_dir),
+        "PYTHONPATH": f"{server.env['PYTHONPATH']}:{ROOT}",
+    }
+    echo = {"action": "echo", "params": {"message": "hi"}}
+    assert [execute(server, keys, echo).status_code for _ in range(3)] == [200] * 3
+    mcp = requests.post(
+        server.url + "/mcp",
+        json={
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"message": "over mcp"}},
+        },
+        headers={**keys.headers(), "Accept": "application/json, text/event-stream"},
+        timeout=10,
+    )
+    assert mcp.status_code == 200 and "error" not in mcp.json(), mcp.text
+    held = [execute(server, keys, WIPE).json()["command_id"] for _ in range(4)]
+    assert approve(server, keys.headers("admin"), held[0]).status_code == 202
+    ended(server, keys, held[0])
+    for command_id in held[1:3]:  # run by the CLI, in its own process
+        done = subprocess.run(
+            [str(BIN / "waygate"), "approvals", "approve", command_id, "--as", "ops-admin"],
+            env=cli_env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == ""  # no "not counted in the service's metrics" warning
+    denied = subprocess.run(
+        [str(BIN / "waygate"), "approvals", "deny", held[3], "--as", "ops-admin"],
+        env=cli_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert denied.returncode == 0, denied.stderr
+    messages = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {
+            "jsonrpc": "2.0",
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"message": "over stdio"}},
+        },
+        {
+            "jsonrpc": "2.0",
+            "id": 3,
+            "method": "tools/call",
+            "params": {"name": "wipe", "arguments": {"target": "db5"}},
+        },
+    ]
+    stdio = subprocess.run(
+        [str(BIN / "waygate"), "mcp", "stdio"],
+        input="".join(json.dumps(m) + "\n" for m in messages),
+        env=cli_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert stdio.returncode == 0, stdio.stderr
+    assert stdio.stdout.count('"id": 3') + stdio.stdout.count('"id":3') == 1, stdio.stdout
+
+    with sqlite3.connect(data_dir / "waygate.db") as db:
+        audit = dict(
+            ((action, status), n)
+            for action, status, n in db.execute(
+                "SELECT action, status, count(*) FROM executions GROUP BY action, status"
+            )
+        )
+    assert audit == {
+        ("echo", "success"): 5,  # 3 REST, 1 MCP, 1 stdio
+        ("wipe", "success"): 3,  # approved over REST once, with the CLI twice
+        ("wipe", "denied"): 1,
+        ("wipe", "awaiting_approval"): 1,  # held over stdio
+    }
+    text = requests.get(server.url + "/metrics", timeout=10).text
+    for (action, status), n in audit.items():
+        if status in ("success", "failed", "timeout"):  # executions that ran
+            assert sample(text, "waygate_commands_total", action=action, status=status) == n
+    assert sample(text, "waygate_approvals_requested_total") == 5
+    assert sample(text, "waygate_approval_decisions_total", outcome="approved") == 3
+    assert sample(text, "waygate_approval_decisions_total", outcome="denied") == 1

@@ -76,3 +76,33 @@ def test_a_backup_taken_under_load_restores_every_key_and_execution(
     # consistent snapshot of the rows written meanwhile
     assert len(before) == 10 and set(before) <= set(copied)
     assert {row[0] for row in copied} <= {row[0] for row in executions(original, keys.admin)}
+
+
+def test_a_backup_is_its_owners_alone_whatever_the_umask(keys, data_dir, tmp_path):
+    import os
+    import stat
+
+    backup = tmp_path / "waygate-copy.db"
+    made = subprocess.run(
+        ["sh", "-c", 'umask 022 && exec "$0" backup "$1"', str(BIN / "waygate"), str(backup)],
+        env={"PATH": "/usr/bin:/bin", "WAYGATE_DATA_DIR": str(data_dir)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    assert stat.S_IMODE(os.stat(backup).st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir() if "partial" in p.name] == []
+
+
+def test_a_backup_into_a_missing_directory_says_so(keys, data_dir, tmp_path):
+    target = tmp_path / "no-such-dir" / "waygate.db"
+    made = waygate("backup", str(target), data_dir=data_dir, cwd=tmp_path)
+    assert made.returncode == 1
+    assert made.stdout == ""
+    assert made.stderr.strip() == (
+        f"waygate: the directory {target.parent} does not exist: create it first (e.g. install"
+        f" -d -m 0700 {target.parent}) or give a path in an existing directory"
+    )
+    assert not target.parent.exists()

@@ -1,4 +1,5 @@
 import json
+import os
 import re
 import subprocess
 
@@ -202,6 +203,8 @@ def test_the_default_environment_file_is_read_when_present(runner, monkeypatch, 
     monkeypatch.delenv("WAYGATE_DATA_DIR")
     assert runner("migrate")[0] == 0
     assert (service_data / "waygate.db").is_file()
+    # the service started from it (`waygate serve`) knows it: a plugin reload reads it again
+    assert os.environ["WAYGATE_ENV_FILE"] == str(env_file.resolve())
     # a variable already in the environment wins over the file
     monkeypatch.setenv("WAYGATE_DATA_DIR", str(tmp_path / "explicit"))
     code, _, err = runner("keys", "list")

@@ -164,6 +164,18 @@ def test_the_wheel_runs_from_a_fresh_venv_with_its_packaged_settings(service):
     assert "gthread" in log  # gunicorn ran with the packaged settings
 
 
+def test_the_wheel_carries_the_mit_licence_file_the_metadata_names(installed):
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License\n")
+    assert re.search(r"^license = MIT$", (ROOT / "setup.cfg").read_text(), re.M)
+    (dist_info,) = (installed / "lib").glob("python3*/site-packages/waygate_mcp-*.dist-info")
+    shipped = [p for p in dist_info.rglob("LICENSE") if p.is_file()]
+    assert [p.read_text() for p in shipped] == [text]
+    metadata = (dist_info / "METADATA").read_text()
+    assert re.search(r"^License(-Expression)?: MIT$", metadata, re.M)
+    assert re.search(r"^License-File: LICENSE$", metadata, re.M)
+
+
 def test_the_plugin_guide_distribution_installs_and_runs_as_written(service, tmp_path):
     guide = (ROOT / "docs" / "plugins.md").read_text()
     module = re.search(r"`disk_usage_plugin.py`:\n\n```python\n(.*?)```", guide, re.S).group(1)

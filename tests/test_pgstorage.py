@@ -164,6 +164,44 @@ def test_a_bad_database_url_stops_the_service_before_it_starts(tmp_path):
     assert "pw-never-shown" not in done.stderr + done.stdout
 
 
+MALFORMED_URLS = [
+    # a bare % in the password: libpq's "invalid percent-encoded token" quoted it
+    "postgresql://waygate:Pa%zzSECRET77@127.0.0.1:{port}/waygate",
+    # an unencoded @ in the password: libpq's "failed to resolve host" quoted the rest of it
+    "postgresql://waygate:Pa@ssSECRET88@127.0.0.1:{port}/waygate",
+    # an unencoded / in the password: libpq read the password's start as the port
+    "postgresql://waygate:9999/SECRET99@127.0.0.1:{port}/waygate",
+    "postgresql://127.0.0.1:{port}/waygate?password=Pa%zzSECRET66",
+]
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("url", MALFORMED_URLS)
+def test_a_malformed_database_url_is_refused_without_showing_its_password(url, tmp_path):
+    url = url.format(port=free_port())
+    secret = url.partition("SECRET")[2][:2]
+    with pytest.raises(ConfigError) as refused:
+        Config.from_env({"WAYGATE_DATABASE_URL": url})
+    message = str(refused.value)
+    assert message.startswith("WAYGATE_DATABASE_URL: ") and "percent-encode" in message
+    assert "SECRET" not in message and secret not in message
+    env = {**os.environ, "WAYGATE_DATA_DIR": str(tmp_path), "WAYGATE_DATABASE_URL": url}
+    migrate = subprocess.run(
+        [str(BIN / "waygate"), "migrate"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert migrate.returncode == 2
+    assert migrate.stderr == f"waygate: configuration error: {message}\n"
+    served = run_gunicorn_once({"WAYGATE_DATA_DIR": str(tmp_path), "WAYGATE_DATABASE_URL": url})
+    assert served.returncode != 0
+    assert f"waygate: configuration error: {message}" in served.stderr
+    assert "SECRET" not in served.stderr + served.stdout
+
+
+def test_a_well_formed_database_url_with_encoded_characters_is_accepted():
+    url = "postgresql://waygate:P%40s%25s%2Fw%3Ad@[::1]:5432/waygate?sslmode=require"
+    assert Config.from_env({"WAYGATE_DATABASE_URL": url}).database_url == url
+
+
 def test_without_redis_the_limits_of_hosts_on_one_database_are_one(
     make_app, pg_migrated_url, tmp_path
 ):

@@ -133,3 +133,70 @@ def test_the_documented_destructive_command_waits_for_approval(
         time.sleep(0.02)
     assert body["status"] == "success" and body["result"] == {"removed": ["old.log"]}
     assert not (scratch / "old.log").exists() and (scratch / "new.log").exists()
+
+
+def _ask_approve_and_wait(client, keys):
+    asked = client.post(
+        "/mcp/execute",
+        headers=keys.headers(),
+        json={"action": "clean_scratch", "params": {"older_than_days": 30}},
+    )
+    assert asked.status_code == 202, asked.get_json()
+    command_id = asked.get_json()["command_id"]
+    approved = client.post(f"/mcp/executions/{command_id}/approve", headers=keys.headers("admin"))
+    assert approved.status_code == 202
+    for _ in range(200):
+        body = client.get(f"/mcp/executions/{command_id}", headers=keys.headers()).get_json()
+        if body["status"] not in ("pending", "running"):
+            return body
+        time.sleep(0.02)
+    raise AssertionError(f"{command_id} did not end")
+
+
+def test_the_documented_destructive_command_on_a_missing_directory_fails_cleanly(
+    plugin_dist, make_app, keys, tmp_path, caplog
+):
+    missing = tmp_path / "no-scratch"  # as /var/tmp/scratch, the default, on a fresh host
+    _write_example(plugin_dist)
+    client = make_app(plugin_config={"DiskUsage": {"scratch_dir": str(missing)}}).test_client()
+    body = _ask_approve_and_wait(client, keys)
+    assert body["status"] == "failed"
+    assert body["error"].startswith(f"the scratch directory {missing} does not exist: create it")
+    assert "FileNotFoundError" not in body["error"]
+    assert [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")] == []
+    assert "Traceback" not in caplog.text
+    errors = client.get("/diagnostics/errors", headers=keys.headers("admin")).get_json()
+    assert errors["errors"] == []
+
+
+def test_a_reload_reads_the_plugin_config_again_from_the_environment_file(
+    plugin_dist, make_app, keys, tmp_path
+):
+    first, second = tmp_path / "first", tmp_path / "second"
+    for scratch in (first, second):
+        scratch.mkdir()
+        (scratch / "old.log").write_text("old")
+        month_ago = time.time() - 31 * 86400
+        os.utime(scratch / "old.log", (month_ago, month_ago))
+    env_file = tmp_path / "waygate.env"
+    setting = 'WAYGATE_PLUGIN_CONFIG={"DiskUsage": {"scratch_dir": "%s"}}\n'
+    env_file.write_text(setting % first)
+    _write_example(plugin_dist)
+    client = make_app(
+        env_file=str(env_file), plugin_config={"DiskUsage": {"scratch_dir": str(first)}}
+    ).test_client()
+    assert _ask_approve_and_wait(client, keys)["status"] == "success"
+    assert not (first / "old.log").exists() and (second / "old.log").exists()
+
+    env_file.write_text(setting % second)  # the operator edits the file, then reloads
+    reloaded = client.post("/plugins/reload", headers=keys.headers("admin"))
+    assert reloaded.status_code == 200, reloaded.get_json()
+    shown = client.get("/plugins/DiskUsage", headers=keys.headers("admin")).get_json()
+    assert shown["config"]["scratch_dir"] == str(second)
+    assert _ask_approve_and_wait(client, keys)["result"] == {"removed": ["old.log"]}
+    assert not (second / "old.log").exists()
+
+    env_file.write_text("WAYGATE_PLUGIN_CONFIG={not json\n")  # a bad edit keeps the last one
+    assert client.post("/plugins/reload", headers=keys.headers("admin")).status_code == 200
+    shown = client.get("/plugins/DiskUsage", headers=keys.headers("admin")).get_json()
+    assert shown["config"]["scratch_dir"] == str(second)

@@ -17,7 +17,9 @@ waygate keys revoke NAME [--force]                  (--force: even the last live
 waygate keys bootstrap                              (first admin key, only if none exist)
 waygate mcp stdio [--as NAME]                       (MCP over stdio, for desktop clients)
 waygate approvals list
-waygate approvals approve ID --as NAME [--reason R]  (decided and audited as admin key NAME)
+waygate approvals approve ID --as NAME [--reason R]  (decided and audited as admin key NAME;
+                                                     exit 0 ran and succeeded, 1 refused,
+                                                     3 approved but the command failed)
 waygate approvals deny ID --as NAME [--reason R]
 """
 
@@ -78,8 +80,19 @@ class Context:
         from .services import Services
 
         if self._services is None:
+            share_metrics(self.config)
             self._services = Services.build(self.config)
         return self._services
+
+
+def share_metrics(config: Config) -> None:
+    """Work this process does (an approved command it runs, MCP over stdio) is counted in the
+    service's /metrics, as it is in the audit; a warning on stderr when it cannot be."""
+    from .metrics import share_service_metrics
+
+    problem = share_service_metrics(config.data_dir / "prometheus")
+    if problem:
+        click.echo(f"waygate: warning: not counted in the service's metrics: {problem}", err=True)
 
 
 def load_env_file(path: Path | None) -> None:
@@ -100,6 +113,8 @@ def load_env_file(path: Path | None) -> None:
     for name, value in values.items():
         if value is not None:
             os.environ.setdefault(name, value)
+    # the service reads WAYGATE_PLUGIN_CONFIG from it again when plugins are reloaded
+    os.environ.setdefault("WAYGATE_ENV_FILE", str(path.resolve()))
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -164,9 +179,15 @@ def migrate(ctx: Context) -> None:
 def backup(ctx: Context, path: Path) -> None:
     """Copy the database to PATH while the service runs (SQLite's online backup).
 
-    To restore, stop the service and put the copy in place of <data dir>/waygate.db."""
+    The copy is readable by its owner only (0600), like the database itself. To restore, stop
+    the service and put the copy in place of <data dir>/waygate.db."""
     if path.exists():
         raise click.ClickException(f"{path} exists already; give a new file name")
+    if not path.parent.is_dir():
+        raise click.ClickException(
+            f"the directory {path.parent} does not exist: create it first (e.g. install -d -m"
+            f" 0700 {path.parent}) or give a path in an existing directory"
+        )
     try:
         ctx.storage.backup_to(path)
     except Unsupported as exc:
@@ -411,6 +432,7 @@ def mcp_stdio(ctx: Context, caller: str, allow: tuple[str, ...], read_only: bool
 
     scope = Scope(check_patterns(list(allow)) if allow else None, read_only)
     configure_logging(ctx.config)
+    share_metrics(ctx.config)
     services = Services.build(ctx.config)
     services.housekeeper.start()
     serve(services.mcp, Caller(key_name=caller, scope=scope))
@@ -448,20 +470,38 @@ _as_option = click.option(
 _reason_option = click.option("--reason", default=None, help="Recorded with the decision.")
 
 
+# Exit codes of `waygate approvals approve` (README, "Approvals"): 0 the approved command ran
+# and succeeded; 1 the decision was refused (unknown id, not awaiting approval, not a live
+# admin key, the requester's own key) and nothing ran; 3 approved, but the command failed,
+# timed out or could not be run: its outcome is printed all the same.
+EXIT_COMMAND_FAILED = 3
+
+
+class CommandFailed(click.ClickException):
+    exit_code = EXIT_COMMAND_FAILED
+
+
 @approvals.command("approve")
 @click.argument("command_id")
 @_as_option
 @_reason_option
 @pass_context
 def approvals_approve(ctx: Context, command_id: str, approver: str, reason: str | None) -> None:
-    """Approve: the stored request runs here, in this process, and its outcome is printed."""
+    """Approve: the stored request runs here, in this process, and its outcome is printed.
+
+    Exit status: 0 it ran and succeeded; 1 the decision was refused (nothing ran); 3 approved,
+    but the command failed, timed out or could not be run."""
     import json
+
+    from .outcomes import ExecutionStatus
 
     services = ctx.services
     services.commands.approve(command_id, ctx.keys.get(approver), reason)
     click.echo(f"approved {command_id} as {approver!r}; running it")
     outcome = _wait_for(services.status, command_id)
     click.echo(json.dumps(outcome.as_response(), default=str))
+    if outcome.status != ExecutionStatus.SUCCESS:
+        raise CommandFailed(f"approved {command_id}, but the command ended {outcome.status}")
 
 
 @approvals.command("deny")

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from limits import parse as parse_rate_limit
 
@@ -105,7 +105,8 @@ class Config:
     # seconds a request waits for a decision before it ends expired
     approval_ttl_s: int = 900
     # http(s) URL that gets a JSON POST for every new pending approval and every decision
-    approval_webhook_url: str = ""
+    # (user:password@ in it is sent as Basic auth; never shown)
+    approval_webhook_url: str = dataclasses.field(default="", repr=False)
     approval_webhook_attempts: int = 4
     # seconds a worker keeps serving (with /ready at 503) after SIGTERM before it stops
     drain_seconds: int = 0
@@ -121,6 +122,27 @@ class Config:
     plugin_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(
         default_factory=dict, repr=False
     )
+    # the environment file the service was started with (`waygate serve` sets it to the file
+    # it read): every plugin load, reloads included, reads WAYGATE_PLUGIN_CONFIG from it
+    env_file: str = ""
+
+    def current_plugin_config(self) -> Mapping[str, Mapping[str, Any]]:
+        """WAYGATE_PLUGIN_CONFIG as the environment file says now (an operator edits it there
+        and reloads), or as the service started when there is no file or the file does not
+        set it. Read at every plugin load, so workers SIGHUP starts and workers that reload
+        agree. ConfigError when the file cannot be read or its value is not valid."""
+        if not self.env_file:
+            return self.plugin_config
+        from dotenv import dotenv_values
+
+        name = "WAYGATE_PLUGIN_CONFIG"
+        try:
+            raw = dotenv_values(self.env_file).get(name)
+        except OSError as exc:
+            raise ConfigError(f"cannot read {self.env_file}: {exc.strerror}") from None
+        if raw is None:
+            return self.plugin_config
+        return _parse(name, "plugin_config", raw.strip()) if raw.strip() else {}
 
     @property
     def admission_limit(self) -> int:
@@ -236,8 +258,8 @@ class Config:
                         " like drop_* or wipe_?"
                     )
         hook = self.approval_webhook_url
-        if hook and not re.fullmatch(r"https?://[^\s]+", hook):
-            raise ConfigError("WAYGATE_APPROVAL_WEBHOOK_URL: must be an http:// or https:// URL")
+        if hook:
+            _check_webhook_url(hook)
         uri = self.ratelimit_storage_uri
         if uri and not re.match(
             r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory|postgresql|postgres)://",
@@ -249,16 +271,70 @@ class Config:
             )
 
 
+_ENCODE_HINT = (
+    "percent-encode special characters of the user name and password (% as %25, @ as %40,"
+    " / as %2F, : as %3A, ? as %3F, # as %23)"
+)
+
+
 def check_database_url(url: str, name: str = "WAYGATE_DATABASE_URL") -> None:
-    """A PostgreSQL URL, or ConfigError naming ``name`` (the setting, or a CLI option that takes
-    one); the message never repeats the URL (it may carry a password)."""
+    """A PostgreSQL URL that PostgreSQL's client reads as Python does, or ConfigError naming
+    ``name`` (the setting, or a CLI option that takes one); the message never repeats any of
+    it (it may carry a password).
+
+    Checked before anything hands the URL to libpq: libpq's own errors quote the part they
+    could not read, and a password with a bare ``%`` or ``@`` in it is such a part (an invalid
+    percent-escape, or a "host" that starts with the rest of the password)."""
+    if re.search(r"%(?![0-9A-Fa-f]{2})", url):
+        raise ConfigError(f"{name}: a '%' that does not start a percent-escape; {_ENCODE_HINT}")
+    if url.count("@") > 1 or re.search(r"[/?#].*@", url.partition("://")[2]):
+        raise ConfigError(f"{name}: an '@' besides the one before the host; {_ENCODE_HINT}")
+    if any(ord(c) < 33 or ord(c) == 127 for c in url):
+        raise ConfigError(f"{name}: spaces and control characters must be encoded")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ConfigError(f"{name}: not a valid URL; {_ENCODE_HINT}") from None
+    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
+        raise ConfigError(f"{name}: use postgresql://user:password@host:port/database")
+    # the same URL as libpq reads it: its user, host and port must be the ones Python read
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        read = conninfo_to_dict(url)
+    except Exception:  # noqa: BLE001 - its message would quote the URL
+        raise ConfigError(f"{name}: not a valid URL; {_ENCODE_HINT}") from None
+    ours = (
+        unquote(parts.username or ""),
+        (parts.hostname or "").lower(),
+        str(parts.port or ""),
+    )
+    theirs = (read.get("user", ""), read.get("host", "").lower(), read.get("port", ""))
+    if ours != theirs:
+        raise ConfigError(
+            f"{name}: PostgreSQL's client reads another user, host or port out"
+            f" of it; {_ENCODE_HINT}"
+        )
+
+
+def _check_webhook_url(url: str) -> None:
+    """An http(s) URL; user:password@ in it is allowed (sent as Basic auth) and never shown."""
+    name = "WAYGATE_APPROVAL_WEBHOOK_URL"
+    if not re.fullmatch(r"https?://[^\s]+", url):
+        raise ConfigError(f"{name}: must be an http:// or https:// URL")
+    if re.search(r"%(?![0-9A-Fa-f]{2})", url) or url.partition("#")[0].count("@") > 1:
+        raise ConfigError(
+            f"{name}: percent-encode special characters of its user name and password"
+            " (% as %25, @ as %40)"
+        )
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
         raise ConfigError(f"{name}: not a valid URL") from None
-    if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
-        raise ConfigError(f"{name}: use postgresql://user:password@host:port/database")
+    if not parts.hostname:
+        raise ConfigError(f"{name}: must name a host, like https://hooks.example.com/waygate")
 
 
 def _check_rate_limit(name: str, value: str) -> None:

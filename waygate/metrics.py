@@ -11,6 +11,7 @@ the raw path; ``action`` is a command that exists (unknown actions are refused e
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -277,6 +278,33 @@ def prepare_multiprocess_dir(path) -> None:
     for stale in path.glob("*.db"):
         stale.unlink()
     os.environ[MULTIPROC_ENV] = str(path)
+
+
+def share_service_metrics(path) -> str | None:
+    """Record this process's metrics into the service's multiprocess directory (``path``,
+    <data dir>/prometheus, made by the gunicorn master), for work done outside the workers:
+    a command the CLI approves and runs, ``waygate mcp stdio``. Then every worker's /metrics
+    counts that work too, as the audit does. Its live gauges go when it exits; its counters
+    stay, as a dead worker's do.
+
+    None when this process records there (or there is no directory: no service has run on
+    this data dir, so there is no /metrics to agree with); else why it does not."""
+    if multiprocess():
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    if info.st_uid != os.geteuid():
+        # files this user wrote there could not be read by the service's workers
+        return f"{path} belongs to another user: run this as the service's user"
+    if "prometheus_client" in sys.modules:
+        # it chose in-memory values when imported; never the case in a fresh CLI process
+        return "the metrics library was loaded before the data dir was known"
+    os.environ[MULTIPROC_ENV] = str(path)
+    pid = os.getpid()
+    atexit.register(lambda: os.getpid() == pid and mark_worker_dead(pid))
+    return None
 
 
 def mark_worker_dead(pid: int) -> None:

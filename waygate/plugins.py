@@ -368,8 +368,11 @@ class PluginRegistry:
         plugin_config=None,
         loader=discover,
         on_load: Callable[[PluginSet], None] | None = None,
+        config_source: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None,
     ):
         self._storage = storage
+        # read at every load, reloads included (the operator's WAYGATE_PLUGIN_CONFIG as it is now)
+        self._config_source = config_source
         self._loader = loader
         self._on_load = on_load
         self._plugin_config = plugin_config or {}
@@ -427,6 +430,11 @@ class PluginRegistry:
 
     def _install(self, generation: int, fresh: bool) -> None:
         """Load and swap in a new set (the caller holds the lock)."""
+        if self._config_source is not None:  # at start too: SIGHUP's new workers agree
+            try:
+                self._plugin_config = self._config_source()
+            except ValueError as exc:  # ConfigError: keep the config the plugins have
+                log.warning("plugin config not re-read, the previous one stays: %s", exc)
         self._current = self._loader(self._plugin_config, fresh_modules=fresh)
         self._generation = generation
         self._checked_at = time.monotonic()

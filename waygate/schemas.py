@@ -131,7 +131,9 @@ def describe_parameters(schema_class: type[Schema]) -> dict[str, dict[str, Any]]
 
 
 class ErrorDetailSchema(Schema):
-    code = fields.String(required=True, metadata={"description": "Error code (spec section 4)"})
+    code = fields.String(
+        required=True, metadata={"description": "Error code (docs/api.md, Error codes)"}
+    )
     message = fields.String(required=True, metadata={"description": "Human-readable message"})
     details = fields.Dict(required=True, metadata={"description": "Additional error details"})
     timestamp = fields.String(required=True, metadata={"format": "date-time"})

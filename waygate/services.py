@@ -61,6 +61,7 @@ class Services:
             storage,
             config.plugin_config,
             on_load=lambda s: metrics().plugins_loaded.set(len(s.loaded)),
+            config_source=config.current_plugin_config,
         )
         audit = AuditLog(
             storage,

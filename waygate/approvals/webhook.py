@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import queue
@@ -11,6 +12,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from ..audit import Execution
 from ..forksafe import reset_after_fork
@@ -36,7 +38,9 @@ class Notifier:
         queue_size: int = 1000,
         on_failure: Callable[[], None] | None = None,
     ):
-        self.url = url
+        # user:password@ in the URL (a webhook behind Basic auth) is sent as an Authorization
+        # header: urllib would take it for part of the host name and fail every delivery
+        self.url, self._headers = split_credentials(url)
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
@@ -86,7 +90,7 @@ class Notifier:
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             request = urllib.request.Request(  # noqa: S310 - the operator's http(s) URL
-                self.url, data=data, headers={"Content-Type": "application/json"}
+                self.url, data=data, headers={"Content-Type": "application/json", **self._headers}
             )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 # nosec B310
@@ -106,6 +110,20 @@ class Notifier:
         log.warning(message)  # the URL may carry a token: it is never logged
         if self._on_failure is not None:
             self._on_failure()
+
+
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """``url`` without its ``user:password@`` and the Basic ``Authorization`` header that
+    carries them instead (percent-escapes decoded, as a browser does)."""
+    if not url:
+        return url, {}
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, {}
+    host = parts.netloc.rpartition("@")[2]
+    credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    token = base64.b64encode(credentials.encode()).decode("ascii")
+    return urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
 
 
 def payload(event: Step, execution: Execution) -> dict[str, Any]:

@@ -352,6 +352,10 @@ class SqliteStorage:
         beside ``target`` and renamed into place, so ``target`` is never half-written."""
         target = Path(target)
         partial = target.with_name(f".{target.name}.partial")
+        partial.unlink(missing_ok=True)  # left by a copy that was killed
+        # the copy holds every key hash and audit row: its owner's alone, as the data dir's
+        # files are, whatever the umask (created private before SQLite writes a byte into it)
+        create_private(partial)
         source = self.connect()
         try:
             copy = sqlite3.connect(partial)

@@ -245,7 +245,7 @@ def _name_the_commands(components: dict[str, Any], commands: Mapping[str, Comman
         variants[f"MCPCommand.{name}"] = variant
     components.update(variants)
     components["MCPCommand"] = {
-        "description": "Spec 3.1 MCPCommand: one of the loaded commands, with its parameters",
+        "description": "MCPCommand: one of the loaded commands, with its parameters",
         "oneOf": [{"$ref": f"#/components/schemas/{key}"} for key in variants],
         "discriminator": {
             "propertyName": "action",
