@@ -175,6 +175,7 @@ MALFORMED_URLS = [
 ]
 
 
+@pytest.mark.server
 @pytest.mark.sqlite_only
 @pytest.mark.parametrize("url", MALFORMED_URLS)
 def test_a_malformed_database_url_is_refused_without_showing_its_password(url, tmp_path):
