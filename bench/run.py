@@ -63,8 +63,12 @@ ECHO_TOOL = json.dumps(
     }
 )
 HIGH_LIMITS = {
-    f"WAYGATE_RATE_LIMIT_{n}": "100000000/minute"
-    for n in ("EXECUTE", "HEALTH", "METRICS", "DEFAULT")
+    **{
+        f"WAYGATE_RATE_LIMIT_{n}": "100000000/minute"
+        for n in ("EXECUTE", "HEALTH", "METRICS", "DEFAULT")
+    },
+    # one key drives 8 connections per worker: more than its default share (7 of 14 slots)
+    "WAYGATE_COMMAND_REQUESTS_PER_KEY": "13",
 }
 # Issue 19's targets, re-based on the floor (bench/README.md): the ``*_vs_floor`` ones and
 # floor/bare need --floor (Waygate with its per-request features off, in the same run).

@@ -56,6 +56,8 @@ def test_values_are_read_from_waygate_variables(tmp_path):
         ("WAYGATE_RATELIMIT_FAIL_OPEN", "maybe"),
         ("WAYGATE_PUBLIC_URL", "waygate.example.com"),
         ("WAYGATE_PUBLIC_URL", "https://waygate.example.com/api?x=1"),
+        ("WAYGATE_COMMAND_REQUESTS_PER_KEY", "14"),  # every slot of the default 14: never
+        ("WAYGATE_COMMAND_REQUESTS_PER_KEY", "-1"),
     ],
 )
 def test_a_bad_value_names_its_variable(name, value):
@@ -83,3 +85,19 @@ def test_the_readme_documents_every_setting_with_its_default():
             assert documented[name] == str(field.default).lower(), name
         elif isinstance(field.default, int | str) and field.default != "":  # "": computed
             assert documented[name] == str(field.default), name
+
+
+@pytest.mark.parametrize(
+    "env, share",
+    [
+        ({}, 7),  # half of the 16 request threads less two
+        ({"WAYGATE_COMMAND_REQUESTS": "5"}, 2),
+        ({"WAYGATE_COMMAND_REQUESTS": "1"}, 1),  # one slot: one key at a time, first come
+        ({"WAYGATE_COMMAND_REQUESTS_PER_KEY": "13"}, 13),
+        ({"WAYGATE_COMMAND_REQUESTS": "4", "WAYGATE_COMMAND_REQUESTS_PER_KEY": "3"}, 3),
+    ],
+)
+def test_a_keys_share_of_a_workers_command_slots_is_half_unless_set_and_never_all(env, share):
+    assert Config.from_env(env).admission_per_key == share
+    with pytest.raises(ConfigError, match="WAYGATE_COMMAND_REQUESTS_PER_KEY: must be less"):
+        Config.from_env({"WAYGATE_COMMAND_REQUESTS": "4", "WAYGATE_COMMAND_REQUESTS_PER_KEY": "4"})

@@ -1,5 +1,8 @@
 """Diagnostics endpoints (admin): connection, performance and the persisted error log."""
 
+import logging
+import time
+
 import pytest
 
 from tests.test_http import assert_envelope
@@ -51,15 +54,30 @@ def test_a_failed_command_is_persisted_once_with_its_request(client, keys, data_
     assert error["request_id"] == response.headers["X-Request-ID"]
 
 
-def test_an_error_record_outside_any_request_is_persisted(client, keys):
-    location = client.post(
+def test_an_error_record_outside_any_request_keeps_the_request_id_its_log_line_shows(
+    client, keys, caplog
+):
+    accepted = client.post(
         "/mcp/execute", json={"action": "boom", "async": True}, headers=keys.headers()
-    ).headers["Location"]
-    for _ in range(100):
-        if client.get(location, headers=keys.headers()).get_json()["status"] == "failed":
-            break
+    )
+    request_id, location = accepted.headers["X-Request-ID"], accepted.headers["Location"]
+    deadline = time.monotonic() + 10
+    while client.get(location, headers=keys.headers()).get_json()["status"] != "failed":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
     errors = client.get("/diagnostics/errors", headers=keys.headers("admin")).get_json()["errors"]
-    assert any("kaboom" in e["message"] and e["request_id"] is None for e in errors)
+    (failed,) = [e for e in errors if "kaboom" in e["message"]]
+    assert "endpoint" not in failed["context"]  # run by a pool thread, after the request
+    assert failed["request_id"] == request_id
+    (line,) = [r for r in caplog.records if "kaboom" in r.getMessage()]
+    assert line.request_id == request_id  # the log line's id, as the row has it
+
+
+def test_an_error_record_of_no_request_has_no_request_id(client, keys, app_services_of):
+    logging.getLogger("waygate.housekeeping").error("sweep failed: disk away")
+    errors = client.get("/diagnostics/errors", headers=keys.headers("admin")).get_json()["errors"]
+    (row,) = [e for e in errors if e["message"] == "sweep failed: disk away"]
+    assert row["request_id"] is None
 
 
 def test_a_health_503_is_persisted_with_its_code(make_app, keys):

@@ -4,6 +4,7 @@ a flood of slow commands, and the MCP tool timeout."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -70,6 +71,11 @@ def test_a_batch_item_is_timed_by_its_own_job_not_by_when_it_was_collected(testi
     assert items[1]["duration_ms"] < 300, items[1]
 
 
+def user_keys(keys, count: int) -> list[dict]:
+    """``count`` more user keys' headers (each key holds at most its share of the slots)."""
+    return [{"X-API-Key": keys.store.create(f"caller-{n}", "user")[1]} for n in range(count)]
+
+
 def test_command_requests_beyond_the_admission_cap_are_refused_at_once(plugin_dist, make_app, keys):
     from waygate.metrics import counter_total
 
@@ -77,18 +83,18 @@ def test_command_requests_beyond_the_admission_cap_are_refused_at_once(plugin_di
     refused_before = counter_total("waygate_admission_refused_total")
     client_calls = []
 
-    def call(_):
+    def call(headers):
         with app.test_client() as c:
             started = time.monotonic()
             answer = c.post(
                 "/mcp/execute",
                 json={"action": "stuck", "params": {"seconds": 1}, "timeout": 3},
-                headers=keys.headers(),
+                headers=headers,
             )
             client_calls.append((answer.status_code, time.monotonic() - started, answer))
 
-    with ThreadPoolExecutor(6) as pool:
-        list(pool.map(call, range(6)))
+    with ThreadPoolExecutor(6) as pool:  # six keys, one call each: none over its own share
+        list(pool.map(call, user_keys(keys, 6)))
     codes = sorted(code for code, _, _ in client_calls)
     assert codes == [200, 200, 503, 503, 503, 503], codes
     for code, waited, answer in client_calls:
@@ -106,7 +112,7 @@ def test_mcp_tool_calls_beyond_the_cap_are_503_with_retry_after(plugin_dist, mak
     app = make_app(command_requests=1)
     answers = []
 
-    def call(_):
+    def call(headers):
         with app.test_client() as c:
             answers.append(
                 c.post(
@@ -117,18 +123,151 @@ def test_mcp_tool_calls_beyond_the_cap_are_503_with_retry_after(plugin_dist, mak
                         "method": "tools/call",
                         "params": {"name": "stuck", "arguments": {"seconds": 1}},
                     },
-                    headers={**keys.headers(), "MCP-Protocol-Version": "2025-06-18"},
+                    headers={**headers, "MCP-Protocol-Version": "2025-06-18"},
                 )
             )
 
     with ThreadPoolExecutor(3) as pool:
-        list(pool.map(call, range(3)))
+        list(pool.map(call, user_keys(keys, 3)))
     codes = sorted(a.status_code for a in answers)
     assert codes == [200, 503, 503], codes
     refused = next(a for a in answers if a.status_code == 503)
     assert refused.headers["Retry-After"] == "1"
     body = refused.get_json()
     assert body["id"] == 7 and body["error"]["data"]["code"] == "SERVICE_UNAVAILABLE"
+
+
+def _until(condition, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_one_key_holds_at_most_its_share_of_a_workers_command_slots(
+    plugin_dist, make_app, keys, caplog
+):
+    """4 slots, 2 per key: a key's third concurrent call is 429 at once while another key's
+    calls are still admitted; a batch and an MCP tool call count alike."""
+    app = make_app(command_requests=4)
+    flooder, other = user_keys(keys, 2)
+    held = {"action": "sleep", "params": {"seconds": 1.5}, "timeout": 5}
+    answers = []
+
+    def call(body):
+        with app.test_client() as c:
+            answers.append(c.post("/mcp/execute", json=body, headers=flooder))
+
+    with ThreadPoolExecutor(6) as pool:
+        floods = [pool.submit(call, held) for _ in range(2)]
+        _until(lambda: app.extensions["waygate"].commands.pool.stats().in_use == 2)
+        refused = [pool.submit(call, body) for body in (held, [held], {"action": "test"})]
+        for f in refused:
+            f.result()
+        assert [a.status_code for a in answers] == [429, 429, 429]
+        with app.test_client() as c:  # the other key is admitted meanwhile
+            started = time.monotonic()
+            echo = {"action": "echo", "params": {"message": "mine"}}
+            assert c.post("/mcp/execute", json=echo, headers=other).status_code == 200
+            assert c.post("/mcp/execute", json=[echo, echo], headers=other).status_code == 200
+            assert time.monotonic() - started < 1
+            tool = c.post(
+                "/mcp",
+                json={
+                    "jsonrpc": "2.0",
+                    "id": 3,
+                    "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"message": "x"}},
+                },
+                headers={**flooder, "MCP-Protocol-Version": "2025-06-18"},
+            )
+        for f in floods:
+            f.result()
+    for answer in answers[:3]:
+        error = answer.get_json()["error"]
+        assert error["code"] == "RATE_LIMITED"
+        assert error["details"] == {"key_share": 2, "worker_slots": 4}
+        assert answer.headers["Retry-After"] == "1"
+    assert sorted(a.status_code for a in answers[3:]) == [200, 200]
+    assert tool.status_code == 429 and tool.headers["Retry-After"] == "1"
+    rpc_error = tool.get_json()
+    assert rpc_error["id"] == 3 and rpc_error["error"]["data"]["code"] == "RATE_LIMITED"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    errors = app.test_client().get("/diagnostics/errors", headers=keys.headers("admin"))
+    assert errors.get_json()["total"] == 0
+    # the slots came back: the flooder is admitted again
+    echo = {"action": "echo", "params": {"message": "again"}}
+    assert app.test_client().post("/mcp/execute", json=echo, headers=flooder).status_code == 200
+
+
+@pytest.mark.sqlite_only
+def test_one_key_holding_60_hung_calls_leaves_another_keys_calls_answered(
+    plugin_dist, server_factory, keys
+):
+    """The hold-out check on real gunicorn, 2 workers, default settings: while one key holds
+    60 hung calls (REST and MCP), another key's 10 echo calls all succeed within 1 s."""
+    server = server_factory(
+        workers=2, PYTHONPATH=str(plugin_dist.root), WAYGATE_RATE_LIMIT_EXECUTE="10000/minute"
+    )
+    flooder, other = user_keys(keys, 2)
+    hung: list[int] = []
+
+    def hang(n):
+        if n % 2:
+            answer = requests.post(
+                server.url + "/mcp/execute",
+                json={"action": "wait", "params": {"seconds": 6}, "timeout": 10},
+                headers=flooder,
+                timeout=30,
+            )
+        else:
+            answer = requests.post(
+                server.url + "/mcp",
+                json={
+                    "jsonrpc": "2.0",
+                    "id": n,
+                    "method": "tools/call",
+                    "params": {"name": "wait", "arguments": {"seconds": 6}},
+                },
+                headers={**flooder, "MCP-Protocol-Version": "2025-06-18"},
+                timeout=30,
+            )
+        hung.append(answer.status_code)
+        return answer
+
+    def echo(n):
+        started = time.monotonic()
+        answer = requests.post(
+            server.url + "/mcp/execute",
+            json={"action": "echo", "params": {"message": f"m{n}"}},
+            headers=other,
+            timeout=10,
+        )
+        return answer.status_code, time.monotonic() - started
+
+    with ThreadPoolExecutor(70) as pool:
+        flood = [pool.submit(hang, n) for n in range(60)]
+        # the refusals come at once (at least 60 - 2 x 14, even with no share at all); once
+        # they have stopped coming, whatever is admitted is held
+        _until(lambda: len(hung) >= 60 - 2 * 14, seconds=5)
+        seen = -1
+        while seen != len(hung):
+            seen = len(hung)
+            time.sleep(0.3)
+        assert len(hung) < 60  # still holding
+        started = time.monotonic()
+        echoes = list(pool.map(echo, range(10)))
+        elapsed = time.monotonic() - started
+        answers = [f.result() for f in flood]
+    assert [code for code, _ in echoes] == [200] * 10, echoes
+    assert elapsed < 1, (elapsed, echoes)
+    codes = sorted(a.status_code for a in answers)
+    # each worker admits the key its share, 7 (14 when both took at least 7 of the 60);
+    # beyond it 429, never a 503 of a full worker
+    assert set(codes) == {200, 429} and 7 <= codes.count(200) <= 2 * 7, codes
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.headers["Retry-After"] == "1"
+    assert " ERROR " not in server.log()
 
 
 def test_a_flood_of_stuck_commands_leaves_health_answering_fast(plugin_dist, server_factory, keys):
@@ -171,7 +310,7 @@ def test_a_flood_of_stuck_commands_leaves_health_answering_fast(plugin_dist, ser
             f.result()
         prober.result()
     codes = {code for code, _ in waits}
-    assert codes <= {408, 503}, codes
+    assert codes <= {408, 429, 503}, codes  # 429: the key's own share of a worker's slots
     assert max(w for _, w in waits) < 2 + 1, sorted(w for _, w in waits)[-5:]
     health.sort()
     assert health[len(health) // 2] < 0.1, health

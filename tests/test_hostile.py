@@ -3,6 +3,7 @@ attacks. Every answer is the right 4xx envelope (or a success), never a 5xx or a
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import string
@@ -242,15 +243,6 @@ def test_body_over_the_limit_is_refused_before_it_is_read_over_the_wire(server_f
     )
 
 
-def test_escaped_lone_surrogates_are_valid_json(client, keys):
-    body = '{"action": "echo", "params": {"message": "\\ud800"}}'
-    response = client.post(
-        "/mcp/execute", data=body, content_type="application/json", headers=keys.headers()
-    )
-    assert response.status_code == 200
-    assert response.get_json()["status"] == "success"
-
-
 # What Python says when it gives up; none of it may reach a client.
 INTERPRETER_WORDING = ("recursion", "fsum", "int_max_str_digits", "Exceeds the limit", "overflow")
 HUGE_INT = "9" * 5000
@@ -449,3 +441,215 @@ def test_a_malformed_chunked_body_is_400(small_body_server, keys, chunks):
     assert head.startswith("HTTP/1.1 400"), head
     assert json.loads(body)["error"]["message"] == "malformed chunked request body"
     assert "ERROR" not in small_body_server.log()
+
+
+# -- text that is not Unicode, and MCP parameters Python cannot hold ---------------------------
+MCP_HEADERS = {
+    "Accept": "application/json, text/event-stream",
+    "MCP-Protocol-Version": "2025-11-25",
+}
+
+
+def errors_logged(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.fixture
+def held_client(plugin_dist, make_app):
+    """Testing's ``wipe`` (destructiveHint) waits for approval."""
+    return make_app(rate_limit_execute="1000000/minute").test_client()
+
+
+def held_wipe(client, keys) -> str:
+    held = client.post(
+        "/mcp/execute", json={"action": "wipe", "params": {"target": "db1"}}, headers=keys.headers()
+    )
+    assert held.status_code == 202, held.get_data(as_text=True)
+    return held.get_json()["command_id"]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ('{"action": "wipe", "params": {"target": "a\\ud800"}}', "params.target"),
+        (
+            '{"action": "echo", "params": {"message": "x"}, "context": {"note": "\\udc00"}}',
+            "context.note",
+        ),
+        (
+            '{"action": "process_data", "params": {"input": "a\\ud800", "format": "json"}}',
+            "params.input",
+        ),
+        ('{"action": "analyze", "params": {"input": "a\\ud800b"}}', "params.input"),
+        (
+            '[{"action": "echo"}, {"action": "echo", "params": {"message": "\\ud800"}}]',
+            "[1].params.message",
+        ),
+    ],
+)
+def test_a_lone_surrogate_in_a_command_is_400_naming_the_field(
+    held_client, keys, caplog, body, field
+):
+    response = held_client.post(
+        "/mcp/execute", data=body, content_type="application/json", headers=keys.headers()
+    )
+    error = assert_envelope(response, 400, "INVALID_REQUEST")
+    assert error["details"] == {"field": field}
+    assert "lone surrogate" in error["message"] and field in error["message"]
+    assert_no_interpreter_wording(response)
+    assert errors_logged(caplog) == []
+    assert nothing_logged_at_error(held_client, keys)
+    listed = held_client.get("/mcp/executions?action=wipe", headers=keys.headers("admin"))
+    assert listed.get_json()["total"] == 0  # nothing held, nothing stored
+
+
+@pytest.mark.parametrize("verb", ["approve", "deny"])
+def test_a_lone_surrogate_in_a_decision_reason_is_400_and_the_request_stays_held(
+    held_client, keys, caplog, verb
+):
+    command_id = held_wipe(held_client, keys)
+    response = held_client.post(
+        f"/mcp/executions/{command_id}/{verb}",
+        data='{"reason": "change \\ud83d 42"}',
+        content_type="application/json",
+        headers=keys.headers("admin"),
+    )
+    error = assert_envelope(response, 400, "INVALID_REQUEST")
+    assert error["details"] == {"field": "reason"}
+    state = held_client.get(f"/mcp/executions/{command_id}", headers=keys.headers())
+    assert state.get_json()["status"] == "awaiting_approval"
+    assert errors_logged(caplog) == [] and nothing_logged_at_error(held_client, keys)
+
+
+@pytest.mark.parametrize(
+    "raw, field",
+    [
+        (b'{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "wipe",'
+         b' "arguments": {"target": "\\ud800"}}}', "params.arguments.target"),
+        (b'{"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": {"name": "analyze",'
+         b' "arguments": {"input": "a\\udfff"}}}', "params.arguments.input"),
+        (b'{"jsonrpc": "2.0", "id": 4, "method": "prompts/get", "params": {"name": "triage",'
+         b' "arguments": {"service": "\\ud800"}}}', "params.arguments.service"),
+    ],
+)  # fmt: skip
+def test_a_lone_surrogate_in_an_mcp_message_is_a_parse_error_naming_the_field(
+    held_client, keys, caplog, raw, field
+):
+    response = held_client.post(
+        "/mcp", data=raw, content_type="application/json", headers=keys.headers(**MCP_HEADERS)
+    )
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["id"] == 4
+    assert body["error"]["code"] == -32700
+    assert field in body["error"]["message"]
+    assert body["error"]["data"]["details"] == {"field": field}
+    assert errors_logged(caplog) == [] and nothing_logged_at_error(held_client, keys)
+    listed = held_client.get("/mcp/executions", headers=keys.headers("admin"))
+    assert listed.get_json()["total"] == 0
+
+
+def test_an_invalid_utf8_mcp_body_says_so(client, keys, caplog):
+    raw = b'{"jsonrpc": "2.0", "id": 1, "method": "ping", "x": "\xff"}'
+    response = client.post(
+        "/mcp", data=raw, content_type="application/json", headers=keys.headers(**MCP_HEADERS)
+    )
+    assert response.status_code == 400
+    error = response.get_json()["error"]
+    assert error["code"] == -32700
+    assert error["message"] == "Parse error: request body is not valid UTF-8"
+    assert error["data"]["details"] == {"position": raw.index(b"\xff")}
+    # REST says the same of the same bytes
+    rest = client.post(
+        "/mcp/execute", data=raw, content_type="application/json", headers=keys.headers()
+    )
+    assert (
+        assert_envelope(rest, 400, "INVALID_REQUEST")["message"]
+        == "request body is not valid UTF-8"
+    )
+    assert errors_logged(caplog) == [] and nothing_logged_at_error(client, keys)
+
+
+def test_mcp_bodies_are_nested_at_most_64_deep_like_rest(client, keys, caplog):
+    def ping(depth):
+        params = {"x": json.loads("[" * depth + "]" * depth)} if depth else {}
+        return client.post(
+            "/mcp",
+            json={"jsonrpc": "2.0", "id": 9, "method": "ping", "params": params},
+            headers=keys.headers(**MCP_HEADERS),
+        )
+
+    assert ping(62).status_code == 200  # 62 + the message and its params: 64 levels
+    refused = ping(63)
+    assert refused.status_code == 400
+    body = refused.get_json()
+    assert body["id"] == 9 and body["error"]["code"] == -32600
+    assert body["error"]["message"] == "JSON nested deeper than 64 levels"
+    assert errors_logged(caplog) == [] and nothing_logged_at_error(client, keys)
+
+
+ECHO_HI = {"name": "echo", "arguments": {"message": "hi"}}
+
+
+@pytest.mark.parametrize(
+    "method, params",
+    [
+        ("tools/call", {**ECHO_HI, "_meta": {"waygate/timeout": "1e999"}}),
+        ("tools/call", {**ECHO_HI, "_meta": {"waygate/timeout": "-1e999"}}),
+        ("completion/complete", {"ref": {"type": "ref/prompt", "name": []}, "argument": {}}),
+        ("completion/complete", {"ref": {"type": "ref/prompt", "name": {"x": 1}}, "argument": {}}),
+    ],
+)
+def test_mcp_params_python_cannot_hold_are_json_rpc_errors(client, keys, caplog, method, params):
+    raw = json.dumps({"jsonrpc": "2.0", "id": 5, "method": method, "params": params})
+    raw = raw.replace('"1e999"', "1e999").replace('"-1e999"', "-1e999")  # infinite once parsed
+    response = client.post(
+        "/mcp", data=raw, content_type="application/json", headers=keys.headers(**MCP_HEADERS)
+    )
+    assert response.status_code == 200  # handshake era: errors met while handling travel as 200
+    body = response.get_json()
+    assert body["id"] == 5 and body["error"]["code"] == -32602, body
+    assert_no_interpreter_wording(response)
+    assert errors_logged(caplog) == [] and nothing_logged_at_error(client, keys)
+
+
+# -- date-times at the edge of the range: one parser, 400 outside it ---------------------------
+EDGE_TIMES = [
+    "9999-12-31T23:59:59-23:59",  # year 10000 once in UTC
+    "0001-01-01T00:00:00+23:59",  # year 0 once in UTC
+    "10000-01-01T00:00:00Z",
+    "2025-01-14T10:00:00" + "0" * 5000,
+]
+
+
+@pytest.mark.parametrize("since", EDGE_TIMES)
+@pytest.mark.parametrize("path", ["/key-events", "/mcp/executions", "/diagnostics/errors"])
+def test_a_since_outside_the_supported_range_is_400(client, keys, caplog, path, since):
+    response = client.get(path, query_string={"since": since}, headers=keys.headers("admin"))
+    error = assert_envelope(response, 400, "INVALID_REQUEST")
+    assert error["details"]["parameter"] == "since"
+    assert error["details"]["range"] == "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"
+    assert_no_interpreter_wording(response)
+    assert errors_logged(caplog) == [] and nothing_logged_at_error(client, keys)
+
+
+@pytest.mark.parametrize("since", ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "2025-01-14"])
+def test_a_since_at_the_ends_of_the_range_is_taken(client, keys, since):
+    response = client.get(f"/mcp/executions?since={since}", headers=keys.headers("admin"))
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("expires_at", EDGE_TIMES)
+def test_an_expiry_outside_the_supported_range_is_400(client, keys, caplog, expires_at):
+    admin = keys.headers("admin")
+    created = client.post("/keys", json={"name": "edge", "expires_at": expires_at}, headers=admin)
+    error = assert_envelope(created, 400, "INVALID_REQUEST")
+    assert list(error["details"]["fields"]) == ["expires_at"]
+    assert "0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z" in error["message"]
+    assert client.post("/keys", json={"name": "edge"}, headers=admin).status_code == 201
+    changed = client.patch("/keys/edge", json={"expires_at": expires_at}, headers=admin)
+    assert_envelope(changed, 400, "INVALID_REQUEST")
+    assert client.get("/keys/edge", headers=admin).get_json()["expires_at"] is None
+    assert_no_interpreter_wording(created)
+    assert_no_interpreter_wording(changed)
+    assert errors_logged(caplog) == [] and nothing_logged_at_error(client, keys)

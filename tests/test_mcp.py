@@ -4,6 +4,7 @@ import base64
 import json
 
 import pytest
+import requests
 
 from tests.test_metrics import sample
 
@@ -175,6 +176,65 @@ def test_same_origin_passes_only_for_this_loopback_server(rpc, host, origin):
     response = rpc(request("ping"), headers={"Host": host, "Origin": origin})
     assert response.status_code == 403
     assert error_of(response)["data"]["code"] == "FORBIDDEN"
+
+
+@pytest.mark.sqlite_only  # no storage involved
+@pytest.mark.parametrize(
+    "host, origin",
+    [
+        ("127.0.0.1:8103", "http://localhost:8103"),
+        ("127.0.0.1:8103", "http://[::1]:8103"),
+        ("localhost:8103", "http://127.0.0.1:8103"),
+        ("[::1]:8103", "http://LOCALHOST:8103"),
+        ("127.0.0.1", "http://localhost:80"),
+    ],
+)
+def test_the_loopback_names_are_one_origin_for_a_loopback_server(rpc, host, origin):
+    assert rpc(request("ping"), headers={"Host": host, "Origin": origin}).status_code == 200
+
+
+@pytest.mark.sqlite_only  # no storage involved
+@pytest.mark.parametrize(
+    "host, origin",
+    [
+        ("127.0.0.1:8103", "http://localhost:9999"),  # another port: another origin
+        ("127.0.0.1:8103", "https://localhost:8103"),  # another scheme
+        ("127.0.0.1:8103", "http://localhost.evil.example:8103"),
+        ("127.0.0.1:8103", "http://127.0.0.2.nip.io:8103"),
+        ("127.0.0.1:8103", "http://localhost:8103/path"),  # not an origin
+        ("127.0.0.1:8103", "http://localhost:x"),
+        ("127.0.0.1:8103", "http://evil@localhost:8103"),
+        ("127.0.0.1:8103", "null"),
+    ],
+)
+def test_other_origins_stay_refused_on_loopback(rpc, host, origin):
+    response = rpc(request("ping"), headers={"Host": host, "Origin": origin})
+    assert response.status_code == 403
+    assert error_of(response)["data"]["code"] == "FORBIDDEN"
+
+
+@pytest.mark.sqlite_only
+def test_a_server_bound_to_127_0_0_1_takes_localhost_as_its_origin(server_factory, keys):
+    """Real gunicorn bound to 127.0.0.1:PORT, called as browsers and the MCP Inspector do
+    from a page on http://localhost:PORT; a foreign origin stays refused."""
+    server = server_factory(workers=1)
+    port = server.port
+
+    def ping(origin):
+        return requests.post(
+            server.url + "/mcp",
+            json=request("ping"),
+            headers={**keys.headers(), "Accept": ACCEPT, "Origin": origin},
+            timeout=10,
+        )
+
+    for origin in (f"http://localhost:{port}", f"http://127.0.0.1:{port}", f"http://[::1]:{port}"):
+        assert ping(origin).status_code == 200, origin
+    for origin in ("http://evil.example", f"http://evil.example:{port}", "http://localhost:1"):
+        refused = ping(origin)
+        assert refused.status_code == 403, origin
+        assert refused.json()["error"]["data"]["code"] == "FORBIDDEN"
+    assert " ERROR " not in server.log()
 
 
 @pytest.mark.parametrize("key", [None, "wrong"])

@@ -84,6 +84,9 @@ class Config:
     # request is refused with 503 at once. 0: the request threads less two, kept for health
     # checks, metrics and quick refusals
     command_requests: int = 0
+    # of those, the most one key may hold at once (0: half, at least 1); never all of them,
+    # so that one key's flood leaves room for others. Beyond it: 429 at once
+    command_requests_per_key: int = 0
     # MCP tools/call: the timeout (seconds) unless the client asks for another, and the most
     # a client may ask for (params._meta "waygate/timeout")
     mcp_tool_timeout: int = 30
@@ -148,6 +151,11 @@ class Config:
     def admission_limit(self) -> int:
         """How many request threads may wait on commands at once (see command_requests)."""
         return self.command_requests or max(1, self.request_threads - 2)
+
+    @property
+    def admission_per_key(self) -> int:
+        """How many of a worker's command slots one key may hold (see command_requests_per_key)."""
+        return self.command_requests_per_key or max(1, self.admission_limit // 2)
 
     @property
     def database_path(self) -> Path:
@@ -227,6 +235,7 @@ class Config:
             ("batch_max", 1, 1000),
             ("request_threads", 1, 1000),
             ("command_requests", 0, 1000),
+            ("command_requests_per_key", 0, 1000),
             ("mcp_tool_timeout", 1, 3600),
             ("mcp_tool_timeout_max", 1, 3600),
             ("audit_retention_days", 1, 3650),
@@ -240,6 +249,12 @@ class Config:
         ):
             if not low <= getattr(self, name) <= high:
                 raise ConfigError(f"WAYGATE_{name.upper()}: must be from {low} to {high}")
+        if self.command_requests_per_key and self.command_requests_per_key >= self.admission_limit:
+            raise ConfigError(
+                "WAYGATE_COMMAND_REQUESTS_PER_KEY: must be less than a worker's command slots"
+                f" ({self.admission_limit}, WAYGATE_COMMAND_REQUESTS), so that one key never"
+                " holds them all; 0 gives half"
+            )
         if self.mcp_tool_timeout > self.mcp_tool_timeout_max:
             raise ConfigError(
                 "WAYGATE_MCP_TOOL_TIMEOUT: must not exceed WAYGATE_MCP_TOOL_TIMEOUT_MAX"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from . import logs
 from .clock import isoformat, utcnow
 from .storage import DatabaseError, Storage, UnavailableError
 
@@ -120,7 +121,7 @@ class PersistingHandler(logging.Handler):
                 code=getattr(record, "error_code", "INTERNAL_ERROR"),
                 message=record.getMessage(),
                 context=context,
-                request_id=context.pop("request_id", None),
+                request_id=context.pop("request_id", None) or _request_id_of(record),
             )
         except UnavailableError:
             pass  # the database is away: the record still went to the log stream
@@ -128,3 +129,10 @@ class PersistingHandler(logging.Handler):
             self.handleError(record)
         finally:
             self._busy.active = False
+
+
+def _request_id_of(record: logging.LogRecord) -> str | None:
+    """The request id the record's log line shows, also outside a request context (a command
+    pool thread runs with its submitter's id): the row and the line must agree."""
+    found = getattr(record, "request_id", None) or logs.request_id.get()
+    return None if found == "-" else found

@@ -25,7 +25,7 @@ from typing import Any
 
 from limits import parse as parse_limit
 
-from .clock import isoformat, parse_iso, utcnow
+from .clock import ClientTimeError, isoformat, parse_client_time, parse_iso, utcnow
 from .errors import Forbidden, InvalidRequest
 
 KEY_LENGTH = 32
@@ -184,11 +184,11 @@ def expiry(expires_in: Any = None, expires_at: Any = None) -> str | None:
         return isoformat(now + timedelta(seconds=expires_in))
     if expires_at is not None:
         try:
-            when = parse_iso(expires_at) if isinstance(expires_at, str) else None
-        except ValueError:
-            when = None
-        if when is None or when.tzinfo is None:
-            raise _invalid("expires_at", "an ISO 8601 time with a zone, e.g. 2027-01-31T00:00:00Z")
+            when = parse_client_time(expires_at)
+        except ClientTimeError as exc:
+            raise _invalid(
+                "expires_at", f"an ISO 8601 time with a zone, e.g. 2027-01-31T00:00:00Z: {exc}"
+            ) from None
         if when <= now:
             raise _invalid("expires_at", "must be in the future")
         return isoformat(when)

@@ -94,7 +94,11 @@ class Services:
             pool,
             audit,
             observe=metrics().observe_command,
-            admission=Admission(config.admission_limit, metrics().count_admission_refused),
+            admission=Admission(
+                config.admission_limit,
+                metrics().count_admission_refused,
+                per_key=config.admission_per_key,
+            ),
             approvals=approvals,
             leases=leases,
         )

@@ -84,7 +84,8 @@ class Catalog:
         values: list[str] = []
         if ref.get("type") == "ref/prompt":
             plugins = self._plugins()
-            prompt = plugins.prompts.get(ref.get("name"))  # type: ignore[arg-type]
+            name = ref.get("name")
+            prompt = plugins.prompts.get(name) if isinstance(name, str) else None
             if prompt is None or not _permits(caller, plugins, prompt.name):
                 raise CatalogError(INVALID_PARAMS, f"Unknown prompt: {str(ref.get('name'))[:128]}")
             typed = str(argument.get("value") or "")

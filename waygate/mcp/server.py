@@ -17,6 +17,7 @@ log with mode ``mcp``, statistics, metrics). Execution problems are results with
 from __future__ import annotations
 
 import json
+import math
 import queue
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -26,7 +27,7 @@ from typing import Any
 from .. import __version__, tracing
 from ..approvals.policy import APPROVAL_NOTE, META_APPROVAL
 from ..commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
-from ..errors import ServiceUnavailable, WaygateError
+from ..errors import RateLimited, ServiceUnavailable, WaygateError
 from ..outcomes import ExecutionStatus, Mode, Outcome
 from ..plugins import PluginSet
 from ..schemas import json_schema
@@ -173,11 +174,14 @@ class McpServer:
             return Reply(200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         except JsonRpcError as err:
             return Reply(err.status, err.body(request_id))
-        except ServiceUnavailable as err:  # too busy to run a tool now: retry later
+        except (ServiceUnavailable, RateLimited) as err:  # too busy now (503), or this key
+            # has its share of the worker's command slots (429): retry later
             busy = JsonRpcError(
-                INTERNAL_ERROR, err.message, {"code": err.code, "retry_after_s": err.retry_after}
+                INTERNAL_ERROR if err.status >= 500 else INVALID_REQUEST,
+                err.message,
+                {"code": err.code, "retry_after_s": err.retry_after, **err.details},
             )
-            return Reply(503, busy.body(request_id), retry_after=err.retry_after)
+            return Reply(err.status, busy.body(request_id), retry_after=err.retry_after)
 
     # -- checks --------------------------------------------------------------------------------
 
@@ -394,11 +398,19 @@ class McpServer:
         return _state_result(json.dumps(state, default=str), state)
 
     def _timeout(self, params: dict) -> int:
-        """The configured tool timeout, or less where the client asks for less."""
+        """The configured tool timeout, or another where the client asks for one (at most
+        the configured maximum); a number that is not finite (1e999 reads as infinity) is
+        no number of seconds: invalid params."""
         meta = params.get("_meta")
         asked = meta.get(META_TIMEOUT) if isinstance(meta, dict) else None
+        if isinstance(asked, float) and not math.isfinite(asked):
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                f'params._meta["{META_TIMEOUT}"] must be a finite number of seconds'
+                f" (1 to {self.tool_timeout_max})",
+            )
         if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked >= 1:
-            return min(int(asked), self.tool_timeout_max)
+            return int(min(asked, self.tool_timeout_max))
         return self.tool_timeout
 
 
@@ -443,13 +455,13 @@ class ToolStream:
     ):
         self._commands, self._token, self._response = commands, token, response
         self._reports: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self._admission = commands.admission
+        self._slot = commands.admission.slot(caller)
         self._outcome: Outcome | None = None
-        self._admission.__enter__()
+        self._slot.__enter__()
         try:
             self._run = commands.start(inv, caller, Mode.MCP, on_progress=self._reports.put)
         except BaseException:
-            self._admission.__exit__(None, None, None)
+            self._slot.__exit__(None, None, None)
             raise
 
     def messages(self) -> Iterator[dict[str, Any] | None]:
@@ -478,7 +490,7 @@ class ToolStream:
             try:
                 self._outcome = self._commands.finish(self._run)
             finally:
-                self._admission.__exit__(None, None, None)
+                self._slot.__exit__(None, None, None)
         return self._outcome
 
     def _notification(self, report: dict[str, Any]) -> dict[str, Any]:

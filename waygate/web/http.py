@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import re
 import socket
 import time
@@ -59,7 +58,7 @@ CORS_EXPOSE_HEADERS = [
 ]
 
 
-def read_json(max_depth: int = 64) -> Any:
+def read_json(max_depth: int = jsonio.MAX_DEPTH) -> Any:
     """The request body as JSON, or InvalidRequest saying what is wrong with it."""
     if not request.is_json:
         raise InvalidRequest(
@@ -69,38 +68,15 @@ def read_json(max_depth: int = 64) -> Any:
     if not raw:
         raise InvalidRequest("request body is empty: send a JSON object")
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest("request body is not valid UTF-8", {"position": exc.start}) from None
-    try:
-        value = jsonio.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(
-            f"malformed JSON: {exc.msg}", {"line": exc.lineno, "column": exc.colno}
-        ) from None
-    if _depth_exceeds(value, max_depth):
-        raise InvalidRequest(f"JSON nested deeper than {max_depth} levels")
-    return value
+        return jsonio.read_body(raw, max_depth)
+    except jsonio.BodyRefused as refused:
+        raise InvalidRequest(refused.message, refused.details) from None
 
 
 def read_object(what: str = "the body") -> dict[str, Any]:
     """The body as a JSON object, to validate with ``schemas.load``; no body at all is an
     empty object (every field left out)."""
     return expect_object(read_json() if request.get_data(cache=True) else {}, what)
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > limit:
-                return True
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend(
-                (child, depth + 1) for child in children if isinstance(child, (dict, list))
-            )
-    return False
 
 
 def _before() -> None:

@@ -51,6 +51,16 @@ def _refused(exc: TransportError) -> Response:
     )
 
 
+def _refusal(problem: jsonio.BodyRefused) -> TransportError:
+    """A body that is not JSON text is a parse error; JSON nested too deeply, an invalid
+    request; either way 400, with the envelope's details (the field, the position)."""
+    if problem.kind == "depth":
+        return TransportError(400, INVALID_REQUEST, problem.message[:200])
+    return TransportError(
+        400, PARSE_ERROR, f"Parse error: {problem.message}"[:300], details=problem.details
+    )
+
+
 def _tool_calls_share_the_execute_budget() -> str | None:
     # Only a known caller's body is read to choose; anyone else is refused (403) regardless.
     if g.get("api_key") is None:
@@ -67,12 +77,41 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def _origin_allowed(origin: str) -> bool:
-    """A configured origin, or this very server's own origin when it is reached on loopback."""
+    """A configured origin, or this very server's own origin when it is reached on loopback.
+    On a server bound to loopback the loopback names are one origin (as the official MCP
+    SDK's defaults have it): a page from http://localhost:PORT may call http://127.0.0.1:PORT,
+    same scheme and port; a rebinding page keeps its own, foreign, host name."""
     allowed = services().config.cors_origins
     if "*" in allowed or origin in allowed:
         return True
-    own_origin = f"{request.scheme}://{request.host}".lower()
-    return origin.lower() == own_origin and urlsplit(own_origin).hostname in LOOPBACK_HOSTS
+    own = urlsplit(f"{request.scheme}://{request.host}".lower())
+    try:
+        theirs = urlsplit(origin.lower())
+        ports = (_port_of(own), _port_of(theirs))
+    except ValueError:  # a port that is not a number: no origin of this server
+        return False
+    if (
+        own.hostname not in LOOPBACK_HOSTS
+        or theirs.scheme != own.scheme
+        or ports[0] != ports[1]
+        or theirs.path
+        or theirs.query
+        or "@" in theirs.netloc
+    ):
+        return False
+    if theirs.netloc == own.netloc:
+        return True
+    return theirs.hostname in LOOPBACK_HOSTS and _bound_to_loopback()
+
+
+def _port_of(url) -> int | None:
+    return url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _bound_to_loopback() -> bool:
+    """The address this request arrived on (gunicorn's listening address) is loopback."""
+    bound = request.environ.get("SERVER_NAME", "").strip("[]").lower()
+    return bound in LOOPBACK_HOSTS or bound.startswith("127.")
 
 
 @bp.before_request
@@ -195,7 +234,7 @@ def endpoint():
         )
     message, problem = incoming_message()
     if problem is not None:
-        raise TransportError(400, PARSE_ERROR, f"Parse error: {problem}"[:200])
+        raise _refusal(problem)
     routing = Routing(
         version=request.headers.get("MCP-Protocol-Version"),
         method=request.headers.get("Mcp-Method"),

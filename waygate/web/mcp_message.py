@@ -16,13 +16,14 @@ from werkzeug.exceptions import HTTPException
 from . import jsonio
 
 
-def incoming_message() -> tuple[Any, Exception | None]:
-    """The body as JSON (or why it is not), read and parsed once per request."""
+def incoming_message() -> tuple[Any, jsonio.BodyRefused | None]:
+    """The body as JSON (or why it is not), read and parsed once per request, by the same
+    rules as REST's (UTF-8, no lone surrogate, nesting capped)."""
     if "mcp_message" not in g:
         try:
-            g.mcp_message = (jsonio.loads(request.get_data(cache=True)), None)
-        except (ValueError, RecursionError) as exc:
-            g.mcp_message = (None, exc)
+            g.mcp_message = (jsonio.read_body(request.get_data(cache=True)), None)
+        except jsonio.BodyRefused as refused:
+            g.mcp_message = (None, refused)
     return g.mcp_message
 
 
@@ -38,10 +39,14 @@ def readable_request_id() -> str | int | None:
     small = min(ID_PEEK_BYTES, request.max_content_length or ID_PEEK_BYTES)
     if "mcp_message" in g or (request.content_length or 0) <= small:
         try:
-            message = incoming_message()[0]
+            message, problem = incoming_message()
         except HTTPException:  # e.g. a chunked body that turned out too large
-            message = None
+            message, problem = None, None
         found = message.get("id") if isinstance(message, dict) else None
+        if problem is not None and problem.kind in ("depth", "unicode"):  # JSON, yet refused
+            match = _LEADING_ID.match(request.get_data(cache=True)[:4096])
+            found = json.loads(match.group(1)) if match else None
+            found = None if jsonio.lone_surrogate_at(found) is not None else found
     else:
         match = _LEADING_ID.match(request.environ["wsgi.input"].read(4096))
         found = json.loads(match.group(1)) if match else None

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 
 from flask import Response, request
 
-from ..clock import isoformat, parse_iso
+from ..clock import RANGE, ClientTimeError, isoformat, parse_client_time
 from ..errors import InvalidRequest
 from . import services
 
@@ -64,11 +64,11 @@ def requested_since() -> str | None:
     if since is None:
         return None
     try:
-        return isoformat(parse_iso(since))
-    except ValueError:
+        return isoformat(parse_client_time(since))
+    except ClientTimeError as exc:
         raise InvalidRequest(
-            "since must be an ISO 8601 date-time, e.g. 2025-01-14T10:00:00Z",
-            {"parameter": "since", "value": since[:100]},
+            f"since must be an ISO 8601 date-time, e.g. 2025-01-14T10:00:00Z: {exc}",
+            {"parameter": "since", "value": since[:100], "range": RANGE},
         ) from None
 
 
