@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from .admission import Admission
 from .approvals.policy import ApprovalPolicy
 from .approvals.records import ApprovalRecords
 from .approvals.webhook import Notifier
 from .approvals.workflow import Approvals
 from .audit import AuditLog
-from .commands import Admission, CommandService
+from .commands import CommandService
 from .config import Config
 from .diagnostics import ServerInfo
 from .errorlog import ErrorLog
