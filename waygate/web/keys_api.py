@@ -15,7 +15,7 @@ from .pagination import add_headers, paginated, requested_page, requested_since
 
 bp = Blueprint("keys", __name__)
 _create, _update, _rotate = KeyCreateSchema(), KeyUpdateSchema(), KeyRotateSchema()
-INVALID = "invalid key request"
+_INVALID = "invalid key request"
 
 
 @bp.post("/keys")
@@ -40,7 +40,7 @@ def create_key():
         409:
           description: A live key of that name exists
     """
-    body = load(_create, read_object(), invalid=INVALID)
+    body = load(_create, read_object(), invalid=_INVALID)
     record, secret = services().keys.create(
         body["name"],
         body["role"],
@@ -169,7 +169,7 @@ def update_key(name: str):
             An expiry on the last live admin key (CONFLICT): create another admin key first,
             or use the CLI's --force
     """
-    changes = load(_update, read_object(), invalid=INVALID, partial=True)
+    changes = load(_update, read_object(), invalid=_INVALID, partial=True)
     record = services().keys.update(name, changes, actor=current_key().actor)
     return jsonify(record.as_dict())
 
@@ -197,7 +197,7 @@ def rotate_key(name: str):
         404:
           description: No live key of that name
     """
-    body = load(_rotate, read_object(), invalid=INVALID)
+    body = load(_rotate, read_object(), invalid=_INVALID)
     record, secret = services().keys.rotate(name, body["grace_seconds"], actor=current_key().actor)
     return jsonify({**record.as_dict(), "key": secret})
 
