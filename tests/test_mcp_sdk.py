@@ -147,3 +147,52 @@ def test_a_client_that_leaves_a_stream_does_not_lose_the_record(testing_server, 
             break
         time.sleep(0.2)
     assert [(e["status"], e["mode"]) for e in executions] == [("success", "mcp")]
+
+
+# a `waygate mcp stdio` process
+@pytest.mark.server
+def test_waygate_mcp_stdio_refuses_a_lone_surrogate_as_http_does(data_dir):
+    """A line is read by the same rules as a body over HTTP: a lone surrogate is a parse error
+    naming the field, before anything is stored or run, and the session goes on."""
+    import json
+    import subprocess
+
+    lines = [
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "t", "version": "1"},
+            },
+        },
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ]
+    bad = (
+        '{"jsonrpc":"2.0","id":2,"method":"tools/call",'
+        '"params":{"name":"echo","arguments":{"message":"a\\ud800"}}}'
+    )
+    good = {
+        "jsonrpc": "2.0",
+        "id": 3,
+        "method": "tools/call",
+        "params": {"name": "echo", "arguments": {"message": "fine"}},
+    }
+    stdin = "\n".join([*(json.dumps(m) for m in lines), bad, json.dumps(good)]) + "\n"
+    done = subprocess.run(
+        [str(BIN / "waygate"), "mcp", "stdio", "--as", "desktop"],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "WAYGATE_DATA_DIR": str(data_dir)},
+    )
+    answers = {m["id"]: m for m in map(json.loads, done.stdout.splitlines()) if "id" in m}
+    assert answers[None]["error"]["code"] == -32700
+    assert answers[None]["error"]["data"] == {"field": "params.arguments.message"}
+    assert answers[3]["result"]["structuredContent"] == {"result": "fine"}
+    assert "Traceback" not in done.stderr and "ERROR" not in done.stderr
+    rows = sqlite3.connect(data_dir / "waygate.db").execute("SELECT count(*) FROM executions")
+    assert rows.fetchone() == (1,)

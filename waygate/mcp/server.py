@@ -28,6 +28,7 @@ from .. import __version__, tracing
 from ..approvals.policy import APPROVAL_NOTE, META_APPROVAL
 from ..commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
 from ..errors import RateLimited, ServiceUnavailable, WaygateError
+from ..jsonbody import BodyRefused
 from ..outcomes import ExecutionStatus, Mode, Outcome
 from ..plugins import PluginSet
 from ..schemas import json_schema
@@ -94,6 +95,16 @@ class JsonRpcError(Exception):
         if self.data is not None:
             error["data"] = self.data
         return {"jsonrpc": "2.0", "id": request_id, "error": error}
+
+
+def refused_body_error(problem: BodyRefused) -> JsonRpcError:
+    """A message that is not JSON text is a parse error; JSON nested too deeply, an invalid
+    request; either way with the details (the field, the position). Every transport says it so."""
+    if problem.kind == "depth":
+        return JsonRpcError(INVALID_REQUEST, problem.message[:200])
+    return JsonRpcError(
+        PARSE_ERROR, f"Parse error: {problem.message}"[:300], data=problem.details or None
+    )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
 from ..commands import Caller
-from .server import PARSE_ERROR, JsonRpcError, McpServer
+from ..jsonbody import BodyRefused, read_body
+from .server import JsonRpcError, McpServer, refused_body_error
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,9 @@ def serve(
         for line in stdin:
             if not line.strip():
                 continue
-            try:
-                message = json.loads(line)
-            except ValueError as exc:
-                reply(JsonRpcError(PARSE_ERROR, f"Parse error: {exc}"[:200]).body())
+            try:  # the same rules as a body over HTTP: UTF-8, no lone surrogate, 64 deep
+                message = read_body(line.encode("utf-8", "surrogatepass"))
+            except BodyRefused as refused:
+                reply(refused_body_error(refused).body())
                 continue
             pool.submit(handle, message)

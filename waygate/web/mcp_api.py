@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, g, request
 
 from ..errors import Unauthorized, code_for_status
-from ..mcp.server import INVALID_REQUEST, PARSE_ERROR, Reply, Routing
+from ..mcp.server import INVALID_REQUEST, Reply, Routing, refused_body_error
 from . import envelope, jsonio, services
 from .auth import current_caller, current_key
 from .limiter import limit_group_by
@@ -52,13 +52,9 @@ def _refused(exc: TransportError) -> Response:
 
 
 def _refusal(problem: jsonio.BodyRefused) -> TransportError:
-    """A body that is not JSON text is a parse error; JSON nested too deeply, an invalid
-    request; either way 400, with the envelope's details (the field, the position)."""
-    if problem.kind == "depth":
-        return TransportError(400, INVALID_REQUEST, problem.message[:200])
-    return TransportError(
-        400, PARSE_ERROR, f"Parse error: {problem.message}"[:300], details=problem.details
-    )
+    """Refused bodies are 400s, worded as on every MCP transport."""
+    error = refused_body_error(problem)
+    return TransportError(400, error.code, error.message, details=problem.details)
 
 
 def _tool_calls_share_the_execute_budget() -> str | None:
