@@ -19,10 +19,12 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed setup.cfg scripts/install-system-tools \
-		scripts/install-conformance tests/conformance/package-lock.json
+		scripts/install-conformance tests/conformance/package-lock.json \
+		scripts/install-upstreams tests/upstreams/package-lock.json
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	bash scripts/install-system-tools
 	bash scripts/install-conformance
+	bash scripts/install-upstreams
 	touch $@
 
 install: $(VENV)/.installed
@@ -41,4 +43,4 @@ bench: install-test
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache tests/conformance/node_modules
+	rm -rf $(VENV) var .pytest_cache tests/conformance/node_modules tests/upstreams/node_modules

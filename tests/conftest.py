@@ -52,8 +52,9 @@ def pytest_generate_tests(metafunc):
 
 
 # Fixtures that start a real server: a test that uses one, even through another fixture, or
-# that runs on PostgreSQL, is marked ``server``.
-SERVER_FIXTURES = frozenset({"server_factory", "redis_server", "pg_cluster"})
+# that runs on PostgreSQL, is marked ``server``. A test module's own fixture that starts
+# servers says so by requesting ``starts_servers``.
+SERVER_FIXTURES = frozenset({"server_factory", "redis_server", "pg_cluster", "starts_servers"})
 _running: list[pytest.Item] = []  # the test being set up, run or torn down
 
 
@@ -75,6 +76,11 @@ def starts_a_server(what: str) -> None:
     ``server``, or ``pytest -m "not server"`` would start it after all."""
     if _running and _running[0].get_closest_marker("server") is None:
         pytest.fail(f"{_running[0].nodeid} starts {what}: mark it (or its module) server")
+
+
+@pytest.fixture(scope="session")
+def starts_servers() -> None:
+    """Requested by a fixture that starts servers of its own: its tests are marked ``server``."""
 
 
 @pytest.fixture

@@ -120,6 +120,12 @@ class Config:
     # OpenTelemetry traces, exported over OTLP/HTTP as the standard OTEL_* variables say
     # (docs/tracing.md); off: no span is made at all
     tracing: bool = False
+    # a JSON file in the mcpServers format: MCP servers whose tools become commands behind
+    # the gate (waygate/upstreams.py); empty: none
+    upstreams: str = ""
+    # seconds a worker waits at start-up and reload for an upstream to connect and list its
+    # tools (one that takes longer joins when it is up)
+    upstream_connect_timeout_s: int = 10
     # {"PluginName": {"key": value}}: overrides of plugins' default config (may hold secrets:
     # never in the repr, so never in a log line that shows the config)
     plugin_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(
@@ -246,6 +252,7 @@ class Config:
             ("drain_seconds", 0, 300),
             ("approval_ttl_s", 1, 7 * 86_400),
             ("approval_webhook_attempts", 1, 10),
+            ("upstream_connect_timeout_s", 1, 25),
         ):
             if not low <= getattr(self, name) <= high:
                 raise ConfigError(f"WAYGATE_{name.upper()}: must be from {low} to {high}")

@@ -156,6 +156,14 @@ class Metrics:
             multiprocess_mode="livemostrecent",
             registry=r,
         )
+        self.upstream_up = Gauge(
+            "waygate_upstream_up",
+            "1 while an upstream MCP server is connected (0: down, connecting or failed), by"
+            " upstream; the lowest of the live workers, each having its own connection",
+            ["upstream"],
+            multiprocess_mode="livemin",
+            registry=r,
+        )
         self.free_bytes = Gauge(
             "waygate_data_dir_free_bytes",
             "Free space on the data dir's filesystem",
@@ -229,6 +237,11 @@ class Metrics:
         if child is None:
             child = self._children[key] = metric.labels(*(str(v) for v in labels))
         return child
+
+    @_never_raising
+    def observe_upstreams(self, up: dict[str, bool]) -> None:
+        for upstream, is_up in up.items():
+            self.upstream_up.labels(upstream).set(1 if is_up else 0)
 
     @_never_raising
     def observe_health(

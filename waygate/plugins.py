@@ -380,14 +380,21 @@ class PluginRegistry:
         self._current: PluginSet | None = None
         self._generation = -1
         self._checked_at = 0.0
+        self._stale = False  # set by refresh(): rebuild this process's set on the next read
 
     @property
     def current(self) -> PluginSet:
-        if self._current is not None and time.monotonic() - self._checked_at <= self.CHECK_INTERVAL:
+        if (
+            self._current is not None
+            and not self._stale
+            and time.monotonic() - self._checked_at <= self.CHECK_INTERVAL
+        ):
             return self._current
         # Past the interval: check under the lock, so that threads arriving while another one
         # loads the new set wait for it instead of being handed the old one.
         with self._lock:
+            if self._stale and self._current is not None:  # e.g. an upstream's tools changed
+                self._install(self._generation, fresh=False)
             if self._current is None or time.monotonic() - self._checked_at > self.CHECK_INTERVAL:
                 try:
                     generation = self._shared_generation()
@@ -428,8 +435,15 @@ class PluginRegistry:
             "SELECT generation FROM plugin_state WHERE id = 1"
         ).fetchone()[0]
 
+    def refresh(self) -> None:
+        """Rebuild this process's set on its next read, without re-importing plugins or
+        telling other workers (an upstream of this process came up, went down or changed its
+        tools). Safe from any thread: it takes no lock."""
+        self._stale = True
+
     def _install(self, generation: int, fresh: bool) -> None:
         """Load and swap in a new set (the caller holds the lock)."""
+        self._stale = False
         if self._config_source is not None:  # at start too: SIGHUP's new workers agree
             try:
                 self._plugin_config = self._config_source()

@@ -104,7 +104,11 @@ def _plugin() -> MarshmallowPlugin:
 
 @lru_cache(maxsize=512)
 def json_schema(schema_class: type[Schema]) -> dict[str, Any]:
-    """The JSON Schema of a marshmallow schema, inline (no $ref), ``type: object``."""
+    """The JSON Schema of a marshmallow schema, inline (no $ref), ``type: object``; a schema
+    that carries its own (``JSON_SCHEMA``, an upstream MCP tool's inputSchema) gives that."""
+    declared = getattr(schema_class, "JSON_SCHEMA", None)
+    if declared is not None:
+        return declared
     result = _plugin().converter.schema2jsonschema(schema_class)
     result.setdefault("type", "object")
     result.setdefault("properties", {})

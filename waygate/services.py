@@ -26,12 +26,13 @@ from .leases import Leases
 from .lifecycle import Readiness
 from .mcp.server import McpServer
 from .metrics import metrics
-from .plugins import PluginRegistry
+from .plugins import PluginRegistry, discover
 from .pool import CommandPool
 from .retention import Retention
 from .status import Status
 from .storage import Storage, make_private_dir, open_storage
 from .tracing import setup as setup_tracing
+from .upstreams import UpstreamManager
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Services:
     latency: LatencyWindow
     readiness: Readiness = field(default_factory=Readiness)
     server_info: ServerInfo = field(default_factory=ServerInfo)
+    upstreams: UpstreamManager | None = None  # WAYGATE_UPSTREAMS: MCP servers behind the gate
 
     @classmethod
     def build(cls, config: Config) -> Services:
@@ -58,12 +60,20 @@ class Services:
         setup_tracing(config)  # once per process; a no-op when off or already on
         storage = open_storage(config)
         storage.migrate()
+        upstreams = (
+            UpstreamManager(config.upstreams, config.upstream_connect_timeout_s)
+            if config.upstreams
+            else None
+        )
         plugins = PluginRegistry(
             storage,
             config.plugin_config,
+            loader=upstreams.loader(discover) if upstreams else discover,
             on_load=lambda s: metrics().plugins_loaded.set(len(s.loaded)),
             config_source=config.current_plugin_config,
         )
+        if upstreams is not None:
+            upstreams.on_change = plugins.refresh
         audit = AuditLog(
             storage,
             result_max_bytes=config.result_max_bytes,
@@ -133,4 +143,5 @@ class Services:
             ),
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),
+            upstreams=upstreams,
         )

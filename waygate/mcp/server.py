@@ -433,6 +433,12 @@ def _present(name: str, outcome: Outcome) -> dict[str, Any]:
             " later for its result.",
             outcome.as_response(),
         )
+    details = outcome.cause.details if outcome.cause is not None else {}
+    if "upstream" in details and "content" in details:  # an upstream tool's own isError result
+        relayed = {"content": details["content"], "isError": True}
+        if "structuredContent" in details:
+            relayed["structuredContent"] = details["structuredContent"]
+        return relayed
     if outcome.status is not ExecutionStatus.SUCCESS:
         return _error_result(f"{name} {outcome.status}: {outcome.error}")
     return tool_result(outcome.result)

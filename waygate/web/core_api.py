@@ -71,6 +71,9 @@ def check_health(record: bool = False) -> HealthReport:
             plugins_failed=len(failed_plugins),
             free_bytes=free_bytes(svc.config.data_dir),
         )
+        if svc.upstreams is not None:
+            states = svc.upstreams.health()[1]
+            metrics().observe_upstreams({n: s["status"] == "up" for n, s in states.items()})
     return report
 
 
@@ -97,6 +100,8 @@ def health():
     svc = services()
     report = check_health()
     body = {**report.as_dict(), "pool": svc.commands.pool.stats().as_dict()}
+    if svc.upstreams is not None:  # an upstream that is down degrades, it does not fail
+        body["checks"]["upstreams"], body["upstreams"] = svc.upstreams.health()
     if report.healthy:
         return jsonify(body)
     failed = sorted(report.failures)
