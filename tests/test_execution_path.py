@@ -200,6 +200,22 @@ def test_one_key_holds_at_most_its_share_of_a_workers_command_slots(
     assert app.test_client().post("/mcp/execute", json=echo, headers=flooder).status_code == 200
 
 
+def test_a_burst_over_a_keys_share_waits_for_its_own_quick_calls(plugin_dist, make_app, keys):
+    """4 slots, 2 per key: a third call while the key's two quick ones run is not refused, it
+    waits (briefly) for one of them to end; quick bursts that land on one worker all pass."""
+    app = make_app(command_requests=4)
+    (caller,) = user_keys(keys, 1)
+    quick = {"action": "sleep", "params": {"seconds": 0.1}, "timeout": 5}
+
+    def call(_):
+        with app.test_client() as c:
+            return c.post("/mcp/execute", json=quick, headers=caller).status_code
+
+    with ThreadPoolExecutor(3) as pool:
+        codes = list(pool.map(call, range(3)))
+    assert codes == [200, 200, 200]
+
+
 @pytest.mark.sqlite_only
 def test_one_key_holding_60_hung_calls_leaves_another_keys_calls_answered(
     plugin_dist, server_factory, keys
