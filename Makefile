@@ -20,10 +20,12 @@ $(VENV)/.installed: $(BIN)/python setup.cfg pyproject.toml
 
 $(VENV)/.installed-test: $(VENV)/.installed setup.cfg scripts/install-system-tools \
 		scripts/install-conformance tests/conformance/package-lock.json \
+		scripts/install-axe tests/axe/package-lock.json \
 		scripts/install-upstreams tests/upstreams/package-lock.json
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	bash scripts/install-system-tools
 	bash scripts/install-conformance
+	bash scripts/install-axe
 	bash scripts/install-upstreams
 	touch $@
 
@@ -43,4 +45,5 @@ bench: install-test
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache tests/conformance/node_modules tests/upstreams/node_modules
+	rm -rf $(VENV) var .pytest_cache tests/conformance/node_modules tests/axe/node_modules \
+		tests/upstreams/node_modules

@@ -59,11 +59,18 @@ _running: list[pytest.Item] = []  # the test being set up, run or torn down
 
 
 def pytest_collection_modifyitems(config, items):
+    """Markers from the fixtures a test uses: ``server`` (see SERVER_FIXTURES) and ``browser``.
+    Browser tests run last (stable order otherwise): while the session's browser lives, its
+    event loop is marked running in this thread and no other test could use asyncio."""
     for item in items:
+        fixtures = getattr(item, "fixturenames", ())
         callspec = getattr(item, "callspec", None)
         on_postgresql = callspec is not None and callspec.params.get("backend") == "postgresql"
-        if on_postgresql or SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        if on_postgresql or SERVER_FIXTURES.intersection(fixtures):
             item.add_marker(pytest.mark.server)
+        if "browser" in fixtures:
+            item.add_marker(pytest.mark.browser)
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -466,6 +473,21 @@ def pytest_addoption(parser):
     parser.addoption(
         "--soak", action="store_true", help="run the load and contention tests for 60 s each"
     )
+
+
+# -- the browser: one Chromium for every browser test, driven by Playwright (tests/browser.py)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import launch
+
+    with sync_playwright() as playwright:
+        chromium = launch(playwright)
+        yield chromium
+        chromium.close()
 
 
 @pytest.fixture

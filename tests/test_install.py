@@ -154,6 +154,10 @@ def test_the_wheel_runs_from_a_fresh_venv_with_its_packaged_settings(service):
     assert health.status_code == 200, health.text
     assert health.json()["status"] == "healthy"
     assert requests.get(server.url + "/docs/", timeout=10).status_code == 200  # package data
+    login = requests.get(server.url + "/console/login", timeout=10)  # templates, static files
+    assert login.status_code == 200 and 'id="api_key"' in login.text
+    for static in re.findall(r'(?:href|src)="(/console/static/[^"]+)"', login.text):
+        assert requests.get(server.url + static, timeout=10).status_code == 200, static
     listed = requests.get(
         server.url + "/plugins", headers={"X-API-Key": service["key"]}, timeout=10
     ).json()

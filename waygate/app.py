@@ -14,6 +14,7 @@ from .services import Services
 from .web import (
     approvals_api,
     auth,
+    console,
     core_api,
     diagnostics_api,
     docs_api,
@@ -62,6 +63,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(keys_api.bp)
     app.register_blueprint(mcp_api.bp)
     app.register_blueprint(docs_api.bp)
+    console.init_app(app, services)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
     http.trust_proxies(app, config)  # last: the outermost WSGI layer
 

@@ -37,13 +37,13 @@ _ACCEPT_SQL = (
 )
 ROW_COUNT_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
 _NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
-_COLUMNS = (
+EXECUTION_COLUMNS = (
     "command_id, action, plugin, key_name, key_id, mode, status, duration_ms, error, "
     "timeout_s, worker_pid, created_at, started_at, finished_at, params, client_context, "
     "params_hash, "
     "approval_expires_at, decided_by, decided_by_key_id, decided_at, decision_reason, trace_id"
 )
-_GET_SQL = f"SELECT {_COLUMNS}, result, progress FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
+_GET_SQL = f"SELECT {EXECUTION_COLUMNS}, result, progress FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
 
 
 class TooManyOpen(RateLimited):
@@ -312,7 +312,7 @@ class AuditLog:
         row = self.storage.conn.execute(_GET_SQL, (command_id,)).fetchone()
         if row is None:
             return None
-        return _execution(row)
+        return execution_of(row)
 
     def query(
         self,
@@ -331,9 +331,64 @@ class AuditLog:
             total = conn.execute(count_sql, args).fetchone()[0]
         else:  # kept by triggers (migration m006): no count over every row
             total = conn.execute(ROW_COUNT_SQL).fetchone()[0]
-        page_sql = f"SELECT {_COLUMNS} FROM executions{clause} {_NEWEST_FIRST}"  # noqa: S608 # nosec B608
+        page_sql = f"SELECT {EXECUTION_COLUMNS} FROM executions{clause} {_NEWEST_FIRST}"  # noqa: S608 # nosec B608
         rows = conn.execute(page_sql, [*args, limit, offset]).fetchall()
-        return [_execution(r) for r in rows], total
+        return [execution_of(r) for r in rows], total
+
+    def page(
+        self,
+        *,
+        action: str | None = None,
+        status: str | None = None,
+        key_name: str | None = None,
+        key_id: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        before: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Execution], str | None]:
+        """Executions newest first, by keyset: those older than the execution ``before``
+        (a command id; the next page starts after the last row of this one), so a deep page
+        costs what the first does. Returns the rows and the cursor of the next page (None at
+        the end). Each filter is an index's leading column (status, action, key name)."""
+        where, args = [], []
+        for column, value in (("action", action), ("status", status), ("key_name", key_name)):
+            if value:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if key_id is not None:
+            where.append("key_id = ?")
+            args.append(key_id)
+        if since:
+            where.append("created_at >= ?")
+            args.append(since)
+        if until:
+            where.append("created_at < ?")
+            args.append(until)
+        if before:
+            cursor = self.storage.conn.execute(
+                "SELECT created_at FROM executions WHERE command_id = ?", (before,)
+            ).fetchone()
+            if cursor is not None:
+                where.append("(created_at < ? OR (created_at = ? AND command_id < ?))")
+                args += [cursor[0], cursor[0], before]
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        rows = self.storage.conn.execute(
+            f"SELECT {EXECUTION_COLUMNS} FROM executions{clause}"  # noqa: S608 # nosec B608 - fixed names
+            " ORDER BY created_at DESC, command_id DESC LIMIT ?",
+            [*args, limit + 1],
+        ).fetchall()
+        listed = [execution_of(row) for row in rows[:limit]]
+        return listed, (listed[-1].command_id if len(rows) > limit else None)
+
+    def count_since(self, since: str, statuses: tuple[str, ...] = ()) -> int:
+        """Executions created since ``since`` (of the given statuses): the recent error rate."""
+        sql = "SELECT count(*) FROM executions WHERE created_at >= ?"
+        args: list[Any] = [since]
+        if statuses:
+            sql += f" AND status IN ({', '.join('?' * len(statuses))})"
+            args += statuses
+        return self.storage.conn.execute(sql, args).fetchone()[0]
 
     def statistics(self, plugin: str) -> PluginStatistics:
         row = self.storage.conn.execute(
@@ -350,7 +405,7 @@ class AuditLog:
         )
 
 
-def _execution(row: Any) -> Execution:
+def execution_of(row: Any) -> Execution:
     data = dict(row)
     for column in ("params", "client_context", "result", "progress"):
         if data.get(column) is not None:

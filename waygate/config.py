@@ -117,6 +117,13 @@ class Config:
     pin_workers: bool = True
     # ?version=2 is deprecated (spec section 7); the date it stops working (RFC 8594 Sunset)
     version_param_sunset: str = "2027-07-01"
+    # the web console (/console): a signed-in browser is signed out after this many seconds
+    # without a request, and this many seconds after signing in whatever its activity
+    console_idle_timeout_s: int = 1800
+    console_session_max_s: int = 43_200
+    # a link from an execution's trace id to a trace viewer: {trace_id} is replaced, e.g.
+    # https://grafana.example.com/explore?...{trace_id} (Tempo) or .../trace/{trace_id} (Jaeger)
+    trace_url_template: str = ""
     # OpenTelemetry traces, exported over OTLP/HTTP as the standard OTEL_* variables say
     # (docs/tracing.md); off: no span is made at all
     tracing: bool = False
@@ -252,6 +259,8 @@ class Config:
             ("drain_seconds", 0, 300),
             ("approval_ttl_s", 1, 7 * 86_400),
             ("approval_webhook_attempts", 1, 10),
+            ("console_idle_timeout_s", 60, 7 * 86_400),
+            ("console_session_max_s", 60, 30 * 86_400),
             ("upstream_connect_timeout_s", 1, 25),
         ):
             if not low <= getattr(self, name) <= high:
@@ -279,6 +288,11 @@ class Config:
                         f"WAYGATE_{name.upper()}: {pattern!r} is not a command-name glob"
                         " like drop_* or wipe_?"
                     )
+        template = self.trace_url_template
+        if template and not re.fullmatch(r"https?://[^\s]*\{trace_id\}[^\s]*", template):
+            raise ConfigError(
+                "WAYGATE_TRACE_URL_TEMPLATE: must be an http(s) URL containing {trace_id}"
+            )
         hook = self.approval_webhook_url
         if hook:
             _check_webhook_url(hook)

@@ -137,6 +137,20 @@ class KeyStore:
         )
         return self.storage.conn.execute(sql).fetchone()[0]
 
+    def usable(self, key_id: int) -> ApiKey | None:
+        """The key with this id while it may be used (live, not expired), else None: for a
+        session that stands for a key (the console's), checked on every request."""
+        row = self.storage.conn.execute(
+            f"SELECT {_COLUMNS} FROM api_keys WHERE id = ? AND revoked_at IS NULL",  # noqa: S608 # nosec B608
+            (key_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        record = _record(row)
+        if record.expires_at and parse_iso(record.expires_at) <= utcnow():
+            return None
+        return record
+
     def count_live(self) -> int:
         return self.count(include_revoked=False)
 

@@ -95,6 +95,7 @@ class Services:
                 config.approval_webhook_url,
                 attempts=config.approval_webhook_attempts,
                 on_failure=metrics().count_webhook_failure,
+                public_url=config.public_url,
             ),
             on_change=metrics().observe_approvals,
         )

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..audit import AuditLog, Execution
+from ..audit import EXECUTION_COLUMNS, AuditLog, Execution, execution_of
 from ..clock import isoformat
 from ..outcomes import ApprovalStep, ExecutionStatus
 
@@ -126,6 +126,27 @@ class ApprovalRecords:
             for row in rows:
                 _insert_event(conn, row[0], ApprovalStep.EXPIRED, None, None, None, now)
         return [row[0] for row in rows]
+
+    def recently_decided(self, limit: int = 10) -> list[Execution]:
+        """The executions decided (approved, denied) or expired most recently, newest first:
+        read from the events' own order, never a scan of the executions."""
+        rows = self.storage.conn.execute(
+            "SELECT command_id FROM execution_events WHERE event IN (?, ?, ?)"
+            " ORDER BY id DESC LIMIT ?",
+            (ApprovalStep.APPROVED, ApprovalStep.DENIED, ApprovalStep.EXPIRED, limit),
+        ).fetchall()
+        ids = list(dict.fromkeys(row[0] for row in rows))  # an id once, at its newest event
+        if not ids:
+            return []
+        found = {
+            row["command_id"]: execution_of(row)
+            for row in self.storage.conn.execute(
+                f"SELECT {EXECUTION_COLUMNS} FROM executions"  # noqa: S608 # nosec B608 - fixed names
+                f" WHERE command_id IN ({', '.join('?' * len(ids))})",
+                ids,
+            ).fetchall()
+        }
+        return [found[command_id] for command_id in ids if command_id in found]
 
     def count_awaiting(self) -> int:
         return self.storage.conn.execute(

@@ -37,10 +37,12 @@ class Notifier:
         timeout_s: float = 5.0,
         queue_size: int = 1000,
         on_failure: Callable[[], None] | None = None,
+        public_url: str = "",
     ):
         # user:password@ in the URL (a webhook behind Basic auth) is sent as an Authorization
         # header: urllib would take it for part of the host name and fail every delivery
         self.url, self._headers = split_credentials(url)
+        self.public_url = public_url  # WAYGATE_PUBLIC_URL: payloads link the console's page
         self.attempts = attempts
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
@@ -57,7 +59,7 @@ class Notifier:
         if not self.url:
             return
         try:
-            self._events().put_nowait(payload(event, execution))
+            self._events().put_nowait(payload(event, execution, self.public_url))
         except queue.Full:
             self._failed(f"webhook queue full: {event} of {execution.command_id} not sent")
 
@@ -126,8 +128,14 @@ def split_credentials(url: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(netloc=host)), {"Authorization": f"Basic {token}"}
 
 
-def payload(event: Step, execution: Execution) -> dict[str, Any]:
-    """The webhook body: Slack's ``text`` and the structured record."""
+def console_path(command_id: str) -> str:
+    """The console's page of an execution (where an approver decides), from the site root."""
+    return f"/console/executions/{command_id}"
+
+
+def payload(event: Step, execution: Execution, public_url: str = "") -> dict[str, Any]:
+    """The webhook body: Slack's ``text`` and the structured record; with the service's
+    public URL, the console link of the item (``console_url``, also in the text)."""
     who = execution.key_name or "an unnamed caller"
     texts = {
         Step.REQUESTED: f"{who} asks to run `{execution.action}`: it waits for approval until"
@@ -139,8 +147,12 @@ def payload(event: Step, execution: Execution) -> dict[str, Any]:
         + (f": {execution.decision_reason}" if execution.decision_reason else ""),
         Step.EXPIRED: f"`{execution.action}` requested by {who} expired: nobody approved it",
     }
-    return {
+    body = {
         "text": f"Waygate: {texts[event]} (execution {execution.command_id})",
         "event": event.value,
         "execution": execution.as_dict(),
     }
+    if public_url:
+        body["console_url"] = public_url + console_path(execution.command_id)
+        body["text"] += f" {body['console_url']}"
+    return body

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..audit import Execution, StoredRequest
 from ..clock import isoformat, utcnow
-from ..errors import Conflict, InvalidRequest, NotFound
+from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
 from ..keys import ApiKey
 from ..outcomes import ApprovalStep as Step
 from ..outcomes import ExecutionStatus
@@ -81,6 +81,16 @@ class Approvals:
         self._changed(Step.APPROVED if approve else Step.DENIED, command_id)
         return decided
 
+    def refusal(self, approver: ApiKey, execution: Execution) -> str | None:
+        """Why ``approver`` may not decide on ``execution`` (None: it may): the one rule,
+        :func:`check_approver`, asked before a decision is offered (the console shows the
+        buttons disabled with this message)."""
+        try:
+            check_approver(approver, execution, self.creators)
+        except Forbidden as refused:
+            return refused.message
+        return None
+
     @staticmethod
     def stored_params(execution: Execution) -> Any:
         """What an approved execution runs: its stored params, refused (never run) when they
@@ -113,6 +123,13 @@ class Approvals:
         rows, _ = self.audit.query(status=ExecutionStatus.AWAITING_APPROVAL, limit=limit)
         return rows
 
+    def count_awaiting(self) -> int:
+        return self.records.count_awaiting()
+
+    def recently_decided(self, limit: int = 10) -> list[Execution]:
+        """The executions decided (approved, denied) or expired most recently, newest first."""
+        return self.records.recently_decided(limit)
+
     def trail(self, command_id: str) -> list[Event]:
         """An execution's approval events, oldest first; NotFound for no such execution."""
         self._execution(command_id)
@@ -120,7 +137,7 @@ class Approvals:
 
     def refresh_gauge(self) -> None:
         if self._on_change is not None:
-            self._on_change("refresh", self.records.count_awaiting())
+            self._on_change("refresh", self.count_awaiting())
 
     def _execution(self, command_id: str) -> Execution:
         execution = self.audit.get(command_id)
@@ -130,7 +147,7 @@ class Approvals:
 
     def _changed(self, event: Step, command_id: str) -> None:
         if self._on_change is not None:
-            self._on_change(event, self.records.count_awaiting())
+            self._on_change(event, self.count_awaiting())
         execution = self.audit.get(command_id)
         if execution is not None:
             self.notifier.notify(event, execution)

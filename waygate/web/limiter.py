@@ -141,6 +141,16 @@ class RateLimiter:
         failed = g.get("auth_error") is not None
         if not failed and key is None:
             return  # no key presented: nothing to guess
+        self._count_key_attempt(failed, address)
+
+    def check_presented_key(self, failed: bool) -> None:
+        """A key presented other than in a header (the console's sign-in form) meets the same
+        budget of refused keys per address: a refusal counts, and once the budget is spent
+        every attempt is refused, right key or wrong (RateLimited)."""
+        address = f"ip:{request.remote_addr or 'unknown'}"
+        self._count_key_attempt(failed, address)
+
+    def _count_key_attempt(self, failed: bool, address: str) -> None:
         item = self.auth_failures
         try:
             if failed:

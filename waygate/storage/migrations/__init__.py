@@ -29,6 +29,7 @@ from . import (
     m013_execution_trace_id,
     m014_worker_leases,
     m015_key_created_by,
+    m016_console_sessions,
     r001_rate_limits,
 )
 from .migration import Migration, Schema
@@ -52,6 +53,7 @@ STATE = Schema(
         m013_execution_trace_id.migration,
         m014_worker_leases.migration,
         m015_key_created_by.migration,
+        m016_console_sessions.migration,
     ),
 )
 
