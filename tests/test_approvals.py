@@ -220,6 +220,25 @@ def test_a_key_the_requester_created_cannot_decide_on_rest_or_the_cli(client, ke
     assert decide(client, {"X-API-Key": puppet["key"]}, user_request, "deny").status_code == 200
 
 
+def test_a_creator_chain_too_long_to_follow_does_not_lift_the_two_person_rule(client, keys):
+    """Before: the chain was followed 64 keys up and then taken as ending, so an admin who
+    minted 65 keys, each with the one before, approved its own request with the last."""
+    from waygate.keys import MAX_CHAIN
+
+    made = {"key": keys.headers("admin")["X-API-Key"]}
+    for n in range(MAX_CHAIN + 1):
+        made = client.post(
+            "/keys",
+            json={"name": f"chain-{n}", "role": "admin"},
+            headers={"X-API-Key": made["key"]},
+        ).get_json()
+    command_id = request_wipe(client, keys, role="admin")
+    refused = decide(client, {"X-API-Key": made["key"]}, command_id)
+    assert refused.status_code == 403, refused.get_json()
+    assert "too long to tell" in refused.get_json()["error"]["message"]
+    assert state(client, keys, command_id, "admin")["status"] == "awaiting_approval"
+
+
 def test_revoking_a_key_denies_its_awaiting_requests_and_approving_one_is_409(
     client, keys, runner, db
 ):

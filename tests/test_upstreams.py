@@ -29,6 +29,7 @@ from waygate.upstreams import (
     UpstreamParams,
     command_name,
     effective_annotations,
+    log_stderr,
     params_class,
     read_config,
 )
@@ -74,6 +75,18 @@ def test_the_mcp_servers_file_is_read_with_variables_from_the_environment(tmp_pa
     assert files.shown["args"] == ["fs.js", "${ROOT_DIR}"] and files.shown["env"] == ["TOKEN"]
 
 
+def test_a_secret_written_into_an_upstream_url_is_not_shown(tmp_path):
+    # before: /plugins (to any key) and the plugin's description showed the URL as written,
+    # a password in its userinfo and an api_key in its query included
+    url = "https://bob:hunter2@mcp.example.com/mcp?api_key=abc123&region=eu&token=${T}#top"
+    read = read_config(write(tmp_path, {"mcpServers": {"remote": {"url": url}}}), {"T": "t0k"})
+    remote = read.specs["remote"]
+    assert remote.url == url.replace("${T}", "t0k")  # what is used is untouched
+    assert remote.shown["url"] == (
+        "https://bob:***@mcp.example.com/mcp?api_key=***&region=eu&token=${T}#top"
+    )
+
+
 def test_each_broken_entry_is_reported_alone_with_a_clear_reason(tmp_path):
     path = write(
         tmp_path,
@@ -87,6 +100,8 @@ def test_each_broken_entry_is_reported_alone_with_a_clear_reason(tmp_path):
                 "bad args": {"command": "x"},
                 "a__b": {"command": "x"},
                 "ftp": {"url": "ftp://x.example/"},
+                "files\n": {"command": "node"},  # a name is anchored at both ends
+                "port": {"url": "http://127.0.0.1:99999/mcp"},
             }
         },
     )
@@ -100,6 +115,8 @@ def test_each_broken_entry_is_reported_alone_with_a_clear_reason(tmp_path):
     assert "url must be an http:// or https:// URL" in errors["ftp"]
     assert any("must be 1-48 letters and digits" in e for k, e in errors.items() if "bad" in k)
     assert any("must be 1-48" in e for k, e in errors.items() if "a__b" in k)
+    assert "must be 1-48" in errors["invalid:'files\\n'"]
+    assert errors["port"] == "url has no valid host and port (a port is a number from 1 to 65535)"
 
 
 @pytest.mark.parametrize(
@@ -141,6 +158,60 @@ def test_arguments_are_checked_against_the_input_schema_and_kept_exactly():
         params.load({"path": 3})
     assert "is not of type 'string'" in wrong.value.normalized_messages()["path"][0]
     assert issubclass(type(params), UpstreamParams)
+
+
+@pytest.mark.parametrize("ref", ["#/nowhere", "http://127.0.0.1:1/schema.json"])
+def test_a_ref_the_upstream_schema_cannot_resolve_is_its_fault_not_the_callers(ref, caplog):
+    # a 500 before: the validator raised while checking the caller's arguments; nothing is
+    # fetched for a remote $ref
+    schema = {"type": "object", "properties": {"a": {"$ref": ref}}}
+    params = params_class("hostile__badref", schema)()
+    assert params.load({"a": 1}) == {"a": 1}  # unchecked, as for an invalid schema
+    assert "hostile__badref: inputSchema has a $ref that does not resolve" in caplog.text
+
+
+def test_a_child_writing_stderr_without_newlines_cannot_fill_the_worker(caplog):
+    # before: a whole line was read into memory before it was cut, so 30 MB (or 3 GB) of
+    # stderr without a newline was held at once by the worker
+    import logging
+    import threading
+    import tracemalloc
+
+    read_fd, write_fd = os.pipe()
+
+    def child() -> None:
+        with os.fdopen(write_fd, "wb") as out:
+            for _ in range(30):
+                out.write(b"E" * (1024 * 1024))
+            out.write(b"\nthe next line\n")
+
+    writer = threading.Thread(target=child)
+    tracemalloc.start()
+    writer.start()
+    with caplog.at_level(logging.INFO), os.fdopen(read_fd, "rb") as pipe:
+        log_stderr(pipe, logging.getLogger("waygate.upstream.flood"))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    writer.join()
+    lines = [r.getMessage() for r in caplog.records if r.name == "waygate.upstream.flood"]
+    assert lines == ["E" * 2000, "the next line"]
+    assert peak < 4 * 1024 * 1024, peak
+
+
+def test_a_malformed_result_is_said_without_the_libraries_wording():
+    # before: "upstream hostile failed: ValidationError: 13 validation errors for CallToolResult"
+    import mcp_types
+    import pydantic
+
+    from waygate.upstreams import _upstream_error
+
+    with pytest.raises(pydantic.ValidationError) as caught:
+        mcp_types.CallToolResult.model_validate({"content": [{"type": "bogus"}]})
+    error = _upstream_error("hostile", caught.value)
+    assert str(error) == (
+        "upstream hostile failed: it answered with a CallToolResult that is not valid MCP"
+    )
+    assert error.status == 502
 
 
 # -- behind real gunicorn ------------------------------------------------------------------------

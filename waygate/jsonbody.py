@@ -17,6 +17,7 @@ further on (SQLite, the log, a plugin) ever meets one. Nesting is capped at ``MA
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from typing import Any
@@ -29,8 +30,8 @@ MAX_DEPTH = 64  # the deepest nesting a request body may have (REST and MCP alik
 
 class BodyRefused(ValueError):
     """A request body the server does not take, said in the client's terms: ``kind`` is
-    ``encoding`` (not UTF-8), ``syntax`` (not JSON), ``unicode`` (a lone surrogate) or
-    ``depth`` (nested deeper than allowed)."""
+    ``encoding`` (not UTF-8), ``syntax`` (not JSON), ``unicode`` (a lone surrogate),
+    ``number`` (not finite) or ``depth`` (nested deeper than allowed)."""
 
     def __init__(self, kind: str, message: str, details: dict[str, Any] | None = None):
         super().__init__(message)
@@ -68,9 +69,11 @@ def loads(data: str | bytes) -> Any:
 def read_body(raw: bytes, max_depth: int = MAX_DEPTH) -> Any:
     """A request body as JSON, or BodyRefused saying what is wrong with it."""
     try:
-        return _depth_checked(orjson.loads(raw), max_depth)  # valid UTF-8, no lone surrogate
+        value = orjson.loads(raw)  # valid UTF-8, no lone surrogate, no NaN
     except orjson.JSONDecodeError:
         pass
+    else:
+        return _checked(value, max_depth)
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -83,7 +86,7 @@ def read_body(raw: bytes, max_depth: int = MAX_DEPTH) -> Any:
         raise BodyRefused(
             "syntax", f"malformed JSON: {exc.msg}", {"line": exc.lineno, "column": exc.colno}
         ) from None
-    value = _depth_checked(value, max_depth)
+    value = _checked(value, max_depth)
     field = lone_surrogate_at(value)
     if field is not None:
         raise BodyRefused(
@@ -95,16 +98,47 @@ def read_body(raw: bytes, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
-def _depth_checked(value: Any, limit: int) -> Any:
-    stack = [(value, 1)]
+def _non_finite_at(value: Any) -> str:
+    stack: list[tuple[Any, str]] = [(value, "")]
     while stack:
-        item, depth = stack.pop()
-        if not isinstance(item, (dict, list)):
-            continue
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            return path
+        if isinstance(item, dict):
+            stack.extend(
+                (child, (f"{path}.{name}" if path else str(name))[:200])
+                for name, child in item.items()
+            )
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]"[:200]) for i, child in enumerate(item))
+    return ""
+
+
+def _checked(value: Any, limit: int) -> Any:
+    """``value``, unless it nests deeper than ``limit`` or a number in it is not finite:
+    NaN and Infinity are no JSON (only the standard library's parser takes them) and 1e999
+    parses as infinity; each would be stored, shown and hashed as one thing (``null``,
+    ``NaN``) and handed to a command as another. One walk for both."""
+    isfinite = math.isfinite
+    stack = [([value], 0)]  # the body as the one item of a list at depth 0
+    while stack:
+        items, depth = stack.pop()
         if depth > limit:
             raise BodyRefused("depth", f"JSON nested deeper than {limit} levels")
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+        for child in items:
+            kind = child.__class__
+            if kind is dict:
+                stack.append((child.values(), depth + 1))
+            elif kind is list:
+                stack.append((child, depth + 1))
+            elif kind is float and not isfinite(child):
+                field = _non_finite_at(value)
+                raise BodyRefused(
+                    "number",
+                    f"{field or 'the body'} is not a finite number (NaN, Infinity and numbers"
+                    " beyond 1.8e308 have no value in JSON)",
+                    {"field": field},
+                )
     return value
 
 

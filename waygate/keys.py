@@ -34,6 +34,7 @@ EVENTS = ("created", "changed", "rotated", "revoked", "expired_use")
 MAX_PATTERNS = 64
 MAX_GRACE = timedelta(days=30)
 MAX_LIFETIME = timedelta(days=3650)
+MAX_CHAIN = 64  # the longest creator chain followed (key -> its creator -> ...)
 _ALPHABET = string.ascii_letters + string.digits
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _PATTERN_RE = re.compile(r"[A-Za-z0-9_.*?\[\]!-]{1,128}")

@@ -21,6 +21,7 @@ from .clock import isoformat, parse_iso, utcnow
 from .errors import Conflict, InvalidRequest, NotFound, Unauthorized
 from .keys import (
     CLI_ACTOR,
+    MAX_CHAIN,
     Actor,
     ApiKey,
     check_grace,
@@ -35,7 +36,6 @@ from .keys import (
 )
 from .storage import IntegrityError, Storage, where_clause
 
-MAX_CHAIN = 64  # the longest creator chain followed (key -> its creator -> ...)
 # last_used_at (and an expired key's attempts) are written at most this often per key, so
 # that authentication stays a read.
 LAST_USED_RESOLUTION = timedelta(seconds=60)

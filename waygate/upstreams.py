@@ -50,6 +50,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import anyio
 from marshmallow import Schema, ValidationError
@@ -59,7 +60,7 @@ from .sdk import Cancelled, Command, CommandError, Content, ExecutionContext, Ri
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*$")
+NAME_RE = re.compile(r"[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*")  # whole names only: fullmatch
 NAME_MAX = 48
 SEPARATOR = "__"
 _TOOL_CHAR = re.compile(r"[^A-Za-z0-9_-]")
@@ -168,11 +169,11 @@ def read_config(path: str | os.PathLike, environ: Mapping[str, str] | None = Non
 
 
 def _shown_name(name: str) -> str:
-    return name if NAME_RE.match(name) and len(name) <= NAME_MAX else f"invalid:{name[:40]!r}"
+    return name if NAME_RE.fullmatch(name) and len(name) <= NAME_MAX else f"invalid:{name[:40]!r}"
 
 
 def parse_entry(name: str, entry: Any, env: Mapping[str, str]) -> UpstreamSpec:
-    if not NAME_RE.match(name) or len(name) > NAME_MAX:
+    if not NAME_RE.fullmatch(name) or len(name) > NAME_MAX:
         raise UpstreamConfigError(
             f"upstream name {name[:60]!r} must be 1-{NAME_MAX} letters and digits, joined by"
             " single - or _ (so that __ in a command name always ends it)"
@@ -222,14 +223,57 @@ def parse_entry(name: str, entry: Any, env: Mapping[str, str]) -> UpstreamSpec:
         expanded = _expand(url, env, "url")
         if not re.fullmatch(r"https?://[^\s/?#]+[^\s]*", expanded):
             raise UpstreamConfigError("url must be an http:// or https:// URL")
+        try:  # the host and port as the client will read them, said now rather than per call
+            parts = urlsplit(expanded)
+            parts.port  # noqa: B018 (raises ValueError for a port out of 0-65535)
+        except ValueError:
+            raise UpstreamConfigError(
+                "url has no valid host and port (a port is a number from 1 to 65535)"
+            ) from None
+        if not parts.hostname:
+            raise UpstreamConfigError("url has no host")
         return UpstreamSpec(
             name=name,
             transport="http",
             url=expanded,
             headers={k: _expand(v, env, f"headers.{k}") for k, v in headers.items()},
-            shown={"transport": "http", "url": url, "headers": sorted(headers)},
+            shown={"transport": "http", "url": shown_url(url), "headers": sorted(headers)},
         )
     raise UpstreamConfigError("needs command (a stdio server) or url (a Streamable HTTP server)")
+
+
+_SECRET_QUERY_NAME = re.compile(r"key|token|secret|passw|auth|credential|sig", re.IGNORECASE)
+
+
+def shown_url(url: str) -> str:
+    """The URL as written, for /plugins and the description: a password in its userinfo and
+    the values of query parameters named like secrets as ``***`` (a ``${VAR}`` stays: it names
+    the secret, it is not one)."""
+
+    def hidden(value: str) -> str:
+        return value if not value or _VAR.fullmatch(value) else "***"
+
+    scheme, sep, rest = url.partition("://")
+    end = len(rest)
+    for stop in "/?#":
+        if stop in rest:
+            end = min(end, rest.index(stop))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        userinfo, host = authority.rsplit("@", 1)
+        user, colon, password = userinfo.partition(":")
+        authority = f"{user}{colon}{hidden(password)}@{host}"
+    path, mark, query = tail.partition("?")
+    if mark:
+        query, hash_, fragment = query.partition("#")
+        parts = []
+        for part in query.split("&"):
+            name, equals, value = part.partition("=")
+            parts.append(
+                f"{name}={hidden(value)}" if equals and _SECRET_QUERY_NAME.search(name) else part
+            )
+        tail = f"{path}?{'&'.join(parts)}{hash_}{fragment}"
+    return f"{scheme}{sep}{authority}{tail}"
 
 
 def _check_string_map(value: Any, what: str) -> None:
@@ -272,8 +316,21 @@ class UpstreamParams(Schema):
         validator = type(self)._validator
         if validator is None:
             return data
+        import referencing.exceptions
+
         messages: dict[str, list[str]] = {}
-        for error in sorted(validator.iter_errors(data), key=lambda e: list(e.path))[:20]:
+        try:
+            errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))[:20]
+        except referencing.exceptions.Unresolvable as exc:
+            # the upstream's schema is at fault, not the caller: as an invalid schema, the
+            # arguments go unchecked (the upstream checks its own); nothing is fetched
+            log.warning(
+                "%s: inputSchema has a $ref that does not resolve, not checked: %s",
+                type(self).__name__.removeprefix("Params_"),
+                str(exc)[:300],
+            )
+            return data
+        for error in errors:
             if error.validator == "required" and not error.path:
                 for missing in set(error.validator_value) - set(data):
                     messages.setdefault(missing, []).append("Missing data for required field.")
@@ -488,12 +545,8 @@ class Connection:
         name = self.spec.name
 
         def pump() -> None:
-            logger = logging.getLogger(f"waygate.upstream.{name}")
             with os.fdopen(read_fd, "rb") as pipe:
-                for line in pipe:
-                    text = line.decode("utf-8", "replace").rstrip()
-                    if text:
-                        logger.info("%s", text[:2000])
+                log_stderr(pipe, logging.getLogger(f"waygate.upstream.{name}"))
             with contextlib.suppress(RuntimeError):  # the loop is closed at exit
                 loop.call_soon_threadsafe(dead.set)
 
@@ -590,6 +643,23 @@ async def _with_client(client: Any, transport: Any):
         yield streams
 
 
+STDERR_LINE_MAX = 2000  # characters of a child's stderr line that reach the log
+
+
+def log_stderr(pipe: Any, logger: logging.Logger) -> None:
+    """Log a child's stderr line by line until it closes, each line cut at STDERR_LINE_MAX:
+    read in bounded pieces, so a child writing without newlines cannot fill the worker."""
+    while True:
+        line = pipe.readline(STDERR_LINE_MAX * 4)
+        if not line:
+            return
+        text = line.decode("utf-8", "replace").rstrip()
+        while line and not line.endswith(b"\n"):  # the rest of an overlong line: skipped
+            line = pipe.readline(64 * 1024)
+        if text:
+            logger.info("%s", text[:STDERR_LINE_MAX])
+
+
 async def _list_tools(session: Any) -> list[dict[str, Any]]:
     tools, cursor = [], None
     for _ in range(50):  # pages
@@ -629,6 +699,8 @@ def _reason(exc: BaseException) -> str:
         return "no answer in time"
     if isinstance(exc, FileNotFoundError):
         return f"command not found: {exc.filename}" if exc.filename else "command not found"
+    if type(exc).__name__ == "ValidationError" and hasattr(exc, "title"):  # pydantic's
+        return f"it answered with a {exc.title} that is not valid MCP"  # wording is not ours
     text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

@@ -8,7 +8,7 @@ from fnmatch import fnmatchcase
 
 from ..audit import Execution
 from ..errors import Forbidden
-from ..keys import ApiKey
+from ..keys import MAX_CHAIN, ApiKey
 from ..sdk import Command
 
 META_APPROVAL = "waygate/approvalRequired"  # the tool's _meta key in MCP tools/list
@@ -57,7 +57,15 @@ def check_approver(
             "a key cannot decide on its own request: another approver must",
             {"command_id": execution.command_id},
         )
-    if requester in creators(approver.id):
+    chain = creators(approver.id)
+    if len(chain) >= MAX_CHAIN:  # its end is not seen: it may lead back to the requester
+        raise Forbidden(
+            f"key {approver.name!r} was created through a chain of {MAX_CHAIN} or more keys,"
+            " too long to tell whether the requesting key made it: a key of another person"
+            " must decide (one the host's CLI made, for example)",
+            {"command_id": execution.command_id, "two_person_rule": True},
+        )
+    if requester in chain:
         raise Forbidden(
             f"key {approver.name!r} was created by the requesting key {execution.key_name!r}"
             " (directly or through keys it created): a key of another person must decide",

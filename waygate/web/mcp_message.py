@@ -43,7 +43,8 @@ def readable_request_id() -> str | int | None:
         except HTTPException:  # e.g. a chunked body that turned out too large
             message, problem = None, None
         found = message.get("id") if isinstance(message, dict) else None
-        if problem is not None and problem.kind in ("depth", "unicode"):  # JSON, yet refused
+        refused_json = problem is not None and problem.kind in ("depth", "unicode", "number")
+        if refused_json:  # JSON, yet refused
             match = _LEADING_ID.match(request.get_data(cache=True)[:4096])
             found = json.loads(match.group(1)) if match else None
             found = None if jsonio.lone_surrogate_at(found) is not None else found
