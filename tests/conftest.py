@@ -281,7 +281,7 @@ class Server:
 
     def start(self, timeout: float = 20) -> Server:
         starts_a_server("gunicorn")
-        self.port = free_port()
+        self.port = self.port or free_port()  # preset when the URL must be known first
         self.log_path = self.data_dir.parent / f"gunicorn-{self.port}.log"
         env = {**os.environ, "WAYGATE_DATA_DIR": str(self.data_dir), **self.env}
         self.proc = subprocess.Popen(

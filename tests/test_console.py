@@ -455,31 +455,31 @@ def test_wrong_keys_at_sign_in_spend_the_refused_key_budget(make_app, keys, capl
     assert keys.admin not in caplog.text and "y" * 32 not in caplog.text
 
 
-def test_a_signed_in_session_ends_at_its_timeouts_and_with_its_key(app, keys):
-    from waygate.web.console_sessions import ConsoleSessions, SessionPolicy
+@pytest.mark.both_backends
+def test_a_signed_in_session_ends_at_its_timeouts_and_with_its_key(storage, backend):
+    from waygate.principals import Principal
+    from waygate.sessions import SessionPolicy, Sessions
 
-    services = app.extensions["waygate"]
-    store = ConsoleSessions(
-        services.storage,
-        services.keys,
-        SessionPolicy(idle=timedelta(minutes=30), absolute=timedelta(hours=12)),
+    keys = KeyStore(storage)
+    admin, _ = keys.create("ops-admin", "admin")
+    store = Sessions(
+        storage, keys, SessionPolicy(idle=timedelta(minutes=30), absolute=timedelta(hours=12))
     )
-    admin = services.keys.get("ops-admin")
-    write = services.storage.execute_write
-    idle, old, revoked = store.start(admin), store.start(admin), store.start(admin)
-    assert store.resolve(idle) == store.resolve(old) == admin
+    write = storage.execute_write
+    idle, old, revoked = (store.open(Principal.of_key(admin)) for _ in range(3))
+    assert store.resolve(idle) == store.resolve(old) == Principal.of_key(admin)
     write(
-        "UPDATE console_sessions SET seen_at = ? WHERE token_hash = ?",
+        "UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?",
         (isoformat(utcnow() - timedelta(minutes=31)), digest_of(idle)),
     )
-    write(  # active a second ago, but signed in 13 hours ago
-        "UPDATE console_sessions SET created_at = ? WHERE token_hash = ?",
-        (isoformat(utcnow() - timedelta(hours=13)), digest_of(old)),
+    write(  # active a second ago, but its twelve hours are over
+        "UPDATE sessions SET expires_at = ? WHERE id_hash = ?",
+        (isoformat(utcnow() - timedelta(seconds=1)), digest_of(old)),
     )
     assert store.resolve(idle) is None and store.resolve(old) is None
-    services.keys.revoke("ops-admin", force=True)  # the last admin key: deliberately
+    keys.revoke("ops-admin", force=True)  # the last admin key: deliberately
     assert store.resolve(revoked) is None
-    rows = services.storage.conn.execute("SELECT count(*) FROM console_sessions").fetchone()[0]
+    rows = storage.conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
     assert rows == 0  # each ended session's row is gone
 
 

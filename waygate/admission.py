@@ -40,14 +40,15 @@ class Admission:
         self._held = 0
         # this worker's own request threads waiting on commands, per key: a count of this
         # process's threads, like the cap itself, not state that workers must agree on
-        self._held_by_key: dict[int | None, int] = {}
-        self._waiting_by_key: dict[int | None, int] = {}  # callers waiting for their share
+        self._held_by_key: dict[int | str | None, int] = {}
+        self._waiting_by_key: dict[int | str | None, int] = {}  # callers waiting for their share
 
-    def slot(self, key_id: int | None) -> AdmissionSlot:
-        """A context manager that holds one of the worker's slots for the key ``key_id``."""
+    def slot(self, key_id: int | str | None) -> AdmissionSlot:
+        """A context manager that holds one of the worker's slots for the key ``key_id`` (a
+        person with an access token and no key: their principal id, their own share)."""
         return AdmissionSlot(self, key_id)
 
-    def _take(self, key: int | None) -> None:
+    def _take(self, key: int | str | None) -> None:
         if self.limit <= 0:
             return
         with self._freed:
@@ -85,7 +86,7 @@ class Admission:
             retry_after=1,
         )
 
-    def _give_back(self, key: int | None) -> None:
+    def _give_back(self, key: int | str | None) -> None:
         if self.limit <= 0:
             return
         with self._freed:
@@ -104,7 +105,7 @@ class AdmissionSlot:
 
     __slots__ = ("_admission", "_key")
 
-    def __init__(self, admission: Admission, key: int | None):
+    def __init__(self, admission: Admission, key: int | str | None):
         self._admission, self._key = admission, key
 
     def __enter__(self) -> AdmissionSlot:

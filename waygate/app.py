@@ -25,9 +25,11 @@ from .web import (
     keys_api,
     limiter,
     mcp_api,
+    oauth_api,
     plugins_api,
     request_metrics,
     request_spans,
+    signin_api,
     versioning,
 )
 
@@ -62,6 +64,8 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(diagnostics_api.bp)
     app.register_blueprint(keys_api.bp)
     app.register_blueprint(mcp_api.bp)
+    app.register_blueprint(oauth_api.bp)
+    app.register_blueprint(signin_api.bp)
     app.register_blueprint(docs_api.bp)
     console.init_app(app, services)
     app.extensions["waygate.limiter"] = limiter.build(app, config)

@@ -31,9 +31,13 @@ _UNFINISHED = ExecutionStatus.unfinished()  # bound into "status IN (?, ?, ?)"
 _ACCEPT_SQL = (
     "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
     " timeout_s, worker_pid, created_at, params, params_hash, client_context,"
-    " approval_expires_at, trace_id, host) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?"
+    " approval_expires_at, trace_id, host, principal) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?"
     " WHERE (SELECT count(*) FROM executions WHERE key_id IS NOT DISTINCT FROM ? AND status IN"
     " ('pending', 'running', 'awaiting_approval')) < ?"
+)
+# A person with a token has no key: their cap counts their own executions (index of m016).
+_ACCEPT_BY_PRINCIPAL_SQL = _ACCEPT_SQL.replace(
+    "key_id IS NOT DISTINCT FROM ?", "key_id IS NULL AND principal = ?"
 )
 ROW_COUNT_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
 _NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
@@ -41,7 +45,8 @@ EXECUTION_COLUMNS = (
     "command_id, action, plugin, key_name, key_id, mode, status, duration_ms, error, "
     "timeout_s, worker_pid, created_at, started_at, finished_at, params, client_context, "
     "params_hash, "
-    "approval_expires_at, decided_by, decided_by_key_id, decided_at, decision_reason, trace_id"
+    "approval_expires_at, decided_by, decided_by_key_id, decided_at, decision_reason, trace_id, "
+    "principal, decided_by_principal"
 )
 _GET_SQL = f"SELECT {EXECUTION_COLUMNS}, result, progress FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
 
@@ -76,6 +81,9 @@ class Execution:
     decided_at: str | None = None
     decision_reason: str | None = None
     trace_id: str | None = None  # the OpenTelemetry trace of the execution, when traced
+    # who asked and who decided (waygate.principals: a person, or a key without an owner)
+    principal: str | None = None
+    decided_by_principal: str | None = None
     result: Any = None
     progress: dict[str, Any] | None = None  # the latest report of a running async execution
 
@@ -166,13 +174,14 @@ class AuditLog:
         result: Any = None,
         store_result: bool = False,
         trace_id: str | None = None,
+        principal: str | None = None,
     ) -> None:
         """Record a finished execution (its plugin's totals follow by trigger), committed
         before this returns; concurrent requests' records share a transaction."""
         self.storage.execute_grouped(
             "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
             " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
-            " finished_at, trace_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " finished_at, trace_id, principal) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 command_id,
                 action,
@@ -190,6 +199,7 @@ class AuditLog:
                 started_at,
                 isoformat(),
                 trace_id,
+                principal,
             ),
         )
 
@@ -206,6 +216,7 @@ class AuditLog:
         mode: Mode = Mode.ASYNC,
         request: StoredRequest | None = None,
         trace_id: str | None = None,
+        principal: str | None = None,
     ) -> None:
         """Record an async execution as pending, before it is queued, or (with ``request``)
         one awaiting approval, held by no worker; TooManyOpen when the key already has
@@ -214,7 +225,7 @@ class AuditLog:
         awaiting = request is not None
         with self.storage.write() as conn:
             inserted = conn.execute(
-                _ACCEPT_SQL,
+                _ACCEPT_BY_PRINCIPAL_SQL if key_id is None and principal else _ACCEPT_SQL,
                 (
                     command_id,
                     action,
@@ -232,7 +243,8 @@ class AuditLog:
                     request.expires_at if awaiting else None,
                     trace_id,
                     None if awaiting else self.host,
-                    key_id,
+                    principal,
+                    principal if key_id is None and principal else key_id,
                     self.max_open_per_key,
                 ),
             )
@@ -322,8 +334,11 @@ class AuditLog:
         since: str | None = None,
         offset: int = 0,
         limit: int = 10,
+        principal: str | None = None,
     ) -> tuple[list[Execution], int]:
-        clause, args = where_clause({"action": action, "status": status}, "created_at", since)
+        clause, args = where_clause(
+            {"action": action, "status": status, "principal": principal}, "created_at", since
+        )
         conn = self.storage.conn
         # Only fixed column names are spliced in; every value is a bound parameter.
         if clause:
@@ -342,6 +357,7 @@ class AuditLog:
         status: str | None = None,
         key_name: str | None = None,
         key_id: int | None = None,
+        principal: str | None = None,
         since: str | None = None,
         until: str | None = None,
         before: str | None = None,
@@ -359,6 +375,9 @@ class AuditLog:
         if key_id is not None:
             where.append("key_id = ?")
             args.append(key_id)
+        if principal:
+            where.append("principal = ?")
+            args.append(principal)
         if since:
             where.append("created_at >= ?")
             args.append(since)

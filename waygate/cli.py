@@ -266,6 +266,8 @@ def keys() -> None:
 @click.option("--read-only", is_flag=True, help="Only commands annotated readOnlyHint.")
 @click.option("--expires", help="Lifetime, e.g. 30d, 12h, 15m or seconds.")
 @click.option("--rate-limit", help="The key's own execute limit, e.g. 1000/minute.")
+@click.option("--owner", help="The person who holds it: <issuer URL>#<subject>.")
+@click.option("--owner-name", help="The owner's display name.")
 @pass_context
 def keys_create(
     ctx: Context,
@@ -275,6 +277,8 @@ def keys_create(
     read_only: bool,
     expires: str | None,
     rate_limit: str | None,
+    owner: str | None,
+    owner_name: str | None,
 ) -> None:
     """Create a key. It is shown once, on the last line; store it now."""
     record, key = ctx.keys.create(
@@ -284,6 +288,8 @@ def keys_create(
         read_only=read_only,
         expires_at=expiry(parse_duration(expires)) if expires else None,
         rate_limit=rate_limit,
+        owner=owner,
+        owner_name=owner_name,
     )
     click.echo(f"created {record.role} key {record.name!r}; it is shown only once:")
     click.echo(key)
@@ -298,6 +304,9 @@ def keys_create(
 @click.option("--no-expiry", is_flag=True)
 @click.option("--rate-limit", help="The key's own execute limit, e.g. 1000/minute.")
 @click.option("--default-rate-limit", is_flag=True, help="Back to the default execute limit.")
+@click.option("--owner", help="The person who holds it: <issuer URL>#<subject>.")
+@click.option("--owner-name", help="The owner's display name.")
+@click.option("--no-owner", is_flag=True, help="The key belongs to no person.")
 @click.option(
     "--force",
     is_flag=True,
@@ -314,9 +323,12 @@ def keys_update(
     no_expiry: bool,
     rate_limit: str | None,
     default_rate_limit: bool,
+    owner: str | None,
+    owner_name: str | None,
+    no_owner: bool,
     force: bool,
 ) -> None:
-    """Change a key's scope, expiry or rate limit."""
+    """Change a key's scope, expiry, rate limit or owner."""
     changes: dict = {}
     if allow or allow_all:
         changes["allow"] = None if allow_all else list(allow)
@@ -326,6 +338,8 @@ def keys_update(
         changes["expires_in"] = None if no_expiry else parse_duration(expires or "")
     if rate_limit or default_rate_limit:
         changes["rate_limit"] = None if default_rate_limit else rate_limit
+    if owner or no_owner:
+        changes["owner"], changes["owner_name"] = (None, None) if no_owner else (owner, owner_name)
     record = ctx.keys.update(name, changes, force=force)
     click.echo(json.dumps(record.as_dict(), indent=2))
 

@@ -44,6 +44,7 @@ from .leases import Leases
 from .outcomes import ExecutionStatus, Failure, Mode, Outcome
 from .plugins import PluginSet
 from .pool import CommandPool, Job, PoolFull
+from .principals import Principal
 from .schemas import MCPCommandSchema, expect_object, load
 from .sdk import Cancelled, Command, CommandError, ExecutionContext
 
@@ -92,6 +93,20 @@ class Caller:
     key_name: str | None
     key_id: int | None = None
     scope: Scope = UNSCOPED
+    principal: str | None = None  # who, as waygate.principals says: recorded with the run
+
+    @property
+    def share(self) -> int | str | None:
+        """Whose share of command slots a call takes: the key's, or for a person with an
+        access token (no key), the person's own."""
+        return self.key_id if self.key_id is not None else self.principal
+
+    def owns(self, execution: Execution) -> bool:
+        """Whether ``execution`` is this caller's: the same key, or for a person with an
+        access token (no key), the same person."""
+        if self.key_id is not None:
+            return execution.key_id == self.key_id
+        return self.principal is not None and execution.principal == self.principal
 
 
 @dataclass(frozen=True)
@@ -224,13 +239,13 @@ class CommandService:
         command that needs approval is stored instead and answered awaiting approval."""
         if self.needs_approval(inv.command):
             return self._hold(inv, caller, mode)
-        with self.admission.slot(caller.key_id):
+        with self.admission.slot(caller.share):
             return self.finish(self.start(inv, caller, mode))
 
     def run_batch(self, items: list[Any], caller: Caller) -> list[Outcome]:
         """Start every item (they share the batch's start, so each deadline counts from it),
         then finish each: every item is answered by its own deadline, in order."""
-        with self.admission.slot(caller.key_id):
+        with self.admission.slot(caller.share):
             started = time.monotonic()
             runs: list[Running | Outcome] = []
             for raw in items:
@@ -326,6 +341,7 @@ class CommandService:
             mode=mode,
             request=request,
             trace_id=tracing.trace_id(span),
+            principal=caller.principal,
         )
         return created
 
@@ -369,7 +385,7 @@ class CommandService:
         assert self.approvals is not None  # noqa: S101 - needs_approval() said so
         request = self.approvals.stored_request(inv.requested_params, inv.client_context)
         self._accept(inv, caller, mode, request)
-        self.approvals.requested(inv.command_id, caller.key_id, caller.key_name)
+        self.approvals.requested(inv.command_id, caller.key_id, caller.key_name, caller.principal)
         return self._state(inv.command_id)
 
     def _hold_item(self, inv: Invocation, caller: Caller, started: float) -> Outcome:
@@ -380,7 +396,9 @@ class CommandService:
         except WaygateError as err:
             return _rejected(inv.command_id, err, started)
 
-    def approve(self, command_id: str, approver: ApiKey, reason: str | None = None) -> Outcome:
+    def approve(
+        self, command_id: str, approver: Principal | ApiKey, reason: str | None = None
+    ) -> Outcome:
         """Approve an execution awaiting approval and queue exactly its stored request, with
         its own timeout from now. Forbidden, NotFound or Conflict as ``Approvals.decide``."""
         approvals = self._approvals()
@@ -395,7 +413,9 @@ class CommandService:
             self._queue(inv, caller, execution.created_at, approved=True)
         return self._state(command_id)
 
-    def deny(self, command_id: str, approver: ApiKey, reason: str | None = None) -> Outcome:
+    def deny(
+        self, command_id: str, approver: Principal | ApiKey, reason: str | None = None
+    ) -> Outcome:
         self._approvals().decide(command_id, approver, approve=False, reason=reason)
         return self._state(command_id)
 
@@ -408,7 +428,9 @@ class CommandService:
         """The stored request as an Invocation, validated again against today's command; a
         stored request whose params no longer match its hash is refused, never run."""
         params = self._approvals().stored_params(execution)
-        caller = Caller(key_name=execution.key_name, key_id=execution.key_id)
+        caller = Caller(
+            key_name=execution.key_name, key_id=execution.key_id, principal=execution.principal
+        )
         inv = self.resolve(
             execution.action,
             params,
@@ -474,6 +496,7 @@ class CommandService:
             created_at=run.created,
             started_at=run.created,
             trace_id=tracing.trace_id(run.span),
+            principal=run.caller.principal,
         )
 
 

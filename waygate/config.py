@@ -117,10 +117,6 @@ class Config:
     pin_workers: bool = True
     # ?version=2 is deprecated (spec section 7); the date it stops working (RFC 8594 Sunset)
     version_param_sunset: str = "2027-07-01"
-    # the web console (/console): a signed-in browser is signed out after this many seconds
-    # without a request, and this many seconds after signing in whatever its activity
-    console_idle_timeout_s: int = 1800
-    console_session_max_s: int = 43_200
     # a link from an execution's trace id to a trace viewer: {trace_id} is replaced, e.g.
     # https://grafana.example.com/explore?...{trace_id} (Tempo) or .../trace/{trace_id} (Jaeger)
     trace_url_template: str = ""
@@ -138,6 +134,48 @@ class Config:
     plugin_config: Mapping[str, Mapping[str, Any]] = dataclasses.field(
         default_factory=dict, repr=False
     )
+    # OAuth 2.1 resource server (issue 27, waygate/oauth.py): the authorization server's
+    # issuer URL; empty: API keys only. Its metadata is found by RFC 8414 / OpenID discovery.
+    oauth_issuer: str = ""
+    # the "aud" an access token must carry; empty: WAYGATE_PUBLIC_URL + "/mcp" (RFC 8707)
+    oauth_audience: str = ""
+    # accepted signature algorithms: asymmetric only (never none, never HS*)
+    oauth_algorithms: tuple[str, ...] = (
+        "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+    )  # fmt: skip
+    # the claim naming a person's groups or roles (a dotted path reaches into objects:
+    # realm_access.roles); members of the admin groups are admins, of the approver groups may
+    # decide on approvals; with user groups set, everyone else is refused
+    oauth_groups_claim: str = "groups"
+    oauth_admin_groups: tuple[str, ...] = ()
+    oauth_approver_groups: tuple[str, ...] = ()
+    oauth_user_groups: tuple[str, ...] = ()
+    # {"group": ["pattern", ...]}: a non-admin person's command allow-list is the union of
+    # their groups' lists (as a scoped key's); empty: persons are not limited by group
+    oauth_group_allow: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    # the OAuth scopes a token needs: the run scope for every allowed command, the read scope
+    # for read-only ones (readOnlyHint)
+    oauth_read_scope: str = "waygate:read"
+    oauth_run_scope: str = "waygate:run"
+    # RFC 7662 introspection of opaque tokens, with this resource server's own credentials
+    oauth_introspection_client_id: str = ""
+    oauth_introspection_client_secret: str = dataclasses.field(default="", repr=False)
+    # the longest one fetch from the authorization server (metadata, keys, introspection)
+    # may take; seconds between two key fetches for an unknown key id; clock leeway
+    oauth_timeout_s: int = 5
+    oauth_jwks_refresh_s: int = 30
+    oauth_leeway_s: int = 30
+    # sign-in for people (OpenID Connect, authorization code + PKCE) at the same issuer:
+    # Waygate's client id there (and its secret, for a confidential client); empty: people
+    # sign in with an API key
+    oidc_client_id: str = ""
+    oidc_client_secret: str = dataclasses.field(default="", repr=False)
+    # the name on the console's "Sign in with <provider>" button; empty: the issuer's host
+    oidc_provider_name: str = ""
+    # a signed-in browser (the web console's, by key or by person; /auth's) is signed out after
+    # this many seconds without a request, and this many after sign-in whatever happens
+    session_idle_s: int = 1800
+    session_max_s: int = 43200
     # the environment file the service was started with (`waygate serve` sets it to the file
     # it read): every plugin load, reloads included, reads WAYGATE_PLUGIN_CONFIG from it
     env_file: str = ""
@@ -164,6 +202,15 @@ class Config:
     def admission_limit(self) -> int:
         """How many request threads may wait on commands at once (see command_requests)."""
         return self.command_requests or max(1, self.request_threads - 2)
+
+    @property
+    def oauth_resource(self) -> str:
+        """The protected resource's identifier: the public /mcp URL (RFC 9728)."""
+        return f"{self.public_url}/mcp"
+
+    @property
+    def effective_oauth_audience(self) -> str:
+        return self.oauth_audience or self.oauth_resource
 
     @property
     def admission_per_key(self) -> int:
@@ -259,8 +306,6 @@ class Config:
             ("drain_seconds", 0, 300),
             ("approval_ttl_s", 1, 7 * 86_400),
             ("approval_webhook_attempts", 1, 10),
-            ("console_idle_timeout_s", 60, 7 * 86_400),
-            ("console_session_max_s", 60, 30 * 86_400),
             ("upstream_connect_timeout_s", 1, 25),
         ):
             if not low <= getattr(self, name) <= high:
@@ -296,6 +341,7 @@ class Config:
         hook = self.approval_webhook_url
         if hook:
             _check_webhook_url(hook)
+        self._validate_oauth()
         uri = self.ratelimit_storage_uri
         if uri and not re.match(
             r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory|postgresql|postgres)://",
@@ -305,6 +351,85 @@ class Config:
                 "WAYGATE_RATELIMIT_STORAGE_URI: use sqlite:///path, redis://host:port,"
                 " postgresql://... or memory://"
             )
+
+    def _validate_oauth(self) -> None:
+        for name, low, high in (
+            ("oauth_timeout_s", 1, 60),
+            ("oauth_jwks_refresh_s", 0, 3600),
+            ("oauth_leeway_s", 0, 300),
+            ("session_idle_s", 60, 86_400),
+            ("session_max_s", 300, 30 * 86_400),
+        ):
+            if not low <= getattr(self, name) <= high:
+                raise ConfigError(f"WAYGATE_{name.upper()}: must be from {low} to {high}")
+        for alg in self.oauth_algorithms:
+            if alg not in ASYMMETRIC_ALGORITHMS:
+                raise ConfigError(
+                    f"WAYGATE_OAUTH_ALGORITHMS: {alg[:20]!r} is not an asymmetric JWS algorithm"
+                    f" ({', '.join(ASYMMETRIC_ALGORITHMS)})"
+                )
+        if not self.oauth_algorithms:
+            raise ConfigError("WAYGATE_OAUTH_ALGORITHMS: give at least one algorithm")
+        if not re.fullmatch(r"[A-Za-z0-9_:/.\-]{1,200}", self.oauth_groups_claim):
+            raise ConfigError("WAYGATE_OAUTH_GROUPS_CLAIM: a claim name like groups or a.b")
+        for name in ("oauth_read_scope", "oauth_run_scope"):
+            if not re.fullmatch(r"[!#-\[\]-~]{1,200}", getattr(self, name)):
+                raise ConfigError(f"WAYGATE_{name.upper()}: one OAuth scope token, no spaces")
+        for group, patterns in self.oauth_group_allow.items():
+            if not isinstance(patterns, (list, tuple)) or not all(
+                isinstance(p, str) and re.fullmatch(r"[A-Za-z0-9_.*?\[\]!-]{1,128}", p)
+                for p in patterns
+            ):
+                raise ConfigError(
+                    f"WAYGATE_OAUTH_GROUP_ALLOW: {group[:60]!r} must map to a list of command"
+                    ' patterns like ["db.*", "echo"]'
+                )
+        if bool(self.oauth_introspection_client_id) != bool(self.oauth_introspection_client_secret):
+            raise ConfigError(
+                "WAYGATE_OAUTH_INTROSPECTION_CLIENT_ID: give it with"
+                " WAYGATE_OAUTH_INTROSPECTION_CLIENT_SECRET, or neither"
+            )
+        if self.oidc_client_secret and not self.oidc_client_id:
+            raise ConfigError("WAYGATE_OIDC_CLIENT_SECRET: give it with WAYGATE_OIDC_CLIENT_ID")
+        if self.oidc_client_id and not self.oauth_issuer:
+            raise ConfigError(
+                "WAYGATE_OIDC_CLIENT_ID: needs WAYGATE_OAUTH_ISSUER (people sign in there)"
+            )
+        if not self.oauth_issuer:
+            return
+        _check_secure_url("WAYGATE_OAUTH_ISSUER", self.oauth_issuer, allow_path=True)
+        if not self.public_url:
+            raise ConfigError(
+                "WAYGATE_PUBLIC_URL: needed with WAYGATE_OAUTH_ISSUER (the protected resource's"
+                " URL is built from it, never from the request's Host)"
+            )
+        if self.oauth_audience and not re.fullmatch(r"[^\s]{1,500}", self.oauth_audience):
+            raise ConfigError("WAYGATE_OAUTH_AUDIENCE: one audience value, no spaces")
+
+
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"
+)  # fmt: skip
+
+
+def _check_secure_url(name: str, url: str, *, allow_path: bool) -> None:
+    """An https URL, or http on loopback only (tests, a proxy on the same host)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigError(f"{name}: not a valid URL") from None
+    loopback = parts.hostname in ("localhost", "127.0.0.1", "::1")
+    if (
+        parts.scheme not in ("https", "http")
+        or not parts.hostname
+        or (parts.scheme == "http" and not loopback)
+        or parts.query
+        or parts.fragment
+        or (parts.path not in ("", "/") and not allow_path)
+    ):
+        raise ConfigError(
+            f"{name}: must be an https:// URL without query or fragment (http:// only on localhost)"
+        )
 
 
 _ENCODE_HINT = (
@@ -385,6 +510,14 @@ def _check_rate_limit(name: str, value: str) -> None:
 
 def _parse(name: str, field: str, raw: str) -> Any:
     kind = Config.__dataclass_fields__[field].type
+    if field == "oauth_group_allow":
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name}: not valid JSON ({exc.msg})") from None
+        if not isinstance(value, dict) or not all(isinstance(v, list) for v in value.values()):
+            raise ConfigError(f'{name}: must be a JSON object like {{"dba": ["db.*"]}}')
+        return {group: tuple(patterns) for group, patterns in value.items()}
     if field == "plugin_config":
         try:
             value = json.loads(raw)

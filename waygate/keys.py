@@ -38,6 +38,8 @@ MAX_CHAIN = 64  # the longest creator chain followed (key -> its creator -> ...)
 _ALPHABET = string.ascii_letters + string.digits
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _PATTERN_RE = re.compile(r"[A-Za-z0-9_.*?\[\]!-]{1,128}")
+# a person, as waygate.principals names one: <issuer URL>#<subject>
+_OWNER_RE = re.compile(r"https?://[^\s#]{1,500}#[^\s]{1,255}")
 
 
 @dataclass(frozen=True)
@@ -63,10 +65,11 @@ UNSCOPED = Scope()
 
 @dataclass(frozen=True)
 class Actor:
-    """Who changes keys: an admin key (name and id), or the host's CLI (no id)."""
+    """Who changes keys: an admin key (name and id) or person, or the host's CLI (no id)."""
 
     name: str
     id: int | None = None
+    principal: str | None = None  # waygate.principals' id of who acted
 
 
 CLI_ACTOR = Actor("cli")
@@ -87,6 +90,10 @@ class ApiKey:
     updated_at: str | None = None
     created_by_key_id: int | None = None  # the key that created this one; None: the CLI
     created_by: str | None = None  # its name ("cli" for the host's CLI)
+    # the person who holds the key (<issuer>#<subject>), so that "who" is a person however
+    # they come: the two-person rule compares owners
+    owner: str | None = None
+    owner_name: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -127,6 +134,8 @@ class ApiKey:
             "revoked_at": self.revoked_at,
             "created_by": self.created_by,
             "created_by_id": self.created_by_key_id,
+            "owner": self.owner,
+            "owner_name": self.owner_name,
         }
 
 
@@ -158,6 +167,24 @@ def check_patterns(patterns: Any) -> tuple[str, ...] | None:
                 " globs '*', '?', '[...]'; up to 128 characters)",
             )
     return tuple(dict.fromkeys(patterns))
+
+
+def check_owner(owner: Any, owner_name: Any = None) -> tuple[str | None, str | None]:
+    """A key's owner (a person's ``<issuer>#<subject>``) and display name, checked."""
+    if owner is None:
+        if owner_name is not None:
+            raise _invalid("owner_name", "give it with owner")
+        return None, None
+    if not isinstance(owner, str) or not _OWNER_RE.fullmatch(owner):
+        raise _invalid(
+            "owner",
+            "a person as <issuer URL>#<subject>, e.g. https://sso.example.com/realms/ops#alice",
+        )
+    if owner_name is not None and (
+        not isinstance(owner_name, str) or not 0 < len(owner_name) <= 200
+    ):
+        raise _invalid("owner_name", "1-200 characters")
+    return owner, owner_name
 
 
 def check_rate_limit(value: Any) -> str | None:

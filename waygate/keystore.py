@@ -26,6 +26,7 @@ from .keys import (
     ApiKey,
     check_grace,
     check_name,
+    check_owner,
     check_patterns,
     check_rate_limit,
     check_read_only,
@@ -41,7 +42,8 @@ from .storage import IntegrityError, Storage, where_clause
 LAST_USED_RESOLUTION = timedelta(seconds=60)
 _COLUMNS = (
     "id, name, role, created_at, last_used_at, revoked_at, allow, read_only, expires_at,"
-    " rate_limit, updated_at, created_by_key_id, created_by"
+    " rate_limit, updated_at, created_by_key_id, created_by,"
+    " owner, owner_name"
 )
 _NO_LIMIT = 2**62  # LIMIT for "all": both SQLite and PostgreSQL take it
 # Every statement that gives a key back returns the same columns, read by _record(). Only
@@ -50,7 +52,8 @@ _LIVE = "WHERE name = ? AND revoked_at IS NULL"
 _GET_SQL = f"SELECT {_COLUMNS} FROM api_keys {_LIVE}"  # noqa: S608 # nosec B608
 _INSERT_SQL = (
     "INSERT INTO api_keys (name, role, key_hash, created_at, allow, read_only, expires_at,"  # noqa: S608 # nosec B608
-    " rate_limit, created_by_key_id, created_by) VALUES (?,?,?,?,?,?,?,?,?,?)"
+    " rate_limit, created_by_key_id, created_by, owner, owner_name)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
     f" RETURNING {_COLUMNS}"
 )
 _ROTATE_SQL = (
@@ -84,11 +87,14 @@ class KeyStore:
         expires_at: str | None = None,
         rate_limit: Any = None,
         actor: Actor = CLI_ACTOR,
+        owner: Any = None,
+        owner_name: Any = None,
     ) -> tuple[ApiKey, str]:
         """Create a key; returns its record and the key itself, which is never stored."""
         check_name(name)
         check_role(role)
         allow, rate_limit = check_patterns(allow), check_rate_limit(rate_limit)
+        owner, owner_name = check_owner(owner, owner_name)
         key, now = generate_key(), isoformat()
         try:
             with self.storage.write() as conn:
@@ -105,6 +111,8 @@ class KeyStore:
                         rate_limit,
                         actor.id,
                         actor.name,
+                        owner,
+                        owner_name,
                     ),
                 ).fetchone()
                 record = _record(row)
@@ -151,6 +159,13 @@ class KeyStore:
             return None
         return record
 
+    def owner_name(self, key_id: int) -> str | None:
+        """The display name of the person who owns the key with this id (revoked or not)."""
+        row = self.storage.conn.execute(
+            "SELECT owner_name FROM api_keys WHERE id = ?", (key_id,)
+        ).fetchone()
+        return row[0] if row is not None else None
+
     def count_live(self) -> int:
         return self.count(include_revoked=False)
 
@@ -173,9 +188,14 @@ class KeyStore:
             columns["expires_at"] = expiry(changes.get("expires_in"), changes.get("expires_at"))
         if "rate_limit" in changes:
             columns["rate_limit"] = check_rate_limit(changes["rate_limit"])
+        if "owner" in changes:
+            columns["owner"], columns["owner_name"] = check_owner(
+                changes["owner"], changes.get("owner_name")
+            )
         if not columns:
             raise InvalidRequest(
-                "nothing to change: give allow, read_only, expires_in, expires_at or rate_limit"
+                "nothing to change: give allow, read_only, expires_in, expires_at, rate_limit"
+                " or owner"
             )
         assignments = ", ".join(f"{column} = ?" for column in columns)  # fixed names only
         with self.storage.write() as conn:
@@ -279,7 +299,8 @@ class KeyStore:
         conn = self.storage.conn
         total = conn.execute(f"SELECT count(*) FROM key_events{clause}", args).fetchone()[0]  # noqa: S608 # nosec B608
         rows = conn.execute(
-            "SELECT id, at, event, key_id, key_name, actor_id, actor_name, details"  # noqa: S608 # nosec B608
+            "SELECT id, at, event, key_id, key_name, actor_id, actor_name, details,"  # noqa: S608 # nosec B608
+            " actor_principal"
             f" FROM key_events{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
             [*args, limit, offset],
         ).fetchall()
@@ -293,8 +314,8 @@ class KeyStore:
     @staticmethod
     def _event(conn: Any, event: str, key: ApiKey, actor: Actor, details: Any) -> None:
         conn.execute(
-            "INSERT INTO key_events (at, event, key_id, key_name, actor_id, actor_name, details)"
-            " VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO key_events (at, event, key_id, key_name, actor_id, actor_name, details,"
+            " actor_principal) VALUES (?,?,?,?,?,?,?,?)",
             (
                 isoformat(),
                 event,
@@ -303,6 +324,7 @@ class KeyStore:
                 actor.id,
                 actor.name,
                 json.dumps(details, separators=(",", ":")) if details else None,
+                actor.principal,
             ),
         )
 
@@ -374,6 +396,8 @@ def _record(row: Any) -> ApiKey:
         updated_at=row["updated_at"],
         created_by_key_id=row["created_by_key_id"],
         created_by=row["created_by"],
+        owner=row["owner"],
+        owner_name=row["owner_name"],
     )
 
 
@@ -388,4 +412,5 @@ def _scope_details(key: ApiKey) -> dict[str, Any]:
         "read_only": key.read_only,
         "expires_at": key.expires_at,
         "rate_limit": key.rate_limit,
+        "owner": key.owner,
     }

@@ -313,6 +313,9 @@ class ReloadSchema(Schema):
     duration_ms = fields.Integer(required=True)
 
 
+_PRINCIPAL = "Who: a person as <issuer>#<subject> (with a token, or owning the key), else key:<id>"
+
+
 class ExecutionSchema(Schema):
     command_id = fields.String(required=True)
     action = fields.String(required=True)
@@ -342,6 +345,8 @@ class ExecutionSchema(Schema):
         allow_none=True,
         metadata={"description": "OpenTelemetry trace id (32 hex digits) when tracing is on"},
     )
+    principal = fields.String(allow_none=True, metadata={"description": _PRINCIPAL})
+    decided_by_principal = fields.String(allow_none=True, metadata={"description": _PRINCIPAL})
 
 
 class EventSchema(Schema):
@@ -354,6 +359,7 @@ class EventSchema(Schema):
     )
     worker_pid = fields.Integer(allow_none=True)
     at = fields.String(required=True, metadata={"format": "date-time"})
+    principal = fields.String(allow_none=True, metadata={"description": _PRINCIPAL})
 
 
 class EventListSchema(Schema):
@@ -437,6 +443,14 @@ class KeyCreateSchema(Schema):
     rate_limit = fields.String(
         allow_none=True, metadata={"description": "The key's own execute limit, e.g. 1000/minute"}
     )
+    owner = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "The person who holds the key, <issuer>#<subject>: the two-person"
+            " rule of approvals compares owners"
+        },
+    )
+    owner_name = fields.String(allow_none=True, metadata={"description": "Their display name"})
 
 
 class KeyUpdateSchema(Schema):
@@ -448,6 +462,14 @@ class KeyUpdateSchema(Schema):
     expires_in = fields.Integer(allow_none=True)
     expires_at = fields.String(allow_none=True, metadata={"format": "date-time"})
     rate_limit = fields.String(allow_none=True)
+    owner = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "The person who holds the key, <issuer>#<subject>: the two-person"
+            " rule of approvals compares owners"
+        },
+    )
+    owner_name = fields.String(allow_none=True, metadata={"description": "Their display name"})
 
 
 class KeyRotateSchema(Schema):
@@ -479,6 +501,8 @@ class KeySchema(Schema):
     created_by_id = fields.Integer(
         allow_none=True, metadata={"description": "The id of the key that created it"}
     )
+    owner = fields.String(allow_none=True)
+    owner_name = fields.String(allow_none=True)
 
 
 class KeyWithSecretSchema(KeySchema):
@@ -504,6 +528,7 @@ class KeyEventSchema(Schema):
     actor_id = fields.Integer(allow_none=True)
     actor_name = fields.String(required=True)
     details = fields.Dict(allow_none=True)
+    actor_principal = fields.String(allow_none=True, metadata={"description": _PRINCIPAL})
 
 
 class KeyEventListSchema(Schema):

@@ -26,9 +26,12 @@ from .leases import Leases
 from .lifecycle import Readiness
 from .mcp.server import McpServer
 from .metrics import metrics
+from .oauth import ResourceServer
 from .plugins import PluginRegistry, discover
 from .pool import CommandPool
 from .retention import Retention
+from .sessions import SessionPolicy, Sessions
+from .signin import SignIn
 from .status import Status
 from .storage import Storage, make_private_dir, open_storage
 from .tracing import setup as setup_tracing
@@ -52,6 +55,9 @@ class Services:
     latency: LatencyWindow
     readiness: Readiness = field(default_factory=Readiness)
     server_info: ServerInfo = field(default_factory=ServerInfo)
+    oauth: ResourceServer | None = None  # with WAYGATE_OAUTH_ISSUER: bearer access tokens
+    sessions: Sessions | None = None  # signed-in browsers: the console's and people's
+    signin: SignIn | None = None  # with WAYGATE_OIDC_CLIENT_ID: people sign in at the issuer
     upstreams: UpstreamManager | None = None  # WAYGATE_UPSTREAMS: MCP servers behind the gate
 
     @classmethod
@@ -115,6 +121,15 @@ class Services:
             leases=leases,
         )
         errors = ErrorLog(storage)
+        oauth = ResourceServer(config) if config.oauth_issuer else None
+        sessions = Sessions(
+            storage,
+            keys,
+            SessionPolicy(
+                idle=timedelta(seconds=config.session_idle_s),
+                absolute=timedelta(seconds=config.session_max_s),
+            ),
+        )
         return cls(
             config=config,
             storage=storage,
@@ -144,5 +159,10 @@ class Services:
             ),
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),
+            oauth=oauth,
+            sessions=sessions,
+            signin=SignIn(config, storage, oauth, sessions)
+            if oauth and config.oidc_client_id
+            else None,
             upstreams=upstreams,
         )

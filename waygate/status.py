@@ -51,7 +51,7 @@ class Status:
     def lookup(self, command_id: str, caller: Caller | None = None) -> Outcome | None:
         """An execution's current state; with ``caller``, only that caller's executions."""
         execution = self.audit.get(command_id)
-        if execution is None or (caller is not None and execution.key_id != caller.key_id):
+        if execution is None or (caller is not None and not caller.owns(execution)):
             return None
         if (execution.status in ExecutionStatus.open() and self.commands.leases.sweep()) or (
             execution.status == ExecutionStatus.AWAITING_APPROVAL

@@ -30,6 +30,7 @@ class Event:
     reason: str | None
     worker_pid: int | None
     at: str
+    principal: str | None = None  # who acted (waygate.principals)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -57,6 +58,7 @@ class ApprovalRecords:
         key_id: int | None,
         key_name: str | None,
         reason: str | None,
+        principal: str | None = None,
     ) -> Execution | None:
         """Decide on an execution awaiting approval and not past its expiry, with its event,
         in one transaction: approved, it becomes pending in this worker (the caller queues
@@ -77,12 +79,13 @@ class ApprovalRecords:
         with self.storage.write() as conn:
             decided = conn.execute(
                 f"UPDATE executions SET {sets}, decided_by = ?, decided_by_key_id = ?,"  # noqa: S608 # nosec B608
-                " decided_at = ?, decision_reason = ? WHERE command_id = ? AND status = ?"
-                " AND approval_expires_at > ?",
+                " decided_by_principal = ?, decided_at = ?, decision_reason = ?"
+                " WHERE command_id = ? AND status = ? AND approval_expires_at > ?",
                 [
                     *args,
                     key_name,
                     key_id,
+                    principal,
                     now,
                     reason,
                     command_id,
@@ -99,6 +102,7 @@ class ApprovalRecords:
                     key_name,
                     reason,
                     now,
+                    principal,
                 )
         return self.audit.get(command_id) if decided else None
 
@@ -161,13 +165,14 @@ class ApprovalRecords:
         key_id: int | None = None,
         key_name: str | None = None,
         reason: str | None = None,
+        principal: str | None = None,
     ) -> None:
         with self.storage.write() as conn:
-            _insert_event(conn, command_id, event, key_id, key_name, reason, isoformat())
+            _insert_event(conn, command_id, event, key_id, key_name, reason, isoformat(), principal)
 
     def events(self, command_id: str) -> list[Event]:
         rows = self.storage.conn.execute(
-            "SELECT command_id, event, key_id, key_name, reason, worker_pid, at"
+            "SELECT command_id, event, key_id, key_name, reason, worker_pid, at, principal"
             " FROM execution_events WHERE command_id = ? ORDER BY id",
             (command_id,),
         ).fetchall()
@@ -182,11 +187,12 @@ def _insert_event(
     key_name: str | None,
     reason: str | None,
     at: str,
+    principal: str | None = None,
 ) -> None:
     conn.execute(
         "INSERT INTO execution_events (command_id, event, key_id, key_name, reason, worker_pid,"
-        " at) VALUES (?,?,?,?,?,?,?)",
-        (command_id, event, key_id, key_name, reason, os.getpid(), at),
+        " at, principal) VALUES (?,?,?,?,?,?,?,?)",
+        (command_id, event, key_id, key_name, reason, os.getpid(), at, principal),
     )
 
 

@@ -13,8 +13,9 @@ from ..errors import Conflict, Forbidden, InvalidRequest, NotFound
 from ..keys import ApiKey
 from ..outcomes import ApprovalStep as Step
 from ..outcomes import ExecutionStatus
+from ..principals import Principal
 from ..sdk import Command
-from .policy import ApprovalPolicy, check_approver
+from .policy import ApprovalPolicy, check_approver, may_approve
 from .records import ApprovalRecords, Event, canonical, params_hash
 from .webhook import Notifier
 
@@ -54,22 +55,44 @@ class Approvals:
             expires_at=isoformat(utcnow() + timedelta(seconds=self.policy.ttl_s)),
         )
 
-    def requested(self, command_id: str, key_id: int | None, key_name: str | None) -> None:
-        self.records.add_event(command_id, Step.REQUESTED, key_id, key_name)
+    def requested(
+        self,
+        command_id: str,
+        key_id: int | None,
+        key_name: str | None,
+        principal: str | None = None,
+    ) -> None:
+        self.records.add_event(command_id, Step.REQUESTED, key_id, key_name, principal=principal)
         self._changed(Step.REQUESTED, command_id)
 
     # -- deciding ------------------------------------------------------------------------------
 
     def decide(
-        self, command_id: str, approver: ApiKey, *, approve: bool, reason: str | None
+        self,
+        command_id: str,
+        approver: Principal | ApiKey,
+        *,
+        approve: bool,
+        reason: str | None,
     ) -> Execution:
-        """Approve or deny; Forbidden for a key that may not, for the requesting key or a key
-        it created (``check_approver``), NotFound, or Conflict when it is not awaiting approval
-        (decided, expired)."""
+        """Approve or deny; Forbidden for a caller that may not, for the requester (key or
+        person) or a key it created (``check_approver``), NotFound, or Conflict when it is not
+        awaiting approval (decided, expired)."""
+        if isinstance(approver, ApiKey):
+            approver = Principal.of_key(approver)
+        if not may_approve(approver):
+            raise Forbidden(
+                "deciding on approvals needs an admin key or membership of an approver group"
+            )
         self.expire()
         check_approver(approver, self._execution(command_id), self.creators)
         decided = self.records.decide(
-            command_id, approve=approve, key_id=approver.id, key_name=approver.name, reason=reason
+            command_id,
+            approve=approve,
+            key_id=approver.key_id,
+            key_name=approver.name,
+            reason=reason,
+            principal=approver.id,
         )
         if decided is None:
             current = self.audit.get(command_id)
@@ -81,10 +104,12 @@ class Approvals:
         self._changed(Step.APPROVED if approve else Step.DENIED, command_id)
         return decided
 
-    def refusal(self, approver: ApiKey, execution: Execution) -> str | None:
+    def refusal(self, approver: Principal | ApiKey, execution: Execution) -> str | None:
         """Why ``approver`` may not decide on ``execution`` (None: it may): the one rule,
         :func:`check_approver`, asked before a decision is offered (the console shows the
         buttons disabled with this message)."""
+        if isinstance(approver, ApiKey):
+            approver = Principal.of_key(approver)
         try:
             check_approver(approver, execution, self.creators)
         except Forbidden as refused:

@@ -10,7 +10,7 @@ from flask import Blueprint, jsonify, url_for
 
 from ..schemas import DecisionSchema, load
 from . import services
-from .auth import admin_required, current_key, key_required
+from .auth import admin_required, current_principal, key_required
 from .http import read_object
 from .responses import respond
 
@@ -50,7 +50,7 @@ def approve(command_id: str):
         409:
           description: Not awaiting approval (decided already, or expired) (CONFLICT)
     """
-    outcome = services().commands.approve(command_id, current_key(), _reason())
+    outcome = services().commands.approve(command_id, current_principal(), _reason())
     # 202 answers the decision: the execution runs later (or, when its stored request cannot
     # run any more, has already ended failed: the body says so)
     response = jsonify(outcome.as_response())
@@ -87,7 +87,7 @@ def deny(command_id: str):
         409:
           description: Not awaiting approval (decided already, or expired) (CONFLICT)
     """
-    return respond(services().commands.deny(command_id, current_key(), _reason()))
+    return respond(services().commands.deny(command_id, current_principal(), _reason()))
 
 
 def _reason() -> str | None:

@@ -1,7 +1,10 @@
-"""Who is calling: the API key from ``X-API-Key`` or ``Authorization: Bearer``.
+"""Who is calling: an API key from ``X-API-Key`` or ``Authorization: Bearer``, or, with
+``WAYGATE_OAUTH_ISSUER`` set, a person's OAuth access token in ``Authorization: Bearer``.
 
-The caller is identified before rate limiting (so limits count per key) but refused only by
-the view's decorator, after the limiter has counted the attempt: repeated bad keys from one
+A bearer value shaped like a JWT is verified as an access token; anything else is looked up
+as an API key and, when introspection is configured and it is no key, introspected. The
+caller is identified before rate limiting (so limits count per caller) but refused only by the
+view's decorator, after the limiter has counted the attempt: repeated bad credentials from one
 client use up that client's budget.
 """
 
@@ -14,54 +17,99 @@ from typing import TypeVar
 from flask import Flask, g, request
 
 from ..commands import Caller
-from ..errors import Unauthorized, WaygateError
-from ..keys import ApiKey, require_admin
+from ..errors import Forbidden, Unauthorized, WaygateError
+from ..keys import ApiKey
+from ..oauth import InvalidToken, looks_like_jwt
+from ..principals import Principal
 from . import services
+from .oauth_api import refused_token
+from .signin_api import session_principal
 
 F = TypeVar("F", bound=Callable)
 
 
-def presented_key() -> str | None:
-    key = request.headers.get("X-API-Key")
-    if key:
-        return key.strip()
+def presented_credentials() -> tuple[str | None, str | None]:
+    """``(X-API-Key, Authorization: Bearer)`` as sent, each stripped, or None."""
+    key = (request.headers.get("X-API-Key") or "").strip() or None
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+    bearer = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return key, bearer
+
+
+def presented_key() -> str | None:
+    key, bearer = presented_credentials()
+    return key or bearer
 
 
 def _identify_caller() -> None:
-    g.api_key = None
-    g.auth_error = None
-    key = presented_key()
-    if key is None:
+    g.api_key = g.principal = g.auth_error = None
+    g.bearer_refused = False  # a bearer access token failed verification (a 401 on /mcp)
+    key, bearer = presented_credentials()
+    if key is None and bearer is None:
+        try:
+            g.principal = session_principal()  # a person signed in with a browser session
+        except WaygateError as exc:
+            g.auth_error = exc
         return
+    svc = services()
+    oauth = svc.oauth
     try:
-        g.api_key = services().keys.authenticate(key)
+        if key is None and oauth is not None and looks_like_jwt(bearer):
+            g.principal = oauth.verify(bearer)
+            return
+        try:
+            g.api_key = svc.keys.authenticate(key or bearer)
+        except Unauthorized:
+            if key is not None or oauth is None or not oauth.introspects:
+                raise
+            g.principal = oauth.verify(bearer)  # an opaque access token
+            return
+        g.principal = Principal.of_key(g.api_key)
     except WaygateError as exc:
         g.auth_error = exc
+        g.bearer_refused = isinstance(exc, InvalidToken)
+        refused_token(exc)
 
 
-def current_key() -> ApiKey:
-    key = g.get("api_key")
-    if key is None:
+def current_principal() -> Principal:
+    principal = g.get("principal")
+    if principal is None:
         raise g.get("auth_error") or Unauthorized(
             "missing API key: send it in the X-API-Key header"
+            + (" or an OAuth access token as Bearer" if services().oauth else "")
         )
-    return key
+    return principal
+
+
+def current_key() -> ApiKey | None:
+    """The calling API key; None for a person with an access token."""
+    return current_principal().key
 
 
 def current_caller() -> Caller:
-    """The calling key as the command service knows it."""
-    key = current_key()
-    return Caller(key_name=key.name, key_id=key.id, scope=key.scope)
+    """The caller as the command service knows it."""
+    return caller_of(current_principal())
+
+
+def caller_of(principal: Principal) -> Caller:
+    """A principal as the command service knows it (the REST API's and the console's)."""
+    return Caller(
+        key_name=principal.name,
+        key_id=principal.key_id,
+        scope=principal.scope,
+        principal=principal.id,
+    )
+
+
+def require_admin(principal: Principal) -> None:
+    if not principal.is_admin:
+        raise Forbidden("this endpoint needs an admin key")
 
 
 def key_required(view: F) -> F:
     @wraps(view)
     def wrapper(*args, **kwargs):
-        current_key()
+        current_principal()
         return view(*args, **kwargs)
 
     wrapper.waygate_auth = "user"  # type: ignore[attr-defined]  (read by the OpenAPI builder)
@@ -71,7 +119,7 @@ def key_required(view: F) -> F:
 def admin_required(view: F) -> F:
     @wraps(view)
     def wrapper(*args, **kwargs):
-        require_admin(current_key())
+        require_admin(current_principal())
         return view(*args, **kwargs)
 
     wrapper.waygate_auth = "admin"  # type: ignore[attr-defined]

@@ -16,6 +16,7 @@ from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -30,15 +31,17 @@ from flask import (
 )
 from marshmallow import ValidationError
 
+from ..approvals.policy import may_approve
 from ..clock import ClientTimeError, isoformat, parse_client_time, parse_iso, utcnow
-from ..commands import Caller
 from ..errors import InvalidRequest, NotFound, WaygateError
 from ..keys import EVENTS, expiry, parse_duration
 from ..outcomes import ExecutionStatus
+from ..principals import owner_for, person_of
 from ..schemas import DecisionSchema
 from ..services import Services
 from . import console_auth, services
-from .console_auth import admin_page, me, signed_in_key
+from .auth import caller_of
+from .console_auth import admin_page, approver_page, me, signed_in
 from .core_api import check_health  # the /health view's own checks
 
 log = logging.getLogger(__name__)
@@ -73,7 +76,7 @@ def _guard():
         return None
     if request.method == "POST":
         console_auth.check_form_post()
-    if request.endpoint in _OPEN_ENDPOINTS or signed_in_key() is not None:
+    if request.endpoint in _OPEN_ENDPOINTS or signed_in() is not None:
         return None
     if request.endpoint == "console.approval_items":  # a poll: the page reloads to sign in
         return Response("signed out", status=401, mimetype="text/plain")
@@ -116,7 +119,13 @@ def _version(filename: str) -> str:
 
 @bp.context_processor
 def _context() -> dict[str, Any]:
-    return {"me": signed_in_key(), "pretty": pretty, "left": time_left}
+    return {
+        "me": signed_in(),
+        "may_approve": may_approve,
+        "pretty": pretty,
+        "left": time_left,
+        "requester": requester,
+    }
 
 
 def pretty(value: Any) -> str:
@@ -132,6 +141,18 @@ def time_left(until: str | None) -> str:
         return "expired"
     minutes, seconds = divmod(seconds, 60)
     return f"{minutes} min {seconds:02d} s left" if minutes else f"{seconds} s left"
+
+
+def requester(execution: Any) -> dict[str, str | None]:
+    """Who asked, as key and person: the key's name (None for a person with a token) and
+    the person (a token's holder, or the key's owner; None for a key nobody owns)."""
+    person = person_of(execution.principal) if execution.principal else None
+    if execution.key_id is None:  # a person with a token: key_name is their display name
+        return {"key": None, "person": execution.key_name or (person and person.label)}
+    if person is None:
+        return {"key": execution.key_name, "person": None}
+    owner = services().keys.owner_name(execution.key_id)
+    return {"key": execution.key_name, "person": owner or person.label}
 
 
 def _local_path() -> str:
@@ -152,9 +173,9 @@ def _safe_next(target: str | None) -> str:
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "GET":
-        if signed_in_key() is not None:
+        if signed_in() is not None:
             return redirect(_safe_next(request.args.get("next")))
-        return render_template("console/login.html", title="Sign in", next=request.args.get("next"))
+        return render_template("console/login.html", title="Sign in", **_providers())
     presented = request.form.get("api_key", "").strip()
     limiter = current_app.extensions["waygate.limiter"]
     try:
@@ -166,7 +187,7 @@ def login():
         return render_template(
             "console/login.html",
             title="Sign in",
-            next=request.form.get("next"),
+            **_providers(request.form.get("next")),
             problem="That API key was not accepted: it is wrong, revoked or expired.",
         ), 401
     console_auth.sign_in(key)
@@ -174,19 +195,33 @@ def login():
     return redirect(_safe_next(request.form.get("next")), code=303)
 
 
+def _providers(target: str | None = None) -> dict[str, Any]:
+    """The sign-in page's choices: an API key, and with OIDC configured the identity
+    provider (issue 27's code flow, ``/auth/login``, back to where the browser was going)."""
+    target = target if target is not None else request.args.get("next")
+    svc = services()
+    if svc.signin is None:
+        return {"next": target, "provider": None}
+    config = svc.config
+    name = config.oidc_provider_name or urlsplit(config.oauth_issuer).hostname or "single sign-on"
+    start = url_for("signin.login", next=_safe_next(target))
+    return {"next": target, "provider": {"name": name, "url": start}}
+
+
 @bp.post("/logout")
 def logout():
-    key = signed_in_key()
-    console_auth.sign_out()
-    if key is not None:
-        log.info("console: key %s signed out", key.name)
+    principal = signed_in()
+    response = redirect(url_for("console.login"), code=303)
+    console_auth.sign_out(response)
+    if principal is not None:
+        log.info("console: %s signed out", principal.name)
     flash("Signed out.")
-    return redirect(url_for("console.login"), code=303)
+    return response
 
 
 @bp.get("/")
 def index():
-    if me().is_admin:
+    if may_approve(me()):
         return redirect(url_for("console.approvals"))
     return redirect(url_for("console.executions"))
 
@@ -195,13 +230,13 @@ def index():
 
 
 @bp.get("/approvals")
-@admin_page
+@approver_page
 def approvals():
     return render_template("console/approvals.html", title="Approvals", **_inbox())
 
 
 @bp.get("/approvals/items")
-@admin_page
+@approver_page
 def approval_items():
     """The inbox's items alone: what the page polls for."""
     return render_template("console/_inbox.html", **_inbox())
@@ -265,7 +300,7 @@ def _decide(command_id: str, *, approve: bool):
 
 @bp.get("/executions")
 def executions():
-    key = me()
+    principal = me()
     args = request.args
     status = args.get("status") or None
     if status is not None and status not in ExecutionStatus.__members__.values():
@@ -276,10 +311,13 @@ def executions():
         "since": _moment(args.get("since"), "since"),
         "until": _moment(args.get("until"), "until"),
     }
-    if key.is_admin:
+    if may_approve(principal):  # as on GET /mcp/executions/<id>: an approver sees every one
         filters["key_name"] = args.get("key") or None
-    else:  # a user key sees its own executions, as on GET /mcp/executions/<id>
-        filters["key_id"] = key.id
+        filters["principal"] = args.get("principal") or None
+    elif principal.key_id is not None:  # a user key sees its own executions
+        filters["key_id"] = principal.key_id
+    else:  # a person with no key: their own
+        filters["principal"] = principal.id
     rows, cursor = services().audit.page(
         **filters, before=args.get("before") or None, limit=PAGE_SIZE
     )
@@ -306,9 +344,9 @@ def _moment(raw: str | None, name: str) -> str | None:
 
 @bp.get("/executions/<command_id>")
 def execution(command_id: str):
-    key = me()
+    principal = me()
     svc = services()
-    caller = None if key.is_admin else Caller(key_name=key.name, key_id=key.id)
+    caller = None if may_approve(principal) else caller_of(principal)
     # the REST twin's lookup (a user key sees only its own; open ones swept, due ones expired)
     if svc.status.lookup(command_id, caller) is None:
         raise NotFound(f"no execution {command_id!r}")
@@ -322,8 +360,10 @@ def execution(command_id: str):
         title=f"Execution {command_id}",
         execution=record,
         annotations=_annotations(record.action),
-        timeline=_timeline(record, decider.trail(command_id)) if key.is_admin else None,
-        refusal=decider.refusal(key, record) if decider else "",
+        timeline=_timeline(record, decider.trail(command_id))
+        if decider and may_approve(principal)
+        else None,
+        refusal=decider.refusal(principal, record) if decider else "",
         trace_url=template.replace("{trace_id}", record.trace_id)
         if template and record.trace_id
         else None,
@@ -367,6 +407,8 @@ def _keys_page(secret: dict[str, str] | None = None, status: int = 200):
 @admin_page
 def create_key():
     form = request.form
+    principal = me()
+    owner, owner_name = owner_for(principal)  # as POST /keys: a person's new key is theirs
     try:
         record, secret = services().keys.create(
             form.get("name", "").strip(),
@@ -374,7 +416,9 @@ def create_key():
             allow=_patterns(form.get("allow")),
             read_only=form.get("read_only") == "on",
             expires_at=_expires(form.get("expires_in")),
-            actor=me().actor,
+            actor=principal.actor,
+            owner=owner,
+            owner_name=owner_name,
         )
     except WaygateError as err:
         flash(f"Not created: {err.message}", "error")
@@ -483,8 +527,7 @@ def key_events():
 
 @bp.get("/commands")
 def commands():
-    key = me()
-    catalog = services().status.catalog(Caller(key.name, key.id, key.scope))
+    catalog = services().status.catalog(caller_of(me()))
     for entry in catalog:
         entry["annotations"] = _annotations(entry["name"])
     return render_template("console/commands.html", title="Commands", catalog=catalog)

@@ -2,8 +2,10 @@
 
 - The session: Flask's signed cookie (HttpOnly, SameSite=Lax, Secure when the request came
   over TLS, path /console under any prefix) carries only a random token; the sign-in behind it
-  lives in storage (``console_sessions.py``), so timeouts, sign-out and a revoked key hold on
-  every worker and host. API requests never open the cookie.
+  lives in the one session store (``waygate.sessions``), so timeouts, sign-out and a revoked
+  key hold on every worker and host. API requests never open the cookie. A person who signed
+  in at the identity provider (``/auth/login``, ``web/signin_api.py``) is signed in to the console
+  by that session's own cookie, from the same store.
 - Every POST to the console must come from the console's own origin (Origin, else Referer) and
   carry the form's CSRF token (Flask-WTF's, bound to the session): a page elsewhere cannot make
   a signed-in browser decide, create or revoke anything.
@@ -14,20 +16,25 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
 from functools import wraps
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from flask import Flask, current_app, g, request, session
+from flask import Flask, Response, current_app, g, request, session
 from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import generate_csrf, validate_csrf
 from wtforms import ValidationError
 
+from ..approvals.policy import may_approve
 from ..errors import Forbidden, Unauthorized
-from ..keys import ApiKey, require_admin
+from ..keys import ApiKey
+from ..principals import Principal
 from ..services import Services
-from .console_sessions import ConsoleSessions, SessionPolicy
+from ..sessions import Sessions
+from . import services
+from .auth import require_admin
+from .console_sessions import signing_secret
+from .signin_api import SESSION_COOKIE, cookie_name
 
 F = TypeVar("F", bound=Callable)
 PREFIX = "/console"
@@ -59,43 +66,80 @@ class ConsoleSessionInterface(SecureCookieSessionInterface):
         return (request.script_root or "") + PREFIX
 
 
-def sessions() -> ConsoleSessions:
-    return current_app.extensions["waygate.console"]
+def sessions() -> Sessions:
+    return services().sessions
 
 
-def signed_in_key() -> ApiKey | None:
-    """The key the browser is signed in as (checked against storage once per request)."""
-    if "console_key" not in g:
-        g.console_key = sessions().resolve(session.get("sid"))
-    return g.console_key
+def _people_cookie() -> str | None:
+    """The session id of a person signed in at the identity provider (``/auth/callback``'s
+    cookie, path /), when sign-in for people is configured."""
+    signin = services().signin
+    if signin is None:
+        return None
+    return request.cookies.get(cookie_name(SESSION_COOKIE, signin))
 
 
-def me() -> ApiKey:
-    key = signed_in_key()
-    if key is None:
+def signed_in() -> Principal | None:
+    """Who the browser is signed in as, checked against the one session store once per
+    request: the console's own sign-in (a key, as the REST API sees that key), else a person
+    who signed in at the identity provider."""
+    if "console_principal" not in g:
+        principal = sessions().resolve(session.get("sid"))
+        if principal is None:
+            principal = sessions().resolve(_people_cookie())
+        g.console_principal = principal
+    return g.console_principal
+
+
+def me() -> Principal:
+    principal = signed_in()
+    if principal is None:
         raise Unauthorized("sign in to the console")
-    return key
+    return principal
 
 
 def sign_in(key: ApiKey) -> None:
     """A new session for ``key``: the old cookie's contents (and its CSRF token) go."""
+    principal = Principal.of_key(key)
     session.clear()
-    session["sid"] = sessions().start(key)
-    g.console_key = key
+    session["sid"] = sessions().open(principal)
+    g.console_principal = principal
 
 
-def sign_out() -> None:
+def sign_out(response: Response) -> None:
+    """End the browser's session, whichever way it signed in, everywhere at once."""
     sessions().end(session.get("sid"))
+    people = _people_cookie()
+    if people:
+        sessions().end(people)
+        signin = services().signin
+        assert signin is not None  # noqa: S101 - the cookie is only read with sign-in on
+        response.delete_cookie(cookie_name(SESSION_COOKIE, signin), path="/")
     session.clear()
-    g.console_key = None
+    g.console_principal = None
 
 
 def admin_page(view: F) -> F:
-    """A console page for admin keys only: the same check as the REST API's admin endpoints."""
+    """A console page for admins only: the same check as the REST API's admin endpoints."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
         require_admin(me())
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def approver_page(view: F) -> F:
+    """A console page for those who may decide on approvals (admins, approver group members):
+    the same hook as the REST API's approve and deny."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        if not may_approve(me()):
+            raise Forbidden(
+                "deciding on approvals needs an admin key or membership of an approver group"
+            )
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -143,18 +187,8 @@ def check_form_post() -> None:
         ) from None
 
 
-def init_app(app: Flask, services: Services) -> None:
-    config = services.config
-    store = ConsoleSessions(
-        services.storage,
-        services.keys,
-        SessionPolicy(
-            idle=timedelta(seconds=config.console_idle_timeout_s),
-            absolute=timedelta(seconds=config.console_session_max_s),
-        ),
-    )
-    app.extensions["waygate.console"] = store
-    app.secret_key = store.signing_secret()
+def init_app(app: Flask, svc: Services) -> None:
+    app.secret_key = signing_secret(svc.storage)
     app.session_interface = ConsoleSessionInterface()
     app.config.update(
         SESSION_COOKIE_NAME=COOKIE,

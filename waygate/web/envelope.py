@@ -17,6 +17,7 @@ from .. import errorlog
 from ..clock import isoformat
 from ..errors import WaygateError, code_for_status
 from ..storage import DatabaseError, UnavailableError
+from . import oauth_api
 from .mcp_message import readable_request_id
 
 log = logging.getLogger("waygate.errors")
@@ -60,8 +61,10 @@ def error_response(
     response.status_code = status
     for name, value in (headers or {}).items():
         response.headers[name] = value
-    if status == 401:
-        response.headers.setdefault("WWW-Authenticate", 'Bearer realm="waygate"')
+    if status in (401, 403) and has_request_context():
+        value = oauth_api.challenge(status)
+        if value is not None:
+            response.headers.setdefault("WWW-Authenticate", value)
     return response
 
 
@@ -83,6 +86,7 @@ def jsonrpc_error_body(
 
 
 def _from_domain(exc: WaygateError) -> Response:
+    oauth_api.refused_token(exc)
     if exc.status >= 500:
         log.error("%s: %s", exc.code, exc.message, extra={"error_code": exc.code})
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None

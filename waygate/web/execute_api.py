@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request, url_for
 
+from ..approvals.policy import may_approve
 from ..errors import InvalidRequest, NotFound
 from ..outcomes import ExecutionStatus
 from . import services
-from .auth import admin_required, current_caller, current_key, key_required
+from .auth import admin_required, current_caller, current_principal, key_required
 from .http import read_json
 from .limiter import limit_group
 from .pagination import add_headers, paginated, requested_page, requested_since
@@ -124,7 +125,7 @@ def _batch(items: list):
 @bp.get("/mcp/executions/<command_id>")
 @key_required
 def execution(command_id: str):
-    """An execution's current state (a user key sees only its own).
+    """An execution's current state (a user key sees only its own; admins and approvers all).
     ---
     get:
       summary: Get an execution
@@ -142,8 +143,9 @@ def execution(command_id: str):
         404:
           description: No such execution
     """
-    # A user key sees its own executions; an admin key sees every one.
-    caller = None if current_key().is_admin else current_caller()
+    # A user key sees its own executions; an admin, or an approver (who decides on anyone's
+    # request), sees every one.
+    caller = None if may_approve(current_principal()) else current_caller()
     outcome = services().status.lookup(command_id, caller)
     if outcome is None:
         raise NotFound(f"no execution {command_id!r}", {"command_id": command_id[:100]})
@@ -167,6 +169,12 @@ def executions():
             type: string
             enum: [pending, running, success, failed, timeout, awaiting_approval, denied, expired]
         - {name: since, in: query, schema: {type: string, format: date-time}}
+        - name: principal
+          in: query
+          description: >-
+            Who asked: a person as <issuer>#<subject> (by token or as a key's owner), or
+            key:<id> for a key without an owner
+          schema: {type: string}
       responses:
         200:
           description: Executions
@@ -182,8 +190,16 @@ def executions():
             f"status must be one of {', '.join(ExecutionStatus)}", {"parameter": "status"}
         )
     since = requested_since()
+    principal = request.args.get("principal") or None
+    if principal is not None and len(principal) > 800:
+        raise InvalidRequest("principal is at most 800 characters", {"parameter": "principal"})
     rows, total = services().audit.query(
-        action=action, status=status, since=since, offset=page.offset, limit=page.limit
+        action=action,
+        status=status,
+        since=since,
+        offset=page.offset,
+        limit=page.limit,
+        principal=principal,
     )
     response = jsonify({"executions": [row.as_dict() for row in rows], "total": total})
     return add_headers(response, page, total)

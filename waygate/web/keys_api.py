@@ -7,9 +7,10 @@ from flask import Blueprint, jsonify, request
 
 from ..errors import InvalidRequest
 from ..keys import EVENTS, expiry
+from ..principals import owner_for
 from ..schemas import KeyCreateSchema, KeyRotateSchema, KeyUpdateSchema, load
 from . import services
-from .auth import admin_required, current_key
+from .auth import admin_required, current_principal
 from .http import read_object
 from .pagination import add_headers, paginated, requested_page, requested_since
 
@@ -41,6 +42,8 @@ def create_key():
           description: A live key of that name exists
     """
     body = load(_create, read_object(), invalid=_INVALID)
+    principal = current_principal()
+    owner, owner_name = owner_for(principal, body.get("owner"), body.get("owner_name"))
     record, secret = services().keys.create(
         body["name"],
         body["role"],
@@ -48,7 +51,9 @@ def create_key():
         read_only=body["read_only"],
         expires_at=expiry(body.get("expires_in"), body.get("expires_at")),
         rate_limit=body.get("rate_limit"),
-        actor=current_key().actor,
+        actor=principal.actor,
+        owner=owner,
+        owner_name=owner_name,
     )
     return jsonify({**record.as_dict(), "key": secret}), 201
 
@@ -144,7 +149,7 @@ def get_key(name: str):
 @bp.patch("/keys/<name>")
 @admin_required
 def update_key(name: str):
-    """Change a key's scope, expiry or rate limit (null clears one).
+    """Change a key's scope, expiry, rate limit or owner (null clears one).
     ---
     patch:
       summary: Change an API key (admin)
@@ -170,7 +175,7 @@ def update_key(name: str):
             or use the CLI's --force
     """
     changes = load(_update, read_object(), invalid=_INVALID, partial=True)
-    record = services().keys.update(name, changes, actor=current_key().actor)
+    record = services().keys.update(name, changes, actor=current_principal().actor)
     return jsonify(record.as_dict())
 
 
@@ -198,7 +203,9 @@ def rotate_key(name: str):
           description: No live key of that name
     """
     body = load(_rotate, read_object(), invalid=_INVALID)
-    record, secret = services().keys.rotate(name, body["grace_seconds"], actor=current_key().actor)
+    record, secret = services().keys.rotate(
+        name, body["grace_seconds"], actor=current_principal().actor
+    )
     return jsonify({**record.as_dict(), "key": secret})
 
 
@@ -226,4 +233,4 @@ def revoke_key(name: str):
             The last live admin key (CONFLICT): create another admin key first, or use the
             CLI's --force
     """
-    return jsonify(services().keys.revoke(name, actor=current_key().actor).as_dict())
+    return jsonify(services().keys.revoke(name, actor=current_principal().actor).as_dict())

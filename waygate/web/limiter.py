@@ -22,6 +22,7 @@ tell a guess that it was right. When the storage fails, requests pass (fail open
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import time
@@ -40,6 +41,7 @@ from .. import (
 from ..config import Config
 from ..errors import RateLimited, ServiceUnavailable
 from ..keys import ApiKey
+from ..principals import Principal
 
 log = logging.getLogger("waygate.limits")
 
@@ -113,11 +115,18 @@ class RateLimiter:
             return
         item, scope = self._limit_for(endpoint)
         key = g.get("api_key")
+        principal = g.get("principal")
         if scope == "execute" and key is not None and key.rate_limit:
             item = self._own_limit(key.rate_limit)  # the key's own limit replaces the default
         address = f"ip:{req.remote_addr or 'unknown'}"
         # By key id (a revoked key's successor of the same name starts afresh), else address.
-        identity = f"key:{key.id}" if key is not None else address
+        # A person with an access token: by person (a digest: the id is not a secret, but long).
+        if key is not None:
+            identity = f"key:{key.id}"
+        elif principal is not None:
+            identity = "person:" + hashlib.sha256(principal.id.encode()).hexdigest()[:32]
+        else:
+            identity = address
         try:
             with tracing.span("waygate.ratelimit.hit", {"waygate.limit": scope}):
                 count, reset_at = self._hit(item, scope, identity)
@@ -127,7 +136,7 @@ class RateLimiter:
         g.rate_limit = (item.amount, max(0, item.amount - count), math.ceil(reset_at))
         if count > item.amount:
             raise self._refusal(item, reset_at)
-        self._check_auth_failures(key, address)
+        self._check_auth_failures(key or principal, address)
 
     def _hit(self, item: RateLimitItem, scope: str, identity: str) -> tuple[int, float]:
         """The fixed-window hit (``FixedWindowRateLimiter.hit``, which answers only
@@ -137,7 +146,7 @@ class RateLimiter:
         count = self.storage.incr(counter, item.get_expiry())
         return count, self.storage.get_expiry(counter)
 
-    def _check_auth_failures(self, key: ApiKey | None, address: str) -> None:
+    def _check_auth_failures(self, key: ApiKey | Principal | None, address: str) -> None:
         failed = g.get("auth_error") is not None
         if not failed and key is None:
             return  # no key presented: nothing to guess

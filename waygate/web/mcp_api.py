@@ -18,7 +18,7 @@ from flask import Blueprint, Response, g, request
 from ..errors import Unauthorized, code_for_status
 from ..mcp.server import INVALID_REQUEST, Reply, Routing, refused_body_error
 from . import envelope, jsonio, services
-from .auth import current_caller, current_key
+from .auth import current_caller, current_principal, presented_credentials
 from .limiter import limit_group_by
 from .mcp_message import incoming_message
 
@@ -59,7 +59,7 @@ def _refusal(problem: jsonio.BodyRefused) -> TransportError:
 
 def _tool_calls_share_the_execute_budget() -> str | None:
     # Only a known caller's body is read to choose; anyone else is refused (403) regardless.
-    if g.get("api_key") is None:
+    if g.get("principal") is None:
         return None
     message, _ = incoming_message()
     return (
@@ -136,19 +136,25 @@ def no_stream():
 
 
 def _mcp_key_required(view: Callable) -> Callable:
-    """A missing or wrong key is refused with 403 and no challenge, where REST answers 401: to
-    an MCP client a 401 means "this server offers OAuth, go and authorize" (MCP authorization
-    spec), and Waygate offers none, so a 401 would send it into a flow that cannot succeed."""
+    """To an MCP client a 401 means "this server offers OAuth, go and authorize" (MCP
+    authorization spec). With OAuth configured, no credentials or a refused access token get
+    that 401 and its challenge; a wrong API key stays 403 without one, so that a client
+    configured with a key is not pushed into OAuth. Without OAuth every refusal is 403."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
         try:
-            current_key()
+            current_principal()
         except Unauthorized as exc:
+            oauth = services().oauth
+            credentials = any(presented_credentials())
+            if oauth is not None and (not credentials or g.get("bearer_refused")):
+                raise TransportError(401, INVALID_REQUEST, exc.message, code=exc.code) from None
             raise TransportError(
                 403,
                 INVALID_REQUEST,
-                f"{exc.message} (API key in X-API-Key or Authorization: Bearer; no OAuth here)",
+                f"{exc.message} (API key in X-API-Key or Authorization: Bearer"
+                + ("; or an OAuth access token)" if oauth is not None else "; no OAuth here)"),
                 code=exc.code,
             ) from None
         return view(*args, **kwargs)
@@ -211,11 +217,16 @@ def endpoint():
               schema: {$ref: "#/components/schemas/JsonRpcMessage"}
         202:
           description: A notification was accepted (no body)
+        401:
+          description: >-
+            With WAYGATE_OAUTH_ISSUER set: no credentials, or an access token that failed
+            verification; WWW-Authenticate names the protected resource metadata
         403:
           description: >-
-            Origin not allowed (DNS-rebinding protection), or a missing or wrong API key
-            (error.data.code UNAUTHORIZED; 403 without a challenge because this server
-            offers no OAuth)
+            Origin not allowed (DNS-rebinding protection), or a wrong API key, or (without
+            OAuth) a missing one (error.data.code UNAUTHORIZED; no challenge, so that a
+            client configured with a key is not sent into OAuth); FORBIDDEN when a token
+            lacks the scope (error="insufficient_scope")
         404:
           description: Method not found (2026-07-28 revision)
     """

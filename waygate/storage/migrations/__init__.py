@@ -30,6 +30,8 @@ from . import (
     m014_worker_leases,
     m015_key_created_by,
     m016_console_sessions,
+    m017_principals,
+    m018_sessions,
     r001_rate_limits,
 )
 from .migration import Migration, Schema
@@ -54,6 +56,8 @@ STATE = Schema(
         m014_worker_leases.migration,
         m015_key_created_by.migration,
         m016_console_sessions.migration,
+        m017_principals.migration,
+        m018_sessions.migration,
     ),
 )
 
