@@ -1,5 +1,9 @@
 """Shared fixtures: an app on a tmp data dir, its client and CLI runner, keys, and real
-gunicorn servers on free loopback ports for anything that crosses workers."""
+gunicorn servers on free loopback ports for anything that crosses workers.
+
+A test that starts a real server (gunicorn, PostgreSQL, redis, nginx ...) is marked ``server``:
+through a fixture below, automatically; otherwise by its module. ``pytest -m "not server"``
+runs the in-process tests alone, and a test that starts a server unmarked fails, saying so."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import requests
 
 from waygate.app import create_app
 from waygate.config import Config
-from waygate.keys import KeyStore
+from waygate.keystore import KeyStore
 from waygate.storage import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +49,45 @@ def pytest_generate_tests(metafunc):
     ):
         only = metafunc.definition.get_closest_marker("sqlite_only")
         metafunc.parametrize("backend", ("sqlite",) if only else BACKENDS, indirect=True)
+
+
+# Fixtures that start a real server: a test that uses one, even through another fixture, or
+# that runs on PostgreSQL, is marked ``server``. A test module's own fixture that starts
+# servers says so by requesting ``starts_servers``.
+SERVER_FIXTURES = frozenset({"server_factory", "redis_server", "pg_cluster", "starts_servers"})
+_running: list[pytest.Item] = []  # the test being set up, run or torn down
+
+
+def pytest_collection_modifyitems(config, items):
+    """Markers from the fixtures a test uses: ``server`` (see SERVER_FIXTURES) and ``browser``.
+    Browser tests run last (stable order otherwise): while the session's browser lives, its
+    event loop is marked running in this thread and no other test could use asyncio."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        callspec = getattr(item, "callspec", None)
+        on_postgresql = callspec is not None and callspec.params.get("backend") == "postgresql"
+        if on_postgresql or SERVER_FIXTURES.intersection(fixtures):
+            item.add_marker(pytest.mark.server)
+        if "browser" in fixtures:
+            item.add_marker(pytest.mark.browser)
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _running[:] = [item]
+
+
+def starts_a_server(what: str) -> None:
+    """Called by everything here that starts a server: the running test must be marked
+    ``server``, or ``pytest -m "not server"`` would start it after all."""
+    if _running and _running[0].get_closest_marker("server") is None:
+        pytest.fail(f"{_running[0].nodeid} starts {what}: mark it (or its module) server")
+
+
+@pytest.fixture(scope="session")
+def starts_servers() -> None:
+    """Requested by a fixture that starts servers of its own: its tests are marked ``server``."""
 
 
 @pytest.fixture
@@ -202,6 +245,7 @@ def free_port() -> int:
 
 def run_gunicorn_once(env: dict, timeout: float = 30) -> subprocess.CompletedProcess:
     """Start gunicorn with the project's config and wait for it to exit (start-up refusals)."""
+    starts_a_server("gunicorn")
     return subprocess.run(
         [
             str(BIN / "gunicorn"),
@@ -236,6 +280,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 20) -> Server:
+        starts_a_server("gunicorn")
         self.port = self.port or free_port()  # preset when the URL must be known first
         self.log_path = self.data_dir.parent / f"gunicorn-{self.port}.log"
         env = {**os.environ, "WAYGATE_DATA_DIR": str(self.data_dir), **self.env}
@@ -314,6 +359,7 @@ def redis_server(tmp_path):
 
 
 def start_redis(directory: Path) -> tuple[str, subprocess.Popen]:
+    starts_a_server("redis")
     port = free_port()
     proc = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -345,6 +391,7 @@ PG_TEMPLATE = "waygate_migrated"
 def pg_cluster():
     from tests.pgcluster import PgCluster
 
+    starts_a_server("PostgreSQL")
     cluster = PgCluster().start()
     yield cluster
     cluster.destroy()
@@ -429,15 +476,6 @@ def pytest_addoption(parser):
 
 
 # -- the browser: one Chromium for every browser test, driven by Playwright (tests/browser.py)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Browser tests last (stable order otherwise): while the session's browser lives, its
-    event loop is marked running in this thread and no other test could use asyncio."""
-    for item in items:
-        if "browser" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.browser)
-    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
 
 
 @pytest.fixture(scope="session")

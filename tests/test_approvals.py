@@ -378,14 +378,15 @@ def test_the_sweep_and_pruning_leave_awaiting_executions_alone(
 ):
     client = make_app(audit_retention_days=1).test_client()
     command_id = request_wipe(client, keys, {**WIPE, "timeout": 1})
-    audit = app_services_of(client).audit
+    services = app_services_of(client)
+    audit, leases = services.audit, services.leases
     audit.storage.execute_write(  # requested long ago, past any command timeout
         "UPDATE executions SET created_at = '2020-01-01T00:00:00.000Z',"
         " approval_expires_at = '2999-01-01T00:00:00.000Z' WHERE command_id = ?",
         (command_id,),
     )
-    assert audit.sweep() == 0 and audit.fail_open_executions("shutdown") == 0
-    assert audit.prune() == 0
+    assert leases.sweep() == 0 and leases.fail_open_executions("shutdown") == 0
+    assert services.housekeeper.retention.prune() == 0
     assert audit.get(command_id).status == "awaiting_approval"
 
 

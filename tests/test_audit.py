@@ -107,16 +107,16 @@ def test_bad_list_parameters_are_400(client, keys, query):
 
 def test_retention_prunes_old_rows_only(client, keys, db, app_services_of):
     run(client, keys, {"action": "test"})
-    audit = app_services_of(client).audit
+    services = app_services_of(client)
     old = isoformat(utcnow() - timedelta(days=8))
-    with audit.storage.write() as conn:
+    with services.storage.write() as conn:
         for i in range(1200):
             conn.execute(
                 "INSERT INTO executions (command_id, action, mode, status, timeout_s,"
                 " created_at) VALUES (?, 'test', 'sync', 'success', 30, ?)",
                 (f"cmd_old_{i}", old),
             )
-    assert audit.prune(batch=500) == 1200
+    assert services.housekeeper.retention.prune(batch=500) == 1200
     assert [r["action"] for r in rows(db)] == ["test"]
     # the total kept by triggers followed the inserts and the pruning
     listed = client.get("/mcp/executions", headers=keys.headers("admin"))

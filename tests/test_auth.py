@@ -77,7 +77,7 @@ def test_repeated_bad_keys_count_against_the_client(make_app, keys):
 def test_keys_are_compared_in_constant_time(keys, monkeypatch):
     import hmac
 
-    from waygate import keys as keys_module
+    from waygate import keystore
     from waygate.errors import Unauthorized
 
     compared = []
@@ -87,7 +87,7 @@ def test_keys_are_compared_in_constant_time(keys, monkeypatch):
         compared.append((len(a), len(b)))
         return real(a, b)
 
-    monkeypatch.setattr(keys_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(keystore.hmac, "compare_digest", spy)
     keys.store.authenticate(keys.user)
     with pytest.raises(Unauthorized):
         keys.store.authenticate("y" * 32)  # no such key: still one constant-time comparison

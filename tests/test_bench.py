@@ -35,6 +35,8 @@ CASES = {
 }
 
 
+# bench/run.py starts gunicorn and PostgreSQL
+@pytest.mark.server
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is installed by make test")
 def test_the_harness_measures_every_case_without_a_failed_request(tmp_path):
     out = tmp_path / "results.json"

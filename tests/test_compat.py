@@ -179,8 +179,8 @@ def test_nothing_outside_web_and_the_app_factory_imports_flask():
 
 def test_the_service_layer_loads_without_flask():
     code = (
-        "import sys; import waygate.services, waygate.commands, waygate.mcp, waygate.compat,"
-        " waygate.cli, waygate.mcp_stdio; "
+        "import sys; import waygate.services, waygate.commands, waygate.mcp.server, waygate.compat,"
+        " waygate.cli, waygate.mcp.stdio; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'werkzeug')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

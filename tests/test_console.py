@@ -17,7 +17,7 @@ from tests.browser import DESKTOP, PHONE, OriginWatch, axe_violations, new_page
 from tests.conftest import FIGURES, ROOT, PluginDist, Server
 from waygate.clock import isoformat, utcnow
 from waygate.config import Config
-from waygate.keys import KeyStore
+from waygate.keystore import KeyStore
 from waygate.storage import open_storage
 
 WIPE = {"action": "wipe", "params": {"target": "db-eu-1", "seconds": 0.05}}
@@ -59,7 +59,7 @@ class Console:
 
 
 @pytest.fixture(scope="module")
-def console(tmp_path_factory):
+def console(tmp_path_factory, starts_servers):
     root = tmp_path_factory.mktemp("console")
     plugins = PluginDist(root / "site")
     plugins.register("Testing", "tests.plugin_fixtures:TestingPlugin")
@@ -490,7 +490,7 @@ def digest_of(token: str) -> str:
 
 
 def test_the_approval_webhook_links_the_items_console_page():
-    from waygate.approvals import payload
+    from waygate.approvals.webhook import payload
     from waygate.audit import Execution
     from waygate.outcomes import ApprovalStep
 

@@ -18,14 +18,14 @@ from tests.authserver import Person, TestAuthorizationServer
 from tests.browser import axe_violations, new_page
 from tests.conftest import PluginDist, Server, free_port
 from waygate.config import Config
-from waygate.keys import KeyStore
+from waygate.keystore import KeyStore
 from waygate.storage import open_storage
 
 WIPE = {"action": "wipe", "params": {"target": "db-eu-2", "seconds": 0.05}}
 
 
 @pytest.fixture(scope="module")
-def sso(tmp_path_factory):
+def sso(tmp_path_factory, starts_servers):
     authserver = TestAuthorizationServer().start()
     authserver.signed_in = Person("dana", ["ops", "approvers"], "Dana Ops", "dana@example.com")
     root = tmp_path_factory.mktemp("console-sso")

@@ -156,11 +156,9 @@ def test_a_stuck_handler_does_not_hold_graceful_shutdown(engine_server, keys):
 def test_executions_left_open_by_a_previous_run_end_failed_on_start(
     plugin_dist, server_factory, keys
 ):
-    from datetime import timedelta
-
     from waygate.audit import AuditLog
 
-    audit = AuditLog(keys.store.storage, retention=timedelta(days=7))
+    audit = AuditLog(keys.store.storage)
     audit.accept(
         command_id="cmd_before_restart",
         action="sleep",

@@ -172,6 +172,7 @@ def small_fs(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.server
 def test_a_read_only_data_dir_stops_start_up_with_one_clear_line(plugin_dist, small_fs):
     """Linux will not turn a mount read-only under a running server's open files, so the
     runtime fault tested here is the full disk (below); a service started on a read-only
@@ -228,7 +229,7 @@ def test_read_only_data_dir_while_running_is_503_and_recovers(
 def test_full_data_dir_is_503_and_recovers_without_restart(plugin_dist, small_fs, server_factory):
     data = small_fs / "data"
     data.mkdir()
-    from waygate.keys import KeyStore
+    from waygate.keystore import KeyStore
     from waygate.storage import SqliteStorage
 
     storage = SqliteStorage(data / "waygate.db")

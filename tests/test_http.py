@@ -90,6 +90,26 @@ def test_well_formed_json_is_accepted(probe_client):
     assert response.get_json() == {"received": {"a": [1, 2]}}
 
 
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("post", "/mcp/execute"),
+        ("post", "/keys"),
+        ("patch", "/keys/ops-user"),
+        ("post", "/keys/ops-user/rotate"),
+        ("post", "/mcp/executions/cmd_0/approve"),
+        ("post", "/mcp/executions/cmd_0/deny"),
+    ],
+)
+def test_a_body_that_is_not_an_object_is_refused_alike_on_every_endpoint(
+    client, keys, method, path
+):
+    response = getattr(client, method)(path, json=7, headers=keys.headers("admin"))
+    error = assert_envelope(response, 400, "INVALID_REQUEST")
+    assert error["details"] == {"received": "int"}
+    assert error["message"].endswith("must be a JSON object")
+
+
 def test_an_unexpected_exception_is_a_500_envelope_without_internals(probe_client, caplog):
     response = probe_client.get("/_probe/boom")
     error = assert_envelope(response, 500, "INTERNAL_ERROR")

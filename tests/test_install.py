@@ -21,6 +21,9 @@ import requests
 from tests.conftest import ROOT, free_port
 from waygate import __version__
 
+# every test installs the wheel into a fresh venv and serves it
+pytestmark = pytest.mark.server
+
 
 def run(*argv, timeout=180, **kwargs):
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)

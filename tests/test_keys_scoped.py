@@ -392,6 +392,8 @@ def test_the_official_sdk_with_a_scoped_key_sees_and_runs_only_its_tools(server_
     assert hidden.error.code == -32602 and hidden.error.message == "Unknown tool: analyze"
 
 
+# a `waygate mcp stdio` process
+@pytest.mark.server
 def test_waygate_mcp_stdio_offers_only_the_scope_it_was_given(data_dir):
     params = StdioServerParameters(
         command=str(BIN / "waygate"),

@@ -74,6 +74,8 @@ def test_the_sdk_is_refused_with_a_wrong_key(server, mode):
     assert "invalid API key" in repr(refused.value) and "UNAUTHORIZED" in repr(refused.value)
 
 
+# a `waygate mcp stdio` process
+@pytest.mark.server
 def test_the_sdk_stdio_client_against_waygate_mcp_stdio(data_dir):
     params = StdioServerParameters(
         command=str(BIN / "waygate"),
@@ -147,6 +149,8 @@ def test_a_client_that_leaves_a_stream_does_not_lose_the_record(testing_server, 
     assert [(e["status"], e["mode"]) for e in executions] == [("success", "mcp")]
 
 
+# a `waygate mcp stdio` process
+@pytest.mark.server
 def test_waygate_mcp_stdio_refuses_a_lone_surrogate_as_http_does(data_dir):
     """A line is read by the same rules as a body over HTTP: a lone surrogate is a parse error
     naming the field, before anything is stored or run, and the session goes on."""

@@ -62,7 +62,7 @@ def authserver():
 
 
 @pytest.fixture
-def waygate(authserver, data_dir):
+def waygate(authserver, data_dir, starts_servers):
     port = free_port()
     server = Server(
         data_dir=data_dir,

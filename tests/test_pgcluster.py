@@ -11,6 +11,9 @@ import pytest
 
 from tests.conftest import ROOT
 
+# every test uses or starts a PostgreSQL cluster
+pytestmark = pytest.mark.server
+
 
 def test_the_cluster_wants_the_password(pg_cluster):
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):

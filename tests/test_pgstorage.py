@@ -16,6 +16,7 @@ from tests.conftest import BIN, free_port, run_gunicorn_once
 from waygate.audit import AuditLog
 from waygate.clock import isoformat
 from waygate.config import Config, ConfigError
+from waygate.leases import Leases
 from waygate.outcomes import ExecutionStatus
 from waygate.storage import PostgresStorage, Storage
 from waygate.storage.dialect import translate
@@ -94,9 +95,9 @@ def _status(storage, command_id: str) -> tuple[str, str | None]:
 
 
 def test_another_host_ends_executions_whose_lease_lapsed(storage):
-    host_a = AuditLog(storage, host="host-a", lease_s=3)
-    host_b = AuditLog(storage, host="host-b", lease_s=3)
-    _accept(host_a, "cmd_on_a")
+    _accept(AuditLog(storage, host="host-a"), "cmd_on_a")
+    host_a = Leases(storage, host="host-a", lease_s=3)
+    host_b = Leases(storage, host="host-b", lease_s=3)
     host_a.heartbeat()
     # B cannot see A's processes: while A renews its lease, B leaves A's execution alone
     assert host_b.sweep() == 0
@@ -110,11 +111,14 @@ def test_another_host_ends_executions_whose_lease_lapsed(storage):
 
 
 def test_a_restart_closes_only_its_own_hosts_executions(storage):
-    host_a = AuditLog(storage, host="host-a")
-    host_b = AuditLog(storage, host="host-b")
-    _accept(host_a, "cmd_on_a")
-    _accept(host_b, "cmd_on_b")
-    assert host_b.fail_open_executions("the service restarted while this command ran") == 1
+    _accept(AuditLog(storage, host="host-a"), "cmd_on_a")
+    _accept(AuditLog(storage, host="host-b"), "cmd_on_b")
+    assert (
+        Leases(storage, host="host-b").fail_open_executions(
+            "the service restarted while this command ran"
+        )
+        == 1
+    )
     assert _status(storage, "cmd_on_a")[0] == "pending"
     assert _status(storage, "cmd_on_b")[0] == "failed"
 
@@ -144,6 +148,7 @@ def test_an_unreachable_database_is_a_quick_503_and_health_names_it(make_app, ke
     svc.storage.close()
 
 
+@pytest.mark.server
 def test_a_bad_database_url_stops_the_service_before_it_starts(tmp_path):
     url = f"postgresql://waygate:pw-never-shown@127.0.0.1:{free_port()}/waygate"
     done = run_gunicorn_once(
@@ -170,6 +175,7 @@ MALFORMED_URLS = [
 ]
 
 
+@pytest.mark.server
 @pytest.mark.sqlite_only
 @pytest.mark.parametrize("url", MALFORMED_URLS)
 def test_a_malformed_database_url_is_refused_without_showing_its_password(url, tmp_path):
@@ -202,7 +208,7 @@ def test_without_redis_the_limits_of_hosts_on_one_database_are_one(
 ):
     """Two hosts (own data dirs) on one PostgreSQL and no limit storage set: the per-key
     limit counts their requests together."""
-    from waygate.keys import KeyStore
+    from waygate.keystore import KeyStore
 
     storage = PostgresStorage(pg_migrated_url)
     _, key = KeyStore(storage).create("ops", "user")

@@ -4,9 +4,13 @@ import os
 import signal
 import time
 
+import pytest
 import requests
 
 from tests.conftest import run_gunicorn_once
+
+# every test starts gunicorn
+pytestmark = pytest.mark.server
 
 
 def test_gunicorn_with_two_workers_is_healthy_and_ready(server_factory):
@@ -41,15 +45,18 @@ def test_uptime_counts_from_the_service_start_on_a_replacement_worker(server_fac
     assert min(uptimes) >= 2, uptimes  # fresh workers, but the service has run for 2 s
 
 
-def test_gunicorn_refuses_a_bad_config_with_one_clear_line(data_dir):
-    result = run_gunicorn_once(
-        {"WAYGATE_DATA_DIR": str(data_dir), "WAYGATE_MAX_BODY_BYTES": "huge"}
-    )
+@pytest.mark.parametrize(
+    "variable, value",
+    [
+        ("WAYGATE_MAX_BODY_BYTES", "huge"),
+        # gunicorn's own settings take the thread count through Config's validation too
+        ("WAYGATE_REQUEST_THREADS", "many"),
+    ],
+)
+def test_gunicorn_refuses_a_bad_config_with_one_clear_line(data_dir, variable, value):
+    result = run_gunicorn_once({"WAYGATE_DATA_DIR": str(data_dir), variable: value})
     assert result.returncode == 2
-    assert (
-        "waygate: configuration error: WAYGATE_MAX_BODY_BYTES: 'huge' is not an integer"
-        in result.stderr
-    )
+    assert f"waygate: configuration error: {variable}: {value!r} is not an integer" in result.stderr
     assert "Traceback" not in result.stderr
 
 

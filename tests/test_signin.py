@@ -26,7 +26,7 @@ def authserver():
 
 
 @pytest.fixture
-def waygate(authserver, data_dir):
+def waygate(authserver, data_dir, starts_servers):
     port = free_port()
     public = f"http://127.0.0.1:{port}"
     secret = secrets.token_urlsafe(16)

@@ -343,10 +343,10 @@ def test_with_tracing_off_no_span_is_made_and_audit_rows_have_no_trace_id(client
     from waygate import tracing
 
     assert not tracing.enabled()
-    from waygate.web import tracing as web_tracing
+    from waygate.web import request_spans
 
     hooks = client.application.before_request_funcs[None]
-    assert web_tracing._start not in hooks  # no server-span hook on the request path
+    assert request_spans._start not in hooks  # no server-span hook on the request path
     header, _, _ = traceparent()
     response = client.post(
         "/mcp/execute",

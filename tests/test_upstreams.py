@@ -23,7 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.conftest import FIGURES, ROOT, Server, free_port
 from waygate.config import Config
-from waygate.keys import KeyStore
+from waygate.keystore import KeyStore
 from waygate.storage import open_storage
 from waygate.upstreams import (
     UpstreamParams,
@@ -270,7 +270,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, request):
+def stack(tmp_path_factory, request, starts_servers):
     if not FILESYSTEM.exists():
         pytest.fail("the npm upstreams are not installed: run `make install-test`")
     base = tmp_path_factory.mktemp("upstreams")

@@ -12,26 +12,26 @@ from .lifecycle import service_started_at
 from .logs import configure_logging
 from .services import Services
 from .web import (
-    approvals,
+    approvals_api,
     auth,
-    core,
-    diagnostics,
+    console,
+    core_api,
+    diagnostics_api,
+    docs_api,
     envelope,
-    execute,
+    execute_api,
     http,
     jsonio,
+    keys_api,
     limiter,
-    mcp,
-    oauth,
-    plugins,
-    signin,
+    mcp_api,
+    oauth_api,
+    plugins_api,
+    request_metrics,
+    request_spans,
+    signin_api,
     versioning,
 )
-from .web import console as web_console
-from .web import docs as web_docs
-from .web import keys as web_keys
-from .web import metrics as web_metrics
-from .web import tracing as web_tracing
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +52,27 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     envelope.install_error_persistence(app)
     # Hook order is request order: the metrics timer (it cannot fail), then the request id,
     # before anything that can fail, so that every error carries it.
-    web_metrics.init_app(app)
-    web_tracing.init_app(app)  # the server span, before anything that can refuse the request
+    request_metrics.init_app(app)
+    request_spans.init_app(app)  # the server span, before anything that can refuse the request
     http.init_app(app, config)
     versioning.init_app(app, config)
     auth.init_app(app)
-    app.register_blueprint(core.bp)
-    app.register_blueprint(execute.bp)
-    app.register_blueprint(approvals.bp)
-    app.register_blueprint(plugins.bp)
-    app.register_blueprint(diagnostics.bp)
-    app.register_blueprint(web_keys.bp)
-    app.register_blueprint(mcp.bp)
-    app.register_blueprint(oauth.bp)
-    app.register_blueprint(signin.bp)
-    app.register_blueprint(web_docs.bp)
-    web_console.init_app(app, services)
+    app.register_blueprint(core_api.bp)
+    app.register_blueprint(execute_api.bp)
+    app.register_blueprint(approvals_api.bp)
+    app.register_blueprint(plugins_api.bp)
+    app.register_blueprint(diagnostics_api.bp)
+    app.register_blueprint(keys_api.bp)
+    app.register_blueprint(mcp_api.bp)
+    app.register_blueprint(oauth_api.bp)
+    app.register_blueprint(signin_api.bp)
+    app.register_blueprint(docs_api.bp)
+    console.init_app(app, services)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
     http.trust_proxies(app, config)  # last: the outermost WSGI layer
 
     loaded = services.plugins.current  # load plugins now, not on the first request
-    services.audit.sweep()  # executions a dead worker left behind are closed on start
+    services.leases.sweep()  # executions a dead worker left behind are closed on start
     services.housekeeper.start()
     services.readiness.mark_ready()
     log.info(

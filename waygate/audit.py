@@ -1,9 +1,10 @@
-"""The audit log of executions and the per-plugin statistics, both in SQLite.
+"""The audit log of executions and the per-plugin statistics, on either storage backend.
 
 A finished execution is one INSERT, written before the caller gets the answer, so no
 completed command goes unrecorded; triggers (migration m004) add it to its plugin's running
 totals in the same statement, so the statistics add up over every worker. Keys are recorded
-by name, never the key itself.
+by name, never the key itself. Whether an open execution still has a worker is
+``waygate.leases``'s question; how long finished ones are kept, ``waygate.retention``'s.
 """
 
 from __future__ import annotations
@@ -11,16 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
-import psutil
-
-from .clock import isoformat, parse_iso, utcnow
+from .clock import isoformat
 from .errors import RateLimited
-from .outcomes import ApprovalStep, ExecutionStatus, Mode
+from .outcomes import ExecutionStatus, Mode, Outcome
 from .storage import Storage, where_clause
 
 log = logging.getLogger(__name__)
@@ -42,16 +39,16 @@ _ACCEPT_SQL = (
 _ACCEPT_BY_PRINCIPAL_SQL = _ACCEPT_SQL.replace(
     "key_id IS NOT DISTINCT FROM ?", "key_id IS NULL AND principal = ?"
 )
-_TOTAL_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
+ROW_COUNT_SQL = "SELECT n FROM row_counts WHERE name = 'executions'"
 _NEWEST_FIRST = "ORDER BY created_at DESC, command_id DESC LIMIT ? OFFSET ?"
-_COLUMNS = (
+EXECUTION_COLUMNS = (
     "command_id, action, plugin, key_name, key_id, mode, status, duration_ms, error, "
     "timeout_s, worker_pid, created_at, started_at, finished_at, params, client_context, "
     "params_hash, "
     "approval_expires_at, decided_by, decided_by_key_id, decided_at, decision_reason, trace_id, "
     "principal, decided_by_principal"
 )
-_GET_SQL = f"SELECT {_COLUMNS}, result, progress FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
+_GET_SQL = f"SELECT {EXECUTION_COLUMNS}, result, progress FROM executions WHERE command_id = ?"  # noqa: S608 # nosec B608
 
 
 class TooManyOpen(RateLimited):
@@ -93,6 +90,33 @@ class Execution:
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("result", "progress")}
 
+    def outcome(self) -> Outcome:
+        """Its state as the API shows it (an open execution with its latest progress)."""
+        is_open = self.status in ExecutionStatus.open()
+        return Outcome(
+            status=ExecutionStatus(self.status),
+            command_id=self.command_id,
+            duration_ms=self.duration_ms or 0,
+            result=self.result,
+            error=self.error,
+            timestamp=self.finished_at or self.created_at,
+            progress=self.progress if is_open else None,
+            approval=self.approval(),
+        )
+
+    def approval(self) -> dict[str, Any] | None:
+        """The approval part of its response, when it needed approval."""
+        if self.params_hash is None:
+            return None
+        return {
+            "required": True,
+            "params_hash": self.params_hash,
+            "expires_at": self.approval_expires_at,
+            "decided_by": self.decided_by,
+            "decided_at": self.decided_at,
+            "reason": self.decision_reason,
+        }
+
 
 @dataclass(frozen=True)
 class StoredRequest:
@@ -102,23 +126,6 @@ class StoredRequest:
     params_hash: str
     client_context_json: str
     expires_at: str
-
-
-@dataclass(frozen=True)
-class Event:
-    """One step of an execution's approval trail."""
-
-    command_id: str
-    event: str  # an ApprovalStep
-    key_id: int | None
-    key_name: str | None
-    reason: str | None
-    worker_pid: int | None
-    at: str
-    principal: str | None = None  # who acted (waygate.principals)
-
-    def as_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
 
 
 @dataclass(frozen=True)
@@ -135,21 +142,15 @@ class AuditLog:
     def __init__(
         self,
         storage: Storage,
-        retention: timedelta = timedelta(days=7),
         *,
-        max_bytes: int = 1024**3,
         result_max_bytes: int = 1024**2,
         max_open_per_key: int = 16,
         host: str | None = None,
-        lease_s: float = 15.0,
     ):
         self.storage = storage
-        # this host's name in leases (Config.instance); executions it runs carry it, and a
-        # worker of another host ends them when this worker's lease lapses
+        # this host's name (Config.instance): the executions it takes on carry it, so that
+        # leases (waygate.leases) tell whose worker runs them
         self.host = host
-        self.lease_s = lease_s
-        self.retention = retention
-        self.max_bytes = max_bytes  # the database's budget, kept by prune_to_budget()
         self.result_max_bytes = result_max_bytes  # a stored result's most
         self.max_open_per_key = max_open_per_key  # open async executions per key
 
@@ -294,129 +295,7 @@ class AuditLog:
             ),
         )
 
-    # -- approvals ---------------------------------------------------------------------------
-
-    def decide(
-        self,
-        command_id: str,
-        *,
-        approve: bool,
-        key_id: int | None,
-        key_name: str | None,
-        reason: str | None,
-        principal: str | None = None,
-    ) -> Execution | None:
-        """Decide on an execution awaiting approval and not past its expiry, with its event,
-        in one transaction: approved, it becomes pending in this worker (the caller queues
-        it); denied, it ends. None when it is not awaiting approval (decided, expired, or
-        never asked for it): one decision wins however many are sent at once."""
-        now = isoformat()
-        if approve:
-            sets, args = (
-                "status = ?, worker_pid = ?, host = ?",
-                [ExecutionStatus.PENDING, os.getpid(), self.host],
-            )
-        else:
-            denial = f"denied by {key_name}" + (f": {reason}" if reason else "")
-            sets, args = (
-                "status = ?, finished_at = ?, error = ?",
-                [ExecutionStatus.DENIED, now, denial],
-            )
-        with self.storage.write() as conn:
-            decided = conn.execute(
-                f"UPDATE executions SET {sets}, decided_by = ?, decided_by_key_id = ?,"  # noqa: S608 # nosec B608
-                " decided_by_principal = ?, decided_at = ?, decision_reason = ?"
-                " WHERE command_id = ? AND status = ? AND approval_expires_at > ?",
-                [
-                    *args,
-                    key_name,
-                    key_id,
-                    principal,
-                    now,
-                    reason,
-                    command_id,
-                    ExecutionStatus.AWAITING_APPROVAL,
-                    now,
-                ],
-            ).rowcount
-            if decided:
-                _insert_event(
-                    conn,
-                    command_id,
-                    ApprovalStep.APPROVED if approve else ApprovalStep.DENIED,
-                    key_id,
-                    key_name,
-                    reason,
-                    now,
-                    principal,
-                )
-        return self.get(command_id) if decided else None
-
-    def expire_approvals(self) -> list[str]:
-        """End executions whose approval time has passed as expired; their ids."""
-        now = isoformat()
-        due = self.storage.conn.execute(  # a read through the partial index: cheap when none
-            "SELECT 1 FROM executions WHERE status = ? AND approval_expires_at <= ? LIMIT 1",
-            (ExecutionStatus.AWAITING_APPROVAL, now),
-        ).fetchone()
-        if due is None:
-            return []
-        with self.storage.write() as conn:
-            rows = conn.execute(
-                "UPDATE executions SET status = ?, error = ?, finished_at = ? WHERE status = ?"
-                " AND approval_expires_at <= ? RETURNING command_id",
-                (
-                    ExecutionStatus.EXPIRED,
-                    "nobody approved it in time",
-                    now,
-                    ExecutionStatus.AWAITING_APPROVAL,
-                    now,
-                ),
-            ).fetchall()
-            for row in rows:
-                _insert_event(conn, row[0], ApprovalStep.EXPIRED, None, None, None, now)
-        return [row[0] for row in rows]
-
-    def count_awaiting(self) -> int:
-        return self.storage.conn.execute(
-            "SELECT count(*) FROM executions WHERE status = ?",
-            (ExecutionStatus.AWAITING_APPROVAL,),
-        ).fetchone()[0]
-
-    def add_event(
-        self,
-        command_id: str,
-        event: str,
-        key_id: int | None = None,
-        key_name: str | None = None,
-        reason: str | None = None,
-        principal: str | None = None,
-    ) -> None:
-        with self.storage.write() as conn:
-            _insert_event(conn, command_id, event, key_id, key_name, reason, isoformat(), principal)
-
-    def events(self, command_id: str) -> list[Event]:
-        rows = self.storage.conn.execute(
-            "SELECT command_id, event, key_id, key_name, reason, worker_pid, at, principal"
-            " FROM execution_events WHERE command_id = ? ORDER BY id",
-            (command_id,),
-        ).fetchall()
-        return [Event(**dict(row)) for row in rows]
-
-    # -- sweeping and pruning ----------------------------------------------------------------
-
-    def fail_open_executions(self, reason: str, worker_pid: int | None = None) -> int:
-        """Close unfinished executions of one worker (or of every worker) of this host as
-        failed; those of other hosts sharing the database are theirs to close."""
-        sql = (
-            "UPDATE executions SET status = ?, error = ?, finished_at = ? WHERE status IN (?, ?)"
-            " AND (host IS NULL OR host = ?)"
-        )
-        args: list[Any] = [ExecutionStatus.FAILED, reason, isoformat(), *_OPEN, self.host]
-        if worker_pid is not None:
-            sql += " AND worker_pid = ?"
-            args.append(worker_pid)
-        return self.storage.execute_write(sql, args).rowcount
+    # -- closing -----------------------------------------------------------------------------
 
     def fail_open_executions_by_id(self, command_id: str, reason: str) -> None:
         self.storage.execute_write(
@@ -424,70 +303,6 @@ class AuditLog:
             "WHERE command_id = ? AND status IN (?, ?)",
             (ExecutionStatus.FAILED, reason, isoformat(), command_id, *_OPEN),
         )
-
-    def heartbeat(self) -> None:
-        """Renew this worker's lease on the executions it runs (see sweep)."""
-        self.storage.execute_write(
-            "INSERT INTO worker_leases (host, pid, started_at, renewed_at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (host, pid) DO UPDATE SET renewed_at = excluded.renewed_at",
-            (self.host or "", os.getpid(), isoformat(), time.time()),
-        )
-
-    def release(self, pid: int) -> None:
-        """Drop a worker's lease once it is gone and its executions are closed."""
-        self.storage.execute_write(
-            "DELETE FROM worker_leases WHERE host = ? AND pid = ?", (self.host or "", pid)
-        )
-
-    def _lapsed(self, host: str, pid: int, leases: dict[tuple[str, int], float]) -> bool:
-        """Whether a worker of another host has stopped renewing its lease (its host died,
-        or lost the database): its executions will never be finished by it."""
-        renewed = leases.get((host, pid))
-        return renewed is None or time.time() - renewed > self.lease_s
-
-    def sweep(self, grace_s: float = 5.0) -> int:
-        """Close executions whose worker is gone (this host: its process has exited; another
-        host: its lease has lapsed) or whose timeout has long passed."""
-        rows = self.storage.conn.execute(
-            # an approved execution's timeout runs from its approval, not its request
-            "SELECT command_id, worker_pid, host, coalesce(decided_at, created_at) AS created_at,"
-            " timeout_s FROM executions WHERE status IN (?, ?)",
-            _OPEN,
-        ).fetchall()
-        if not rows:
-            return 0
-        leases = {
-            (row["host"], row["pid"]): row["renewed_at"]
-            for row in self.storage.conn.execute("SELECT host, pid, renewed_at FROM worker_leases")
-        }
-        closed = 0
-        now = utcnow()
-        for row in rows:
-            pid, host = row["worker_pid"], row["host"]
-            expired = (now - parse_iso(row["created_at"])).total_seconds() > row[
-                "timeout_s"
-            ] + grace_s
-            local = host is None or host == self.host
-            if pid is not None and local and not psutil.pid_exists(pid):
-                reason = f"the worker (pid {pid}) running this command exited"
-                status = ExecutionStatus.FAILED
-            elif pid is not None and not local and self._lapsed(host, pid, leases):
-                reason = (
-                    f"the worker (pid {pid} on {host}) running this command stopped renewing"
-                    f" its lease for {self.lease_s:g} s: its host is down or cut off"
-                )
-                status = ExecutionStatus.FAILED
-            elif expired:
-                reason = f"command exceeded its timeout of {row['timeout_s']} s"
-                status = ExecutionStatus.TIMEOUT
-            else:
-                continue
-            closed += self.storage.execute_write(
-                "UPDATE executions SET status = ?, error = ?, finished_at = ? "
-                "WHERE command_id = ? AND status IN (?, ?)",
-                (status, reason, isoformat(), row["command_id"], *_OPEN),
-            ).rowcount
-        return closed
 
     def _stored(self, result: Any) -> str:
         """The result as stored: whole up to ``result_max_bytes``, else a marked preview."""
@@ -503,46 +318,13 @@ class AuditLog:
             }
         )
 
-    def prune_to_budget(self, batch: int = 500) -> int:
-        """Delete the oldest finished executions while the database is over its budget (on
-        SQLite; PostgreSQL cannot tell its live bytes cheaply, and keeps the retention)."""
-        deleted = 0
-        while (used := self.storage.used_bytes()) is not None and used > self.max_bytes:
-            # as many rows as the excess is worth, at the table's average row size
-            rows = max(1, self.storage.conn.execute(_TOTAL_SQL).fetchone()[0])
-            wanted = min(batch, int((used - self.max_bytes) / (used / rows)) + 1)
-            n = self.storage.execute_write(
-                "DELETE FROM executions WHERE command_id IN (SELECT command_id FROM executions "
-                "WHERE status NOT IN (?, ?, ?) ORDER BY created_at LIMIT ?)",
-                (*_UNFINISHED, wanted),
-            ).rowcount
-            if n == 0:
-                break  # only open executions left: nothing more to give back
-            deleted += n
-        return deleted
-
-    def prune(self, batch: int = 500, pause_s: float = 0.01) -> int:
-        """Delete rows older than the retention, in small batches so writers never stall."""
-        cutoff = isoformat(utcnow() - self.retention)
-        deleted = 0
-        while True:
-            n = self.storage.execute_write(
-                "DELETE FROM executions WHERE command_id IN (SELECT command_id FROM executions "
-                "WHERE created_at < ? AND status NOT IN (?, ?, ?) LIMIT ?)",
-                (cutoff, *_UNFINISHED, batch),
-            ).rowcount
-            deleted += n
-            if n < batch:
-                return deleted
-            time.sleep(pause_s)
-
     # -- reading -----------------------------------------------------------------------------
 
     def get(self, command_id: str) -> Execution | None:
         row = self.storage.conn.execute(_GET_SQL, (command_id,)).fetchone()
         if row is None:
             return None
-        return _execution(row)
+        return execution_of(row)
 
     def query(
         self,
@@ -563,10 +345,10 @@ class AuditLog:
             count_sql = f"SELECT count(*) FROM executions{clause}"  # noqa: S608 # nosec B608
             total = conn.execute(count_sql, args).fetchone()[0]
         else:  # kept by triggers (migration m006): no count over every row
-            total = conn.execute(_TOTAL_SQL).fetchone()[0]
-        page_sql = f"SELECT {_COLUMNS} FROM executions{clause} {_NEWEST_FIRST}"  # noqa: S608 # nosec B608
+            total = conn.execute(ROW_COUNT_SQL).fetchone()[0]
+        page_sql = f"SELECT {EXECUTION_COLUMNS} FROM executions{clause} {_NEWEST_FIRST}"  # noqa: S608 # nosec B608
         rows = conn.execute(page_sql, [*args, limit, offset]).fetchall()
-        return [_execution(r) for r in rows], total
+        return [execution_of(r) for r in rows], total
 
     def page(
         self,
@@ -611,33 +393,12 @@ class AuditLog:
                 args += [cursor[0], cursor[0], before]
         clause = (" WHERE " + " AND ".join(where)) if where else ""
         rows = self.storage.conn.execute(
-            f"SELECT {_COLUMNS} FROM executions{clause}"  # noqa: S608 # nosec B608 - fixed names
+            f"SELECT {EXECUTION_COLUMNS} FROM executions{clause}"  # noqa: S608 # nosec B608 - fixed names
             " ORDER BY created_at DESC, command_id DESC LIMIT ?",
             [*args, limit + 1],
         ).fetchall()
-        listed = [_execution(row) for row in rows[:limit]]
+        listed = [execution_of(row) for row in rows[:limit]]
         return listed, (listed[-1].command_id if len(rows) > limit else None)
-
-    def recently_decided(self, limit: int = 10) -> list[Execution]:
-        """The executions decided (approved, denied) or expired most recently, newest first:
-        read from the events' own order, never a scan of the executions."""
-        rows = self.storage.conn.execute(
-            "SELECT command_id FROM execution_events WHERE event IN (?, ?, ?)"
-            " ORDER BY id DESC LIMIT ?",
-            (ApprovalStep.APPROVED, ApprovalStep.DENIED, ApprovalStep.EXPIRED, limit),
-        ).fetchall()
-        ids = list(dict.fromkeys(row[0] for row in rows))  # an id once, at its newest event
-        if not ids:
-            return []
-        found = {
-            row["command_id"]: _execution(row)
-            for row in self.storage.conn.execute(
-                f"SELECT {_COLUMNS} FROM executions"  # noqa: S608 # nosec B608 - fixed names
-                f" WHERE command_id IN ({', '.join('?' * len(ids))})",
-                ids,
-            ).fetchall()
-        }
-        return [found[command_id] for command_id in ids if command_id in found]
 
     def count_since(self, since: str, statuses: tuple[str, ...] = ()) -> int:
         """Executions created since ``since`` (of the given statuses): the recent error rate."""
@@ -663,56 +424,7 @@ class AuditLog:
         )
 
 
-REQUESTER_REVOKED = "requester key revoked"
-
-
-def deny_requests_of_key(
-    conn: Any, key_id: int | None, actor_id: int | None, actor_name: str, at: str
-) -> list[str]:
-    """Deny every execution of ``key_id`` still awaiting approval, with its event, on the
-    caller's write transaction (a key's revocation: the two commit together, so no approval
-    can slip in between). Returns the command ids denied."""
-    rows = conn.execute(
-        "UPDATE executions SET status = ?, finished_at = ?, error = ?, decided_by = ?,"
-        " decided_by_key_id = ?, decided_at = ?, decision_reason = ?"
-        " WHERE key_id = ? AND status = ? RETURNING command_id",
-        (
-            ExecutionStatus.DENIED,
-            at,
-            f"denied: {REQUESTER_REVOKED}",
-            actor_name,
-            actor_id,
-            at,
-            REQUESTER_REVOKED,
-            key_id,
-            ExecutionStatus.AWAITING_APPROVAL,
-        ),
-    ).fetchall()
-    for row in rows:
-        _insert_event(
-            conn, row[0], ApprovalStep.DENIED, actor_id, actor_name, REQUESTER_REVOKED, at
-        )
-    return [row[0] for row in rows]
-
-
-def _insert_event(
-    conn: Any,
-    command_id: str,
-    event: str,
-    key_id: int | None,
-    key_name: str | None,
-    reason: str | None,
-    at: str,
-    principal: str | None = None,
-) -> None:
-    conn.execute(
-        "INSERT INTO execution_events (command_id, event, key_id, key_name, reason, worker_pid,"
-        " at, principal) VALUES (?,?,?,?,?,?,?,?)",
-        (command_id, event, key_id, key_name, reason, os.getpid(), at, principal),
-    )
-
-
-def _execution(row: Any) -> Execution:
+def execution_of(row: Any) -> Execution:
     data = dict(row)
     for column in ("params", "client_context", "result", "progress"):
         if data.get(column) is not None:

@@ -37,7 +37,8 @@ from . import __version__
 from .clock import utcnow
 from .config import Config, ConfigError
 from .errors import WaygateError
-from .keys import KeyStore, expiry, parse_duration
+from .keys import expiry, parse_duration
+from .keystore import KeyStore
 from .storage import DatabaseError, PostgresStorage, Storage, Unsupported, open_storage
 
 # The environment file of the systemd unit (deploy/systemd/waygate.service): the CLI reads it
@@ -214,7 +215,7 @@ def db_copy(ctx: Context, target_url: str) -> None:
     Idempotent: rows already there are kept, so running it again after stopping the service
     copies what came in meanwhile. Each table is verified by counting its rows in the target.
     Then set WAYGATE_DATABASE_URL on every host (docs/operations.md, "Several hosts")."""
-    from .config import ConfigError, _check_database_url
+    from .config import ConfigError, check_database_url
     from .dbcopy import copy_state
 
     if ctx.config.database_url:
@@ -223,9 +224,9 @@ def db_copy(ctx: Context, target_url: str) -> None:
             " the SQLite state of its data dir"
         )
     try:
-        _check_database_url(target_url)
+        check_database_url(target_url, name="--to")
     except ConfigError as exc:
-        raise click.ClickException(str(exc).replace("WAYGATE_DATABASE_URL", "--to")) from None
+        raise click.ClickException(str(exc)) from None
     source = ctx.storage
     target = PostgresStorage(
         target_url,
@@ -440,7 +441,7 @@ def mcp_stdio(ctx: Context, caller: str, allow: tuple[str, ...], read_only: bool
     from .commands import Caller
     from .keys import Scope, check_patterns
     from .logs import configure_logging
-    from .mcp_stdio import serve
+    from .mcp.stdio import serve
     from .services import Services
 
     scope = Scope(check_patterns(list(allow)) if allow else None, read_only)
@@ -464,7 +465,7 @@ def approvals_list(ctx: Context) -> None:
     """List executions awaiting approval, newest first, with their stored params."""
     import json
 
-    awaiting = ctx.services.commands.awaiting()
+    awaiting = ctx.services.approvals.awaiting()
     click.echo(f"{'COMMAND ID':38} {'ACTION':20} {'REQUESTED BY':16} {'EXPIRES':25} PARAMS")
     for e in awaiting:
         params = json.dumps(e.params, sort_keys=True)
@@ -509,9 +510,9 @@ def approvals_approve(ctx: Context, command_id: str, approver: str, reason: str 
     from .outcomes import ExecutionStatus
 
     services = ctx.services
-    services.commands.approve(command_id, ctx.keys.live(approver), reason)
+    services.commands.approve(command_id, ctx.keys.get(approver), reason)
     click.echo(f"approved {command_id} as {approver!r}; running it")
-    outcome = _wait_for(services.commands, command_id)
+    outcome = _wait_for(services.status, command_id)
     click.echo(json.dumps(outcome.as_response(), default=str))
     if outcome.status != ExecutionStatus.SUCCESS:
         raise CommandFailed(f"approved {command_id}, but the command ended {outcome.status}")
@@ -524,18 +525,18 @@ def approvals_approve(ctx: Context, command_id: str, approver: str, reason: str 
 @pass_context
 def approvals_deny(ctx: Context, command_id: str, approver: str, reason: str | None) -> None:
     """Deny: the execution ends denied and never runs."""
-    ctx.services.commands.deny(command_id, ctx.keys.live(approver), reason)
+    ctx.services.commands.deny(command_id, ctx.keys.get(approver), reason)
     click.echo(f"denied {command_id} as {approver!r}")
 
 
-def _wait_for(commands, command_id: str):
+def _wait_for(status, command_id: str):
     """The execution once it has ended (the pool thread of this process runs it)."""
     import time
 
     from .outcomes import ExecutionStatus
 
     while True:
-        outcome = commands.lookup(command_id)
+        outcome = status.lookup(command_id)
         if outcome.status not in ExecutionStatus.open():
             return outcome
         time.sleep(0.05)

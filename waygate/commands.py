@@ -9,7 +9,10 @@ Every execution takes the same two steps, whatever the entry point:
   it by its deadline, then records and observes the :class:`~waygate.outcomes.Outcome`.
 
 Entry points differ only in how many they start at once (a batch starts all, then finishes
-each) and in how they present the outcome.
+each) and in how they present the outcome. A command that needs approval is held here and run
+here once approved; the approval steps themselves are ``waygate.approvals``'. Whether a request
+thread may wait on a command is ``waygate.admission``'s question; what callers see of commands
+and executions without running anything, ``waygate.status``'.
 """
 
 from __future__ import annotations
@@ -17,38 +20,35 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
-from marshmallow import Schema, ValidationError
+from marshmallow import Schema
 
 from . import tracing
-from .approvals import Approvals, approval_info, params_hash
+from .admission import Admission
+from .approvals.workflow import Approvals
 from .audit import AuditLog, Execution, StoredRequest
 from .clock import isoformat
 from .errors import (
     Forbidden,
     InvalidRequest,
-    MissingParameter,
-    RateLimited,
     ServiceUnavailable,
     WaygateError,
 )
 from .keys import UNSCOPED, ApiKey, Scope
-from .outcomes import ApprovalStep as Step
+from .leases import Leases
 from .outcomes import ExecutionStatus, Failure, Mode, Outcome
 from .plugins import PluginSet
 from .pool import CommandPool, Job, PoolFull
 from .principals import Principal
-from .schemas import MCPCommandSchema, describe_parameters, field_errors
+from .schemas import MCPCommandSchema, expect_object, load
 from .sdk import Cancelled, Command, CommandError, ExecutionContext
 
 log = logging.getLogger(__name__)
-PROTOCOL_VERSION = "1.0"  # of the REST command API (spec: GET /mcp/status)
 _command_schema = MCPCommandSchema()
 
 
@@ -95,6 +95,12 @@ class Caller:
     scope: Scope = UNSCOPED
     principal: str | None = None  # who, as waygate.principals says: recorded with the run
 
+    @property
+    def share(self) -> int | str | None:
+        """Whose share of command slots a call takes: the key's, or for a person with an
+        access token (no key), the person's own."""
+        return self.key_id if self.key_id is not None else self.principal
+
     def owns(self, execution: Execution) -> bool:
         """Whether ``execution`` is this caller's: the same key, or for a person with an
         access token (no key), the same person."""
@@ -132,109 +138,6 @@ class Running:
     span: Any = None  # its trace span while tracing is on (waygate.tracing)
 
 
-SHARE_WAIT_S = 0.25  # how long a call over its key's share waits for one of the key's own
-SHARE_WAITERS_PER_KEY = 3  # how many of a key's calls may wait so at once in a worker
-
-
-class Admission:
-    """Caps the request threads of this process that wait on a command, so that a flood of
-    slow commands leaves threads free for health checks, metrics and quick refusals; and caps
-    what one key may hold of them (``per_key``, less than all), so that one key's flood
-    leaves slots for every other key.
-
-    Per process by design: it counts this process's own threads, and a key's share is exact
-    per worker (N workers admit a key up to N shares in all). Beyond the worker's cap a caller
-    is refused at once with :class:`ServiceUnavailable` (503). Beyond its key's share it waits
-    up to SHARE_WAIT_S for one of that key's own calls to end (a few callers per key at most,
-    so waiting ties up few threads): a burst of quick calls that happened to land on one
-    worker is smoothed, while a key holding slow calls is refused with :class:`RateLimited`
-    (429: that key's own excess). Both with Retry-After."""
-
-    def __init__(self, limit: int, on_refused: Callable[[], None] | None = None, per_key: int = 0):
-        self.limit = limit
-        self.per_key = per_key or max(1, limit // 2)  # 0: half of the worker's slots
-        self._on_refused = on_refused
-        self._lock = threading.Lock()
-        self._freed = threading.Condition(self._lock)  # a slot given back
-        self._held = 0
-        # this worker's own request threads waiting on commands, per key: a count of this
-        # process's threads, like the cap itself, not state that workers must agree on
-        self._held_by_key: dict[int | str | None, int] = {}
-        self._waiting_by_key: dict[int | str | None, int] = {}  # callers waiting for their share
-
-    def slot(self, caller: Caller) -> AdmissionSlot:
-        """A context manager that holds one of the worker's slots for ``caller``'s key (a
-        person with a token: their own share, by principal)."""
-        return AdmissionSlot(self, caller.key_id if caller.key_id is not None else caller.principal)
-
-    def _take(self, key: int | str | None) -> None:
-        if self.limit <= 0:
-            return
-        with self._freed:
-            mine = self._held_by_key.get(key, 0)
-            waiting = self._waiting_by_key.get(key, 0)
-            if mine >= self.per_key and waiting < SHARE_WAITERS_PER_KEY:
-                self._waiting_by_key[key] = waiting + 1
-                try:
-                    self._freed.wait_for(
-                        lambda: self._held_by_key.get(key, 0) < self.per_key, SHARE_WAIT_S
-                    )
-                finally:
-                    if waiting:
-                        self._waiting_by_key[key] = waiting
-                    else:
-                        del self._waiting_by_key[key]
-                mine = self._held_by_key.get(key, 0)
-            over_share, full = mine >= self.per_key, self._held >= self.limit
-            if not (over_share or full):
-                self._held += 1
-                self._held_by_key[key] = mine + 1
-                return
-        if self._on_refused is not None:
-            self._on_refused()
-        if over_share:
-            raise RateLimited(
-                f"too many command requests of this key at once: it already holds {mine} of"
-                f" this worker's {self.limit} command slots, the most one key may; retry when"
-                " one has finished",
-                {"key_share": self.per_key, "worker_slots": self.limit},
-                retry_after=1,
-            )
-        raise ServiceUnavailable(
-            "server busy: too many command requests are waiting in this worker",
-            retry_after=1,
-        )
-
-    def _give_back(self, key: int | str | None) -> None:
-        if self.limit <= 0:
-            return
-        with self._freed:
-            self._held -= 1
-            left = self._held_by_key[key] - 1
-            if left:
-                self._held_by_key[key] = left
-            else:
-                del self._held_by_key[key]
-            if self._waiting_by_key:
-                self._freed.notify_all()
-
-
-class AdmissionSlot:
-    """One admission slot for one key: taken on enter (or refused), given back on exit."""
-
-    __slots__ = ("_admission", "_key")
-
-    def __init__(self, admission: Admission, key: int | str | None):
-        self._admission, self._key = admission, key
-
-    def __enter__(self) -> AdmissionSlot:
-        self._admission._take(self._key)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._admission._give_back(self._key)
-
-
 class CommandService:
     def __init__(
         self,
@@ -244,13 +147,15 @@ class CommandService:
         observe: Callable[[str, str, int], None] | None = None,
         admission: Admission | None = None,
         approvals: Approvals | None = None,
+        leases: Leases | None = None,
     ):
-        self._plugins = plugins
+        self.plugins = plugins
         self.pool = pool
         self.audit = audit
         self._observe = observe  # (action, status, duration_ms) of every finished execution
         self.admission = admission or Admission(0)
         self.approvals = approvals  # None: nothing waits for approval
+        self.leases = leases or Leases(audit.storage, host=audit.host)
 
     # -- resolving -----------------------------------------------------------------------------
 
@@ -265,7 +170,7 @@ class CommandService:
         run_async: bool = False,
     ) -> Invocation:
         """Name -> command, params validated, caller checked: the one way to an Invocation."""
-        plugins = self._plugins()
+        plugins = self.plugins()
         command = plugins.commands.get(action)
         if command is None:
             raise UnknownCommand(
@@ -290,14 +195,7 @@ class CommandService:
 
     def parse(self, raw: Any, caller: Caller, *, allow_async: bool = True) -> Invocation:
         """Resolve an MCPCommand (spec 3.1); raises MissingParameter or InvalidRequest."""
-        if not isinstance(raw, dict):
-            raise InvalidRequest(
-                "a command must be a JSON object", {"received": type(raw).__name__}
-            )
-        try:
-            body = _command_schema.load(raw)
-        except ValidationError as err:
-            raise _invalid("invalid command", "missing required field(s)", "fields", err) from None
+        body = load(_command_schema, expect_object(raw, "a command"), invalid="invalid command")
         if body["async_"] and not allow_async:
             raise InvalidRequest(
                 "async is not supported here", {"fields": {"async": ["not allowed"]}}
@@ -313,15 +211,13 @@ class CommandService:
 
     @staticmethod
     def validate_params(command: Command, params: Any) -> dict[str, Any]:
-        try:
-            return _schema(command.params).load(params)
-        except ValidationError as err:
-            raise _invalid(
-                f"invalid parameters for {command.name}",
-                f"missing required parameter(s) for {command.name}",
-                "params",
-                err,
-            ) from None
+        return load(
+            _schema(command.params),
+            params,
+            invalid=f"invalid parameters for {command.name}",
+            missing=f"missing required parameter(s) for {command.name}",
+            where="params",
+        )
 
     def needs_approval(self, command: Command) -> bool:
         return self.approvals is not None and self.approvals.requires(command)
@@ -329,39 +225,12 @@ class CommandService:
     def available(self, caller: Caller) -> list[str]:
         """The names of the commands ``caller`` may run, sorted (the scope is checked against
         the plugin set of the moment, so a reload never widens a key beyond its patterns)."""
-        plugins = self._plugins()
+        plugins = self.plugins()
         return sorted(
             name
             for name, command in plugins.commands.items()
             if caller.scope.permits(name, plugins.command_plugin[name], command.annotations)
         )
-
-    def catalog(self, caller: Caller) -> list[dict[str, Any]]:
-        """The commands ``caller`` may run, parameters described from their schemas."""
-        plugins = self._plugins()
-        return [
-            {
-                "name": name,
-                "description": plugins.commands[name].description,
-                "plugin": plugins.command_plugin[name],
-                "parameters": describe_parameters(plugins.commands[name].params),
-                "approval_required": self.needs_approval(plugins.commands[name]),
-            }
-            for name in self.available(caller)
-        ]
-
-    def engine_status(self, caller: Caller) -> dict[str, Any]:
-        """The engine's state as ``caller`` sees it (spec: GET /mcp/status)."""
-        plugins = self._plugins()
-        return {
-            "engine": "degraded" if plugins.failed else "operational",
-            "plugins_loaded": len(plugins.loaded),
-            "commands_available": self.available(caller),
-            "protocol_version": PROTOCOL_VERSION,
-            "capabilities": {"async": True, "batch": True, "streaming": False},
-            "pool": self.pool.stats().as_dict(),
-            "timestamp": isoformat(),
-        }
 
     # -- running: one path for every entry point ------------------------------------------------
 
@@ -370,13 +239,13 @@ class CommandService:
         command that needs approval is stored instead and answered awaiting approval."""
         if self.needs_approval(inv.command):
             return self._hold(inv, caller, mode)
-        with self.admission.slot(caller):
+        with self.admission.slot(caller.share):
             return self.finish(self.start(inv, caller, mode))
 
     def run_batch(self, items: list[Any], caller: Caller) -> list[Outcome]:
         """Start every item (they share the batch's start, so each deadline counts from it),
         then finish each: every item is answered by its own deadline, in order."""
-        with self.admission.slot(caller):
+        with self.admission.slot(caller.share):
             started = time.monotonic()
             runs: list[Running | Outcome] = []
             for raw in items:
@@ -500,7 +369,7 @@ class CommandService:
             outcome = _settle(run, lambda: _invoke(inv, run.ctx))
             self._record(run, outcome)
             if approved:
-                self.audit.add_event(inv.command_id, Step.EXECUTED, reason=outcome.status)
+                self._approvals().executed(inv.command_id, outcome.status)
 
         try:
             self.pool.submit(tracing.run_in(tracing.context_of(span), background))
@@ -509,7 +378,7 @@ class CommandService:
             tracing.end_command(span, ExecutionStatus.FAILED, 0, "server busy: not queued")
             raise _busy() from None
 
-    # -- approvals: held, decided, then run as stored ----------------------------------------
+    # -- approvals: held, then run as stored once decided (the steps: waygate.approvals) ----
 
     def _hold(self, inv: Invocation, caller: Caller, mode: Mode) -> Outcome:
         """Store the request as awaiting approval; it runs only once someone approves it."""
@@ -517,9 +386,7 @@ class CommandService:
         request = self.approvals.stored_request(inv.requested_params, inv.client_context)
         self._accept(inv, caller, mode, request)
         self.approvals.requested(inv.command_id, caller.key_id, caller.key_name, caller.principal)
-        outcome = self.lookup(inv.command_id)
-        assert outcome is not None  # noqa: S101 - inserted just now
-        return outcome
+        return self._state(inv.command_id)
 
     def _hold_item(self, inv: Invocation, caller: Caller, started: float) -> Outcome:
         """A batch item that needs approval: held, or its own failed response when refused
@@ -541,26 +408,16 @@ class CommandService:
         except WaygateError as err:  # the command is gone, or its stored request is not valid
             log.warning("approved execution %s not run: %s", command_id, err.message)
             self.audit.fail_open_executions_by_id(command_id, f"not run: {_describe(err)}")
-            self.audit.add_event(command_id, Step.EXECUTED, reason=ExecutionStatus.FAILED)
+            approvals.executed(command_id, ExecutionStatus.FAILED)
         else:
             self._queue(inv, caller, execution.created_at, approved=True)
-        outcome = self.lookup(command_id)
-        assert outcome is not None  # noqa: S101 - decided just now
-        return outcome
+        return self._state(command_id)
 
     def deny(
         self, command_id: str, approver: Principal | ApiKey, reason: str | None = None
     ) -> Outcome:
         self._approvals().decide(command_id, approver, approve=False, reason=reason)
-        outcome = self.lookup(command_id)
-        assert outcome is not None  # noqa: S101 - decided just now
-        return outcome
-
-    def awaiting(self, limit: int = 100) -> list[Execution]:
-        """Executions awaiting approval, newest first (expired ones ended first)."""
-        self._approvals().expire()
-        rows, _ = self.audit.query(status=ExecutionStatus.AWAITING_APPROVAL, limit=limit)
-        return rows
+        return self._state(command_id)
 
     def _approvals(self) -> Approvals:
         if self.approvals is None:
@@ -570,41 +427,24 @@ class CommandService:
     def _stored(self, execution: Execution) -> tuple[Invocation, Caller]:
         """The stored request as an Invocation, validated again against today's command; a
         stored request whose params no longer match its hash is refused, never run."""
-        if params_hash(execution.params) != execution.params_hash:
-            raise InvalidRequest("the stored request does not match its hash: not run")
+        params = self._approvals().stored_params(execution)
         caller = Caller(
             key_name=execution.key_name, key_id=execution.key_id, principal=execution.principal
         )
         inv = self.resolve(
             execution.action,
-            execution.params,
+            params,
             caller,
             timeout=execution.timeout_s,
             client_context=execution.client_context,
         )
         return replace(inv, command_id=execution.command_id), caller
 
-    def lookup(self, command_id: str, caller: Caller | None = None) -> Outcome | None:
-        """An execution's current state; with ``caller``, only that caller's executions."""
+    def _state(self, command_id: str) -> Outcome:
+        """The state of an execution this service has just stored or decided on."""
         execution = self.audit.get(command_id)
-        if execution is None or (caller is not None and not caller.owns(execution)):
-            return None
-        if (execution.status in ExecutionStatus.open() and self.audit.sweep()) or (
-            execution.status == ExecutionStatus.AWAITING_APPROVAL
-            and self.approvals is not None
-            and command_id in self.approvals.expire()
-        ):
-            execution = self.audit.get(command_id)
-        return Outcome(
-            status=ExecutionStatus(execution.status),
-            command_id=execution.command_id,
-            duration_ms=execution.duration_ms or 0,
-            result=execution.result,
-            error=execution.error,
-            timestamp=execution.finished_at or execution.created_at,
-            progress=execution.progress if execution.status in ExecutionStatus.open() else None,
-            approval=approval_info(execution),
-        )
+        assert execution is not None  # noqa: S101 - stored or decided just now
+        return execution.outcome()
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -778,13 +618,6 @@ def _busy() -> ServiceUnavailable:
     return ServiceUnavailable(
         "server busy: every command thread is in use and the queue is full", retry_after=1
     )
-
-
-def _invalid(message: str, missing_message: str, where: str, err: ValidationError) -> WaygateError:
-    missing, messages = field_errors(err)
-    if missing:
-        return MissingParameter(f"{missing_message}: {', '.join(missing)}", {where: messages})
-    return InvalidRequest(message, {where: messages})
 
 
 def _describe(err: WaygateError) -> str:

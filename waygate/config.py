@@ -284,7 +284,7 @@ class Config:
         if self.db_busy_timeout_ms < 100:
             raise ConfigError("WAYGATE_DB_BUSY_TIMEOUT_MS: must be at least 100")
         if self.database_url:
-            _check_database_url(self.database_url)
+            check_database_url(self.database_url)
         for name, low, high in (
             ("db_pool_size", 1, 1000),
             ("db_connect_timeout_s", 1, 300),
@@ -438,37 +438,34 @@ _ENCODE_HINT = (
 )
 
 
-def _check_database_url(url: str) -> None:
-    """A PostgreSQL URL that PostgreSQL's client reads as Python does; the message never
-    repeats any of it (it may carry a password).
+def check_database_url(url: str, name: str = "WAYGATE_DATABASE_URL") -> None:
+    """A PostgreSQL URL that PostgreSQL's client reads as Python does, or ConfigError naming
+    ``name`` (the setting, or a CLI option that takes one); the message never repeats any of
+    it (it may carry a password).
 
     Checked before anything hands the URL to libpq: libpq's own errors quote the part they
     could not read, and a password with a bare ``%`` or ``@`` in it is such a part (an invalid
     percent-escape, or a "host" that starts with the rest of the password)."""
     if re.search(r"%(?![0-9A-Fa-f]{2})", url):
-        raise ConfigError(
-            f"WAYGATE_DATABASE_URL: a '%' that does not start a percent-escape; {_ENCODE_HINT}"
-        )
+        raise ConfigError(f"{name}: a '%' that does not start a percent-escape; {_ENCODE_HINT}")
     if url.count("@") > 1 or re.search(r"[/?#].*@", url.partition("://")[2]):
-        raise ConfigError(
-            f"WAYGATE_DATABASE_URL: an '@' besides the one before the host; {_ENCODE_HINT}"
-        )
+        raise ConfigError(f"{name}: an '@' besides the one before the host; {_ENCODE_HINT}")
     if any(ord(c) < 33 or ord(c) == 127 for c in url):
-        raise ConfigError("WAYGATE_DATABASE_URL: spaces and control characters must be encoded")
+        raise ConfigError(f"{name}: spaces and control characters must be encoded")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a port that is not a number
     except ValueError:
-        raise ConfigError(f"WAYGATE_DATABASE_URL: not a valid URL; {_ENCODE_HINT}") from None
+        raise ConfigError(f"{name}: not a valid URL; {_ENCODE_HINT}") from None
     if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
-        raise ConfigError("WAYGATE_DATABASE_URL: use postgresql://user:password@host:port/database")
+        raise ConfigError(f"{name}: use postgresql://user:password@host:port/database")
     # the same URL as libpq reads it: its user, host and port must be the ones Python read
     from psycopg.conninfo import conninfo_to_dict
 
     try:
         read = conninfo_to_dict(url)
     except Exception:  # noqa: BLE001 - its message would quote the URL
-        raise ConfigError(f"WAYGATE_DATABASE_URL: not a valid URL; {_ENCODE_HINT}") from None
+        raise ConfigError(f"{name}: not a valid URL; {_ENCODE_HINT}") from None
     ours = (
         unquote(parts.username or ""),
         (parts.hostname or "").lower(),
@@ -477,7 +474,7 @@ def _check_database_url(url: str) -> None:
     theirs = (read.get("user", ""), read.get("host", "").lower(), read.get("port", ""))
     if ours != theirs:
         raise ConfigError(
-            f"WAYGATE_DATABASE_URL: PostgreSQL's client reads another user, host or port out"
+            f"{name}: PostgreSQL's client reads another user, host or port out"
             f" of it; {_ENCODE_HINT}"
         )
 

@@ -17,6 +17,18 @@ from waygate.accesslog import RedactingLogger
 from waygate.config import Config, ConfigError
 from waygate.logs import ACCESS_TEXT_FORMAT, JsonFormatter
 
+
+def _read_config():
+    """The validated config, or None when it is invalid: on_starting then refuses to start and
+    says why in one line, so importing these settings never fails on a bad value."""
+    try:
+        return Config.from_env()
+    except ConfigError:
+        return None
+
+
+_config = _read_config()
+
 bind = "127.0.0.1:8000"
 # Workers from the core count, as gunicorn recommends for request handling that mixes CPU
 # work and waiting: (2 x cores) + 1.
@@ -28,8 +40,9 @@ workers = 2 * (os.cpu_count() or 1) + 1
 # SQLite calls the command engine relies on.
 worker_class = "gthread"
 # 16 request threads: at most all but two wait on commands (WAYGATE_COMMAND_REQUESTS), the
-# rest stay free for health checks, metrics and quick refusals. WAYGATE_REQUEST_THREADS sets it.
-threads = int(os.environ.get("WAYGATE_REQUEST_THREADS") or 16)
+# rest stay free for health checks, metrics and quick refusals. WAYGATE_REQUEST_THREADS sets it,
+# validated by Config like every other setting.
+threads = (_config or Config()).request_threads
 # Workers are not preloaded: each imports the app after fork, so no connection, executor or
 # lock is shared across a fork, and SIGHUP really reloads code.
 preload_app = False
@@ -52,26 +65,20 @@ accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 
 
-def _log_formatter():
-    """WAYGATE_LOG_FORMAT=json: every gunicorn line as one JSON object, request fields as keys."""
-    try:
-        as_json = Config.from_env().log_format == "json"
-    except ConfigError:
-        return None  # on_starting refuses to start and says why
-    return JsonFormatter if as_json else None
-
-
 # gunicorn's own lines and its access lines, which get a timestamp like Waygate's; anything
 # in a logged query string that looks like a key is redacted (waygate.accesslog).
+# WAYGATE_LOG_FORMAT=json: every gunicorn line as one JSON object, request fields as keys.
 logger_class = compat.gunicorn_logger_class(
-    ACCESS_TEXT_FORMAT, _log_formatter(), base=RedactingLogger
+    ACCESS_TEXT_FORMAT,
+    JsonFormatter if _config and _config.log_format == "json" else None,
+    base=RedactingLogger,
 )
 
 
 def on_starting(server):
     """Runs once in the master before any worker: validate config, migrate, mark the start."""
-    from waygate.audit import AuditLog
     from waygate.config import Config, ConfigError
+    from waygate.leases import Leases
     from waygate.lifecycle import mark_service_start
     from waygate.metrics import prepare_multiprocess_dir
     from waygate.storage import DatabaseError, make_private_dir, open_storage
@@ -99,7 +106,7 @@ def on_starting(server):
     try:
         # Nothing survives a restart: executions this host's previous service left open end
         # as failed (other hosts sharing the database keep theirs).
-        AuditLog(storage, host=config.instance).fail_open_executions(
+        Leases(storage, host=config.instance).fail_open_executions(
             "the service restarted while this command ran"
         )
     except DatabaseError as exc:  # e.g. a read-only data dir: start, and let /health say so
@@ -148,13 +155,9 @@ def post_fork(server, worker):
 
 
 def _least_used_cpu(server):
-    from waygate.config import Config, ConfigError
-
-    try:
-        if not Config.from_env().pin_workers or not hasattr(os, "sched_setaffinity"):
-            return None
-    except ConfigError:
-        return None  # on_starting has already refused to start
+    # No config: on_starting has already refused to start.
+    if _config is None or not _config.pin_workers or not hasattr(os, "sched_setaffinity"):
+        return None
     allowed = sorted(os.sched_getaffinity(0))
     if len(allowed) < 2 or server.num_workers > len(allowed):
         return None
@@ -168,22 +171,22 @@ def _least_used_cpu(server):
 
 def child_exit(server, worker):
     """A worker is gone (any cause, SIGKILL included): its unfinished async commands fail."""
-    from waygate.audit import AuditLog
     from waygate.config import Config
+    from waygate.leases import Leases
     from waygate.metrics import mark_worker_dead
     from waygate.storage import DatabaseError, open_storage
 
     mark_worker_dead(worker.pid)
     config = Config.from_env()
     storage = open_storage(config)
-    audit = AuditLog(storage, host=config.instance)
+    leases = Leases(storage, host=config.instance)
     try:
-        closed = audit.fail_open_executions(
+        closed = leases.fail_open_executions(
             f"the worker (pid {worker.pid}) running this command exited", worker_pid=worker.pid
         )
         if closed:
             server.log.warning("worker %s exited with %s command(s) unfinished", worker.pid, closed)
-        audit.release(worker.pid)
+        leases.release(worker.pid)
     except DatabaseError as exc:  # the database is away: the sweep closes them later
         server.log.warning("could not close worker %s's executions: %s", worker.pid, exc)
     finally:

@@ -9,10 +9,11 @@ import logging
 import threading
 import time
 
-from .approvals import Approvals
-from .audit import AuditLog
+from .approvals.workflow import Approvals
 from .errorlog import ErrorLog
 from .forksafe import reset_after_fork
+from .leases import Leases
+from .retention import Retention
 from .storage import UnavailableError
 
 log = logging.getLogger(__name__)
@@ -22,18 +23,20 @@ PRUNE_EVERY_S = 600.0
 class Housekeeper:
     def __init__(
         self,
-        audit: AuditLog,
+        leases: Leases,
+        retention: Retention,
         errors: ErrorLog,
         interval_s: float,
         approvals: Approvals | None = None,
     ):
-        self.audit = audit
+        self.leases = leases
+        self.retention = retention
         self.approvals = approvals
         self.errors = errors
         self.interval_s = interval_s
         # leases matter where hosts share the database; one host's own workers are checked
-        # by pid (see AuditLog.sweep)
-        self.leases = audit.storage.shared_by_hosts
+        # by pid (see Leases.sweep)
+        self.renews_lease = leases.storage.shared_by_hosts
         self._stop = threading.Event()
         self._forked()
         reset_after_fork(self, Housekeeper._forked)
@@ -45,9 +48,9 @@ class Housekeeper:
         """Start this process's thread (once per process). On a database several hosts share
         it runs even with housekeeping off (interval 0): the lease must be renewed, or other
         hosts end this worker's executions. The first renewal is made before this returns."""
-        if self._started or not (self.interval_s or self.leases):
+        if self._started or not (self.interval_s or self.renews_lease):
             return
-        if self.leases:
+        if self.renews_lease:
             self._renew()
         self._started = True
         threading.Thread(target=self._run, name="waygate-housekeeping", daemon=True).start()
@@ -56,37 +59,37 @@ class Housekeeper:
         self._stop.set()
 
     def run_once(self, prune: bool) -> None:
-        self.audit.sweep()
+        self.leases.sweep()
         if self.approvals is not None:
             self.approvals.expire()  # requests nobody decided on in time end expired
             self.approvals.refresh_gauge()
         if prune:
-            executions = self.audit.prune()
-            errors = self.errors.prune(self.audit.retention)
+            executions = self.retention.prune()
+            errors = self.errors.prune(self.retention.retention)
             if executions or errors:
                 log.info("pruned %d audit and %d error rows past the retention", executions, errors)
-        over = self.audit.prune_to_budget()  # cheap when under budget: three PRAGMAs
+        over = self.retention.prune_to_budget()  # cheap when under budget: three PRAGMAs
         if over:
             log.warning(
                 "pruned the %d oldest audit rows: the database was over its budget of %d bytes",
                 over,
-                self.audit.max_bytes,
+                self.retention.max_bytes,
             )
 
     def _renew(self) -> None:
         try:
-            self.audit.heartbeat()
+            self.leases.heartbeat()
         except Exception as exc:  # the database is away: retried at the next tick
             log.warning("could not renew this worker's execution lease: %s", exc)
 
     def _run(self) -> None:
-        beat_every = self.audit.lease_s / 3
+        beat_every = self.leases.lease_s / 3
         tick = min(beat_every, self.interval_s) if self.interval_s else beat_every
         last_prune, last_beat = 0.0, time.monotonic()
         last_run = time.monotonic()  # the first upkeep one interval after start, as before
         while True:
             now = time.monotonic()
-            if self.leases and now - last_beat >= beat_every:
+            if self.renews_lease and now - last_beat >= beat_every:
                 last_beat = now
                 self._renew()
             if self.interval_s and now - last_run >= self.interval_s:

@@ -20,7 +20,7 @@ an unknown key id fetches the keys again at most every ``oauth_jwks_refresh_s``.
 server is down or slow, keys already fetched keep working and anything else is refused as an
 invalid token (401), never a 500 or a hang.
 
-Framework-free: ``waygate.web.oauth`` serves the protected-resource metadata and the
+Framework-free: ``waygate.web.oauth_api`` serves the protected-resource metadata and the
 challenges.
 """
 

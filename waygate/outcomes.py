@@ -1,7 +1,7 @@
 """The vocabulary of executions: their statuses, how they were asked for, and how one ended.
 
 Owned by the domain and used alike by the command service, the audit log's SQL, the schemas
-and the HTTP mapping in ``waygate.web.outcomes``.
+and the HTTP mapping in ``waygate.web.responses``.
 """
 
 from __future__ import annotations

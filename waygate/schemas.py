@@ -11,6 +11,7 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import EXCLUDE, INCLUDE, RAISE, Schema, ValidationError, fields, validate
 
 from . import __version__
+from .errors import InvalidRequest, MissingParameter
 from .outcomes import ApprovalStep, ExecutionStatus, Mode
 
 
@@ -53,15 +54,40 @@ class MCPCommandSchema(Schema):
     )
 
 
-def field_errors(error: ValidationError) -> tuple[list[str], dict[str, Any]]:
-    """(missing required fields, all field messages) from a marshmallow error."""
-    messages = error.normalized_messages()
-    missing = [
-        name
-        for name, msgs in messages.items()
-        if isinstance(msgs, list) and "Missing data for required field." in msgs
-    ]
-    return missing, messages
+def load(
+    schema: Schema,
+    data: Any,
+    *,
+    invalid: str,
+    missing: str = "missing required field(s)",
+    where: str = "fields",
+    partial: bool = False,
+) -> dict[str, Any]:
+    """``data`` validated by ``schema``, or the client's error for it: the one place where a
+    request shape's problems become domain errors (REST bodies, MCPCommand, command params).
+
+    Required fields left out raise MissingParameter (``missing``, then their names); anything
+    else wrong raises InvalidRequest (``invalid``). Every field's messages go in
+    ``details[where]``."""
+    try:
+        return schema.load(data, partial=partial)
+    except ValidationError as err:
+        messages = err.normalized_messages()
+        absent = [
+            name
+            for name, msgs in messages.items()
+            if isinstance(msgs, list) and "Missing data for required field." in msgs
+        ]
+        if absent:
+            raise MissingParameter(f"{missing}: {', '.join(absent)}", {where: messages}) from None
+        raise InvalidRequest(invalid, {where: messages}) from None
+
+
+def expect_object(raw: Any, what: str) -> dict[str, Any]:
+    """``raw`` if it is a JSON object; else InvalidRequest saying what was received."""
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"{what} must be a JSON object", {"received": type(raw).__name__})
+    return raw
 
 
 _converter = None

@@ -9,23 +9,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from .approvals import ApprovalPolicy, Approvals, Notifier
+from .admission import Admission
+from .approvals.policy import ApprovalPolicy
+from .approvals.records import ApprovalRecords
+from .approvals.webhook import Notifier
+from .approvals.workflow import Approvals
 from .audit import AuditLog
-from .commands import Admission, CommandService
+from .commands import CommandService
 from .config import Config
 from .diagnostics import ServerInfo
 from .errorlog import ErrorLog
 from .housekeeping import Housekeeper
-from .keys import KeyStore
+from .keystore import KeyStore
 from .latency import LatencyWindow
+from .leases import Leases
 from .lifecycle import Readiness
-from .mcp import McpServer
+from .mcp.server import McpServer
 from .metrics import metrics
 from .oauth import ResourceServer
 from .plugins import PluginRegistry, discover
 from .pool import CommandPool
+from .retention import Retention
 from .sessions import SessionPolicy, Sessions
 from .signin import SignIn
+from .status import Status
 from .storage import Storage, make_private_dir, open_storage
 from .tracing import setup as setup_tracing
 from .upstreams import UpstreamManager
@@ -38,7 +45,10 @@ class Services:
     keys: KeyStore
     plugins: PluginRegistry
     audit: AuditLog
+    leases: Leases
+    approvals: Approvals
     commands: CommandService
+    status: Status
     mcp: McpServer
     housekeeper: Housekeeper
     errors: ErrorLog
@@ -72,22 +82,22 @@ class Services:
             upstreams.on_change = plugins.refresh
         audit = AuditLog(
             storage,
-            retention=timedelta(days=config.audit_retention_days),
-            max_bytes=config.audit_max_bytes,
             result_max_bytes=config.result_max_bytes,
             max_open_per_key=config.async_max_open_per_key,
             host=config.instance,
-            lease_s=config.lease_s,
         )
+        leases = Leases(storage, host=config.instance, lease_s=config.lease_s)
+        keys = KeyStore(storage)
         approvals = Approvals(
-            audit,
+            ApprovalRecords(audit),
             ApprovalPolicy(
                 required=config.approval_required,
                 exempt=config.approval_exempt,
                 destructive_default=config.approval_destructive_default,
                 ttl_s=config.approval_ttl_s,
             ),
-            Notifier(
+            creators=keys.created_by_chain,
+            notifier=Notifier(
                 config.approval_webhook_url,
                 attempts=config.approval_webhook_attempts,
                 on_failure=metrics().count_webhook_failure,
@@ -95,6 +105,7 @@ class Services:
             ),
             on_change=metrics().observe_approvals,
         )
+        keys.on_requests_ended = approvals.requests_ended  # a revocation denies held requests
         pool = CommandPool(config.pool_size, config.pool_queue, on_change=metrics().observe_pool)
         commands = CommandService(
             lambda: plugins.current,
@@ -107,10 +118,10 @@ class Services:
                 per_key=config.admission_per_key,
             ),
             approvals=approvals,
+            leases=leases,
         )
         errors = ErrorLog(storage)
         oauth = ResourceServer(config) if config.oauth_issuer else None
-        keys = KeyStore(storage, on_requests_ended=approvals.requests_ended)
         sessions = Sessions(
             storage,
             keys,
@@ -125,7 +136,10 @@ class Services:
             keys=keys,
             plugins=plugins,
             audit=audit,
+            leases=leases,
+            approvals=approvals,
             commands=commands,
+            status=Status(commands),
             mcp=McpServer(
                 commands,
                 lambda: plugins.current,
@@ -133,7 +147,15 @@ class Services:
                 tool_timeout_max=config.mcp_tool_timeout_max,
             ),
             housekeeper=Housekeeper(
-                audit, errors, config.housekeeping_interval_s, approvals=approvals
+                leases,
+                Retention(
+                    storage,
+                    retention=timedelta(days=config.audit_retention_days),
+                    max_bytes=config.audit_max_bytes,
+                ),
+                errors,
+                config.housekeeping_interval_s,
+                approvals=approvals,
             ),
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),

@@ -13,7 +13,7 @@ ends one everywhere on its next request.
 - A person's session carries their permissions as of sign-in (the identity provider is not
   asked again until they sign in again).
 
-Framework-free: ``waygate.web.console_auth`` and ``waygate.web.signin`` own the cookies.
+Framework-free: ``waygate.web.console_auth`` and ``waygate.web.signin_api`` own the cookies.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from .clock import isoformat, parse_iso, utcnow
-from .keys import KeyStore, Scope
+from .keys import Scope
+from .keystore import KeyStore
 from .principals import Person, Principal
 from .storage import Storage
 

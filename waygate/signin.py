@@ -13,7 +13,7 @@ issuer of ``WAYGATE_OAUTH_ISSUER``, and the server-side sessions it opens.
 - Sessions are the one store of :mod:`waygate.sessions` (the web console's too):
   :meth:`SignIn.session` finds who is behind a session cookie, :meth:`SignIn.end` signs out.
 
-Framework-free: ``waygate.web.signin`` owns the endpoints and the cookies.
+Framework-free: ``waygate.web.signin_api`` owns the endpoints and the cookies.
 """
 
 from __future__ import annotations

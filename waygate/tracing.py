@@ -12,7 +12,7 @@ a request's path: a collector that is slow or down drops spans, not requests. Gu
 build their app after fork (no ``preload_app``), so each worker sets its provider up itself;
 the SDK's batch processor also restarts its thread in a forked child on its own.
 
-Framework-free: ``waygate.web.tracing`` puts the HTTP server span on Flask.
+Framework-free: ``waygate.web.request_spans`` puts the HTTP server span on Flask.
 """
 
 from __future__ import annotations

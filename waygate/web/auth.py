@@ -22,8 +22,8 @@ from ..keys import ApiKey
 from ..oauth import InvalidToken, looks_like_jwt
 from ..principals import Principal
 from . import services
-from .oauth import refused_token
-from .signin import session_principal
+from .oauth_api import refused_token
+from .signin_api import session_principal
 
 F = TypeVar("F", bound=Callable)
 

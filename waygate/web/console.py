@@ -31,7 +31,7 @@ from flask import (
 )
 from marshmallow import ValidationError
 
-from ..approvals import may_approve
+from ..approvals.policy import may_approve
 from ..clock import ClientTimeError, isoformat, parse_client_time, parse_iso, utcnow
 from ..errors import InvalidRequest, NotFound, WaygateError
 from ..keys import EVENTS, expiry, parse_duration
@@ -42,7 +42,7 @@ from ..services import Services
 from . import console_auth, services
 from .auth import caller_of
 from .console_auth import admin_page, approver_page, me, signed_in
-from .core import check_health  # the /health view's own checks
+from .core_api import check_health  # the /health view's own checks
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static" / "console"
@@ -245,8 +245,8 @@ def approval_items():
 def _inbox() -> dict[str, Any]:
     svc = services()
     approver = me()
-    awaiting = svc.commands.awaiting(limit=100)
-    decider = svc.commands.approvals
+    awaiting = svc.approvals.awaiting(limit=100)
+    decider = svc.approvals
     return {
         "awaiting": [
             {
@@ -256,7 +256,7 @@ def _inbox() -> dict[str, Any]:
             }
             for execution in awaiting
         ],
-        "decided": svc.audit.recently_decided(limit=10),
+        "decided": decider.recently_decided(limit=10),
     }
 
 
@@ -348,20 +348,20 @@ def execution(command_id: str):
     svc = services()
     caller = None if may_approve(principal) else caller_of(principal)
     # the REST twin's lookup (a user key sees only its own; open ones swept, due ones expired)
-    if svc.commands.lookup(command_id, caller) is None:
+    if svc.status.lookup(command_id, caller) is None:
         raise NotFound(f"no execution {command_id!r}")
     record = svc.audit.get(command_id)
     if record is None:
         raise NotFound(f"no execution {command_id!r}")
-    decider = svc.commands.approvals
+    decider = svc.approvals
     template = svc.config.trace_url_template
     return render_template(
         "console/execution.html",
         title=f"Execution {command_id}",
         execution=record,
         annotations=_annotations(record.action),
-        timeline=_timeline(record, svc.audit.events(command_id))
-        if may_approve(principal)
+        timeline=_timeline(record, decider.trail(command_id))
+        if decider and may_approve(principal)
         else None,
         refusal=decider.refusal(principal, record) if decider else "",
         trace_url=template.replace("{trace_id}", record.trace_id)
@@ -527,7 +527,7 @@ def key_events():
 
 @bp.get("/commands")
 def commands():
-    catalog = services().commands.catalog(caller_of(me()))
+    catalog = services().status.catalog(caller_of(me()))
     for entry in catalog:
         entry["annotations"] = _annotations(entry["name"])
     return render_template("console/commands.html", title="Commands", catalog=catalog)
@@ -547,7 +547,7 @@ def status():
         health=check_health(),
         pool=svc.commands.pool.stats().as_dict(),
         admission=svc.commands.admission.limit,
-        awaiting=svc.audit.count_awaiting(),
+        awaiting=svc.approvals.count_awaiting(),
         recent=recent,
         failed=failed,
         error_rate=(failed / recent) if recent else 0.0,

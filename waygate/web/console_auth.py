@@ -4,7 +4,7 @@
   over TLS, path /console under any prefix) carries only a random token; the sign-in behind it
   lives in the one session store (``waygate.sessions``), so timeouts, sign-out and a revoked
   key hold on every worker and host. API requests never open the cookie. A person who signed
-  in at the identity provider (``/auth/login``, ``web/signin.py``) is signed in to the console
+  in at the identity provider (``/auth/login``, ``web/signin_api.py``) is signed in to the console
   by that session's own cookie, from the same store.
 - Every POST to the console must come from the console's own origin (Origin, else Referer) and
   carry the form's CSRF token (Flask-WTF's, bound to the session): a page elsewhere cannot make
@@ -25,7 +25,7 @@ from flask.sessions import SecureCookieSessionInterface
 from flask_wtf.csrf import generate_csrf, validate_csrf
 from wtforms import ValidationError
 
-from ..approvals import may_approve
+from ..approvals.policy import may_approve
 from ..errors import Forbidden, Unauthorized
 from ..keys import ApiKey
 from ..principals import Principal
@@ -34,7 +34,7 @@ from ..sessions import Sessions
 from . import services
 from .auth import require_admin
 from .console_sessions import signing_secret
-from .signin import SESSION_COOKIE, cookie_name
+from .signin_api import SESSION_COOKIE, cookie_name
 
 F = TypeVar("F", bound=Callable)
 PREFIX = "/console"

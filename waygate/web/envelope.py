@@ -17,7 +17,8 @@ from .. import errorlog
 from ..clock import isoformat
 from ..errors import WaygateError, code_for_status
 from ..storage import DatabaseError, UnavailableError
-from . import mcp, oauth
+from . import oauth_api
+from .mcp_message import readable_request_id
 
 log = logging.getLogger("waygate.errors")
 
@@ -61,7 +62,7 @@ def error_response(
     for name, value in (headers or {}).items():
         response.headers[name] = value
     if status in (401, 403) and has_request_context():
-        value = oauth.challenge(status)
+        value = oauth_api.challenge(status)
         if value is not None:
             response.headers.setdefault("WWW-Authenticate", value)
     return response
@@ -75,7 +76,7 @@ def jsonrpc_error_body(
     error = error_body(code, message, details)["error"]
     return {
         "jsonrpc": "2.0",
-        "id": mcp.readable_request_id(),
+        "id": readable_request_id(),
         "error": {
             "code": rpc_code or (-32603 if status >= 500 else -32600),
             "message": message,
@@ -85,7 +86,7 @@ def jsonrpc_error_body(
 
 
 def _from_domain(exc: WaygateError) -> Response:
-    oauth.refused_token(exc)
+    oauth_api.refused_token(exc)
     if exc.status >= 500:
         log.error("%s: %s", exc.code, exc.message, extra={"error_code": exc.code})
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None

@@ -18,6 +18,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from .. import compat, logs
 from ..config import Config
 from ..errors import InvalidRequest
+from ..schemas import expect_object
 from . import jsonio
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -70,6 +71,12 @@ def read_json(max_depth: int = jsonio.MAX_DEPTH) -> Any:
         return jsonio.read_body(raw, max_depth)
     except jsonio.BodyRefused as refused:
         raise InvalidRequest(refused.message, refused.details) from None
+
+
+def read_object(what: str = "the body") -> dict[str, Any]:
+    """The body as a JSON object, to validate with ``schemas.load``; no body at all is an
+    empty object (every field left out)."""
+    return expect_object(read_json() if request.get_data(cache=True) else {}, what)
 
 
 def _before() -> None:

@@ -3,37 +3,20 @@ and the trail of key events. Secrets appear once, in the answer that creates the
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Blueprint, jsonify, request
-from marshmallow import Schema, ValidationError
 
-from ..errors import InvalidRequest, MissingParameter
+from ..errors import InvalidRequest
 from ..keys import EVENTS, expiry
 from ..principals import owner_for
-from ..schemas import KeyCreateSchema, KeyRotateSchema, KeyUpdateSchema, field_errors
+from ..schemas import KeyCreateSchema, KeyRotateSchema, KeyUpdateSchema, load
 from . import services
 from .auth import admin_required, current_principal
-from .http import read_json
+from .http import read_object
 from .pagination import add_headers, paginated, requested_page, requested_since
 
 bp = Blueprint("keys", __name__)
 _create, _update, _rotate = KeyCreateSchema(), KeyUpdateSchema(), KeyRotateSchema()
-
-
-def _body(schema: Schema, *, partial: bool = False) -> dict[str, Any]:
-    raw = read_json() if request.get_data(cache=True) else {}
-    if not isinstance(raw, dict):
-        raise InvalidRequest("the body must be a JSON object")
-    try:
-        return schema.load(raw, partial=partial)
-    except ValidationError as err:
-        missing, messages = field_errors(err)
-        if missing:
-            raise MissingParameter(
-                f"missing required field(s): {', '.join(missing)}", {"fields": messages}
-            ) from None
-        raise InvalidRequest("invalid key request", {"fields": messages}) from None
+_INVALID = "invalid key request"
 
 
 @bp.post("/keys")
@@ -58,7 +41,7 @@ def create_key():
         409:
           description: A live key of that name exists
     """
-    body = _body(_create)
+    body = load(_create, read_object(), invalid=_INVALID)
     principal = current_principal()
     owner, owner_name = owner_for(principal, body.get("owner"), body.get("owner_name"))
     record, secret = services().keys.create(
@@ -191,7 +174,7 @@ def update_key(name: str):
             An expiry on the last live admin key (CONFLICT): create another admin key first,
             or use the CLI's --force
     """
-    changes = _body(_update, partial=True)
+    changes = load(_update, read_object(), invalid=_INVALID, partial=True)
     record = services().keys.update(name, changes, actor=current_principal().actor)
     return jsonify(record.as_dict())
 
@@ -219,7 +202,7 @@ def rotate_key(name: str):
         404:
           description: No live key of that name
     """
-    body = _body(_rotate)
+    body = load(_rotate, read_object(), invalid=_INVALID)
     record, secret = services().keys.rotate(
         name, body["grace_seconds"], actor=current_principal().actor
     )

@@ -15,10 +15,10 @@ from typing import Any
 
 from marshmallow import Schema
 
-from .commands import Caller, CommandService, Invocation
-from .outcomes import ExecutionStatus, Mode
-from .plugins import PluginSet
-from .sdk import Command, Content, Message, Prompt, Resource, Text, resource_contents
+from ..commands import Caller, CommandService, Invocation
+from ..outcomes import ExecutionStatus, Mode
+from ..plugins import PluginSet
+from ..sdk import Command, Content, Message, Prompt, Resource, Text, resource_contents
 
 INVALID_PARAMS, INTERNAL_ERROR, RESOURCE_NOT_FOUND = -32602, -32603, -32002
 _READ_ONLY = {"readOnlyHint": True}

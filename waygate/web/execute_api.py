@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request, url_for
 
-from ..approvals import may_approve
+from ..approvals.policy import may_approve
 from ..errors import InvalidRequest, NotFound
 from ..outcomes import ExecutionStatus
 from . import services
 from .auth import admin_required, current_caller, current_principal, key_required
 from .http import read_json
 from .limiter import limit_group
-from .outcomes import respond
 from .pagination import add_headers, paginated, requested_page, requested_since
+from .responses import respond
 
 bp = Blueprint("execute", __name__)
 
@@ -146,7 +146,7 @@ def execution(command_id: str):
     # A user key sees its own executions; an admin, or an approver (who decides on anyone's
     # request), sees every one.
     caller = None if may_approve(current_principal()) else current_caller()
-    outcome = services().commands.lookup(command_id, caller)
+    outcome = services().status.lookup(command_id, caller)
     if outcome is None:
         raise NotFound(f"no execution {command_id!r}", {"command_id": command_id[:100]})
     return jsonify(outcome.as_response())
@@ -220,7 +220,7 @@ def status():
             application/json:
               schema: {$ref: "#/components/schemas/Status"}
     """
-    return jsonify(services().commands.engine_status(current_caller()))
+    return jsonify(services().status.engine_status(current_caller()))
 
 
 @bp.get("/mcp/commands")
@@ -239,7 +239,7 @@ def commands():
             application/json:
               schema: {$ref: "#/components/schemas/CommandList"}
     """
-    listed = services().commands.catalog(current_caller())
+    listed = services().status.catalog(current_caller())
     page = requested_page(default_limit=100)
     response = jsonify({"commands": list(page.slice(listed)), "total": len(listed)})
     return add_headers(response, page, len(listed))

@@ -15,7 +15,7 @@ from prometheus_flask_exporter import PrometheusMetrics
 from .. import compat
 from ..metrics import metrics
 from . import services
-from .core import check_health
+from .core_api import check_health
 from .limiter import limit_group
 
 UNMATCHED = "<unmatched>"

@@ -14,9 +14,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
-from .commands import Caller
-from .jsonbody import BodyRefused, read_body
-from .mcp import JsonRpcError, McpServer, refused_body_error
+from ..commands import Caller
+from ..jsonbody import BodyRefused, read_body
+from .server import JsonRpcError, McpServer, refused_body_error
 
 log = logging.getLogger(__name__)
 

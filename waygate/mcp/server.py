@@ -1,9 +1,9 @@
 """The Model Context Protocol: plugin commands as MCP tools (and plugin prompts and resources,
-see ``waygate.mcp_catalog``), over JSON-RPC 2.0.
+see ``waygate.mcp.catalog``), over JSON-RPC 2.0.
 
-Transport-free: ``waygate.web.mcp`` carries it over HTTP (Streamable HTTP, stateless, JSON
+Transport-free: ``waygate.web.mcp_api`` carries it over HTTP (Streamable HTTP, stateless, JSON
 responses, or a stream of messages for a tool call that asks for progress: ``ToolStream``) and
-``waygate.mcp_stdio`` over stdio. The wire contract is the MCP specification's, in both of
+``waygate.mcp.stdio`` over stdio. The wire contract is the MCP specification's, in both of
 its eras: the handshake era (``initialize`` then requests carrying ``MCP-Protocol-Version``)
 and the 2026-07-28 revision (no handshake; every request repeats its envelope in
 ``params._meta`` and routing headers). Being stateless, the server remembers no
@@ -24,16 +24,17 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import __version__, tracing
-from .approvals import APPROVAL_NOTE, META_APPROVAL
-from .commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
-from .errors import RateLimited, ServiceUnavailable, WaygateError
-from .jsonbody import BodyRefused
-from .mcp_catalog import Catalog, CatalogError
-from .outcomes import ExecutionStatus, Mode, Outcome
-from .plugins import PluginSet
-from .schemas import json_schema
-from .sdk import Content, RichResult
+from .. import __version__, tracing
+from ..approvals.policy import APPROVAL_NOTE, META_APPROVAL
+from ..commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
+from ..errors import RateLimited, ServiceUnavailable, WaygateError
+from ..jsonbody import BodyRefused
+from ..outcomes import ExecutionStatus, Mode, Outcome
+from ..plugins import PluginSet
+from ..schemas import json_schema
+from ..sdk import Content, RichResult
+from ..status import Status
+from .catalog import Catalog, CatalogError
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
@@ -135,6 +136,7 @@ class McpServer:
         tool_timeout_max: int = 300,
     ):
         self.commands = commands
+        self.status = Status(commands)
         self._plugins = plugins
         self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
         self.tool_timeout_max = tool_timeout_max
@@ -400,7 +402,7 @@ class McpServer:
         command_id = arguments.get("command_id")
         if not isinstance(command_id, str) or not command_id:
             return _error_result("command_id must be a non-empty string")
-        outcome = self.commands.lookup(command_id[:100], caller)  # only the caller's own
+        outcome = self.status.lookup(command_id[:100], caller)  # only the caller's own
         if outcome is None:
             return _error_result(f"no execution {command_id[:100]!r} of yours")
         state = outcome.as_response()
@@ -470,7 +472,7 @@ class ToolStream:
     ):
         self._commands, self._token, self._response = commands, token, response
         self._reports: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self._slot = commands.admission.slot(caller)
+        self._slot = commands.admission.slot(caller.key_id)
         self._outcome: Outcome | None = None
         self._slot.__enter__()
         try:

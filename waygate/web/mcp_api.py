@@ -8,21 +8,19 @@ rate-limit budget with /mcp/execute, other methods have /mcp's own default budge
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable, Iterator
 from functools import wraps
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, g, request
-from werkzeug.exceptions import HTTPException
 
 from ..errors import Unauthorized, code_for_status
-from ..mcp import INVALID_REQUEST, Reply, Routing, refused_body_error
+from ..mcp.server import INVALID_REQUEST, Reply, Routing, refused_body_error
 from . import envelope, jsonio, services
 from .auth import current_caller, current_principal, presented_credentials
 from .limiter import limit_group_by
+from .mcp_message import incoming_message
 
 bp = Blueprint("mcp", __name__)
 
@@ -53,48 +51,10 @@ def _refused(exc: TransportError) -> Response:
     )
 
 
-def incoming_message() -> tuple[Any, jsonio.BodyRefused | None]:
-    """The body as JSON (or why it is not), read and parsed once per request, by the same
-    rules as REST's (UTF-8, no lone surrogate, nesting capped)."""
-    if "mcp_message" not in g:
-        try:
-            g.mcp_message = (jsonio.read_body(request.get_data(cache=True)), None)
-        except jsonio.BodyRefused as refused:
-            g.mcp_message = (None, refused)
-    return g.mcp_message
-
-
 def _refusal(problem: jsonio.BodyRefused) -> TransportError:
     """Refused bodies are 400s, worded as on every MCP transport."""
     error = refused_body_error(problem)
     return TransportError(400, error.code, error.message, details=problem.details)
-
-
-# A top-level "id" before any nested object or array: found without reading a whole body.
-_LEADING_ID = re.compile(rb'^\s*\{[^{}\[\]]*?"id"\s*:\s*(-?\d{1,18}|"(?:[^"\\]|\\.){0,128}")')
-ID_PEEK_BYTES = 65536
-
-
-def readable_request_id() -> str | int | None:
-    """The JSON-RPC id of this request if it can be read cheaply, for errors answered before
-    the view parsed the body (403 for a key, 413, 429): a small body is parsed, a large one
-    only searched near its start."""
-    small = min(ID_PEEK_BYTES, request.max_content_length or ID_PEEK_BYTES)
-    if "mcp_message" in g or (request.content_length or 0) <= small:
-        try:
-            message, problem = incoming_message()
-        except HTTPException:  # e.g. a chunked body that turned out too large
-            message, problem = None, None
-        found = message.get("id") if isinstance(message, dict) else None
-        refused_json = problem is not None and problem.kind in ("depth", "unicode", "number")
-        if refused_json:  # JSON, yet refused
-            match = _LEADING_ID.match(request.get_data(cache=True)[:4096])
-            found = json.loads(match.group(1)) if match else None
-            found = None if jsonio.lone_surrogate_at(found) is not None else found
-    else:
-        match = _LEADING_ID.match(request.environ["wsgi.input"].read(4096))
-        found = json.loads(match.group(1)) if match else None
-    return found if isinstance(found, (str, int)) and not isinstance(found, bool) else None
 
 
 def _tool_calls_share_the_execute_budget() -> str | None:

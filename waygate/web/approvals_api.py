@@ -6,15 +6,13 @@ Who may decide, and that a key never decides on its own request, is the service'
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, url_for
-from marshmallow import ValidationError
+from flask import Blueprint, jsonify, url_for
 
-from ..errors import InvalidRequest, NotFound
-from ..schemas import DecisionSchema
+from ..schemas import DecisionSchema, load
 from . import services
 from .auth import admin_required, current_principal, key_required
-from .http import read_json
-from .outcomes import respond
+from .http import read_object
+from .responses import respond
 
 bp = Blueprint("approvals", __name__)
 _decision = DecisionSchema()
@@ -94,15 +92,8 @@ def deny(command_id: str):
 
 def _reason() -> str | None:
     """The optional ``{"reason": ...}`` body; no body at all is no reason."""
-    if not request.get_data(cache=True):
-        return None
-    body = read_json()
-    if not isinstance(body, dict):
-        raise InvalidRequest('the body must be a JSON object like {"reason": "..."}')
-    try:
-        return _decision.load(body)["reason"]
-    except ValidationError as err:
-        raise InvalidRequest("invalid decision", {"fields": err.messages}) from None
+    body = read_object('the body (like {"reason": "..."})')
+    return load(_decision, body, invalid="invalid decision")["reason"]
 
 
 @bp.get("/mcp/executions/<command_id>/events")
@@ -125,7 +116,5 @@ def events(command_id: str):
         404:
           description: No such execution (NOT_FOUND)
     """
-    audit = services().audit
-    if audit.get(command_id) is None:
-        raise NotFound(f"no execution {command_id!r}", {"command_id": command_id[:100]})
-    return jsonify({"events": [event.as_dict() for event in audit.events(command_id)]})
+    trail = services().approvals.trail(command_id)
+    return jsonify({"events": [event.as_dict() for event in trail]})

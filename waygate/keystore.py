@@ -1,0 +1,416 @@
+"""API keys, the store: creating, finding, changing, rotating and revoking keys, verifying a
+presented key, and the trail of key events, on either storage backend.
+
+Only a key's SHA-256 digest is stored: with that much entropy a slow password hash adds
+nothing. Lookups go by digest and the stored digest is compared in constant time. There is no
+per-process cache, so a revoked, changed or expired key is seen by every worker on its next
+request. Every change is a key event, written in the transaction that makes it. What a valid
+key and key request are is ``waygate.keys``'.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from .approvals.records import deny_requests_of_key
+from .clock import isoformat, parse_iso, utcnow
+from .errors import Conflict, InvalidRequest, NotFound, Unauthorized
+from .keys import (
+    CLI_ACTOR,
+    MAX_CHAIN,
+    Actor,
+    ApiKey,
+    check_grace,
+    check_name,
+    check_owner,
+    check_patterns,
+    check_rate_limit,
+    check_read_only,
+    check_role,
+    digest,
+    expiry,
+    generate_key,
+)
+from .storage import IntegrityError, Storage, where_clause
+
+# last_used_at (and an expired key's attempts) are written at most this often per key, so
+# that authentication stays a read.
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+_COLUMNS = (
+    "id, name, role, created_at, last_used_at, revoked_at, allow, read_only, expires_at,"
+    " rate_limit, updated_at, created_by_key_id, created_by,"
+    " owner, owner_name"
+)
+_NO_LIMIT = 2**62  # LIMIT for "all": both SQLite and PostgreSQL take it
+# Every statement that gives a key back returns the same columns, read by _record(). Only
+# these fixed column lists and clauses are spliced in; every value is a bound parameter.
+_LIVE = "WHERE name = ? AND revoked_at IS NULL"
+_GET_SQL = f"SELECT {_COLUMNS} FROM api_keys {_LIVE}"  # noqa: S608 # nosec B608
+_INSERT_SQL = (
+    "INSERT INTO api_keys (name, role, key_hash, created_at, allow, read_only, expires_at,"  # noqa: S608 # nosec B608
+    " rate_limit, created_by_key_id, created_by, owner, owner_name)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+    f" RETURNING {_COLUMNS}"
+)
+_ROTATE_SQL = (
+    "UPDATE api_keys SET previous_hash ="  # noqa: S608 # nosec B608
+    " CASE WHEN CAST(? AS TEXT) IS NULL THEN NULL ELSE key_hash END,"
+    f" previous_valid_until = ?, key_hash = ?, updated_at = ? {_LIVE} RETURNING {_COLUMNS}"
+)
+_REVOKE_SQL = (
+    "UPDATE api_keys SET revoked_at = ?, previous_hash = NULL"  # noqa: S608 # nosec B608
+    f" {_LIVE} RETURNING {_COLUMNS}"
+)
+
+
+class KeyStore:
+    def __init__(
+        self,
+        storage: Storage,
+        on_requests_ended: Callable[[list[str]], None] | None = None,
+    ):
+        self.storage = storage
+        # told the command ids a revocation denied (the approvals' gauge and webhook)
+        self.on_requests_ended = on_requests_ended
+
+    def create(
+        self,
+        name: str,
+        role: str = "user",
+        *,
+        allow: Any = None,
+        read_only: bool = False,
+        expires_at: str | None = None,
+        rate_limit: Any = None,
+        actor: Actor = CLI_ACTOR,
+        owner: Any = None,
+        owner_name: Any = None,
+    ) -> tuple[ApiKey, str]:
+        """Create a key; returns its record and the key itself, which is never stored."""
+        check_name(name)
+        check_role(role)
+        allow, rate_limit = check_patterns(allow), check_rate_limit(rate_limit)
+        owner, owner_name = check_owner(owner, owner_name)
+        key, now = generate_key(), isoformat()
+        try:
+            with self.storage.write() as conn:
+                row = conn.execute(
+                    _INSERT_SQL,
+                    (
+                        name,
+                        role,
+                        digest(key),
+                        now,
+                        _dump_allow(allow),
+                        int(bool(read_only)),
+                        expires_at,
+                        rate_limit,
+                        actor.id,
+                        actor.name,
+                        owner,
+                        owner_name,
+                    ),
+                ).fetchone()
+                record = _record(row)
+                self._event(conn, "created", record, actor, _scope_details(record))
+        except IntegrityError:
+            raise Conflict(
+                f"a live key named {name!r} already exists", {"fields": {"name": ["taken"]}}
+            ) from None
+        return record, key
+
+    def get(self, name: str) -> ApiKey:
+        """The live key named ``name`` (NotFound otherwise)."""
+        return _found(self.storage.conn.execute(_GET_SQL, (name,)).fetchone(), name)
+
+    def list(
+        self, include_revoked: bool = True, offset: int = 0, limit: int | None = None
+    ) -> list[ApiKey]:
+        sql = f"SELECT {_COLUMNS} FROM api_keys"  # noqa: S608 # nosec B608
+        if not include_revoked:
+            sql += " WHERE revoked_at IS NULL"
+        sql += " ORDER BY id LIMIT ? OFFSET ?"
+        rows = self.storage.conn.execute(sql, (_NO_LIMIT if limit is None else limit, offset))
+        return [_record(row) for row in rows.fetchall()]
+
+    def count(self, include_revoked: bool = True) -> int:
+        sql = (
+            "SELECT count(*) FROM api_keys"
+            if include_revoked
+            else "SELECT count(*) FROM api_keys WHERE revoked_at IS NULL"
+        )
+        return self.storage.conn.execute(sql).fetchone()[0]
+
+    def usable(self, key_id: int) -> ApiKey | None:
+        """The key with this id while it may be used (live, not expired), else None: for a
+        session that stands for a key (the console's), checked on every request."""
+        row = self.storage.conn.execute(
+            f"SELECT {_COLUMNS} FROM api_keys WHERE id = ? AND revoked_at IS NULL",  # noqa: S608 # nosec B608
+            (key_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        record = _record(row)
+        if record.expires_at and parse_iso(record.expires_at) <= utcnow():
+            return None
+        return record
+
+    def owner_name(self, key_id: int) -> str | None:
+        """The display name of the person who owns the key with this id (revoked or not)."""
+        row = self.storage.conn.execute(
+            "SELECT owner_name FROM api_keys WHERE id = ?", (key_id,)
+        ).fetchone()
+        return row[0] if row is not None else None
+
+    def count_live(self) -> int:
+        return self.count(include_revoked=False)
+
+    def update(
+        self,
+        name: str,
+        changes: Mapping[str, Any],
+        actor: Actor = CLI_ACTOR,
+        *,
+        force: bool = False,
+    ) -> ApiKey:
+        """Change a live key's scope, expiry or rate limit (None clears one). Setting an expiry
+        on the last live admin key is a Conflict unless ``force`` (the CLI's ``--force``)."""
+        columns: dict[str, Any] = {}
+        if "allow" in changes:
+            columns["allow"] = _dump_allow(check_patterns(changes["allow"]))
+        if "read_only" in changes:
+            columns["read_only"] = int(check_read_only(changes["read_only"]))
+        if "expires_in" in changes or "expires_at" in changes:
+            columns["expires_at"] = expiry(changes.get("expires_in"), changes.get("expires_at"))
+        if "rate_limit" in changes:
+            columns["rate_limit"] = check_rate_limit(changes["rate_limit"])
+        if "owner" in changes:
+            columns["owner"], columns["owner_name"] = check_owner(
+                changes["owner"], changes.get("owner_name")
+            )
+        if not columns:
+            raise InvalidRequest(
+                "nothing to change: give allow, read_only, expires_in, expires_at, rate_limit"
+                " or owner"
+            )
+        assignments = ", ".join(f"{column} = ?" for column in columns)  # fixed names only
+        with self.storage.write() as conn:
+            if columns.get("expires_at") is not None and not force:
+                _keep_an_admin(conn, name, "set an expiry on", "update NAME --expires ...")
+            row = conn.execute(
+                f"UPDATE api_keys SET {assignments}, updated_at = ? "  # noqa: S608 # nosec B608
+                f"{_LIVE} RETURNING {_COLUMNS}",
+                (*columns.values(), isoformat(), name),
+            ).fetchone()
+            record = _found(row, name)
+            self._event(conn, "changed", record, actor, {"changed": sorted(columns)})
+        return record
+
+    def rotate(
+        self, name: str, grace_seconds: Any = 0, actor: Actor = CLI_ACTOR
+    ) -> tuple[ApiKey, str]:
+        """A new secret for the same key; the old one stays valid for ``grace_seconds``."""
+        grace_seconds = check_grace(grace_seconds)
+        key, now = generate_key(), utcnow()
+        until = isoformat(now + timedelta(seconds=grace_seconds)) if grace_seconds else None
+        with self.storage.write() as conn:
+            row = conn.execute(
+                _ROTATE_SQL,
+                (until, until, digest(key), isoformat(now), name),
+            ).fetchone()
+            record = _found(row, name)
+            self._event(conn, "rotated", record, actor, {"old_secret_valid_until": until})
+        return record, key
+
+    def revoke(self, name: str, actor: Actor = CLI_ACTOR, *, force: bool = False) -> ApiKey:
+        """Revoke a live key and, in the same transaction, deny every request of it still
+        awaiting approval ("requester key revoked"). Revoking the last live admin key is a
+        Conflict unless ``force`` (the CLI's ``--force``)."""
+        with self.storage.write() as conn:
+            if not force:
+                _keep_an_admin(conn, name, "revoke", "revoke NAME")
+            now = isoformat()
+            record = _found(conn.execute(_REVOKE_SQL, (now, name)).fetchone(), name)
+            self._event(conn, "revoked", record, actor, None)
+            ended = deny_requests_of_key(conn, record.id, actor.id, actor.name, now)
+        if ended and self.on_requests_ended is not None:
+            self.on_requests_ended(ended)
+        return record
+
+    def created_by_chain(self, key_id: int | None) -> list[int]:
+        """The ids of the keys that created ``key_id``: its creator, that key's creator, and
+        so on up to a key the CLI made (bounded: a chain is never longer than MAX_CHAIN)."""
+        if key_id is None:
+            return []
+        rows = self.storage.conn.execute(
+            "WITH RECURSIVE chain(id, depth) AS ("
+            " SELECT created_by_key_id, 1 FROM api_keys WHERE id = ?"
+            " UNION ALL SELECT k.created_by_key_id, c.depth + 1 FROM api_keys k"
+            " JOIN chain c ON k.id = c.id WHERE c.depth < ?)"
+            " SELECT id FROM chain WHERE id IS NOT NULL ORDER BY depth",
+            (key_id, MAX_CHAIN),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def authenticate(self, presented: str | None) -> ApiKey:
+        """The live key matching ``presented``, or Unauthorized. Records the last use."""
+        if not presented:
+            raise Unauthorized("missing API key: send it in the X-API-Key header")
+        wanted = digest(presented)
+        row = self.storage.conn.execute(
+            f"SELECT {_COLUMNS}, key_hash, previous_hash, previous_valid_until FROM api_keys "  # noqa: S608 # nosec B608
+            "WHERE key_hash = ? OR previous_hash = ?",
+            (wanted, wanted),
+        ).fetchone()
+        # Compare digests in constant time even when the lookup found nothing.
+        previous = row is not None and row["key_hash"] != wanted
+        stored = (row["previous_hash"] if previous else row["key_hash"]) if row else "0" * 64
+        if not hmac.compare_digest(stored, wanted) or row is None or row["revoked_at"]:
+            raise Unauthorized("invalid API key")
+        now = utcnow()
+        if previous and parse_iso(row["previous_valid_until"]) <= now:
+            raise Unauthorized("invalid API key")  # a rotated secret past its grace period
+        record = _record(row)
+        if record.expires_at and parse_iso(record.expires_at) <= now:
+            self._expired_use(record, now)
+            raise Unauthorized(
+                f"API key expired at {record.expires_at}; ask an admin for a new one",
+                {"expired_at": record.expires_at},
+            )
+        self._touch(record.id, row["last_used_at"])
+        return record
+
+    # -- the trail ---------------------------------------------------------------------------
+
+    def events(
+        self,
+        *,
+        key_name: str | None = None,
+        event: str | None = None,
+        since: str | None = None,
+        offset: int = 0,
+        limit: int = 10,
+    ) -> tuple[list[dict[str, Any]], int]:
+        clause, args = where_clause({"key_name": key_name, "event": event}, "at", since)
+        conn = self.storage.conn
+        total = conn.execute(f"SELECT count(*) FROM key_events{clause}", args).fetchone()[0]  # noqa: S608 # nosec B608
+        rows = conn.execute(
+            "SELECT id, at, event, key_id, key_name, actor_id, actor_name, details,"  # noqa: S608 # nosec B608
+            " actor_principal"
+            f" FROM key_events{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+            [*args, limit, offset],
+        ).fetchall()
+        listed = []
+        for row in rows:
+            item = dict(row)
+            item["details"] = json.loads(item["details"]) if item["details"] else None
+            listed.append(item)
+        return listed, total
+
+    @staticmethod
+    def _event(conn: Any, event: str, key: ApiKey, actor: Actor, details: Any) -> None:
+        conn.execute(
+            "INSERT INTO key_events (at, event, key_id, key_name, actor_id, actor_name, details,"
+            " actor_principal) VALUES (?,?,?,?,?,?,?,?)",
+            (
+                isoformat(),
+                event,
+                key.id,
+                key.name,
+                actor.id,
+                actor.name,
+                json.dumps(details, separators=(",", ":")) if details else None,
+                actor.principal,
+            ),
+        )
+
+    def _expired_use(self, key: ApiKey, now: datetime) -> None:
+        """Record an expired key's attempt, at most once a minute per key."""
+        cutoff = isoformat(now - LAST_USED_RESOLUTION)
+        with self.storage.write() as conn:
+            recent = conn.execute(
+                "SELECT 1 FROM key_events WHERE key_name = ? AND key_id = ? "
+                "AND event = 'expired_use' AND at >= ? LIMIT 1",
+                (key.name, key.id, cutoff),
+            ).fetchone()
+            if recent is None:
+                self._event(conn, "expired_use", key, key.actor, {"expired_at": key.expires_at})
+
+    def _touch(self, key_id: int | None, last_used_at: str | None) -> None:
+        now = utcnow()
+        if last_used_at and now - parse_iso(last_used_at) < LAST_USED_RESOLUTION:
+            return
+        cutoff = isoformat(now - LAST_USED_RESOLUTION)
+        self.storage.execute_write(
+            "UPDATE api_keys SET last_used_at = ? WHERE id = ? "
+            "AND (last_used_at IS NULL OR last_used_at < ?)",
+            (isoformat(now), key_id, cutoff),
+        )
+
+
+def _keep_an_admin(conn: Any, name: str, doing: str, command: str) -> None:
+    """Conflict when the live key ``name`` is the last live admin key: with none left, the
+    REST admin surface is closed until someone reaches the host's CLI. Run inside the write
+    transaction that makes the change, so two admins revoking each other cannot both win."""
+    now = isoformat()
+    rows = conn.execute(
+        "SELECT name FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL"
+        " AND (expires_at IS NULL OR expires_at > ?)",
+        (now,),
+    ).fetchall()
+    live_admins = [row[0] for row in rows]
+    if live_admins != [name]:
+        return
+    deliberate = f"waygate keys {command.replace('NAME', name)} --force"
+    raise Conflict(
+        f"{name!r} is the last live admin key: to {doing} it would leave no admin key, and"
+        f" only the host's CLI could make one. Create another admin key first, or, to do it"
+        f" deliberately, run `{deliberate}` on the host",
+        {"name": name, "last_admin": True},
+    )
+
+
+def _found(row: Any, name: str) -> ApiKey:
+    """The key a statement on the live key ``name`` returned, or NotFound when there is none."""
+    if row is None:
+        raise NotFound(f"no live key named {name[:100]!r}", {"name": name[:100]})
+    return _record(row)
+
+
+def _record(row: Any) -> ApiKey:
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        role=row["role"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        revoked_at=row["revoked_at"],
+        allow=tuple(json.loads(row["allow"])) if row["allow"] is not None else None,
+        read_only=bool(row["read_only"]),
+        expires_at=row["expires_at"],
+        rate_limit=row["rate_limit"],
+        updated_at=row["updated_at"],
+        created_by_key_id=row["created_by_key_id"],
+        created_by=row["created_by"],
+        owner=row["owner"],
+        owner_name=row["owner_name"],
+    )
+
+
+def _dump_allow(allow: tuple[str, ...] | None) -> str | None:
+    return json.dumps(list(allow)) if allow is not None else None
+
+
+def _scope_details(key: ApiKey) -> dict[str, Any]:
+    return {
+        "role": key.role,
+        "allow": list(key.allow) if key.allow is not None else None,
+        "read_only": key.read_only,
+        "expires_at": key.expires_at,
+        "rate_limit": key.rate_limit,
+        "owner": key.owner,
+    }
