@@ -87,6 +87,41 @@ def test_a_secret_written_into_an_upstream_url_is_not_shown(tmp_path):
     )
 
 
+def test_a_secret_written_into_a_stdio_upstreams_args_is_not_shown(tmp_path):
+    # before: /plugins showed args as written, so a literal --token xyz reached every key
+    args = [
+        "server.js",
+        "--token",
+        "xyz",
+        "--api-key=abc",
+        "DB_PASSWORD=pw",
+        "--region",
+        "eu",
+        "--secret",
+        "${S}",
+        "https://u:pw@h.example/x?key=k",
+        "--verbose",
+    ]
+    read = read_config(
+        write(tmp_path, {"mcpServers": {"local": {"command": "node", "args": args}}}), {"S": "s"}
+    )
+    local = read.specs["local"]
+    assert local.args[:3] == ("server.js", "--token", "xyz")  # what runs is untouched
+    assert local.shown["args"] == [
+        "server.js",
+        "--token",
+        "***",
+        "--api-key=***",
+        "DB_PASSWORD=***",
+        "--region",
+        "eu",
+        "--secret",
+        "${S}",
+        "https://u:***@h.example/x?key=***",
+        "--verbose",
+    ]
+
+
 def test_each_broken_entry_is_reported_alone_with_a_clear_reason(tmp_path):
     path = write(
         tmp_path,

@@ -207,7 +207,7 @@ def parse_entry(name: str, entry: Any, env: Mapping[str, str]) -> UpstreamSpec:
             shown={
                 "transport": "stdio",
                 "command": command,
-                "args": list(args),
+                "args": shown_args(args),
                 "env": sorted(environ),
             },
         )
@@ -274,6 +274,29 @@ def shown_url(url: str) -> str:
             )
         tail = f"{path}?{'&'.join(parts)}{hash_}{fragment}"
     return f"{scheme}{sep}{authority}{tail}"
+
+
+def shown_args(args: list[str]) -> list[str]:
+    """A stdio upstream's arguments as written, for /plugins and the description, with what
+    looks like a secret as ``***``: the value of a ``--token=...`` or ``API_KEY=...`` argument,
+    the argument after a flag named like a secret (``--password hunter2``), and URLs as
+    :func:`shown_url` shows them. A ``${VAR}`` stays: it names the secret, it is not one."""
+    shown: list[str] = []
+    secret_next = False
+    for arg in args:
+        if secret_next and not arg.startswith("-"):
+            shown.append(arg if _VAR.fullmatch(arg) else "***")
+            secret_next = False
+            continue
+        name, equals, value = arg.partition("=")
+        if equals and _SECRET_QUERY_NAME.search(name) and "://" not in name:
+            shown.append(f"{name}={value if not value or _VAR.fullmatch(value) else '***'}")
+        elif "://" in arg:
+            shown.append(shown_url(arg))
+        else:
+            shown.append(arg)
+        secret_next = arg.startswith("-") and not equals and bool(_SECRET_QUERY_NAME.search(arg))
+    return shown
 
 
 def _check_string_map(value: Any, what: str) -> None:
