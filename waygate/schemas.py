@@ -421,6 +421,11 @@ class JsonRpcMessageSchema(Schema):
 
 # -- keys (admin) ------------------------------------------------------------------------------
 
+_OWNER = {
+    "description": "The person who holds the key, <issuer>#<subject>: the two-person rule of"
+    " approvals compares owners"
+}
+_OWNER_NAME = {"description": "Their display name"}
 _PATTERNS = {
     "description": "Command patterns the key may run: shell-style globs over the command name,"
     " or Plugin.command / Plugin.*; null or absent: every command",
@@ -443,14 +448,8 @@ class KeyCreateSchema(Schema):
     rate_limit = fields.String(
         allow_none=True, metadata={"description": "The key's own execute limit, e.g. 1000/minute"}
     )
-    owner = fields.String(
-        allow_none=True,
-        metadata={
-            "description": "The person who holds the key, <issuer>#<subject>: the two-person"
-            " rule of approvals compares owners"
-        },
-    )
-    owner_name = fields.String(allow_none=True, metadata={"description": "Their display name"})
+    owner = fields.String(allow_none=True, metadata=_OWNER)
+    owner_name = fields.String(allow_none=True, metadata=_OWNER_NAME)
 
 
 class KeyUpdateSchema(Schema):
@@ -462,14 +461,8 @@ class KeyUpdateSchema(Schema):
     expires_in = fields.Integer(allow_none=True)
     expires_at = fields.String(allow_none=True, metadata={"format": "date-time"})
     rate_limit = fields.String(allow_none=True)
-    owner = fields.String(
-        allow_none=True,
-        metadata={
-            "description": "The person who holds the key, <issuer>#<subject>: the two-person"
-            " rule of approvals compares owners"
-        },
-    )
-    owner_name = fields.String(allow_none=True, metadata={"description": "Their display name"})
+    owner = fields.String(allow_none=True, metadata=_OWNER)
+    owner_name = fields.String(allow_none=True, metadata=_OWNER_NAME)
 
 
 class KeyRotateSchema(Schema):
