@@ -378,7 +378,9 @@ class Prompt:
 
     Either ``template``, a text with ``{argument}`` placeholders rendered as one user
     message, or ``render(arguments)``, which returns a list of :class:`Message` (or bare
-    content blocks, said by the user) for anything richer: images, embedded resources."""
+    content blocks, said by the user) for anything richer: images, embedded resources.
+    ``render(arguments, ctx)`` also gets the :class:`ExecutionContext`, to ask the caller
+    (``ctx.ask`` and its kin; MCP 2026-07-28 clients only)."""
 
     name: str
     description: str

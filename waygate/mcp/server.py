@@ -313,6 +313,13 @@ class McpServer:
                 return self._complete(self.call_tool(params, caller, modern=modern), modern)
             if method in self._reads:
                 try:
+                    if method == "prompts/get" and modern:  # its render may ask the caller
+                        inputs = self.input_channel(
+                            "prompts/get", str(params.get("name")), params, caller
+                        )
+                        return self._complete(
+                            self.catalog.get_prompt(params, caller, inputs), modern
+                        )
                     return self._complete(self._reads[method](params, caller), modern)
                 except CatalogError as err:
                     raise JsonRpcError(err.code, err.message, err.data) from None
