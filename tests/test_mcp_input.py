@@ -284,3 +284,40 @@ def test_listings_filter_by_the_input_required_status(call, client, keys):
     assert response.status_code == 200
     listed = response.get_json()["executions"]
     assert [e["status"] for e in listed] == ["input_required"]
+
+
+def test_a_streamed_call_ends_with_its_question_or_its_error(client, keys):
+    """A call with a progress token is answered as a stream: its last message is the
+    input_required result, or the -32021 error, with the call's id."""
+    from tests.test_mcp import events_of
+
+    def streamed(capabilities, id):
+        meta = {
+            "io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientCapabilities": capabilities,
+            "progressToken": "p-1",
+        }
+        message = {
+            "jsonrpc": "2.0",
+            "id": id,
+            "method": "tools/call",
+            "params": {"name": "restart", "arguments": {"target": "db"}, "_meta": meta},
+        }
+        headers = {
+            "Accept": ACCEPT,
+            "X-API-Key": keys.user,
+            "MCP-Protocol-Version": MODERN,
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": "restart",
+        }
+        response = client.post(
+            "/mcp", data=json.dumps(message), headers=headers, content_type="application/json"
+        )
+        return events_of(response)
+
+    asked = streamed(ALL, 7)
+    assert asked[-1]["id"] == 7
+    assert asked[-1]["result"]["resultType"] == "input_required"
+    assert not [m for m in asked if "method" in m and not m["method"].startswith("notifications/")]
+    refused = streamed({}, 8)
+    assert refused[-1]["id"] == 8 and refused[-1]["error"]["code"] == -32021
