@@ -321,3 +321,16 @@ def test_a_streamed_call_ends_with_its_question_or_its_error(client, keys):
     assert not [m for m in asked if "method" in m and not m["method"].startswith("notifications/")]
     refused = streamed({}, 8)
     assert refused[-1]["id"] == 8 and refused[-1]["error"]["code"] == -32021
+
+
+def test_the_channel_works_without_a_state_for_a_task_that_stores_its_answers():
+    """What a task in input_required reuses: no requestState, its answers kept elsewhere."""
+    from waygate.sdk import InputRequired, elicitation
+
+    ask = {"ok": elicitation("Sure?", {"type": "object"})}
+    channel = mcp_input.InputChannel(None, None, {"elicitation": {}}, {})
+    with pytest.raises(InputRequired) as asked:
+        channel.gather(ask)
+    assert asked.value.result == {"resultType": "input_required", "inputRequests": ask}
+    answered = mcp_input.InputChannel(None, None, {"elicitation": {}}, {"ok": confirm()})
+    assert answered.gather(ask) == {"ok": confirm()} and answered.kept == {"ok": confirm()}

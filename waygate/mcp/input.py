@@ -16,9 +16,13 @@ principal and an expiry (:data:`STATE_TTL_S`); anything that fails verification 
 with -32602 "Invalid or expired requestState" (the official SDK's wire form), the reason going
 to the log only. It is signed, not encrypted: it holds nothing the caller did not send.
 
-A task (``io.modelcontextprotocol/tasks``) in ``input_required`` carries the same pieces:
-:func:`input_required_result` gives ``inputRequests`` and the sealed ``requestState`` of the
-round, and :meth:`RequestStates.open` restores the answers when the task is resumed.
+A task (``io.modelcontextprotocol/tasks``) in ``input_required`` uses the same channel
+without a state: its answers live in the database with the task. Build
+``InputChannel(None, None, capabilities, stored_answers)``; a round that asks ends as an
+``input_required`` execution whose result's ``inputRequests`` are the pending questions (what
+``tasks/get`` shows), and :attr:`InputChannel.kept` the answers it used (what to keep);
+``tasks/update`` adds ``inputResponses`` (checked by :func:`input_responses`) to the stored
+answers and runs the handler again once none is pending.
 """
 
 from __future__ import annotations
@@ -219,8 +223,8 @@ class InputChannel:
 
     def __init__(
         self,
-        states: RequestStates,
-        binding: Binding,
+        states: RequestStates | None,
+        binding: Binding | None,
         capabilities: Mapping[str, Any],
         answers: Mapping[str, Any],
         round_no: int = 0,
@@ -261,9 +265,17 @@ class InputChannel:
             else:
                 pending[key] = dict(request)
         if pending:
-            state = self._states.seal(self._binding, self._kept, self._round + 1)
-            raise InputRequired(pending, result=input_required_result(pending, state))
+            result: dict[str, Any] = {"resultType": "input_required", "inputRequests": pending}
+            if self._states is not None and self._binding is not None:
+                state = self._states.seal(self._binding, self._kept, self._round + 1)
+                result = input_required_result(pending, state)
+            raise InputRequired(pending, result=result)
         return found
+
+    @property
+    def kept(self) -> dict[str, Any]:
+        """The answers this run has used so far (what a next round needs again)."""
+        return dict(self._kept)
 
 
 def input_required_result(requests: Mapping[str, Any], state: str) -> dict[str, Any]:
