@@ -7,7 +7,7 @@ import os
 
 from marshmallow import Schema, fields
 
-from waygate.sdk import Command, Plugin, elicitation, list_roots, sampling
+from waygate.sdk import Command, Plugin, Prompt, Text, elicitation, list_roots, sampling
 
 
 class TargetParams(Schema):
@@ -69,3 +69,10 @@ class AskingPlugin(Plugin):
             ),
             Command("adaptive", "Asks what the client can answer", NoParams, adaptive),
         ]
+
+    def prompts(self):
+        def briefing(arguments, ctx):
+            service = ctx.choose("Brief me on which service?", ["db", "web"], key="service")
+            return [Text(f"Summarise the last incident of {service}.")]
+
+        return [Prompt("briefing", "Asks which service first", render=briefing)]

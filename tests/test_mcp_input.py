@@ -334,3 +334,37 @@ def test_the_channel_works_without_a_state_for_a_task_that_stores_its_answers():
     assert asked.value.result == {"resultType": "input_required", "inputRequests": ask}
     answered = mcp_input.InputChannel(None, None, {"elicitation": {}}, {"ok": confirm()})
     assert answered.gather(ask) == {"ok": confirm()} and answered.kept == {"ok": confirm()}
+
+
+def test_a_prompt_may_ask_before_it_renders(client, keys):
+    def get(version, **params):
+        message = {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "prompts/get",
+            "params": {"name": "briefing", **params},
+        }
+        headers = {"Accept": ACCEPT, "X-API-Key": keys.user, "MCP-Protocol-Version": version}
+        if version == MODERN:
+            headers["Mcp-Method"] = "prompts/get"
+            message["params"]["_meta"] = {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": ALL,
+            }
+        response = client.post(
+            "/mcp", data=json.dumps(message), headers=headers, content_type="application/json"
+        )
+        return response.get_json()
+
+    first = get(MODERN)["result"]
+    assert first["resultType"] == "input_required"
+    assert list(first["inputRequests"]) == ["service"]
+    done = get(
+        MODERN,
+        inputResponses={"service": {"action": "accept", "content": {"choice": "web"}}},
+        requestState=first["requestState"],
+    )["result"]
+    assert done["messages"][0]["content"]["text"] == "Summarise the last incident of web."
+    # a 2025-era client cannot answer: an error that says why
+    refused = get("2025-11-25")["error"]
+    assert "2026-07-28" in refused["message"]
