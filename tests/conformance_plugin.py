@@ -12,6 +12,7 @@ import wave
 
 from marshmallow import Schema
 
+from tests.conformance_input import input_prompts, input_tools
 from tests.plugin_fixtures import PNG  # a 1x1 red pixel
 from waygate.sdk import (
     Audio,
@@ -91,6 +92,7 @@ class ConformancePlugin(Plugin):
                     ]
                 ),
             ),
+            *input_tools(tool),
         ]
 
     @staticmethod
@@ -141,6 +143,7 @@ class ConformancePlugin(Plugin):
                     Message(Text("Please analyze the image above.")),
                 ],
             ),
+            *input_prompts(),
         ]
 
     def resources(self):

@@ -46,7 +46,7 @@ from .plugins import PluginSet
 from .pool import CommandPool, Job, PoolFull
 from .principals import Principal
 from .schemas import MCPCommandSchema, expect_object, load
-from .sdk import Cancelled, Command, CommandError, ExecutionContext
+from .sdk import Cancelled, Command, CommandError, ExecutionContext, InputRequired
 
 log = logging.getLogger(__name__)
 _command_schema = MCPCommandSchema()
@@ -83,6 +83,13 @@ class CommandRefused(WaygateError):
     """A handler refused its input (``CommandError``): its status and details, as a domain error."""
 
     code = "COMMAND_FAILED"
+
+
+class MissingCapability(WaygateError):
+    """A handler asked its MCP caller for input the caller's client cannot give (-32021)."""
+
+    code = "INVALID_REQUEST"
+    status = 400
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,7 @@ class Invocation:
     run_async: bool = False
     command_id: str = field(default_factory=new_command_id)
     requested_params: Any = None  # the params as sent: what an approval stores and replays
+    inputs: Any = None  # the caller's answers (waygate.mcp.input.InputChannel), if it can answer
 
 
 @dataclass
@@ -460,6 +468,7 @@ class CommandService:
             logger=logger,
             client_context=inv.client_context,
             trace_context=tracing.context_of(span),
+            inputs=inv.inputs,
         )
 
     def _record(self, run: Running, outcome: Outcome) -> None:
@@ -552,6 +561,8 @@ def _settle(run: Running, produce: Callable[[], Any]) -> Outcome:
         result = produce()
     except Cancelled:
         return _timed_out(inv, started)
+    except InputRequired as asked:
+        return _asked(run, asked)
     except CommandError as err:
         return Outcome(
             status=ExecutionStatus.FAILED,
@@ -585,6 +596,40 @@ def _settle(run: Running, produce: Callable[[], Any]) -> Outcome:
         command_id=inv.command_id,
         duration_ms=_ms(started, ended),
         result=result,
+    )
+
+
+def _asked(run: Running, asked: InputRequired) -> Outcome:
+    """A handler that asked its caller: this round ends input_required (its result is what
+    the MCP layer answers with); a caller that cannot answer gets the handler's refusal."""
+    inv, duration = run.inv, _ms(run.started, _ended(run))
+    if asked.unavailable is None and not asked.missing:
+        return Outcome(
+            status=ExecutionStatus.INPUT_REQUIRED,
+            command_id=inv.command_id,
+            duration_ms=duration,
+            result=asked.result,
+            error="waiting for the caller's input: " + ", ".join(asked.requests)[:300],
+        )
+    if asked.missing:
+        message = f"{inv.action} needs client capabilities the caller did not declare"
+        cause = MissingCapability(message, {"requiredCapabilities": asked.missing})
+    else:
+        methods = sorted({str(r.get("method")) for r in asked.requests.values()})
+        message = (
+            f"{inv.action} asks its caller for input ({', '.join(methods)}:"
+            f" {', '.join(asked.requests)}), which only an MCP client speaking protocol"
+            " revision 2026-07-28 can give (an input_required result); call it as an MCP"
+            " tool from such a client"
+        )[:1000]
+        cause = CommandRefused(message, {"input_requests": list(asked.requests)}, status=422)
+    return Outcome(
+        status=ExecutionStatus.FAILED,
+        command_id=inv.command_id,
+        duration_ms=duration,
+        error=message,
+        failure=Failure.REFUSED,
+        cause=cause,
     )
 
 

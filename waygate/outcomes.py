@@ -23,6 +23,7 @@ class ExecutionStatus(StrEnum):
     AWAITING_APPROVAL = "awaiting_approval"  # stored, waiting for a second party's decision
     DENIED = "denied"  # an approver said no: it never ran
     EXPIRED = "expired"  # nobody decided within the approval time: it never ran
+    INPUT_REQUIRED = "input_required"  # an MCP round that ended asking its caller for input
 
     @classmethod
     def open(cls) -> tuple[ExecutionStatus, ...]:

@@ -44,6 +44,88 @@ class Cancelled(Exception):
     """Raised by :meth:`ExecutionContext.check_cancelled` once the deadline has passed."""
 
 
+class InputRequired(BaseException):  # noqa: N818 - a signal to Waygate, not a failure
+    """Raised by :meth:`ExecutionContext.ask` and its kin when the caller has not answered yet.
+
+    Waygate ends this round of the call with it and asks the caller (an MCP ``input_required``
+    result); the caller calls again with the answers and the handler runs again from the
+    start. A ``BaseException``, so that ``except Exception`` in a handler lets it through: do
+    not catch it. ``requests`` maps each key to its MCP request (method and params);
+    ``unavailable`` says why nobody can answer (REST, a 2025-era MCP client); ``result`` is
+    what the MCP layer answers with (set by the channel that raised it)."""
+
+    def __init__(
+        self,
+        requests: Mapping[str, Mapping[str, Any]],
+        *,
+        unavailable: str | None = None,
+        missing: Mapping[str, Any] | None = None,
+        result: Mapping[str, Any] | None = None,
+    ):
+        super().__init__(", ".join(requests))
+        self.requests = dict(requests)
+        self.unavailable = unavailable
+        self.missing = dict(missing or {})  # client capabilities the requests need
+        self.result = dict(result or {})
+
+
+class InputRequest(dict):
+    """One question for the caller, as MCP sends it: ``{"method": ..., "params": ...}``. Make
+    them with :func:`elicitation`, :func:`sampling` and :func:`list_roots`, and ask several at
+    once with :meth:`ExecutionContext.ask_all`."""
+
+    @property
+    def method(self) -> str:
+        return self["method"]
+
+
+def elicitation(message: str, schema: Mapping[str, Any]) -> InputRequest:
+    """Ask the user to fill in a form: ``schema`` is a flat JSON Schema object whose
+    properties are strings, numbers, booleans or enums (MCP's form-mode elicitation). Never
+    ask for passwords, tokens or other credentials this way."""
+    return InputRequest(
+        method="elicitation/create",
+        params={"mode": "form", "message": str(message)[:2000], "requestedSchema": dict(schema)},
+    )
+
+
+def sampling(
+    prompt: str | list[Mapping[str, Any]],
+    *,
+    max_tokens: int = 500,
+    system_prompt: str | None = None,
+) -> InputRequest:
+    """Ask the caller's model for a completion (MCP sampling): a user prompt, or a list of MCP
+    sampling messages (``{"role": ..., "content": {...}}``)."""
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": {"type": "text", "text": prompt}}]
+    else:
+        messages = [dict(m) for m in prompt]
+    params: dict[str, Any] = {"messages": messages, "maxTokens": int(max_tokens)}
+    if system_prompt is not None:
+        params["systemPrompt"] = str(system_prompt)
+    return InputRequest(method="sampling/createMessage", params=params)
+
+
+def list_roots() -> InputRequest:
+    """Ask the client for its roots (the directories or URIs the user shared with it)."""
+    return InputRequest(method="roots/list", params={})
+
+
+class Elicited(dict):
+    """The user's answer to :meth:`ExecutionContext.ask`: MCP's ElicitResult, ``action``
+    (``accept``, ``decline`` or ``cancel``) and, when accepted, ``content``."""
+
+    @property
+    def accepted(self) -> bool:
+        return self.get("action") == "accept"
+
+    @property
+    def content(self) -> dict[str, Any]:
+        content = self.get("content")
+        return dict(content) if self.accepted and isinstance(content, Mapping) else {}
+
+
 @dataclass
 class ExecutionContext:
     command_id: str
@@ -59,6 +141,10 @@ class ExecutionContext:
     #: the OpenTelemetry context of this execution's span (None while tracing is off); the
     #: handler already runs inside it, so instrumented clients continue the trace by themselves
     trace_context: Any = None
+    #: the caller's channel for answers (set by Waygate for MCP 2026-07-28 callers; None where
+    #: nobody can answer: REST, async and approved executions, 2025-era MCP clients)
+    inputs: Any = None
+    _asked: int = 0  # how many questions this run asked without a key: the next default key
 
     @property
     def cancelled(self) -> bool:
@@ -95,6 +181,79 @@ class ExecutionContext:
         self.progress = report
         if self.on_progress is not None:
             self.on_progress(report)
+
+    # -- asking the caller (MCP 2026-07-28 input requests) ---------------------------------------
+    # A question the caller has not answered ends this run (InputRequired); the caller answers
+    # and calls again, and the handler runs again FROM THE START, this time getting the answer.
+    # So everything a handler does before its last question runs once per round: keep it free
+    # of side effects (read, compute, then ask, then act), and ask the same questions under
+    # the same keys in the same order each time. Answers are the caller's word, not a second
+    # person's approval (that is what approvals are for).
+
+    def can_ask(self, kind: str) -> bool:
+        """Whether the caller can answer ``kind`` of question: ``"elicitation"``,
+        ``"sampling"`` or ``"roots"`` (what its MCP client declared)."""
+        return self.inputs is not None and self.inputs.can(kind)
+
+    def ask_all(self, requests: Mapping[str, InputRequest]) -> dict[str, Any]:
+        """Ask several questions in one round (keys: 1 to 64 of ``[A-Za-z0-9_.-]``, unique
+        in this call): every answer, by key, once the caller has given them all."""
+        if self.inputs is None:
+            raise InputRequired(requests, unavailable="no MCP 2026-07-28 caller to ask")
+        return self.inputs.gather(dict(requests))
+
+    def ask(self, message: str, schema: Mapping[str, Any], *, key: str | None = None) -> Elicited:
+        """Ask the user to fill in a form (see :func:`elicitation`); the answer says whether
+        they accepted, declined or cancelled."""
+        key = key or self._next_key("ask")
+        return Elicited(self.ask_all({key: elicitation(message, schema)})[key])
+
+    def confirm(self, message: str, *, key: str | None = None) -> bool:
+        """Ask the user a yes/no question: True only when they accepted and said yes."""
+        schema = {
+            "type": "object",
+            "properties": {"confirm": {"type": "boolean", "title": "Confirm"}},
+            "required": ["confirm"],
+        }
+        return (
+            self.ask(message, schema, key=key or self._next_key("confirm")).content.get("confirm")
+            is True
+        )
+
+    def choose(self, message: str, choices: list[str], *, key: str | None = None) -> str | None:
+        """Ask the user to pick one of ``choices``: the choice, or None if they declined."""
+        schema = {
+            "type": "object",
+            "properties": {"choice": {"type": "string", "enum": [str(c) for c in choices]}},
+            "required": ["choice"],
+        }
+        choice = self.ask(message, schema, key=key or self._next_key("choose")).content.get(
+            "choice"
+        )
+        return choice if choice in choices else None
+
+    def sample(
+        self,
+        prompt: str | list[Mapping[str, Any]],
+        *,
+        max_tokens: int = 500,
+        system_prompt: str | None = None,
+        key: str | None = None,
+    ) -> dict[str, Any]:
+        """Ask the caller's model (see :func:`sampling`): MCP's CreateMessageResult (``role``,
+        ``content``, ``model``, ``stopReason``)."""
+        key = key or self._next_key("sample")
+        request = sampling(prompt, max_tokens=max_tokens, system_prompt=system_prompt)
+        return dict(self.ask_all({key: request})[key])
+
+    def roots(self, *, key: str | None = None) -> list[dict[str, Any]]:
+        """The client's roots: ``[{"uri": ..., "name": ...}, ...]``."""
+        key = key or self._next_key("roots")
+        return list(self.ask_all({key: list_roots()})[key]["roots"])
+
+    def _next_key(self, kind: str) -> str:
+        self._asked += 1
+        return f"{kind}-{self._asked}"
 
 
 def _is_number(value: Any) -> bool:
@@ -219,7 +378,9 @@ class Prompt:
 
     Either ``template``, a text with ``{argument}`` placeholders rendered as one user
     message, or ``render(arguments)``, which returns a list of :class:`Message` (or bare
-    content blocks, said by the user) for anything richer: images, embedded resources."""
+    content blocks, said by the user) for anything richer: images, embedded resources.
+    ``render(arguments, ctx)`` also gets the :class:`ExecutionContext`, to ask the caller
+    (``ctx.ask`` and its kin; MCP 2026-07-28 clients only)."""
 
     name: str
     description: str

@@ -152,7 +152,7 @@ def end_command(span: Span | None, status: str, duration_ms: int, error: str | N
         return
     span.set_attribute("waygate.outcome", status)
     span.set_attribute("waygate.duration_ms", duration_ms)
-    if status != "success":
+    if status not in ("success", "input_required"):  # a round that asked did not fail
         span.set_status(Status(StatusCode.ERROR, (error or status)[:256]))
     span.end()
 

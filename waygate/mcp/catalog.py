@@ -8,6 +8,7 @@ sorted (by name, by URI) so that they are stable between calls and workers.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable
 from functools import lru_cache
@@ -15,12 +16,13 @@ from typing import Any
 
 from marshmallow import Schema
 
-from ..commands import Caller, CommandService, Invocation
-from ..outcomes import ExecutionStatus, Mode
+from ..commands import Caller, CommandService, Invocation, MissingCapability
+from ..outcomes import ExecutionStatus, Mode, Outcome
 from ..plugins import PluginSet
 from ..sdk import Command, Content, Message, Prompt, Resource, Text, resource_contents
 
 INVALID_PARAMS, INTERNAL_ERROR, RESOURCE_NOT_FOUND = -32602, -32603, -32002
+MISSING_CAPABILITY = -32021
 _READ_ONLY = {"readOnlyHint": True}
 MAX_SUGGESTIONS = 100  # the most completion/complete may answer
 
@@ -52,7 +54,9 @@ class Catalog:
         listed = plugins.prompts.values()
         return [_describe_prompt(p) for p in listed if _permits(caller, plugins, p.name)]
 
-    def get_prompt(self, params: dict, caller: Caller) -> dict[str, Any]:
+    def get_prompt(self, params: dict, caller: Caller, inputs: Any = None) -> dict[str, Any]:
+        """The rendered prompt; or, when its ``render(arguments, ctx)`` asks the caller
+        (``inputs``: a 2026-07-28 caller's answers), the input_required result."""
         plugins = self._plugins()
         name = params.get("name")
         prompt = plugins.prompts.get(name) if isinstance(name, str) else None
@@ -68,12 +72,16 @@ class Catalog:
             raise CatalogError(
                 INVALID_PARAMS, f"missing required argument(s): {', '.join(missing)}"
             )
-        messages = self._run(
+        outcome = self._outcome(
             f"prompts/get:{prompt.name}",
             plugins.offered_by[prompt.name],
-            lambda: _render(prompt, arguments),
+            lambda ctx: _render(prompt, arguments, ctx),
             caller,
+            inputs,
         )
+        if outcome.status is ExecutionStatus.INPUT_REQUIRED:
+            return dict(outcome.result)
+        messages = _result(f"prompts/get:{prompt.name}", outcome)
         return {"description": prompt.description, "messages": messages}
 
     def complete(self, params: dict, caller: Caller) -> dict[str, Any]:
@@ -125,22 +133,46 @@ class Catalog:
         contents = self._run(
             f"resources/read:{resource.uri}",
             plugins.offered_by[resource.uri],
-            lambda: [_contents(resource, uri, resource.read(values))],
+            lambda ctx: [_contents(resource, uri, resource.read(values))],
             caller,
         )
         return {"contents": contents}
 
     # -- running -------------------------------------------------------------------------------
 
-    def _run(self, action: str, plugin: str, produce: Callable[[], Any], caller: Caller) -> Any:
-        command = Command(action, action, _Arguments, lambda params, ctx: produce())
+    def _run(self, action: str, plugin: str, produce: Callable[[Any], Any], caller: Caller) -> Any:
+        return _result(action, self._outcome(action, plugin, produce, caller))
+
+    def _outcome(
+        self,
+        action: str,
+        plugin: str,
+        produce: Callable[[Any], Any],
+        caller: Caller,
+        inputs: Any = None,
+    ) -> Outcome:
+        command = Command(action, action, _Arguments, lambda params, ctx: produce(ctx))
         inv = Invocation(
-            action=action, plugin=plugin, command=command, params={}, timeout=self.timeout
+            action=action,
+            plugin=plugin,
+            command=command,
+            params={},
+            timeout=self.timeout,
+            inputs=inputs,
         )
-        outcome = self.commands.run(inv, caller, Mode.MCP)
-        if outcome.status is not ExecutionStatus.SUCCESS:
-            raise CatalogError(INTERNAL_ERROR, f"{action} {outcome.status}: {outcome.error}")
-        return outcome.result
+        return self.commands.run(inv, caller, Mode.MCP)
+
+
+def _result(action: str, outcome: Outcome) -> Any:
+    if isinstance(outcome.cause, MissingCapability):  # it asked what the client cannot give
+        raise CatalogError(
+            MISSING_CAPABILITY,
+            outcome.cause.message,
+            {"requiredCapabilities": outcome.cause.details.get("requiredCapabilities", {})},
+        )
+    if outcome.status is not ExecutionStatus.SUCCESS:
+        raise CatalogError(INTERNAL_ERROR, f"{action} {outcome.status}: {outcome.error}")
+    return outcome.result
 
 
 def _permits(caller: Caller, plugins: PluginSet, name: str) -> bool:
@@ -178,16 +210,29 @@ class _Blank(dict):
         return ""
 
 
-def _render(prompt: Prompt, arguments: dict[str, str]) -> list[dict[str, Any]]:
+def _render(prompt: Prompt, arguments: dict[str, str], ctx: Any = None) -> list[dict[str, Any]]:
     if prompt.template is not None:
         return [{"role": "user", "content": Text(prompt.template.format_map(_Blank(arguments)))}]
     messages = []
-    for item in prompt.render(dict(arguments)):  # type: ignore[misc]  (checked at load)
+    render: Any = prompt.render
+    rendered = render(dict(arguments), ctx) if _takes_context(render) else render(dict(arguments))
+    for item in rendered:
         message = item if isinstance(item, Message) else Message(item)
         if not isinstance(message.content, Content) or message.role not in ("user", "assistant"):
             raise TypeError("a prompt renders waygate.sdk Messages or content blocks")
         messages.append({"role": message.role, "content": message.content})
     return messages
+
+
+@lru_cache(maxsize=256)
+def _takes_context(render: Callable[..., Any]) -> bool:
+    """Whether a prompt's render takes the execution context too (to ask its caller)."""
+    try:
+        parameters = inspect.signature(render).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
 
 
 def _contents(resource: Resource, uri: str, value: Any) -> dict[str, Any]:

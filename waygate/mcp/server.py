@@ -21,12 +21,19 @@ import math
 import queue
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import __version__, tracing
 from ..approvals.policy import APPROVAL_NOTE, META_APPROVAL
-from ..commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
+from ..commands import (
+    Caller,
+    CommandService,
+    Invocation,
+    MissingCapability,
+    OutOfScope,
+    UnknownCommand,
+)
 from ..errors import RateLimited, ServiceUnavailable, WaygateError
 from ..jsonbody import BodyRefused
 from ..outcomes import ExecutionStatus, Mode, Outcome
@@ -35,6 +42,15 @@ from ..schemas import json_schema
 from ..sdk import Content, RichResult
 from ..status import Status
 from .catalog import Catalog, CatalogError
+from .input import (
+    MAX_ANSWERS,
+    Binding,
+    InputChannel,
+    InvalidInput,
+    RequestStates,
+    input_responses,
+    principal_of,
+)
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
@@ -141,6 +157,7 @@ class McpServer:
         self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
         self.tool_timeout_max = tool_timeout_max
         self.catalog = Catalog(commands, plugins, tool_timeout)
+        self.states = RequestStates(commands.audit.storage)  # input requests' requestState
         self._lists = {
             "tools/list": ("tools", self.tools),
             "prompts/list": ("prompts", self.catalog.prompts),
@@ -293,9 +310,16 @@ class McpServer:
                     listed.update(ttlMs=0, cacheScope="private")
                 return self._complete(listed, modern)
             if method == "tools/call":
-                return self._complete(self.call_tool(params, caller), modern)
+                return self._complete(self.call_tool(params, caller, modern=modern), modern)
             if method in self._reads:
                 try:
+                    if method == "prompts/get" and modern:  # its render may ask the caller
+                        inputs = self.input_channel(
+                            "prompts/get", str(params.get("name")), params, caller
+                        )
+                        return self._complete(
+                            self.catalog.get_prompt(params, caller, inputs), modern
+                        )
                     return self._complete(self._reads[method](params, caller), modern)
                 except CatalogError as err:
                     raise JsonRpcError(err.code, err.message, err.data) from None
@@ -309,7 +333,8 @@ class McpServer:
 
     @staticmethod
     def _complete(result: dict[str, Any], modern: bool) -> dict[str, Any]:
-        return {**result, "resultType": "complete"} if modern else result
+        # an input_required result says so itself
+        return {"resultType": "complete", **result} if modern else result
 
     @staticmethod
     def _initialize(params: dict) -> dict[str, Any]:
@@ -346,10 +371,11 @@ class McpServer:
             listed.append(tool)
         return [*listed, EXECUTION_TOOL]
 
-    def call_tool(self, params: dict, caller: Caller) -> dict[str, Any]:
+    def call_tool(self, params: dict, caller: Caller, *, modern: bool = False) -> dict[str, Any]:
         inv = self._resolve_tool(params, caller)
         if isinstance(inv, dict):
             return inv
+        inv = self._with_inputs(inv, params, caller, modern)
         with tracing.continue_meta(params.get("_meta")):  # the caller's trace, if it sent one
             return _present(inv.action, self.commands.run(inv, caller, Mode.MCP))
 
@@ -374,6 +400,31 @@ class McpServer:
                 + json.dumps(err.details.get("params", {}))
             )
 
+    def _with_inputs(self, inv: Invocation, params: dict, caller: Caller, modern: bool) -> Any:
+        """The invocation with its caller's answers: a 2026-07-28 caller can be asked for
+        input (``waygate.mcp.input``); a 2025-era one cannot (a handler that asks is refused
+        with a message saying so). The requestState is verified before anything runs."""
+        if not modern:
+            return inv
+        return replace(inv, inputs=self.input_channel("tools/call", inv.action, params, caller))
+
+    def input_channel(self, method: str, target: str, params: dict, caller: Caller) -> InputChannel:
+        """One round's answers (the requestState's and the inputResponses') and what the
+        client can answer, for a ``tools/call`` or ``prompts/get`` of a 2026-07-28 caller."""
+        arguments = params.get("arguments") or {}
+        who = principal_of(caller.key_id, caller.principal, caller.key_name)
+        binding = Binding.of(method, target, arguments, who)
+        try:
+            answers, round_no = self.states.open(params.get("requestState"), binding)
+            answers.update(input_responses(params))
+        except InvalidInput as err:
+            raise JsonRpcError(INVALID_PARAMS, err.message, err.data, status=400) from None
+        if len(answers) > MAX_ANSWERS:
+            raise JsonRpcError(INVALID_PARAMS, f"a call carries at most {MAX_ANSWERS} answers")
+        meta = params.get("_meta") or {}
+        capabilities = meta.get(META_CLIENT_CAPABILITIES) or {}
+        return InputChannel(self.states, binding, capabilities, answers, round_no)
+
     def _stream_tool(self, params: dict, caller: Caller, request_id: Any, modern: bool) -> Reply:
         """A tool call that asked for progress: streamed once it runs; a call refused before
         it runs (invalid arguments) is answered at once, as JSON."""
@@ -384,7 +435,9 @@ class McpServer:
                 err.status = 200
             raise
 
-        def response(result: dict[str, Any]) -> dict[str, Any]:
+        def response(result: dict[str, Any] | JsonRpcError) -> dict[str, Any]:
+            if isinstance(result, JsonRpcError):
+                return result.body(request_id)
             return {"jsonrpc": "2.0", "id": request_id, "result": self._complete(result, modern)}
 
         if isinstance(inv, dict):
@@ -393,6 +446,7 @@ class McpServer:
             return Reply(
                 200, response(_present(inv.action, self.commands.run(inv, caller, Mode.MCP)))
             )
+        inv = self._with_inputs(inv, params, caller, modern)
         token = _progress_token(params)
         with tracing.continue_meta(params.get("_meta")):  # the command starts here
             stream = ToolStream(self.commands, inv, caller, token, response)
@@ -426,6 +480,15 @@ class McpServer:
 
 
 def _present(name: str, outcome: Outcome) -> dict[str, Any]:
+    if outcome.status is ExecutionStatus.INPUT_REQUIRED:  # the handler asked its caller
+        return dict(outcome.result)
+    if isinstance(outcome.cause, MissingCapability):  # ... for what its client cannot give
+        raise JsonRpcError(
+            MISSING_CAPABILITY,
+            outcome.cause.message,
+            {"requiredCapabilities": outcome.cause.details.get("requiredCapabilities", {})},
+            status=400,
+        )
     if outcome.status is ExecutionStatus.AWAITING_APPROVAL:
         return _state_result(
             f"{name} needs approval before it runs; it is stored as execution"
@@ -468,7 +531,7 @@ class ToolStream:
         inv: Invocation,
         caller: Caller,
         token: str | int | None,
-        response: Callable[[dict[str, Any]], dict[str, Any]],
+        response: Callable[[dict[str, Any] | JsonRpcError], dict[str, Any]],
     ):
         self._commands, self._token, self._response = commands, token, response
         self._reports: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
@@ -496,7 +559,11 @@ class ToolStream:
             yield self._notification(report)
         while not self._reports.empty():
             yield self._notification(self._reports.get_nowait())
-        yield self._response(_present(run.inv.action, self._finish()))
+        try:
+            presented: dict[str, Any] | JsonRpcError = _present(run.inv.action, self._finish())
+        except JsonRpcError as err:  # a protocol error met while running (-32021)
+            presented = err
+        yield self._response(presented)
 
     def close(self) -> None:
         """Called when the response ends, sent or not: the call is finished and recorded."""

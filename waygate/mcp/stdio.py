@@ -3,6 +3,10 @@
 Local trust: whoever can start the process is trusted (no API key, no rate limit), as with any
 stdio MCP server. Executions are audited under the name given with ``--as`` (default
 ``stdio``). stdout carries only JSON-RPC messages; logs go to stderr.
+
+A tool call that sends a progress token gets ``notifications/progress`` as its handler reports,
+then its response, as over HTTP's event stream (``ToolStream``); input requests (2026-07-28
+``input_required`` results) are results like any other, and work here too.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from typing import IO
 
 from ..commands import Caller
 from ..jsonbody import BodyRefused, read_body
-from .server import JsonRpcError, McpServer, refused_body_error
+from .server import JsonRpcError, McpServer, Routing, refused_body_error
 
 log = logging.getLogger(__name__)
+# stdio carries any number of messages per request: a tool call with a progress token streams
+STREAMING = Routing(streams=True)
 
 
 def serve(
@@ -44,7 +50,15 @@ def serve(
 
     def handle(message) -> None:
         try:
-            reply(server.handle(message, caller, http=False).body)
+            answer = server.handle(message, caller, STREAMING, http=False)
+            if answer.stream is None:
+                reply(answer.body)
+                return
+            try:
+                for sent in answer.stream.messages():
+                    reply(sent)  # None (a keep-alive) writes nothing
+            finally:
+                answer.stream.close()
         except Exception:  # never let one message end the session
             log.exception("stdio message failed")
             reply(

@@ -136,7 +136,7 @@ def execution(command_id: str):
         200:
           description: >-
             The execution (pending, running, success, failed, timeout, awaiting_approval,
-            denied or expired)
+            denied, expired, or input_required: an MCP round that asked its caller for input)
           content:
             application/json:
               schema: {$ref: "#/components/schemas/MCPResponse"}
@@ -167,7 +167,8 @@ def executions():
           in: query
           schema:
             type: string
-            enum: [pending, running, success, failed, timeout, awaiting_approval, denied, expired]
+            enum: [pending, running, success, failed, timeout, awaiting_approval, denied, expired,
+              input_required]
         - {name: since, in: query, schema: {type: string, format: date-time}}
         - name: principal
           in: query
