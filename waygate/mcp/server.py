@@ -28,6 +28,15 @@ from .. import __version__, tracing
 from ..approvals.policy import APPROVAL_NOTE, META_APPROVAL
 from ..commands import Caller, CommandService, Invocation, OutOfScope, UnknownCommand
 from ..errors import RateLimited, ServiceUnavailable, WaygateError
+from ..idempotency import (
+    Idempotency,
+    IdempotencyKeyInProgress,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+    Replay,
+    check_key,
+    fingerprint,
+)
 from ..jsonbody import BodyRefused
 from ..outcomes import ExecutionStatus, Mode, Outcome
 from ..plugins import PluginSet
@@ -46,6 +55,10 @@ META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 # A client may ask for a shorter tool timeout (seconds) in tools/call's params._meta.
 META_TIMEOUT = "waygate/timeout"
+# A tools/call with this key in params._meta runs once per caller and key; a retry gets the
+# first call's result, its _meta marked META_REPLAYED (waygate.idempotency).
+META_IDEMPOTENCY_KEY = "waygate/idempotencyKey"
+META_REPLAYED = "waygate/idempotentReplayed"
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
     -32700,
@@ -134,8 +147,10 @@ class McpServer:
         plugins: Callable[[], PluginSet],
         tool_timeout: int = 30,
         tool_timeout_max: int = 300,
+        idempotency: Idempotency | None = None,
     ):
         self.commands = commands
+        self.idempotency = idempotency or Idempotency(commands.audit.storage, Status(commands))
         self.status = Status(commands)
         self._plugins = plugins
         self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
@@ -179,14 +194,20 @@ class McpServer:
             if modern:
                 self._check_modern(message, method, version, routing, http)
             params = message.get("params") or {}
-            if method == "tools/call" and routing.streams and _progress_token(params) is not None:
+            if (
+                method == "tools/call"
+                and routing.streams
+                and _progress_token(params) is not None
+                and not _idempotent(params)  # answered as JSON, to be replayed alike
+            ):
                 return self._stream_tool(params, caller, request_id, modern)
             result = self._dispatch(method, params, caller, modern, version)
             return Reply(200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         except JsonRpcError as err:
             return Reply(err.status, err.body(request_id))
-        except (ServiceUnavailable, RateLimited) as err:  # too busy now (503), or this key
-            # has its share of the worker's command slots (429): retry later
+        except (ServiceUnavailable, RateLimited, IdempotencyKeyInProgress) as err:  # too busy
+            # now (503), this key has its share of the worker's command slots (429), or the
+            # first call with its idempotency key still runs (409): retry later
             busy = JsonRpcError(
                 INTERNAL_ERROR if err.status >= 500 else INVALID_REQUEST,
                 err.message,
@@ -347,11 +368,46 @@ class McpServer:
         return [*listed, EXECUTION_TOOL]
 
     def call_tool(self, params: dict, caller: Caller) -> dict[str, Any]:
+        if _idempotent(params):
+            return self._call_once(params, caller)
         inv = self._resolve_tool(params, caller)
         if isinstance(inv, dict):
             return inv
         with tracing.continue_meta(params.get("_meta")):  # the caller's trace, if it sent one
             return _present(inv.action, self.commands.run(inv, caller, Mode.MCP))
+
+    def _call_once(self, params: dict, caller: Caller) -> dict[str, Any]:
+        """A tools/call with an idempotency key: run once for the caller and key; a retry
+        gets the first result back (a held call's state now), marked replayed. A call that
+        runs nothing (invalid arguments, the execution tool) claims no key."""
+        meta = params["_meta"]
+        name = params.get("name")
+        try:
+            key = check_key(meta[META_IDEMPOTENCY_KEY], f'params._meta["{META_IDEMPOTENCY_KEY}"]')
+            request = {
+                "name": name,
+                "arguments": params.get("arguments"),
+                "timeout": meta.get(META_TIMEOUT),
+            }
+            with tracing.continue_meta(meta):
+                done = self.idempotency.perform(
+                    key,
+                    caller,
+                    fingerprint("mcp", request),
+                    resolve=lambda: _invocation(self._resolve_tool(params, caller)),
+                    run=lambda inv: self.commands.run(inv, caller, Mode.MCP),
+                    present=lambda outcome: _present(str(name), outcome),
+                )
+        except _NotRun as answered:
+            return answered.result
+        except (InvalidIdempotencyKey, IdempotencyKeyReused) as err:
+            raise JsonRpcError(
+                INVALID_PARAMS, err.message, {"code": err.code, **err.details}
+            ) from None
+        if not isinstance(done, Replay):
+            return _present(str(name), done)
+        result = _present(str(name), done.current) if done.current else done.answer
+        return {**result, "_meta": {**result.get("_meta", {}), META_REPLAYED: True}}
 
     def _resolve_tool(self, params: dict, caller: Caller) -> Invocation | dict[str, Any]:
         """The invocation, or the isError result that stands for it."""
@@ -442,6 +498,26 @@ def _present(name: str, outcome: Outcome) -> dict[str, Any]:
     if outcome.status is not ExecutionStatus.SUCCESS:
         return _error_result(f"{name} {outcome.status}: {outcome.error}")
     return tool_result(outcome.result)
+
+
+class _NotRun(Exception):
+    """A tools/call answered without running anything (invalid arguments, the execution
+    tool): its result, claiming no idempotency key."""
+
+    def __init__(self, result: dict[str, Any]):
+        super().__init__("answered without running")
+        self.result = result
+
+
+def _invocation(resolved: Invocation | dict[str, Any]) -> Invocation:
+    if isinstance(resolved, dict):
+        raise _NotRun(resolved)
+    return resolved
+
+
+def _idempotent(params: dict) -> bool:
+    meta = params.get("_meta")
+    return isinstance(meta, dict) and META_IDEMPOTENCY_KEY in meta
 
 
 def _progress_token(params: dict) -> str | int | None:
