@@ -121,15 +121,26 @@ def _sf_string(raw: str, name: str) -> str:
 
 
 def fingerprint(door: str, request: Any) -> str:
-    """The SHA-256 of a request's canonical JSON (keys sorted, no spaces), with its door."""
+    """The SHA-256 of a request's canonical JSON (keys sorted, no spaces, a number by its
+    value: ``1.0`` is ``1``, as RFC 8785 writes it), with its door."""
     canonical = json.dumps(
-        {"door": door, "request": request},
+        {"door": door, "request": _numbers_by_value(request)},
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
         default=str,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _numbers_by_value(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _numbers_by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers_by_value(v) for v in value]
+    return value
 
 
 def owner_of(caller: Caller) -> str:
