@@ -454,3 +454,23 @@ def test_a_tool_call_with_a_key_and_a_progress_token_is_answered_as_json_once(cl
         assert answer.mimetype == "application/json"
         assert answer.get_json()["result"]["structuredContent"] == {"runs": 1}
     assert runs(marked) == 1
+
+
+def test_over_stdio_the_name_it_runs_under_owns_the_keys(client, keys, marked, app_services_of):
+    from waygate.commands import Caller
+
+    mcp = app_services_of(client).mcp
+    message = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "mark", "arguments": {"path": str(marked)}, "_meta": {META_KEY: "s"}},
+    }
+
+    def call(name):
+        return mcp.handle(message, Caller(key_name=name), http=False).body["result"]
+
+    assert call("desktop")["structuredContent"] == {"runs": 1}
+    assert call("desktop")["_meta"] == {"waygate/idempotentReplayed": True}
+    assert call("laptop")["structuredContent"] == {"runs": 2}  # another name: its own key
+    assert runs(marked) == 2

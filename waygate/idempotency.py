@@ -144,10 +144,13 @@ def _numbers_by_value(value: Any) -> Any:
 
 
 def owner_of(caller: Caller) -> str:
-    """Whose keys these are: the API key's (by id), or the person's without one."""
+    """Whose keys these are: the API key's (by id), the person's without one, or (MCP over
+    stdio, which has neither) the name it runs under (``--as``)."""
     if caller.key_id is not None:
         return f"key:{caller.key_id}"
-    return f"person:{caller.principal or ''}"
+    if caller.principal:
+        return f"person:{caller.principal}"
+    return f"local:{caller.key_name or ''}"
 
 
 @dataclass(frozen=True)
