@@ -474,3 +474,34 @@ def test_over_stdio_the_name_it_runs_under_owns_the_keys(client, keys, marked, a
     assert call("desktop")["_meta"] == {"waygate/idempotentReplayed": True}
     assert call("laptop")["structuredContent"] == {"runs": 2}  # another name: its own key
     assert runs(marked) == 2
+
+
+def test_a_result_over_the_stored_size_is_replayed_as_a_marked_preview(marked, make_app, keys):
+    client = make_app(result_max_bytes=1024).test_client()
+    body = {"action": "echo", "params": {"message": "x" * 5000}}
+    first = execute(client, keys, body)
+    assert first.get_json()["result"] == {"result": "x" * 5000}  # the first answer is whole
+    retry = execute(client, keys, body).get_json()
+    assert retry["command_id"] == first.get_json()["command_id"]
+    assert retry["result"]["truncated"] is True and retry["result"]["max_bytes"] == 1024
+    assert retry["result"]["preview"].startswith('{"result":"xxx')
+
+
+def test_a_tool_call_retried_while_the_first_runs_is_409_with_retry_after(
+    marked, make_app, keys, db
+):
+    client = make_app(idempotency_wait_s=0).test_client()
+    arguments = {"path": str(marked), "seconds": 1.0}
+    first: list = []
+    running = threading.Thread(target=lambda: first.append(tool_call(client, keys, arguments)))
+    running.start()
+    deadline = time.monotonic() + 10
+    while not db("SELECT 1 FROM idempotency_keys"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    busy = tool_call(client, keys, arguments)
+    running.join()
+    assert busy.status_code == 409 and busy.headers["Retry-After"] == "1"
+    assert busy.get_json()["error"]["data"]["code"] == "IDEMPOTENCY_KEY_IN_PROGRESS"
+    assert first[0].get_json()["result"]["structuredContent"] == {"runs": 1}
+    assert runs(marked) == 1

@@ -30,7 +30,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -182,9 +182,13 @@ class Idempotency:
         *,
         window_s: int = DEFAULT_WINDOW_S,
         wait_s: float = DEFAULT_WAIT_S,
+        answer_max_bytes: int = 1024**2,
     ):
         self.storage = storage
         self.status = status
+        # a stored answer's most (WAYGATE_RESULT_MAX_BYTES): past it, the result in it is
+        # kept as a marked preview, as an async result is
+        self.answer_max_bytes = answer_max_bytes
         self.window_s = window_s  # how long a key is remembered from its first request
         self.wait_s = wait_s  # how long a retry waits for a first request still running
 
@@ -291,8 +295,24 @@ class Idempotency:
             )
             raise
         live = outcome.status in ExecutionStatus.unfinished()
-        self._answer(owner, key, inv.command_id, present(outcome), live)
+        self._answer(owner, key, inv.command_id, self._bounded(outcome, present), live)
         return outcome
+
+    def _bounded(self, outcome: Outcome, present: Present) -> dict[str, Any]:
+        """The answer to store: whole, or with its result as a marked preview when the whole
+        would be larger than ``answer_max_bytes``."""
+        answer = present(outcome)
+        size = len(json.dumps(answer, default=str, separators=(",", ":")).encode())
+        if size <= self.answer_max_bytes:
+            return answer
+        dumped = json.dumps(outcome.result, default=str, separators=(",", ":"))
+        preview = {
+            "truncated": True,
+            "size_bytes": len(dumped.encode()),
+            "max_bytes": self.answer_max_bytes,
+            "preview": dumped[: min(4096, self.answer_max_bytes // 2)],
+        }
+        return present(replace(outcome, result=preview))
 
     def _answer(
         self, owner: str, key: str, command_id: str, answer: dict[str, Any], live: bool

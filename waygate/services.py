@@ -130,6 +130,7 @@ class Services:
             status,
             window_s=config.idempotency_ttl_s,
             wait_s=config.idempotency_wait_s,
+            answer_max_bytes=config.result_max_bytes,
         )
         sessions = Sessions(
             storage,
