@@ -505,3 +505,41 @@ def test_a_tool_call_retried_while_the_first_runs_is_409_with_retry_after(
     assert busy.get_json()["error"]["data"]["code"] == "IDEMPOTENCY_KEY_IN_PROGRESS"
     assert first[0].get_json()["result"]["structuredContent"] == {"runs": 1}
     assert runs(marked) == 1
+
+
+def test_a_request_refused_when_it_would_run_leaves_the_key_free(marked, make_app, keys, db):
+    client = make_app(async_max_open_per_key=1, idempotency_wait_s=0).test_client()
+    held = execute(client, keys, mark(marked, seconds=0.5, **{"async": True}), key="a")
+    assert held.status_code == 202
+    body = mark(marked, **{"async": True})
+    refused = execute(client, keys, body, key="b")  # over the key's cap of open executions
+    assert refused.status_code == 429
+    assert [row["idem_key"] for row in db("SELECT idem_key FROM idempotency_keys")] == ["a"]
+    deadline = time.monotonic() + 10
+    while (retried := execute(client, keys, body, key="b")).status_code == 429:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert retried.status_code == 202 and "Idempotent-Replayed" not in retried.headers
+
+
+def test_a_lost_claim_whose_execution_was_recorded_is_answered_from_the_audit(
+    client, keys, marked, storage
+):
+    from waygate.idempotency import fingerprint
+
+    execute(client, keys, mark(marked), key="probe")
+    (owner,) = storage.conn.execute("SELECT owner FROM idempotency_keys").fetchone()
+    # it ran and was recorded, but its worker died before it stored the answer
+    recorded = execute(client, keys, mark(marked), key=None).get_json()
+    body = mark(marked)
+    storage.execute_write(
+        "INSERT INTO idempotency_keys (owner, idem_key, fingerprint, command_id, live,"
+        " created_at, claimed_until, expires_at) VALUES (?, 'lost', ?, ?, 0,"
+        " '2026-01-01T00:00:00.000Z', '2026-01-01T00:00:30.000Z', '9999-01-01T00:00:00.000Z')",
+        (owner, fingerprint("rest", body), recorded["command_id"]),
+    )
+    answer = execute(client, keys, body, key="lost")
+    assert answer.headers["Idempotent-Replayed"] == "true"
+    assert answer.get_json()["command_id"] == recorded["command_id"]
+    assert answer.get_json()["status"] == "success"
+    assert runs(marked) == 2
