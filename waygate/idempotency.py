@@ -318,8 +318,9 @@ class Idempotency:
         self, owner: str, key: str, command_id: str, answer: dict[str, Any], live: bool
     ) -> None:
         """Store the first answer; a ``live`` one (an execution that had not ended: async,
-        held) is replayed by the execution's state at the time of the retry."""
-        self.storage.execute_write(
+        held) is replayed by the execution's state at the time of the retry. Committed
+        before this returns, in a commit it may share with other requests' audit rows."""
+        self.storage.execute_grouped(
             "UPDATE idempotency_keys SET answer = ?, live = ?"
             " WHERE owner = ? AND idem_key = ? AND command_id = ? AND answer IS NULL",
             (
