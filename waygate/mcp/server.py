@@ -150,8 +150,8 @@ class McpServer:
         idempotency: Idempotency | None = None,
     ):
         self.commands = commands
-        self.idempotency = idempotency or Idempotency(commands.audit.storage, Status(commands))
         self.status = Status(commands)
+        self.idempotency = idempotency or Idempotency(commands.audit.storage, self.status)
         self._plugins = plugins
         self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
         self.tool_timeout_max = tool_timeout_max
