@@ -543,3 +543,20 @@ def test_a_lost_claim_whose_execution_was_recorded_is_answered_from_the_audit(
     assert answer.get_json()["command_id"] == recorded["command_id"]
     assert answer.get_json()["status"] == "success"
     assert runs(marked) == 2
+
+
+def test_a_browser_may_send_the_key_and_read_the_replay_header(client, keys, marked):
+    preflight = client.options(
+        "/mcp/execute",
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "Content-Type, X-API-Key, Idempotency-Key",
+        },
+    )
+    assert "idempotency-key" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    origin = {"Origin": "http://localhost:3000"}
+    execute(client, keys, mark(marked), **origin)
+    replay = execute(client, keys, mark(marked), **origin)
+    exposed = replay.headers["Access-Control-Expose-Headers"].lower()
+    assert replay.headers["Idempotent-Replayed"] == "true" and "idempotent-replayed" in exposed
