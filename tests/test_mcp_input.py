@@ -368,3 +368,26 @@ def test_a_prompt_may_ask_before_it_renders(client, keys):
     # a 2025-era client cannot answer: an error that says why
     refused = get("2025-11-25")["error"]
     assert "2026-07-28" in refused["message"]
+
+
+def test_an_idempotency_key_covers_each_round_of_a_call_that_asks(call, client):
+    """The same key on both rounds: the answer is not taken for a retry of the round that
+    asked (which would replay the question forever), and a retry of either round replays it."""
+    key = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": ALL,
+        "waygate/idempotencyKey": "restart-db-1",
+    }
+    _, first = call("restart", {"target": "db"}, _meta=key)
+    assert first["result"]["resultType"] == "input_required"
+    _, again = call("restart", {"target": "db"}, _meta=key)
+    assert again["result"]["_meta"]["waygate/idempotentReplayed"] is True
+    assert again["result"]["resultType"] == "input_required"
+    answer = {
+        "inputResponses": {"confirm-1": confirm()},
+        "requestState": first["result"]["requestState"],
+    }
+    for _ in range(2):  # the answered round runs once, its retry is replayed
+        status, done = call("restart", {"target": "db"}, _meta=key, **answer)
+        assert status == 200 and done["result"]["structuredContent"]["restarted"] is True
+    assert [r[0] for r in rows(client, "restart")] == ["input_required", "success"]

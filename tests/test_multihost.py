@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -272,6 +273,52 @@ def test_the_audit_count_equals_the_successes_served_by_both(hosts, figures):
     assert served["a"] > 0 and served["b"] > 0
     assert audit["total"] == served["a"] + served["b"] == 60
     figures["audit"] = {"rows": audit["total"], "served_a": served["a"], "served_b": served["b"]}
+
+
+def test_concurrent_duplicates_sent_to_both_hosts_run_once(hosts, figures):
+    """One Idempotency-Key, the same request sent at once to both hosts (both workers of
+    each): exactly one execution in the shared database; every other answer is its replay or
+    409 while it runs. Then the same key under another key's name is its own."""
+    _, key = create_key(hosts, "idempotent")
+    body = {"action": "wait", "params": {"seconds": 0.5}}
+    headers = {"X-API-Key": key, "Idempotency-Key": "restart-db-1"}
+    bases = [hosts.a.url, hosts.b.url] * 6
+    start = threading.Barrier(len(bases))
+
+    def send(base):
+        start.wait()
+        return hosts.http.post(base + "/mcp/execute", json=body, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(len(bases)) as pool:
+        answers = list(pool.map(send, bases))
+    assert {a.status_code for a in answers} <= {200, 409}, [a.text for a in answers]
+    ran = [a for a in answers if a.status_code == 200 and "Idempotent-Replayed" not in a.headers]
+    assert len(ran) == 1, [a.text for a in answers]
+    command_id = ran[0].json()["command_id"]
+    assert {a.json()["command_id"] for a in answers if a.status_code == 200} == {command_id}
+    audit = hosts.http.get(
+        hosts.front + "/mcp/executions?action=wait&limit=100",
+        headers=hosts.admin_headers(),
+        timeout=10,
+    ).json()
+    assert [row["command_id"] for row in audit["executions"]] == [command_id]
+    for base in (hosts.a.url, hosts.b.url):  # later retries, on either host: the replay
+        again = hosts.http.post(base + "/mcp/execute", json=body, headers=headers, timeout=30)
+        assert again.json()["command_id"] == command_id
+        assert again.headers["Idempotent-Replayed"] == "true"
+    _, other = create_key(hosts, "idempotent-other")
+    theirs = execute_with(hosts, other, body, "restart-db-1")
+    assert theirs.status_code == 200 and theirs.json()["command_id"] != command_id
+    figures["idempotency"] = {
+        "sent": len(bases),
+        "replayed": sum(a.headers.get("Idempotent-Replayed") == "true" for a in answers),
+        "in_progress_409": sum(a.status_code == 409 for a in answers),
+    }
+
+
+def execute_with(hosts: Hosts, key: str, body: dict, idempotency_key: str) -> requests.Response:
+    headers = {"X-API-Key": key, "Idempotency-Key": idempotency_key}
+    return hosts.http.post(hosts.front + "/mcp/execute", json=body, headers=headers, timeout=30)
 
 
 LEASE_BOUND_S = LEASE_S + HOUSEKEEPING_S + 2  # the lease, one housekeeping round, a margin

@@ -100,6 +100,11 @@ class Config:
     # async executions a key may have pending or running at once; beyond it 429
     async_max_open_per_key: int = 16
     housekeeping_interval_s: int = 30
+    # Idempotency-Key (REST) and "waygate/idempotencyKey" (MCP): seconds a key is remembered
+    # from its first request (a retry within it gets the first execution back), and the most
+    # a retry waits for a first request still running before it is answered 409
+    idempotency_ttl_s: int = 86_400
+    idempotency_wait_s: int = 5
     # human approval (issue 17): command-name globs that always / never need approval; commands
     # annotated destructiveHint need it unless approval_destructive_default is off
     approval_required: tuple[str, ...] = ()
@@ -303,6 +308,8 @@ class Config:
             ("result_max_bytes", 1024, 2**31),
             ("async_max_open_per_key", 1, 100_000),
             ("housekeeping_interval_s", 0, 86_400),
+            ("idempotency_ttl_s", 60, 30 * 86_400),
+            ("idempotency_wait_s", 0, 60),
             ("drain_seconds", 0, 300),
             ("approval_ttl_s", 1, 7 * 86_400),
             ("approval_webhook_attempts", 1, 10),

@@ -1,7 +1,7 @@
 """Background upkeep in each worker: renew the worker's lease on its executions, close
 executions left behind by dead workers (of this host or, past their lease, of another) or past
 their timeout, end approvals nobody decided on in time, and prune the audit log and the error
-log beyond the retention, in small batches."""
+log beyond the retention, in small batches, and idempotency keys past their window."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 from .approvals.workflow import Approvals
 from .errorlog import ErrorLog
 from .forksafe import reset_after_fork
+from .idempotency import Idempotency
 from .leases import Leases
 from .retention import Retention
 from .storage import UnavailableError
@@ -28,10 +29,12 @@ class Housekeeper:
         errors: ErrorLog,
         interval_s: float,
         approvals: Approvals | None = None,
+        idempotency: Idempotency | None = None,
     ):
         self.leases = leases
         self.retention = retention
         self.approvals = approvals
+        self.idempotency = idempotency  # its keys past their window are forgotten
         self.errors = errors
         self.interval_s = interval_s
         # leases matter where hosts share the database; one host's own workers are checked
@@ -66,6 +69,8 @@ class Housekeeper:
         if prune:
             executions = self.retention.prune()
             errors = self.errors.prune(self.retention.retention)
+            if self.idempotency is not None:
+                self.idempotency.prune()
             if executions or errors:
                 log.info("pruned %d audit and %d error rows past the retention", executions, errors)
         over = self.retention.prune_to_budget()  # cheap when under budget: three PRAGMAs

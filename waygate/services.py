@@ -20,6 +20,7 @@ from .config import Config
 from .diagnostics import ServerInfo
 from .errorlog import ErrorLog
 from .housekeeping import Housekeeper
+from .idempotency import Idempotency
 from .keystore import KeyStore
 from .latency import LatencyWindow
 from .leases import Leases
@@ -53,6 +54,7 @@ class Services:
     housekeeper: Housekeeper
     errors: ErrorLog
     latency: LatencyWindow
+    idempotency: Idempotency
     readiness: Readiness = field(default_factory=Readiness)
     server_info: ServerInfo = field(default_factory=ServerInfo)
     oauth: ResourceServer | None = None  # with WAYGATE_OAUTH_ISSUER: bearer access tokens
@@ -122,6 +124,14 @@ class Services:
         )
         errors = ErrorLog(storage)
         oauth = ResourceServer(config) if config.oauth_issuer else None
+        status = Status(commands)
+        idempotency = Idempotency(
+            storage,
+            status,
+            window_s=config.idempotency_ttl_s,
+            wait_s=config.idempotency_wait_s,
+            answer_max_bytes=config.result_max_bytes,
+        )
         sessions = Sessions(
             storage,
             keys,
@@ -139,12 +149,13 @@ class Services:
             leases=leases,
             approvals=approvals,
             commands=commands,
-            status=Status(commands),
+            status=status,
             mcp=McpServer(
                 commands,
                 lambda: plugins.current,
                 tool_timeout=config.mcp_tool_timeout,
                 tool_timeout_max=config.mcp_tool_timeout_max,
+                idempotency=idempotency,
             ),
             housekeeper=Housekeeper(
                 leases,
@@ -156,9 +167,11 @@ class Services:
                 errors,
                 config.housekeeping_interval_s,
                 approvals=approvals,
+                idempotency=idempotency,
             ),
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),
+            idempotency=idempotency,
             oauth=oauth,
             sessions=sessions,
             signin=SignIn(config, storage, oauth, sessions)

@@ -35,6 +35,15 @@ from ..commands import (
     UnknownCommand,
 )
 from ..errors import RateLimited, ServiceUnavailable, WaygateError
+from ..idempotency import (
+    Idempotency,
+    IdempotencyKeyInProgress,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
+    Replay,
+    check_key,
+    fingerprint,
+)
 from ..jsonbody import BodyRefused
 from ..outcomes import ExecutionStatus, Mode, Outcome
 from ..plugins import PluginSet
@@ -62,6 +71,10 @@ META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
 # A client may ask for a shorter tool timeout (seconds) in tools/call's params._meta.
 META_TIMEOUT = "waygate/timeout"
+# A tools/call with this key in params._meta runs once per caller and key; a retry gets the
+# first call's result, its _meta marked META_REPLAYED (waygate.idempotency).
+META_IDEMPOTENCY_KEY = "waygate/idempotencyKey"
+META_REPLAYED = "waygate/idempotentReplayed"
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
     -32700,
@@ -150,9 +163,11 @@ class McpServer:
         plugins: Callable[[], PluginSet],
         tool_timeout: int = 30,
         tool_timeout_max: int = 300,
+        idempotency: Idempotency | None = None,
     ):
         self.commands = commands
         self.status = Status(commands)
+        self.idempotency = idempotency or Idempotency(commands.audit.storage, self.status)
         self._plugins = plugins
         self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
         self.tool_timeout_max = tool_timeout_max
@@ -196,14 +211,20 @@ class McpServer:
             if modern:
                 self._check_modern(message, method, version, routing, http)
             params = message.get("params") or {}
-            if method == "tools/call" and routing.streams and _progress_token(params) is not None:
+            if (
+                method == "tools/call"
+                and routing.streams
+                and _progress_token(params) is not None
+                and not _idempotent(params)  # answered as JSON, to be replayed alike
+            ):
                 return self._stream_tool(params, caller, request_id, modern)
             result = self._dispatch(method, params, caller, modern, version)
             return Reply(200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         except JsonRpcError as err:
             return Reply(err.status, err.body(request_id))
-        except (ServiceUnavailable, RateLimited) as err:  # too busy now (503), or this key
-            # has its share of the worker's command slots (429): retry later
+        except (ServiceUnavailable, RateLimited, IdempotencyKeyInProgress) as err:  # too busy
+            # now (503), this key has its share of the worker's command slots (429), or the
+            # first call with its idempotency key still runs (409): retry later
             busy = JsonRpcError(
                 INTERNAL_ERROR if err.status >= 500 else INVALID_REQUEST,
                 err.message,
@@ -372,12 +393,54 @@ class McpServer:
         return [*listed, EXECUTION_TOOL]
 
     def call_tool(self, params: dict, caller: Caller, *, modern: bool = False) -> dict[str, Any]:
+        if _idempotent(params):
+            return self._call_once(params, caller, modern)
         inv = self._resolve_tool(params, caller)
         if isinstance(inv, dict):
             return inv
         inv = self._with_inputs(inv, params, caller, modern)
         with tracing.continue_meta(params.get("_meta")):  # the caller's trace, if it sent one
             return _present(inv.action, self.commands.run(inv, caller, Mode.MCP))
+
+    def _call_once(self, params: dict, caller: Caller, modern: bool) -> dict[str, Any]:
+        """A tools/call with an idempotency key: run once for the caller and key; a retry
+        gets the first result back (a held call's state now), marked replayed. A call that
+        runs nothing (invalid arguments, the execution tool) claims no key. Each round of a
+        call that asks for input is its own request under the key (its answers name it), so
+        answering a question is not mistaken for a retry of the round that asked."""
+        meta = params["_meta"]
+        name = params.get("name")
+        try:
+            key = check_key(meta[META_IDEMPOTENCY_KEY], f'params._meta["{META_IDEMPOTENCY_KEY}"]')
+            answers = [params.get("requestState"), params.get("inputResponses")]
+            if modern and answers != [None, None]:
+                key = f"{key}#round-{fingerprint('answers', answers)[:32]}"
+            request = {
+                "name": name,
+                "arguments": params.get("arguments"),
+                "timeout": meta.get(META_TIMEOUT),
+            }
+            with tracing.continue_meta(meta):
+                done = self.idempotency.perform(
+                    key,
+                    caller,
+                    fingerprint("mcp", request),
+                    resolve=lambda: self._with_inputs(
+                        _invocation(self._resolve_tool(params, caller)), params, caller, modern
+                    ),
+                    run=lambda inv: self.commands.run(inv, caller, Mode.MCP),
+                    present=lambda outcome: _present(str(name), outcome),
+                )
+        except _NotRun as answered:
+            return answered.result
+        except (InvalidIdempotencyKey, IdempotencyKeyReused) as err:
+            raise JsonRpcError(
+                INVALID_PARAMS, err.message, {"code": err.code, **err.details}
+            ) from None
+        if not isinstance(done, Replay):
+            return _present(str(name), done)
+        result = _present(str(name), done.current) if done.current else done.answer
+        return {**result, "_meta": {**result.get("_meta", {}), META_REPLAYED: True}}
 
     def _resolve_tool(self, params: dict, caller: Caller) -> Invocation | dict[str, Any]:
         """The invocation, or the isError result that stands for it."""
@@ -505,6 +568,26 @@ def _present(name: str, outcome: Outcome) -> dict[str, Any]:
     if outcome.status is not ExecutionStatus.SUCCESS:
         return _error_result(f"{name} {outcome.status}: {outcome.error}")
     return tool_result(outcome.result)
+
+
+class _NotRun(Exception):
+    """A tools/call answered without running anything (invalid arguments, the execution
+    tool): its result, claiming no idempotency key."""
+
+    def __init__(self, result: dict[str, Any]):
+        super().__init__("answered without running")
+        self.result = result
+
+
+def _invocation(resolved: Invocation | dict[str, Any]) -> Invocation:
+    if isinstance(resolved, dict):
+        raise _NotRun(resolved)
+    return resolved
+
+
+def _idempotent(params: dict) -> bool:
+    meta = params.get("_meta")
+    return isinstance(meta, dict) and META_IDEMPOTENCY_KEY in meta
 
 
 def _progress_token(params: dict) -> str | int | None:

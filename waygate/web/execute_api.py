@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, url_for
+from flask import Blueprint, Response, jsonify, request, url_for
 
 from ..approvals.policy import may_approve
+from ..commands import Caller, Invocation
 from ..errors import InvalidRequest, NotFound
-from ..outcomes import ExecutionStatus
+from ..idempotency import Replay, fingerprint, key_from_header
+from ..outcomes import ExecutionStatus, Outcome
 from . import services
 from .auth import admin_required, current_caller, current_principal, key_required
 from .http import read_json
 from .limiter import limit_group
 from .pagination import add_headers, paginated, requested_page, requested_since
-from .responses import respond
+from .responses import replayed, respond, stored_answer
 
 bp = Blueprint("execute", __name__)
 
@@ -26,6 +28,18 @@ def execute():
     post:
       summary: Execute an MCP command
       tags: [mcp]
+      parameters:
+        - name: Idempotency-Key
+          in: header
+          required: false
+          description: >-
+            Runs the request once: a retry with the same key and the same request (the same
+            JSON, whatever its spacing and key order) gets the first execution back, marked
+            Idempotent-Replayed, without running again; for an async or held execution, its
+            state now. Keys are the caller's own and kept WAYGATE_IDEMPOTENCY_TTL_S (24 h).
+            1 to 255 printable ASCII characters, bare or as a quoted Structured Field string;
+            not taken for a batch
+          schema: {type: string, minLength: 1, maxLength: 255, pattern: '^[!#-~][ -~]*$'}
       requestBody:
         required: true
         content:
@@ -43,6 +57,8 @@ def execute():
       responses:
         200:
           description: Command executed successfully (a batch answers an array, in order)
+          headers:
+            Idempotent-Replayed: {$ref: "#/components/headers/Idempotent-Replayed"}
           content:
             application/json:
               schema:
@@ -57,13 +73,15 @@ def execute():
             key approves it; a batch item gets the same as its own response)
           headers:
             Location: {$ref: "#/components/headers/Location"}
+            Idempotent-Replayed: {$ref: "#/components/headers/Idempotent-Replayed"}
           content:
             application/json:
               schema: {$ref: "#/components/schemas/MCPResponse"}
         400:
           description: >-
-            Invalid command (Error), or a command that refused its input (MCPResponse,
-            status failed)
+            Invalid command or Idempotency-Key (Error: INVALID_REQUEST, MISSING_PARAMETER,
+            INVALID_IDEMPOTENCY_KEY), or a command that refused its input (MCPResponse, status
+            failed)
           content:
             application/json:
               schema:
@@ -80,6 +98,21 @@ def execute():
                 oneOf:
                   - {$ref: "#/components/schemas/Error"}
                   - {$ref: "#/components/schemas/MCPResponse"}
+        409:
+          description: >-
+            The first request with this Idempotency-Key is still running
+            (IDEMPOTENCY_KEY_IN_PROGRESS); retry after Retry-After seconds
+          headers:
+            Retry-After: {$ref: "#/components/headers/Retry-After"}
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Error"}
+        422:
+          description: >-
+            The Idempotency-Key was first used for another request (IDEMPOTENCY_KEY_REUSED)
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Error"}
         408:
           description: Command execution timeout
           content:
@@ -95,17 +128,44 @@ def execute():
                   - {$ref: "#/components/schemas/Error"}
     """
     commands = services().commands
+    key = key_from_header(request.headers.get("Idempotency-Key"))
     body = read_json()
     if isinstance(body, list):
+        if key is not None:
+            raise InvalidRequest(
+                "Idempotency-Key is not taken for a batch: send each command on its own,"
+                " each with its own key",
+                {"header": "Idempotency-Key"},
+            )
         return _batch(body)
-    inv = commands.parse(body, current_caller())
+    caller = current_caller()
+    if key is None:
+        inv = commands.parse(body, caller)
+        return _located(respond(_run(inv, caller)), inv.command_id)
+    done = services().idempotency.perform(
+        key,
+        caller,
+        fingerprint("rest", body),
+        resolve=lambda: commands.parse(body, caller),
+        run=lambda inv: _run(inv, caller),
+        present=stored_answer,
+    )
+    if isinstance(done, Replay):  # a retry: the first request's answer, not run again
+        return _located(replayed(done), done.command_id)
+    return _located(respond(done), done.command_id)
+
+
+def _run(inv: Invocation, caller: Caller) -> Outcome:
     # A command that ran and refused its input (CommandError) answers the MCPResponse with
     # status "failed" and the handler's 4xx: the caller sees the command_id, the duration and
     # the reason in the same model as any other outcome (the spec's own example relies on it).
-    run = commands.submit_async if inv.run_async else commands.run
-    response = respond(run(inv, current_caller()))
+    commands = services().commands
+    return (commands.submit_async if inv.run_async else commands.run)(inv, caller)
+
+
+def _located(response: Response, command_id: str) -> Response:
     if response.status_code == 202:  # accepted, or awaiting approval: to be polled
-        response.headers["Location"] = url_for("execute.execution", command_id=inv.command_id)
+        response.headers["Location"] = url_for("execute.execution", command_id=command_id)
     return response
 
 

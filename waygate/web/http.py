@@ -42,6 +42,7 @@ CORS_ALLOW_HEADERS = [
     "MCP-Protocol-Version",
     "Mcp-Method",
     "Mcp-Name",
+    "Idempotency-Key",
 ]
 CORS_EXPOSE_HEADERS = [
     "X-Request-ID",
@@ -55,6 +56,7 @@ CORS_EXPOSE_HEADERS = [
     "Location",
     "Deprecation",
     "Sunset",
+    "Idempotent-Replayed",
 ]
 
 

@@ -62,6 +62,10 @@ _HEADERS = {
     "X-Page-Count": ("Pages in the whole list", "integer"),
     "Link": ("first, last, next and prev pages (RFC 8288)", "string"),
     "Location": ("Where to poll an async execution", "string"),
+    "Idempotent-Replayed": (
+        "true: the answer of an earlier request with the same Idempotency-Key, not run again",
+        "string",
+    ),
     "WWW-Authenticate": ("The accepted authentication scheme", "string"),
     "Allow": ("The methods the endpoint allows", "string"),
     "Deprecation": ("Present when ?version=2 is used: deprecated (RFC 9745)", "string"),

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from flask import Response, jsonify
 
+from ..idempotency import Replay
 from ..outcomes import ExecutionStatus, Outcome
+
+REPLAYED_HEADER = "Idempotent-Replayed"  # on a retry's answer: the first request's, not run again
 
 _STATUS = {
     ExecutionStatus.SUCCESS: 200,
@@ -38,4 +41,24 @@ def respond(outcome: Outcome) -> Response:
     response.status_code = http_status(outcome)
     if outcome.cause is not None and outcome.cause.retry_after is not None:
         response.headers["Retry-After"] = str(outcome.cause.retry_after)
+    return response
+
+
+def stored_answer(outcome: Outcome) -> dict:
+    """What a retry with the same Idempotency-Key gets back: the status code and MCPResponse."""
+    return {"status": http_status(outcome), "body": outcome.as_response()}
+
+
+def replayed(replay: Replay) -> Response:
+    """A retry's answer, marked ``Idempotent-Replayed: true``: the first answer as it was,
+    or for an async or held execution its state now (202 while it has not ended, as a poll
+    of ``Location`` shows it; 200 once it has)."""
+    if replay.current is not None:
+        response = jsonify(replay.current.as_response())
+        unfinished = replay.current.status in ExecutionStatus.unfinished()
+        response.status_code = 202 if unfinished else 200
+    else:
+        response = jsonify(replay.answer["body"])
+        response.status_code = replay.answer["status"]
+    response.headers[REPLAYED_HEADER] = "true"
     return response

@@ -32,6 +32,7 @@ from . import (
     m016_console_sessions,
     m017_principals,
     m018_sessions,
+    m020_idempotency_keys,
     m024_input_required,
     r001_rate_limits,
 )
@@ -59,6 +60,7 @@ STATE = Schema(
         m016_console_sessions.migration,
         m017_principals.migration,
         m018_sessions.migration,
+        m020_idempotency_keys.migration,
         m024_input_required.migration,
     ),
 )
