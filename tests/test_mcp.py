@@ -344,7 +344,8 @@ def test_an_unknown_protocol_version_is_unsupported_listing_every_served_revisio
 def test_server_discover(rpc):
     message, headers = modern("server/discover")
     result = rpc(message, headers=headers).get_json()["result"]
-    assert result["supportedVersions"] == [MODERN]
+    # the same list as the unsupported-version error's: one list of served revisions
+    assert result["supportedVersions"] == SERVED
     assert result["resultType"] == "complete"
     assert result["capabilities"] == CAPABILITIES
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "waygate"
@@ -646,6 +647,37 @@ def test_modern_lists_carry_caching_hints(rpc):
         result = rpc(message, headers=headers).get_json()["result"]
         assert key in result and result["ttlMs"] == 0 and result["cacheScope"] == "private"
         assert result["resultType"] == "complete"
+
+
+SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+
+
+def test_modern_reads_carry_caching_hints_and_every_result_the_server_identity(rpc):
+    # resources/read is cacheable in 2026-07-28 (ttlMs and cacheScope are required there: the
+    # TypeScript client 2.x refused the result without them); prompts/get and tools/call are
+    # not cacheable, yet every modern result names the server in _meta
+    cases = [
+        ("resources/read", {"uri": "runbook://disk-full"}, None, True),
+        ("resources/templates/list", {}, None, True),
+        ("prompts/get", {"name": "triage", "arguments": {"service": "api"}}, None, False),
+        ("tools/call", {"name": "echo", "arguments": {"message": "x"}}, "echo", False),
+    ]
+    for method, params, name, cacheable in cases:
+        message, headers = modern(method, params, name=name)
+        result = rpc(message, headers=headers).get_json()["result"]
+        assert result["resultType"] == "complete", method
+        assert result["_meta"][SERVER_INFO_KEY]["name"] == "waygate", method
+        assert ("ttlMs" in result and result["cacheScope"] == "private") is cacheable, method
+    # the handshake era has none of these fields
+    legacy = rpc(request("resources/read", {"uri": "runbook://disk-full"})).get_json()["result"]
+    assert not {"ttlMs", "cacheScope", "resultType", "_meta"} & set(legacy)
+
+
+def test_an_unknown_resource_is_invalid_params_in_2026_07_28(rpc):
+    message, headers = modern("resources/read", {"uri": "runbook://nope"})
+    response = rpc(message, headers=headers)
+    assert error_of(response)["code"] == -32602  # -32002 before 2026-07-28 (above)
+    assert error_of(response)["data"] == {"uri": "runbook://nope"}
 
 
 def test_prompt_renders_and_resource_reads_are_audited_and_counted(rpc, client, keys):

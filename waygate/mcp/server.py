@@ -34,10 +34,13 @@ from ..plugins import PluginSet
 from ..schemas import json_schema
 from ..sdk import Content, RichResult
 from ..status import Status
-from .catalog import Catalog, CatalogError
+from .catalog import RESOURCE_NOT_FOUND, Catalog, CatalogError
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
+# The one list of served revisions: the unsupported-version error, server/discover's
+# supportedVersions and initialize's choice all read it (a dual-era server lists both eras, as
+# the 2026-07-28 versioning page's example does; modern clients pick the modern ones).
 SUPPORTED_VERSIONS = HANDSHAKE_VERSIONS + MODERN_VERSIONS
 # A request without MCP-Protocol-Version comes from a 2025-03-26 client (the header came later).
 HEADERLESS_VERSION = "2025-03-26"
@@ -83,6 +86,20 @@ EXECUTION_TOOL = {
     },
     "annotations": {"readOnlyHint": True, "idempotentHint": True},
 }
+# 2026-07-28 results that MUST carry caching hints (server/utilities/caching). What a key sees
+# depends on its scope, so none may be shared across callers ("private"); plugins change on a
+# reload at any time and resources are read live, so none is fresh for long (0 ms).
+CACHEABLE = frozenset(
+    {
+        "server/discover",
+        "tools/list",
+        "prompts/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+    }
+)
+CACHE_HINTS = {"ttlMs": 0, "cacheScope": "private"}
 
 
 class JsonRpcError(Exception):
@@ -275,30 +292,29 @@ class McpServer:
             if method == "server/discover" and modern:
                 return self._complete(
                     {
-                        "supportedVersions": list(MODERN_VERSIONS),
+                        "supportedVersions": list(SUPPORTED_VERSIONS),
                         "capabilities": CAPABILITIES,
                         "instructions": INSTRUCTIONS,
-                        "ttlMs": 0,
-                        "cacheScope": "private",
-                        "_meta": {META_SERVER_INFO: SERVER_INFO},
                     },
                     modern,
+                    cacheable=True,
                 )
             if method == "ping" and not modern:  # 2026-07-28 removed ping
                 return {}
             if method in self._lists:
                 key, list_them = self._lists[method]
-                listed = {key: list_them(caller)}
-                if modern:
-                    listed.update(ttlMs=0, cacheScope="private")
-                return self._complete(listed, modern)
+                return self._complete({key: list_them(caller)}, modern, cacheable=True)
             if method == "tools/call":
                 return self._complete(self.call_tool(params, caller), modern)
             if method in self._reads:
                 try:
-                    return self._complete(self._reads[method](params, caller), modern)
+                    read = self._reads[method](params, caller)
                 except CatalogError as err:
-                    raise JsonRpcError(err.code, err.message, err.data) from None
+                    code = err.code
+                    if code == RESOURCE_NOT_FOUND and modern:  # 2026-07-28: Invalid Params
+                        code = INVALID_PARAMS
+                    raise JsonRpcError(code, err.message, err.data) from None
+                return self._complete(read, modern, cacheable=method in CACHEABLE)
             raise JsonRpcError(
                 METHOD_NOT_FOUND, f"method not found: {method}", status=404 if modern else 200
             )
@@ -308,8 +324,19 @@ class McpServer:
             raise
 
     @staticmethod
-    def _complete(result: dict[str, Any], modern: bool) -> dict[str, Any]:
-        return {**result, "resultType": "complete"} if modern else result
+    def _complete(
+        result: dict[str, Any], modern: bool, cacheable: bool = False
+    ) -> dict[str, Any]:
+        """A 2026-07-28 result: ``resultType``, the server's identity in ``_meta`` (every
+        result SHOULD carry it: basic/index, "Per-response protocol fields") and, for the
+        cacheable methods (CACHEABLE), the caching hints; a handshake-era result as it is."""
+        if not modern:
+            return result
+        meta = result.get("_meta")
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        meta[META_SERVER_INFO] = SERVER_INFO
+        hints = CACHE_HINTS if cacheable else {}
+        return {**result, **hints, "resultType": "complete", "_meta": meta}
 
     @staticmethod
     def _initialize(params: dict) -> dict[str, Any]:
