@@ -324,9 +324,7 @@ class McpServer:
             raise
 
     @staticmethod
-    def _complete(
-        result: dict[str, Any], modern: bool, cacheable: bool = False
-    ) -> dict[str, Any]:
+    def _complete(result: dict[str, Any], modern: bool, cacheable: bool = False) -> dict[str, Any]:
         """A 2026-07-28 result: ``resultType``, the server's identity in ``_meta`` (every
         result SHOULD carry it: basic/index, "Per-response protocol fields") and, for the
         cacheable methods (CACHEABLE), the caching hints; a handshake-era result as it is."""
@@ -367,6 +365,8 @@ class McpServer:
                 tool["outputSchema"] = dict(command.output_schema)
             if command.annotations:
                 tool["annotations"] = dict(command.annotations)
+            if command.icons:
+                tool["icons"] = [icon.as_dict() for icon in command.icons]
             if held:
                 tool["description"] = f"{command.description} {APPROVAL_NOTE}".strip()
                 tool["_meta"] = {META_APPROVAL: True}
