@@ -138,7 +138,6 @@ def test_malformed_json_is_400_parse_error(rpc):
         {"jsonrpc": "2.0", "id": 1, "method": 7},
         {"jsonrpc": "2.0", "id": None, "method": "ping"},
         {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]},
-        [{"jsonrpc": "2.0", "id": 1, "method": "ping"}],
         "ping",
     ],
 )
@@ -146,6 +145,52 @@ def test_invalid_json_rpc_is_400_invalid_request(rpc, message):
     response = rpc(message)
     assert response.status_code == 400
     assert error_of(response)["code"] == -32600
+
+
+# -- JSON-RPC batches: 2025-03-26 only -----------------------------------------------------------
+
+
+def test_a_2025_03_26_batch_is_answered_message_by_message_in_order(rpc, client, keys):
+    # 2025-03-26 clients send no MCP-Protocol-Version header; that revision had batches
+    batch = [
+        request("ping", id="a"),
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},  # no answer
+        request("tools/call", {"name": "echo", "arguments": {"message": "hi"}}, id=2),
+        request("tools/call", {"name": "nope"}, id=3),  # the same error as alone
+        {"jsonrpc": "1.0", "id": 4, "method": "ping"},  # the same shape check as alone
+        [request("ping", id=5)],
+    ]
+    response = rpc(batch)
+    assert response.status_code == 200
+    answers = response.get_json()
+    assert [a["id"] for a in answers] == ["a", 2, 3, 4, None]
+    assert answers[0]["result"] == {}
+    assert answers[1]["result"]["structuredContent"] == {"result": "hi"}
+    assert answers[2]["error"]["code"] == -32602
+    assert answers[3]["error"]["code"] == -32600 and answers[4]["error"]["code"] == -32600
+    executions = client.get("/mcp/executions", headers=keys.headers("admin")).get_json()
+    assert [(e["action"], e["mode"]) for e in executions["executions"]] == [("echo", "mcp")]
+
+
+def test_a_batch_of_notifications_only_is_202(rpc):
+    response = rpc([{"jsonrpc": "2.0", "method": "notifications/initialized"}] * 2)
+    assert response.status_code == 202 and response.get_data() == b""
+
+
+@pytest.mark.parametrize("size", [0, 21])
+def test_a_batch_is_bounded(rpc, size):
+    response = rpc([request("ping", id=i) for i in range(size)])
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == -32600 and error["data"] == {"max": 20, "received": size}
+
+
+@pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25", MODERN])
+def test_later_revisions_refuse_batches(rpc, version):
+    response = rpc([request("ping")], headers={"MCP-Protocol-Version": version})
+    assert response.status_code == 400
+    assert error_of(response)["code"] == -32600
+    assert "not part of MCP " + version in error_of(response)["message"]
 
 
 def test_a_foreign_origin_is_403(rpc):

@@ -44,6 +44,9 @@ MODERN_VERSIONS = ("2026-07-28",)
 SUPPORTED_VERSIONS = HANDSHAKE_VERSIONS + MODERN_VERSIONS
 # A request without MCP-Protocol-Version comes from a 2025-03-26 client (the header came later).
 HEADERLESS_VERSION = "2025-03-26"
+# JSON-RPC batches (an array of messages): part of 2025-03-26 only (2025-06-18 removed them).
+BATCH_VERSIONS = ("2025-03-26",)
+MAX_BATCH = 20  # messages in one batch, each checked and answered as if it came alone
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
@@ -129,7 +132,7 @@ class Reply:
     """What to send back: an HTTP status and a JSON-RPC body (None: nothing, e.g. 202)."""
 
     status: int
-    body: dict[str, Any] | None = None
+    body: dict[str, Any] | list[dict[str, Any]] | None = None  # a list answers a batch
     retry_after: int | None = None  # seconds, when the server is too busy to answer now
     stream: ToolStream | None = None  # instead of a body: messages to send as they come
 
@@ -176,6 +179,8 @@ class McpServer:
         self, message: Any, caller: Caller, routing: Routing | None = None, http: bool = True
     ) -> Reply:
         routing = routing or Routing()
+        if isinstance(message, list):
+            return self._batch(message, caller, routing, http)
         request_id = message.get("id") if isinstance(message, dict) else None
         try:
             method = self._check_shape(message)
@@ -185,11 +190,7 @@ class McpServer:
                 version = meta.get(META_VERSION) if isinstance(meta, dict) else None
             version = version or HEADERLESS_VERSION
             if version not in SUPPORTED_VERSIONS:
-                raise JsonRpcError(
-                    UNSUPPORTED_VERSION,
-                    f"unsupported protocol version {str(version)[:40]!r}",
-                    {"supported": list(SUPPORTED_VERSIONS), "requested": str(version)[:40]},
-                )
+                raise _unsupported(version)
             modern = version in MODERN_VERSIONS
             if method is None or "id" not in message:  # a notification, or a client's response
                 return Reply(202)
@@ -211,14 +212,43 @@ class McpServer:
             )
             return Reply(err.status, busy.body(request_id), retry_after=err.retry_after)
 
+    def _batch(self, messages: list, caller: Caller, routing: Routing, http: bool) -> Reply:
+        """A JSON-RPC batch from a 2025-03-26 client: each message handled as if it came alone
+        (same checks, same errors; no streaming), in order; the answers as one array, or 202
+        when none of them is a request. Later revisions removed batches: refused there."""
+        version = routing.version or HEADERLESS_VERSION
+        try:
+            if version not in SUPPORTED_VERSIONS:
+                raise _unsupported(version)
+            if version not in BATCH_VERSIONS:
+                raise JsonRpcError(
+                    INVALID_REQUEST,
+                    f"JSON-RPC batches are not part of MCP {version} (only of"
+                    f" {', '.join(BATCH_VERSIONS)}): send one message per request",
+                )
+            if not messages or len(messages) > MAX_BATCH:
+                raise JsonRpcError(
+                    INVALID_REQUEST,
+                    f"a batch holds 1 to {MAX_BATCH} messages; got {len(messages)}",
+                    {"max": MAX_BATCH, "received": len(messages)},
+                )
+        except JsonRpcError as err:
+            return Reply(err.status, err.body())
+        single = Routing(version=routing.version)  # no routing headers, no stream per item
+        answers = []
+        for message in messages:
+            if isinstance(message, list):  # not in a batch either
+                answers.append(JsonRpcError(INVALID_REQUEST, "a batch inside a batch").body())
+                continue
+            body = self.handle(message, caller, single, http).body
+            if body is not None:
+                answers.append(body)
+        return Reply(200, answers) if answers else Reply(202)
+
     # -- checks --------------------------------------------------------------------------------
 
     @staticmethod
     def _check_shape(message: Any) -> str | None:
-        if isinstance(message, list):
-            raise JsonRpcError(
-                INVALID_REQUEST, "JSON-RPC batches are not supported: send one message per request"
-            )
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             raise JsonRpcError(
                 INVALID_REQUEST, 'not a JSON-RPC 2.0 message (need "jsonrpc": "2.0")'
@@ -450,6 +480,14 @@ class McpServer:
         if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked >= 1:
             return int(min(asked, self.tool_timeout_max))
         return self.tool_timeout
+
+
+def _unsupported(version: Any) -> JsonRpcError:
+    return JsonRpcError(
+        UNSUPPORTED_VERSION,
+        f"unsupported protocol version {str(version)[:40]!r}",
+        {"supported": list(SUPPORTED_VERSIONS), "requested": str(version)[:40]},
+    )
 
 
 def _present(name: str, outcome: Outcome) -> dict[str, Any]:
