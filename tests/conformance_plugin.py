@@ -94,6 +94,21 @@ class ConformancePlugin(Plugin):
             # a tool that logs: plugin logs go to the server log, never to the client as
             # notifications/message (the suite checks none arrives without a logLevel)
             tool("test_logging_tool", "Logs three messages", self.log_three),
+            # an argument mirrored into an HTTP header (x-mcp-header): Mcp-Param-Region must
+            # match it (http-custom-header-server-validation)
+            Command(
+                "test_header_param",
+                "Echoes the region its client also sends as the Mcp-Param-Region header",
+                {
+                    "type": "object",
+                    "properties": {
+                        "region": {"type": "string", "x-mcp-header": "Region"},
+                        "query": {"type": "string"},
+                    },
+                    "required": ["region"],
+                },
+                lambda params, ctx: f"Region: {params['region']}",
+            ),
             tool(
                 "test_simple_text",
                 "Returns a simple text response",

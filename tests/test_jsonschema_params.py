@@ -211,6 +211,11 @@ def counting_http_server():
             "()",
             "dialect",
         ),
+        (
+            '{"type": "object", "properties": {"n": {"type": "number", "x-mcp-header": "N"}}}',
+            "()",
+            "x-mcp-header needs type string",
+        ),
         ("{}", '(Icon("javascript:alert(1)"),)', "https:// URL or a data:image/"),
         ("{}", '(Icon("http://example.com/i.png"),)', "https:// URL or a data:image/"),
         ("{}", '(Icon("https://example.com/i.png", theme="pink"),)', "theme"),

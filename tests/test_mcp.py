@@ -51,6 +51,8 @@ def request(method, params=None, id=1):
 
 def modern(method, params=None, name=None, version=MODERN, meta=None):
     headers = {"MCP-Protocol-Version": version, "Mcp-Method": method}
+    if name is None and method in ("prompts/get", "resources/read"):  # as clients do
+        name = (params or {}).get("name" if method == "prompts/get" else "uri")
     if name:
         headers["Mcp-Name"] = name
     body = {

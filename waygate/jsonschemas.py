@@ -19,6 +19,7 @@ Bounded, because the arguments come from clients:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -32,6 +33,10 @@ MAX_DEPTH = 32
 MAX_ERRORS = 20
 PATTERN_BUDGET_S = 0.05
 _REF_KEYS = ("$ref", "$dynamicRef")
+# MCP 2026-07-28: an argument a client mirrors into an HTTP header (Mcp-Param-{name})
+X_MCP_HEADER = "x-mcp-header"
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_PRIMITIVE = ("string", "integer", "boolean")
 
 
 class SchemaProblem(ValueError):
@@ -180,6 +185,55 @@ def errors_of(validator: Any, data: Any) -> dict[str, list[str]]:
         where = str(error.path[0]) if error.path else "_schema"
         messages.setdefault(where, []).append(error.message[:300])
     return messages
+
+
+def annotated(schema: Any) -> Iterator[tuple[tuple[str, ...], str, Mapping[str, Any]]]:
+    """(property path, header name, property schema) of every ``x-mcp-header`` reachable from
+    the root through ``properties`` alone (the only places the spec allows it)."""
+    stack: list[tuple[tuple[str, ...], Any]] = [((), schema)]
+    while stack:
+        path, node = stack.pop()
+        if not isinstance(node, Mapping):
+            continue
+        if path and isinstance(node.get(X_MCP_HEADER), str):
+            yield path, node[X_MCP_HEADER], node
+        properties = node.get("properties")
+        if isinstance(properties, Mapping):
+            stack.extend(((*path, name), sub) for name, sub in properties.items())
+
+
+def invalid_annotation(schema: Any) -> str | None:
+    """Why the schema's ``x-mcp-header`` annotations are invalid (clients then drop the tool),
+    or None: each on a statically reachable string/integer/boolean property, a token, unique
+    regardless of case, and none anywhere else."""
+    reachable = {id(node) for _, _, node in annotated(schema)}
+    seen: dict[str, str] = {}
+    for path, token, node in annotated(schema):
+        where = ".".join(path)
+        if not _TOKEN.fullmatch(token):
+            return f"property {where!r}: {X_MCP_HEADER} {token[:50]!r} is not an HTTP token"
+        if node.get("type") not in _PRIMITIVE:
+            return f"property {where!r}: {X_MCP_HEADER} needs type string, integer or boolean"
+        if token.lower() in seen:
+            return (
+                f"{X_MCP_HEADER} {token!r} on {where!r} repeats the one on {seen[token.lower()]!r}"
+            )
+        seen[token.lower()] = where
+    for node in _every_object(schema):
+        if X_MCP_HEADER in node and id(node) not in reachable:
+            return f"{X_MCP_HEADER} outside a chain of properties from the root"
+    return None
+
+
+def _every_object(value: Any) -> Iterator[Mapping[str, Any]]:
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, Mapping):
+            yield node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 class JsonSchemaParams(Schema):

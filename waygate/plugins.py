@@ -28,7 +28,8 @@ from stevedore import ExtensionManager
 from . import compat
 from .clock import isoformat
 from .errors import NotFound
-from .jsonschemas import SchemaProblem, params_class, validator_for
+from .jsonschemas import SchemaProblem, invalid_annotation, params_class, validator_for
+from .schemas import json_schema
 from .sdk import Command, Icon, Plugin, Prompt, Resource, redact_config
 from .storage import DatabaseError, Storage
 
@@ -359,6 +360,9 @@ def _settle_declarations(offer: _Offer, plugin_class: type[Plugin]) -> None:
         params = command.params
         if isinstance(params, Mapping):
             params = params_class(command.name, params)
+        problem = invalid_annotation(json_schema(params))  # clients would drop the tool
+        if problem is not None:
+            raise SchemaProblem(f"the inputSchema of {command.name}: {problem}")
         if command.output_schema is not None:
             validator_for(command.output_schema, f"the outputSchema of {command.name}")
         icons = _checked_icons(command.icons, f"icons of {command.name}") or default_icons

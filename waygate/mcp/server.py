@@ -35,6 +35,7 @@ from ..schemas import json_schema
 from ..sdk import Content, RichResult
 from ..status import Status
 from .catalog import RESOURCE_NOT_FOUND, Catalog, CatalogError
+from .headers import name_mismatch, param_mismatch
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
@@ -145,6 +146,7 @@ class Routing:
     method: str | None = None
     name: str | None = None
     streams: bool = False  # the client accepts text/event-stream
+    params: tuple[tuple[str, str], ...] = ()  # the Mcp-Param-* headers, as sent
 
 
 class McpServer:
@@ -197,6 +199,8 @@ class McpServer:
             if modern:
                 self._check_modern(message, method, version, routing, http)
             params = message.get("params") or {}
+            if modern and http and method == "tools/call":
+                self._check_param_headers(params, caller, routing)
             if method == "tools/call" and routing.streams and _progress_token(params) is not None:
                 return self._stream_tool(params, caller, request_id, modern)
             result = self._dispatch(method, params, caller, modern, version)
@@ -299,7 +303,7 @@ class McpServer:
                 mismatches.append("MCP-Protocol-Version")
             if routing.method != method:
                 mismatches.append("Mcp-Method")
-            if method == "tools/call" and routing.name != params.get("name"):
+            if name_mismatch(method, params, routing.name):  # tools/call, prompts/get, read
                 mismatches.append("Mcp-Name")
             if mismatches:
                 raise JsonRpcError(
@@ -308,6 +312,24 @@ class McpServer:
                     {"headers": mismatches},
                     status=400,
                 )
+
+    def _check_param_headers(self, params: dict, caller: Caller, routing: Routing) -> None:
+        """A tool whose inputSchema marks arguments with ``x-mcp-header``: the client's
+        ``Mcp-Param-*`` headers must match them (a tool this key cannot see is left to the
+        unknown-tool error, which says nothing about its schema)."""
+        name = params.get("name")
+        command = self._plugins().commands.get(name) if isinstance(name, str) else None
+        if command is None or name == EXECUTION_TOOL["name"]:
+            return
+        if not caller.scope.permits(
+            name, self._plugins().command_plugin[name], command.annotations
+        ):
+            return
+        problem = param_mismatch(
+            json_schema(command.params), params.get("arguments"), routing.params
+        )
+        if problem is not None:
+            raise JsonRpcError(HEADER_MISMATCH, problem, {"headers": ["Mcp-Param"]}, status=400)
 
     # -- methods -------------------------------------------------------------------------------
 

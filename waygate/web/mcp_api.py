@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, g, request
 
 from ..errors import Unauthorized, code_for_status
+from ..mcp.headers import PARAM_PREFIX
 from ..mcp.server import INVALID_REQUEST, Reply, Routing, refused_body_error
 from . import envelope, jsonio, services
 from .auth import current_caller, current_principal, presented_credentials
@@ -261,6 +262,11 @@ def endpoint():
         method=request.headers.get("Mcp-Method"),
         name=request.headers.get("Mcp-Name"),
         streams=bool(request.accept_mimetypes.quality("text/event-stream")),
+        params=tuple(
+            (name, value)
+            for name, value in request.headers.items()
+            if name.lower().startswith(PARAM_PREFIX)
+        )[:64],
     )
     return _reply(services().mcp.handle(message, current_caller(), routing))
 
