@@ -57,12 +57,13 @@ def param_mismatch(schema: Any, arguments: Any, headers: tuple[tuple[str, str], 
     argument are present together (``null`` counts as absent) and equal after decoding;
     a repeated header never matches. A schema with invalid annotations checks nothing
     (conforming clients drop such a tool and send no headers)."""
-    if invalid_annotation(schema) is not None:
+    marked = _marked(schema)
+    if not marked:
         return None
     sent: dict[str, list[str]] = {}
     for name, value in headers:
         sent.setdefault(name.lower(), []).append(value)
-    for path, token, node in annotated(schema):
+    for path, token, node in marked:
         header = f"Mcp-Param-{token}"
         values = sent.get(header.lower(), [])
         argument = _at(arguments, path)
@@ -81,6 +82,22 @@ def param_mismatch(schema: Any, arguments: Any, headers: tuple[tuple[str, str], 
         if not _equal(node.get("type"), argument, rendered, value):
             return f"{header} does not match the argument {'.'.join(path)!r}"
     return None
+
+
+_MARKED: dict[int, tuple[Any, tuple]] = {}  # id(schema) -> (schema, its valid annotations)
+
+
+def _marked(schema: Any) -> tuple:
+    """The schema's annotations when they are valid (none otherwise), worked out once per
+    schema object: tool schemas live as long as their plugin set, and every modern call asks."""
+    known = _MARKED.get(id(schema))
+    if known is not None and known[0] is schema:
+        return known[1]
+    marked = () if invalid_annotation(schema) is not None else tuple(annotated(schema))
+    if len(_MARKED) >= 1024:  # plugin reloads make new schemas: forget the old ones
+        _MARKED.clear()
+    _MARKED[id(schema)] = (schema, marked)
+    return marked
 
 
 def _at(arguments: Any, path: tuple[str, ...]) -> Any:
