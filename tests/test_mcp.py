@@ -399,6 +399,24 @@ def test_server_discover(rpc):
     assert result["cacheScope"] == "private" and result["ttlMs"] == 0
 
 
+def test_the_server_icon_is_in_initialize_and_server_discover(plugin_dist, make_app, keys):
+    icon = "https://waygate.example.com/icon.svg"
+    client = make_app(mcp_icon=icon).test_client()
+    headers = {"Accept": ACCEPT, "X-API-Key": keys.user}
+    init = client.post(
+        "/mcp", json=request("initialize", {"protocolVersion": "2025-11-25"}), headers=headers
+    ).get_json()["result"]
+    assert init["serverInfo"]["icons"] == [{"src": icon}]
+    message, routing = modern("server/discover")
+    found = client.post("/mcp", json=message, headers={**headers, **routing}).get_json()
+    assert found["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["icons"] == [
+        {"src": icon}
+    ]
+    message, routing = modern("tools/list")  # other results: name and version only
+    listed = client.post("/mcp", json=message, headers={**headers, **routing}).get_json()
+    assert "icons" not in listed["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]
+
+
 def test_modern_tools_list_carries_result_type_and_caching_hints(rpc):
     message, headers = modern("tools/list")
     result = rpc(message, headers=headers).get_json()["result"]

@@ -27,6 +27,7 @@ from stevedore import ExtensionManager
 
 from . import compat
 from .clock import isoformat
+from .config import icon_src_problem
 from .errors import NotFound
 from .jsonschemas import SchemaProblem, invalid_annotation, params_class, validator_for
 from .schemas import json_schema
@@ -38,11 +39,6 @@ QUALIFIER = "."  # Plugin.command: never part of a command's own name
 _COMMAND_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _PTH_IMPORT = re.compile(r"import\s+([A-Za-z_][\w.]*)")
 _RESOURCE_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S{0,2000}")
-# Icons load in clients' user interfaces: only https URLs and inline images (the spec tells
-# clients to reject everything else: javascript:, file:, http:, ...), of bounded size.
-_ICON_SRC_RE = re.compile(
-    r"https://[^\s/?#]+[^\s]{0,2000}|data:image/[a-z0-9.+-]+(;[^,\s]{0,100})?,\S{1,65536}"
-)
 _ICON_SIZE_RE = re.compile(r"\d{1,5}x\d{1,5}|any")
 MAX_ICONS = 8
 log = logging.getLogger(__name__)
@@ -381,11 +377,9 @@ def _checked_icons(icons: Any, what: str) -> tuple[Icon, ...]:
     for icon in icons:
         if not isinstance(icon, Icon):
             raise SchemaProblem(f"{what} must be waygate.sdk Icon objects")
-        if not isinstance(icon.src, str) or not _ICON_SRC_RE.fullmatch(icon.src):
-            raise SchemaProblem(
-                f"{what}: src {str(icon.src)[:60]!r} must be an https:// URL or a data:image/"
-                " URI (at most 64 KiB)"
-            )
+        problem = icon_src_problem(icon.src)
+        if problem is not None:
+            raise SchemaProblem(f"{what}: src {problem}")
         if icon.theme not in (None, "light", "dark"):
             raise SchemaProblem(f"{what}: theme must be 'light' or 'dark'")
         if icon.mime_type is not None and not re.fullmatch(

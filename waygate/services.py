@@ -145,6 +145,7 @@ class Services:
                 lambda: plugins.current,
                 tool_timeout=config.mcp_tool_timeout,
                 tool_timeout_max=config.mcp_tool_timeout_max,
+                icon=config.mcp_icon,
             ),
             housekeeper=Housekeeper(
                 leases,

@@ -156,7 +156,11 @@ class McpServer:
         plugins: Callable[[], PluginSet],
         tool_timeout: int = 30,
         tool_timeout_max: int = 300,
+        icon: str = "",
     ):
+        # initialize and server/discover name the server with its icon (WAYGATE_MCP_ICON);
+        # every other 2026-07-28 result with name and version only
+        self.server_info = {**SERVER_INFO, "icons": [{"src": icon}]} if icon else SERVER_INFO
         self.commands = commands
         self.status = Status(commands)
         self._plugins = plugins
@@ -340,13 +344,14 @@ class McpServer:
         handling_status = None if modern else 200
         try:
             if method == "initialize" and not modern:
-                return self._initialize(params)
+                return {**self._initialize(params), "serverInfo": self.server_info}
             if method == "server/discover" and modern:
                 return self._complete(
                     {
                         "supportedVersions": list(SUPPORTED_VERSIONS),
                         "capabilities": CAPABILITIES,
                         "instructions": INSTRUCTIONS,
+                        "_meta": {META_SERVER_INFO: self.server_info},
                     },
                     modern,
                     cacheable=True,
@@ -384,7 +389,7 @@ class McpServer:
             return result
         meta = result.get("_meta")
         meta = dict(meta) if isinstance(meta, dict) else {}
-        meta[META_SERVER_INFO] = SERVER_INFO
+        meta.setdefault(META_SERVER_INFO, SERVER_INFO)
         hints = CACHE_HINTS if cacheable else {}
         return {**result, **hints, "resultType": "complete", "_meta": meta}
 
