@@ -128,6 +128,17 @@ def test_the_declared_schema_is_the_tools_input_schema_as_written(client, keys):
     assert tools["save_contact"]["outputSchema"]["properties"] == {"saved": {"type": "string"}}
 
 
+def test_rest_describes_the_parameters_and_openapi_stays_resolvable(client, keys):
+    commands = client.get("/mcp/commands", headers=keys.headers()).get_json()["commands"]
+    described = {c["name"]: c for c in commands}["save_contact"]["parameters"]
+    assert described["name"] == {"type": "string", "required": True}
+    assert described["address"] == {"type": "any", "required": False}  # a $ref: not followed
+    document = client.get("/openapi.json").get_json()
+    params = document["components"]["schemas"]["MCPCommand.save_contact"]["properties"]["params"]
+    # the $ref would resolve against the OpenAPI document: tools/list has the exact schema
+    assert params["type"] == "object" and "$defs" not in params and "$ref" not in str(params)
+
+
 def test_arguments_are_validated_on_rest_and_mcp_with_the_marshmallow_error_shapes(client, keys):
     ok = execute(client, keys, {"name": "Ann", "email": "a@example.com"})
     assert ok.status_code == 200 and ok.get_json()["result"] == {"saved": "Ann"}

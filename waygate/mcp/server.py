@@ -225,10 +225,13 @@ class McpServer:
         (same checks, same errors; no streaming), in order; the answers as one array, or 202
         when none of them is a request. Later revisions removed batches: refused there."""
         version = routing.version or HEADERLESS_VERSION
+        if not http:  # stdio has no header: a batch is 2025-03-26's unless its messages say
+            named = {_meta_version(m) for m in messages} - {None}
+            version = named.pop() if len(named) == 1 else version if not named else "several"
         try:
-            if version not in SUPPORTED_VERSIONS:
+            if version not in SUPPORTED_VERSIONS and version != "several":
                 raise _unsupported(version)
-            if version not in BATCH_VERSIONS:
+            if version not in BATCH_VERSIONS:  # "several" revisions in one batch, too
                 raise JsonRpcError(
                     INVALID_REQUEST,
                     f"JSON-RPC batches are not part of MCP {version} (only of"
@@ -507,6 +510,14 @@ class McpServer:
         if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked >= 1:
             return int(min(asked, self.tool_timeout_max))
         return self.tool_timeout
+
+
+def _meta_version(message: Any) -> str | None:
+    """The revision a message names in ``params._meta`` (stdio's only way to say it)."""
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    version = meta.get(META_VERSION) if isinstance(meta, dict) else None
+    return str(version)[:40] if version is not None else None
 
 
 def _unsupported(version: Any) -> JsonRpcError:
