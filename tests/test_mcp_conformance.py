@@ -99,8 +99,16 @@ IN_PROGRESS = {
         "2026-07-28",
         "server-stateless/sep-2575-http-server-no-independent-requests-on-stream",
     ): _INPUT,
-    ("2026-07-28", "server-stateless/sep-2575-server-sends-subscription-ack"): _NOTIFY,
-    ("2026-07-28", "server-stateless/sep-2575-server-tags-subscription-id"): _NOTIFY,
+    **{
+        ("2026-07-28", f"server-stateless/sep-2575-{check}"): _NOTIFY
+        for check in (
+            "server-sends-subscription-ack",
+            "server-tags-subscription-id",
+            "server-honors-notification-filter",
+            "server-sends-prompts-list-changed-on-subscription",
+            "server-sends-tools-list-changed-on-subscription",
+        )
+    },
 }
 
 # Every scenario of each requirement set (0.2.0-alpha.12), so that one the suite silently
