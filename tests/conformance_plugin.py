@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 import wave
 
@@ -45,9 +46,35 @@ class NoParams(Schema):
     pass
 
 
+# The suite's json-schema-2020-12 fixture (src/scenarios/server/json-schema-2020-12.ts)
+JSON_SCHEMA_2020_12 = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "$defs": {
+        "address": {
+            "$anchor": "addressDef",
+            "type": "object",
+            "properties": {"street": {"type": "string"}, "city": {"type": "string"}},
+        }
+    },
+    "properties": {
+        "name": {"type": "string"},
+        "address": {"$ref": "#/$defs/address"},
+        "contactMethod": {"type": "string", "enum": ["phone", "email"]},
+        "phone": {"type": "string"},
+        "email": {"type": "string"},
+    },
+    "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
+    "if": {"properties": {"contactMethod": {"const": "phone"}}, "required": ["contactMethod"]},
+    "then": {"required": ["phone"]},
+    "else": {"required": ["email"]},
+    "additionalProperties": False,
+}
+
+
 class ConformancePlugin(Plugin):
     name = "Conformance"
-    version = "0.1.13"  # the suite release these fixtures follow
+    version = "0.2.0-alpha.12"  # the suite release these fixtures follow
     description = "The MCP conformance suite's fixture tools, prompts and resources"
     author = "Waygate tests"
     capabilities = ("testing",)
@@ -57,6 +84,32 @@ class ConformancePlugin(Plugin):
             return Command(name, description, NoParams, handler)
 
         return [
+            # JSON Schema 2020-12 params, kept as declared ($schema, $defs, $anchor, allOf,
+            # if/then/else, additionalProperties) and validated by jsonschema
+            Command(
+                "json_schema_2020_12_tool",
+                "Tool with JSON Schema 2020-12 features",
+                JSON_SCHEMA_2020_12,
+                lambda params, ctx: f"Contact saved: {params.get('name', 'anonymous')}",
+            ),
+            # a tool that logs: plugin logs go to the server log, never to the client as
+            # notifications/message (the suite checks none arrives without a logLevel)
+            tool("test_logging_tool", "Logs three messages", self.log_three),
+            # an argument mirrored into an HTTP header (x-mcp-header): Mcp-Param-Region must
+            # match it (http-custom-header-server-validation)
+            Command(
+                "test_header_param",
+                "Echoes the region its client also sends as the Mcp-Param-Region header",
+                {
+                    "type": "object",
+                    "properties": {
+                        "region": {"type": "string", "x-mcp-header": "Region"},
+                        "query": {"type": "string"},
+                    },
+                    "required": ["region"],
+                },
+                lambda params, ctx: f"Region: {params['region']}",
+            ),
             tool(
                 "test_simple_text",
                 "Returns a simple text response",
@@ -101,6 +154,13 @@ class ConformancePlugin(Plugin):
             ctx.report_progress(done, 100)
             time.sleep(0.05)
         return "Progress reported: 0, 50, 100 of 100."
+
+    @staticmethod
+    def log_three(params, ctx):
+        log = logging.getLogger("waygate.plugin.Conformance")
+        for level in (logging.DEBUG, logging.INFO, logging.WARNING):
+            log.log(level, "test_logging_tool message at %s", logging.getLevelName(level))
+        return "Logged three messages to the server log."
 
     @staticmethod
     def fail(params, ctx):

@@ -58,6 +58,8 @@ def test_values_are_read_from_waygate_variables(tmp_path):
         ("WAYGATE_PUBLIC_URL", "https://waygate.example.com/api?x=1"),
         ("WAYGATE_COMMAND_REQUESTS_PER_KEY", "14"),  # every slot of the default 14: never
         ("WAYGATE_COMMAND_REQUESTS_PER_KEY", "-1"),
+        ("WAYGATE_MCP_ICON", "javascript:alert(1)"),
+        ("WAYGATE_MCP_ICON", "http://example.com/icon.png"),
     ],
 )
 def test_a_bad_value_names_its_variable(name, value):

@@ -51,6 +51,8 @@ def request(method, params=None, id=1):
 
 def modern(method, params=None, name=None, version=MODERN, meta=None):
     headers = {"MCP-Protocol-Version": version, "Mcp-Method": method}
+    if name is None and method in ("prompts/get", "resources/read"):  # as clients do
+        name = (params or {}).get("name" if method == "prompts/get" else "uri")
     if name:
         headers["Mcp-Name"] = name
     body = {
@@ -138,7 +140,6 @@ def test_malformed_json_is_400_parse_error(rpc):
         {"jsonrpc": "2.0", "id": 1, "method": 7},
         {"jsonrpc": "2.0", "id": None, "method": "ping"},
         {"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1]},
-        [{"jsonrpc": "2.0", "id": 1, "method": "ping"}],
         "ping",
     ],
 )
@@ -146,6 +147,52 @@ def test_invalid_json_rpc_is_400_invalid_request(rpc, message):
     response = rpc(message)
     assert response.status_code == 400
     assert error_of(response)["code"] == -32600
+
+
+# -- JSON-RPC batches: 2025-03-26 only -----------------------------------------------------------
+
+
+def test_a_2025_03_26_batch_is_answered_message_by_message_in_order(rpc, client, keys):
+    # 2025-03-26 clients send no MCP-Protocol-Version header; that revision had batches
+    batch = [
+        request("ping", id="a"),
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},  # no answer
+        request("tools/call", {"name": "echo", "arguments": {"message": "hi"}}, id=2),
+        request("tools/call", {"name": "nope"}, id=3),  # the same error as alone
+        {"jsonrpc": "1.0", "id": 4, "method": "ping"},  # the same shape check as alone
+        [request("ping", id=5)],
+    ]
+    response = rpc(batch)
+    assert response.status_code == 200
+    answers = response.get_json()
+    assert [a["id"] for a in answers] == ["a", 2, 3, 4, None]
+    assert answers[0]["result"] == {}
+    assert answers[1]["result"]["structuredContent"] == {"result": "hi"}
+    assert answers[2]["error"]["code"] == -32602
+    assert answers[3]["error"]["code"] == -32600 and answers[4]["error"]["code"] == -32600
+    executions = client.get("/mcp/executions", headers=keys.headers("admin")).get_json()
+    assert [(e["action"], e["mode"]) for e in executions["executions"]] == [("echo", "mcp")]
+
+
+def test_a_batch_of_notifications_only_is_202(rpc):
+    response = rpc([{"jsonrpc": "2.0", "method": "notifications/initialized"}] * 2)
+    assert response.status_code == 202 and response.get_data() == b""
+
+
+@pytest.mark.parametrize("size", [0, 21])
+def test_a_batch_is_bounded(rpc, size):
+    response = rpc([request("ping", id=i) for i in range(size)])
+    assert response.status_code == 400
+    error = error_of(response)
+    assert error["code"] == -32600 and error["data"] == {"max": 20, "received": size}
+
+
+@pytest.mark.parametrize("version", ["2025-06-18", "2025-11-25", MODERN])
+def test_later_revisions_refuse_batches(rpc, version):
+    response = rpc([request("ping")], headers={"MCP-Protocol-Version": version})
+    assert response.status_code == 400
+    assert error_of(response)["code"] == -32600
+    assert "not part of MCP " + version in error_of(response)["message"]
 
 
 def test_a_foreign_origin_is_403(rpc):
@@ -344,11 +391,30 @@ def test_an_unknown_protocol_version_is_unsupported_listing_every_served_revisio
 def test_server_discover(rpc):
     message, headers = modern("server/discover")
     result = rpc(message, headers=headers).get_json()["result"]
-    assert result["supportedVersions"] == [MODERN]
+    # the same list as the unsupported-version error's: one list of served revisions
+    assert result["supportedVersions"] == SERVED
     assert result["resultType"] == "complete"
     assert result["capabilities"] == CAPABILITIES
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "waygate"
     assert result["cacheScope"] == "private" and result["ttlMs"] == 0
+
+
+def test_the_server_icon_is_in_initialize_and_server_discover(plugin_dist, make_app, keys):
+    icon = "https://waygate.example.com/icon.svg"
+    client = make_app(mcp_icon=icon).test_client()
+    headers = {"Accept": ACCEPT, "X-API-Key": keys.user}
+    init = client.post(
+        "/mcp", json=request("initialize", {"protocolVersion": "2025-11-25"}), headers=headers
+    ).get_json()["result"]
+    assert init["serverInfo"]["icons"] == [{"src": icon}]
+    message, routing = modern("server/discover")
+    found = client.post("/mcp", json=message, headers={**headers, **routing}).get_json()
+    assert found["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["icons"] == [
+        {"src": icon}
+    ]
+    message, routing = modern("tools/list")  # other results: name and version only
+    listed = client.post("/mcp", json=message, headers={**headers, **routing}).get_json()
+    assert "icons" not in listed["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]
 
 
 def test_modern_tools_list_carries_result_type_and_caching_hints(rpc):
@@ -646,6 +712,37 @@ def test_modern_lists_carry_caching_hints(rpc):
         result = rpc(message, headers=headers).get_json()["result"]
         assert key in result and result["ttlMs"] == 0 and result["cacheScope"] == "private"
         assert result["resultType"] == "complete"
+
+
+SERVER_INFO_KEY = "io.modelcontextprotocol/serverInfo"
+
+
+def test_modern_reads_carry_caching_hints_and_every_result_the_server_identity(rpc):
+    # resources/read is cacheable in 2026-07-28 (ttlMs and cacheScope are required there: the
+    # TypeScript client 2.x refused the result without them); prompts/get and tools/call are
+    # not cacheable, yet every modern result names the server in _meta
+    cases = [
+        ("resources/read", {"uri": "runbook://disk-full"}, None, True),
+        ("resources/templates/list", {}, None, True),
+        ("prompts/get", {"name": "triage", "arguments": {"service": "api"}}, None, False),
+        ("tools/call", {"name": "echo", "arguments": {"message": "x"}}, "echo", False),
+    ]
+    for method, params, name, cacheable in cases:
+        message, headers = modern(method, params, name=name)
+        result = rpc(message, headers=headers).get_json()["result"]
+        assert result["resultType"] == "complete", method
+        assert result["_meta"][SERVER_INFO_KEY]["name"] == "waygate", method
+        assert ("ttlMs" in result and result["cacheScope"] == "private") is cacheable, method
+    # the handshake era has none of these fields
+    legacy = rpc(request("resources/read", {"uri": "runbook://disk-full"})).get_json()["result"]
+    assert not {"ttlMs", "cacheScope", "resultType", "_meta"} & set(legacy)
+
+
+def test_an_unknown_resource_is_invalid_params_in_2026_07_28(rpc):
+    message, headers = modern("resources/read", {"uri": "runbook://nope"})
+    response = rpc(message, headers=headers)
+    assert error_of(response)["code"] == -32602  # -32002 before 2026-07-28 (above)
+    assert error_of(response)["data"] == {"uri": "runbook://nope"}
 
 
 def test_prompt_renders_and_resource_reads_are_audited_and_counted(rpc, client, keys):

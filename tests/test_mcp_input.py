@@ -347,6 +347,7 @@ def test_a_prompt_may_ask_before_it_renders(client, keys):
         headers = {"Accept": ACCEPT, "X-API-Key": keys.user, "MCP-Protocol-Version": version}
         if version == MODERN:
             headers["Mcp-Method"] = "prompts/get"
+            headers["Mcp-Name"] = "briefing"
             message["params"]["_meta"] = {
                 "io.modelcontextprotocol/protocolVersion": MODERN,
                 "io.modelcontextprotocol/clientCapabilities": ALL,

@@ -196,3 +196,37 @@ def test_waygate_mcp_stdio_refuses_a_lone_surrogate_as_http_does(data_dir):
     assert "Traceback" not in done.stderr and "ERROR" not in done.stderr
     rows = sqlite3.connect(data_dir / "waygate.db").execute("SELECT count(*) FROM executions")
     assert rows.fetchone() == (1,)
+
+
+def test_waygate_mcp_stdio_answers_a_2025_03_26_batch_and_refuses_a_modern_one(data_dir):
+    import json
+    import subprocess
+
+    def call(id, message, meta=None):
+        params = {"name": "echo", "arguments": {"message": message}}
+        if meta:
+            params["_meta"] = {
+                "io.modelcontextprotocol/protocolVersion": meta,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }
+        return {"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": params}
+
+    batches = [
+        [call(1, "a"), {"jsonrpc": "2.0", "method": "notifications/initialized"}, call(2, "b")],
+        [call(3, "c", meta="2026-07-28")],  # 2026-07-28 has no batches
+    ]
+    done = subprocess.run(
+        [str(BIN / "waygate"), "mcp", "stdio", "--as", "desktop"],
+        input="".join(json.dumps(b) + "\n" for b in batches),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "WAYGATE_DATA_DIR": str(data_dir)},
+    )
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    arrays = [line for line in lines if isinstance(line, list)]
+    assert [[(a["id"], a["result"]["structuredContent"]) for a in x] for x in arrays] == [
+        [(1, {"result": "a"}), (2, {"result": "b"})]
+    ]
+    refused = [line for line in lines if isinstance(line, dict)]
+    assert refused[0]["error"]["code"] == -32600 and "2026-07-28" in refused[0]["error"]["message"]

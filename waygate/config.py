@@ -22,6 +22,19 @@ from urllib.parse import unquote, urlsplit
 
 from limits import parse as parse_rate_limit
 
+# Icons load in clients' user interfaces: only https URLs and inline images (the spec tells
+# clients to reject everything else: javascript:, file:, http:, ...), of bounded size.
+_ICON_SRC = re.compile(
+    r"https://[^\s/?#]+[^\s]{0,2000}|data:image/[a-z0-9.+-]+(;[^,\s]{0,100})?,\S{1,65536}"
+)
+
+
+def icon_src_problem(src: Any) -> str | None:
+    """Why ``src`` may not be an icon's source, or None."""
+    if isinstance(src, str) and _ICON_SRC.fullmatch(src):
+        return None
+    return f"{str(src)[:60]!r} must be an https:// URL or a data:image/ URI (at most 64 KiB)"
+
 
 class ConfigError(ValueError):
     """A configuration value that Waygate cannot start with."""
@@ -91,6 +104,8 @@ class Config:
     # a client may ask for (params._meta "waygate/timeout")
     mcp_tool_timeout: int = 30
     mcp_tool_timeout_max: int = 300
+    # Waygate's own icon for MCP clients (serverInfo): an https:// URL or a data:image/ URI
+    mcp_icon: str = ""
     audit_retention_days: int = 7
     # the audit database's budget: past it, the oldest finished executions are pruned first
     audit_max_bytes: int = 1024 * 1024 * 1024
@@ -323,6 +338,8 @@ class Config:
                 f" ({self.admission_limit}, WAYGATE_COMMAND_REQUESTS), so that one key never"
                 " holds them all; 0 gives half"
             )
+        if self.mcp_icon and icon_src_problem(self.mcp_icon):
+            raise ConfigError(f"WAYGATE_MCP_ICON: {icon_src_problem(self.mcp_icon)}")
         if self.mcp_tool_timeout > self.mcp_tool_timeout_max:
             raise ConfigError(
                 "WAYGATE_MCP_TOOL_TIMEOUT: must not exceed WAYGATE_MCP_TOOL_TIMEOUT_MAX"

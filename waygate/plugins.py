@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,11 @@ from stevedore import ExtensionManager
 
 from . import compat
 from .clock import isoformat
+from .config import icon_src_problem
 from .errors import NotFound
-from .sdk import Command, Plugin, Prompt, Resource, redact_config
+from .jsonschemas import SchemaProblem, invalid_annotation, params_class, validator_for
+from .schemas import json_schema
+from .sdk import Command, Icon, Plugin, Prompt, Resource, redact_config
 from .storage import DatabaseError, Storage
 
 NAMESPACE = "waygate.plugins"
@@ -36,6 +39,8 @@ QUALIFIER = "."  # Plugin.command: never part of a command's own name
 _COMMAND_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _PTH_IMPORT = re.compile(r"import\s+([A-Za-z_][\w.]*)")
 _RESOURCE_URI_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S{0,2000}")
+_ICON_SIZE_RE = re.compile(r"\d{1,5}x\d{1,5}|any")
+MAX_ICONS = 8
 log = logging.getLogger(__name__)
 
 
@@ -280,6 +285,10 @@ def _instantiate(
             owner = taken.get(command.name, name)
             return failed(f"command name {command.name!r} is already taken by plugin {owner}")
         seen.add(command.name)
+    try:
+        _settle_declarations(offer, plugin_class)
+    except SchemaProblem as exc:
+        return failed(str(exc))
     info = PluginInfo(
         name=name,
         status="active",
@@ -325,11 +334,61 @@ def _check_command(command: Any) -> str | None:
             f"command name {command.name!r} must not contain {QUALIFIER!r}: it separates plugin"
             " and command in allow-lists (Plugin.command); use '_' or '-'"
         )
-    if not (isinstance(command.params, type) and issubclass(command.params, Schema)):
-        return f"command {command.name!r}: params must be a marshmallow Schema class"
+    declared_json = isinstance(command.params, Mapping)
+    if not declared_json and not (
+        isinstance(command.params, type) and issubclass(command.params, Schema)
+    ):
+        return (
+            f"command {command.name!r}: params must be a marshmallow Schema class or a JSON"
+            " Schema object (a dict)"
+        )
     if not callable(command.handler):
         return f"command {command.name!r}: handler is not callable"
     return None
+
+
+def _settle_declarations(offer: _Offer, plugin_class: type[Plugin]) -> None:
+    """The offer as it will be served, in place: JSON Schema params made into their validating
+    params class, output schemas checked, the plugin's icons given to whatever has none;
+    SchemaProblem (a load error) for a schema or an icon Waygate will not serve."""
+    default_icons = _checked_icons(getattr(plugin_class, "icons", ()), "plugin icons")
+    for i, command in enumerate(offer.commands):
+        params = command.params
+        if isinstance(params, Mapping):
+            params = params_class(command.name, params)
+        problem = invalid_annotation(json_schema(params))  # clients would drop the tool
+        if problem is not None:
+            raise SchemaProblem(f"the inputSchema of {command.name}: {problem}")
+        if command.output_schema is not None:
+            validator_for(command.output_schema, f"the outputSchema of {command.name}")
+        icons = _checked_icons(command.icons, f"icons of {command.name}") or default_icons
+        offer.commands[i] = replace(command, params=params, icons=icons)
+    for i, prompt in enumerate(offer.prompts):
+        icons = _checked_icons(prompt.icons, f"icons of prompt {prompt.name}") or default_icons
+        offer.prompts[i] = replace(prompt, icons=icons)
+    for i, resource in enumerate(offer.resources):
+        icons = _checked_icons(resource.icons, f"icons of {resource.uri}") or default_icons
+        offer.resources[i] = replace(resource, icons=icons)
+
+
+def _checked_icons(icons: Any, what: str) -> tuple[Icon, ...]:
+    if not isinstance(icons, (list, tuple)) or len(icons) > MAX_ICONS:
+        raise SchemaProblem(f"{what} must be a list of at most {MAX_ICONS} waygate.sdk Icons")
+    for icon in icons:
+        if not isinstance(icon, Icon):
+            raise SchemaProblem(f"{what} must be waygate.sdk Icon objects")
+        problem = icon_src_problem(icon.src)
+        if problem is not None:
+            raise SchemaProblem(f"{what}: src {problem}")
+        if icon.theme not in (None, "light", "dark"):
+            raise SchemaProblem(f"{what}: theme must be 'light' or 'dark'")
+        if icon.mime_type is not None and not re.fullmatch(
+            r"image/[a-z0-9.+-]{1,50}", icon.mime_type
+        ):
+            raise SchemaProblem(f"{what}: mime_type must be an image/ type")
+        if not all(isinstance(z, str) and _ICON_SIZE_RE.fullmatch(z) for z in icon.sizes):
+            raise SchemaProblem(f"{what}: sizes are like '48x48' or 'any'")
+    return tuple(icons)
 
 
 def _check_prompts_and_resources(offer: _Offer) -> str | None:

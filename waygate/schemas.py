@@ -120,7 +120,9 @@ def describe_parameters(schema_class: type[Schema]) -> dict[str, dict[str, Any]]
     schema = json_schema(schema_class)
     required = set(schema.get("required", []))
     described = {}
-    for name, prop in schema["properties"].items():
+    for name, prop in (schema.get("properties") or {}).items():  # a JSON Schema may have none
+        if not isinstance(prop, dict):  # ``true``: anything
+            prop = {}
         entry: dict[str, Any] = {"type": prop.get("type", "any"), "required": name in required}
         for key in ("description", "enum", "default", "minimum", "maximum"):
             if key in prop:

@@ -8,8 +8,9 @@ A plugin is a subclass of :class:`Plugin`, registered by its distribution under 
         Hello = hello_plugin:HelloPlugin
 
 It declares its metadata and default config, and returns its commands from ``commands()``.
-Each :class:`Command` has a marshmallow schema for its params and a handler
-``handler(params, ctx)`` that gets the validated params and an :class:`ExecutionContext`.
+Each :class:`Command` has a marshmallow schema for its params (or a JSON Schema 2020-12 object,
+a dict) and a handler ``handler(params, ctx)`` that gets the validated params and an
+:class:`ExecutionContext`.
 See docs/plugins.md for a complete example.
 """
 
@@ -264,16 +265,42 @@ Handler = Callable[[dict[str, Any], ExecutionContext], Any]
 
 
 @dataclass(frozen=True)
+class Icon:
+    """An icon for a tool, prompt or resource (MCP's ``Icon``): ``src`` is an ``https://`` URL
+    or a ``data:image/...`` URI (nothing else loads); ``sizes`` like ``("48x48",)`` or
+    ``("any",)`` for SVG; ``theme`` ``"light"`` or ``"dark"``."""
+
+    src: str
+    mime_type: str | None = None
+    sizes: tuple[str, ...] = ()
+    theme: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        icon: dict[str, Any] = {"src": self.src}
+        if self.mime_type:
+            icon["mimeType"] = self.mime_type
+        if self.sizes:
+            icon["sizes"] = list(self.sizes)
+        if self.theme:
+            icon["theme"] = self.theme
+        return icon
+
+
+@dataclass(frozen=True)
 class Command:
     name: str
     description: str
-    params: type[Schema]
+    #: a marshmallow Schema class, or a JSON Schema object (a dict, 2020-12 unless its
+    #: ``$schema`` says draft-07) with ``type: object``, validated with jsonschema
+    params: type[Schema] | Mapping[str, Any]
     handler: Handler
     title: str | None = None
     #: MCP tool annotations, e.g. {"readOnlyHint": True}
     annotations: Mapping[str, bool] = field(default_factory=dict)
     #: JSON Schema of the handler's result when it is always an object (MCP outputSchema)
     output_schema: Mapping[str, Any] | None = None
+    #: shown by clients beside the tool; the plugin's ``icons`` when empty
+    icons: tuple[Icon, ...] = ()
 
 
 # -- rich results: content blocks ---------------------------------------------------------------
@@ -388,6 +415,7 @@ class Prompt:
     arguments: tuple[PromptArgument, ...] = ()
     render: Callable[[dict[str, str]], list[Message | Content]] | None = None
     title: str | None = None
+    icons: tuple[Icon, ...] = ()  # the plugin's ``icons`` when empty
 
 
 @dataclass(frozen=True)
@@ -404,6 +432,7 @@ class Resource:
     mime_type: str = "text/plain"
     description: str = ""
     title: str | None = None
+    icons: tuple[Icon, ...] = ()  # the plugin's ``icons`` when empty
 
     @property
     def is_template(self) -> bool:
@@ -455,6 +484,8 @@ class Plugin:
     #: shown). Keys whose names look secret (see :func:`is_secret_config_key`) are secret
     #: without being listed here.
     secret_config: ClassVar[tuple[str, ...]] = ()
+    #: icons for the plugin's tools, prompts and resources that have none of their own
+    icons: ClassVar[tuple[Icon, ...]] = ()
 
     def __init__(self, config: Mapping[str, Any] | None = None):
         self.config: dict[str, Any] = {**self.default_config, **(config or {})}

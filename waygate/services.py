@@ -156,6 +156,7 @@ class Services:
                 tool_timeout=config.mcp_tool_timeout,
                 tool_timeout_max=config.mcp_tool_timeout_max,
                 idempotency=idempotency,
+                icon=config.mcp_icon,
             ),
             housekeeper=Housekeeper(
                 leases,

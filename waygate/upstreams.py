@@ -49,12 +49,12 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
-from marshmallow import Schema, ValidationError
 
+from .jsonschemas import JsonSchemaParams, SchemaProblem, validator_for
 from .plugins import PluginInfo, PluginSet
 from .sdk import Cancelled, Command, CommandError, Content, ExecutionContext, RichResult
 
@@ -323,62 +323,21 @@ def command_name(upstream: str, tool: str) -> str:
 # -- parameters: the upstream's inputSchema, checked before anything is stored or forwarded ----
 
 
-class UpstreamParams(Schema):
+class UpstreamParams(JsonSchemaParams):
     """Params of an upstream tool: its ``inputSchema`` as is (``JSON_SCHEMA``, which
-    ``waygate.schemas.json_schema`` hands out), validated with jsonschema. ``load`` returns
-    the arguments exactly as sent: what is approved is what is forwarded."""
-
-    JSON_SCHEMA: ClassVar[dict[str, Any]] = {"type": "object", "properties": {}}
-    _validator: ClassVar[Any] = None
-
-    def load(self, data: Any, *, many: Any = None, partial: Any = None, unknown: Any = None):
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ValidationError({"_schema": ["arguments must be an object"]})
-        validator = type(self)._validator
-        if validator is None:
-            return data
-        import referencing.exceptions
-
-        messages: dict[str, list[str]] = {}
-        try:
-            errors = sorted(validator.iter_errors(data), key=lambda e: list(e.path))[:20]
-        except referencing.exceptions.Unresolvable as exc:
-            # the upstream's schema is at fault, not the caller: as an invalid schema, the
-            # arguments go unchecked (the upstream checks its own); nothing is fetched
-            log.warning(
-                "%s: inputSchema has a $ref that does not resolve, not checked: %s",
-                type(self).__name__.removeprefix("Params_"),
-                str(exc)[:300],
-            )
-            return data
-        for error in errors:
-            if error.validator == "required" and not error.path:
-                for missing in set(error.validator_value) - set(data):
-                    messages.setdefault(missing, []).append("Missing data for required field.")
-                continue
-            where = str(error.path[0]) if error.path else "_schema"
-            messages.setdefault(where, []).append(error.message[:300])
-        if messages:
-            raise ValidationError(messages)
-        return data
+    ``waygate.schemas.json_schema`` hands out), validated with jsonschema under the bounds of
+    ``waygate.jsonschemas`` (nothing fetched, patterns on a time budget). ``load`` returns the
+    arguments exactly as sent: what is approved is what is forwarded."""
 
 
 def params_class(tool_name: str, input_schema: Mapping[str, Any]) -> type[UpstreamParams]:
-    import jsonschema
-
     schema = {"type": "object", "properties": {}, **dict(input_schema)}
     try:
-        validator_class = jsonschema.validators.validator_for(
-            schema, jsonschema.Draft202012Validator
-        )
-        validator_class.check_schema(schema)
-        validator = validator_class(schema)
-    except jsonschema.SchemaError as exc:
-        log.warning(
-            "tool %s: inputSchema is not valid JSON Schema, not checked: %s", tool_name, exc.message
-        )
+        validator = validator_for(schema, f"tool {tool_name}: inputSchema")
+    except SchemaProblem as exc:
+        # the upstream's schema is at fault, not the caller: the arguments go unchecked here
+        # (the upstream checks its own), and a $ref to elsewhere is never fetched
+        log.warning("%s; not checked here", exc)
         validator = None
     return type(
         f"Params_{_TOOL_CHAR.sub('_', tool_name)}",

@@ -185,6 +185,8 @@ def _describe_prompt(prompt: Prompt) -> dict[str, Any]:
     described: dict[str, Any] = {"name": prompt.name, "description": prompt.description}
     if prompt.title:
         described["title"] = prompt.title
+    if prompt.icons:
+        described["icons"] = [icon.as_dict() for icon in prompt.icons]
     if prompt.arguments:
         described["arguments"] = [
             {"name": a.name, "description": a.description, "required": a.required}
@@ -202,6 +204,8 @@ def _describe_resource(resource: Resource, uri_key: str) -> dict[str, Any]:
     }
     if resource.title:
         described["title"] = resource.title
+    if resource.icons:
+        described["icons"] = [icon.as_dict() for icon in resource.icons]
     return described
 
 

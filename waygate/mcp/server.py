@@ -50,7 +50,8 @@ from ..plugins import PluginSet
 from ..schemas import json_schema
 from ..sdk import Content, RichResult
 from ..status import Status
-from .catalog import Catalog, CatalogError
+from .catalog import RESOURCE_NOT_FOUND, Catalog, CatalogError
+from .headers import name_mismatch, param_mismatch
 from .input import (
     MAX_ANSWERS,
     Binding,
@@ -63,9 +64,15 @@ from .input import (
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
+# The one list of served revisions: the unsupported-version error, server/discover's
+# supportedVersions and initialize's choice all read it (a dual-era server lists both eras, as
+# the 2026-07-28 versioning page's example does; modern clients pick the modern ones).
 SUPPORTED_VERSIONS = HANDSHAKE_VERSIONS + MODERN_VERSIONS
 # A request without MCP-Protocol-Version comes from a 2025-03-26 client (the header came later).
 HEADERLESS_VERSION = "2025-03-26"
+# JSON-RPC batches (an array of messages): part of 2025-03-26 only (2025-06-18 removed them).
+BATCH_VERSIONS = ("2025-03-26",)
+MAX_BATCH = 20  # messages in one batch, each checked and answered as if it came alone
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
@@ -112,6 +119,20 @@ EXECUTION_TOOL = {
     },
     "annotations": {"readOnlyHint": True, "idempotentHint": True},
 }
+# 2026-07-28 results that MUST carry caching hints (server/utilities/caching). What a key sees
+# depends on its scope, so none may be shared across callers ("private"); plugins change on a
+# reload at any time and resources are read live, so none is fresh for long (0 ms).
+CACHEABLE = frozenset(
+    {
+        "server/discover",
+        "tools/list",
+        "prompts/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+    }
+)
+CACHE_HINTS = {"ttlMs": 0, "cacheScope": "private"}
 
 
 class JsonRpcError(Exception):
@@ -141,7 +162,7 @@ class Reply:
     """What to send back: an HTTP status and a JSON-RPC body (None: nothing, e.g. 202)."""
 
     status: int
-    body: dict[str, Any] | None = None
+    body: dict[str, Any] | list[dict[str, Any]] | None = None  # a list answers a batch
     retry_after: int | None = None  # seconds, when the server is too busy to answer now
     stream: ToolStream | None = None  # instead of a body: messages to send as they come
 
@@ -154,6 +175,7 @@ class Routing:
     method: str | None = None
     name: str | None = None
     streams: bool = False  # the client accepts text/event-stream
+    params: tuple[tuple[str, str], ...] = ()  # the Mcp-Param-* headers, as sent
 
 
 class McpServer:
@@ -164,7 +186,11 @@ class McpServer:
         tool_timeout: int = 30,
         tool_timeout_max: int = 300,
         idempotency: Idempotency | None = None,
+        icon: str = "",
     ):
+        # initialize and server/discover name the server with its icon (WAYGATE_MCP_ICON);
+        # every other 2026-07-28 result with name and version only
+        self.server_info = {**SERVER_INFO, "icons": [{"src": icon}]} if icon else SERVER_INFO
         self.commands = commands
         self.status = Status(commands)
         self.idempotency = idempotency or Idempotency(commands.audit.storage, self.status)
@@ -191,6 +217,8 @@ class McpServer:
         self, message: Any, caller: Caller, routing: Routing | None = None, http: bool = True
     ) -> Reply:
         routing = routing or Routing()
+        if isinstance(message, list):
+            return self._batch(message, caller, routing, http)
         request_id = message.get("id") if isinstance(message, dict) else None
         try:
             method = self._check_shape(message)
@@ -200,17 +228,15 @@ class McpServer:
                 version = meta.get(META_VERSION) if isinstance(meta, dict) else None
             version = version or HEADERLESS_VERSION
             if version not in SUPPORTED_VERSIONS:
-                raise JsonRpcError(
-                    UNSUPPORTED_VERSION,
-                    f"unsupported protocol version {str(version)[:40]!r}",
-                    {"supported": list(SUPPORTED_VERSIONS), "requested": str(version)[:40]},
-                )
+                raise _unsupported(version)
             modern = version in MODERN_VERSIONS
             if method is None or "id" not in message:  # a notification, or a client's response
                 return Reply(202)
             if modern:
                 self._check_modern(message, method, version, routing, http)
             params = message.get("params") or {}
+            if modern and http and method == "tools/call":
+                self._check_param_headers(params, caller, routing)
             if (
                 method == "tools/call"
                 and routing.streams
@@ -232,14 +258,46 @@ class McpServer:
             )
             return Reply(err.status, busy.body(request_id), retry_after=err.retry_after)
 
+    def _batch(self, messages: list, caller: Caller, routing: Routing, http: bool) -> Reply:
+        """A JSON-RPC batch from a 2025-03-26 client: each message handled as if it came alone
+        (same checks, same errors; no streaming), in order; the answers as one array, or 202
+        when none of them is a request. Later revisions removed batches: refused there."""
+        version = routing.version or HEADERLESS_VERSION
+        if not http:  # stdio has no header: a batch is 2025-03-26's unless its messages say
+            named = {_meta_version(m) for m in messages} - {None}
+            version = named.pop() if len(named) == 1 else version if not named else "several"
+        try:
+            if version not in SUPPORTED_VERSIONS and version != "several":
+                raise _unsupported(version)
+            if version not in BATCH_VERSIONS:  # "several" revisions in one batch, too
+                raise JsonRpcError(
+                    INVALID_REQUEST,
+                    f"JSON-RPC batches are not part of MCP {version} (only of"
+                    f" {', '.join(BATCH_VERSIONS)}): send one message per request",
+                )
+            if not messages or len(messages) > MAX_BATCH:
+                raise JsonRpcError(
+                    INVALID_REQUEST,
+                    f"a batch holds 1 to {MAX_BATCH} messages; got {len(messages)}",
+                    {"max": MAX_BATCH, "received": len(messages)},
+                )
+        except JsonRpcError as err:
+            return Reply(err.status, err.body())
+        single = Routing(version=routing.version)  # no routing headers, no stream per item
+        answers = []
+        for message in messages:
+            if isinstance(message, list):  # not in a batch either
+                answers.append(JsonRpcError(INVALID_REQUEST, "a batch inside a batch").body())
+                continue
+            body = self.handle(message, caller, single, http).body
+            if body is not None:
+                answers.append(body)
+        return Reply(200, answers) if answers else Reply(202)
+
     # -- checks --------------------------------------------------------------------------------
 
     @staticmethod
     def _check_shape(message: Any) -> str | None:
-        if isinstance(message, list):
-            raise JsonRpcError(
-                INVALID_REQUEST, "JSON-RPC batches are not supported: send one message per request"
-            )
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
             raise JsonRpcError(
                 INVALID_REQUEST, 'not a JSON-RPC 2.0 message (need "jsonrpc": "2.0")'
@@ -290,7 +348,7 @@ class McpServer:
                 mismatches.append("MCP-Protocol-Version")
             if routing.method != method:
                 mismatches.append("Mcp-Method")
-            if method == "tools/call" and routing.name != params.get("name"):
+            if name_mismatch(method, params, routing.name):  # tools/call, prompts/get, read
                 mismatches.append("Mcp-Name")
             if mismatches:
                 raise JsonRpcError(
@@ -299,6 +357,24 @@ class McpServer:
                     {"headers": mismatches},
                     status=400,
                 )
+
+    def _check_param_headers(self, params: dict, caller: Caller, routing: Routing) -> None:
+        """A tool whose inputSchema marks arguments with ``x-mcp-header``: the client's
+        ``Mcp-Param-*`` headers must match them (a tool this key cannot see is left to the
+        unknown-tool error, which says nothing about its schema)."""
+        name = params.get("name")
+        command = self._plugins().commands.get(name) if isinstance(name, str) else None
+        if command is None or name == EXECUTION_TOOL["name"]:
+            return
+        if not caller.scope.permits(
+            name, self._plugins().command_plugin[name], command.annotations
+        ):
+            return
+        problem = param_mismatch(
+            json_schema(command.params), params.get("arguments"), routing.params
+        )
+        if problem is not None:
+            raise JsonRpcError(HEADER_MISMATCH, problem, {"headers": ["Mcp-Param"]}, status=400)
 
     # -- methods -------------------------------------------------------------------------------
 
@@ -309,27 +385,23 @@ class McpServer:
         handling_status = None if modern else 200
         try:
             if method == "initialize" and not modern:
-                return self._initialize(params)
+                return {**self._initialize(params), "serverInfo": self.server_info}
             if method == "server/discover" and modern:
                 return self._complete(
                     {
-                        "supportedVersions": list(MODERN_VERSIONS),
+                        "supportedVersions": list(SUPPORTED_VERSIONS),
                         "capabilities": CAPABILITIES,
                         "instructions": INSTRUCTIONS,
-                        "ttlMs": 0,
-                        "cacheScope": "private",
-                        "_meta": {META_SERVER_INFO: SERVER_INFO},
+                        "_meta": {META_SERVER_INFO: self.server_info},
                     },
                     modern,
+                    cacheable=True,
                 )
             if method == "ping" and not modern:  # 2026-07-28 removed ping
                 return {}
             if method in self._lists:
                 key, list_them = self._lists[method]
-                listed = {key: list_them(caller)}
-                if modern:
-                    listed.update(ttlMs=0, cacheScope="private")
-                return self._complete(listed, modern)
+                return self._complete({key: list_them(caller)}, modern, cacheable=True)
             if method == "tools/call":
                 return self._complete(self.call_tool(params, caller, modern=modern), modern)
             if method in self._reads:
@@ -338,12 +410,15 @@ class McpServer:
                         inputs = self.input_channel(
                             "prompts/get", str(params.get("name")), params, caller
                         )
-                        return self._complete(
-                            self.catalog.get_prompt(params, caller, inputs), modern
-                        )
-                    return self._complete(self._reads[method](params, caller), modern)
+                        read = self.catalog.get_prompt(params, caller, inputs)
+                    else:
+                        read = self._reads[method](params, caller)
                 except CatalogError as err:
-                    raise JsonRpcError(err.code, err.message, err.data) from None
+                    code = err.code
+                    if code == RESOURCE_NOT_FOUND and modern:  # 2026-07-28: Invalid Params
+                        code = INVALID_PARAMS
+                    raise JsonRpcError(code, err.message, err.data) from None
+                return self._complete(read, modern, cacheable=method in CACHEABLE)
             raise JsonRpcError(
                 METHOD_NOT_FOUND, f"method not found: {method}", status=404 if modern else 200
             )
@@ -353,9 +428,19 @@ class McpServer:
             raise
 
     @staticmethod
-    def _complete(result: dict[str, Any], modern: bool) -> dict[str, Any]:
+    def _complete(result: dict[str, Any], modern: bool, cacheable: bool = False) -> dict[str, Any]:
+        """A 2026-07-28 result: ``resultType``, the server's identity in ``_meta`` (every
+        result SHOULD carry it: basic/index, "Per-response protocol fields") and, for the
+        cacheable methods (CACHEABLE), the caching hints; a handshake-era result as it is."""
+        if not modern:
+            return result
+        meta = result.get("_meta")
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        meta.setdefault(META_SERVER_INFO, SERVER_INFO)
+        hints = CACHE_HINTS if cacheable else {}
         # an input_required result says so itself
-        return {"resultType": "complete", **result} if modern else result
+        kind = result.get("resultType", "complete")
+        return {**result, **hints, "resultType": kind, "_meta": meta}
 
     @staticmethod
     def _initialize(params: dict) -> dict[str, Any]:
@@ -386,6 +471,8 @@ class McpServer:
                 tool["outputSchema"] = dict(command.output_schema)
             if command.annotations:
                 tool["annotations"] = dict(command.annotations)
+            if command.icons:
+                tool["icons"] = [icon.as_dict() for icon in command.icons]
             if held:
                 tool["description"] = f"{command.description} {APPROVAL_NOTE}".strip()
                 tool["_meta"] = {META_APPROVAL: True}
@@ -540,6 +627,22 @@ class McpServer:
         if isinstance(asked, (int, float)) and not isinstance(asked, bool) and asked >= 1:
             return int(min(asked, self.tool_timeout_max))
         return self.tool_timeout
+
+
+def _meta_version(message: Any) -> str | None:
+    """The revision a message names in ``params._meta`` (stdio's only way to say it)."""
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    version = meta.get(META_VERSION) if isinstance(meta, dict) else None
+    return str(version)[:40] if version is not None else None
+
+
+def _unsupported(version: Any) -> JsonRpcError:
+    return JsonRpcError(
+        UNSUPPORTED_VERSION,
+        f"unsupported protocol version {str(version)[:40]!r}",
+        {"supported": list(SUPPORTED_VERSIONS), "requested": str(version)[:40]},
+    )
 
 
 def _present(name: str, outcome: Outcome) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, g, request
 
 from ..errors import Unauthorized, code_for_status
+from ..mcp.headers import PARAM_PREFIX
 from ..mcp.server import INVALID_REQUEST, Reply, Routing, refused_body_error
 from . import envelope, jsonio, services
 from .auth import current_caller, current_principal, presented_credentials
@@ -62,9 +63,9 @@ def _tool_calls_share_the_execute_budget() -> str | None:
     if g.get("principal") is None:
         return None
     message, _ = incoming_message()
-    return (
-        "execute" if isinstance(message, dict) and message.get("method") == "tools/call" else None
-    )
+    messages = message if isinstance(message, list) else [message]  # a 2025-03-26 batch
+    calls = any(isinstance(m, dict) and m.get("method") == "tools/call" for m in messages)
+    return "execute" if calls else None
 
 
 # Names that only ever mean this machine: a page served from one of them is local, whereas a
@@ -185,7 +186,10 @@ def endpoint():
         content:
           application/json:
             schema:
-              description: One JSON-RPC 2.0 message (batches are refused)
+              description: >-
+                One JSON-RPC 2.0 message; a 2025-03-26 client (no MCP-Protocol-Version header)
+                may send a batch, an array of 1 to 20 of them, answered with an array (202
+                when none is a request); later revisions' batches are refused
               oneOf:
                 - title: A request (with id) or a notification (without)
                   type: object
@@ -209,12 +213,23 @@ def endpoint():
                   oneOf:
                     - {required: [result], not: {required: [error]}}
                     - {required: [error], not: {required: [result]}}
+                - title: A batch (2025-03-26 clients only)
+                  type: array
+                  minItems: 1
+                  maxItems: 20
+                  items:
+                    description: >-
+                      Each a message as above; one that is not gets its own Invalid Request
+                      error in the answer, as JSON-RPC 2.0 has it
       responses:
         200:
-          description: A JSON-RPC response
+          description: A JSON-RPC response (an array of them for a batch)
           content:
             application/json:
-              schema: {$ref: "#/components/schemas/JsonRpcMessage"}
+              schema:
+                oneOf:
+                  - {$ref: "#/components/schemas/JsonRpcMessage"}
+                  - {type: array, items: {$ref: "#/components/schemas/JsonRpcMessage"}}
         202:
           description: A notification was accepted (no body)
         401:
@@ -247,6 +262,11 @@ def endpoint():
         method=request.headers.get("Mcp-Method"),
         name=request.headers.get("Mcp-Name"),
         streams=bool(request.accept_mimetypes.quality("text/event-stream")),
+        params=tuple(
+            (name, value)
+            for name, value in request.headers.items()
+            if name.lower().startswith(PARAM_PREFIX)
+        )[:64],
     )
     return _reply(services().mcp.handle(message, current_caller(), routing))
 

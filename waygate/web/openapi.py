@@ -22,6 +22,7 @@ from apispec.yaml_utils import load_operations_from_docstring
 from flask import Flask
 
 from .. import __version__, schemas
+from ..jsonschemas import documentable
 from ..schemas import json_schema
 from ..sdk import Command
 
@@ -241,7 +242,7 @@ def _name_the_commands(components: dict[str, Any], commands: Mapping[str, Comman
             "enum": [name],
         }
         variant["properties"]["params"] = {
-            **copy.deepcopy(json_schema(commands[name].params)),
+            **copy.deepcopy(documentable(json_schema(commands[name].params))),
             "description": f"Parameters of {name}",
         }
         if variant["properties"]["params"].get("required"):
