@@ -24,6 +24,7 @@ from .keystore import KeyStore
 from .latency import LatencyWindow
 from .leases import Leases
 from .lifecycle import Readiness
+from .mcp.notify import ListenLimits
 from .mcp.server import McpServer
 from .metrics import metrics
 from .oauth import ResourceServer
@@ -145,6 +146,7 @@ class Services:
                 lambda: plugins.current,
                 tool_timeout=config.mcp_tool_timeout,
                 tool_timeout_max=config.mcp_tool_timeout_max,
+                listen_limits=ListenLimits(config.mcp_listens, config.mcp_listens_per_key),
             ),
             housekeeper=Housekeeper(
                 leases,

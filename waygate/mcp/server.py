@@ -35,6 +35,7 @@ from ..schemas import json_schema
 from ..sdk import Content, RichResult
 from ..status import Status
 from .catalog import Catalog, CatalogError
+from .notify import LISTEN, ChangeFeed, ListenLimits, ListenStream, advertise, honored_filter
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
@@ -62,7 +63,8 @@ INSTRUCTIONS = (
     "its inputSchema lists the parameters. A result with isError explains what "
     "went wrong (invalid arguments, a failure or a timeout)."
 )
-# No push channel (stateless): lists are asked for again, resources are not subscribable.
+# What every transport and revision has; the change notifications each one really has are
+# laid over it per request (notify.advertise: subscriptions/listen, stdio's push).
 CAPABILITIES = {
     "tools": {"listChanged": False},
     "prompts": {"listChanged": False},
@@ -114,7 +116,7 @@ class Reply:
     status: int
     body: dict[str, Any] | None = None
     retry_after: int | None = None  # seconds, when the server is too busy to answer now
-    stream: ToolStream | None = None  # instead of a body: messages to send as they come
+    stream: ToolStream | ListenStream | None = None  # instead of a body: messages as they come
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,7 @@ class McpServer:
         plugins: Callable[[], PluginSet],
         tool_timeout: int = 30,
         tool_timeout_max: int = 300,
+        listen_limits: ListenLimits | None = None,
     ):
         self.commands = commands
         self.status = Status(commands)
@@ -141,6 +144,7 @@ class McpServer:
         self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
         self.tool_timeout_max = tool_timeout_max
         self.catalog = Catalog(commands, plugins, tool_timeout)
+        self.listeners = ChangeFeed(self, listen_limits)  # subscriptions/listen (notify.py)
         self._lists = {
             "tools/list": ("tools", self.tools),
             "prompts/list": ("prompts", self.catalog.prompts),
@@ -179,9 +183,13 @@ class McpServer:
             if modern:
                 self._check_modern(message, method, version, routing, http)
             params = message.get("params") or {}
+            if method == LISTEN and modern and self.listeners.on:
+                return Reply(200, stream=self._listen(params, caller, request_id, routing, http))
             if method == "tools/call" and routing.streams and _progress_token(params) is not None:
                 return self._stream_tool(params, caller, request_id, modern)
             result = self._dispatch(method, params, caller, modern, version)
+            if method in ("initialize", "server/discover"):
+                result = advertise(result, modern, http, self.listeners.on)
             return Reply(200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         except JsonRpcError as err:
             return Reply(err.status, err.body(request_id))
@@ -397,6 +405,22 @@ class McpServer:
         with tracing.continue_meta(params.get("_meta")):  # the command starts here
             stream = ToolStream(self.commands, inv, caller, token, response)
         return Reply(200, stream=stream)
+
+    def _listen(
+        self, params: dict, caller: Caller, request_id: Any, routing: Routing, http: bool
+    ) -> ListenStream:
+        """A subscriptions/listen: its stream (acknowledged, then changes as they come)."""
+        if http and not routing.streams:
+            raise JsonRpcError(
+                INVALID_REQUEST,
+                "subscriptions/listen answers with an event stream: accept text/event-stream",
+                status=406,
+            )
+        try:
+            honored = honored_filter(params)
+        except ValueError as err:
+            raise JsonRpcError(INVALID_PARAMS, str(err), status=400) from None
+        return ListenStream(self.listeners, caller, request_id, honored)
 
     def _execution_state(self, arguments: Mapping, caller: Caller) -> dict[str, Any]:
         command_id = arguments.get("command_id")

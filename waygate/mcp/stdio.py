@@ -16,6 +16,7 @@ from typing import IO
 
 from ..commands import Caller
 from ..jsonbody import BodyRefused, read_body
+from .notify import StdioChannel
 from .server import JsonRpcError, McpServer, refused_body_error
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,17 @@ def serve(
             stdout.write(line + "\n")
             stdout.flush()
 
+    notifications = StdioChannel(server, caller, reply)  # listens, and list changes pushed
+
     def handle(message) -> None:
         try:
-            reply(server.handle(message, caller, http=False).body)
+            if notifications.intercept(message):
+                return
+            answer = server.handle(message, caller, http=False)
+            if answer.stream is not None:  # a subscriptions/listen: pumped on a thread of its own
+                notifications.pump(answer.stream)
+                return
+            reply(answer.body)
         except Exception:  # never let one message end the session
             log.exception("stdio message failed")
             reply(
@@ -63,3 +72,4 @@ def serve(
                 reply(refused_body_error(refused).body())
                 continue
             pool.submit(handle, message)
+    notifications.close()
