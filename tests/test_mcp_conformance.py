@@ -71,7 +71,15 @@ SCENARIOS = {
 @pytest.fixture
 def conformance_server(plugin_dist, server_factory, keys):
     plugin_dist.register("Conformance", "tests.conformance_plugin:ConformancePlugin")
-    return server_factory(workers=2, PYTHONPATH=str(plugin_dist.root))
+    # the hooks that change the tool and prompt lists while the suite listens (2026-07-28)
+    plugin_dist.register(
+        "ConformanceTriggers", "tests.conformance_triggers:ConformanceTriggersPlugin"
+    )
+    # The suite keeps a subscriptions/listen stream open once it has read the frames it
+    # wanted (it does not cancel it), and it is one key: more than the default 2 per worker.
+    return server_factory(
+        workers=2, PYTHONPATH=str(plugin_dist.root), WAYGATE_MCP_LISTENS_PER_KEY="4"
+    )
 
 
 def run_suite(url: str, out) -> dict[str, list[dict]]:
