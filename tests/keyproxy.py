@@ -75,13 +75,13 @@ class KeyProxy:
 
                 def watch() -> None:
                     while upstream.sock is not None:
-                        readable, _, _ = select.select([client], [], [], 0.2)
-                        if not readable:
-                            continue
                         try:
+                            readable, _, _ = select.select([client], [], [], 0.2)
+                            if not readable:
+                                continue
                             gone = client.recv(1, socket.MSG_PEEK) == b""
-                        except OSError:
-                            gone = True
+                        except (OSError, ValueError):  # closed meanwhile: the answer ended
+                            return
                         if gone:
                             with contextlib.suppress(OSError):
                                 sock.shutdown(socket.SHUT_RDWR)
