@@ -33,14 +33,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import RateLimited, ServiceUnavailable
 from ..forksafe import reset_after_fork
 
 if TYPE_CHECKING:
-    from ..commands import Caller
-    from .server import McpServer
+    from ..commands import Caller, CommandService
+    from ..plugins import PluginSet
+    from .catalog import Catalog
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,18 @@ MAX_WATCHED_URIS = 100
 MAX_URI_CHARS = 2000
 MAX_BACKLOG = 256  # messages a listener has not taken yet; past it the stream ends
 INVALID_PARAMS, INVALID_REQUEST = -32602, -32600
+
+
+class McpServer(Protocol):
+    """What the feed reads of ``server.McpServer`` (which owns it): the lists as a caller sees
+    them, and the plugin set they come from."""
+
+    commands: CommandService
+    catalog: Catalog
+
+    def _plugins(self) -> PluginSet: ...
+
+    def tools(self, caller: Caller) -> list[dict[str, Any]]: ...
 
 
 def advertise(result: dict[str, Any], modern: bool, http: bool, on: bool) -> dict[str, Any]:
