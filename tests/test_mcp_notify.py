@@ -173,6 +173,34 @@ def test_a_reload_reaches_listeners_on_every_worker_and_a_key_hears_only_what_it
         prompt_only.close()
 
 
+def admin_call(server, keys, method, path, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    headers = {"X-API-Key": keys.admin, "Content-Type": "application/json"}
+    conn.request(method, path, body=json.dumps(body) if body else None, headers=headers)
+    response = conn.getresponse()
+    assert response.status == 200, response.read()
+    return json.loads(response.read())
+
+
+def test_a_listening_keys_new_scope_is_told_and_its_revocation_ends_the_listen(
+    notify_server, keys
+):
+    server, _ = notify_server
+    _, key = keys.store.create("listening", "user")
+    listener = open_listener(server.port, key, {"toolsListChanged": True})
+    try:
+        assert listener.next()["method"].endswith("acknowledged")
+        admin_call(server, keys, "PATCH", "/keys/listening", {"allow": ["Testing.pid"]})
+        assert listener.next()["method"] == "notifications/tools/list_changed"
+        admin_call(server, keys, "DELETE", "/keys/listening")
+        ended = listener.next()
+        assert ended["id"] == 1 and ended["error"]["data"] == {"code": "UNAUTHORIZED"}
+        assert "revoked" in ended["error"]["message"]
+        assert listener.next() is None
+    finally:
+        listener.close()
+
+
 def test_listens_are_bounded_per_key_and_per_worker_and_freed_when_the_client_leaves(
     plugin_dist, server_factory, keys
 ):

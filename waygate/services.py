@@ -24,7 +24,7 @@ from .keystore import KeyStore
 from .latency import LatencyWindow
 from .leases import Leases
 from .lifecycle import Readiness
-from .mcp.notify import ListenLimits
+from .mcp.notify import ListenLimits, key_recheck
 from .mcp.server import McpServer
 from .metrics import metrics
 from .oauth import ResourceServer
@@ -131,7 +131,7 @@ class Services:
                 absolute=timedelta(seconds=config.session_max_s),
             ),
         )
-        return cls(
+        built = cls(
             config=config,
             storage=storage,
             keys=keys,
@@ -168,3 +168,6 @@ class Services:
             else None,
             upstreams=upstreams,
         )
+        # a listening key's scope is looked up again: a change is told, a revocation ends it
+        built.mcp.listeners.recheck = key_recheck(keys.usable)
+        return built

@@ -25,6 +25,7 @@ On worker shutdown (SIGTERM, a gunicorn reload) every listen ends gracefully wit
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -112,6 +113,7 @@ class Subscription:
         self.seen: Any = None  # the plugin set the views were computed against
         self.views: dict[str, str | None] = {}
         self.ended = threading.Event()  # no more messages: closed, cancelled or backed up
+        self.farewell: dict[str, Any] | None = None  # the listen's last message, if refused
 
     @property
     def watched(self) -> list[str]:
@@ -127,13 +129,19 @@ class Subscription:
 
 
 class ChangeFeed:
-    """This process's subscriptions, and the one thread that tells them of changes."""
+    """This process's subscriptions, and the one thread that tells them of changes.
+
+    ``recheck`` (set by ``services.py``) looks a listener's key up again every ``RECHECK_S``:
+    a changed scope changes what it sees (and it is told if its lists changed); a key revoked
+    or expired ends its listen with an error."""
 
     POLL_S = 0.2
+    RECHECK_S = 2.0
 
     def __init__(self, server: McpServer, limits: ListenLimits | None = None):
         self._server = server
         self.limits = limits or ListenLimits()
+        self.recheck: Callable[[Caller], Caller | None] | None = None
         self._forked()
         reset_after_fork(self, ChangeFeed._forked)
 
@@ -224,6 +232,7 @@ class ChangeFeed:
     # -- telling -------------------------------------------------------------------------------
 
     def _watch(self) -> None:
+        rechecked = time.monotonic()
         while True:
             self._wake.wait(self.POLL_S)
             self._wake.clear()
@@ -232,6 +241,9 @@ class ChangeFeed:
                 if not subs:
                     self._thread = None
                     return
+            if self.recheck is not None and time.monotonic() - rechecked >= self.RECHECK_S:
+                rechecked = time.monotonic()
+                self._recheck_keys(subs)
             try:
                 current = self._server._plugins()  # reads the shared generation when due
             except Exception as exc:  # the database is away: asked again next round
@@ -243,6 +255,31 @@ class ChangeFeed:
                         self._tell(sub)
                     except Exception:  # one listener's failure must not stop the others
                         log.exception("change notifications: a listener's views failed")
+
+    def _recheck_keys(self, subs: list[Subscription]) -> None:
+        for sub in subs:
+            if sub.ended.is_set():
+                continue
+            try:
+                caller = self.recheck(sub.caller)  # type: ignore[misc]  (checked by the caller)
+            except Exception as exc:  # the database is away: the key is asked again later
+                log.warning("change notifications: could not look a listener's key up: %s", exc)
+                return
+            if caller is None:
+                if sub.sub_id is not None:
+                    sub.farewell = {
+                        "jsonrpc": "2.0",
+                        "id": sub.sub_id,
+                        "error": {
+                            "code": INVALID_REQUEST,
+                            "message": "the key of this listen was revoked or has expired",
+                            "data": {"code": "UNAUTHORIZED"},
+                        },
+                    }
+                self.unsubscribe(sub)
+            elif caller.scope != sub.caller.scope:
+                sub.caller = caller
+                sub.seen = None  # its views are compared again now, with the new scope
 
     def _tell(self, sub: Subscription) -> None:
         before = dict(sub.views)
@@ -361,7 +398,9 @@ class ListenStream:
                 continue
             quiet_since = time.monotonic()
             yield message
-        if self._feed.closing:  # graceful closure: the listen's own response ends it
+        if sub.farewell is not None:  # ended by the server for a reason: said in its response
+            yield sub.farewell
+        elif self._feed.closing:  # graceful closure: the listen's own response ends it
             yield {
                 "jsonrpc": "2.0",
                 "id": self.sub_id,
@@ -430,7 +469,7 @@ class StdioChannel:
         feed = self._server.listeners
         if self._push is not None or not feed.on:
             return
-        every = {flag: True for flag, _, _ in LIST_KINDS}
+        every = dict.fromkeys((flag for flag, _, _ in LIST_KINDS), True)
         self._push = feed.subscribe(self._caller, None, every, self._write, bounded=False)
 
     def close(self) -> None:
@@ -440,3 +479,17 @@ class StdioChannel:
             listens = list(self._listens.values())
         for listen in listens:
             listen.cancel()
+
+
+def key_recheck(usable: Callable[[int], Any]) -> Callable[[Caller], Caller | None]:
+    """A ``ChangeFeed.recheck`` over the key store's ``usable(key_id)`` (the live, unexpired
+    key or None): a listener's caller with its key's scope as it is now, or None when the key
+    may no longer be used. A caller without a key (stdio, a person's access token) stays."""
+
+    def recheck(caller: Caller) -> Caller | None:
+        if caller.key_id is None:
+            return caller
+        key = usable(caller.key_id)
+        return None if key is None else dataclasses.replace(caller, scope=key.scope)
+
+    return recheck
