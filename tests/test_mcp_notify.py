@@ -182,9 +182,7 @@ def admin_call(server, keys, method, path, body=None):
     return json.loads(response.read())
 
 
-def test_a_listening_keys_new_scope_is_told_and_its_revocation_ends_the_listen(
-    notify_server, keys
-):
+def test_a_listening_keys_new_scope_is_told_and_its_revocation_ends_the_listen(notify_server, keys):
     server, _ = notify_server
     _, key = keys.store.create("listening", "user")
     listener = open_listener(server.port, key, {"toolsListChanged": True})
