@@ -19,6 +19,7 @@ import time
 import pytest
 
 from tests.conftest import BIN
+from tests.test_metrics import sample
 
 MODERN = "2026-07-28"
 META = {
@@ -214,6 +215,9 @@ def test_listens_are_bounded_per_key_and_per_worker_and_freed_when_the_client_le
     assert second.status == 200
     full = Listener(server.port, third, {"toolsListChanged": True})
     assert full.status == 503 and "WAYGATE_MCP_LISTENS" in full.error["error"]["message"]
+    metrics = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    metrics.request("GET", "/metrics")
+    assert sample(metrics.getresponse().read().decode(), "waygate_mcp_listens") == 2
     # other requests still get threads: the listens hold command slots, not the reserve
     health = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
     health.request("GET", "/health")

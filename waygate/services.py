@@ -170,4 +170,5 @@ class Services:
         )
         # a listening key's scope is looked up again: a change is told, a revocation ends it
         built.mcp.listeners.recheck = key_recheck(keys.usable)
+        built.mcp.listeners.on_count = metrics().observe_listens
         return built

@@ -142,6 +142,7 @@ class ChangeFeed:
         self._server = server
         self.limits = limits or ListenLimits()
         self.recheck: Callable[[Caller], Caller | None] | None = None
+        self.on_count: Callable[[int], None] | None = None  # the open listens, as they change
         self._forked()
         reset_after_fork(self, ChangeFeed._forked)
 
@@ -180,6 +181,7 @@ class ChangeFeed:
                 self._admit(caller)
             self._subs.add(sub)
             self._by_key[caller.share] = self._by_key.get(caller.share, 0) + 1
+            self._count()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._watch, name="waygate-mcp-notify", daemon=True
@@ -218,6 +220,12 @@ class ChangeFeed:
                     self._by_key[sub.caller.share] = left
                 else:
                     del self._by_key[sub.caller.share]
+                self._count()
+
+    def _count(self) -> None:
+        """Tell ``on_count`` how many listens are open (the caller holds the lock)."""
+        if self.on_count is not None:
+            self.on_count(sum(1 for s in self._subs if s.sub_id is not None))
 
     def close_all(self) -> None:
         """Shutdown: refuse new listens and end every open one gracefully (each stream sends
