@@ -413,3 +413,84 @@ def test_stdio_pushes_list_changes_and_serves_listens(data_dir, plugin_dist):
         assert stdio.next() == {"jsonrpc": "2.0", "id": 2, "result": {}}  # no listen response
     finally:
         stdio.close()
+
+
+NOTES_PLUGIN = """
+from waygate.sdk import Plugin, Resource
+
+
+class Notes(Plugin):
+    name = "Notes"
+    version = "{version}"
+    description = "Resources a reload adds"
+    author = "Waygate tests"
+
+    def commands(self):
+        return []
+
+    def resources(self):
+        return [
+            Resource("notes://today", "Today", lambda values: "today"),
+            Resource("notes://{{day}}/summary", "A day", lambda values: values["day"]),
+        ]
+"""
+
+
+def test_resource_lists_and_watched_resources_are_told_as_each_caller_sees_them(
+    make_app, plugin_dist
+):
+    """In-process and step by step (the feed's own thread held back): what each kind of
+    subscriber is told when a reload adds, then re-versions, a plugin's resources."""
+    from waygate.commands import Caller
+    from waygate.keys import Scope
+    from waygate.mcp.notify import Subscription
+
+    services = make_app().extensions["waygate"]
+    feed = services.mcp.listeners
+    feed.POLL_S = 3600.0  # the test tells; the thread waits
+
+    def subscribe(scope, honored):
+        told: list = []
+        caller = Caller("k", key_id=len(feed._subs) + 1, scope=scope)  # a key each
+        return feed.subscribe(caller, 7, honored, told.append), told
+
+    watched = ["notes://today", "notes://3/summary", "notes://never"]
+    everything, told_all = subscribe(
+        Scope(), {"resourcesListChanged": True, "resourceSubscriptions": watched}
+    )
+    testing_only, told_scoped = subscribe(
+        Scope(("Testing.*",)), {"resourcesListChanged": True, "resourceSubscriptions": watched}
+    )
+    tools_only, told_tools = subscribe(Scope(), {"toolsListChanged": True})
+
+    def reload_with(version):
+        plugin_dist.write_module("notes_plugin", NOTES_PLUGIN.format(version=version))
+        plugin_dist.register("Notes", "notes_plugin:Notes")
+        services.plugins.reload()
+        for sub in (everything, testing_only, tools_only):
+            feed._tell(sub)
+
+    def methods(told):
+        found = [(m["method"].rsplit("/", 2)[-2], m["params"].get("uri")) for m in told]
+        told.clear()
+        return found
+
+    reload_with("1.0")
+    assert methods(told_all) == [
+        ("resources", None),  # resources/list_changed
+        ("resources", "notes://today"),  # resources/updated: it appeared
+        ("resources", "notes://3/summary"),  # served by the template
+    ]
+    assert all(m["params"]["_meta"] == {SUB: 7} for m in told_all + told_scoped)
+    assert methods(told_scoped) == []  # Notes is not in its scope: nothing, not even a name
+    assert methods(told_tools) == []  # resources came, no tool did
+    reload_with("1.0")  # the same again: nothing changed for anyone
+    assert methods(told_all) == methods(told_scoped) == methods(told_tools) == []
+    reload_with("1.1")  # a new version of the plugin that serves them: read them again
+    assert methods(told_all) == [  # the list itself is as it was
+        ("resources", "notes://today"),
+        ("resources", "notes://3/summary"),
+    ]
+    for sub in (everything, testing_only, tools_only):
+        feed.unsubscribe(sub)
+    assert isinstance(everything, Subscription) and feed.open_count == 0
