@@ -64,8 +64,11 @@ def listen_body(notifications, request_id=1):
 class Listener:
     """One subscriptions/listen over raw HTTP: its SSE messages in a queue, read by a thread."""
 
-    def __init__(self, port, key, notifications, request_id=1):
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    def __init__(self, port, key, notifications, request_id=1, tls=None):
+        if tls is None:
+            self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        else:  # through nginx: an ssl.SSLContext that trusts its certificate
+            self.conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=60, context=tls)
         self.conn.request(
             "POST",
             "/mcp",

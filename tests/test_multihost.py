@@ -251,6 +251,30 @@ def test_a_reload_on_one_host_reaches_a_listener_on_the_other(hosts, figures):
         listener.close()
 
 
+def test_nginx_passes_a_listeners_leaving_on_at_once(hosts, figures):
+    """Through the shipped nginx site: the stream is not buffered (the acknowledgment arrives),
+    and a client that leaves ends the listen upstream well before the next keep-alive (15 s):
+    its access line (written when a request ends) appears on the host that held it."""
+    import ssl
+
+    _, key = create_key(hosts, "nginx-listener")
+    tls = ssl.create_default_context(cafile=str(hosts.nginx.cert))
+    listener = Listener(hosts.nginx.https, key, {"toolsListChanged": True}, tls=tls)
+    request_id = listener.response.getheader("X-Request-ID")
+    assert listener.next()["method"] == "notifications/subscriptions/acknowledged"
+
+    def ended() -> bool:
+        return any(f"request_id={request_id}" in s.log() for s in (hosts.a, hosts.b))
+
+    assert request_id and not ended()
+    listener.close()
+    left = time.monotonic()
+    while not ended():
+        assert time.monotonic() - left < 10, "the listen was still open upstream"
+        time.sleep(0.05)
+    figures["listen_freed_through_nginx_s"] = round(time.monotonic() - left, 3)
+
+
 def test_any_host_answers_a_poll_for_any_execution(hosts):
     _, key = create_key(hosts, "poller")
     body = {"action": "steps", "params": {"count": 2, "pause": 0.3}, "async": True}
