@@ -16,7 +16,7 @@ from typing import IO
 
 from ..commands import Caller
 from ..jsonbody import BodyRefused, read_body
-from .notify import StdioChannel
+from .notify import ListenStream, StdioChannel
 from .server import JsonRpcError, McpServer, refused_body_error
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def serve(
             if notifications.intercept(message):
                 return
             answer = server.handle(message, caller, http=False)
-            if answer.stream is not None:  # a subscriptions/listen: pumped on a thread of its own
+            if isinstance(answer.stream, ListenStream):  # pumped on a thread of its own
                 notifications.pump(answer.stream)
                 return
             reply(answer.body)
