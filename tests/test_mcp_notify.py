@@ -497,3 +497,48 @@ def test_resource_lists_and_watched_resources_are_told_as_each_caller_sees_them(
     for sub in (everything, testing_only, tools_only):
         feed.unsubscribe(sub)
     assert isinstance(everything, Subscription) and feed.open_count == 0
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("mode", ["legacy", "auto"])
+def test_the_sdk_over_stdio_hears_a_reload_in_both_eras(data_dir, plugin_dist, mode):
+    """The official client against `waygate mcp stdio`: in the handshake era the change is
+    pushed unasked (its message handler gets it); in 2026-07-28 it listens."""
+    import sqlite3
+
+    import mcp
+    from mcp import StdioServerParameters, types
+
+    params = StdioServerParameters(
+        command=str(BIN / "waygate"),
+        args=["mcp", "stdio"],
+        env={**os.environ, "WAYGATE_DATA_DIR": str(data_dir), "PYTHONPATH": str(plugin_dist.root)},
+    )
+    heard: asyncio.Queue = asyncio.Queue()
+
+    async def on_message(message):
+        if isinstance(message, types.ServerNotification):
+            await heard.put(message.root if hasattr(message, "root") else message)
+
+    def reload_elsewhere():  # as POST /plugins/reload on the service does
+        plugin_dist.write_module("extra_plugin", EXTRA_PLUGIN)
+        plugin_dist.register("Extra", "extra_plugin:Extra")
+        with sqlite3.connect(data_dir / "waygate.db") as db:
+            db.execute("UPDATE plugin_state SET generation = generation + 1 WHERE id = 1")
+
+    async def scenario():
+        async with mcp.Client(params, mode=mode, message_handler=on_message) as client:
+            if mode == "legacy":
+                await client.list_tools()
+                reload_elsewhere()
+                told = await asyncio.wait_for(heard.get(), WAIT_S)
+                assert "ToolListChanged" in type(told).__name__, told
+            else:
+                async with client.listen(tools_list_changed=True) as sub:
+                    reload_elsewhere()
+                    async for event in sub:
+                        assert type(event).__name__ == "ToolsListChanged"
+                        break
+            return {t.name for t in (await client.list_tools()).tools}
+
+    assert "extra_tool" in asyncio.run(asyncio.wait_for(scenario(), timeout=60))
