@@ -309,6 +309,9 @@ def test_each_era_and_transport_is_told_the_notifications_it_really_gets(app, ma
         assert caps(discover, over_http)["resources"] == {"listChanged": True, "subscribe": True}
     off = make_app(mcp_listens=0).extensions["waygate"].mcp
     assert caps(discover, True, on=off)["tools"] == {"listChanged": False}
+    listen = listen_body({"toolsListChanged": True})  # and listens are not served at all
+    refused = off.handle(listen, caller, Routing(MODERN, "subscriptions/listen", streams=True))
+    assert refused.body["error"]["code"] == -32601
 
 
 def test_the_sdk_client_hears_a_tool_list_change(notify_server, keys):
