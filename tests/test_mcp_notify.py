@@ -171,7 +171,7 @@ def test_a_reload_reaches_listeners_on_every_worker_and_a_key_hears_only_what_it
         # have come first (one change is told in the order tools, prompts, resources)
         told = prompt_only.next()
         assert told["method"] == "notifications/prompts/list_changed"
-        assert latency < 3.0, latency
+        assert latency < 5.0, latency  # measured 0.5 s; the margin is for a loaded machine
     finally:
         everything.close()
         prompt_only.close()
