@@ -545,3 +545,32 @@ def test_the_sdk_over_stdio_hears_a_reload_in_both_eras(data_dir, plugin_dist, m
             return {t.name for t in (await client.list_tools()).tools}
 
     assert "extra_tool" in asyncio.run(asyncio.wait_for(scenario(), timeout=60))
+
+
+def test_over_stdio_a_listen_the_server_ends_is_cancelled_and_one_the_client_ends_is_not(app):
+    from waygate.commands import Caller
+    from waygate.mcp.notify import ListenStream, StdioChannel
+
+    server = app.extensions["waygate"].mcp
+    written: queue.Queue = queue.Queue()
+    channel = StdioChannel(server, Caller("stdio"), written.put)
+    wanted = {"toolsListChanged": True}
+
+    ended_by_server = ListenStream(server.listeners, Caller("stdio"), "s1", wanted)
+    channel.pump(ended_by_server)
+    assert written.get(timeout=WAIT_S)["method"] == "notifications/subscriptions/acknowledged"
+    server.listeners.unsubscribe(ended_by_server._sub)  # e.g. its backlog overflowed
+    assert written.get(timeout=WAIT_S) == {
+        "jsonrpc": "2.0",
+        "method": "notifications/cancelled",
+        "params": {"requestId": "s1", "reason": "the server ended this subscription"},
+    }
+
+    ended_by_client = ListenStream(server.listeners, Caller("stdio"), "s2", wanted)
+    pumping = channel.pump(ended_by_client)
+    assert written.get(timeout=WAIT_S)["params"]["_meta"] == {SUB: "s2"}
+    cancel = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": "s2"}}
+    assert channel.intercept(cancel) is True
+    pumping.join(WAIT_S)  # the listen is over ...
+    assert not pumping.is_alive() and server.listeners.open_count == 0
+    assert written.empty()  # ... and nothing was written for it: no response, no cancel

@@ -379,6 +379,7 @@ class ListenStream:
             self._slot.__exit__(None, None, None)
             raise
         self._closed = False
+        self.cancelled = False  # by the client
 
     def _deliver(self, message: dict[str, Any]) -> None:
         if self._messages.qsize() >= MAX_BACKLOG:  # the client stopped reading
@@ -417,6 +418,7 @@ class ListenStream:
 
     def cancel(self) -> None:
         """The client cancelled it (stdio: notifications/cancelled): no response follows."""
+        self.cancelled = True
         self._feed.unsubscribe(self._sub)
 
     def close(self) -> None:
@@ -457,21 +459,38 @@ class StdioChannel:
                 return True
         return False
 
-    def pump(self, stream: ListenStream) -> None:
+    def pump(self, stream: ListenStream) -> threading.Thread:
         with self._lock:
             self._listens[stream.sub_id] = stream
 
         def run() -> None:
+            last: dict[str, Any] | None = None
             try:
                 for message in stream.messages():
                     if message is not None:  # no keep-alives on a pipe
                         self._write(message)
+                        last = message
+                if not stream.cancelled and (last is None or "id" not in last):
+                    # ended by the server without its response (e.g. it stopped reading): on
+                    # stdio the spec's way to say so is notifications/cancelled
+                    self._write(
+                        {
+                            "jsonrpc": "2.0",
+                            "method": "notifications/cancelled",
+                            "params": {
+                                "requestId": stream.sub_id,
+                                "reason": "the server ended this subscription",
+                            },
+                        }
+                    )
             finally:
                 with self._lock:
                     self._listens.pop(stream.sub_id, None)
                 stream.close()
 
-        threading.Thread(target=run, name="waygate-stdio-listen", daemon=True).start()
+        thread = threading.Thread(target=run, name="waygate-stdio-listen", daemon=True)
+        thread.start()
+        return thread
 
     def _start_push(self) -> None:
         feed = self._server.listeners
