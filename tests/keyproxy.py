@@ -4,7 +4,10 @@ body) plus ``X-API-Key``, and streams the answer back as it arrives (SSE include
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import select
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -49,6 +52,7 @@ class KeyProxy:
                 try:
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     answer = upstream.getresponse()
+                    self._close_when_client_leaves(upstream)
                     self.send_response_only(answer.status, answer.reason)
                     for name, value in answer.getheaders():
                         if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
@@ -57,10 +61,33 @@ class KeyProxy:
                     while chunk := answer.read1(65536):
                         self.wfile.write(chunk)
                         self.wfile.flush()
-                except ConnectionError:  # the client went away (e.g. it cancelled a stream)
+                except (ConnectionError, http.client.IncompleteRead):  # the client went
+                    # away (e.g. it cancelled a stream), and its upstream was closed with it
                     pass
                 finally:
                     upstream.close()
+
+            def _close_when_client_leaves(self, upstream: http.client.HTTPConnection) -> None:
+                """As nginx does: a client that closes its connection mid-answer (e.g. it
+                ends a subscriptions/listen stream) has the upstream connection closed too,
+                at once, not at the next chunk the upstream happens to send."""
+                client, sock = self.connection, upstream.sock
+
+                def watch() -> None:
+                    while upstream.sock is not None:
+                        try:
+                            readable, _, _ = select.select([client], [], [], 0.2)
+                            if not readable:
+                                continue
+                            gone = client.recv(1, socket.MSG_PEEK) == b""
+                        except (OSError, ValueError):  # closed meanwhile: the answer ended
+                            return
+                        if gone:
+                            with contextlib.suppress(OSError):
+                                sock.shutdown(socket.SHUT_RDWR)
+                        return  # gone, or more bytes from the client: nothing more to watch
+
+                threading.Thread(target=watch, daemon=True).start()
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _forward
 

@@ -90,6 +90,31 @@ def test_the_gunicorn_logger_class_formats_its_access_and_error_lines():
     assert [h.formatter._fmt for h in plain.access_log.handlers] == ["%(asctime)s %(message)s"]
 
 
+def test_gunicorn_puts_the_connection_socket_in_the_environ_and_a_closed_peer_is_seen():
+    import socket
+
+    from gunicorn.config import Config as GunicornConfig
+    from gunicorn.http.wsgi import base_environ
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        environ = {**base_environ(GunicornConfig()), "gunicorn.socket": ours}
+        closed = compat.peer_closed_probe(environ)
+        assert closed is not None and closed() is False
+        theirs.sendall(b"x")  # bytes waiting are no close
+        assert closed() is False
+        theirs.close()
+        ours.recv(1)
+        assert closed() is True
+    assert compat.peer_closed_probe({}) is None  # another server: writes tell instead
+    import inspect
+
+    from gunicorn.http import wsgi
+
+    # the environ of every request: default_environ, which create() starts from
+    assert '"gunicorn.socket": sock' in inspect.getsource(wsgi.default_environ)
+
+
 def test_flask_calls_ensure_sync_through_the_app_instance():
     from flask import Flask
 

@@ -394,7 +394,14 @@ def test_server_discover(rpc):
     # the same list as the unsupported-version error's: one list of served revisions
     assert result["supportedVersions"] == SERVED
     assert result["resultType"] == "complete"
-    assert result["capabilities"] == CAPABILITIES
+    # subscriptions/listen carries list changes and resource updates (tests/test_mcp_notify.py)
+    listening = {"listChanged": True}
+    assert result["capabilities"] == {
+        **CAPABILITIES,
+        "tools": listening,
+        "prompts": listening,
+        "resources": {**listening, "subscribe": True},
+    }
     assert result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "waygate"
     assert result["cacheScope"] == "private" and result["ttlMs"] == 0
 

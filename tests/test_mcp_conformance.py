@@ -59,7 +59,6 @@ NOT_OFFERED = {
 # Issue 29's other parts, on other branches: (revision, scenario) -> the part. A check of
 # server-stateless is listed by its id (that scenario also covers this branch's part).
 _TASKS = "tasks extension (issue 29 item 2)"
-_NOTIFY = "listChanged and subscriptions/listen (issue 29 item 4)"
 IN_PROGRESS = {
     **{
         ("2026-07-28", f"tasks-{name}"): _TASKS
@@ -73,16 +72,6 @@ IN_PROGRESS = {
             "dispatch-and-envelope",
             "required-task-error",
             "mrtr-composition",
-        )
-    },
-    **{
-        ("2026-07-28", f"server-stateless/sep-2575-{check}"): _NOTIFY
-        for check in (
-            "server-sends-subscription-ack",
-            "server-tags-subscription-id",
-            "server-honors-notification-filter",
-            "server-sends-prompts-list-changed-on-subscription",
-            "server-sends-tools-list-changed-on-subscription",
         )
     },
 }
@@ -174,7 +163,12 @@ def conformance_server(tmp_path_factory, starts_servers):
     site = PluginDist(root / "site")
     site.register("Testing", "tests.plugin_fixtures:TestingPlugin")
     site.register("Conformance", "tests.conformance_plugin:ConformancePlugin")
-    server = Server(data_dir=data, workers=2, env={"PYTHONPATH": str(site.root)}).start()
+    # the hooks that change the tool and prompt lists while the suite listens (2026-07-28)
+    site.register("ConformanceTriggers", "tests.conformance_triggers:ConformanceTriggersPlugin")
+    # The suite keeps a subscriptions/listen stream open once it has read the frames it
+    # wanted (it does not cancel it), and it is one key: more than the default 2 per worker.
+    env = {"PYTHONPATH": str(site.root), "WAYGATE_MCP_LISTENS_PER_KEY": "4"}
+    server = Server(data_dir=data, workers=2, env=env).start()
     yield server, key
     server.stop()
 

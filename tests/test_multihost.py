@@ -25,6 +25,7 @@ import requests
 from tests.conftest import BIN, FIGURES, PluginDist, Server, start_redis
 from tests.nginx import Nginx
 from tests.test_engine_server import SPREAD
+from tests.test_mcp_notify import Listener
 from tests.test_metrics import sample
 
 LEASE_S = 4
@@ -225,6 +226,54 @@ def test_a_reload_on_one_host_reaches_every_worker_of_every_host_within_2_s(host
         assert [r.status_code for r in responses] == [200] * 24
         assert {r.json()["result"]["pid"] for r in responses} == set(server.worker_pids())
     figures["reload_seen_on_other_host_s"] = round(seen_on_b, 3)
+
+
+HEARD_PLUGIN = WHERE_PLUGIN.replace("Where", "Heard").replace('"where"', '"heard"')
+
+
+def test_a_reload_on_one_host_reaches_a_listener_on_the_other(hosts, figures):
+    """subscriptions/listen across hosts: the plugin generation in PostgreSQL carries it."""
+    _, key = create_key(hosts, "listener")
+    listener = Listener(hosts.b.port, key, {"toolsListChanged": True})
+    try:
+        assert listener.next()["method"] == "notifications/subscriptions/acknowledged"
+        hosts.plugins.write_module("heard_plugin", HEARD_PLUGIN)
+        hosts.plugins.register("Heard", "heard_plugin:Heard")
+        reload = hosts.http.post(
+            hosts.a.url + "/plugins/reload", headers=hosts.admin_headers(), timeout=10
+        )
+        answered = time.monotonic()
+        assert reload.status_code == 200 and "Heard" in reload.json()["loaded"]
+        told = listener.next()
+        figures["listen_told_on_other_host_s"] = round(time.monotonic() - answered, 3)
+        assert told["method"] == "notifications/tools/list_changed"
+        assert told["params"]["_meta"] == {"io.modelcontextprotocol/subscriptionId": 1}
+    finally:
+        listener.close()
+
+
+def test_nginx_passes_a_listeners_leaving_on_at_once(hosts, figures):
+    """Through the shipped nginx site: the stream is not buffered (the acknowledgment arrives),
+    and a client that leaves ends the listen upstream well before the next keep-alive (15 s):
+    its access line (written when a request ends) appears on the host that held it."""
+    import ssl
+
+    _, key = create_key(hosts, "nginx-listener")
+    tls = ssl.create_default_context(cafile=str(hosts.nginx.cert))
+    listener = Listener(hosts.nginx.https, key, {"toolsListChanged": True}, tls=tls)
+    request_id = listener.response.getheader("X-Request-ID")
+    assert listener.next()["method"] == "notifications/subscriptions/acknowledged"
+
+    def ended() -> bool:
+        return any(f"request_id={request_id}" in s.log() for s in (hosts.a, hosts.b))
+
+    assert request_id and not ended()
+    listener.close()
+    left = time.monotonic()
+    while not ended():
+        assert time.monotonic() - left < 10, "the listen was still open upstream"
+        time.sleep(0.05)
+    figures["listen_freed_through_nginx_s"] = round(time.monotonic() - left, 3)
 
 
 def test_any_host_answers_a_poll_for_any_execution(hosts):

@@ -600,6 +600,31 @@ def test_the_upstream_call_is_cancelled_at_the_deadline(stack):
     assert list(stack.records.glob("cancelled-*")), "the upstream never heard of the cancel"
 
 
+def test_an_upstreams_changed_tools_are_told_to_a_listener(stack):
+    """Before the next test grows the probe: each worker has its own probe, and a grow lands
+    on one of them; the listener hears the one that grows its worker's list."""
+    from tests.test_mcp_notify import Listener
+
+    listener = Listener(stack.server.port, stack.keys["admin"], {"toolsListChanged": True})
+    try:
+        assert listener.next()["method"] == "notifications/subscriptions/acknowledged"
+        told = None
+        for _ in range(12):  # a new connection each time: either worker may answer
+            grown = requests.post(
+                f"{stack.server.url}/mcp/execute", json={"action": "probe__grow", "params": {}},
+                headers=stack.h(Connection="close"), timeout=10,
+            )  # fmt: skip
+            assert grown.status_code == 200, grown.text
+            try:
+                told = listener.next(timeout=2)
+                break
+            except AssertionError:  # grown on the other worker: its listeners are told
+                continue
+        assert told is not None and told["method"] == "notifications/tools/list_changed"
+    finally:
+        listener.close()
+
+
 def test_a_tool_list_that_changes_upstream_is_followed(stack):
     with requests.Session() as same_worker:  # one connection: one worker and its own upstream
         same_worker.headers.update(stack.h())

@@ -97,6 +97,33 @@ def apply_pth_file(sitedir: str, name: str) -> None:
 # -- gunicorn ----------------------------------------------------------------------------------
 
 
+def peer_closed_probe(environ: dict) -> Callable[[], bool] | None:
+    """A check that the client of a streamed response has closed its connection, without
+    writing to it: gunicorn puts the connection's socket in the WSGI environ as
+    ``gunicorn.socket`` (not a WSGI promise). Readable with nothing to read means the peer
+    closed. None where there is no plain socket (another server, TLS): a failed write is
+    then how a closed client is noticed."""
+    import select
+    import socket
+
+    sock = environ.get("gunicorn.socket")
+    if not isinstance(sock, socket.socket) or type(sock) is not socket.socket:
+        return None  # an SSLSocket refuses MSG_PEEK
+
+    def closed() -> bool:
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return False
+            return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except (OSError, ValueError):  # reset, or closed under us: gone
+            return True
+
+    return closed
+
+
 def gunicorn_logger_class(
     access_format: str, formatter: Callable[[], Any] | None, base: type | None = None
 ) -> type:

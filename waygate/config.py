@@ -106,6 +106,10 @@ class Config:
     mcp_tool_timeout_max: int = 300
     # Waygate's own icon for MCP clients (serverInfo): an https:// URL or a data:image/ URI
     mcp_icon: str = ""
+    # MCP subscriptions/listen streams a worker holds open at once (each holds a request
+    # thread and one of the command slots; 0: listens are off), and of those one key's most
+    mcp_listens: int = 4
+    mcp_listens_per_key: int = 2
     audit_retention_days: int = 7
     # the audit database's budget: past it, the oldest finished executions are pruned first
     audit_max_bytes: int = 1024 * 1024 * 1024
@@ -318,6 +322,8 @@ class Config:
             ("command_requests_per_key", 0, 1000),
             ("mcp_tool_timeout", 1, 3600),
             ("mcp_tool_timeout_max", 1, 3600),
+            ("mcp_listens", 0, 1000),
+            ("mcp_listens_per_key", 1, 1000),
             ("audit_retention_days", 1, 3650),
             ("audit_max_bytes", 1024 * 1024, 2**50),
             ("result_max_bytes", 1024, 2**31),

@@ -213,6 +213,7 @@ def post_worker_init(worker):
 
     def drain_then_stop(signum, frame):
         services.readiness.begin_draining()
+        services.mcp.listeners.close_all()  # open subscriptions/listen streams end gracefully
         if not callable(stop):
             return
         if drain_seconds:

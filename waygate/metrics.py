@@ -127,6 +127,12 @@ class Metrics:
             ["endpoint"],
             registry=r,
         )
+        self.mcp_listens = Gauge(
+            "waygate_mcp_listens",
+            "MCP subscriptions/listen streams open (each holds a request thread)",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.plugins_loaded = Gauge(
             "waygate_plugins_loaded",
             "Plugins loaded and active",
@@ -252,6 +258,10 @@ class Metrics:
         self.plugins_failed.set(plugins_failed)
         if free_bytes is not None:
             self.free_bytes.set(free_bytes)
+
+    @_never_raising
+    def observe_listens(self, count: int) -> None:
+        self.mcp_listens.set(count)
 
     @_never_raising
     def observe_pool(self, in_use: int, queued: int) -> None:

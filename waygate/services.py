@@ -25,6 +25,7 @@ from .keystore import KeyStore
 from .latency import LatencyWindow
 from .leases import Leases
 from .lifecycle import Readiness
+from .mcp.notify import ListenLimits, key_recheck
 from .mcp.server import McpServer
 from .metrics import metrics
 from .oauth import ResourceServer
@@ -140,7 +141,7 @@ class Services:
                 absolute=timedelta(seconds=config.session_max_s),
             ),
         )
-        return cls(
+        built = cls(
             config=config,
             storage=storage,
             keys=keys,
@@ -157,6 +158,7 @@ class Services:
                 tool_timeout_max=config.mcp_tool_timeout_max,
                 idempotency=idempotency,
                 icon=config.mcp_icon,
+                listen_limits=ListenLimits(config.mcp_listens, config.mcp_listens_per_key),
             ),
             housekeeper=Housekeeper(
                 leases,
@@ -180,3 +182,7 @@ class Services:
             else None,
             upstreams=upstreams,
         )
+        # a listening key's scope is looked up again: a change is told, a revocation ends it
+        built.mcp.listeners.recheck = key_recheck(keys.usable)
+        built.mcp.listeners.on_count = metrics().observe_listens
+        return built

@@ -138,6 +138,18 @@ class Catalog:
         )
         return {"contents": contents}
 
+    def resource_entry(self, uri: str, caller: Caller) -> dict[str, Any] | None:
+        """What ``caller`` can know of the resource that serves ``uri`` (its listing, by URI or
+        template, and its plugin's version), or None where it may not read it: what a watcher
+        of ``uri`` compares across reloads (``mcp/notify.py``)."""
+        plugins = self._plugins()
+        resource, _ = _match(plugins, uri)
+        if resource is None or not _permits(caller, plugins, resource.uri):
+            return None
+        plugin = plugins.plugins.get(plugins.offered_by[resource.uri])
+        described = _describe_resource(resource, "uriTemplate" if resource.is_template else "uri")
+        return {**described, "version": plugin.version if plugin else ""}
+
     # -- running -------------------------------------------------------------------------------
 
     def _run(self, action: str, plugin: str, produce: Callable[[Any], Any], caller: Caller) -> Any:

@@ -61,6 +61,7 @@ from .input import (
     input_responses,
     principal_of,
 )
+from .notify import LISTEN, ChangeFeed, ListenLimits, ListenStream, advertise, honored_filter
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
@@ -98,7 +99,8 @@ INSTRUCTIONS = (
     "its inputSchema lists the parameters. A result with isError explains what "
     "went wrong (invalid arguments, a failure or a timeout)."
 )
-# No push channel (stateless): lists are asked for again, resources are not subscribable.
+# What every transport and revision has; the change notifications each one really has are
+# laid over it per request (notify.advertise: subscriptions/listen, stdio's push).
 CAPABILITIES = {
     "tools": {"listChanged": False},
     "prompts": {"listChanged": False},
@@ -164,7 +166,7 @@ class Reply:
     status: int
     body: dict[str, Any] | list[dict[str, Any]] | None = None  # a list answers a batch
     retry_after: int | None = None  # seconds, when the server is too busy to answer now
-    stream: ToolStream | None = None  # instead of a body: messages to send as they come
+    stream: ToolStream | ListenStream | None = None  # instead of a body: messages as they come
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ class McpServer:
         tool_timeout_max: int = 300,
         idempotency: Idempotency | None = None,
         icon: str = "",
+        listen_limits: ListenLimits | None = None,
     ):
         # initialize and server/discover name the server with its icon (WAYGATE_MCP_ICON);
         # every other 2026-07-28 result with name and version only
@@ -199,6 +202,7 @@ class McpServer:
         self.tool_timeout_max = tool_timeout_max
         self.catalog = Catalog(commands, plugins, tool_timeout)
         self.states = RequestStates(commands.audit.storage)  # input requests' requestState
+        self.listeners = ChangeFeed(self, listen_limits)  # subscriptions/listen (notify.py)
         self._lists = {
             "tools/list": ("tools", self.tools),
             "prompts/list": ("prompts", self.catalog.prompts),
@@ -235,6 +239,8 @@ class McpServer:
             if modern:
                 self._check_modern(message, method, version, routing, http)
             params = message.get("params") or {}
+            if method == LISTEN and modern and self.listeners.on:
+                return Reply(200, stream=self._listen(params, caller, request_id, routing, http))
             if modern and http and method == "tools/call":
                 self._check_param_headers(params, caller, routing)
             if (
@@ -245,6 +251,8 @@ class McpServer:
             ):
                 return self._stream_tool(params, caller, request_id, modern)
             result = self._dispatch(method, params, caller, modern, version)
+            if method in ("initialize", "server/discover"):
+                result = advertise(result, modern, http, self.listeners.on)
             return Reply(200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         except JsonRpcError as err:
             return Reply(err.status, err.body(request_id))
@@ -601,6 +609,22 @@ class McpServer:
         with tracing.continue_meta(params.get("_meta")):  # the command starts here
             stream = ToolStream(self.commands, inv, caller, token, response)
         return Reply(200, stream=stream)
+
+    def _listen(
+        self, params: dict, caller: Caller, request_id: Any, routing: Routing, http: bool
+    ) -> ListenStream:
+        """A subscriptions/listen: its stream (acknowledged, then changes as they come)."""
+        if http and not routing.streams:
+            raise JsonRpcError(
+                INVALID_REQUEST,
+                "subscriptions/listen answers with an event stream: accept text/event-stream",
+                status=406,
+            )
+        try:
+            honored = honored_filter(params)
+        except ValueError as err:
+            raise JsonRpcError(INVALID_PARAMS, str(err), status=400) from None
+        return ListenStream(self.listeners, caller, request_id, honored)
 
     def _execution_state(self, arguments: Mapping, caller: Caller) -> dict[str, Any]:
         command_id = arguments.get("command_id")

@@ -20,6 +20,7 @@ from typing import IO
 
 from ..commands import Caller
 from ..jsonbody import BodyRefused, read_body
+from .notify import ListenStream, StdioChannel
 from .server import JsonRpcError, McpServer, Routing, refused_body_error
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,16 @@ def serve(
             stdout.write(line + "\n")
             stdout.flush()
 
+    notifications = StdioChannel(server, caller, reply)  # listens, and list changes pushed
+
     def handle(message) -> None:
         try:
+            if notifications.intercept(message):
+                return
             answer = server.handle(message, caller, STREAMING, http=False)
+            if isinstance(answer.stream, ListenStream):  # pumped on a thread of its own
+                notifications.pump(answer.stream)
+                return
             if answer.stream is None:
                 reply(answer.body)
                 return
@@ -77,3 +85,4 @@ def serve(
                 reply(refused_body_error(refused).body())
                 continue
             pool.submit(handle, message)
+    notifications.close()

@@ -15,8 +15,10 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, g, request
 
+from .. import compat
 from ..errors import Unauthorized, code_for_status
 from ..mcp.headers import PARAM_PREFIX
+from ..mcp.notify import ListenStream
 from ..mcp.server import INVALID_REQUEST, Reply, Routing, refused_body_error
 from . import envelope, jsonio, services
 from .auth import current_caller, current_principal, presented_credentials
@@ -273,6 +275,8 @@ def endpoint():
 
 def _reply(reply: Reply) -> Response:
     if reply.stream is not None:
+        if isinstance(reply.stream, ListenStream):  # long-lived: notice a client that left
+            reply.stream.client_gone = compat.peer_closed_probe(request.environ)
         response = Response(_server_sent_events(reply.stream.messages()), 200)
         response.mimetype = "text/event-stream"
         response.headers["X-Accel-Buffering"] = "no"  # nginx: pass each event on at once
