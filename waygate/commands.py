@@ -156,6 +156,10 @@ class CommandService:
         self.admission = admission or Admission(0)
         self.approvals = approvals  # None: nothing waits for approval
         self.leases = leases or Leases(audit.storage, host=audit.host)
+        # Told when a queued execution starts in its pool thread (command id, context);
+        # returns what to call when it ends, which says whether its owner cancelled it
+        # meanwhile. The MCP tasks (waygate.mcp.tasks) watch for cancellation this way.
+        self.attach: Callable[[str, ExecutionContext], Callable[[], bool]] | None = None
 
     # -- resolving -----------------------------------------------------------------------------
 
@@ -366,7 +370,18 @@ class CommandService:
             ctx = self._context(inv, caller, started, span)
             run = Running(inv, caller, Mode.ASYNC, ctx, started, created, span=span)
             run.ctx.on_progress = _ProgressRecorder(self.audit, inv.command_id)
-            outcome = _settle(run, lambda: _invoke(inv, run.ctx))
+            detach = self.attach(inv.command_id, run.ctx) if self.attach else None
+            try:
+                outcome = _settle(run, lambda: _invoke(inv, run.ctx))
+            finally:
+                cancelled = detach() if detach is not None else False
+            if cancelled and outcome.status is not ExecutionStatus.SUCCESS:
+                outcome = replace(
+                    outcome,
+                    status=ExecutionStatus.FAILED,
+                    error="cancelled by its requester",
+                    failure=None,
+                )
             self._record(run, outcome)
             if approved:
                 self._approvals().executed(inv.command_id, outcome.status)

@@ -59,6 +59,10 @@ class ExecutionContext:
     #: the OpenTelemetry context of this execution's span (None while tracing is off); the
     #: handler already runs inside it, so instrumented clients continue the trace by themselves
     trace_context: Any = None
+    #: set by Waygate while the execution runs as an MCP task: the channel on which it asks
+    #: its client for input (the task shows ``input_required`` until answered); see
+    #: ``waygate.mcp.tasks.TaskInput``. None otherwise.
+    task_input: Any = None
 
     @property
     def cancelled(self) -> bool:
@@ -115,6 +119,20 @@ class Command:
     annotations: Mapping[str, bool] = field(default_factory=dict)
     #: JSON Schema of the handler's result when it is always an object (MCP outputSchema)
     output_schema: Mapping[str, Any] | None = None
+    #: whether an MCP client may get this command's call as a task (docs/plugins.md, "Long
+    #: calls as MCP tasks"): "forbidden" (default: answered in the call, unless it waits for
+    #: approval), "optional" (a task for a client that supports tasks, else answered in the
+    #: call) or "required" (only as a task: a client without tasks support is refused)
+    task_support: str = "forbidden"
+
+    def __post_init__(self) -> None:
+        if self.task_support not in TASK_SUPPORT:
+            raise ValueError(
+                f"task_support of {self.name!r} must be one of {', '.join(TASK_SUPPORT)}"
+            )
+
+
+TASK_SUPPORT = ("forbidden", "optional", "required")
 
 
 # -- rich results: content blocks ---------------------------------------------------------------

@@ -145,6 +145,7 @@ class Services:
                 lambda: plugins.current,
                 tool_timeout=config.mcp_tool_timeout,
                 tool_timeout_max=config.mcp_tool_timeout_max,
+                task_ttl_ms=config.audit_retention_days * 86_400_000,  # tasks are executions
             ),
             housekeeper=Housekeeper(
                 leases,

@@ -21,7 +21,7 @@ import math
 import queue
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import __version__, tracing
@@ -35,6 +35,19 @@ from ..schemas import json_schema
 from ..sdk import Content, RichResult
 from ..status import Status
 from .catalog import Catalog, CatalogError
+from .tasks import (
+    EXTENSION,
+    IMMEDIATE_RESPONSE,
+    LEGACY_CAPABILITY,
+    LEGACY_METHODS,
+    LEGACY_VERSION,
+    MODERN_METHODS,
+    TaskError,
+    Tasks,
+    TaskStream,
+    declares_extension,
+    missing_extension,
+)
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
@@ -134,6 +147,7 @@ class McpServer:
         plugins: Callable[[], PluginSet],
         tool_timeout: int = 30,
         tool_timeout_max: int = 300,
+        task_ttl_ms: int = 7 * 86_400_000,
     ):
         self.commands = commands
         self.status = Status(commands)
@@ -141,6 +155,8 @@ class McpServer:
         self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
         self.tool_timeout_max = tool_timeout_max
         self.catalog = Catalog(commands, plugins, tool_timeout)
+        # tools/call as tasks (waygate.mcp.tasks), kept as long as executions are kept
+        self.tasks = Tasks(commands, _present, task_ttl_ms, result_wait_s=tool_timeout_max)
         self._lists = {
             "tools/list": ("tools", self.tools),
             "prompts/list": ("prompts", self.catalog.prompts),
@@ -179,8 +195,15 @@ class McpServer:
             if modern:
                 self._check_modern(message, method, version, routing, http)
             params = message.get("params") or {}
-            if method == "tools/call" and routing.streams and _progress_token(params) is not None:
+            if (
+                method == "tools/call"
+                and routing.streams
+                and _progress_token(params) is not None
+                and not self._task_call(params, caller, version)
+            ):
                 return self._stream_tool(params, caller, request_id, modern)
+            if method == "tasks/result" and version == LEGACY_VERSION and routing.streams:
+                return self._stream_task_result(params, caller, request_id)
             result = self._dispatch(method, params, caller, modern, version)
             return Reply(200, {"jsonrpc": "2.0", "id": request_id, "result": result})
         except JsonRpcError as err:
@@ -254,6 +277,8 @@ class McpServer:
                 mismatches.append("Mcp-Method")
             if method == "tools/call" and routing.name != params.get("name"):
                 mismatches.append("Mcp-Name")
+            if method in MODERN_METHODS and routing.name != params.get("taskId"):
+                mismatches.append("Mcp-Name")  # SEP-2663: the task id routes the request
             if mismatches:
                 raise JsonRpcError(
                     HEADER_MISMATCH,
@@ -276,7 +301,7 @@ class McpServer:
                 return self._complete(
                     {
                         "supportedVersions": list(MODERN_VERSIONS),
-                        "capabilities": CAPABILITIES,
+                        "capabilities": {**CAPABILITIES, "extensions": {EXTENSION: {}}},
                         "instructions": INSTRUCTIONS,
                         "ttlMs": 0,
                         "cacheScope": "private",
@@ -286,14 +311,18 @@ class McpServer:
                 )
             if method == "ping" and not modern:  # 2026-07-28 removed ping
                 return {}
+            if method.startswith("tasks/"):
+                return self._task_method(method, params, caller, version)
             if method in self._lists:
                 key, list_them = self._lists[method]
                 listed = {key: list_them(caller)}
+                if method == "tools/list" and version == LEGACY_VERSION:
+                    self._declare_task_support(listed[key])
                 if modern:
                     listed.update(ttlMs=0, cacheScope="private")
                 return self._complete(listed, modern)
             if method == "tools/call":
-                return self._complete(self.call_tool(params, caller), modern)
+                return self._complete(self.call_tool(params, caller, version), modern)
             if method in self._reads:
                 try:
                     return self._complete(self._reads[method](params, caller), modern)
@@ -309,7 +338,8 @@ class McpServer:
 
     @staticmethod
     def _complete(result: dict[str, Any], modern: bool) -> dict[str, Any]:
-        return {**result, "resultType": "complete"} if modern else result
+        # a CreateTaskResult already says "task" (waygate.mcp.tasks)
+        return {"resultType": "complete", **result} if modern else result
 
     @staticmethod
     def _initialize(params: dict) -> dict[str, Any]:
@@ -317,7 +347,12 @@ class McpServer:
         version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[-1]
         return {
             "protocolVersion": version,
-            "capabilities": CAPABILITIES,
+            # 2025-11-25 had tasks in core (experimental); the extension replaced them
+            "capabilities": (
+                {**CAPABILITIES, "tasks": LEGACY_CAPABILITY}
+                if version == LEGACY_VERSION
+                else CAPABILITIES
+            ),
             "serverInfo": SERVER_INFO,
             "instructions": INSTRUCTIONS,
         }
@@ -346,12 +381,130 @@ class McpServer:
             listed.append(tool)
         return [*listed, EXECUTION_TOOL]
 
-    def call_tool(self, params: dict, caller: Caller) -> dict[str, Any]:
+    def call_tool(
+        self, params: dict, caller: Caller, version: str = HEADERLESS_VERSION
+    ) -> dict[str, Any]:
         inv = self._resolve_tool(params, caller)
         if isinstance(inv, dict):
             return inv
         with tracing.continue_meta(params.get("_meta")):  # the caller's trace, if it sent one
+            if self._as_task(params, inv, version):
+                return self._create_task(params, inv, caller, version)
             return _present(inv.action, self.commands.run(inv, caller, Mode.MCP))
+
+    # -- tasks (waygate.mcp.tasks) -------------------------------------------------------------
+
+    def _as_task(self, params: dict, inv: Invocation, version: str) -> bool:
+        """Whether this call is answered with a task: under 2026-07-28 when the client
+        declares the extension and the server wants one (held for approval, or a command
+        with task support); under 2025-11-25 when the client asks (``params.task``) for a
+        tool that supports it. A tool that is only run as a task refuses other calls."""
+        if version in MODERN_VERSIONS:
+            if declares_extension(params.get("_meta")):
+                return self.tasks.wanted(inv)
+            if inv.command.task_support == "required":
+                err = missing_extension()
+                raise JsonRpcError(err.code, err.message, err.data)
+            return False
+        if version != LEGACY_VERSION:
+            return False  # no tasks before 2025-11-25
+        support = self.tasks.support(inv.command)
+        asked = isinstance(params.get("task"), dict)
+        if asked and support == "forbidden":
+            raise JsonRpcError(METHOD_NOT_FOUND, f"{inv.action} cannot be called as a task")
+        if not asked and support == "required":
+            raise JsonRpcError(METHOD_NOT_FOUND, f"{inv.action} can only be called as a task")
+        return asked
+
+    def _task_call(self, params: dict, caller: Caller, version: str) -> bool:
+        """Whether a tools/call will be answered with a task (then it is not streamed)."""
+        if version in MODERN_VERSIONS and not declares_extension(params.get("_meta")):
+            return False
+        if version == LEGACY_VERSION and not isinstance(params.get("task"), dict):
+            return False
+        if version not in MODERN_VERSIONS and version != LEGACY_VERSION:
+            return False
+        command = self._plugins().commands.get(params.get("name"))
+        if command is None:
+            return False
+        return self.commands.needs_approval(command) or command.task_support != "forbidden"
+
+    def _create_task(
+        self, params: dict, inv: Invocation, caller: Caller, version: str
+    ) -> dict[str, Any]:
+        """Accept the call as a task (it may run up to the longest tool timeout, or what
+        the client asked for) and answer with the task."""
+        meta = params.get("_meta")
+        if not (isinstance(meta, dict) and META_TIMEOUT in meta):
+            inv = replace(inv, timeout=self.tool_timeout_max)
+        task = self.tasks.create(inv, caller)
+        if version == LEGACY_VERSION:
+            return {
+                "task": self.tasks.view(task, legacy=True),
+                "_meta": {
+                    IMMEDIATE_RESPONSE: f"{inv.action} runs as task {inv.command_id}"
+                    " (poll tasks/get; tasks/result gives its result)."
+                },
+            }
+        return {"resultType": "task", **self.tasks.view(task, legacy=False)}
+
+    def _task_method(
+        self, method: str, params: dict, caller: Caller, version: str
+    ) -> dict[str, Any]:
+        modern = version in MODERN_VERSIONS
+        try:
+            if modern and method in MODERN_METHODS:
+                if not declares_extension(params.get("_meta")):
+                    raise missing_extension()
+                if method == "tasks/get":
+                    return self._complete(self.tasks.get(params, caller, legacy=False), True)
+                if method == "tasks/update":
+                    return self._complete(self.tasks.update(params, caller), True)
+                return self._complete(self.tasks.cancel(params, caller, legacy=False), True)
+            if version == LEGACY_VERSION and method in LEGACY_METHODS:
+                if method == "tasks/get":
+                    return self.tasks.get(params, caller, legacy=True)
+                if method == "tasks/list":
+                    return self.tasks.list(params, caller)
+                if method == "tasks/result":
+                    return self.tasks.result(params, caller)
+                return self.tasks.cancel(params, caller, legacy=True)
+        except TaskError as err:
+            raise JsonRpcError(err.code, err.message, err.data) from None
+        raise JsonRpcError(
+            METHOD_NOT_FOUND, f"method not found: {method}", status=404 if modern else 200
+        )
+
+    def _stream_task_result(self, params: dict, caller: Caller, request_id: Any) -> Reply:
+        """2025-11-25 ``tasks/result`` for a client that takes a stream:
+        ``notifications/tasks/status`` as the task changes, then the result."""
+        try:
+            self.tasks.find(params, caller)  # a task the caller cannot see is refused at once
+        except TaskError as err:
+            return Reply(200, JsonRpcError(err.code, err.message, err.data).body(request_id))
+        return Reply(200, stream=TaskStream(self.tasks, params, caller, request_id))
+
+    def task_notifications(
+        self, message: Any, body: dict[str, Any] | None, caller: Caller
+    ) -> Iterator[dict[str, Any]] | None:
+        """For a transport that can push (stdio): after a 2025-11-25 tools/call answered
+        with a task, its ``notifications/tasks/status`` until it ends (None: nothing to
+        push). Under 2026-07-28 task notifications travel only on subscriptions/listen."""
+        result = (body or {}).get("result")
+        task = result.get("task") if isinstance(result, dict) else None
+        if not isinstance(task, dict) or not isinstance(message, dict):
+            return None
+        if message.get("method") != "tools/call":
+            return None
+        return self.tasks.notifications({"taskId": task.get("taskId")}, caller)
+
+    def _declare_task_support(self, tools: list[dict[str, Any]]) -> None:
+        """2025-11-25 tools/list: each tool's ``execution.taskSupport``."""
+        commands = self._plugins().commands
+        for tool in tools:
+            command = commands.get(tool["name"])
+            if command is not None and tool["name"] != EXECUTION_TOOL["name"]:
+                tool["execution"] = {"taskSupport": self.tasks.support(command)}
 
     def _resolve_tool(self, params: dict, caller: Caller) -> Invocation | dict[str, Any]:
         """The invocation, or the isError result that stands for it."""

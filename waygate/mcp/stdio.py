@@ -42,9 +42,20 @@ def serve(
             stdout.write(line + "\n")
             stdout.flush()
 
+    def push(notifications) -> None:
+        for notification in notifications:
+            reply(notification)
+
     def handle(message) -> None:
         try:
-            reply(server.handle(message, caller, http=False).body)
+            body = server.handle(message, caller, http=False).body
+            reply(body)
+            # stdio can push: a task's status notifications, on a thread of their own
+            notifications = server.task_notifications(message, body, caller)
+            if notifications is not None:
+                threading.Thread(
+                    target=push, args=(notifications,), name="waygate-task-status", daemon=True
+                ).start()
         except Exception:  # never let one message end the session
             log.exception("stdio message failed")
             reply(
