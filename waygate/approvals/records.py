@@ -133,7 +133,13 @@ class ApprovalRecords:
             ).rowcount
             if withdrawn:
                 _insert_event(
-                    conn, command_id, ApprovalStep.DENIED, key_id, key_name, WITHDRAWN, now,
+                    conn,
+                    command_id,
+                    ApprovalStep.DENIED,
+                    key_id,
+                    key_name,
+                    WITHDRAWN,
+                    now,
                     principal,
                 )
         return bool(withdrawn)

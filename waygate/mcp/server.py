@@ -277,8 +277,9 @@ class McpServer:
                 mismatches.append("Mcp-Method")
             if method == "tools/call" and routing.name != params.get("name"):
                 mismatches.append("Mcp-Name")
-            if method in MODERN_METHODS and routing.name != params.get("taskId"):
-                mismatches.append("Mcp-Name")  # SEP-2663: the task id routes the request
+            task_id = params.get("taskId")  # SEP-2663: the task id routes the request
+            if method in MODERN_METHODS and isinstance(task_id, str) and routing.name != task_id:
+                mismatches.append("Mcp-Name")
             if mismatches:
                 raise JsonRpcError(
                     HEADER_MISMATCH,
