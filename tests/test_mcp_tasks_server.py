@@ -1,0 +1,164 @@
+"""MCP tasks across real gunicorn workers (issue 29 item 2): a task created through one worker
+is read, cancelled and approved through another; the task lives in the database, and the
+worker running it hears a cancellation sent to any worker."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+EXT = "io.modelcontextprotocol/tasks"
+MODERN = "2026-07-28"
+META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN,
+    "io.modelcontextprotocol/clientCapabilities": {"extensions": {EXT: {}}},
+}
+
+
+@pytest.fixture
+def server(plugin_dist, server_factory, keys):
+    plugin_dist.register(
+        "ConformanceTasks", "tests.conformance_tasks_plugin:ConformanceTasksPlugin"
+    )
+    return server_factory(
+        workers=2,
+        PYTHONPATH=str(plugin_dist.root),
+        # connections stay with their worker while a test holds them idle (not SPREAD's
+        # two connections per worker: gthread keeps none alive then)
+        GUNICORN_CMD_ARGS="--keep-alive 120",
+        WAYGATE_RATE_LIMIT_EXECUTE="10000/minute",
+        WAYGATE_RATE_LIMIT_DEFAULT="10000/minute",
+    )
+
+
+def call(session, server, key, method, params):
+    headers = {
+        "X-API-Key": key,
+        "Accept": "application/json",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": method,
+    }
+    name = params.get("name") if method == "tools/call" else params.get("taskId")
+    if name is not None:
+        headers["Mcp-Name"] = name
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": META}}
+    return session.post(f"{server.url}/mcp", json=body, headers=headers, timeout=30).json()
+
+
+def pinned_sessions(server, key):
+    """Two keep-alive connections held by different workers (each answers a quick call
+    with its worker's pid, always the same on one connection)."""
+    by_pid: dict[int, requests.Session] = {}
+    for _ in range(40):
+        session = requests.Session()
+        pids = {
+            call(session, server, key, "tools/call", {"name": "pid", "arguments": {}})["result"][
+                "structuredContent"
+            ]["pid"]
+            for _ in range(3)
+        }
+        pid = pids.pop() if len(pids) == 1 else None  # one connection, so one worker
+        if pid is not None and pid not in by_pid:
+            by_pid[pid] = session
+        else:
+            session.close()
+        if len(by_pid) == 2:
+            return list(by_pid.items())
+    raise AssertionError("could not reach two workers")
+
+
+def test_a_task_made_on_one_worker_is_read_and_cancelled_through_another(server, keys):
+    (pid_a, a), (pid_b, b) = pinned_sessions(server, keys.user)
+    quick = call(a, server, keys.user, "tools/call", {"name": "slow_compute", "arguments": {}})
+    task_id = quick["result"]["taskId"]
+    read = call(b, server, keys.user, "tasks/get", {"taskId": task_id})["result"]
+    assert read["taskId"] == task_id  # durable at once, for every worker
+    done = wait(b, server, keys.user, task_id)
+    assert done["status"] == "completed" and done["result"]["structuredContent"]["pid"] == pid_a
+
+    # a long task runs in worker A; the cancel reaches worker B, and A stops it
+    created = call(
+        a, server, keys.user, "tools/call", {"name": "slow_compute", "arguments": {"seconds": 60}}
+    )["result"]
+    task_id = created["taskId"]
+    running_since = time.monotonic()
+    ack = call(b, server, keys.user, "tasks/cancel", {"taskId": task_id})
+    assert ack["result"] == {"resultType": "complete"}
+    assert call(a, server, keys.user, "tasks/get", {"taskId": task_id})["result"]["status"] == (
+        "cancelled"
+    )
+    execution = ended(b, server, keys, task_id)
+    assert execution["status"] == "failed" and execution["error"] == "cancelled by its requester"
+    assert time.monotonic() - running_since < 10  # not the 60 s it would have slept
+    assert pid_a != pid_b
+
+
+def test_a_held_call_as_a_task_is_approved_on_another_worker_and_completes(server, keys):
+    (_, a), (_, b) = pinned_sessions(server, keys.user)
+    _, other = keys.store.create("other-user", "user")
+    created = call(
+        a, server, keys.user, "tools/call", {"name": "wipe", "arguments": {"target": "db9"}}
+    )["result"]
+    task_id = created["taskId"]
+    assert created["status"] == "working"
+    # another key neither sees nor cancels it
+    for method in ("tasks/get", "tasks/cancel"):
+        refused = call(b, server, other, method, {"taskId": task_id})["error"]
+        assert refused == {"code": -32602, "message": "Failed to retrieve task: Task not found"}
+    approved = b.post(
+        f"{server.url}/mcp/executions/{task_id}/approve",
+        headers={"X-API-Key": keys.admin},
+        json={},
+        timeout=10,
+    )
+    assert approved.status_code == 202
+    done = wait(a, server, keys.user, task_id)
+    assert done["status"] == "completed"
+    assert done["result"]["structuredContent"]["wiped"] == "db9"
+
+
+def test_cancelling_a_held_task_on_another_worker_withdraws_the_request(server, keys):
+    (_, a), (_, b) = pinned_sessions(server, keys.user)
+    created = call(
+        a, server, keys.user, "tools/call", {"name": "wipe", "arguments": {"target": "db8"}}
+    )["result"]
+    task_id = created["taskId"]
+    assert call(b, server, keys.user, "tasks/cancel", {"taskId": task_id})["result"] == {
+        "resultType": "complete"
+    }
+    refused = a.post(
+        f"{server.url}/mcp/executions/{task_id}/approve",
+        headers={"X-API-Key": keys.admin},
+        json={},
+        timeout=10,
+    )
+    assert refused.status_code == 409
+    execution = ended(a, server, keys, task_id)
+    assert execution["status"] == "denied"
+    assert execution["approval"]["reason"] == "withdrawn by the requester"
+
+
+def wait(session, server, key, task_id, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        task = call(session, server, key, "tasks/get", {"taskId": task_id})["result"]
+        if task["status"] in ("completed", "failed", "cancelled"):
+            return task
+        time.sleep(0.05)
+    raise AssertionError(f"{task_id} did not end")
+
+
+def ended(session, server, keys, command_id, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = session.get(
+            f"{server.url}/mcp/executions/{command_id}",
+            headers={"X-API-Key": keys.user},
+            timeout=10,
+        ).json()
+        if body["status"] not in ("pending", "running", "awaiting_approval"):
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"{command_id} did not end")
