@@ -387,3 +387,53 @@ def test_revisions_before_2025_11_25_have_no_tasks(client, keys, version):
     assert answered["content"] and "task" not in answered
     body.update(method="tasks/get", params={"taskId": "cmd_x"})
     assert client.post("/mcp", json=body, headers=headers).get_json()["error"]["code"] == -32601
+
+
+def test_stdio_pushes_the_status_of_a_2025_11_25_task_until_it_ends(services):
+    """Over stdio a handshake-era client names its revision once (initialize); a task it asks
+    for then reports each status by itself, without polling."""
+    import os
+    import threading
+
+    from waygate.commands import Caller
+    from waygate.mcp.stdio import serve
+
+    read_in, write_in = os.pipe()
+    read_out, write_out = os.pipe()
+    stdin, client_out = os.fdopen(read_in, "r"), os.fdopen(write_in, "w")
+    stdout, client_in = os.fdopen(write_out, "w"), os.fdopen(read_out, "r")
+    session = threading.Thread(
+        target=serve,
+        args=(services.mcp, Caller("desktop", principal="stdio:desktop")),
+        kwargs={"stdin": stdin, "stdout": stdout},
+        daemon=True,
+    )
+    session.start()
+
+    def send(message):
+        client_out.write(json.dumps({"jsonrpc": "2.0", **message}) + "\n")
+        client_out.flush()
+
+    send({"id": 1, "method": "initialize", "params": {"protocolVersion": LEGACY}})
+    assert json.loads(client_in.readline())["result"]["capabilities"]["tasks"]
+    send(
+        {
+            "id": 2,
+            "method": "tools/call",
+            "params": {"name": "slow_compute", "arguments": {"seconds": 0.5}, "task": {}},
+        }
+    )
+    created = json.loads(client_in.readline())
+    task_id = created["result"]["task"]["taskId"]
+    statuses = []
+    while not statuses or statuses[-1] not in ("completed", "failed", "cancelled"):
+        line = client_in.readline()
+        assert line, "stdio ended before the task did"
+        pushed = json.loads(line)
+        assert pushed["method"] == "notifications/tasks/status"
+        assert pushed["params"]["taskId"] == task_id
+        statuses.append(pushed["params"]["status"])
+    assert statuses[-1] == "completed"
+    client_out.close()
+    session.join(10)
+    stdout.close()

@@ -497,7 +497,9 @@ class McpServer:
             return None
         if message.get("method") != "tools/call":
             return None
-        return self.tasks.notifications({"taskId": task.get("taskId")}, caller)
+        return self.tasks.notifications(
+            {"taskId": task.get("taskId")}, caller, told=str(task.get("status"))
+        )
 
     def _declare_task_support(self, tools: list[dict[str, Any]]) -> None:
         """2025-11-25 tools/list: each tool's ``execution.taskSupport``."""

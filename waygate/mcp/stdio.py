@@ -16,7 +16,7 @@ from typing import IO
 
 from ..commands import Caller
 from ..jsonbody import BodyRefused, read_body
-from .server import JsonRpcError, McpServer, refused_body_error
+from .server import META_VERSION, JsonRpcError, McpServer, Routing, refused_body_error
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,19 @@ def serve(
         for notification in notifications:
             reply(notification)
 
+    # stdio is one client's session: a handshake-era client names its revision once, at
+    # initialize, and its later requests are judged by it (HTTP sends it as a header)
+    negotiated: list[str | None] = [None]
+
     def handle(message) -> None:
         try:
-            body = server.handle(message, caller, http=False).body
+            routing = None
+            if negotiated[0] is not None and _revision_of(message) is None:
+                routing = Routing(version=negotiated[0])
+            body = server.handle(message, caller, routing, http=False).body
+            if isinstance(message, dict) and message.get("method") == "initialize":
+                agreed = ((body or {}).get("result") or {}).get("protocolVersion")
+                negotiated[0] = agreed if isinstance(agreed, str) else None
             reply(body)
             # stdio can push: a task's status notifications, on a thread of their own
             notifications = server.task_notifications(message, body, caller)
@@ -74,3 +84,11 @@ def serve(
                 reply(refused_body_error(refused).body())
                 continue
             pool.submit(handle, message)
+
+
+def _revision_of(message) -> str | None:
+    """The revision a message names itself (2026-07-28: in ``params._meta``)."""
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    version = meta.get(META_VERSION) if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None

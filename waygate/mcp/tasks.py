@@ -349,14 +349,13 @@ class Tasks:
                 quiet_since = time.monotonic()
                 yield None
 
-    def notifications(self, params: Any, caller: Caller) -> Iterator[dict[str, Any]]:
+    def notifications(self, params: Any, caller: Caller, told: str) -> Iterator[dict[str, Any]]:
         """2025-11-25 ``notifications/tasks/status`` of one task until it ends, after the
-        state its creation already told (stdio pushes these)."""
+        status its creation already told (stdio pushes these)."""
         wait_s = min(self.ttl_ms / 1000, 86_400.0)  # a held call may wait for hours
-        changes = self.changes(params, caller, legacy=True, wait_s=wait_s)
-        next(changes, None)
-        for task in changes:
-            if task is not None:
+        for task in self.changes(params, caller, legacy=True, wait_s=wait_s):
+            if task is not None and self.status(task, legacy=True)[0] != told:
+                told = ""  # from here on, every change is news
                 yield _status_notification(self.view(task, legacy=True))
 
     # -- writing -------------------------------------------------------------------------------
