@@ -437,3 +437,15 @@ def test_stdio_pushes_the_status_of_a_2025_11_25_task_until_it_ends(services):
     client_out.close()
     session.join(10)
     stdout.close()
+
+
+def test_a_call_that_asks_for_progress_is_still_a_task_or_refused_for_want_of_one(mcp):
+    streamed_meta = {**WITH_EXT, "progressToken": "p1"}
+    created = mcp("tools/call", {"name": "slow_compute", "arguments": {}}, meta=streamed_meta)
+    assert created["result"]["resultType"] == "task"
+    refused = mcp(
+        "tools/call",
+        {"name": "failing_job", "arguments": {}},
+        meta={**WITHOUT_EXT, "progressToken": "p2"},
+    )
+    assert refused["error"]["code"] == -32021

@@ -418,17 +418,20 @@ class McpServer:
         return asked
 
     def _task_call(self, params: dict, caller: Caller, version: str) -> bool:
-        """Whether a tools/call will be answered with a task (then it is not streamed)."""
-        if version in MODERN_VERSIONS and not declares_extension(params.get("_meta")):
-            return False
-        if version == LEGACY_VERSION and not isinstance(params.get("task"), dict):
-            return False
+        """Whether a tools/call is a matter for tasks (answered with a task, or refused for
+        want of one), so not streamed: ``_as_task`` decides."""
         if version not in MODERN_VERSIONS and version != LEGACY_VERSION:
             return False
         command = self._plugins().commands.get(params.get("name"))
         if command is None:
             return False
-        return self.commands.needs_approval(command) or command.task_support != "forbidden"
+        if command.task_support == "required":
+            return True
+        if version == LEGACY_VERSION:
+            return isinstance(params.get("task"), dict)
+        return declares_extension(params.get("_meta")) and (
+            self.commands.needs_approval(command) or command.task_support != "forbidden"
+        )
 
     def _create_task(
         self, params: dict, inv: Invocation, caller: Caller, version: str
