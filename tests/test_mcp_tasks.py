@@ -449,3 +449,30 @@ def test_a_call_that_asks_for_progress_is_still_a_task_or_refused_for_want_of_on
         meta={**WITHOUT_EXT, "progressToken": "p2"},
     )
     assert refused["error"]["code"] == -32021
+
+
+def test_a_held_task_approved_with_the_cli_completes_with_its_result(mcp, runner):
+    created = mcp("tools/call", {"name": "wipe", "arguments": {"target": "db5"}})["result"]
+    code, out, err = runner("approvals", "approve", created["taskId"], "--as", "ops-admin")
+    assert code == 0, out + err
+    done = poll(mcp, created["taskId"])
+    assert done["status"] == "completed"
+    assert done["result"]["structuredContent"]["wiped"] == "db5"
+
+
+def test_the_extensions_notifications_carry_the_whole_task_for_subscriptions(mcp, services, keys):
+    """The hook subscriptions/listen serves notifications/tasks from: each change of the
+    caller's task, the last with its result inlined."""
+    from waygate.commands import Caller
+
+    created = mcp("tools/call", {"name": "slow_compute", "arguments": {"seconds": 0.3}})["result"]
+    key = keys.store.authenticate(keys.user)
+    caller = Caller(key.name, key.id)
+    pushed = list(
+        services.mcp.tasks.notifications(
+            {"taskId": created["taskId"]}, caller, told="", legacy=False
+        )
+    )
+    assert {n["method"] for n in pushed} == {"notifications/tasks"}
+    assert pushed[-1]["params"]["status"] == "completed"
+    assert pushed[-1]["params"]["result"]["structuredContent"]["seconds"] == 0.3

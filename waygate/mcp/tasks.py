@@ -349,14 +349,26 @@ class Tasks:
                 quiet_since = time.monotonic()
                 yield None
 
-    def notifications(self, params: Any, caller: Caller, told: str) -> Iterator[dict[str, Any]]:
-        """2025-11-25 ``notifications/tasks/status`` of one task until it ends, after the
-        status its creation already told (stdio pushes these)."""
+    def notifications(
+        self, params: Any, caller: Caller, told: str, legacy: bool = True
+    ) -> Iterator[dict[str, Any]]:
+        """A task's status notifications until it ends, after the status already told:
+        2025-11-25 ``notifications/tasks/status`` (stdio pushes these), or with ``legacy``
+        false the extension's ``notifications/tasks`` (the full DetailedTask), which travel
+        on ``subscriptions/listen`` for the task ids a client names (``notifications.taskIds``;
+        refuse a client without the extension with ``missing_extension()``)."""
         wait_s = min(self.ttl_ms / 1000, 86_400.0)  # a held call may wait for hours
-        for task in self.changes(params, caller, legacy=True, wait_s=wait_s):
-            if task is not None and self.status(task, legacy=True)[0] != told:
+        for task in self.changes(params, caller, legacy=legacy, wait_s=wait_s):
+            if task is not None and self.status(task, legacy=legacy)[0] != told:
                 told = ""  # from here on, every change is news
-                yield _status_notification(self.view(task, legacy=True))
+                if legacy:
+                    yield _status_notification(self.view(task, legacy=True))
+                else:
+                    yield {
+                        "jsonrpc": "2.0",
+                        "method": "notifications/tasks",
+                        "params": self.view(task, legacy=False, detailed=True),
+                    }
 
     # -- writing -------------------------------------------------------------------------------
 
