@@ -476,3 +476,18 @@ def test_the_extensions_notifications_carry_the_whole_task_for_subscriptions(mcp
     assert {n["method"] for n in pushed} == {"notifications/tasks"}
     assert pushed[-1]["params"]["status"] == "completed"
     assert pushed[-1]["params"]["result"]["structuredContent"]["seconds"] == 0.3
+
+
+def test_an_async_rest_execution_is_no_task_and_cannot_ask(client, keys, storage):
+    accepted = client.post(
+        "/mcp/execute",
+        json={"action": "confirm_delete", "params": {}, "async": True},
+        headers=keys.headers(),
+    ).get_json()
+    deadline = time.monotonic() + 10
+    while row(storage, accepted["command_id"])["status"] in ("pending", "running"):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    stored = row(storage, accepted["command_id"])
+    assert stored["status"] == "failed" and "call it as a task" in stored["error"]
+    assert stored["task_ttl_ms"] is None

@@ -303,15 +303,31 @@ class CommandService:
         self._record(run, outcome)
         return outcome
 
-    def submit_async(self, inv: Invocation, caller: Caller) -> Outcome:
+    def submit_async(
+        self,
+        inv: Invocation,
+        caller: Caller,
+        accepted: Callable[[str], None] | None = None,
+    ) -> Outcome:
         """Accept for background execution: recorded as pending, then queued; the pool thread
-        runs it and closes the record (the sweep closes what a dead worker left)."""
+        runs it and closes the record (the sweep closes what a dead worker left).
+        ``accepted`` is told the command id once its row is written, before it can run (an
+        MCP task marks its row so)."""
         if self.needs_approval(inv.command):
-            return self._hold(inv, caller, Mode.ASYNC)
+            held = self._hold(inv, caller, Mode.ASYNC)
+            if accepted is not None:
+                accepted(inv.command_id)
+            return held
         # Its own trace, linked to the submitting request's: it outlives that request.
         span = _start_span(inv, caller, Mode.ASYNC, detached=True)
         try:
             created = self._accept(inv, caller, Mode.ASYNC, span=span)
+            if accepted is not None:
+                try:
+                    accepted(inv.command_id)
+                except Exception:
+                    self.audit.fail_open_executions_by_id(inv.command_id, "not queued")
+                    raise
         except WaygateError as err:
             tracing.end_command(span, ExecutionStatus.FAILED, 0, err.message)
             raise

@@ -155,14 +155,17 @@ class Tasks:
     def create(self, inv: Invocation, caller: Caller) -> TaskRow:
         """Accept the call as an async execution (held if it needs approval) and mark it a
         task; committed before this returns, so any worker's tasks/get finds it."""
-        self.commands.submit_async(inv, caller)
-        self.storage.execute_write(
-            "UPDATE executions SET task_ttl_ms = ? WHERE command_id = ?",
-            (self.ttl_ms, inv.command_id),
-        )
+        self.commands.submit_async(inv, caller, accepted=self._mark)
         found = self._read(inv.command_id)
         assert found is not None  # noqa: S101 - written just now
         return found
+
+    def _mark(self, command_id: str) -> None:
+        """The execution is a task: marked before it can run (its handler may ask)."""
+        self.storage.execute_write(
+            "UPDATE executions SET task_ttl_ms = ? WHERE command_id = ?",
+            (self.ttl_ms, command_id),
+        )
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -431,7 +434,12 @@ class Tasks:
     # -- the pool thread's side ----------------------------------------------------------------
 
     def _attach(self, command_id: str, ctx: ExecutionContext) -> Callable[[], bool]:
-        ctx.task_input = TaskInput(self.storage, command_id, ctx)
+        """A queued execution starts: a task gets its input channel; any can be cancelled."""
+        marked = self.storage.conn.execute(
+            "SELECT task_ttl_ms FROM executions WHERE command_id = ?", (command_id,)
+        ).fetchone()
+        if marked is not None and marked[0] is not None:
+            ctx.task_input = TaskInput(self.storage, command_id, ctx)
         return self.cancels.watch(command_id, ctx)
 
 
