@@ -288,7 +288,9 @@ class Tasks:
     def result(self, params: Any, caller: Caller) -> dict[str, Any]:
         """2025-11-25 ``tasks/result``: wait (at most ``result_wait_s``) for the task to end,
         then exactly what the call would have returned, with the related-task _meta."""
-        task = self.wait(params, caller, self.result_wait_s)
+        # a waiting request thread is one a command could use: it takes a slot as a call does
+        with self.commands.admission.slot(caller.share):
+            task = self.wait(params, caller, self.result_wait_s)
         return self.final(task)
 
     def wait(self, params: Any, caller: Caller, wait_s: float) -> TaskRow:
@@ -452,6 +454,10 @@ class TaskStream:
 
     def __init__(self, tasks: Tasks, params: Any, caller: Caller, request_id: Any):
         self.tasks, self.params, self.caller, self.request_id = tasks, params, caller, request_id
+        # it holds its request thread as a streamed call does: one of the worker's slots
+        self._slot = tasks.commands.admission.slot(caller.share)
+        self._slot.__enter__()  # refused at once (429/503) when the worker is full
+        self._held = True
 
     def messages(self) -> Iterator[dict[str, Any] | None]:
         last: TaskRow | None = None
@@ -478,7 +484,10 @@ class TaskStream:
             yield {"jsonrpc": "2.0", "id": self.request_id, "error": error}
 
     def close(self) -> None:
-        """Nothing to finish: the task runs on whether anyone listens."""
+        """The slot is given back; the task runs on whether anyone listens."""
+        if self._held:
+            self._held = False
+            self._slot.__exit__(None, None, None)
 
 
 def _status_notification(view: dict[str, Any]) -> dict[str, Any]:
