@@ -491,3 +491,22 @@ def test_an_async_rest_execution_is_no_task_and_cannot_ask(client, keys, storage
     stored = row(storage, accepted["command_id"])
     assert stored["status"] == "failed" and "call it as a task" in stored["error"]
     assert stored["task_ttl_ms"] is None
+
+
+def test_2025_11_25_tasks_list_pages_by_an_opaque_cursor(legacy, monkeypatch):
+    from waygate.mcp import tasks
+
+    monkeypatch.setattr(tasks, "LIST_PAGE", 2)
+    made = [
+        legacy("tools/call", {"name": "slow_compute", "arguments": {}, "task": {}})["result"][
+            "task"
+        ]["taskId"]
+        for _ in range(3)
+    ]
+    first = legacy("tasks/list")["result"]
+    second = legacy("tasks/list", {"cursor": first["nextCursor"]})["result"]
+    listed = [t["taskId"] for t in first["tasks"] + second["tasks"]]
+    assert sorted(listed) == sorted(made) and len(first["tasks"]) == 2
+    assert "nextCursor" not in second
+    for bad in ("cmd_nothing", 7, ""):
+        assert legacy("tasks/list", {"cursor": bad})["error"]["code"] == -32602
