@@ -162,3 +162,68 @@ def ended(session, server, keys, command_id, timeout=20):
             return body
         time.sleep(0.05)
     raise AssertionError(f"{command_id} did not end")
+
+
+def test_a_task_made_on_one_host_is_cancelled_and_another_approved_from_the_other(
+    pg_migrated_url, plugin_dist, tmp_path
+):
+    """Two hosts (own data dirs, one PostgreSQL): the task row is where both look."""
+    from tests.conftest import Server
+    from waygate.config import Config
+    from waygate.keystore import KeyStore
+    from waygate.storage import open_storage
+
+    plugin_dist.register(
+        "ConformanceTasks", "tests.conformance_tasks_plugin:ConformanceTasksPlugin"
+    )
+    storage = open_storage(Config(data_dir=tmp_path / "keys", database_url=pg_migrated_url))
+    try:
+        store = KeyStore(storage)
+        _, user = store.create("cross-user", "user")
+        _, admin = store.create("cross-admin", "admin")
+    finally:
+        storage.close()
+    hosts = []
+    try:
+        for name in ("a", "b"):
+            data_dir = tmp_path / name
+            data_dir.mkdir()
+            env = {
+                "WAYGATE_DATABASE_URL": pg_migrated_url,
+                "WAYGATE_INSTANCE_ID": f"host-{name}",
+                "PYTHONPATH": str(plugin_dist.root),
+                "WAYGATE_RATE_LIMIT_EXECUTE": "10000/minute",
+                "WAYGATE_RATE_LIMIT_DEFAULT": "10000/minute",
+            }
+            hosts.append(Server(data_dir=data_dir, workers=1, env=env).start())
+        host_a, host_b = hosts
+        a, b = requests.Session(), requests.Session()
+        created = call(
+            a, host_a, user, "tools/call", {"name": "slow_compute", "arguments": {"seconds": 60}}
+        )["result"]
+        started = time.monotonic()
+        ack = call(b, host_b, user, "tasks/cancel", {"taskId": created["taskId"]})
+        assert ack["result"] == {"resultType": "complete"}
+        execution = ended(a, host_a, _Keys(user), created["taskId"])
+        assert execution["error"] == "cancelled by its requester"
+        assert time.monotonic() - started < 10  # host A stopped it, told through the database
+        held = call(
+            b, host_b, user, "tools/call", {"name": "wipe", "arguments": {"target": "db7"}}
+        )["result"]
+        approved = a.post(
+            f"{host_a.url}/mcp/executions/{held['taskId']}/approve",
+            headers={"X-API-Key": admin},
+            json={},
+            timeout=10,
+        )
+        assert approved.status_code == 202
+        done = wait(b, host_b, user, held["taskId"])
+        assert done["result"]["structuredContent"]["wiped"] == "db7"
+    finally:
+        for host in hosts:
+            host.stop()
+
+
+class _Keys:
+    def __init__(self, user):
+        self.user = user
