@@ -81,7 +81,7 @@ def legacy(client, keys):
     return call
 
 
-def poll(mcp, task_id, until=("completed", "failed", "cancelled"), key="user", timeout=20):
+def poll(mcp, task_id, until=("completed", "failed", "cancelled"), key="user", timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         task = mcp("tasks/get", {"taskId": task_id}, key=key)["result"]
