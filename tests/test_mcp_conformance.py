@@ -71,6 +71,10 @@ SCENARIOS = {
 @pytest.fixture
 def conformance_server(plugin_dist, server_factory, keys):
     plugin_dist.register("Conformance", "tests.conformance_plugin:ConformancePlugin")
+    # the task scenarios' fixtures (io.modelcontextprotocol/tasks, suite 0.2)
+    plugin_dist.register(
+        "ConformanceTasks", "tests.conformance_tasks_plugin:ConformanceTasksPlugin"
+    )
     return server_factory(workers=2, PYTHONPATH=str(plugin_dist.root))
 
 
