@@ -199,7 +199,7 @@ class McpServer:
                 method == "tools/call"
                 and routing.streams
                 and _progress_token(params) is not None
-                and not self._task_call(params, caller, version)
+                and not self._task_call(params, version)
             ):
                 return self._stream_tool(params, caller, request_id, modern)
             if method == "tasks/result" and version == LEGACY_VERSION and routing.streams:
@@ -417,7 +417,7 @@ class McpServer:
             raise JsonRpcError(METHOD_NOT_FOUND, f"{inv.action} can only be called as a task")
         return asked
 
-    def _task_call(self, params: dict, caller: Caller, version: str) -> bool:
+    def _task_call(self, params: dict, version: str) -> bool:
         """Whether a tools/call is a matter for tasks (answered with a task, or refused for
         want of one), so not streamed: ``_as_task`` decides."""
         if version not in MODERN_VERSIONS and version != LEGACY_VERSION:

@@ -298,15 +298,18 @@ class Tasks:
         deadline = time.monotonic() + wait_s
         while self.status(task, legacy=True)[0] not in TERMINAL:
             if time.monotonic() >= deadline:
-                raise TaskError(
-                    INTERNAL_ERROR,
-                    f"task still {self.status(task, True)[0]} after {wait_s:g} s:"
-                    " call tasks/result again, or poll tasks/get",
-                    {"taskId": task.execution.command_id},
-                )
+                raise self.still_running(task, wait_s)
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
             task = self.find(params, caller)
         return task
+
+    def still_running(self, task: TaskRow, waited_s: float) -> TaskError:
+        return TaskError(
+            INTERNAL_ERROR,
+            f"task still {self.status(task, True)[0]} after {waited_s:g} s:"
+            " call tasks/result again, or poll tasks/get",
+            {"taskId": task.execution.command_id},
+        )
 
     def final(self, task: TaskRow) -> dict[str, Any]:
         """A terminal task's result as 2025-11-25 ``tasks/result`` returns it."""
@@ -474,8 +477,10 @@ class TaskStream:
                     continue
                 last = task
                 yield _status_notification(self.tasks.view(task, legacy=True))
-            if last is None or self.tasks.status(last, legacy=True)[0] not in TERMINAL:
-                last = self.tasks.wait(self.params, self.caller, 0)  # raises: still working
+            if last is None:
+                raise TaskError(INVALID_PARAMS, "Failed to retrieve task: Task not found")
+            if self.tasks.status(last, legacy=True)[0] not in TERMINAL:
+                raise self.tasks.still_running(last, self.tasks.result_wait_s)
             yield {"jsonrpc": "2.0", "id": self.request_id, "result": self.tasks.final(last)}
         except TaskError as err:
             error: dict[str, Any] = {"code": err.code, "message": err.message}
