@@ -353,7 +353,11 @@ def test_initialize_negotiates_the_version(rpc, asked, agreed):
     result = response.get_json()["result"]
     assert response.status_code == 200
     assert result["protocolVersion"] == agreed
-    assert result["capabilities"] == CAPABILITIES
+    # 2025-11-25 had tasks in core (experimental): it alone declares them at initialize
+    tasks = {"tasks": {"list": {}, "cancel": {}, "requests": {"tools": {"call": {}}}}}
+    assert result["capabilities"] == (
+        {**CAPABILITIES, **tasks} if agreed == "2025-11-25" else CAPABILITIES
+    )
     assert result["serverInfo"]["name"] == "waygate" and result["serverInfo"]["version"]
 
 
@@ -398,6 +402,7 @@ def test_server_discover(rpc):
     listening = {"listChanged": True}
     assert result["capabilities"] == {
         **CAPABILITIES,
+        "extensions": {"io.modelcontextprotocol/tasks": {}},
         "tools": listening,
         "prompts": listening,
         "resources": {**listening, "subscribe": True},

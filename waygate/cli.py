@@ -449,7 +449,8 @@ def mcp_stdio(ctx: Context, caller: str, allow: tuple[str, ...], read_only: bool
     share_metrics(ctx.config)
     services = Services.build(ctx.config)
     services.housekeeper.start()
-    serve(services.mcp, Caller(key_name=caller, scope=scope))
+    # the --as name is who acts: it owns the executions and tasks it starts (and sees them)
+    serve(services.mcp, Caller(key_name=caller, scope=scope, principal=f"stdio:{caller}"))
 
 
 @cli.group()

@@ -164,6 +164,10 @@ class CommandService:
         self.admission = admission or Admission(0)
         self.approvals = approvals  # None: nothing waits for approval
         self.leases = leases or Leases(audit.storage, host=audit.host)
+        # Told when a queued execution starts in its pool thread (command id, context);
+        # returns what to call when it ends, which says whether its owner cancelled it
+        # meanwhile. The MCP tasks (waygate.mcp.tasks) watch for cancellation this way.
+        self.attach: Callable[[str, ExecutionContext], Callable[[], bool]] | None = None
 
     # -- resolving -----------------------------------------------------------------------------
 
@@ -307,15 +311,31 @@ class CommandService:
         self._record(run, outcome)
         return outcome
 
-    def submit_async(self, inv: Invocation, caller: Caller) -> Outcome:
+    def submit_async(
+        self,
+        inv: Invocation,
+        caller: Caller,
+        accepted: Callable[[str], None] | None = None,
+    ) -> Outcome:
         """Accept for background execution: recorded as pending, then queued; the pool thread
-        runs it and closes the record (the sweep closes what a dead worker left)."""
+        runs it and closes the record (the sweep closes what a dead worker left).
+        ``accepted`` is told the command id once its row is written, before it can run (an
+        MCP task marks its row so)."""
         if self.needs_approval(inv.command):
-            return self._hold(inv, caller, Mode.ASYNC)
+            held = self._hold(inv, caller, Mode.ASYNC)
+            if accepted is not None:
+                accepted(inv.command_id)
+            return held
         # Its own trace, linked to the submitting request's: it outlives that request.
         span = _start_span(inv, caller, Mode.ASYNC, detached=True)
         try:
             created = self._accept(inv, caller, Mode.ASYNC, span=span)
+            if accepted is not None:
+                try:
+                    accepted(inv.command_id)
+                except Exception:
+                    self.audit.fail_open_executions_by_id(inv.command_id, "not queued")
+                    raise
         except WaygateError as err:
             tracing.end_command(span, ExecutionStatus.FAILED, 0, err.message)
             raise
@@ -374,7 +394,18 @@ class CommandService:
             ctx = self._context(inv, caller, started, span)
             run = Running(inv, caller, Mode.ASYNC, ctx, started, created, span=span)
             run.ctx.on_progress = _ProgressRecorder(self.audit, inv.command_id)
-            outcome = _settle(run, lambda: _invoke(inv, run.ctx))
+            detach = self.attach(inv.command_id, run.ctx) if self.attach else None
+            try:
+                outcome = _settle(run, lambda: _invoke(inv, run.ctx))
+            finally:
+                cancelled = detach() if detach is not None else False
+            if cancelled and outcome.status is not ExecutionStatus.SUCCESS:
+                outcome = replace(
+                    outcome,
+                    status=ExecutionStatus.FAILED,
+                    error="cancelled by its requester",
+                    failure=None,
+                )
             self._record(run, outcome)
             if approved:
                 self._approvals().executed(inv.command_id, outcome.status)

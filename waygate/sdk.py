@@ -146,6 +146,10 @@ class ExecutionContext:
     #: nobody can answer: REST, async and approved executions, 2025-era MCP clients)
     inputs: Any = None
     _asked: int = 0  # how many questions this run asked without a key: the next default key
+    #: set by Waygate while the execution runs as an MCP task: the channel on which it asks
+    #: its client for input (the task shows ``input_required`` until answered); see
+    #: ``waygate.mcp.tasks.TaskInput``. None otherwise.
+    task_input: Any = None
 
     @property
     def cancelled(self) -> bool:
@@ -194,11 +198,20 @@ class ExecutionContext:
     def can_ask(self, kind: str) -> bool:
         """Whether the caller can answer ``kind`` of question: ``"elicitation"``,
         ``"sampling"`` or ``"roots"`` (what its MCP client declared)."""
+        if self.task_input is not None:
+            return True  # a task asks through its row; the client answers with tasks/update
         return self.inputs is not None and self.inputs.can(kind)
 
     def ask_all(self, requests: Mapping[str, InputRequest]) -> dict[str, Any]:
         """Ask several questions in one round (keys: 1 to 64 of ``[A-Za-z0-9_.-]``, unique
         in this call): every answer, by key, once the caller has given them all."""
+        if self.task_input is not None:
+            # running as an MCP task: what the call answered before the task started
+            # (task_questions) is known; the rest is asked through the task, which shows
+            # input_required until the client's tasks/update answers (no round trip)
+            found = self.inputs.known(requests) if self.inputs is not None else {}
+            rest = {key: dict(r) for key, r in requests.items() if key not in found}
+            return {**found, **(self.task_input.ask(rest) if rest else {})}
         if self.inputs is None:
             raise InputRequired(requests, unavailable="no MCP 2026-07-28 caller to ask")
         return self.inputs.gather(dict(requests))
@@ -301,6 +314,28 @@ class Command:
     output_schema: Mapping[str, Any] | None = None
     #: shown by clients beside the tool; the plugin's ``icons`` when empty
     icons: tuple[Icon, ...] = ()
+    #: whether an MCP client may get this command's call as a task (docs/plugins.md, "Long
+    #: calls as MCP tasks"): "forbidden" (default: answered in the call, unless it waits for
+    #: approval), "optional" (a task for a client that supports tasks, else answered in the
+    #: call) or "required" (only as a task: a client without tasks support is refused)
+    task_support: str = "forbidden"
+    #: questions (key -> :func:`elicitation`, :func:`sampling` or :func:`list_roots`) a call
+    #: that becomes an MCP task asks in input_required rounds BEFORE its task starts, so a
+    #: client answers them in the call; the handler then gets them from ``ctx.ask(...,
+    #: key=...)`` (or ``ctx.ask_all``) under the same keys, without a round of its own
+    task_questions: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.task_support not in TASK_SUPPORT:
+            raise ValueError(
+                f"task_support of {self.name!r} must be one of {', '.join(TASK_SUPPORT)}"
+            )
+        for key, request in self.task_questions.items():
+            if not isinstance(request, Mapping) or "method" not in request:
+                raise ValueError(f"task question {key!r} of {self.name!r} is not an input request")
+
+
+TASK_SUPPORT = ("forbidden", "optional", "required")
 
 
 # -- rich results: content blocks ---------------------------------------------------------------

@@ -159,6 +159,7 @@ class Services:
                 idempotency=idempotency,
                 icon=config.mcp_icon,
                 listen_limits=ListenLimits(config.mcp_listens, config.mcp_listens_per_key),
+                task_ttl_ms=config.audit_retention_days * 86_400_000,  # tasks are executions
             ),
             housekeeper=Housekeeper(
                 leases,

@@ -106,6 +106,44 @@ class ApprovalRecords:
                 )
         return self.audit.get(command_id) if decided else None
 
+    def withdraw(
+        self, command_id: str, key_id: int | None, key_name: str | None, principal: str | None
+    ) -> bool:
+        """The requester takes its request back (an MCP task cancelled): denied, with the
+        requester as the one who decided and its event, in one transaction; False when it
+        is not awaiting approval any more (decided or expired first: that stands)."""
+        now = isoformat()
+        with self.storage.write() as conn:
+            withdrawn = conn.execute(
+                "UPDATE executions SET status = ?, finished_at = ?, error = ?, decided_by = ?,"
+                " decided_by_key_id = ?, decided_by_principal = ?, decided_at = ?,"
+                " decision_reason = ? WHERE command_id = ? AND status = ?",
+                (
+                    ExecutionStatus.DENIED,
+                    now,
+                    f"denied: {WITHDRAWN}",
+                    key_name,
+                    key_id,
+                    principal,
+                    now,
+                    WITHDRAWN,
+                    command_id,
+                    ExecutionStatus.AWAITING_APPROVAL,
+                ),
+            ).rowcount
+            if withdrawn:
+                _insert_event(
+                    conn,
+                    command_id,
+                    ApprovalStep.DENIED,
+                    key_id,
+                    key_name,
+                    WITHDRAWN,
+                    now,
+                    principal,
+                )
+        return bool(withdrawn)
+
     def expire(self) -> list[str]:
         """End executions whose approval time has passed as expired; their ids."""
         now = isoformat()
@@ -197,6 +235,7 @@ def _insert_event(
 
 
 REQUESTER_REVOKED = "requester key revoked"
+WITHDRAWN = "withdrawn by the requester"
 
 
 def deny_requests_of_key(

@@ -104,6 +104,16 @@ class Approvals:
         self._changed(Step.APPROVED if approve else Step.DENIED, command_id)
         return decided
 
+    def withdraw(
+        self, command_id: str, key_id: int | None, key_name: str | None, principal: str | None
+    ) -> bool:
+        """The requester withdraws its request (it is denied, and says so); False when it was
+        no longer awaiting approval. Only for the requester: the caller checks ownership."""
+        withdrawn = self.records.withdraw(command_id, key_id, key_name, principal)
+        if withdrawn:
+            self._changed(Step.DENIED, command_id)
+        return withdrawn
+
     def refusal(self, approver: Principal | ApiKey, execution: Execution) -> str | None:
         """Why ``approver`` may not decide on ``execution`` (None: it may): the one rule,
         :func:`check_approver`, asked before a decision is offered (the console shows the

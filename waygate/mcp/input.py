@@ -272,6 +272,15 @@ class InputChannel:
             raise InputRequired(pending, result=result)
         return found
 
+    def known(self, requests: Mapping[str, Any]) -> dict[str, Any]:
+        """The answers this call already carries for ``requests`` (asking nothing)."""
+        found = {}
+        for key, request in requests.items():
+            answer = self._answers.get(key)
+            if isinstance(request, Mapping) and _answers(request.get("method"), answer):
+                found[key] = answer
+        return found
+
     @property
     def kept(self) -> dict[str, Any]:
         """The answers this run has used so far (what a next round needs again)."""

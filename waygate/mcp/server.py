@@ -48,7 +48,7 @@ from ..jsonbody import BodyRefused
 from ..outcomes import ExecutionStatus, Mode, Outcome
 from ..plugins import PluginSet
 from ..schemas import json_schema
-from ..sdk import Content, RichResult
+from ..sdk import Content, InputRequired, RichResult
 from ..status import Status
 from .catalog import RESOURCE_NOT_FOUND, Catalog, CatalogError
 from .headers import name_mismatch, param_mismatch
@@ -62,6 +62,19 @@ from .input import (
     principal_of,
 )
 from .notify import LISTEN, ChangeFeed, ListenLimits, ListenStream, advertise, honored_filter
+from .tasks import (
+    EXTENSION,
+    IMMEDIATE_RESPONSE,
+    LEGACY_CAPABILITY,
+    LEGACY_METHODS,
+    LEGACY_VERSION,
+    MODERN_METHODS,
+    TaskError,
+    Tasks,
+    TaskStream,
+    declares_extension,
+    missing_extension,
+)
 
 HANDSHAKE_VERSIONS = ("2025-03-26", "2025-06-18", "2025-11-25")
 MODERN_VERSIONS = ("2026-07-28",)
@@ -190,6 +203,7 @@ class McpServer:
         idempotency: Idempotency | None = None,
         icon: str = "",
         listen_limits: ListenLimits | None = None,
+        task_ttl_ms: int = 7 * 86_400_000,
     ):
         # initialize and server/discover name the server with its icon (WAYGATE_MCP_ICON);
         # every other 2026-07-28 result with name and version only
@@ -203,6 +217,8 @@ class McpServer:
         self.catalog = Catalog(commands, plugins, tool_timeout)
         self.states = RequestStates(commands.audit.storage)  # input requests' requestState
         self.listeners = ChangeFeed(self, listen_limits)  # subscriptions/listen (notify.py)
+        # tools/call as tasks (waygate.mcp.tasks), kept as long as executions are kept
+        self.tasks = Tasks(commands, _present, task_ttl_ms, result_wait_s=tool_timeout_max)
         self._lists = {
             "tools/list": ("tools", self.tools),
             "prompts/list": ("prompts", self.catalog.prompts),
@@ -248,8 +264,11 @@ class McpServer:
                 and routing.streams
                 and _progress_token(params) is not None
                 and not _idempotent(params)  # answered as JSON, to be replayed alike
+                and not self._task_call(params, version)
             ):
                 return self._stream_tool(params, caller, request_id, modern)
+            if method == "tasks/result" and version == LEGACY_VERSION and routing.streams:
+                return self._stream_task_result(params, caller, request_id)
             result = self._dispatch(method, params, caller, modern, version)
             if method in ("initialize", "server/discover"):
                 result = advertise(result, modern, http, self.listeners.on)
@@ -358,6 +377,9 @@ class McpServer:
                 mismatches.append("Mcp-Method")
             if name_mismatch(method, params, routing.name):  # tools/call, prompts/get, read
                 mismatches.append("Mcp-Name")
+            task_id = params.get("taskId")  # SEP-2663: the task id routes the request
+            if method in MODERN_METHODS and isinstance(task_id, str) and routing.name != task_id:
+                mismatches.append("Mcp-Name")
             if mismatches:
                 raise JsonRpcError(
                     HEADER_MISMATCH,
@@ -398,7 +420,7 @@ class McpServer:
                 return self._complete(
                     {
                         "supportedVersions": list(SUPPORTED_VERSIONS),
-                        "capabilities": CAPABILITIES,
+                        "capabilities": {**CAPABILITIES, "extensions": {EXTENSION: {}}},
                         "instructions": INSTRUCTIONS,
                         "_meta": {META_SERVER_INFO: self.server_info},
                     },
@@ -407,11 +429,16 @@ class McpServer:
                 )
             if method == "ping" and not modern:  # 2026-07-28 removed ping
                 return {}
+            if method.startswith("tasks/"):
+                return self._task_method(method, params, caller, version)
             if method in self._lists:
                 key, list_them = self._lists[method]
-                return self._complete({key: list_them(caller)}, modern, cacheable=True)
+                listed = {key: list_them(caller)}
+                if method == "tools/list" and version == LEGACY_VERSION:
+                    self._declare_task_support(listed[key])
+                return self._complete(listed, modern, cacheable=True)
             if method == "tools/call":
-                return self._complete(self.call_tool(params, caller, modern=modern), modern)
+                return self._complete(self.call_tool(params, caller, version), modern)
             if method in self._reads:
                 try:
                     if method == "prompts/get" and modern:  # its render may ask the caller
@@ -456,7 +483,12 @@ class McpServer:
         version = requested if requested in HANDSHAKE_VERSIONS else HANDSHAKE_VERSIONS[-1]
         return {
             "protocolVersion": version,
-            "capabilities": CAPABILITIES,
+            # 2025-11-25 had tasks in core (experimental); the extension replaced them
+            "capabilities": (
+                {**CAPABILITIES, "tasks": LEGACY_CAPABILITY}
+                if version == LEGACY_VERSION
+                else CAPABILITIES
+            ),
             "serverInfo": SERVER_INFO,
             "instructions": INSTRUCTIONS,
         }
@@ -487,17 +519,41 @@ class McpServer:
             listed.append(tool)
         return [*listed, EXECUTION_TOOL]
 
-    def call_tool(self, params: dict, caller: Caller, *, modern: bool = False) -> dict[str, Any]:
+    def call_tool(
+        self, params: dict, caller: Caller, version: str = HEADERLESS_VERSION
+    ) -> dict[str, Any]:
+        modern = version in MODERN_VERSIONS
         if _idempotent(params):
-            return self._call_once(params, caller, modern)
+            return self._call_once(params, caller, version)
         inv = self._resolve_tool(params, caller)
         if isinstance(inv, dict):
             return inv
-        inv = self._with_inputs(inv, params, caller, modern)
         with tracing.continue_meta(params.get("_meta")):  # the caller's trace, if it sent one
+            if self._as_task(params, inv, version):  # asks through the task, not in rounds
+                if inv.command.task_questions and modern:  # ... but for what it asks first
+                    inv = self._with_inputs(inv, params, caller, modern)
+                    try:
+                        inv.inputs.gather(dict(inv.command.task_questions))
+                    except InputRequired as asked:
+                        return self._not_yet_a_task(asked)
+                return self._create_task(params, inv, caller, version)
+            inv = self._with_inputs(inv, params, caller, modern)
             return _present(inv.action, self.commands.run(inv, caller, Mode.MCP))
 
-    def _call_once(self, params: dict, caller: Caller, modern: bool) -> dict[str, Any]:
+    @staticmethod
+    def _not_yet_a_task(asked: InputRequired) -> dict[str, Any]:
+        """A task's questions not all answered yet: the input_required round (no task, no
+        execution yet), or -32021 for a question the client cannot answer."""
+        if asked.result is not None:
+            return dict(asked.result)
+        raise JsonRpcError(
+            MISSING_CAPABILITY,
+            "the tool asks its caller for input its client did not declare it can give",
+            {"requiredCapabilities": dict(asked.missing or {})},
+            status=400,
+        )
+
+    def _call_once(self, params: dict, caller: Caller, version: str) -> dict[str, Any]:
         """A tools/call with an idempotency key: run once for the caller and key; a retry
         gets the first result back (a held call's state now), marked replayed. A call that
         runs nothing (invalid arguments, the execution tool) claims no key. Each round of a
@@ -505,6 +561,20 @@ class McpServer:
         answering a question is not mistaken for a retry of the round that asked."""
         meta = params["_meta"]
         name = params.get("name")
+        modern = version in MODERN_VERSIONS
+        # a keyed call is answered in the call (a held one with its command_id), never as a
+        # task: a task is found again by its id. A command that runs only as a task cannot.
+        command = self._plugins().commands.get(name) if isinstance(name, str) else None
+        if (
+            command is not None
+            and command.task_support == "required"
+            and self._task_call(params, version)
+        ):
+            raise JsonRpcError(
+                INVALID_PARAMS,
+                f"{name[:128]} runs only as a task, and a task call takes no"
+                f' "{META_IDEMPOTENCY_KEY}": tasks/get finds the task again by its id',
+            )
         try:
             key = check_key(meta[META_IDEMPOTENCY_KEY], f'params._meta["{META_IDEMPOTENCY_KEY}"]')
             answers = [params.get("requestState"), params.get("inputResponses")]
@@ -536,6 +606,125 @@ class McpServer:
             return _present(str(name), done)
         result = _present(str(name), done.current) if done.current else done.answer
         return {**result, "_meta": {**result.get("_meta", {}), META_REPLAYED: True}}
+
+    # -- tasks (waygate.mcp.tasks) -------------------------------------------------------------
+
+    def _as_task(self, params: dict, inv: Invocation, version: str) -> bool:
+        """Whether this call is answered with a task: under 2026-07-28 when the client
+        declares the extension and the server wants one (held for approval, or a command
+        with task support); under 2025-11-25 when the client asks (``params.task``) for a
+        tool that supports it. A tool that is only run as a task refuses other calls."""
+        if version in MODERN_VERSIONS:
+            if declares_extension(params.get("_meta")):
+                return self.tasks.wanted(inv)
+            if inv.command.task_support == "required":
+                err = missing_extension()
+                raise JsonRpcError(err.code, err.message, err.data)
+            return False
+        if version != LEGACY_VERSION:
+            return False  # no tasks before 2025-11-25
+        support = self.tasks.support(inv.command)
+        asked = isinstance(params.get("task"), dict)
+        if asked and support == "forbidden":
+            raise JsonRpcError(METHOD_NOT_FOUND, f"{inv.action} cannot be called as a task")
+        if not asked and support == "required":
+            raise JsonRpcError(METHOD_NOT_FOUND, f"{inv.action} can only be called as a task")
+        return asked
+
+    def _task_call(self, params: dict, version: str) -> bool:
+        """Whether a tools/call is a matter for tasks (answered with a task, or refused for
+        want of one), so not streamed: ``_as_task`` decides."""
+        if version not in MODERN_VERSIONS and version != LEGACY_VERSION:
+            return False
+        command = self._plugins().commands.get(params.get("name"))
+        if command is None:
+            return False
+        if command.task_support == "required":
+            return True
+        if version == LEGACY_VERSION:
+            return isinstance(params.get("task"), dict)
+        return declares_extension(params.get("_meta")) and (
+            self.commands.needs_approval(command) or command.task_support != "forbidden"
+        )
+
+    def _create_task(
+        self, params: dict, inv: Invocation, caller: Caller, version: str
+    ) -> dict[str, Any]:
+        """Accept the call as a task (it may run up to the longest tool timeout, or what
+        the client asked for) and answer with the task."""
+        meta = params.get("_meta")
+        if not (isinstance(meta, dict) and META_TIMEOUT in meta):
+            inv = replace(inv, timeout=self.tool_timeout_max)
+        task = self.tasks.create(inv, caller)
+        if version == LEGACY_VERSION:
+            return {
+                "task": self.tasks.view(task, legacy=True),
+                "_meta": {
+                    IMMEDIATE_RESPONSE: f"{inv.action} runs as task {inv.command_id}"
+                    " (poll tasks/get; tasks/result gives its result)."
+                },
+            }
+        return {"resultType": "task", **self.tasks.view(task, legacy=False)}
+
+    def _task_method(
+        self, method: str, params: dict, caller: Caller, version: str
+    ) -> dict[str, Any]:
+        modern = version in MODERN_VERSIONS
+        try:
+            if modern and method in MODERN_METHODS:
+                if not declares_extension(params.get("_meta")):
+                    raise missing_extension()
+                if method == "tasks/get":
+                    return self._complete(self.tasks.get(params, caller, legacy=False), True)
+                if method == "tasks/update":
+                    return self._complete(self.tasks.update(params, caller), True)
+                return self._complete(self.tasks.cancel(params, caller, legacy=False), True)
+            if version == LEGACY_VERSION and method in LEGACY_METHODS:
+                if method == "tasks/get":
+                    return self.tasks.get(params, caller, legacy=True)
+                if method == "tasks/list":
+                    return self.tasks.list(params, caller)
+                if method == "tasks/result":
+                    return self.tasks.result(params, caller)
+                return self.tasks.cancel(params, caller, legacy=True)
+        except TaskError as err:
+            raise JsonRpcError(err.code, err.message, err.data) from None
+        raise JsonRpcError(
+            METHOD_NOT_FOUND, f"method not found: {method}", status=404 if modern else 200
+        )
+
+    def _stream_task_result(self, params: dict, caller: Caller, request_id: Any) -> Reply:
+        """2025-11-25 ``tasks/result`` for a client that takes a stream:
+        ``notifications/tasks/status`` as the task changes, then the result."""
+        try:
+            self.tasks.find(params, caller)  # a task the caller cannot see is refused at once
+        except TaskError as err:
+            return Reply(200, JsonRpcError(err.code, err.message, err.data).body(request_id))
+        return Reply(200, stream=TaskStream(self.tasks, params, caller, request_id))
+
+    def task_notifications(
+        self, message: Any, body: dict[str, Any] | None, caller: Caller
+    ) -> Iterator[dict[str, Any]] | None:
+        """For a transport that can push (stdio): after a 2025-11-25 tools/call answered
+        with a task, its ``notifications/tasks/status`` until it ends (None: nothing to
+        push). Under 2026-07-28 task notifications travel only on subscriptions/listen."""
+        result = (body or {}).get("result")
+        task = result.get("task") if isinstance(result, dict) else None
+        if not isinstance(task, dict) or not isinstance(message, dict):
+            return None
+        if message.get("method") != "tools/call":
+            return None
+        return self.tasks.notifications(
+            {"taskId": task.get("taskId")}, caller, told=str(task.get("status"))
+        )
+
+    def _declare_task_support(self, tools: list[dict[str, Any]]) -> None:
+        """2025-11-25 tools/list: each tool's ``execution.taskSupport``."""
+        commands = self._plugins().commands
+        for tool in tools:
+            command = commands.get(tool["name"])
+            if command is not None and tool["name"] != EXECUTION_TOOL["name"]:
+                tool["execution"] = {"taskSupport": self.tasks.support(command)}
 
     def _resolve_tool(self, params: dict, caller: Caller) -> Invocation | dict[str, Any]:
         """The invocation, or the isError result that stands for it."""

@@ -21,7 +21,7 @@ from typing import IO
 from ..commands import Caller
 from ..jsonbody import BodyRefused, read_body
 from .notify import ListenStream, StdioChannel
-from .server import JsonRpcError, McpServer, Routing, refused_body_error
+from .server import META_VERSION, JsonRpcError, McpServer, Routing, refused_body_error
 
 log = logging.getLogger(__name__)
 # stdio carries any number of messages per request: a tool call with a progress token streams
@@ -51,22 +51,43 @@ def serve(
 
     notifications = StdioChannel(server, caller, reply)  # listens, and list changes pushed
 
+    def push(statuses) -> None:
+        for status in statuses:
+            reply(status)
+
+    # stdio is one client's session: a handshake-era client names its revision once, at
+    # initialize, and its later requests are judged by it (HTTP sends it as a header)
+    negotiated: list[str | None] = [None]
+
     def handle(message) -> None:
         try:
             if notifications.intercept(message):
                 return
-            answer = server.handle(message, caller, STREAMING, http=False)
+            routing = STREAMING
+            if negotiated[0] is not None and _revision_of(message) is None:
+                routing = Routing(version=negotiated[0], streams=True)
+            answer = server.handle(message, caller, routing, http=False)
             if isinstance(answer.stream, ListenStream):  # pumped on a thread of its own
                 notifications.pump(answer.stream)
                 return
-            if answer.stream is None:
-                reply(answer.body)
+            if answer.stream is not None:
+                try:
+                    for sent in answer.stream.messages():
+                        reply(sent)  # None (a keep-alive) writes nothing
+                finally:
+                    answer.stream.close()
                 return
-            try:
-                for sent in answer.stream.messages():
-                    reply(sent)  # None (a keep-alive) writes nothing
-            finally:
-                answer.stream.close()
+            body = answer.body
+            if isinstance(message, dict) and message.get("method") == "initialize":
+                agreed = ((body or {}).get("result") or {}).get("protocolVersion")
+                negotiated[0] = agreed if isinstance(agreed, str) else None
+            reply(body)
+            # stdio can push: a task's status notifications, on a thread of their own
+            statuses = server.task_notifications(message, body, caller)
+            if statuses is not None:
+                threading.Thread(
+                    target=push, args=(statuses,), name="waygate-task-status", daemon=True
+                ).start()
         except Exception:  # never let one message end the session
             log.exception("stdio message failed")
             reply(
@@ -86,3 +107,11 @@ def serve(
                 continue
             pool.submit(handle, message)
     notifications.close()
+
+
+def _revision_of(message) -> str | None:
+    """The revision a message names itself (2026-07-28: in ``params._meta``)."""
+    params = message.get("params") if isinstance(message, dict) else None
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    version = meta.get(META_VERSION) if isinstance(meta, dict) else None
+    return version if isinstance(version, str) else None
