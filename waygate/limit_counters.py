@@ -15,6 +15,7 @@ for many hosts. Either way the table is made by its migration
 
 from __future__ import annotations
 
+import functools
 import random
 import sqlite3
 import threading
@@ -22,6 +23,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+from limits.errors import StorageError
 from limits.storage import Storage as LimitsStorage
 
 from .storage import DatabaseError, PostgresStorage, SqliteStorage
@@ -29,6 +31,22 @@ from .storage.migrations import RATE_LIMITS
 
 # How long this thread's own last hit answers reads of the same counter (one request's span).
 JUST_HIT_S = 0.05
+
+
+def _storage_errors(method):
+    """The storage's own failures as ``StorageError`` when the storage wraps them, as
+    ``limits`` does for the methods of its interface."""
+
+    @functools.wraps(method)
+    def wrapped(self, *args):
+        try:
+            return method(self, *args)
+        except self.base_exceptions as exc:
+            if self.wrap_exceptions:
+                raise StorageError(exc) from exc
+            raise
+
+    return wrapped
 
 
 class SQLiteLimitStorage(LimitsStorage):
@@ -75,6 +93,11 @@ class SQLiteLimitStorage(LimitsStorage):
         return DatabaseError
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return self.incr_window(key, expiry, amount)[0]
+
+    @_storage_errors
+    def incr_window(self, key: str, expiry: int, amount: int = 1) -> tuple[int, float]:
+        """The counter after this hit and its window's end, from the one statement."""
         now = time.time()
         value, expires_at = self._store.execute_write(
             "INSERT INTO rate_limits (key, value, expires_at) VALUES (:key, :amount, :expires) "
@@ -91,7 +114,7 @@ class SQLiteLimitStorage(LimitsStorage):
         self._recent.hit = (key, int(value), float(expires_at), time.monotonic())
         if random.random() < 0.001:  # noqa: S311 - not security relevant: occasional pruning
             self._prune(now)
-        return int(value)
+        return int(value), float(expires_at)
 
     def _just_hit(self, key: str) -> tuple[int, float] | None:
         hit = getattr(self._recent, "hit", None)
@@ -170,9 +193,10 @@ class PostgresLimitStorage(SQLiteLimitStorage):
             self._ensure_table()
             return call()
 
-    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+    @_storage_errors
+    def incr_window(self, key: str, expiry: int, amount: int = 1) -> tuple[int, float]:
         return self._again_with_table(
-            lambda: super(PostgresLimitStorage, self).incr(key, expiry, amount)
+            lambda: SQLiteLimitStorage.incr_window.__wrapped__(self, key, expiry, amount)
         )
 
     def get(self, key: str) -> int:

@@ -35,7 +35,8 @@ from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from .. import (
-    limit_counters,  # noqa: F401  (registers the sqlite:// storage scheme)
+    limit_counters,  # noqa: F401  (registers the sqlite:// and postgresql:// storage schemes)
+    limit_table,  # noqa: F401  (registers the table:// storage scheme)
     tracing,
 )
 from ..config import Config
@@ -85,6 +86,8 @@ class RateLimiter:
         )
         self.storage = storage_from_string(uri, wrap_exceptions=True, **options)
         self.strategy = FixedWindowRateLimiter(self.storage)
+        # Waygate's own storages count and tell the window's end in one step.
+        self._incr_window = getattr(self.storage, "incr_window", None)
         self.fail_open = config.ratelimit_fail_open
         self.default = parse(config.rate_limit_default)
         self.groups = {
@@ -143,6 +146,8 @@ class RateLimiter:
         allowed-or-not), keeping the count it returns: the remaining budget is the hit's own,
         not a second read of a counter other workers may have moved since."""
         counter = item.key_for(scope, identity)
+        if self._incr_window is not None:
+            return self._incr_window(counter, item.get_expiry())
         count = self.storage.incr(counter, item.get_expiry())
         return count, self.storage.get_expiry(counter)
 
