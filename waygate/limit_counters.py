@@ -1,4 +1,6 @@
 """A ``limits`` storage on SQLite, registered as ``sqlite://``: exact across gunicorn workers.
+(The default of one host is now the shared-memory table of waygate/limit_table.py, which
+keeps this storage as its overflow; ``sqlite://`` stays for whoever configures it.)
 
 The ``limits`` library ships no file or SQLite storage, and ``memory://`` counts per process
 (N workers would allow N times the limit). Each hit here is one atomic UPSERT ... RETURNING
