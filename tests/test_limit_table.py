@@ -52,13 +52,13 @@ def test_four_processes_hitting_one_counter_count_every_hit_once(tmp_path):
 
 def test_a_window_ends_and_starts_afresh(tmp_path, clock):
     storage = TableLimitStorage(f"table:///{tmp_path / 't'}")
-    assert storage.incr_window("k", 60) == (1, clock.now + 60)
+    assert storage.incr_window("k", 60)[:2] == (1, clock.now + 60)
     assert storage.incr_window("k", 60)[0] == 2
     clock.now += 59.9
     assert storage.get("k") == 2
     clock.now += 0.1
     assert storage.get("k") == 0
-    assert storage.incr_window("k", 60) == (1, clock.now + 60)
+    assert storage.incr_window("k", 60)[:2] == (1, clock.now + 60)
 
 
 def test_windows_survive_a_reopened_table_but_not_a_reboot(tmp_path, monkeypatch):
@@ -117,4 +117,17 @@ def test_a_worker_killed_while_holding_the_lock_does_not_block_the_others(tmp_pa
     assert os.read(ready_r, 1) == b"x"
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
-    assert table.hit("k", 60, 1)[0] == 1
+    assert table.hit("k", 60, 1)[0][0] == 1
+
+
+def test_a_hit_reads_another_counter_in_the_same_step_wherever_it_lives(tmp_path, clock):
+    storage = TableLimitStorage(f"table:///{tmp_path / 't'}", slots=16, probe=16)
+    assert storage.incr_window("k", 60, 1, "budget") == (1, clock.now + 60, 0)
+    storage.incr_window("budget", 60)
+    storage.incr_window("budget", 60)
+    assert storage.incr_window("k", 60, 1, "budget")[::2] == (2, 2)
+    for i in range(16):
+        storage.incr_window(f"held-{i}", 60)
+    storage.incr_window("late-budget", 60)  # in the SQLite file: the table is full
+    assert storage.incr_window("k", 60, 1, "late-budget")[::2] == (3, 1)
+    assert storage.incr_window("late", 60, 1, "budget")[::2] == (1, 2)

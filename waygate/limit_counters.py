@@ -98,25 +98,29 @@ class SQLiteLimitStorage(LimitsStorage):
         return self.incr_window(key, expiry, amount)[0]
 
     @_storage_errors
-    def incr_window(self, key: str, expiry: int, amount: int = 1) -> tuple[int, float]:
-        """The counter after this hit and its window's end, from the one statement."""
+    def incr_window(
+        self, key: str, expiry: int, amount: int = 1, read: str | None = None
+    ) -> tuple[int, float, int]:
+        """The counter after this hit, its window's end and the live count of the counter
+        ``read`` (0 without one), from the one statement."""
         now = time.time()
-        value, expires_at = self._store.execute_write(
+        value, expires_at, other = self._store.execute_write(
             "INSERT INTO rate_limits (key, value, expires_at) VALUES (:key, :amount, :expires) "
             "ON CONFLICT(key) DO UPDATE SET "
             " value = CASE WHEN rate_limits.expires_at <= :now THEN :amount"
             " ELSE rate_limits.value + :amount END,"
             " expires_at = CASE WHEN rate_limits.expires_at <= :now THEN :expires"
             " ELSE rate_limits.expires_at END "
-            "RETURNING value, expires_at",
-            {"key": key, "amount": amount, "expires": now + expiry, "now": now},
+            "RETURNING value, expires_at,"
+            " (SELECT r.value FROM rate_limits r WHERE r.key = :read AND r.expires_at > :now)",
+            {"key": key, "amount": amount, "expires": now + expiry, "now": now, "read": read},
         ).rows[0]
         # flask-limiter reads the window back right after the hit to write its headers; the
         # hit already told us, so those two reads are answered from here.
         self._recent.hit = (key, int(value), float(expires_at), time.monotonic())
         if random.random() < 0.001:  # noqa: S311 - not security relevant: occasional pruning
             self._prune(now)
-        return int(value), float(expires_at)
+        return int(value), float(expires_at), int(other or 0)
 
     def _just_hit(self, key: str) -> tuple[int, float] | None:
         hit = getattr(self._recent, "hit", None)
@@ -196,9 +200,11 @@ class PostgresLimitStorage(SQLiteLimitStorage):
             return call()
 
     @_storage_errors
-    def incr_window(self, key: str, expiry: int, amount: int = 1) -> tuple[int, float]:
+    def incr_window(
+        self, key: str, expiry: int, amount: int = 1, read: str | None = None
+    ) -> tuple[int, float, int]:
         return self._again_with_table(
-            lambda: SQLiteLimitStorage.incr_window.__wrapped__(self, key, expiry, amount)
+            lambda: SQLiteLimitStorage.incr_window.__wrapped__(self, key, expiry, amount, read)
         )
 
     def get(self, key: str) -> int:

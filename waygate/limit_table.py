@@ -146,33 +146,45 @@ class LimitTable:
                 free = offset
         return None, free
 
-    def hit(self, key: str, expiry: float, amount: int) -> tuple[int, float] | None:
-        """The counter after adding ``amount`` and its window's end, starting a window of
-        ``expiry`` seconds when there is none; None when the counter belongs in the overflow
-        store (no slot free, or overflow windows still live): the caller counts it there."""
+    def hit(
+        self, key: str, expiry: float, amount: int, read: str | None = None
+    ) -> tuple[tuple[int, float] | None, int | None]:
+        """(the counter after adding ``amount`` and its window's end, starting a window of
+        ``expiry`` seconds when there is none; the live count of the counter ``read``, 0 when
+        None is given), both under one lock. Either is None when that counter belongs in the
+        overflow store (no slot free, or overflow windows still live): the caller asks there."""
         digest = self.digest(key)
         now = time.time()
         with self._lock:
-            slot, free = self._find(digest, now)
-            mm = self._map
-            if slot is not None:
-                _, value, expires = _SLOT.unpack_from(mm, slot)
-                if expires <= now:
-                    value, expires = amount, now + expiry
-                else:
-                    value += amount
-                _SLOT.pack_into(mm, slot, digest, value, expires)
-                return value, expires
-            overflow_until = _DOUBLE.unpack_from(mm, _OVERFLOW_AT)[0]
-            if free is None or overflow_until > now:
-                # Every overflow window ends before this, so none is ever live while its
-                # counter could be made afresh here.
-                _DOUBLE.pack_into(
-                    mm, _OVERFLOW_AT, max(overflow_until, now + expiry + OVERFLOW_MARGIN_S)
-                )
-                return None
-            _SLOT.pack_into(mm, free, digest, amount, now + expiry)
-            return amount, now + expiry
+            counted = self._hit_locked(digest, expiry, amount, now)
+            if read is None:
+                return counted, 0
+            window = self._read_locked(self.digest(read), now)
+            return counted, (None if window is None else window[0])
+
+    def _hit_locked(
+        self, digest: bytes, expiry: float, amount: int, now: float
+    ) -> tuple[int, float] | None:
+        slot, free = self._find(digest, now)
+        mm = self._map
+        if slot is not None:
+            _, value, expires = _SLOT.unpack_from(mm, slot)
+            if expires <= now:
+                value, expires = amount, now + expiry
+            else:
+                value += amount
+            _SLOT.pack_into(mm, slot, digest, value, expires)
+            return value, expires
+        overflow_until = _DOUBLE.unpack_from(mm, _OVERFLOW_AT)[0]
+        if free is None or overflow_until > now:
+            # Every overflow window ends before this, so none is ever live while its counter
+            # could be made afresh here.
+            _DOUBLE.pack_into(
+                mm, _OVERFLOW_AT, max(overflow_until, now + expiry + OVERFLOW_MARGIN_S)
+            )
+            return None
+        _SLOT.pack_into(mm, free, digest, amount, now + expiry)
+        return amount, now + expiry
 
     def read(self, key: str) -> tuple[int, float] | None:
         """(count, window end) of the counter's live window; (0, now) when it has none; None
@@ -180,14 +192,17 @@ class LimitTable:
         digest = self.digest(key)
         now = time.time()
         with self._lock:
-            slot, _ = self._find(digest, now)
-            mm = self._map
-            if slot is not None:
-                _, value, expires = _SLOT.unpack_from(mm, slot)
-                return (value, expires) if expires > now else (0, now)
-            if _DOUBLE.unpack_from(mm, _OVERFLOW_AT)[0] > now:
-                return None
-            return 0, now
+            return self._read_locked(digest, now)
+
+    def _read_locked(self, digest: bytes, now: float) -> tuple[int, float] | None:
+        slot, _ = self._find(digest, now)
+        mm = self._map
+        if slot is not None:
+            _, value, expires = _SLOT.unpack_from(mm, slot)
+            return (value, expires) if expires > now else (0, now)
+        if _DOUBLE.unpack_from(mm, _OVERFLOW_AT)[0] > now:
+            return None
+        return 0, now
 
     def forget(self, key: str | None = None) -> int:
         """End one counter's window (or every window: ``key`` None); how many were live."""
@@ -248,13 +263,18 @@ class TableLimitStorage(LimitsStorage):
                 self._overflow_store = SQLiteLimitStorage(f"sqlite:///{self._overflow_path}")
             return self._overflow_store
 
-    def incr_window(self, key: str, expiry: int, amount: int = 1) -> tuple[int, float]:
-        """The counter after this hit and its window's end, in one step (the limiter's path)."""
+    def incr_window(
+        self, key: str, expiry: int, amount: int = 1, read: str | None = None
+    ) -> tuple[int, float, int]:
+        """The counter after this hit, its window's end and the live count of the counter
+        ``read`` (0 without one), in one step (the limiter's path)."""
         try:
-            counted = self.table.hit(key, expiry, amount)
+            counted, other = self.table.hit(key, expiry, amount, read)
             if counted is None:
-                return self.overflow.incr_window(key, expiry, amount)  # type: ignore[attr-defined]
-            return counted
+                counted = self.overflow.incr_window(key, expiry, amount)[:2]  # type: ignore[attr-defined]
+            if other is None:
+                other = self.overflow.get(read)
+            return counted[0], counted[1], other
         except self.base_exceptions as exc:
             if self.wrap_exceptions:
                 raise StorageError(exc) from exc
