@@ -108,12 +108,20 @@ def test_four_workers_writing_concurrently_lose_nothing(fault_server, keys, data
     assert not problems, problems
     assert "database is locked" not in server.log()
     assert set(done) <= audit_ids(data_dir)
-    stats = requests.get(server.url + "/plugins/Core", headers=keys.headers(), timeout=5).json()
-    assert stats["statistics"]["calls_total"] == len(done)
+    # each worker folds its calls into the totals within a moment (waygate/totals.py)
+    deadline = time.monotonic() + 3
+    while (calls := plugin_calls(server, keys, "Core")) != len(done):
+        assert calls < len(done) and time.monotonic() < deadline, (calls, len(done))
+        time.sleep(0.05)
     # every request was counted by the limiter too: exactly len(done) hits in this window
     last = execute(requests.Session(), server, keys, {"action": "echo", "params": {}})
     used = int(last.headers["X-RateLimit-Limit"]) - int(last.headers["X-RateLimit-Remaining"])
     assert used == len(done) + 1
+
+
+def plugin_calls(server, keys, plugin: str) -> int:
+    stats = requests.get(server.url + f"/plugins/{plugin}", headers=keys.headers(), timeout=5)
+    return stats.json()["statistics"]["calls_total"]
 
 
 def test_sixteen_connections_no_5xx_bounded_p99_flat_memory(fault_server, keys, soak):
