@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 FOLD_AFTER_S = 0.2
 RETRY_AFTER_S = 1.0
+IDLE_CHECK_S = 5.0  # how often an idle folding thread looks whether its totals are gone
 # statuses of rows still open: their plugin's totals count when they finish (trigger, m004)
 _OPEN = frozenset(("pending", "running", "awaiting_approval"))
 
@@ -62,8 +63,9 @@ class PendingTotals:
                 totals[2] += duration_ms or 0
             if self._folder is None:
                 self._folder = threading.Thread(
-                    target=self._fold_forever, name="waygate-totals", daemon=True
-                )
+                    target=_fold_forever, args=(weakref.ref(self),), name="waygate-totals",
+                    daemon=True,
+                )  # fmt: skip
                 self._folder.start()
         if not self._due.is_set():
             self._due.set()
@@ -114,14 +116,30 @@ class PendingTotals:
             self.fold()
             return True
         except DatabaseError as exc:
-            log.warning("audit totals not folded yet, retrying: %s", exc)
+            if not getattr(self.storage, "closed", False):
+                log.warning("audit totals not folded yet, retrying: %s", exc)
             return False
 
-    def _fold_forever(self) -> None:
-        while True:
-            self._due.wait()
-            time.sleep(FOLD_AFTER_S)  # gather the rows of the next moment into this fold
-            self._due.clear()
-            if not self._fold_quietly():
-                time.sleep(RETRY_AFTER_S)
-                self._due.set()
+
+def _fold_forever(ref: weakref.ref) -> None:
+    """The folding thread: FOLD_AFTER_S after rows arrive, fold them; ends with its totals
+    (the app is gone) or its storage (closed for good)."""
+    while True:
+        totals = ref()
+        if totals is None:
+            return
+        due = totals._due
+        del totals  # not kept alive by this thread while it waits
+        if not due.wait(timeout=IDLE_CHECK_S):
+            continue
+        time.sleep(FOLD_AFTER_S)  # gather the rows of the next moment into this fold
+        due.clear()
+        totals = ref()
+        if totals is None:
+            return
+        if not totals._fold_quietly():
+            if getattr(totals.storage, "closed", False):
+                return  # closed for good (the app's end): nothing will take them now
+            time.sleep(RETRY_AFTER_S)
+            due.set()
+        del totals

@@ -372,6 +372,11 @@ class PostgresStorage:
             "the database is PostgreSQL: back it up with pg_dump (see docs/operations.md)"
         )
 
+    @property
+    def closed(self) -> bool:
+        """Closed for good (``close``)."""
+        return self._closed
+
     def close(self) -> None:
         """Close the pool for good (threads still finishing get Unreachable)."""
         with self._pool_lock:
