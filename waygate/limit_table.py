@@ -235,7 +235,8 @@ class TableLimitStorage(LimitsStorage):
         self, uri: str | None = None, wrap_exceptions: bool = False, **options: float | str | bool
     ):
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
-        path = (uri or "").removeprefix("table://")
+        # as sqlite:// (and SQLAlchemy): table:////absolute/file, four slashes
+        path = (uri or "").removeprefix("table:///")
         if not uri or path == uri or not path.startswith("/"):
             raise ValueError("table rate-limit storage needs an absolute path: table:////abs/file")
         self.table = LimitTable(
