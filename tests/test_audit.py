@@ -109,16 +109,15 @@ def test_retention_prunes_old_rows_only(client, keys, db, app_services_of):
     run(client, keys, {"action": "test"})
     services = app_services_of(client)
     old = isoformat(utcnow() - timedelta(days=8))
-    with services.storage.write() as conn:
-        for i in range(1200):
-            conn.execute(
-                "INSERT INTO executions (command_id, action, mode, status, timeout_s,"
-                " created_at) VALUES (?, 'test', 'sync', 'success', 30, ?)",
-                (f"cmd_old_{i}", old),
-            )
+    for i in range(1200):
+        services.audit.record(
+            command_id=f"cmd_old_{i}", action="test", plugin=None, key_name=None,
+            mode="sync", status="success", duration_ms=1, error=None, timeout_s=30,
+            created_at=old, started_at=old,
+        )  # fmt: skip
     assert services.housekeeper.retention.prune(batch=500) == 1200
     assert [r["action"] for r in rows(db)] == ["test"]
-    # the total kept by triggers followed the inserts and the pruning
+    # the total kept by folded totals and triggers followed the inserts and the pruning
     listed = client.get("/mcp/executions", headers=keys.headers("admin"))
     assert listed.headers["X-Total-Count"] == "1" and listed.get_json()["total"] == 1
 

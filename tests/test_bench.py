@@ -74,6 +74,8 @@ def test_the_harness_measures_every_case_without_a_failed_request(tmp_path):
     assert set(results["targets"]) == {
         "mcp_vs_sdk",
         "mcp_vs_fastmcp",
+        "execute_vs_bare_post",
+        "health_vs_bare",
         "p50_1_vs_bare",
         "p99_16_vs_bare",
         "health_vs_floor",

@@ -18,7 +18,7 @@ def test_defaults_follow_the_spec():
         config.rate_limit_default,
     ) == ("100/minute", "1000/minute", "100/minute", "500/minute")
     assert config.trusted_proxies == 0
-    assert config.effective_ratelimit_storage_uri.startswith("sqlite:////")
+    assert config.effective_ratelimit_storage_uri.startswith("table:////")
 
 
 def test_values_are_read_from_waygate_variables(tmp_path):

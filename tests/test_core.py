@@ -72,7 +72,11 @@ def test_rate_limit_storage_that_does_not_answer_fails_cache(app, monkeypatch):
     def broken(*args, **kwargs):
         raise sqlite3.OperationalError("disk I/O error")
 
-    monkeypatch.setattr(storage._store, "execute_write", broken)  # the request's own hit fails
+    # the request's own hit fails: the table's (one host, the default) or the database's
+    if hasattr(storage, "table"):
+        monkeypatch.setattr(storage.table, "hit", broken)
+    else:
+        monkeypatch.setattr(storage._store, "execute_write", broken)
     monkeypatch.setattr(storage, "check", lambda: False)
     response = app.test_client().get("/health")
     assert response.status_code == 503

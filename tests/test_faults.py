@@ -108,15 +108,20 @@ def test_four_workers_writing_concurrently_lose_nothing(fault_server, keys, data
     assert not problems, problems
     assert "database is locked" not in server.log()
     assert set(done) <= audit_ids(data_dir)
-    stats = requests.get(server.url + "/plugins/Core", headers=keys.headers(), timeout=5).json()
-    assert stats["statistics"]["calls_total"] == len(done)
+    # each worker folds its calls into the totals within a moment (waygate/totals.py)
+    deadline = time.monotonic() + 3
+    while (calls := plugin_calls(server, keys, "Core")) != len(done):
+        assert calls < len(done) and time.monotonic() < deadline, (calls, len(done))
+        time.sleep(0.05)
     # every request was counted by the limiter too: exactly len(done) hits in this window
-    limits = (
-        sqlite3.connect(data_dir / "ratelimits.db")
-        .execute("SELECT sum(value) FROM rate_limits WHERE key LIKE '%execute%'")
-        .fetchone()[0]
-    )
-    assert limits == len(done)
+    last = execute(requests.Session(), server, keys, {"action": "echo", "params": {}})
+    used = int(last.headers["X-RateLimit-Limit"]) - int(last.headers["X-RateLimit-Remaining"])
+    assert used == len(done) + 1
+
+
+def plugin_calls(server, keys, plugin: str) -> int:
+    stats = requests.get(server.url + f"/plugins/{plugin}", headers=keys.headers(), timeout=5)
+    return stats.json()["statistics"]["calls_total"]
 
 
 def test_sixteen_connections_no_5xx_bounded_p99_flat_memory(fault_server, keys, soak):
@@ -199,15 +204,14 @@ def test_read_only_data_dir_while_running_is_503_and_recovers(
 ):
     """Linux will not remount read-only under open writable files, so the data dir and its
     database files are made immutable (chattr +i) while the server runs: every write fails as
-    on a read-only disk. (The -shm file stays writable: it is mapped into memory.)"""
+    on a read-only disk. (The -shm file and the rate-limit table stay writable: they are
+    mapped into memory.)"""
     server = server_factory(workers=1)
     session = requests.Session()
     body = {"action": "echo", "params": {"message": "x"}}
     url = server.url + "/mcp/execute"
     assert session.post(url, json=body, headers=keys.headers(), timeout=5).status_code == 200
-    frozen = [data_dir] + [
-        data_dir / f"{db}.db{suffix}" for db in ("waygate", "ratelimits") for suffix in ("", "-wal")
-    ]
+    frozen = [data_dir, data_dir / "waygate.db", data_dir / "waygate.db-wal"]
     locked = subprocess.run(["chattr", "+i", *map(str, frozen)], capture_output=True, text=True)
     if locked.returncode != 0:
         pytest.skip(f"cannot make files immutable here: {locked.stderr.strip()}")

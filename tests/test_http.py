@@ -226,10 +226,20 @@ def test_with_a_trusted_proxy_each_client_ip_has_its_own_budget(make_app):
 
 def test_a_damaged_rate_limit_file_is_set_aside_and_recreated(data_dir, make_app):
     (data_dir / "ratelimits.db").write_bytes(b"this is not a database" * 100)
-    client = make_app(rate_limit_health="1/minute").test_client()
+    client = make_app(
+        rate_limit_health="1/minute",
+        ratelimit_storage_uri=f"sqlite:///{data_dir.resolve() / 'ratelimits.db'}",
+    ).test_client()
     assert client.get("/health").status_code == 200
     assert client.get("/health").status_code == 429  # counting works again
     assert (data_dir / "ratelimits.db.damaged").exists()
+
+
+def test_a_damaged_rate_limit_table_is_made_again(data_dir, make_app):
+    (data_dir / "ratelimits.table").write_bytes(b"this is not a table" * 100)
+    client = make_app(rate_limit_health="1/minute").test_client()
+    assert client.get("/health").status_code == 200
+    assert client.get("/health").status_code == 429  # counting works again
 
 
 def test_links_never_echo_the_host_header(client, keys):

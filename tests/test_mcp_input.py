@@ -392,3 +392,17 @@ def test_an_idempotency_key_covers_each_round_of_a_call_that_asks(call, client):
         status, done = call("restart", {"target": "db"}, _meta=key, **answer)
         assert status == 200 and done["result"]["structuredContent"]["restarted"] is True
     assert [r[0] for r in rows(client, "restart")] == ["input_required", "success"]
+
+
+def test_a_round_that_asked_is_a_call_but_not_an_error_in_the_plugins_statistics(
+    call, client, keys
+):
+    _, first = call("restart", {"target": "db"})
+    answer = {
+        "inputResponses": {"confirm-1": confirm()},
+        "requestState": first["result"]["requestState"],
+    }
+    call("restart", {"target": "db"}, **answer)
+    shown = client.get("/plugins/Asking", headers={"X-API-Key": keys.admin}).get_json()
+    assert shown["statistics"]["calls_total"] == 2
+    assert shown["statistics"]["errors_total"] == 0

@@ -242,3 +242,21 @@ def test_a_backup_is_sqlites_and_postgresql_is_pointed_to_pg_dump(
     else:
         assert (code, copy.exists()) == (1, False)
         assert "back it up with pg_dump" in err and "Traceback" not in err
+
+
+def test_a_read_on_a_connection_the_server_dropped_is_answered_from_another(pg_migrated_url):
+    """Connections back in the pool within a second are not checked on checkout (a round trip
+    per statement under load); a read that meets one the server has dropped since (a restart,
+    an administrator) is repeated once on another connection instead of failing."""
+    storage = PostgresStorage(pg_migrated_url, pool_size=1)
+    try:
+        assert storage.conn.execute("SELECT 1").fetchone()[0] == 1  # the pool's connection
+        with psycopg.connect(pg_migrated_url, autocommit=True) as admin:
+            dropped = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = 'waygate' AND pid <> pg_backend_pid()"
+            ).fetchone()[0]
+        assert dropped == 1
+        assert storage.conn.execute("SELECT count(*) FROM _waygate_migrations").fetchone()[0] > 0
+    finally:
+        storage.close()

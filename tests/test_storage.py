@@ -135,7 +135,7 @@ def test_the_service_writes_owner_only_files_whatever_the_umask(server_factory, 
         os.umask(old)
     for path in ("/health", "/metrics", "/mcp/commands"):
         requests.get(server.url + path, timeout=5)
-    assert (data / "waygate.db").exists() and (data / "ratelimits.db").exists()
+    assert (data / "waygate.db").exists() and (data / "ratelimits.table").exists()
     assert private(tmp_path / "fresh") == {}
 
 

@@ -19,6 +19,7 @@ from .clock import isoformat
 from .errors import RateLimited
 from .outcomes import ExecutionStatus, Mode, Outcome
 from .storage import Storage, where_clause
+from .totals import PendingTotals
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,8 @@ class AuditLog:
         self.host = host
         self.result_max_bytes = result_max_bytes  # a stored result's most
         self.max_open_per_key = max_open_per_key  # open async executions per key
+        # totals of the rows record() writes, folded in by a thread (m022, waygate/totals.py)
+        self.totals = PendingTotals(storage)
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -176,8 +179,9 @@ class AuditLog:
         trace_id: str | None = None,
         principal: str | None = None,
     ) -> None:
-        """Record a finished execution (its plugin's totals follow by trigger), committed
-        before this returns; concurrent requests' records share a transaction."""
+        """Record a finished execution, committed before this returns (concurrent requests'
+        records share a transaction); its plugin's totals and the row count follow within a
+        moment (PendingTotals)."""
         self.storage.execute_grouped(
             "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
             " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
@@ -202,6 +206,7 @@ class AuditLog:
                 principal,
             ),
         )
+        self.totals.add(plugin, status, duration_ms)
 
     def accept(
         self,
@@ -344,7 +349,8 @@ class AuditLog:
         if clause:
             count_sql = f"SELECT count(*) FROM executions{clause}"  # noqa: S608 # nosec B608
             total = conn.execute(count_sql, args).fetchone()[0]
-        else:  # kept by triggers (migration m006): no count over every row
+        else:  # kept by triggers and folded totals (m006, m022): no count over every row
+            self.totals.catch_up()
             total = conn.execute(ROW_COUNT_SQL).fetchone()[0]
         page_sql = f"SELECT {EXECUTION_COLUMNS} FROM executions{clause} {_NEWEST_FIRST}"  # noqa: S608 # nosec B608
         rows = conn.execute(page_sql, [*args, limit, offset]).fetchall()
@@ -410,6 +416,7 @@ class AuditLog:
         return self.storage.conn.execute(sql, args).fetchone()[0]
 
     def statistics(self, plugin: str) -> PluginStatistics:
+        self.totals.catch_up()  # this process's own rows count at once
         row = self.storage.conn.execute(
             "SELECT calls_total, errors_total, duration_ms_total FROM plugin_stats "
             "WHERE plugin = ?",

@@ -256,10 +256,11 @@ class Config:
     @property
     def effective_ratelimit_storage_uri(self) -> str:
         """The configured limit storage; unset: the shared database when there is one (exact
-        across hosts), else a SQLite file in the data dir (exact across workers)."""
+        across hosts), else a table in memory the workers share, mapped from a file of the
+        data dir (exact across the workers of this host, waygate/limit_table.py)."""
         if self.ratelimit_storage_uri:
             return self.ratelimit_storage_uri
-        return self.database_url or f"sqlite:///{(self.data_dir / 'ratelimits.db').resolve()}"
+        return self.database_url or f"table:///{(self.data_dir / 'ratelimits.table').resolve()}"
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -374,12 +375,12 @@ class Config:
         self._validate_oauth()
         uri = self.ratelimit_storage_uri
         if uri and not re.match(
-            r"^(sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory|postgresql|postgres)://",
+            r"^(table|sqlite|redis|rediss|redis\+sentinel|redis\+cluster|memory|postgresql|postgres)://",
             uri,
         ):
             raise ConfigError(
-                "WAYGATE_RATELIMIT_STORAGE_URI: use sqlite:///path, redis://host:port,"
-                " postgresql://... or memory://"
+                "WAYGATE_RATELIMIT_STORAGE_URI: use table:///path, sqlite:///path,"
+                " redis://host:port, postgresql://... or memory://"
             )
 
     def _validate_oauth(self) -> None:

@@ -1,4 +1,6 @@
 """A ``limits`` storage on SQLite, registered as ``sqlite://``: exact across gunicorn workers.
+(The default of one host is now the shared-memory table of waygate/limit_table.py, which
+keeps this storage as its overflow; ``sqlite://`` stays for whoever configures it.)
 
 The ``limits`` library ships no file or SQLite storage, and ``memory://`` counts per process
 (N workers would allow N times the limit). Each hit here is one atomic UPSERT ... RETURNING
@@ -15,6 +17,7 @@ for many hosts. Either way the table is made by its migration
 
 from __future__ import annotations
 
+import functools
 import random
 import sqlite3
 import threading
@@ -22,6 +25,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+from limits.errors import StorageError
 from limits.storage import Storage as LimitsStorage
 
 from .storage import DatabaseError, PostgresStorage, SqliteStorage
@@ -29,6 +33,22 @@ from .storage.migrations import RATE_LIMITS
 
 # How long this thread's own last hit answers reads of the same counter (one request's span).
 JUST_HIT_S = 0.05
+
+
+def _storage_errors(method):
+    """The storage's own failures as ``StorageError`` when the storage wraps them, as
+    ``limits`` does for the methods of its interface."""
+
+    @functools.wraps(method)
+    def wrapped(self, *args):
+        try:
+            return method(self, *args)
+        except self.base_exceptions as exc:
+            if self.wrap_exceptions:
+                raise StorageError(exc) from exc
+            raise
+
+    return wrapped
 
 
 class SQLiteLimitStorage(LimitsStorage):
@@ -75,23 +95,32 @@ class SQLiteLimitStorage(LimitsStorage):
         return DatabaseError
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        return self.incr_window(key, expiry, amount)[0]
+
+    @_storage_errors
+    def incr_window(
+        self, key: str, expiry: int, amount: int = 1, read: str | None = None
+    ) -> tuple[int, float, int]:
+        """The counter after this hit, its window's end and the live count of the counter
+        ``read`` (0 without one), from the one statement."""
         now = time.time()
-        value, expires_at = self._store.execute_write(
+        value, expires_at, other = self._store.execute_write(
             "INSERT INTO rate_limits (key, value, expires_at) VALUES (:key, :amount, :expires) "
             "ON CONFLICT(key) DO UPDATE SET "
             " value = CASE WHEN rate_limits.expires_at <= :now THEN :amount"
             " ELSE rate_limits.value + :amount END,"
             " expires_at = CASE WHEN rate_limits.expires_at <= :now THEN :expires"
             " ELSE rate_limits.expires_at END "
-            "RETURNING value, expires_at",
-            {"key": key, "amount": amount, "expires": now + expiry, "now": now},
+            "RETURNING value, expires_at,"
+            " (SELECT r.value FROM rate_limits r WHERE r.key = :read AND r.expires_at > :now)",
+            {"key": key, "amount": amount, "expires": now + expiry, "now": now, "read": read},
         ).rows[0]
         # flask-limiter reads the window back right after the hit to write its headers; the
         # hit already told us, so those two reads are answered from here.
         self._recent.hit = (key, int(value), float(expires_at), time.monotonic())
         if random.random() < 0.001:  # noqa: S311 - not security relevant: occasional pruning
             self._prune(now)
-        return int(value)
+        return int(value), float(expires_at), int(other or 0)
 
     def _just_hit(self, key: str) -> tuple[int, float] | None:
         hit = getattr(self._recent, "hit", None)
@@ -170,9 +199,12 @@ class PostgresLimitStorage(SQLiteLimitStorage):
             self._ensure_table()
             return call()
 
-    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+    @_storage_errors
+    def incr_window(
+        self, key: str, expiry: int, amount: int = 1, read: str | None = None
+    ) -> tuple[int, float, int]:
         return self._again_with_table(
-            lambda: super(PostgresLimitStorage, self).incr(key, expiry, amount)
+            lambda: SQLiteLimitStorage.incr_window.__wrapped__(self, key, expiry, amount, read)
         )
 
     def get(self, key: str) -> int:

@@ -36,6 +36,11 @@ from .migrations import STATE, Schema
 
 # After a connect timeout, how long calls fail at once before one tries again.
 DOWN_PROBE_S = 1.0
+# A pooled connection idle longer than this is checked (one empty round trip) as it leaves the
+# pool; one back sooner is not: under load that check was a round trip per statement. A
+# connection the server dropped within that moment fails its statement: a read is retried once
+# on another connection, a write answers 503 (the database's failure, as any other).
+CHECK_IDLE_S = 1.0
 # database URL -> until when it counts as down, shared by the storages of one process (the
 # state and the rate-limit counters may live in one database: one wait tells both)
 _DOWN_UNTIL: dict[str, float] = {}
@@ -103,8 +108,22 @@ class Row:
         return f"Row({dict(zip(self._names, self._values, strict=False))!r})"
 
 
+_TUPLES_OK = psycopg.pq.ExecStatus.TUPLES_OK
+
+
+def _returns_rows(cursor) -> bool:
+    """Whether the statement answered rows (``cursor.description`` says the same, but builds
+    a Column object per column at every access: 10 % of a request's CPU on PostgreSQL)."""
+    result = cursor.pgresult
+    return result is not None and result.status == _TUPLES_OK
+
+
 def _row_factory(cursor):
-    names = {column.name: i for i, column in enumerate(cursor.description or ())}
+    result = cursor.pgresult
+    if result is None or result.status != _TUPLES_OK:
+        names: dict[str, int] = {}
+    else:  # Waygate's column names are ASCII, which every server encoding spells alike
+        names = {result.fname(i).decode("utf-8", "replace"): i for i in range(result.nfields)}
     return lambda values: Row(values, names)
 
 
@@ -132,7 +151,7 @@ class Result:
 
 def _run(conn: psycopg.Connection, sql: str, params) -> Result:
     cursor = conn.execute(translate(sql), params if params else None)
-    rows = cursor.fetchall() if cursor.description is not None else []
+    rows = cursor.fetchall() if _returns_rows(cursor) else []
     return Result(rows, cursor.rowcount)
 
 
@@ -158,6 +177,16 @@ class Reader:
         self._storage = storage
 
     def execute(self, sql: str, params=()) -> Result:
+        with self._storage.connection() as conn:
+            try:
+                return _run(conn, sql, params)
+            except NoAnswer:
+                raise
+            except psycopg.OperationalError:
+                if not conn.broken:  # the server's refusal, not a dropped connection
+                    raise
+        # The server dropped this connection (a restart since its last use): a read is safe
+        # to repeat, once, on another (a new one, checked, if the pool has no live one).
         with self._storage.connection() as conn:
             return _run(conn, sql, params)
 
@@ -209,7 +238,14 @@ class PostgresStorage:
             _DOWN_UNTIL[self.url] = time.monotonic() + DOWN_PROBE_S
             raise
         finally:
+            conn.waygate_returned_at = time.monotonic()  # type: ignore[attr-defined]
             pool.putconn(conn)  # a broken one is discarded and replaced by the pool
+
+    @staticmethod
+    def _check_if_idle(conn: psycopg.Connection) -> None:
+        """The pool's check on checkout, for connections idle over CHECK_IDLE_S only."""
+        if time.monotonic() - getattr(conn, "waygate_returned_at", 0.0) > CHECK_IDLE_S:
+            psycopg_pool.ConnectionPool.check_connection(conn)
 
     def describe(self) -> str:
         return redact_url(self.url)
@@ -248,9 +284,10 @@ class PostgresStorage:
                     max_size=self.pool_size,
                     kwargs=self._connect_kwargs(),
                     timeout=self.connect_timeout_s,
-                    # a connection is checked as it leaves the pool (one empty round trip):
-                    # after a server restart no request meets a dead one
-                    check=psycopg_pool.ConnectionPool.check_connection,
+                    # a connection idle for a while is checked as it leaves the pool (one
+                    # empty round trip): after a server restart no request meets a dead one,
+                    # bar those that met it within CHECK_IDLE_S of its last use
+                    check=self._check_if_idle,
                     # a failed connect is retried while a request may still be waiting for
                     # it; after that the next request's wait starts a new attempt
                     reconnect_timeout=self.connect_timeout_s,
@@ -334,6 +371,11 @@ class PostgresStorage:
         raise Unsupported(
             "the database is PostgreSQL: back it up with pg_dump (see docs/operations.md)"
         )
+
+    @property
+    def closed(self) -> bool:
+        """Closed for good (``close``)."""
+        return self._closed
 
     def close(self) -> None:
         """Close the pool for good (threads still finishing get Unreachable)."""

@@ -35,7 +35,8 @@ from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from .. import (
-    limit_counters,  # noqa: F401  (registers the sqlite:// storage scheme)
+    limit_counters,  # noqa: F401  (registers the sqlite:// and postgresql:// storage schemes)
+    limit_table,  # noqa: F401  (registers the table:// storage scheme)
     tracing,
 )
 from ..config import Config
@@ -85,6 +86,8 @@ class RateLimiter:
         )
         self.storage = storage_from_string(uri, wrap_exceptions=True, **options)
         self.strategy = FixedWindowRateLimiter(self.storage)
+        # Waygate's own storages count and tell the window's end in one step.
+        self._incr_window = getattr(self.storage, "incr_window", None)
         self.fail_open = config.ratelimit_fail_open
         self.default = parse(config.rate_limit_default)
         self.groups = {
@@ -127,24 +130,42 @@ class RateLimiter:
             identity = "person:" + hashlib.sha256(principal.id.encode()).hexdigest()[:32]
         else:
             identity = address
+        # A request that presents a credential which was accepted reads its address's budget
+        # of refused keys; Waygate's storages read it in the hit's own step (one statement or
+        # one lock instead of two).
+        budget = None
+        if (
+            self._incr_window is not None
+            and (key is not None or principal is not None)
+            and g.get("auth_error") is None
+        ):
+            budget = self.auth_failures.key_for("auth-failures", address)
         try:
             with tracing.span("waygate.ratelimit.hit", {"waygate.limit": scope}):
-                count, reset_at = self._hit(item, scope, identity)
+                count, reset_at, refused_keys = self._hit(item, scope, identity, budget)
         except StorageError as exc:
             self._storage_failed(exc)
             return
         g.rate_limit = (item.amount, max(0, item.amount - count), math.ceil(reset_at))
         if count > item.amount:
             raise self._refusal(item, reset_at)
-        self._check_auth_failures(key or principal, address)
+        if budget is None:
+            self._check_auth_failures(key or principal, address)
+        elif refused_keys >= self.auth_failures.amount:  # as FixedWindowRateLimiter.test
+            self._refuse_spent_budget(address)
 
-    def _hit(self, item: RateLimitItem, scope: str, identity: str) -> tuple[int, float]:
+    def _hit(
+        self, item: RateLimitItem, scope: str, identity: str, read: str | None
+    ) -> tuple[int, float, int]:
         """The fixed-window hit (``FixedWindowRateLimiter.hit``, which answers only
         allowed-or-not), keeping the count it returns: the remaining budget is the hit's own,
-        not a second read of a counter other workers may have moved since."""
+        not a second read of a counter other workers may have moved since. With ``read``, also
+        that counter's live count (Waygate's storages only)."""
         counter = item.key_for(scope, identity)
+        if self._incr_window is not None:
+            return self._incr_window(counter, item.get_expiry(), 1, read)
         count = self.storage.incr(counter, item.get_expiry())
-        return count, self.storage.get_expiry(counter)
+        return count, self.storage.get_expiry(counter), 0
 
     def _check_auth_failures(self, key: ApiKey | Principal | None, address: str) -> None:
         failed = g.get("auth_error") is not None
@@ -168,6 +189,14 @@ class RateLimiter:
                 allowed = self.strategy.test(item, "auth-failures", address)
             if allowed:
                 return
+        except StorageError as exc:
+            self._storage_failed(exc)
+            return
+        self._refuse_spent_budget(address)
+
+    def _refuse_spent_budget(self, address: str) -> None:
+        item = self.auth_failures
+        try:
             reset_at, _ = self.strategy.get_window_stats(item, "auth-failures", address)
         except StorageError as exc:
             self._storage_failed(exc)

@@ -34,6 +34,7 @@ from . import (
     m018_sessions,
     m019_tasks,
     m020_idempotency_keys,
+    m022_totals_without_row_triggers,
     m024_input_required,
     r001_rate_limits,
 )
@@ -63,6 +64,7 @@ STATE = Schema(
         m018_sessions.migration,
         m019_tasks.migration,
         m020_idempotency_keys.migration,
+        m022_totals_without_row_triggers.migration,
         m024_input_required.migration,
     ),
 )
