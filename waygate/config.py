@@ -94,6 +94,20 @@ class Config:
     audit_retention_days: int = 7
     # the audit database's budget: past it, the oldest finished executions are pruned first
     audit_max_bytes: int = 1024 * 1024 * 1024
+    # the tamper-evident audit (waygate/auditchain.py): every finished execution and event
+    # in a hash chain, checkpoints signed with an Ed25519 key (a PEM file; empty:
+    # <data dir>/audit-signing.key, created on first use) every N entries or T seconds
+    audit_chain: bool = True
+    audit_signing_key: str = ""
+    audit_checkpoint_entries: int = 1000
+    audit_checkpoint_interval_s: int = 60
+    # entries each worker's housekeeping verifies a round (0: only `waygate audit verify`
+    # and POST /admin/audit/verify)
+    audit_verify_entries: int = 5000
+    # a JSON Lines file every chained entry is appended to after its commit (empty: none),
+    # rotated at the size given (logrotate may move it too)
+    audit_log: str = ""
+    audit_log_max_bytes: int = 100 * 1024 * 1024
     # an async execution's result is stored up to this size; a larger one is kept as a
     # truncated preview with a marker (see README)
     result_max_bytes: int = 1024 * 1024
@@ -218,6 +232,14 @@ class Config:
         return self.command_requests_per_key or max(1, self.admission_limit // 2)
 
     @property
+    def audit_signing_key_path(self) -> Path:
+        return (
+            Path(self.audit_signing_key)
+            if self.audit_signing_key
+            else (self.data_dir / "audit-signing.key")
+        )
+
+    @property
     def database_path(self) -> Path:
         return self.data_dir / "waygate.db"
 
@@ -303,6 +325,10 @@ class Config:
             ("result_max_bytes", 1024, 2**31),
             ("async_max_open_per_key", 1, 100_000),
             ("housekeeping_interval_s", 0, 86_400),
+            ("audit_checkpoint_entries", 1, 10_000_000),
+            ("audit_checkpoint_interval_s", 1, 86_400),
+            ("audit_verify_entries", 0, 10_000_000),
+            ("audit_log_max_bytes", 1024, 2**50),
             ("drain_seconds", 0, 300),
             ("approval_ttl_s", 1, 7 * 86_400),
             ("approval_webhook_attempts", 1, 10),

@@ -32,6 +32,7 @@ from . import (
     m016_console_sessions,
     m017_principals,
     m018_sessions,
+    m021_audit_chain,
     r001_rate_limits,
 )
 from .migration import Migration, Schema
@@ -58,6 +59,7 @@ STATE = Schema(
         m016_console_sessions.migration,
         m017_principals.migration,
         m018_sessions.migration,
+        m021_audit_chain.migration,
     ),
 )
 
