@@ -639,6 +639,13 @@ class AuditChain:
         ).fetchone()[0]
         return executions + events
 
+    def check(self) -> Verification:
+        """A whole verification whose verdict is reported (the metrics), as an admin asks."""
+        report = self.verify()
+        if self.on_verified is not None:
+            self.on_verified(report)
+        return report
+
     def watch(self, max_entries: int = 5000) -> Verification:
         """The housekeeping's verification: on from where its last round stopped (from the
         anchor after a restart, a break or pruning), at most ``max_entries`` a round; the
