@@ -506,20 +506,26 @@ class AuditChain:
             checkpoints[row[0]] = row[1]
             self._check_signature(report, row, trusted)
             report.checkpoints += 1
-        anchor = min(checkpoints) if checkpoints else 0
+        # Pruning removes a prefix of the chain and keeps a checkpoint at the entry it
+        # stopped at: the walk starts there, or at the beginning when nothing was pruned.
+        oldest = conn.execute("SELECT seq, hash FROM audit_chain ORDER BY seq LIMIT 1").fetchone()
+        anchor = oldest[0] if oldest is not None and oldest[0] > 1 else 0
         if start is not None and start[0] >= anchor:
             seq, previous = start
+        elif anchor and anchor not in checkpoints:
+            report.problem(
+                f"entries 1 to {anchor - 1} are missing and no checkpoint anchors entry"
+                f" {anchor}: the oldest rows were deleted, not pruned"
+            )
+            seq, previous = anchor, oldest[1]
+        elif anchor and checkpoints[anchor] != oldest[1]:
+            report.problem(
+                f"the checkpoint at entry {anchor} (where verification starts) does not match"
+                " the chain's entry there: it was changed"
+            )
+            seq, previous = anchor, oldest[1]
         else:
             seq, previous = anchor, checkpoints.get(anchor, ZERO_HASH)
-            if anchor:
-                stored = conn.execute(
-                    "SELECT hash FROM audit_chain WHERE seq = ?", (anchor,)
-                ).fetchone()
-                if stored is None or stored[0] != previous:
-                    report.problem(
-                        f"the oldest checkpoint (entry {anchor}) does not match the chain's"
-                        " entry there: the entry was deleted or changed"
-                    )
         report.first_seq = seq
         walked = 0
         while max_entries is None or walked < max_entries:
