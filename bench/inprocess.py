@@ -43,6 +43,8 @@ VARIANTS = {
         for feature in FEATURES
     },
     "waygate": ("wsgi:app", ()),
+    # as shipped but with WAYGATE_AUDIT_CHAIN=false: the tamper-evident audit's price
+    "waygate-unchained": ("wsgi:app", ()),
 }
 EXECUTE = {"action": "echo", "params": {"message": "hello"}}
 TOOL_CALL = {
@@ -121,6 +123,7 @@ def run_variant(name: str, data_dir: Path, key: str, requests: int, blocks: int)
         "WAYGATE_DATA_DIR": str(data_dir),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "WAYGATE_BENCH_ABLATE": ",".join(off or ()),
+        "WAYGATE_AUDIT_CHAIN": "false" if name == "waygate-unchained" else "true",
         **{
             f"WAYGATE_RATE_LIMIT_{n}": "100000000/minute"
             for n in ("EXECUTE", "HEALTH", "METRICS", "DEFAULT")
@@ -196,6 +199,14 @@ def report(table: dict) -> None:
         print(
             f"{name:18}"
             + "".join(f"{floor[p]['cpu_us'] / table[name][p]['cpu_us']:21.2f}" for p in PATHS)
+        )
+    if "waygate-unchained" in table:
+        plain, chained = table["waygate-unchained"], table["waygate"]
+        print(
+            "audit chain, unchained / chained CPU per request:"
+            + "".join(
+                f" {p} {plain[p]['cpu_us'] / chained[p]['cpu_us']:.3f}" for p in ("execute", "mcp")
+            )
         )
     bare = table["bare"]
     for path in ("health", "execute"):

@@ -913,7 +913,9 @@ class AuditFile:
     def _rotate(self, opened: os.stat_result) -> None:
         import fcntl
 
-        lock = os.open(f"{self.path}.lock", os.O_WRONLY | os.O_CREAT, 0o600)
+        # hidden, so that a shipper's glob of the rotated files (audit.jsonl.*) misses it
+        lock_path = self.path.with_name(f".{self.path.name}.lock")
+        lock = os.open(lock_path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
