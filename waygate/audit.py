@@ -352,6 +352,7 @@ class AuditLog:
         written: list[Entry] = []
 
         def work(tx: Any) -> None:
+            chain.lock(tx)
             written[:] = chain.seal(tx, [command_id]) if tx.execute(sql, params).rowcount else []
 
         self.storage.write_grouped(work)

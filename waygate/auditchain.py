@@ -101,6 +101,11 @@ _EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
 # partial index only for its own WHERE)
 _UNCHAINED = "chain_seq IS NULL AND status NOT IN ('pending', 'running', 'awaiting_approval')"
 _NEXT_SQL = "UPDATE audit_chain_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash"
+# Every chained transaction locks the head before any other row (lock(), or _NEXT_SQL as its
+# first statement): the executions it updates fire the per-plugin totals' triggers, whose
+# rows a head-first writer would otherwise wait for while holding the head (a deadlock on
+# PostgreSQL).
+_LOCK_SQL = "UPDATE audit_chain_head SET seq = seq WHERE id = 1"
 _LINK_SQL = "INSERT INTO audit_chain (seq, kind, command_id, event_id, hash) VALUES (?,?,?,?,?)"
 _SEAL_SQL = (
     f"UPDATE executions SET chain_seq = ? WHERE command_id = ? AND {_UNCHAINED}"  # noqa: S608 # nosec B608 - fixed names
@@ -364,9 +369,14 @@ class AuditChain:
         ).fetchone()
         return self._link(tx, seq, previous, "event", row)
 
+    @staticmethod
+    def lock(tx: Any) -> None:
+        """Lock the chain's head first in a transaction that will chain what it writes."""
+        tx.execute(_LOCK_SQL)
+
     def seal(self, tx: Any, command_ids: Iterable[str]) -> list[Entry]:
-        """Chain executions the caller's transaction has just finished (its UPDATE holds
-        their rows; those not finished, or chained already, are skipped)."""
+        """Chain executions the caller's transaction has just finished, after ``lock()``
+        (those not finished, or chained already, are skipped)."""
         entries = []
         for command_id in command_ids:
             seq, previous = tx.execute(_NEXT_SQL).fetchone()
@@ -420,13 +430,7 @@ class AuditChain:
 
         def work(tx: Any) -> None:
             done.clear()
-            # the rows first, then the head: the order every other chain writer locks in
-            if executions:
-                tx.execute(
-                    f"UPDATE executions SET chain_seq = chain_seq WHERE command_id IN"  # noqa: S608 # nosec B608
-                    f" ({','.join('?' * len(executions))}) AND chain_seq IS NULL",
-                    executions,
-                )
+            self.lock(tx)
             done.extend(self.seal(tx, executions))
             for event_id in events:
                 seq, previous = tx.execute(_NEXT_SQL).fetchone()

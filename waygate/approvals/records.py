@@ -78,6 +78,7 @@ class ApprovalRecords:
             )
         written: list = []
         with self.storage.write() as conn:
+            self._lock_chain(conn)
             decided = conn.execute(
                 f"UPDATE executions SET {sets}, decided_by = ?, decided_by_key_id = ?,"  # noqa: S608 # nosec B608
                 " decided_by_principal = ?, decided_at = ?, decision_reason = ?"
@@ -110,6 +111,10 @@ class ApprovalRecords:
         self._published(written)
         return self.audit.get(command_id) if decided else None
 
+    def _lock_chain(self, conn: Any) -> None:
+        if self.audit.chain is not None:
+            self.audit.chain.lock(conn)
+
     def _chained_event(self, conn: Any, *args: Any) -> list:
         """An event row, as the chain's next entry when there is a chain."""
         return _insert_event(conn, *args, chain=self.audit.chain)
@@ -129,6 +134,7 @@ class ApprovalRecords:
             return []
         written: list = []
         with self.storage.write() as conn:
+            self._lock_chain(conn)
             rows = conn.execute(
                 "UPDATE executions SET status = ?, error = ?, finished_at = ? WHERE status = ?"
                 " AND approval_expires_at <= ? RETURNING command_id",
@@ -186,6 +192,7 @@ class ApprovalRecords:
         principal: str | None = None,
     ) -> None:
         with self.storage.write() as conn:
+            self._lock_chain(conn)
             written = self._chained_event(
                 conn, command_id, event, key_id, key_name, reason, isoformat(), principal
             )
