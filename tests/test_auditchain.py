@@ -399,11 +399,11 @@ def test_the_admin_endpoint_verifies_and_sets_the_metric(client, keys, storage):
     body = client.post("/audit/verify", headers=keys.headers("admin")).get_json()
     assert body["intact"] is True and body["executions"] == 2
     metrics = client.get("/metrics").get_data(as_text=True)
-    assert "waygate_audit_intact 1.0" in metrics
+    assert "waygate_audit_broken 0.0" in metrics
     write(storage, "UPDATE executions SET error = 'x'")
     body = client.post("/audit/verify", headers=keys.headers("admin")).get_json()
     assert body["intact"] is False and "was altered" in body["problems"][0]
-    assert "waygate_audit_intact 0.0" in client.get("/metrics").get_data(as_text=True)
+    assert "waygate_audit_broken 1.0" in client.get("/metrics").get_data(as_text=True)
 
 
 # -- the audit file --------------------------------------------------------------------------
@@ -446,3 +446,36 @@ def test_the_audit_file_rotates_and_follows_logrotate_without_losing_a_line(
     assert sorted(written) == sorted(ids)
     assert len(list(tmp_path.glob("audit.jsonl.[0-9]"))) >= 2
     assert [json.loads(line)["command_id"] for line in path.read_text().splitlines()] == ids[-3:]
+
+
+# -- the housekeeping's own verification -------------------------------------------------------
+
+
+@pytest.mark.sqlite_only
+def test_the_housekeeping_verifies_a_bounded_stretch_a_round(
+    plugin_dist, make_app, keys, storage, data_dir
+):
+    client = make_app(audit_verify_entries=3).test_client()
+    housekeeper = services_of(client).housekeeper
+    run(client, keys, n=5)
+    before = gauges(client).get("waygate_audit_verified_timestamp_seconds")
+    housekeeper.run_once(prune=False)  # entries 1-3: not at the head yet, nothing reported
+    assert gauges(client).get("waygate_audit_verified_timestamp_seconds") == before
+    housekeeper.run_once(prune=False)  # 4-5: the head, intact
+    assert gauges(client)["waygate_audit_verified_timestamp_seconds"] != before
+    assert gauges(client)["waygate_audit_broken"] == 0.0
+    assert oct((data_dir / "audit-signing.key").stat().st_mode & 0o777) == "0o600"
+    write(storage, "UPDATE executions SET error = 'x' WHERE chain_seq = 1")
+    housekeeper.run_once(prune=False)  # on from 5: the edit is behind it
+    assert gauges(client)["waygate_audit_broken"] == 0.0
+    housekeeper.chain.check()  # a whole verification finds it
+    assert gauges(client)["waygate_audit_broken"] == 1.0
+
+
+def gauges(client) -> dict[str, float]:
+    text = client.get("/metrics").get_data(as_text=True)
+    return {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("waygate_audit_")
+    }

@@ -184,9 +184,10 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=r,
         )
-        self.audit_intact = Gauge(
-            "waygate_audit_intact",
-            "1 if the last verification found the audit chain intact, 0 if it found it broken",
+        self.audit_broken = Gauge(
+            "waygate_audit_broken",
+            "1 if the last verification found the audit chain broken, 0 if intact (or never"
+            " verified: see waygate_audit_verified_timestamp_seconds)",
             multiprocess_mode="mostrecent",
             registry=r,
         )
@@ -212,7 +213,7 @@ class Metrics:
         """A verification of the audit chain reached its end (or a break): when, and how.
         ``mostrecent`` over every worker, dead ones too: the last verdict stands."""
         self.audit_verified_at.set(time.time())
-        self.audit_intact.set(1 if intact else 0)
+        self.audit_broken.set(0 if intact else 1)
 
     @_never_raising
     def observe_approvals(self, event: str, pending: int) -> None:

@@ -15,7 +15,7 @@ bp = Blueprint("audit", __name__)
 @admin_required
 def verify():
     """Recompute the audit's hash chain from the oldest checkpoint kept, as `waygate audit
-    verify` does; the verdict also sets `waygate_audit_intact` and
+    verify` does; the verdict also sets `waygate_audit_broken` and
     `waygate_audit_verified_timestamp_seconds`. 200 either way: `intact` says which.
     ---
     post:
