@@ -479,3 +479,43 @@ def gauges(client) -> dict[str, float]:
         for line in text.splitlines()
         if line.startswith("waygate_audit_")
     }
+
+
+@pytest.mark.sqlite_only
+def test_the_audit_file_of_several_workers_loses_and_mixes_no_line(server_factory, keys, tmp_path):
+    """Two gunicorn workers append at once while the file is rotated by size and moved away
+    by "logrotate": every execution is one whole line in one of the files, once."""
+    import requests
+
+    path = tmp_path / "audit.jsonl"
+    server = server_factory(
+        workers=2,
+        WAYGATE_AUDIT_LOG=str(path),
+        WAYGATE_AUDIT_LOG_MAX_BYTES="40000",
+        WAYGATE_RATE_LIMIT_EXECUTE="10000/minute",
+    )
+    answered: list[str] = []
+    moved = threading.Event()
+
+    def hammer(n: int) -> None:
+        with requests.Session() as session:
+            for i in range(25):
+                response = session.post(
+                    server.url + "/mcp/execute", json=ECHO, headers=keys.headers(), timeout=10
+                )
+                assert response.status_code == 200, response.text
+                answered.append(response.json()["command_id"])
+                if n == 0 and i == 12:
+                    path.rename(tmp_path / "moved-by-logrotate.jsonl")
+                    moved.set()
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert moved.is_set() and len(answered) == 200
+    lines = [line for file in tmp_path.glob("*.jsonl*") for line in file.read_text().splitlines()]
+    written = [json.loads(line)["command_id"] for line in lines]  # each a whole JSON object
+    assert sorted(written) == sorted(answered)
+    assert list(tmp_path.glob("audit.jsonl.[0-9]"))  # rotated by size too
