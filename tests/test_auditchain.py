@@ -519,3 +519,33 @@ def test_the_audit_file_of_several_workers_loses_and_mixes_no_line(server_factor
     written = [json.loads(line)["command_id"] for line in lines]  # each a whole JSON object
     assert sorted(written) == sorted(answered)
     assert list(tmp_path.glob("audit.jsonl.[0-9]"))  # rotated by size too
+
+
+@pytest.mark.sqlite_only
+def test_the_export_pages_through_ties_without_losing_or_repeating_a_row(
+    make_app, runner, monkeypatch
+):
+    from waygate import auditchain
+
+    monkeypatch.setattr(auditchain, "_BATCH", 7)  # pages of 7: ties straddle the pages
+    services = services_of(make_app().test_client())
+    for n in range(40):
+        services.audit.record(
+            command_id=f"cmd_{(n * 7919) % 40:03d}",
+            action="echo",
+            plugin="Core",
+            key_name="k",
+            mode="sync",
+            status="success",
+            duration_ms=1,
+            error=None,
+            timeout_s=30,
+            created_at=f"2026-01-01T00:00:0{n // 10}.000Z",  # ten rows a moment
+            started_at=None,
+        )
+    code, out, err = runner("audit", "export")
+    assert code == 0, err
+    exported = [json.loads(line)["command_id"] for line in out.splitlines()]
+    assert sorted(exported) == sorted(set(exported)) and len(exported) == 40
+    code, out, _ = runner("audit", "export", "--since", "2026-01-01T00:00:01Z")
+    assert len(out.splitlines()) == 30

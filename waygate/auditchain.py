@@ -751,8 +751,8 @@ class AuditChain:
             if until:
                 where.append("created_at < ?")
                 args.append(until)
-            if after:
-                where.append("(created_at > ? OR (created_at = ? AND command_id > ?))")
+            if after:  # a range on created_at (its index), then past the last one sent
+                where.append("created_at >= ? AND (created_at > ? OR command_id > ?)")
                 args += [after[0], after[0], after[1]]
             clause = (" WHERE " + " AND ".join(where)) if where else ""
             rows = conn.execute(
