@@ -356,12 +356,17 @@ def test_a_refused_chain_write_fails_the_request_and_records_nothing_half(
 
 
 def test_two_instances_writing_at_once_make_one_verifiable_chain(
-    plugin_dist, make_app, keys, runner, db, config
+    plugin_dist, make_app, keys, runner, db, tmp_path, monkeypatch
 ):
     """Two app instances (two hosts on PostgreSQL; two processes' worth of connections on
-    SQLite) each with four threads: the database orders the chain."""
+    SQLite) each with four threads: the database orders the chain. Each signs checkpoints
+    with its own key, which the verifier is told to trust."""
     hosts = [
-        make_app(instance_id=f"host-{n}", rate_limit_execute="10000/minute").test_client()
+        make_app(
+            instance_id=f"host-{n}",
+            rate_limit_execute="10000/minute",
+            audit_signing_key=str(tmp_path / f"host-{n}.key"),
+        ).test_client()
         for n in range(2)
     ]
     failures = []
@@ -386,8 +391,16 @@ def test_two_instances_writing_at_once_make_one_verifiable_chain(
             break
         time.sleep(0.01)
     assert [r["n"] for r in db("SELECT count(*) AS n FROM audit_chain")] == [120]
+    chains = [services_of(host).audit.chain for host in hosts]
+    assert chains[0].checkpoint(force=True) == 120
+    run(hosts[1], keys)
+    assert chains[1].checkpoint(force=True) == 121
     code, out = verify(runner)
-    assert code == 0 and "(120 executions, 0 events)" in out, out
+    assert code == 1 and "which this verifier does not trust" in out, out
+    trusted = ",".join(chain.signer.public_key() for chain in chains)
+    monkeypatch.setenv("WAYGATE_AUDIT_TRUSTED_KEYS", trusted)
+    code, out = verify(runner)
+    assert code == 0 and "(121 executions, 0 events), 2 signed checkpoints" in out, out
 
 
 # -- the admin endpoint and the metric -------------------------------------------------------

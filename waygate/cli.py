@@ -559,6 +559,7 @@ def _chain(ctx: Context, trust: tuple[Path, ...] = ()):
             trusted.append(load_public_key(path))
         except (OSError, ValueError) as exc:
             raise click.BadParameter(f"{path}: {exc}", param_hint="--trust") from None
+    trusted += ctx.config.audit_trusted_keys
     return AuditChain(ctx.storage, Signer(ctx.config.audit_signing_key_path), trusted_keys=trusted)
 
 

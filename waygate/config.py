@@ -7,6 +7,7 @@ and exit instead of showing a traceback.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -99,6 +100,9 @@ class Config:
     # <data dir>/audit-signing.key, created on first use) every N entries or T seconds
     audit_chain: bool = True
     audit_signing_key: str = ""
+    # other hosts' checkpoint keys this host's verification trusts (base64 public keys, as
+    # `waygate audit public-key` prints them), for hosts that do not share one key file
+    audit_trusted_keys: tuple[str, ...] = ()
     audit_checkpoint_entries: int = 1000
     audit_checkpoint_interval_s: int = 60
     # entries each worker's housekeeping verifies a round (0: only `waygate audit verify`
@@ -342,6 +346,16 @@ class Config:
                 f" ({self.admission_limit}, WAYGATE_COMMAND_REQUESTS), so that one key never"
                 " holds them all; 0 gives half"
             )
+        for key in self.audit_trusted_keys:
+            try:
+                valid = len(base64.b64decode(key, validate=True)) == 32
+            except ValueError:
+                valid = False
+            if not valid:
+                raise ConfigError(
+                    f"WAYGATE_AUDIT_TRUSTED_KEYS: {key[:60]!r} is not a base64 Ed25519 public"
+                    " key (what `waygate audit public-key` prints)"
+                )
         if self.mcp_tool_timeout > self.mcp_tool_timeout_max:
             raise ConfigError(
                 "WAYGATE_MCP_TOOL_TIMEOUT: must not exceed WAYGATE_MCP_TOOL_TIMEOUT_MAX"
