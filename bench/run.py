@@ -562,16 +562,21 @@ def tracing_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
     )
 
 
-def audit_chain_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
+def audit_chain_cost(
+    rounds: int, seconds: float, chained: tuple[Path, str], plain: tuple[Path, str]
+) -> dict:
     """/mcp/execute (echo) with the audit chain (the default) and with WAYGATE_AUDIT_CHAIN=false,
-    on the same data dir, alternating order: what the tamper-evident audit costs."""
+    alternating order: what the tamper-evident audit costs, its housekeeping (checkpoints, the
+    verification of each round) included. Each on a data dir of its own (the chained server's
+    housekeeping would otherwise chain the other's rows)."""
+    off = {"WAYGATE_AUDIT_CHAIN": "false"}
     with (
-        waygate(data_dir) as chained,
-        waygate(data_dir, env={"WAYGATE_AUDIT_CHAIN": "false"}, name="unchained") as plain,
+        waygate(chained[0]) as on_server,
+        waygate(plain[0], env=off, name="unchained") as off_server,
     ):
         group = [
-            Case("chain_on", chained, "/mcp/execute", ECHO_COMMAND, key),
-            Case("chain_off", plain, "/mcp/execute", ECHO_COMMAND, key),
+            Case("chain_on", on_server, "/mcp/execute", ECHO_COMMAND, chained[1]),
+            Case("chain_off", off_server, "/mcp/execute", ECHO_COMMAND, plain[1]),
         ]
         runs = alternating(rounds, seconds, [group])
     return add_paired(
@@ -857,8 +862,8 @@ def main() -> int:
             with fresh("tracing") as (data_dir, key):
                 results["tracing"] = tracing_cost(rounds, seconds, data_dir, key)
         if args.audit_chain or not args.compare_only:
-            with fresh("audit_chain") as (data_dir, key):
-                results["audit_chain"] = audit_chain_cost(rounds, seconds, data_dir, key)
+            with fresh("audit_chain") as chained, fresh("audit_chain_off") as plain:
+                results["audit_chain"] = audit_chain_cost(rounds, seconds, chained, plain)
         if args.postgresql or not args.compare_only:
             with fresh("postgresql") as (data_dir, key):
                 results["postgresql"] = postgresql_cost(rounds, seconds, data_dir, key)
