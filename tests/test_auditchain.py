@@ -282,6 +282,21 @@ def test_pruning_past_the_retention_keeps_the_chain_verifiable(client, keys, run
     assert verify(runner)[0] == 0
 
 
+def test_pruning_keeps_a_tampered_prefix_and_signs_nothing_over_it(client, keys, runner, storage):
+    services = services_of(client)
+    old = isoformat(utcnow() - timedelta(days=30))
+    for n in range(5):
+        services.audit.record(
+            command_id=f"cmd_old_{n}", action="echo", plugin="Core", key_name="k", mode="sync",
+            status="success", duration_ms=1, error=None, timeout_s=30, created_at=old,
+            started_at=old,
+        )  # fmt: skip
+    write(storage, "UPDATE executions SET error = 'hidden' WHERE command_id = 'cmd_old_2'")
+    assert services.housekeeper.retention.prune() == 0
+    code, out = verify(runner)
+    assert code == 1 and "execution cmd_old_2 (entry 3) was altered" in out, out
+
+
 @pytest.mark.sqlite_only
 def test_pruning_to_the_budget_keeps_the_chain_verifiable(make_app, runner):
     services = services_of(make_app(audit_max_bytes=2 * 1024 * 1024).test_client())

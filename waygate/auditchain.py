@@ -539,6 +539,7 @@ class AuditChain:
         *,
         start: tuple[int, str] | None = None,
         max_entries: int | None = None,
+        until: int | None = None,
     ) -> Verification:
         """Walk the chain from the oldest checkpoint kept (or from ``start``, a position an
         earlier verification reached), recomputing every entry from its row; check every
@@ -580,8 +581,12 @@ class AuditChain:
         while max_entries is None or walked < max_entries:
             batch = conn.execute(
                 "SELECT seq, kind, command_id, event_id, hash FROM audit_chain WHERE seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (seq, _BATCH if max_entries is None else min(_BATCH, max_entries - walked)),
+                " AND seq <= ? ORDER BY seq LIMIT ?",
+                (
+                    seq,
+                    until if until is not None else 2**62,
+                    _BATCH if max_entries is None else min(_BATCH, max_entries - walked),
+                ),
             ).fetchall()
             if not batch:
                 break
@@ -595,7 +600,7 @@ class AuditChain:
                     )
             walked += len(batch)
         report.last_seq, report.last_hash = seq, previous
-        if max_entries is None or walked < max_entries:  # reached the end: the head agrees?
+        if until is None and (max_entries is None or walked < max_entries):  # the head agrees?
             self._check_head(report, seq, previous)
         report.unchained = self._count_unchained()
         report.seconds = time.monotonic() - began
@@ -753,7 +758,13 @@ class AuditChain:
     def prune_prefix(self, end: int, batch: int = _BATCH, pause_s: float = 0.01) -> int:
         """Delete the executions of entries up to ``end`` (with their events) and the entries
         and checkpoints before it, keeping a checkpoint at ``end`` (signed now if there is
-        none) where verification then starts; the executions deleted."""
+        none) where verification then starts; the executions deleted. What goes is verified
+        first: a prefix that fails verification is kept (pruning never removes the evidence,
+        nor signs over it), and the failure is logged."""
+        report = self.verify(until=end)
+        if not report.intact:
+            log.error("not pruning the audit up to entry %d: %s", end, report.summary())
+            return 0
         self.checkpoint(force=True, seq=end)
         deleted = 0
         while True:
