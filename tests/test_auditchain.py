@@ -178,6 +178,19 @@ def test_the_newest_rows_deleted_are_reported_missing(client, keys, runner, stor
     assert code == 1 and "entries 3 to 3 are missing: the newest rows" in out
 
 
+def test_the_newest_rows_deleted_with_the_head_rewound_fail_the_checkpoint(
+    client, keys, runner, storage, db
+):
+    *_, last = run(client, keys, n=3)
+    services_of(client).audit.chain.checkpoint(force=True)
+    write(storage, "DELETE FROM executions WHERE command_id = ?", (last,))
+    write(storage, "DELETE FROM audit_chain WHERE command_id = ?", (last,))
+    (second,) = db("SELECT hash FROM audit_chain WHERE seq = 2")
+    write(storage, "UPDATE audit_chain_head SET seq = 2, hash = ?", (second["hash"],))
+    code, out = verify(runner)
+    assert code == 1 and "the checkpoint at entry 3 is past the chain's end" in out, out
+
+
 def test_swapped_rows_are_detected(client, keys, runner, storage):
     a, b, _ = run(client, keys, n=3)
     for old, new in ((a, "swap"), (b, a), ("swap", b)):

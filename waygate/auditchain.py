@@ -549,13 +549,16 @@ class AuditChain:
         report = Verification()
         conn = self.storage.conn
         trusted = self.trusted()
-        checkpoints = {}
-        for row in conn.execute(
-            "SELECT seq, hash, at, public_key, signature FROM audit_checkpoints ORDER BY seq"
-        ).fetchall():
-            checkpoints[row[0]] = row[1]
-            self._check_signature(report, row, trusted)
-            report.checkpoints += 1
+        # every checkpoint's signature is checked by a whole verification; one that goes on
+        # from ``start`` checks those of the stretch it walks (a round stays bounded)
+        signed = {
+            row[0]: row
+            for row in conn.execute(
+                "SELECT seq, hash, at, public_key, signature FROM audit_checkpoints ORDER BY seq"
+            ).fetchall()
+        }
+        checkpoints = {number: row[1] for number, row in signed.items()}
+        from_seq = start[0] if start is not None else -1
         # Pruning removes a prefix of the chain and keeps a checkpoint at the entry it
         # stopped at: the walk starts there, or at the beginning when nothing was pruned.
         oldest = conn.execute("SELECT seq, hash FROM audit_chain ORDER BY seq LIMIT 1").fetchone()
@@ -600,8 +603,20 @@ class AuditChain:
                     )
             walked += len(batch)
         report.last_seq, report.last_hash = seq, previous
-        if until is None and (max_entries is None or walked < max_entries):  # the head agrees?
+        at_end = until is None and (max_entries is None or walked < max_entries)
+        upper = 2**62 if at_end else seq
+        for number, row in signed.items():
+            if from_seq < number <= upper:
+                self._check_signature(report, row, trusted)
+                report.checkpoints += 1
+        if at_end:
             self._check_head(report, seq, previous)
+            past = [number for number in checkpoints if number > seq]
+            if past:
+                report.problem(
+                    f"the checkpoint at entry {past[0]} is past the chain's end (entry {seq}):"
+                    " the newest entries were deleted"
+                )
         report.unchained = self._count_unchained()
         report.seconds = time.monotonic() - began
         return report
