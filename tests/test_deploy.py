@@ -343,7 +343,7 @@ def test_the_vector_example_reads_the_audit_file_and_its_rotations_only(tmp_path
 
     import yaml
 
-    from waygate.auditchain import AuditFile
+    from waygate.auditfile import AuditFile
 
     config = yaml.safe_load((DEPLOY / "vector" / "waygate-audit.yaml").read_text())
     source = config["sources"]["waygate_audit"]

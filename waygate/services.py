@@ -16,7 +16,8 @@ from .approvals.records import ApprovalRecords
 from .approvals.webhook import Notifier
 from .approvals.workflow import Approvals
 from .audit import AuditLog
-from .auditchain import AuditChain, AuditFile, Signer
+from .auditchain import AuditChain, Signer
+from .auditfile import AuditFile
 from .commands import CommandService
 from .config import Config
 from .diagnostics import ServerInfo
