@@ -43,6 +43,8 @@ VARIANTS = {
         for feature in FEATURES
     },
     "waygate": ("wsgi:app", ()),
+    # as shipped but with WAYGATE_AUDIT_CHAIN=false: the tamper-evident audit's price
+    "waygate-unchained": ("wsgi:app", ()),
 }
 EXECUTE = {"action": "echo", "params": {"message": "hello"}}
 TOOL_CALL = {
@@ -121,6 +123,7 @@ def run_variant(name: str, data_dir: Path, key: str, requests: int, blocks: int)
         "WAYGATE_DATA_DIR": str(data_dir),
         "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         "WAYGATE_BENCH_ABLATE": ",".join(off or ()),
+        "WAYGATE_AUDIT_CHAIN": "false" if name == "waygate-unchained" else "true",
         **{
             f"WAYGATE_RATE_LIMIT_{n}": "100000000/minute"
             for n in ("EXECUTE", "HEALTH", "METRICS", "DEFAULT")
@@ -135,8 +138,11 @@ def run_variant(name: str, data_dir: Path, key: str, requests: int, blocks: int)
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run(repeat: int, requests: int, blocks: int) -> tuple[dict, dict]:
-    """Every variant ``repeat`` times, alternating order: the medians and every run."""
+def run(
+    repeat: int, requests: int, blocks: int, variants: list[str] | None = None
+) -> tuple[dict, dict]:
+    """Every variant (or those named) ``repeat`` times, alternating order: the medians and
+    every run."""
     runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="waygate-inprocess-") as tmp:
         data_dir = Path(tmp)
@@ -146,7 +152,7 @@ def run(repeat: int, requests: int, blocks: int) -> tuple[dict, dict]:
             [str(BIN / "waygate"), "keys", "create", "--name", "bench", "--role", "admin"],
             check=True, capture_output=True, text=True, env=env,
         ).stdout.strip().splitlines()[-1]  # fmt: skip
-        names = list(VARIANTS)
+        names = variants or list(VARIANTS)
         for n in range(repeat):  # order reversed every other round
             for name in names if n % 2 == 0 else reversed(names):
                 runs.setdefault(name, []).append(run_variant(name, data_dir, key, requests, blocks))
@@ -173,15 +179,26 @@ def main() -> int:
     parser.add_argument("--blocks", type=int, default=9, help="blocks per path (best is kept)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds over all variants")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "inprocess.json")
+    parser.add_argument(
+        "--variants",
+        help="comma-separated variants to run alone, e.g. waygate,waygate-unchained (the"
+        " audit chain's price: more repeats of the pair in the same time)",
+    )
     args = parser.parse_args()
-    table, runs = run(args.repeat, args.requests, args.blocks)
-    report(table)
+    variants = args.variants.split(",") if args.variants else None
+    if variants and set(variants) - set(VARIANTS):
+        parser.error(f"--variants: choose from {', '.join(VARIANTS)}")
+    table, runs = run(args.repeat, args.requests, args.blocks, variants)
+    report(table, runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"medians": table, "runs": runs}, indent=2))
     return 0
 
 
-def report(table: dict) -> None:
+def report(table: dict, runs: dict | None = None) -> None:
+    if "floor" not in table:  # --variants: the pair alone, each repeat's ratio
+        report_chain(table, runs or {})
+        return
     floor = table["floor"]
     print("\nin-process, us per request (bench/inprocess.py: one thread, no network)")
     print(f"{'variant':18}" + "".join(f"{p + ' cpu':>13}{'wall':>8}" for p in PATHS))
@@ -197,9 +214,33 @@ def report(table: dict) -> None:
             f"{name:18}"
             + "".join(f"{floor[p]['cpu_us'] / table[name][p]['cpu_us']:21.2f}" for p in PATHS)
         )
+    if "waygate-unchained" in table:
+        plain, chained = table["waygate-unchained"], table["waygate"]
+        print(
+            "audit chain, unchained / chained CPU per request:"
+            + "".join(
+                f" {p} {plain[p]['cpu_us'] / chained[p]['cpu_us']:.3f}" for p in ("execute", "mcp")
+            )
+        )
     bare = table["bare"]
     for path in ("health", "execute"):
         print(f"bare / floor {path:8} {bare[path]['cpu_us'] / floor[path]['cpu_us']:.2f}")
+
+
+def report_chain(table: dict, runs: dict) -> None:
+    print("\nin-process CPU us per request")
+    for name, paths in table.items():
+        print(f"{name:18}" + "".join(f"  {p} {r['cpu_us']:.0f}" for p, r in paths.items()))
+    if {"waygate", "waygate-unchained"} <= set(runs):
+        for path in ("execute", "mcp"):
+            each = [
+                round(plain[path]["cpu_us"] / chained[path]["cpu_us"], 3)
+                for chained, plain in zip(runs["waygate"], runs["waygate-unchained"], strict=True)
+            ]
+            print(
+                f"audit chain {path}: unchained / chained CPU, each repeat {each},"
+                f" median {statistics.median(each):.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -566,6 +566,34 @@ def tracing_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
     )
 
 
+def audit_chain_cost(
+    rounds: int, seconds: float, chained: tuple[Path, str], plain: tuple[Path, str]
+) -> dict:
+    """/mcp/execute (echo) with the audit chain (the default) and with WAYGATE_AUDIT_CHAIN=false,
+    alternating order: what the tamper-evident audit costs, its housekeeping (checkpoints, the
+    verification of each round) included. Each on a data dir of its own (the chained server's
+    housekeeping would otherwise chain the other's rows)."""
+    off = {"WAYGATE_AUDIT_CHAIN": "false"}
+    with (
+        waygate(chained[0]) as on_server,
+        waygate(plain[0], env=off, name="unchained") as off_server,
+    ):
+        group = [
+            Case("chain_on", on_server, "/mcp/execute", ECHO_COMMAND, chained[1]),
+            Case("chain_off", off_server, "/mcp/execute", ECHO_COMMAND, plain[1]),
+        ]
+        runs = alternating(rounds, seconds, [group])
+    return add_paired(
+        medians(runs),
+        runs,
+        {
+            "on_vs_off_rps@1": ratio_of("chain_on@1", "chain_off@1"),
+            "on_vs_off_rps@16": ratio_of("chain_on@16", "chain_off@16"),
+            "on_vs_off_p99@16": ratio_of("chain_on@16", "chain_off@16", "p99_ms"),
+        },
+    )
+
+
 def postgresql_cost(rounds: int, seconds: float, data_dir: Path, key: str) -> dict:
     """/mcp/execute on SQLite and on PostgreSQL side by side (bench/pg.py)."""
     if str(ROOT) not in sys.path:  # run as a script: bench/ and tests/ are under ROOT
@@ -788,6 +816,12 @@ def main() -> int:
         " this adds it to --compare-only)",
     )
     parser.add_argument(
+        "--audit-chain",
+        action="store_true",
+        help="/mcp/execute with the audit chain on and off side by side (part of every full"
+        " run; this adds it to --compare-only)",
+    )
+    parser.add_argument(
         "--pinning",
         action="store_true",
         help="also Waygate with 2 x cores + 1 workers, pinned to CPUs and not, in the same run",
@@ -835,6 +869,9 @@ def main() -> int:
         if args.tracing:
             with fresh("tracing") as (data_dir, key):
                 results["tracing"] = tracing_cost(rounds, seconds, data_dir, key)
+        if args.audit_chain or not args.compare_only:
+            with fresh("audit_chain") as chained, fresh("audit_chain_off") as plain:
+                results["audit_chain"] = audit_chain_cost(rounds, seconds, chained, plain)
         if args.postgresql or not args.compare_only:
             with fresh("postgresql") as (data_dir, key):
                 results["postgresql"] = postgresql_cost(rounds, seconds, data_dir, key)
@@ -881,7 +918,7 @@ def failures(results: dict) -> int:
     every section that drives servers with wrk; said on stderr."""
     cases = [
         case
-        for section in ("compare", "tracing", "postgresql", "pinning")
+        for section in ("compare", "tracing", "postgresql", "pinning", "audit_chain")
         for case in results.get(section, {}).values()
         if isinstance(case, dict) and "non_2xx" in case
     ]
@@ -927,6 +964,15 @@ def report(results: dict) -> None:
         print(
             f"{'on/off p99 @16':22} {t['on_vs_off_p99@16']:10.3f}  exports: {t['exports_received']}"
         )
+    if "audit_chain" in results:
+        a = results["audit_chain"]
+        print("\naudit chain: /mcp/execute echo, WAYGATE_AUDIT_CHAIN on and off (target: >= 0.95)")
+        for name in ("chain_off@1", "chain_on@1", "chain_off@16", "chain_on@16"):
+            r = a[name]
+            print(f"{name:22} {r['rps']:10.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f}")
+        for name in ("on_vs_off_rps@1", "on_vs_off_rps@16", "on_vs_off_p99@16"):
+            rounds = ", ".join(f"{v:.3f}" for v in a[f"{name}_per_round"])
+            print(f"{'on/off ' + name[10:]:22} {a[name]:10.3f}  [{rounds}]")
     if "pinning" in results:
         p = results["pinning"]
         print(f"\nworker pinning, {p['workers']} workers, 16 connections")

@@ -148,6 +148,7 @@ def test_the_in_process_breakdown_runs_every_variant_on_every_path(tmp_path):
         "floor+pool",
         "floor+metrics",
         "waygate",
+        "waygate-unchained",
     }
     for name, paths in medians.items():
         # every request answered 200 (a child exits otherwise); bare Flask has no /mcp
@@ -156,3 +157,4 @@ def test_the_in_process_breakdown_runs_every_variant_on_every_path(tmp_path):
         )
         assert all(p["cpu_us"] > 0 for p in paths.values())
     assert "floor / variant" in done.stdout
+    assert "audit chain, unchained / chained CPU per request: execute" in done.stdout

@@ -7,7 +7,7 @@ import psycopg
 
 
 def test_sqlite_state_moves_into_postgresql_idempotently_and_verified(
-    runner, make_app, keys, pg_url
+    runner, make_app, keys, pg_url, monkeypatch
 ):
     client = make_app().test_client()
     for message in ("a", "b", "c"):
@@ -45,6 +45,12 @@ def test_sqlite_state_moves_into_postgresql_idempotently_and_verified(
         assert calls == 4  # three copied totals and the new call, never double counted
         created = conn.execute("SELECT count(*) FROM key_events").fetchone()[0]
         assert created == 2
+
+    # the audit chain came along and goes on: the copy verifies, the new call included
+    monkeypatch.setenv("WAYGATE_DATABASE_URL", pg_url)
+    code, out, err = runner("audit", "verify")
+    assert code == 0 and "(4 executions, 0 events)" in out, out + err
+    monkeypatch.delenv("WAYGATE_DATABASE_URL")
 
     # again: nothing copied twice, nothing lost
     code, out, err = runner("db", "copy", "--to", pg_url)

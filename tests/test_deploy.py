@@ -333,3 +333,38 @@ def test_the_example_environment_file_is_a_valid_configuration():
     values = dotenv_values(DEPLOY / "systemd" / "waygate.env")
     config = Config.from_env({k: v for k, v in values.items() if k.startswith("WAYGATE_")})
     assert str(config.data_dir) == "/var/lib/waygate" and config.trusted_proxies == 1
+
+
+def test_the_vector_example_reads_the_audit_file_and_its_rotations_only(tmp_path):
+    """deploy/vector/waygate-audit.yaml's globs take the file WAYGATE_AUDIT_LOG names in the
+    shipped data dir and the ones rotated from it, never the rotation's lock file; its
+    transform parses the lines Waygate writes."""
+    import fnmatch
+
+    import yaml
+
+    from waygate.auditfile import AuditFile
+
+    config = yaml.safe_load((DEPLOY / "vector" / "waygate-audit.yaml").read_text())
+    source = config["sources"]["waygate_audit"]
+    data_dir = re.search(
+        r"^WAYGATE_DATA_DIR=(.+)$", (DEPLOY / "systemd" / "waygate.env").read_text(), re.M
+    )[1]
+    audit = AuditFile(tmp_path / "audit.jsonl", max_bytes=200)
+    for n in range(4):
+        audit.write([{"type": "execution", "command_id": f"cmd_{n}", "padding": "x" * 150}])
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert ".audit.jsonl.lock" in written and "audit.jsonl.1" in written
+    taken = [
+        name
+        for name in written
+        if any(fnmatch.fnmatch(f"{data_dir}/{name}", glob) for glob in source["include"])
+    ]
+    assert taken == [name for name in written if name.startswith("audit.jsonl")]
+    assert "parse_json!" in config["transforms"]["waygate_audit_parsed"]["source"]
+    for name in taken:
+        for line in (tmp_path / name).read_text().splitlines():
+            assert json.loads(line)["type"] == "execution"
+    sinks = config["sinks"]
+    assert {s["type"] for s in sinks.values()} == {"splunk_hec_logs", "elasticsearch", "loki"}
+    assert all(s["inputs"] == ["waygate_audit_parsed"] for s in sinks.values())

@@ -19,8 +19,14 @@ SQLITE_TYPES = {"INTEGER": "integer", "REAL": "real", "TEXT": "text"}
 POSTGRESQL_TYPES = {"bigint": "integer", "double precision": "real", "text": "text"}
 BOOKKEEPING = {"_sqlite_migrations", "_waygate_migrations", "sqlite_sequence"}
 # SQLite numbers every lone INTEGER PRIMARY KEY (its rowid) and cannot be told not to; these
-# are never numbered (one row, CHECK (id = 1)) and are a plain key on PostgreSQL.
-NEVER_NUMBERED = {("plugin_state", "id")}
+# are never numbered (one row, CHECK (id = 1); or the audit chain's entry numbers, which the
+# chain's writer gives) and are a plain key on PostgreSQL.
+NEVER_NUMBERED = {
+    ("plugin_state", "id"),
+    ("audit_chain_head", "id"),
+    ("audit_chain", "seq"),
+    ("audit_checkpoints", "seq"),
+}
 
 
 def sqlite_schema(path: Path) -> dict:

@@ -13,6 +13,7 @@ from .logs import configure_logging
 from .services import Services
 from .web import (
     approvals_api,
+    audit_api,
     auth,
     console,
     core_api,
@@ -62,6 +63,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(approvals_api.bp)
     app.register_blueprint(plugins_api.bp)
     app.register_blueprint(diagnostics_api.bp)
+    app.register_blueprint(audit_api.bp)
     app.register_blueprint(keys_api.bp)
     app.register_blueprint(mcp_api.bp)
     app.register_blueprint(oauth_api.bp)

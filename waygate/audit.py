@@ -13,13 +13,16 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .clock import isoformat
 from .errors import RateLimited
 from .outcomes import ExecutionStatus, Mode, Outcome
 from .storage import Storage, where_clause
 from .totals import PendingTotals
+
+if TYPE_CHECKING:
+    from .auditchain import AuditChain, Entry
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,8 @@ _UNFINISHED = ExecutionStatus.unfinished()  # bound into "status IN (?, ?, ?)"
 _ACCEPT_SQL = (
     "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
     " timeout_s, worker_pid, created_at, params, params_hash, client_context,"
-    " approval_expires_at, trace_id, host, principal) SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?"
+    " approval_expires_at, trace_id, host, principal, arguments_hash)"
+    " SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?"
     " WHERE (SELECT count(*) FROM executions WHERE key_id IS NOT DISTINCT FROM ? AND status IN"
     " ('pending', 'running', 'awaiting_approval')) < ?"
 )
@@ -147,8 +151,12 @@ class AuditLog:
         result_max_bytes: int = 1024**2,
         max_open_per_key: int = 16,
         host: str | None = None,
+        chain: AuditChain | None = None,
     ):
         self.storage = storage
+        # the tamper-evident chain (waygate.auditchain): every finished execution and event
+        # becomes its next entry in the transaction that writes it; None: not chained
+        self.chain = chain
         # this host's name (Config.instance): the executions it takes on carry it, so that
         # leases (waygate.leases) tell whose worker runs them
         self.host = host
@@ -178,10 +186,37 @@ class AuditLog:
         store_result: bool = False,
         trace_id: str | None = None,
         principal: str | None = None,
+        arguments_hash: str | None = None,
     ) -> None:
         """Record a finished execution, committed before this returns (concurrent requests'
         records share a transaction); its plugin's totals and the row count follow within a
-        moment (PendingTotals)."""
+        moment (PendingTotals). With the chain, the row and its chain entry are written in
+        that transaction."""
+        if self.chain is not None:
+            self._record_chained(
+                {
+                    "command_id": command_id,
+                    "action": action,
+                    "plugin": plugin,
+                    "key_name": key_name,
+                    "key_id": key_id,
+                    "mode": mode,
+                    "status": status,
+                    "duration_ms": duration_ms,
+                    "error": error,
+                    "result": _dump(result) if store_result else None,
+                    "timeout_s": timeout_s,
+                    "worker_pid": os.getpid(),
+                    "created_at": created_at,
+                    "started_at": started_at,
+                    "finished_at": isoformat(),
+                    "trace_id": trace_id,
+                    "principal": principal,
+                    "arguments_hash": arguments_hash,
+                }
+            )
+            self.totals.add(plugin, status, duration_ms)
+            return
         self.storage.execute_grouped(
             "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
             " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
@@ -208,6 +243,17 @@ class AuditLog:
         )
         self.totals.add(plugin, status, duration_ms)
 
+    def _record_chained(self, columns: dict[str, Any]) -> None:
+        chain = self.chain
+        assert chain is not None  # noqa: S101 # nosec B101 - the caller checked
+        written: list[Entry] = []
+
+        def work(tx: Any) -> None:
+            written[:] = [chain.insert_execution(tx, columns)]
+
+        self.storage.write_grouped(work)
+        chain.published(written)
+
     def accept(
         self,
         *,
@@ -222,6 +268,7 @@ class AuditLog:
         request: StoredRequest | None = None,
         trace_id: str | None = None,
         principal: str | None = None,
+        arguments_hash: str | None = None,
     ) -> None:
         """Record an async execution as pending, before it is queued, or (with ``request``)
         one awaiting approval, held by no worker; TooManyOpen when the key already has
@@ -249,6 +296,7 @@ class AuditLog:
                     trace_id,
                     None if awaiting else self.host,
                     principal,
+                    arguments_hash,
                     principal if key_id is None and principal else key_id,
                     self.max_open_per_key,
                 ),
@@ -286,7 +334,7 @@ class AuditLog:
         result: Any = None,
     ) -> None:
         """Close an async execution, unless a sweep closed it first."""
-        self.storage.execute_write(
+        self._close(
             "UPDATE executions SET status = ?, duration_ms = ?, error = ?, result = ?,"
             " finished_at = ? WHERE command_id = ? AND status IN (?, ?)",
             (
@@ -298,15 +346,32 @@ class AuditLog:
                 command_id,
                 *_OPEN,
             ),
+            command_id,
         )
+
+    def _close(self, sql: str, params: tuple, command_id: str) -> None:
+        """Finish an execution by ``sql``; with the chain, chained in the same transaction."""
+        chain = self.chain
+        if chain is None:
+            self.storage.execute_write(sql, params)
+            return
+        written: list[Entry] = []
+
+        def work(tx: Any) -> None:
+            chain.lock(tx)
+            written[:] = chain.seal(tx, [command_id]) if tx.execute(sql, params).rowcount else []
+
+        self.storage.write_grouped(work)
+        chain.published(written)
 
     # -- closing -----------------------------------------------------------------------------
 
     def fail_open_executions_by_id(self, command_id: str, reason: str) -> None:
-        self.storage.execute_write(
+        self._close(
             "UPDATE executions SET status = ?, error = ?, finished_at = ? "
             "WHERE command_id = ? AND status IN (?, ?)",
             (ExecutionStatus.FAILED, reason, isoformat(), command_id, *_OPEN),
+            command_id,
         )
 
     def _stored(self, result: Any) -> str:

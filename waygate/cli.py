@@ -21,6 +21,9 @@ waygate approvals approve ID --as NAME [--reason R]  (decided and audited as adm
                                                      exit 0 ran and succeeded, 1 refused,
                                                      3 approved but the command failed)
 waygate approvals deny ID --as NAME [--reason R]
+waygate audit verify [--trust KEY ...] [--json]     (exit 0 intact, 1 broken: what and where)
+waygate audit export [--since T] [--until T] [--format jsonl] [-o FILE]
+waygate audit public-key                            (the checkpoint signing key, for --trust)
 """
 
 from __future__ import annotations
@@ -541,6 +544,103 @@ def _wait_for(status, command_id: str):
         if outcome.status not in ExecutionStatus.open():
             return outcome
         time.sleep(0.05)
+
+
+@cli.group()
+def audit() -> None:
+    """The tamper-evident audit: verify its hash chain, export it, show the signing key."""
+
+
+def _chain(ctx: Context, trust: tuple[Path, ...] = ()):
+    from .auditchain import AuditChain, Signer, load_public_key
+
+    trusted = []
+    for path in trust:
+        try:
+            trusted.append(load_public_key(path))
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"{path}: {exc}", param_hint="--trust") from None
+    trusted += ctx.config.audit_trusted_keys
+    return AuditChain(ctx.storage, Signer(ctx.config.audit_signing_key_path), trusted_keys=trusted)
+
+
+class AuditBroken(click.ClickException):
+    """Exit 1 after the report (printed on stdout), with one line on stderr."""
+
+    exit_code = 1
+
+
+@audit.command("verify")
+@click.option(
+    "--trust",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Another public key whose checkpoints are trusted (PEM, or the base64 that"
+    " `waygate audit public-key` prints); repeatable. This host's signing key always is.",
+)
+@click.option("--json", "as_json", is_flag=True, help="The report as one JSON object.")
+@pass_context
+def audit_verify(ctx: Context, trust: tuple[Path, ...], as_json: bool) -> None:
+    """Recompute the audit's hash chain from the oldest checkpoint kept and check every
+    checkpoint's signature. Exit 0 and a one-line summary when intact; 1 and the problems
+    found (the first broken execution by command id) when not."""
+    report = _chain(ctx, trust).verify()
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        click.echo(report.summary())
+        for problem in report.problems[1:]:
+            click.echo(f"  {problem}")
+    if not report.intact:
+        raise AuditBroken(
+            f"the audit failed verification: {report.problem_count} problem(s), above"
+        )
+
+
+def _moment(_ctx, param: click.Parameter, value: str | None) -> str | None:
+    from .clock import ClientTimeError, isoformat, parse_client_time
+
+    if value is None:
+        return None
+    try:
+        return isoformat(parse_client_time(value))
+    except ClientTimeError as exc:
+        raise click.BadParameter(f"{value!r}: {exc}") from None
+
+
+@audit.command("export")
+@click.option("--since", callback=_moment, help="Executions created at or after (ISO 8601).")
+@click.option("--until", callback=_moment, help="Executions created before (ISO 8601).")
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A file to write (default: stdout).",
+)
+@pass_context
+def audit_export(
+    ctx: Context, since: str | None, until: str | None, fmt: str, output: Path | None
+) -> None:
+    """One JSON object a line per execution, oldest first, with its events, principal,
+    arguments hash and chain entry (never the arguments or the result themselves)."""
+    chain = _chain(ctx)
+    out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115
+    try:
+        for record in chain.export(since, until):
+            out.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
+    finally:
+        if output:
+            out.close()
+
+
+@audit.command("public-key")
+@pass_context
+def audit_public_key(ctx: Context) -> None:
+    """Print this host's checkpoint signing key's public half (base64), for --trust."""
+    from .auditchain import Signer
+
+    click.echo(Signer(ctx.config.audit_signing_key_path).public_key())
 
 
 @cli.command()

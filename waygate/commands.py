@@ -32,6 +32,7 @@ from . import tracing
 from .admission import Admission
 from .approvals.workflow import Approvals
 from .audit import AuditLog, Execution, StoredRequest
+from .auditchain import arguments_hash
 from .clock import isoformat
 from .errors import (
     Forbidden,
@@ -370,8 +371,13 @@ class CommandService:
             request=request,
             trace_id=tracing.trace_id(span),
             principal=caller.principal,
+            arguments_hash=self._arguments_hash(inv),
         )
         return created
+
+    def _arguments_hash(self, inv: Invocation) -> str | None:
+        """What the audit chain records of the arguments: their hash (never themselves)."""
+        return arguments_hash(inv.requested_params) if self.audit.chain is not None else None
 
     def _queue(
         self,
@@ -537,6 +543,7 @@ class CommandService:
             started_at=run.created,
             trace_id=tracing.trace_id(run.span),
             principal=run.caller.principal,
+            arguments_hash=self._arguments_hash(inv),
         )
 
 

@@ -7,6 +7,7 @@ and exit instead of showing a traceback.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -113,6 +114,23 @@ class Config:
     audit_retention_days: int = 7
     # the audit database's budget: past it, the oldest finished executions are pruned first
     audit_max_bytes: int = 1024 * 1024 * 1024
+    # the tamper-evident audit (waygate/auditchain.py): every finished execution and event
+    # in a hash chain, checkpoints signed with an Ed25519 key (a PEM file; empty:
+    # <data dir>/audit-signing.key, created on first use) every N entries or T seconds
+    audit_chain: bool = True
+    audit_signing_key: str = ""
+    # other hosts' checkpoint keys this host's verification trusts (base64 public keys, as
+    # `waygate audit public-key` prints them), for hosts that do not share one key file
+    audit_trusted_keys: tuple[str, ...] = ()
+    audit_checkpoint_entries: int = 1000
+    audit_checkpoint_interval_s: int = 60
+    # entries each worker's housekeeping verifies a round (0: only `waygate audit verify`
+    # and POST /admin/audit/verify)
+    audit_verify_entries: int = 5000
+    # a JSON Lines file every chained entry is appended to after its commit (empty: none),
+    # rotated at the size given (logrotate may move it too)
+    audit_log: str = ""
+    audit_log_max_bytes: int = 100 * 1024 * 1024
     # an async execution's result is stored up to this size; a larger one is kept as a
     # truncated preview with a marker (see README)
     result_max_bytes: int = 1024 * 1024
@@ -242,6 +260,14 @@ class Config:
         return self.command_requests_per_key or max(1, self.admission_limit // 2)
 
     @property
+    def audit_signing_key_path(self) -> Path:
+        return (
+            Path(self.audit_signing_key)
+            if self.audit_signing_key
+            else (self.data_dir / "audit-signing.key")
+        )
+
+    @property
     def database_path(self) -> Path:
         return self.data_dir / "waygate.db"
 
@@ -332,6 +358,10 @@ class Config:
             ("housekeeping_interval_s", 0, 86_400),
             ("idempotency_ttl_s", 60, 30 * 86_400),
             ("idempotency_wait_s", 0, 60),
+            ("audit_checkpoint_entries", 1, 10_000_000),
+            ("audit_checkpoint_interval_s", 1, 86_400),
+            ("audit_verify_entries", 0, 10_000_000),
+            ("audit_log_max_bytes", 1024, 2**50),
             ("drain_seconds", 0, 300),
             ("approval_ttl_s", 1, 7 * 86_400),
             ("approval_webhook_attempts", 1, 10),
@@ -347,6 +377,16 @@ class Config:
             )
         if self.mcp_icon and icon_src_problem(self.mcp_icon):
             raise ConfigError(f"WAYGATE_MCP_ICON: {icon_src_problem(self.mcp_icon)}")
+        for key in self.audit_trusted_keys:
+            try:
+                valid = len(base64.b64decode(key, validate=True)) == 32
+            except ValueError:
+                valid = False
+            if not valid:
+                raise ConfigError(
+                    f"WAYGATE_AUDIT_TRUSTED_KEYS: {key[:60]!r} is not a base64 Ed25519 public"
+                    " key (what `waygate audit public-key` prints)"
+                )
         if self.mcp_tool_timeout > self.mcp_tool_timeout_max:
             raise ConfigError(
                 "WAYGATE_MCP_TOOL_TIMEOUT: must not exceed WAYGATE_MCP_TOOL_TIMEOUT_MAX"

@@ -3,7 +3,8 @@ several hosts will share.
 
 Every table that holds state is copied row for row, keeping its ids (keys keep their ids, so
 executions and key events still point at them): API keys and their events, executions and
-their approval trail, the error log. Rows already in the target (same primary key) are left
+their approval trail, the error log, the audit chain and its checkpoints (and its head, so
+the chain goes on where it stopped). Rows already in the target (same primary key) are left
 as they are, so a second run copies only what the first did not (run it again right after
 stopping the service). Per-plugin statistics are set to the source's totals (they survive
 audit pruning, so the audit rows cannot rebuild them), the row counts are recounted, and the
@@ -25,6 +26,9 @@ TABLES = (
     ("executions", "command_id"),
     ("execution_events", "id"),
     ("errors", "id"),
+    # the audit chain with its checkpoints, so the copy verifies as the original did
+    ("audit_chain", "seq"),
+    ("audit_checkpoints", "seq"),
 )
 IDENTITY_TABLES = ("api_keys", "key_events", "execution_events", "errors")
 BATCH = 1000
@@ -120,6 +124,15 @@ def _carry_totals(source: Storage, conn) -> None:
         " END WHERE id = 1",
         (generation, generation),
     )
+    head = source.conn.execute(
+        "SELECT seq, hash, started_at FROM audit_chain_head WHERE id = 1"
+    ).fetchone()
+    if head is not None:  # the chain goes on from the copied head (unless the target's is newer)
+        conn.execute(
+            "UPDATE audit_chain_head SET seq = ?, hash = ?, started_at = ? WHERE id = 1"
+            " AND seq <= ?",
+            (*tuple(head), head[0]),
+        )
     for table in IDENTITY_TABLES:  # PostgreSQL's next id follows the copied ones
         conn.execute(
             f"SELECT setval(pg_get_serial_sequence('{table}', 'id'),"  # noqa: S608 # nosec B608

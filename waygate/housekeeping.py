@@ -1,7 +1,8 @@
 """Background upkeep in each worker: renew the worker's lease on its executions, close
 executions left behind by dead workers (of this host or, past their lease, of another) or past
-their timeout, end approvals nobody decided on in time, and prune the audit log and the error
-log beyond the retention, in small batches, and idempotency keys past their window."""
+their timeout, end approvals nobody decided on in time, keep the audit chain (chain what
+finished outside it, sign checkpoints, verify a stretch a round), and prune the audit log and
+the error log beyond the retention, in small batches, and idempotency keys past their window."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import threading
 import time
 
 from .approvals.workflow import Approvals
+from .auditchain import AuditChain
 from .errorlog import ErrorLog
 from .forksafe import reset_after_fork
 from .idempotency import Idempotency
@@ -30,8 +32,12 @@ class Housekeeper:
         interval_s: float,
         approvals: Approvals | None = None,
         idempotency: Idempotency | None = None,
+        chain: AuditChain | None = None,
+        verify_entries: int = 0,
     ):
         self.leases = leases
+        self.chain = chain
+        self.verify_entries = verify_entries  # audit chain entries verified a round
         self.retention = retention
         self.approvals = approvals
         self.idempotency = idempotency  # its keys past their window are forgotten
@@ -66,6 +72,8 @@ class Housekeeper:
         if self.approvals is not None:
             self.approvals.expire()  # requests nobody decided on in time end expired
             self.approvals.refresh_gauge()
+        if self.chain is not None:
+            self.keep_chain()
         if prune:
             executions = self.retention.prune()
             errors = self.errors.prune(self.retention.retention)
@@ -80,6 +88,17 @@ class Housekeeper:
                 over,
                 self.retention.max_bytes,
             )
+
+    def keep_chain(self) -> None:
+        """Chain what finished outside a chained transaction (the sweep's closings, a
+        revocation's denials, rows from before the chain), sign a checkpoint when one is
+        due, and verify the next stretch of the chain."""
+        chain = self.chain
+        assert chain is not None  # noqa: S101 # nosec B101 - the caller checked
+        chain.seal_unchained()
+        chain.checkpoint()
+        if self.verify_entries:
+            chain.watch(self.verify_entries)
 
     def _renew(self) -> None:
         try:

@@ -183,6 +183,20 @@ class Metrics:
             multiprocess_mode="mostrecent",
             registry=r,
         )
+        self.audit_verified_at = Gauge(
+            "waygate_audit_verified_timestamp_seconds",
+            "When the audit chain was last verified (by any worker's housekeeping, the admin"
+            " endpoint)",
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.audit_broken = Gauge(
+            "waygate_audit_broken",
+            "1 if the last verification found the audit chain broken, 0 if intact (or never"
+            " verified: see waygate_audit_verified_timestamp_seconds)",
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
         self.approvals_requested = Counter(
             "waygate_approvals_requested_total",
             "Executions held for approval",
@@ -199,6 +213,13 @@ class Metrics:
             "Approval notifications the webhook never took (every retry failed, or queue full)",
             registry=r,
         )
+
+    @_never_raising
+    def observe_audit_verification(self, intact: bool) -> None:
+        """A verification of the audit chain reached its end (or a break): when, and how.
+        ``mostrecent`` over every worker, dead ones too: the last verdict stands."""
+        self.audit_verified_at.set(time.time())
+        self.audit_broken.set(0 if intact else 1)
 
     @_never_raising
     def observe_approvals(self, event: str, pending: int) -> None:

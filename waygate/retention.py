@@ -1,5 +1,7 @@
 """How long executions are kept: past the retention, and while the database is over its
 budget, the oldest finished ones are deleted in small batches (open executions never are).
+With the audit chain, chained executions go as whole prefixes of the chain, so that it stays
+verifiable from the checkpoint kept at the end of what went (waygate/auditchain.py).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ import time
 from datetime import timedelta
 
 from .audit import ROW_COUNT_SQL
+from .auditchain import AuditChain
 from .clock import isoformat, utcnow
 from .outcomes import ExecutionStatus
 from .storage import Storage
@@ -21,10 +24,14 @@ class Retention:
         storage: Storage,
         retention: timedelta = timedelta(days=7),
         max_bytes: int = 1024**3,
+        chain: AuditChain | None = None,
     ):
         self.storage = storage
         self.retention = retention
         self.max_bytes = max_bytes  # the database's budget, kept by prune_to_budget()
+        # with the audit chain, chained executions go only as whole prefixes of the chain,
+        # ending at a checkpoint kept for verification to start from (AuditChain.prune_prefix)
+        self.chain = chain
 
     def prune_to_budget(self, batch: int = 500) -> int:
         """Delete the oldest finished executions while the database is over its budget (on
@@ -35,10 +42,13 @@ class Retention:
             rows = max(1, self.storage.conn.execute(ROW_COUNT_SQL).fetchone()[0])
             wanted = min(batch, int((used - self.max_bytes) / (used / rows)) + 1)
             n = self.storage.execute_write(
-                "DELETE FROM executions WHERE command_id IN (SELECT command_id FROM executions "
-                "WHERE status NOT IN (?, ?, ?) ORDER BY created_at LIMIT ?)",
+                "DELETE FROM executions WHERE command_id IN (SELECT command_id FROM executions "  # noqa: S608 # nosec B608 - a fixed clause
+                f"WHERE status NOT IN (?, ?, ?){self._unchained} ORDER BY created_at LIMIT ?)",
                 (*_UNFINISHED, wanted),
             ).rowcount
+            if n == 0 and self.chain is not None:  # then the chain's oldest, in its order
+                end = self.chain.prunable_prefix(executions=wanted)
+                n = self.chain.prune_prefix(end) if end is not None else 0
             if n == 0:
                 break  # only open executions left: nothing more to give back
             deleted += n
@@ -48,13 +58,23 @@ class Retention:
         """Delete rows older than the retention, in small batches so writers never stall."""
         cutoff = isoformat(utcnow() - self.retention)
         deleted = 0
+        if self.chain is not None:
+            end = self.chain.prunable_prefix(cutoff=cutoff)
+            if end is not None:
+                deleted += self.chain.prune_prefix(end, batch, pause_s)
         while True:
             n = self.storage.execute_write(
-                "DELETE FROM executions WHERE command_id IN (SELECT command_id FROM executions "
-                "WHERE created_at < ? AND status NOT IN (?, ?, ?) LIMIT ?)",
+                "DELETE FROM executions WHERE command_id IN (SELECT command_id FROM executions "  # noqa: S608 # nosec B608 - a fixed clause
+                f"WHERE created_at < ? AND status NOT IN (?, ?, ?){self._unchained} LIMIT ?)",
                 (cutoff, *_UNFINISHED, batch),
             ).rowcount
             deleted += n
             if n < batch:
                 return deleted
             time.sleep(pause_s)
+
+    @property
+    def _unchained(self) -> str:
+        """With the chain, the plain deletes take only rows outside it (written before it
+        began, or not chained yet): chained ones go with their prefix of the chain."""
+        return " AND chain_seq IS NULL" if self.chain is not None else ""

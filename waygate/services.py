@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 from .admission import Admission
 from .approvals.policy import ApprovalPolicy
@@ -15,6 +16,8 @@ from .approvals.records import ApprovalRecords
 from .approvals.webhook import Notifier
 from .approvals.workflow import Approvals
 from .audit import AuditLog
+from .auditchain import AuditChain, Signer
+from .auditfile import AuditFile
 from .commands import CommandService
 from .config import Config
 from .diagnostics import ServerInfo
@@ -38,6 +41,23 @@ from .status import Status
 from .storage import Storage, make_private_dir, open_storage
 from .tracing import setup as setup_tracing
 from .upstreams import UpstreamManager
+
+
+def audit_chain(config: Config, storage: Storage) -> AuditChain | None:
+    """The audit's hash chain with its signing key and audit file, unless switched off."""
+    if not config.audit_chain:
+        return None
+    return AuditChain(
+        storage,
+        Signer(config.audit_signing_key_path),
+        checkpoint_entries=config.audit_checkpoint_entries,
+        checkpoint_interval_s=config.audit_checkpoint_interval_s,
+        trusted_keys=config.audit_trusted_keys,
+        audit_file=AuditFile(Path(config.audit_log), config.audit_log_max_bytes)
+        if config.audit_log
+        else None,
+        on_verified=lambda report: metrics().observe_audit_verification(report.intact),
+    )
 
 
 @dataclass
@@ -83,11 +103,13 @@ class Services:
         )
         if upstreams is not None:
             upstreams.on_change = plugins.refresh
+        chain = audit_chain(config, storage)
         audit = AuditLog(
             storage,
             result_max_bytes=config.result_max_bytes,
             max_open_per_key=config.async_max_open_per_key,
             host=config.instance,
+            chain=chain,
         )
         leases = Leases(storage, host=config.instance, lease_s=config.lease_s)
         keys = KeyStore(storage)
@@ -167,11 +189,14 @@ class Services:
                     storage,
                     retention=timedelta(days=config.audit_retention_days),
                     max_bytes=config.audit_max_bytes,
+                    chain=chain,
                 ),
                 errors,
                 config.housekeeping_interval_s,
                 approvals=approvals,
                 idempotency=idempotency,
+                chain=chain,
+                verify_entries=config.audit_verify_entries,
             ),
             errors=errors,
             latency=LatencyWindow(config.data_dir / "latency"),

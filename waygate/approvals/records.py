@@ -76,7 +76,9 @@ class ApprovalRecords:
                 "status = ?, finished_at = ?, error = ?",
                 [ExecutionStatus.DENIED, now, denial],
             )
+        written: list = []
         with self.storage.write() as conn:
+            self._lock_chain(conn)
             decided = conn.execute(
                 f"UPDATE executions SET {sets}, decided_by = ?, decided_by_key_id = ?,"  # noqa: S608 # nosec B608
                 " decided_by_principal = ?, decided_at = ?, decision_reason = ?"
@@ -94,7 +96,7 @@ class ApprovalRecords:
                 ],
             ).rowcount
             if decided:
-                _insert_event(
+                written += self._chained_event(
                     conn,
                     command_id,
                     ApprovalStep.APPROVED if approve else ApprovalStep.DENIED,
@@ -104,6 +106,9 @@ class ApprovalRecords:
                     now,
                     principal,
                 )
+                if not approve and self.audit.chain is not None:
+                    written += self.audit.chain.seal(conn, [command_id])
+        self._published(written)
         return self.audit.get(command_id) if decided else None
 
     def withdraw(
@@ -113,7 +118,9 @@ class ApprovalRecords:
         requester as the one who decided and its event, in one transaction; False when it
         is not awaiting approval any more (decided or expired first: that stands)."""
         now = isoformat()
+        written: list = []
         with self.storage.write() as conn:
+            self._lock_chain(conn)
             withdrawn = conn.execute(
                 "UPDATE executions SET status = ?, finished_at = ?, error = ?, decided_by = ?,"
                 " decided_by_key_id = ?, decided_by_principal = ?, decided_at = ?,"
@@ -132,7 +139,7 @@ class ApprovalRecords:
                 ),
             ).rowcount
             if withdrawn:
-                _insert_event(
+                written += self._chained_event(
                     conn,
                     command_id,
                     ApprovalStep.DENIED,
@@ -142,7 +149,22 @@ class ApprovalRecords:
                     now,
                     principal,
                 )
+                if self.audit.chain is not None:
+                    written += self.audit.chain.seal(conn, [command_id])
+        self._published(written)
         return bool(withdrawn)
+
+    def _lock_chain(self, conn: Any) -> None:
+        if self.audit.chain is not None:
+            self.audit.chain.lock(conn)
+
+    def _chained_event(self, conn: Any, *args: Any) -> list:
+        """An event row, as the chain's next entry when there is a chain."""
+        return _insert_event(conn, *args, chain=self.audit.chain)
+
+    def _published(self, written: list) -> None:
+        if self.audit.chain is not None:
+            self.audit.chain.published(written)
 
     def expire(self) -> list[str]:
         """End executions whose approval time has passed as expired; their ids."""
@@ -153,7 +175,9 @@ class ApprovalRecords:
         ).fetchone()
         if due is None:
             return []
+        written: list = []
         with self.storage.write() as conn:
+            self._lock_chain(conn)
             rows = conn.execute(
                 "UPDATE executions SET status = ?, error = ?, finished_at = ? WHERE status = ?"
                 " AND approval_expires_at <= ? RETURNING command_id",
@@ -166,7 +190,12 @@ class ApprovalRecords:
                 ),
             ).fetchall()
             for row in rows:
-                _insert_event(conn, row[0], ApprovalStep.EXPIRED, None, None, None, now)
+                written += self._chained_event(
+                    conn, row[0], ApprovalStep.EXPIRED, None, None, None, now
+                )
+            if self.audit.chain is not None:
+                written += self.audit.chain.seal(conn, [row[0] for row in rows])
+        self._published(written)
         return [row[0] for row in rows]
 
     def recently_decided(self, limit: int = 10) -> list[Execution]:
@@ -206,7 +235,11 @@ class ApprovalRecords:
         principal: str | None = None,
     ) -> None:
         with self.storage.write() as conn:
-            _insert_event(conn, command_id, event, key_id, key_name, reason, isoformat(), principal)
+            self._lock_chain(conn)
+            written = self._chained_event(
+                conn, command_id, event, key_id, key_name, reason, isoformat(), principal
+            )
+        self._published(written)
 
     def events(self, command_id: str) -> list[Event]:
         rows = self.storage.conn.execute(
@@ -226,12 +259,27 @@ def _insert_event(
     reason: str | None,
     at: str,
     principal: str | None = None,
-) -> None:
+    chain: Any = None,
+) -> list:
+    """Insert an event row; with ``chain`` (an AuditChain) as its next entry, returned."""
+    if chain is not None:
+        columns = {
+            "command_id": command_id,
+            "event": event,
+            "key_id": key_id,
+            "key_name": key_name,
+            "reason": reason,
+            "worker_pid": os.getpid(),
+            "at": at,
+            "principal": principal,
+        }
+        return [chain.insert_event(conn, columns)]
     conn.execute(
         "INSERT INTO execution_events (command_id, event, key_id, key_name, reason, worker_pid,"
         " at, principal) VALUES (?,?,?,?,?,?,?,?)",
         (command_id, event, key_id, key_name, reason, os.getpid(), at, principal),
     )
+    return []
 
 
 REQUESTER_REVOKED = "requester key revoked"

@@ -9,7 +9,7 @@ is. SqliteStorage (sqlite.py) and PostgresStorage (postgresql.py) implement it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +86,14 @@ class Storage(Protocol):
     def execute_grouped(self, sql: str, params: Params = ()) -> None:
         """One writing statement, committed when this returns, maybe in a transaction shared
         with other threads' statements (the audit row on every request's path)."""
+        ...
+
+    def write_grouped(self, work: Callable[[Transaction], object]) -> None:
+        """``work``'s statements in one transaction, committed when this returns, maybe
+        shared with other threads' (as ``execute_grouped``); run again in a transaction of
+        its own should the shared one fail, so it starts from nothing each time. Unlike
+        ``write()`` it takes no lock of its own on PostgreSQL: what it reads and then writes
+        it locks itself."""
         ...
 
     def migrate(self, schema: Schema = STATE) -> list[str]:

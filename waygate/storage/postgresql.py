@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -319,6 +319,12 @@ class PostgresStorage:
     def execute_grouped(self, sql: str, params: Params = ()) -> None:
         # PostgreSQL groups concurrent commits' WAL flushes itself.
         self.execute_write(sql, params)
+
+    def write_grouped(self, work: Callable[[Session], object]) -> None:
+        # A transaction of its own, without the advisory lock of write(): what ``work``
+        # must serialise it locks itself (the audit chain's head row).
+        with self.connection() as conn, conn.transaction():
+            work(Session(conn))
 
     def used_bytes(self) -> int | None:
         # A PostgreSQL table keeps its size after rows are deleted (VACUUM makes the space

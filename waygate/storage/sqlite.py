@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -208,7 +208,16 @@ class SqliteStorage:
         small transactions (each a lock hand-over and a WAL commit) into a few larger ones.
         When the shared transaction fails, each statement is retried in its own, so one bad
         statement fails only its own caller."""
-        entry = _Grouped(sql, params)
+        self._grouped(_Grouped(sql, params))
+
+    def write_grouped(self, work: Callable[[sqlite3.Connection], object]) -> None:
+        """``work`` (statements on the transaction it is given), committed before this
+        returns, in a transaction it may share with other threads' (as execute_grouped); on
+        a failure of the shared transaction it runs again in one of its own, so it must
+        start from nothing each time it is called."""
+        self._grouped(_Grouped(work, None))
+
+    def _grouped(self, entry: _Grouped) -> None:
         lock = self._process_lock()
         with self._group_lock:
             self._group.append(entry)
@@ -250,7 +259,10 @@ class SqliteStorage:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for entry in batch:
-                    conn.execute(entry.sql, entry.params)
+                    if entry.params is None:  # write_grouped's work
+                        entry.sql(conn)
+                    else:
+                        conn.execute(entry.sql, entry.params)
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
