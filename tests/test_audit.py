@@ -106,15 +106,16 @@ def test_bad_list_parameters_are_400(client, keys, query):
 
 
 def test_retention_prunes_old_rows_only(client, keys, db, app_services_of):
-    run(client, keys, {"action": "test"})
     services = app_services_of(client)
     old = isoformat(utcnow() - timedelta(days=8))
+    # recorded in their order (the audit chain is pruned as a prefix, oldest first)
     for i in range(1200):
         services.audit.record(
-            command_id=f"cmd_old_{i}", action="test", plugin=None, key_name=None,
+            command_id=f"cmd_old_{i}", action="old", plugin=None, key_name=None,
             mode="sync", status="success", duration_ms=1, error=None, timeout_s=30,
             created_at=old, started_at=old,
         )  # fmt: skip
+    run(client, keys, {"action": "test"})
     assert services.housekeeper.retention.prune(batch=500) == 1200
     assert [r["action"] for r in rows(db)] == ["test"]
     # the total kept by folded totals and triggers followed the inserts and the pruning

@@ -590,3 +590,15 @@ def test_the_export_pages_through_ties_without_losing_or_repeating_a_row(
     assert sorted(exported) == sorted(set(exported)) and len(exported) == 40
     code, out, _ = runner("audit", "export", "--since", "2026-01-01T00:00:01Z")
     assert len(out.splitlines()) == 30
+
+
+def test_pruning_one_execution_at_a_time_keeps_the_chain_verifiable(client, keys, runner):
+    """A prune that stops at the first entry keeps it as the anchor of its checkpoint, and
+    the next prune starts there (before: 'cmd_... (entry 1) is missing')."""
+    run(client, keys, n=3)
+    chain = services_of(client).audit.chain
+    for _ in range(2):
+        end = chain.prunable_prefix(executions=1)
+        assert end is not None and chain.prune_prefix(end) == 1
+        code, out = verify(runner)
+        assert code == 0, out

@@ -563,8 +563,12 @@ class AuditChain:
         from_seq = start[0] if start is not None else -1
         # Pruning removes a prefix of the chain and keeps a checkpoint at the entry it
         # stopped at: the walk starts there, or at the beginning when nothing was pruned.
-        oldest = conn.execute("SELECT seq, hash FROM audit_chain ORDER BY seq LIMIT 1").fetchone()
+        oldest = conn.execute(
+            "SELECT seq, hash, kind, command_id, event_id FROM audit_chain ORDER BY seq LIMIT 1"
+        ).fetchone()
         anchor = oldest[0] if oldest is not None and oldest[0] > 1 else 0
+        if oldest is not None and oldest[0] == 1 and 1 in checkpoints and self._pruned(oldest):
+            anchor = 1  # pruning stopped at the first entry: its checkpoint is the anchor
         if start is not None and start[0] >= anchor:
             seq, previous = start
         elif anchor and anchor not in checkpoints:
@@ -741,6 +745,16 @@ class AuditChain:
         return row[0] if row else 0
 
     # -- pruning -------------------------------------------------------------------------------
+
+    def _pruned(self, entry: Any) -> bool:
+        """Whether the row of a chain entry is gone (pruned up to it: the entry stays as the
+        anchor of its checkpoint)."""
+        _, _, kind, command_id, event_id = entry
+        if kind == "execution":
+            sql, key = "SELECT 1 FROM executions WHERE command_id = ?", command_id
+        else:
+            sql, key = "SELECT 1 FROM execution_events WHERE id = ?", event_id
+        return self.storage.conn.execute(sql, (key,)).fetchone() is None
 
     def prunable_prefix(
         self, *, cutoff: str | None = None, executions: int | None = None

@@ -190,6 +190,7 @@ class Services:
                     retention=timedelta(days=config.audit_retention_days),
                     max_bytes=config.audit_max_bytes,
                     chain=chain,
+                    catch_up=audit.totals.catch_up,
                 ),
                 errors,
                 config.housekeeping_interval_s,
