@@ -31,6 +31,7 @@ CONTACT = {
         "phone": {"type": "string", "pattern": "^[0-9+ ]{3,20}$"},
         "email": {"type": "string"},
         "code": {"type": "string", "pattern": "^(a|a?)+$"},
+        "codes": {"type": "array", "items": {"type": "string", "pattern": "^(a|aa)+$"}},
     },
     "required": ["name"],
     "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
@@ -186,6 +187,20 @@ def test_a_backtracking_pattern_cannot_hold_a_worker(client, keys):
     error = assert_envelope(response, 400, "INVALID_REQUEST")
     assert "took too long" in error["details"]["params"]["code"][0]
     assert execute(client, keys, {"name": "x", "email": "e", "code": "aaa"}).status_code == 200
+
+
+def test_many_backtracking_values_share_one_budget(client, keys):
+    # each value alone is stopped at the per-match budget; 300 of them in one call must not
+    # add up to 300 budgets (15 s of a worker's thread for a 20 KB body)
+    started = time.monotonic()
+    codes = ["a" * 60 + "b"] * 300
+    response = execute(client, keys, {"name": "x", "email": "e", "codes": codes})
+    assert time.monotonic() - started < 2
+    error = assert_envelope(response, 400, "INVALID_REQUEST")
+    assert "took too long" in error["details"]["params"]["codes"][0]
+    assert (
+        execute(client, keys, {"name": "x", "email": "e", "codes": ["aa"] * 300}).status_code == 200
+    )
 
 
 @pytest.fixture
