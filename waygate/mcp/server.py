@@ -210,7 +210,9 @@ class McpServer:
         self.server_info = {**SERVER_INFO, "icons": [{"src": icon}]} if icon else SERVER_INFO
         self.commands = commands
         self.status = Status(commands)
-        self.idempotency = idempotency or Idempotency(commands.audit.storage, self.status)
+        self.idempotency = idempotency or Idempotency(
+            commands.audit.storage, self.status, admission=commands.admission
+        )
         self._plugins = plugins
         self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
         self.tool_timeout_max = tool_timeout_max
