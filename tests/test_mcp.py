@@ -6,6 +6,7 @@ import json
 import pytest
 import requests
 
+from tests.test_http import assert_envelope
 from tests.test_metrics import sample
 
 pytestmark = pytest.mark.both_backends
@@ -582,6 +583,37 @@ def test_tool_calls_share_one_rate_limit_budget_per_key_with_mcp_execute(
     assert error_of(limited)["data"]["code"] == "RATE_LIMITED"
     assert limited.get_json()["id"] == 7
     assert client.post("/mcp/execute", json={"action": "test"}, headers=headers).status_code == 429
+
+
+def test_a_batch_counts_each_command_against_the_execute_budget(plugin_dist, make_app, keys):
+    # a key's limit counts the commands it runs, not the requests that carry them: else a
+    # batch of 50 (REST) or 20 (a 2025-03-26 JSON-RPC batch) multiplies it
+    client = make_app(rate_limit_execute="5/minute").test_client()
+    headers = {"Accept": ACCEPT, "X-API-Key": keys.user}
+    batch = [{"action": "echo", "params": {"message": str(i)}} for i in range(3)]
+    ran = client.post("/mcp/execute", json=batch, headers=headers)
+    assert ran.status_code == 200 and ran.headers["X-RateLimit-Remaining"] == "2"
+    over = client.post("/mcp/execute", json=batch, headers=headers)  # 6 of 5: none runs
+    assert_envelope(over, 429, "RATE_LIMITED")
+    storage = client.application.extensions["waygate"].storage
+    assert storage.conn.execute("SELECT COUNT(*) FROM executions").fetchone()[0] == 3
+
+
+def test_a_json_rpc_batch_counts_each_tool_call_against_the_execute_budget(
+    plugin_dist, make_app, keys
+):
+    client = make_app(rate_limit_execute="5/minute").test_client()
+    headers = {"Accept": ACCEPT, "X-API-Key": keys.user}
+    calls = [
+        request("tools/call", {"name": "echo", "arguments": {"message": str(i)}}, id=i)
+        for i in range(3)
+    ]
+    listed = [request("tools/list", id=10 + i) for i in range(4)]  # lists are not commands
+    ran = client.post("/mcp", json=calls + listed, headers=headers)
+    assert ran.status_code == 200 and len(ran.get_json()) == 7
+    assert ran.headers["X-RateLimit-Remaining"] == "2"
+    over = client.post("/mcp", json=calls, headers=headers)
+    assert over.status_code == 429 and error_of(over)["data"]["code"] == "RATE_LIMITED"
 
 
 def test_a_client_session_does_not_spend_the_execute_budget(plugin_dist, make_app, keys):
