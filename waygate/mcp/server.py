@@ -936,7 +936,7 @@ class ToolStream:
     ):
         self._commands, self._token, self._response = commands, token, response
         self._reports: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self._slot = commands.admission.slot(caller.key_id)
+        self._slot = commands.admission.slot(caller.share)
         self._outcome: Outcome | None = None
         self._slot.__enter__()
         try:
