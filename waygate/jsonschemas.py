@@ -185,9 +185,47 @@ def _bounded(base: type) -> type:
                 elif found:
                     yield from validator.descend(value, subschema, path=key, schema_path=patrn)
 
+    def unique_items(validator, unique, instance, schema):
+        if unique and validator.is_type(instance, "array") and not _unique(instance):
+            yield jsonschema.ValidationError(f"{_preview(instance)} has non-unique elements")
+
     return jsonschema.validators.extend(
-        base, {"pattern": pattern, "patternProperties": pattern_properties}
+        base,
+        {
+            "pattern": pattern,
+            "patternProperties": pattern_properties,
+            "uniqueItems": unique_items,
+        },
     )
+
+
+def _unique(items: list) -> bool:
+    """Whether no two of ``items`` are equal as JSON Schema says (``1`` equals ``1.0``, not
+    ``true``; objects regardless of key order), by their canonical JSON: linear, where
+    jsonschema's own check compares every pair once items do not sort (objects, or mixed
+    types), so 6,000 small objects held a thread for 24 s."""
+    seen = set()
+    for item in items:
+        key = json.dumps(_by_value(item), sort_keys=True, separators=(",", ":"))
+        if key in seen:
+            return False
+        seen.add(key)
+    return True
+
+
+def _by_value(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_value(v) for v in value]
+    return value
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def errors_of(validator: Any, data: Any) -> dict[str, list[str]]:
