@@ -2,6 +2,7 @@
 
 import base64
 import json
+import time
 
 import pytest
 import requests
@@ -173,6 +174,25 @@ def test_a_2025_03_26_batch_is_answered_message_by_message_in_order(rpc, client,
     assert answers[3]["error"]["code"] == -32600 and answers[4]["error"]["code"] == -32600
     executions = client.get("/mcp/executions", headers=keys.headers("admin")).get_json()
     assert [(e["action"], e["mode"]) for e in executions["executions"]] == [("echo", "mcp")]
+
+
+def test_a_batchs_tool_calls_are_timed_from_the_batchs_start(plugin_dist, make_app, keys):
+    # run one after another, each with its own timeout, 20 calls held one request thread
+    # 20 timeouts long (100 minutes with waygate/timeout at its maximum); counted from the
+    # batch's start, a batch lasts no longer than its slowest call could alone
+    client = make_app(mcp_tool_timeout=2).test_client()
+    headers = {"Accept": ACCEPT, "X-API-Key": keys.user}
+    calls = [
+        request("tools/call", {"name": "sleep", "arguments": {"seconds": 1.2}}, id=i)
+        for i in range(4)
+    ]
+    started = time.monotonic()
+    answers = client.post("/mcp", json=calls, headers=headers).get_json()
+    assert time.monotonic() - started < 3.5
+    assert [a["id"] for a in answers] == [0, 1, 2, 3]
+    assert answers[0]["result"]["isError"] is False, answers[0]
+    assert all(a["result"]["isError"] for a in answers[2:])
+    assert "was not run" in answers[3]["result"]["content"][0]["text"]
 
 
 def test_a_batch_of_notifications_only_is_202(rpc):
