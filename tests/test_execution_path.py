@@ -457,3 +457,26 @@ def test_the_unfinished_executions_query_uses_the_partial_index(data_dir):
     query = audit._ACCEPT_SQL.partition("WHERE (")[2].rpartition(") < ?")[0]
     plan = storage.conn.execute("EXPLAIN QUERY PLAN " + query, (1,)).fetchall()
     assert any("executions_unfinished_by_key" in row[-1] for row in plan), plan
+
+
+def test_a_streamed_tool_call_takes_a_slot_of_its_callers_own_share():
+    # a person with an access token has no key: their streamed tool calls (a progress token)
+    # count against their own share, as every other call of theirs does, not against one
+    # share for everybody without a key
+    from waygate.admission import Admission
+    from waygate.commands import Caller
+    from waygate.mcp.server import ToolStream
+
+    class Commands:
+        admission = Admission(4, per_key=1)
+        held: list = []
+
+        def start(self, *args, **kwargs):
+            self.held.append(dict(self.admission._held_by_key))
+            raise RuntimeError("not run here")
+
+    commands = Commands()
+    for person in ("https://sso#alice", "https://sso#bob"):
+        with pytest.raises(RuntimeError):
+            ToolStream(commands, None, Caller("p", principal=person), 1, lambda r: r)
+    assert commands.held == [{"https://sso#alice": 1}, {"https://sso#bob": 1}]

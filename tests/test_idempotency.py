@@ -341,6 +341,43 @@ def test_a_retry_while_the_first_runs_is_409_with_retry_after_then_replayed(
     assert runs(marked) == 1
 
 
+def test_retries_waiting_for_the_first_take_the_keys_command_slots(marked, make_app, keys, db):
+    # a waiting retry holds a request thread like a call: one key's retries of a slow call
+    # must not hold every thread of the worker (other keys queueing behind), so past the
+    # key's share of command slots they are refused at once, as its calls would be
+    client = make_app(
+        idempotency_wait_s=10, command_requests=4, command_requests_per_key=2
+    ).test_client()
+    first: list = []
+    running = threading.Thread(
+        target=lambda: first.append(execute(client, keys, mark(marked, seconds=2.0)))
+    )
+    running.start()
+    deadline = time.monotonic() + 10
+    while not db("SELECT 1 FROM idempotency_keys"):  # the first has claimed the key
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    retries: list = []
+    threads = [
+        threading.Thread(target=lambda: retries.append(execute(client, keys, mark(marked, 2.0))))
+        for _ in range(3)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    running.join()
+    statuses = sorted(r.status_code for r in retries)
+    assert statuses == [200, 429, 429], [r.get_json() for r in retries]
+    refused = [r for r in retries if r.status_code == 429]
+    assert all(r.get_json()["error"]["code"] == "RATE_LIMITED" for r in refused)
+    assert all(r.headers["Retry-After"] == "1" for r in refused)
+    waited = next(r for r in retries if r.status_code == 200)
+    assert waited.headers["Idempotent-Replayed"] == "true"
+    assert waited.get_json() == first[0].get_json()
+    assert runs(marked) == 1
+
+
 def test_a_retry_waits_for_the_first_and_gets_its_answer(marked, make_app, keys):
     client = make_app(idempotency_wait_s=10).test_client()
     answers: list = []

@@ -31,6 +31,8 @@ CONTACT = {
         "phone": {"type": "string", "pattern": "^[0-9+ ]{3,20}$"},
         "email": {"type": "string"},
         "code": {"type": "string", "pattern": "^(a|a?)+$"},
+        "codes": {"type": "array", "items": {"type": "string", "pattern": "^(a|aa)+$"}},
+        "labels": {"type": "array", "items": {"type": "object"}, "uniqueItems": True},
     },
     "required": ["name"],
     "allOf": [{"anyOf": [{"required": ["phone"]}, {"required": ["email"]}]}],
@@ -186,6 +188,34 @@ def test_a_backtracking_pattern_cannot_hold_a_worker(client, keys):
     error = assert_envelope(response, 400, "INVALID_REQUEST")
     assert "took too long" in error["details"]["params"]["code"][0]
     assert execute(client, keys, {"name": "x", "email": "e", "code": "aaa"}).status_code == 200
+
+
+def test_many_backtracking_values_share_one_budget(client, keys):
+    # each value alone is stopped at the per-match budget; 300 of them in one call must not
+    # add up to 300 budgets (15 s of a worker's thread for a 20 KB body)
+    started = time.monotonic()
+    codes = ["a" * 60 + "b"] * 300
+    response = execute(client, keys, {"name": "x", "email": "e", "codes": codes})
+    assert time.monotonic() - started < 2
+    error = assert_envelope(response, 400, "INVALID_REQUEST")
+    assert "took too long" in error["details"]["params"]["codes"][0]
+    assert (
+        execute(client, keys, {"name": "x", "email": "e", "codes": ["aa"] * 300}).status_code == 200
+    )
+
+
+def test_unique_items_is_checked_in_linear_time(client, keys):
+    # jsonschema compares every pair when the items do not sort (objects, mixed types),
+    # whatever "items" says: 6,000 small objects held a thread for about 24 s
+    started = time.monotonic()
+    labels = [{"n": i} for i in range(4000)] + [{"n": 0.0}]
+    response = execute(client, keys, {"name": "x", "email": "e", "labels": labels})
+    assert time.monotonic() - started < 2
+    error = assert_envelope(response, 400, "INVALID_REQUEST")
+    assert error["details"]["params"]["labels"][0].endswith("has non-unique elements")
+    labels = [{"n": i, "m": 1} for i in range(4000)] + [{"m": 1, "n": True}]  # true is not 1
+    unique = execute(client, keys, {"name": "x", "email": "e", "labels": labels})
+    assert unique.status_code == 200
 
 
 @pytest.fixture

@@ -2,10 +2,12 @@
 
 import base64
 import json
+import time
 
 import pytest
 import requests
 
+from tests.test_http import assert_envelope
 from tests.test_metrics import sample
 
 pytestmark = pytest.mark.both_backends
@@ -172,6 +174,25 @@ def test_a_2025_03_26_batch_is_answered_message_by_message_in_order(rpc, client,
     assert answers[3]["error"]["code"] == -32600 and answers[4]["error"]["code"] == -32600
     executions = client.get("/mcp/executions", headers=keys.headers("admin")).get_json()
     assert [(e["action"], e["mode"]) for e in executions["executions"]] == [("echo", "mcp")]
+
+
+def test_a_batchs_tool_calls_are_timed_from_the_batchs_start(plugin_dist, make_app, keys):
+    # run one after another, each with its own timeout, 20 calls held one request thread
+    # 20 timeouts long (100 minutes with waygate/timeout at its maximum); counted from the
+    # batch's start, a batch lasts no longer than its slowest call could alone
+    client = make_app(mcp_tool_timeout=2).test_client()
+    headers = {"Accept": ACCEPT, "X-API-Key": keys.user}
+    calls = [
+        request("tools/call", {"name": "sleep", "arguments": {"seconds": 1.2}}, id=i)
+        for i in range(4)
+    ]
+    started = time.monotonic()
+    answers = client.post("/mcp", json=calls, headers=headers).get_json()
+    assert time.monotonic() - started < 3.5
+    assert [a["id"] for a in answers] == [0, 1, 2, 3]
+    assert answers[0]["result"]["isError"] is False, answers[0]
+    assert all(a["result"]["isError"] for a in answers[2:])
+    assert "was not run" in answers[3]["result"]["content"][0]["text"]
 
 
 def test_a_batch_of_notifications_only_is_202(rpc):
@@ -582,6 +603,37 @@ def test_tool_calls_share_one_rate_limit_budget_per_key_with_mcp_execute(
     assert error_of(limited)["data"]["code"] == "RATE_LIMITED"
     assert limited.get_json()["id"] == 7
     assert client.post("/mcp/execute", json={"action": "test"}, headers=headers).status_code == 429
+
+
+def test_a_batch_counts_each_command_against_the_execute_budget(plugin_dist, make_app, keys):
+    # a key's limit counts the commands it runs, not the requests that carry them: else a
+    # batch of 50 (REST) or 20 (a 2025-03-26 JSON-RPC batch) multiplies it
+    client = make_app(rate_limit_execute="5/minute").test_client()
+    headers = {"Accept": ACCEPT, "X-API-Key": keys.user}
+    batch = [{"action": "echo", "params": {"message": str(i)}} for i in range(3)]
+    ran = client.post("/mcp/execute", json=batch, headers=headers)
+    assert ran.status_code == 200 and ran.headers["X-RateLimit-Remaining"] == "2"
+    over = client.post("/mcp/execute", json=batch, headers=headers)  # 6 of 5: none runs
+    assert_envelope(over, 429, "RATE_LIMITED")
+    storage = client.application.extensions["waygate"].storage
+    assert storage.conn.execute("SELECT COUNT(*) FROM executions").fetchone()[0] == 3
+
+
+def test_a_json_rpc_batch_counts_each_tool_call_against_the_execute_budget(
+    plugin_dist, make_app, keys
+):
+    client = make_app(rate_limit_execute="5/minute").test_client()
+    headers = {"Accept": ACCEPT, "X-API-Key": keys.user}
+    calls = [
+        request("tools/call", {"name": "echo", "arguments": {"message": str(i)}}, id=i)
+        for i in range(3)
+    ]
+    listed = [request("tools/list", id=10 + i) for i in range(4)]  # lists are not commands
+    ran = client.post("/mcp", json=calls + listed, headers=headers)
+    assert ran.status_code == 200 and len(ran.get_json()) == 7
+    assert ran.headers["X-RateLimit-Remaining"] == "2"
+    over = client.post("/mcp", json=calls, headers=headers)
+    assert over.status_code == 429 and error_of(over)["data"]["code"] == "RATE_LIMITED"
 
 
 def test_a_client_session_does_not_spend_the_execute_budget(plugin_dist, make_app, keys):

@@ -164,6 +164,7 @@ def call(client, keys, method, params, **extra):
         (None, False),
         ("us-1", False),
         ("=?base64?ZXUtMQ?=", False),
+        ("=?base64?\u00e9?=", False),  # a byte past ASCII in the base64 (HTTP gives latin-1)
     ],
 )
 def test_a_tools_mcp_param_header_must_match_its_argument(client, keys, header, accepted):
@@ -191,7 +192,7 @@ def test_mcp_name_is_checked_for_reads_and_prompts_too_and_may_be_base64(client,
         call(client, keys, "resources/read", {"uri": uri}, **{"Mcp-Name": b64(uri)}).status_code
         == 200
     )
-    for wrong in ({"Mcp-Name": "runbook://other"}, {}):
+    for wrong in ({"Mcp-Name": "runbook://other"}, {}, {"Mcp-Name": "=?base64?\u00e9\u00e9?="}):
         response = call(client, keys, "resources/read", {"uri": uri}, **wrong)
         assert response.status_code == 400 and response.get_json()["error"]["code"] == -32020
     prompt = {"name": "triage", "arguments": {"service": "api"}}

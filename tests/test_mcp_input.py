@@ -185,6 +185,9 @@ def _flip(state: str, index: int) -> str:
         lambda s: "v1.e30." + s.rsplit(".", 1)[1],  # another payload under the same signature
         lambda s: 42,
         lambda s: "x" * (mcp_input.MAX_STATE_CHARS + 1),
+        # a payload nested 50,000 deep under a made-up signature: refused, not parsed (json
+        # would raise RecursionError: a 500)
+        lambda s: "v1." + mcp_input._b64(b"[" * 50_000) + "." + s.rsplit(".", 1)[1],
     ],
 )
 def test_a_tampered_state_is_refused_before_anything_runs(call, client, tamper):

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+from .admission import Admission
 from .clock import isoformat, utcnow
 from .commands import Caller, Invocation
 from .errors import Conflict, InvalidRequest, WaygateError
@@ -183,8 +184,13 @@ class Idempotency:
         window_s: int = DEFAULT_WINDOW_S,
         wait_s: float = DEFAULT_WAIT_S,
         answer_max_bytes: int = 1024**2,
+        admission: Admission | None = None,
     ):
         self.storage = storage
+        # a retry waiting for the first request holds a request thread as a call does: it
+        # takes one of the key's command slots while it waits (else one key's retries of a
+        # slow call could hold every thread of the worker, other keys' calls queueing behind)
+        self.admission = admission or Admission(0)
         self.status = status
         # a stored answer's most (WAYGATE_RESULT_MAX_BYTES): past it, the result in it is
         # kept as a marked preview, as an async result is
@@ -205,6 +211,22 @@ class Idempotency:
         request that ran, a Replay for its retries. Raises IdempotencyKeyReused for another
         request under the key, IdempotencyKeyInProgress when the first still runs past the
         wait, and whatever ``resolve`` and ``run`` raise (then the key stays free)."""
+        waiting = _Waiting(self.admission, caller.share)
+        try:
+            return self._perform(key, caller, request_hash, resolve, run, present, waiting)
+        finally:
+            waiting.close()
+
+    def _perform(
+        self,
+        key: str,
+        caller: Caller,
+        request_hash: str,
+        resolve: Callable[[], Invocation],
+        run: Callable[[Invocation], Outcome],
+        present: Present,
+        waiting: _Waiting,
+    ) -> Outcome | Replay:
         owner = owner_of(caller)
         give_up = time.monotonic() + self.wait_s
         pause = _POLL_FIRST_S
@@ -215,6 +237,7 @@ class Idempotency:
             if row is None or row.expires_at <= now:
                 inv = inv or resolve()  # refused here: nothing claimed
                 if self._claim(owner, key, request_hash, inv):
+                    waiting.close()  # the run takes its own slot
                     return self._run(owner, key, inv, run, present)
             else:
                 if row.fingerprint != request_hash:
@@ -226,6 +249,7 @@ class Idempotency:
                 if row.answer is not None:
                     return self._replay(row, caller)
                 if row.claimed_until <= now:  # the first request's worker is gone
+                    waiting.close()
                     taken = self._take_over(owner, key, row, caller, present, resolve)
                     if isinstance(taken, Replay):
                         return taken
@@ -238,6 +262,7 @@ class Idempotency:
                     {"command_id": row.command_id if row else None},
                     retry_after=1,
                 )
+            waiting.hold()  # the first wait takes a slot (or is refused, 429/503, at once)
             time.sleep(pause)  # another worker or host holds it: its answer is polled for
             pause = min(pause * 2, _POLL_MAX_S)
 
@@ -362,6 +387,23 @@ class Idempotency:
             (inv.command_id, _claimed_until(inv, now), owner, key, row.command_id),
         )
         return inv if taken.rowcount == 1 else None
+
+
+class _Waiting:
+    """The admission slot a retry holds while it waits for the first request's answer."""
+
+    def __init__(self, admission: Admission, share: int | str | None):
+        self._slot, self._held = admission.slot(share), False
+
+    def hold(self) -> None:
+        if not self._held:
+            self._slot.__enter__()
+            self._held = True
+
+    def close(self) -> None:
+        if self._held:
+            self._held = False
+            self._slot.__exit__(None, None, None)
 
 
 def _claimed_until(inv: Invocation, now: Any) -> str:

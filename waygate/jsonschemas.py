@@ -9,17 +9,22 @@ Bounded, because the arguments come from clients:
   and the validator's registry cannot retrieve anything (jsonschema's default would fetch a
   remote ``$ref`` with urllib: the spec says MUST NOT);
 - ``pattern`` and ``patternProperties`` are matched with the ``regex`` module under a time
-  budget (``PATTERN_BUDGET_S`` per match): Python's ``re`` has no timeout, so a plugin's
-  backtracking-prone pattern (``(a+)+$``) would let one crafted argument hold a worker; a
-  match over budget is a refused argument, not a stuck worker;
+  budget (``PATTERN_BUDGET_S`` per match, ``VALIDATION_BUDGET_S`` for all the matches of one
+  call's arguments): Python's ``re`` has no timeout, so a plugin's backtracking-prone pattern
+  (``(a+)+$``) would let one crafted argument hold a worker; a match over budget is a refused
+  argument, not a stuck worker. The per-call budget matters as much: an array of 10,000 such
+  strings, each stopped at the per-match budget, would still hold the thread for minutes;
 - a schema is at most ``MAX_SCHEMA_BYTES`` of JSON and ``MAX_DEPTH`` levels deep; errors
   reported per call are capped (``MAX_ERRORS``).
 """
 
 from __future__ import annotations
 
+import contextvars
+import itertools
 import json
 import re
+import time
 from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -32,6 +37,7 @@ MAX_SCHEMA_BYTES = 64 * 1024
 MAX_DEPTH = 32
 MAX_ERRORS = 20
 PATTERN_BUDGET_S = 0.05
+VALIDATION_BUDGET_S = 0.25  # every pattern match of one call's arguments together
 _REF_KEYS = ("$ref", "$dynamicRef")
 # MCP 2026-07-28: an argument a client mirrors into an HTTP header (Mcp-Param-{name})
 X_MCP_HEADER = "x-mcp-header"
@@ -130,10 +136,23 @@ def _compiled(pattern: str):
     return regex.compile(pattern)
 
 
+# the monotonic time by which the validation under way must finish its pattern matches
+_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "waygate_pattern_deadline", default=None
+)
+
+
 def _search(pattern: str, text: str) -> bool | None:
-    """Whether ``pattern`` matches somewhere in ``text``; None when over the time budget."""
+    """Whether ``pattern`` matches somewhere in ``text``; None when over the time budget (the
+    match's own, or what is left of the call's)."""
+    budget = PATTERN_BUDGET_S
+    deadline = _deadline.get()
+    if deadline is not None:
+        budget = min(budget, deadline - time.monotonic())
+        if budget <= 0:
+            return None
     try:
-        return _compiled(pattern).search(text, timeout=PATTERN_BUDGET_S) is not None
+        return _compiled(pattern).search(text, timeout=budget) is not None
     except TimeoutError:
         return None
 
@@ -166,9 +185,47 @@ def _bounded(base: type) -> type:
                 elif found:
                     yield from validator.descend(value, subschema, path=key, schema_path=patrn)
 
+    def unique_items(validator, unique, instance, schema):
+        if unique and validator.is_type(instance, "array") and not _unique(instance):
+            yield jsonschema.ValidationError(f"{_preview(instance)} has non-unique elements")
+
     return jsonschema.validators.extend(
-        base, {"pattern": pattern, "patternProperties": pattern_properties}
+        base,
+        {
+            "pattern": pattern,
+            "patternProperties": pattern_properties,
+            "uniqueItems": unique_items,
+        },
     )
+
+
+def _unique(items: list) -> bool:
+    """Whether no two of ``items`` are equal as JSON Schema says (``1`` equals ``1.0``, not
+    ``true``; objects regardless of key order), by their canonical JSON: linear, where
+    jsonschema's own check compares every pair once items do not sort (objects, or mixed
+    types), so 6,000 small objects held a thread for 24 s."""
+    seen = set()
+    for item in items:
+        key = json.dumps(_by_value(item), sort_keys=True, separators=(",", ":"))
+        if key in seen:
+            return False
+        seen.add(key)
+    return True
+
+
+def _by_value(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _by_value(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_by_value(v) for v in value]
+    return value
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def errors_of(validator: Any, data: Any) -> dict[str, list[str]]:
@@ -176,7 +233,12 @@ def errors_of(validator: Any, data: Any) -> dict[str, list[str]]:
     says "Missing data for required field." (so ``schemas.load`` makes it MissingParameter);
     anything about the whole object goes under ``_schema``."""
     messages: dict[str, list[str]] = {}
-    errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.path])
+    token = _deadline.set(time.monotonic() + VALIDATION_BUDGET_S)
+    try:  # at most MAX_ERRORS are reported: looking for more only costs time
+        found = list(itertools.islice(validator.iter_errors(data), MAX_ERRORS))
+    finally:
+        _deadline.reset(token)
+    errors = sorted(found, key=lambda e: [str(p) for p in e.path])
     for error in errors[:MAX_ERRORS]:
         if error.validator == "required" and not error.path and isinstance(data, dict):
             for missing in sorted(set(error.validator_value) - set(data)):

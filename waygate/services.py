@@ -154,6 +154,7 @@ class Services:
             window_s=config.idempotency_ttl_s,
             wait_s=config.idempotency_wait_s,
             answer_max_bytes=config.result_max_bytes,
+            admission=commands.admission,
         )
         sessions = Sessions(
             storage,

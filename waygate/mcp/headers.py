@@ -13,7 +13,6 @@ and pydantic: 2.6 s more per worker boot for thirty lines.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -42,7 +41,7 @@ def decoded(value: str | None) -> str | None:
         if base64.b64encode(raw).decode("ascii") != payload:
             return None
         return raw.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, or a character past ASCII
         return None
 
 

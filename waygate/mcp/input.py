@@ -157,11 +157,17 @@ class RequestStates:
             return "malformed"
         try:
             given = _unb64(mac)
-            claims = json.loads(_unb64(payload[len(_PREFIX) :]))
+            payload.encode("ascii")
         except ValueError:
             return "malformed"
+        # the signature first: nothing the caller made up is parsed (a payload nested
+        # thousands deep would raise RecursionError out of json.loads: a 500)
         if not hmac.compare_digest(given, self._mac(payload)):
             return "signature"
+        try:
+            claims = json.loads(_unb64(payload[len(_PREFIX) :]))
+        except (ValueError, RecursionError):
+            return "malformed"
         if not isinstance(claims, dict) or claims.get("v") != 1:
             return "malformed"
         now = time.time()

@@ -16,6 +16,7 @@ log with mode ``mcp``, statistics, metrics). Execution problems are results with
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import queue
@@ -87,6 +88,11 @@ HEADERLESS_VERSION = "2025-03-26"
 # JSON-RPC batches (an array of messages): part of 2025-03-26 only (2025-06-18 removed them).
 BATCH_VERSIONS = ("2025-03-26",)
 MAX_BATCH = 20  # messages in one batch, each checked and answered as if it came alone
+# when the batch being answered started: its tool calls' deadlines count from it, so that a
+# batch holds its request thread no longer than its slowest call could alone
+_batch_started: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "waygate_mcp_batch_started", default=None
+)
 META_VERSION = "io.modelcontextprotocol/protocolVersion"
 META_CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
 META_SERVER_INFO = "io.modelcontextprotocol/serverInfo"
@@ -210,7 +216,9 @@ class McpServer:
         self.server_info = {**SERVER_INFO, "icons": [{"src": icon}]} if icon else SERVER_INFO
         self.commands = commands
         self.status = Status(commands)
-        self.idempotency = idempotency or Idempotency(commands.audit.storage, self.status)
+        self.idempotency = idempotency or Idempotency(
+            commands.audit.storage, self.status, admission=commands.admission
+        )
         self._plugins = plugins
         self.tool_timeout = tool_timeout  # seconds, unless the client asks for less
         self.tool_timeout_max = tool_timeout_max
@@ -312,13 +320,17 @@ class McpServer:
             return Reply(err.status, err.body())
         single = Routing(version=routing.version)  # no routing headers, no stream per item
         answers = []
-        for message in messages:
-            if isinstance(message, list):  # not in a batch either
-                answers.append(JsonRpcError(INVALID_REQUEST, "a batch inside a batch").body())
-                continue
-            body = self.handle(message, caller, single, http).body
-            if body is not None:
-                answers.append(body)
+        started = _batch_started.set(time.monotonic())
+        try:
+            for message in messages:
+                if isinstance(message, list):  # not in a batch either
+                    answers.append(JsonRpcError(INVALID_REQUEST, "a batch inside a batch").body())
+                    continue
+                body = self.handle(message, caller, single, http).body
+                if body is not None:
+                    answers.append(body)
+        finally:
+            _batch_started.reset(started)
         return Reply(200, answers) if answers else Reply(202)
 
     # -- checks --------------------------------------------------------------------------------
@@ -736,8 +748,18 @@ class McpServer:
             if not isinstance(arguments, Mapping):
                 return _error_result(f"arguments of {name} must be an object")
             return self._execution_state(arguments, caller)
+        timeout = self._timeout(params)
+        batch_started = _batch_started.get()
+        if batch_started is not None:  # run one after another, timed from the batch's start
+            left = batch_started + timeout - time.monotonic()
+            if left <= 0:
+                return _error_result(
+                    f"{name[:128]} was not run: in a batch, a call's {timeout} s count from the"
+                    " batch's start, and the calls before it took them; send it again"
+                )
+            timeout = min(timeout, math.ceil(left))
         try:  # arguments that are not an object are judged after the name, by the schema
-            return self.commands.resolve(name, arguments, caller, timeout=self._timeout(params))
+            return self.commands.resolve(name, arguments, caller, timeout=timeout)
         except (UnknownCommand, OutOfScope):  # alike: a scope hides what it does not grant
             # a protocol error, not a result: the client named no tool it may call
             raise JsonRpcError(INVALID_PARAMS, f"Unknown tool: {name[:128]}") from None
@@ -934,7 +956,7 @@ class ToolStream:
     ):
         self._commands, self._token, self._response = commands, token, response
         self._reports: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
-        self._slot = commands.admission.slot(caller.key_id)
+        self._slot = commands.admission.slot(caller.share)
         self._outcome: Outcome | None = None
         self._slot.__enter__()
         try:

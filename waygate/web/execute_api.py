@@ -12,7 +12,7 @@ from ..outcomes import ExecutionStatus, Outcome
 from . import services
 from .auth import admin_required, current_caller, current_principal, key_required
 from .http import read_json
-from .limiter import limit_group
+from .limiter import charge, limit_group
 from .pagination import add_headers, paginated, requested_page, requested_since
 from .responses import replayed, respond, stored_answer
 
@@ -178,6 +178,7 @@ def _batch(items: list):
             f"a batch holds at most {limit} commands; got {len(items)}",
             {"max_items": limit, "items": len(items)},
         )
+    charge(len(items) - 1)  # a batch of N commands counts N against the key's limit
     outcomes = services().commands.run_batch(items, current_caller())
     return jsonify([outcome.as_response() for outcome in outcomes])
 

@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Callable
 
-from flask import Flask, Response, g, has_request_context, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 from limits import RateLimitItem, parse
 from limits.errors import StorageError
 from limits.storage import storage_from_string
@@ -147,6 +147,7 @@ class RateLimiter:
             self._storage_failed(exc)
             return
         g.rate_limit = (item.amount, max(0, item.amount - count), math.ceil(reset_at))
+        g.rate_limit_counter = (item, scope, identity)  # what charge() adds to
         if count > item.amount:
             raise self._refusal(item, reset_at)
         if budget is None:
@@ -154,8 +155,26 @@ class RateLimiter:
         elif refused_keys >= self.auth_failures.amount:  # as FixedWindowRateLimiter.test
             self._refuse_spent_budget(address)
 
+    def charge(self, extra: int) -> None:
+        """Count ``extra`` more hits against this request's budget: a batch's commands after
+        its first (which the request's own hit counted), so that a key's limit counts the
+        commands it runs, not the requests that carry them. RateLimited when that goes over
+        the limit, before anything runs."""
+        counter = g.get("rate_limit_counter")
+        if counter is None or extra <= 0:
+            return
+        item, scope, identity = counter
+        try:
+            count, reset_at, _ = self._hit(item, scope, identity, None, extra)
+        except StorageError as exc:
+            self._storage_failed(exc)
+            return
+        g.rate_limit = (item.amount, max(0, item.amount - count), math.ceil(reset_at))
+        if count > item.amount:
+            raise self._refusal(item, reset_at)
+
     def _hit(
-        self, item: RateLimitItem, scope: str, identity: str, read: str | None
+        self, item: RateLimitItem, scope: str, identity: str, read: str | None, amount: int = 1
     ) -> tuple[int, float, int]:
         """The fixed-window hit (``FixedWindowRateLimiter.hit``, which answers only
         allowed-or-not), keeping the count it returns: the remaining budget is the hit's own,
@@ -163,8 +182,8 @@ class RateLimiter:
         that counter's live count (Waygate's storages only)."""
         counter = item.key_for(scope, identity)
         if self._incr_window is not None:
-            return self._incr_window(counter, item.get_expiry(), 1, read)
-        count = self.storage.incr(counter, item.get_expiry())
+            return self._incr_window(counter, item.get_expiry(), amount, read)
+        count = self.storage.incr(counter, item.get_expiry(), amount)
         return count, self.storage.get_expiry(counter), 0
 
     def _check_auth_failures(self, key: ApiKey | Principal | None, address: str) -> None:
@@ -264,6 +283,13 @@ class RateLimiter:
         except Exception as exc:  # any storage failure means "does not answer"
             log.warning("rate-limit storage check failed: %s", exc)
             return False
+
+
+def charge(extra: int) -> None:
+    """:meth:`RateLimiter.charge` of this app's limiter (a batch's further commands)."""
+    limiter = current_app.extensions.get("waygate.limiter")
+    if limiter is not None:
+        limiter.charge(extra)
 
 
 def build(app: Flask, config: Config) -> RateLimiter:
