@@ -602,3 +602,27 @@ def test_pruning_one_execution_at_a_time_keeps_the_chain_verifiable(client, keys
         assert end is not None and chain.prune_prefix(end) == 1
         code, out = verify(runner)
         assert code == 0, out
+
+
+def test_deleted_checkpoints_and_a_rewritten_chain_are_caught_by_the_signing_schedule(
+    client, keys, runner, storage, db, monkeypatch
+):
+    """Someone with write access deletes every checkpoint, edits a row and recomputes the
+    chain and head: no signature is left to contradict it, but a chain far longer than the
+    checkpoint spacing without one is reported (red team: it verified as intact)."""
+    from waygate.auditchain import canonical, link
+
+    monkeypatch.setenv("WAYGATE_AUDIT_CHECKPOINT_ENTRIES", "1")
+    _, edited, *_ = run(client, keys, n=12)
+    services_of(client).audit.chain.checkpoint(force=True)
+    assert verify(runner)[0] == 0
+    write(storage, "DELETE FROM audit_checkpoints")
+    write(storage, "UPDATE executions SET status = 'failed' WHERE command_id = ?", (edited,))
+    previous = "0" * 64
+    for entry in db("SELECT * FROM audit_chain ORDER BY seq"):
+        (row,) = db("SELECT * FROM executions WHERE command_id = ?", (entry["command_id"],))
+        previous = link(previous, canonical(entry["seq"], "execution", row))
+        write(storage, "UPDATE audit_chain SET hash = ? WHERE seq = ?", (previous, entry["seq"]))
+    write(storage, "UPDATE audit_chain_head SET hash = ?", (previous,))
+    code, out = verify(runner)
+    assert code == 1 and "12 entries since the newest signed checkpoint" in out, out

@@ -352,6 +352,12 @@ def _describe(kind: str, command_id: str, event: Any = None) -> str:
 # -- the chain ---------------------------------------------------------------------------------
 
 
+# How far past its newest checkpoint a chain may run before verification calls it broken
+# (checkpoints deleted): this many times the checkpoint spacing, room for bursts between two
+# housekeeping rounds and for a service that was stopped a while.
+UNSIGNED_ENTRIES_FACTOR = 10
+
+
 class AuditChain:
     """Writes the chain inside the audit's own transactions, signs checkpoints, verifies,
     prunes whole prefixes, exports; hands committed entries to the audit file
@@ -617,6 +623,7 @@ class AuditChain:
                 report.checkpoints += 1
         if at_end:
             self._check_head(report, seq, previous)
+            self._check_signed_recently(report, seq, checkpoints)
             past = [number for number in checkpoints if number > seq]
             if past:
                 report.problem(
@@ -626,6 +633,22 @@ class AuditChain:
         report.unchained = self._count_unchained()
         report.seconds = time.monotonic() - began
         return report
+
+    def _check_signed_recently(
+        self, report: Verification, seq: int, checkpoints: Mapping[int, str]
+    ) -> None:
+        """The housekeeping signs a checkpoint every ``checkpoint_entries`` entries (or
+        ``checkpoint_interval_s``): a chain far longer than that past its newest checkpoint
+        had its checkpoints deleted (and may have been rewritten since), or nothing signs."""
+        newest = max(checkpoints, default=0)
+        unsigned = seq - newest
+        if unsigned > UNSIGNED_ENTRIES_FACTOR * self.checkpoint_entries:
+            report.problem(
+                f"{unsigned} entries since the newest signed checkpoint"
+                f" ({f'entry {newest}' if newest else 'there is none'}), where one is signed"
+                f" every {self.checkpoint_entries} entries: checkpoints were deleted (and the"
+                " chain may have been rewritten), or no service has signed for a long time"
+            )
 
     def _check_signature(self, report: Verification, row: Any, trusted: set[str]) -> None:
         seq, digest, at, public_key, signature = (row[i] for i in range(5))

@@ -561,7 +561,13 @@ def _chain(ctx: Context, trust: tuple[Path, ...] = ()):
         except (OSError, ValueError) as exc:
             raise click.BadParameter(f"{path}: {exc}", param_hint="--trust") from None
     trusted += ctx.config.audit_trusted_keys
-    return AuditChain(ctx.storage, Signer(ctx.config.audit_signing_key_path), trusted_keys=trusted)
+    return AuditChain(
+        ctx.storage,
+        Signer(ctx.config.audit_signing_key_path),
+        checkpoint_entries=ctx.config.audit_checkpoint_entries,
+        checkpoint_interval_s=ctx.config.audit_checkpoint_interval_s,
+        trusted_keys=trusted,
+    )
 
 
 class AuditBroken(click.ClickException):
