@@ -109,6 +109,17 @@ class Caller:
         access token (no key), the person's own."""
         return self.key_id if self.key_id is not None else self.principal
 
+    @property
+    def identity(self) -> str:
+        """Who this caller is, as one string that stays the same across requests: the API
+        key's (by id), the person's without one, or (MCP over stdio, which has neither) the
+        name it runs under (``--as``). What idempotency keys and input requests are bound to."""
+        if self.key_id is not None:
+            return f"key:{self.key_id}"
+        if self.principal:
+            return f"person:{self.principal}"
+        return f"local:{self.key_name or ''}"
+
     def owns(self, execution: Execution) -> bool:
         """Whether ``execution`` is this caller's: the same key, or for a person with an
         access token (no key), the same person."""

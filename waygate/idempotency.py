@@ -144,16 +144,6 @@ def _numbers_by_value(value: Any) -> Any:
     return value
 
 
-def owner_of(caller: Caller) -> str:
-    """Whose keys these are: the API key's (by id), the person's without one, or (MCP over
-    stdio, which has neither) the name it runs under (``--as``)."""
-    if caller.key_id is not None:
-        return f"key:{caller.key_id}"
-    if caller.principal:
-        return f"person:{caller.principal}"
-    return f"local:{caller.key_name or ''}"
-
-
 @dataclass(frozen=True)
 class Replay:
     """A retry's answer: the first request's, never run again. ``current`` is the state of
@@ -227,7 +217,7 @@ class Idempotency:
         present: Present,
         waiting: _Waiting,
     ) -> Outcome | Replay:
-        owner = owner_of(caller)
+        owner = caller.identity
         give_up = time.monotonic() + self.wait_s
         pause = _POLL_FIRST_S
         inv: Invocation | None = None

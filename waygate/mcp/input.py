@@ -314,12 +314,3 @@ def _answers(method: str, answer: Any) -> bool:
     return isinstance(roots, list) and all(
         isinstance(r, Mapping) and isinstance(r.get("uri"), str) for r in roots
     )
-
-
-def principal_of(key_id: int | None, principal: str | None, key_name: str | None) -> str:
-    """Who a state belongs to: the key, or the person, or (stdio) the local name."""
-    if key_id is not None:
-        return f"key:{key_id}"
-    if principal is not None:
-        return f"principal:{principal}"
-    return f"local:{key_name}"

@@ -60,7 +60,6 @@ from .input import (
     InvalidInput,
     RequestStates,
     input_responses,
-    principal_of,
 )
 from .notify import LISTEN, ChangeFeed, ListenLimits, ListenStream, advertise, honored_filter
 from .tasks import (
@@ -781,8 +780,7 @@ class McpServer:
         """One round's answers (the requestState's and the inputResponses') and what the
         client can answer, for a ``tools/call`` or ``prompts/get`` of a 2026-07-28 caller."""
         arguments = params.get("arguments") or {}
-        who = principal_of(caller.key_id, caller.principal, caller.key_name)
-        binding = Binding.of(method, target, arguments, who)
+        binding = Binding.of(method, target, arguments, caller.identity)
         try:
             answers, round_no = self.states.open(params.get("requestState"), binding)
             answers.update(input_responses(params))
