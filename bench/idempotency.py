@@ -24,10 +24,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.inprocess import best_block, run_child  # noqa: E402
+
 BIN = Path(sys.executable).parent
 CASES = ("plain", "first", "replay")
 BODY = json.dumps({"action": "echo", "params": {"message": "hello"}}).encode()
@@ -58,35 +60,11 @@ def measure(case: str, key: str, requests: int, blocks: int) -> dict:
         if not status[0].startswith("200"):
             raise SystemExit(f"{case}: {status[0]}")
 
-    for _ in range(200):  # warm up
-        one()
-    cpu, wall = [], []
-    for _ in range(blocks):
-        c, w = time.process_time(), time.perf_counter()
-        for _ in range(requests):
-            one()
-        cpu.append((time.process_time() - c) / requests * 1e6)
-        wall.append((time.perf_counter() - w) / requests * 1e6)
-    return {"cpu_us": round(min(cpu), 1), "wall_us": round(min(wall), 1)}
+    return best_block(one, requests, blocks)
 
 
 def run_case(case: str, data_dir: Path, key: str, requests: int, blocks: int) -> dict:
-    env = {
-        **os.environ,
-        "WAYGATE_DATA_DIR": str(data_dir),
-        "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="prom-", dir=data_dir),
-        **{
-            f"WAYGATE_RATE_LIMIT_{n}": "100000000/minute"
-            for n in ("EXECUTE", "HEALTH", "METRICS", "DEFAULT")
-        },
-    }
-    cpu = sorted(os.sched_getaffinity(0))[-1]
-    out = subprocess.run(
-        ["taskset", "-c", str(cpu), sys.executable, __file__, "--child", case, key,
-         str(requests), str(blocks)],
-        env=env, capture_output=True, text=True, check=True, cwd=ROOT,
-    ).stdout  # fmt: skip
-    return json.loads(out.strip().splitlines()[-1])
+    return run_child(__file__, [case, key, str(requests), str(blocks)], data_dir, {})
 
 
 def main() -> int:

@@ -102,40 +102,53 @@ def measure(app_name: str, key: str, requests: int, blocks: int) -> dict:
             if not status[0].startswith("200"):
                 raise SystemExit(f"{app_name} {path}: {status[0]}")
 
-        for _ in range(200):  # warm up: caches, lazily made threads and connections
-            one()
-        cpu, wall = [], []
-        for _ in range(blocks):
-            c, w = time.process_time(), time.perf_counter()
-            for _ in range(requests):
-                one()
-            cpu.append((time.process_time() - c) / requests * 1e6)
-            wall.append((time.perf_counter() - w) / requests * 1e6)
-        result[path] = {"cpu_us": round(min(cpu), 1), "wall_us": round(min(wall), 1)}
+        result[path] = best_block(one, requests, blocks)
     return result
 
 
-def run_variant(name: str, data_dir: Path, key: str, requests: int, blocks: int) -> dict:
-    app, off = VARIANTS[name]
-    metrics_dir = Path(tempfile.mkdtemp(prefix="prom-", dir=data_dir))
+def best_block(one, requests: int, blocks: int) -> dict:
+    """``one()`` warmed up, then timed in ``blocks`` blocks of ``requests`` calls: the best
+    block's CPU and wall microseconds per call."""
+    for _ in range(200):  # warm up: caches, lazily made threads and connections
+        one()
+    cpu, wall = [], []
+    for _ in range(blocks):
+        c, w = time.process_time(), time.perf_counter()
+        for _ in range(requests):
+            one()
+        cpu.append((time.process_time() - c) / requests * 1e6)
+        wall.append((time.perf_counter() - w) / requests * 1e6)
+    return {"cpu_us": round(min(cpu), 1), "wall_us": round(min(wall), 1)}
+
+
+def run_child(script: str, args: list[str], data_dir: Path, env: dict[str, str]) -> dict:
+    """``script --child ARGS`` in a process of its own on the last CPU, Waygate's data dir and
+    a metrics dir of its own, rate limits out of the way: the JSON it prints last."""
     env = {
         **os.environ,
         "WAYGATE_DATA_DIR": str(data_dir),
-        "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-        "WAYGATE_BENCH_ABLATE": ",".join(off or ()),
-        "WAYGATE_AUDIT_CHAIN": "false" if name == "waygate-unchained" else "true",
+        "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="prom-", dir=data_dir),
         **{
             f"WAYGATE_RATE_LIMIT_{n}": "100000000/minute"
             for n in ("EXECUTE", "HEALTH", "METRICS", "DEFAULT")
         },
+        **env,
     }
     cpu = sorted(os.sched_getaffinity(0))[-1]
     out = subprocess.run(
-        ["taskset", "-c", str(cpu), sys.executable, __file__, "--child", app, key,
-         str(requests), str(blocks)],
+        ["taskset", "-c", str(cpu), sys.executable, script, "--child", *args],
         env=env, capture_output=True, text=True, check=True, cwd=ROOT,
     ).stdout  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])
+
+
+def run_variant(name: str, data_dir: Path, key: str, requests: int, blocks: int) -> dict:
+    app, off = VARIANTS[name]
+    env = {
+        "WAYGATE_BENCH_ABLATE": ",".join(off or ()),
+        "WAYGATE_AUDIT_CHAIN": "false" if name == "waygate-unchained" else "true",
+    }
+    return run_child(__file__, [app, key, str(requests), str(blocks)], data_dir, env)
 
 
 def run(
