@@ -8,11 +8,13 @@ it. Registered beside tests/conformance_plugin.py by tests/test_mcp_conformance.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from marshmallow import Schema
 
 from waygate.config import Config
+from waygate.plugins import PluginRegistry
 from waygate.sdk import Command, Plugin, Prompt
 from waygate.storage import open_storage
 
@@ -37,6 +39,11 @@ def _flip_and_reload(kind: str) -> str:
             conn.execute("UPDATE plugin_state SET generation = generation + 1 WHERE id = 1")
     finally:
         storage.close()
+    # Answer once every worker serves the new list: a worker reads the generation at most
+    # every CHECK_INTERVAL, so until then one that served a request just before the bump
+    # still lists the old set. The suite's next scenario (tools-list compares consecutive
+    # lists, which two workers would answer) must not see both sets.
+    time.sleep(PluginRegistry.CHECK_INTERVAL + 0.1)
     return f"the {kind} list changed"
 
 
