@@ -31,12 +31,19 @@ def services_of(client):
     return client.application.extensions["waygate"]
 
 
+def chained(client) -> None:
+    """Chain now what the deferred chain would within its delay (WAYGATE_AUDIT_CHAIN_DELAY_MS;
+    its own thread is tested by test_the_deferred_chain_chains_within_its_delay_unasked)."""
+    assert services_of(client).audit.chain.seal_pending()
+
+
 def run(client, keys, body=ECHO, n=1) -> list[str]:
     ids = []
     for _ in range(n):
         response = client.post("/mcp/execute", json=body, headers=keys.headers())
         assert response.status_code in (200, 202), response.get_json()
         ids.append(response.get_json()["command_id"])
+    chained(client)
     return ids
 
 
@@ -47,9 +54,17 @@ def approved_flow(client, keys) -> str:
     until_ended(client, keys, command_id)
     for _ in range(500):  # its last event follows the final record
         if "executed" in [e["event"] for e in events(client, keys, command_id)]:
+            chained(client)
             return command_id
         time.sleep(0.01)
     raise AssertionError("no executed event")
+
+
+def until(predicate, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {seconds} s: {predicate}"
+        time.sleep(0.01)
 
 
 def write(storage, sql, params=()):
@@ -304,6 +319,7 @@ def test_pruning_keeps_a_tampered_prefix_and_signs_nothing_over_it(client, keys,
             status="success", duration_ms=1, error=None, timeout_s=30, created_at=old,
             started_at=old,
         )  # fmt: skip
+    chained(client)
     write(storage, "UPDATE executions SET error = 'hidden' WHERE command_id = 'cmd_old_2'")
     assert services.housekeeper.retention.prune() == 0
     code, out = verify(runner)
@@ -327,6 +343,7 @@ def test_pruning_to_the_budget_keeps_the_chain_verifiable(make_app, runner):
             created_at=isoformat(),
             started_at=None,
         )
+    assert services.audit.chain.seal_pending()
     assert services.housekeeper.retention.prune_to_budget() > 0
     assert services.audit.get("cmd_00000") is None and services.audit.get("cmd_00399")
     code, out = verify(runner)
@@ -368,8 +385,10 @@ _REFUSE = {
 
 
 def test_a_refused_chain_write_fails_the_request_and_records_nothing_half(
-    client, keys, storage, db, backend, runner
+    plugin_dist, make_app, keys, storage, db, backend, runner
 ):
+    """With the chain in the row's own transaction (WAYGATE_AUDIT_CHAIN_DELAY_MS=0)."""
+    client = make_app(audit_chain_delay_ms=0).test_client()
     run(client, keys)
     for statement in _REFUSE[backend]:
         write(storage, statement)
@@ -378,6 +397,44 @@ def test_a_refused_chain_write_fails_the_request_and_records_nothing_half(
     assert response.get_json()["error"]["code"] in ("SERVICE_UNAVAILABLE", "INTERNAL_ERROR")
     assert len(db("SELECT * FROM executions")) == 1  # the row went with its chain entry
     assert verify(runner)[0] == 0
+
+
+def test_a_refused_deferred_chain_write_loses_nothing_and_is_chained_once_it_is_taken(
+    client, keys, storage, db, backend, runner
+):
+    """The default: the record is committed before the answer, its entry in a later batch;
+    a batch the database refuses leaves the rows as they were, for the next one."""
+    run(client, keys)
+    for statement in _REFUSE[backend]:
+        write(storage, statement)
+    response = client.post("/mcp/execute", json=ECHO, headers=keys.headers())
+    assert response.status_code == 200
+    command_id = response.get_json()["command_id"]
+    assert not services_of(client).audit.chain.seal_pending()  # refused: logged, retried
+    assert [r["chain_seq"] for r in db(
+        "SELECT chain_seq FROM executions WHERE command_id = ?", (command_id,)
+    )] == [None]  # fmt: skip
+    code, out = verify(runner)
+    assert code == 0 and "1 finished rows not yet chained" in out, out
+    write(storage, "DROP TRIGGER refuse" + (" ON audit_chain" if backend == "postgresql" else ""))
+    chained(client)
+    code, out = verify(runner)
+    assert code == 0 and "(2 executions, 0 events)" in out and "not yet" not in out, out
+
+
+def test_the_deferred_chain_chains_within_its_delay_unasked(client, keys, db):
+    """Nobody calls seal_pending: the process's own thread chains what it wrote."""
+    ids = []
+    for _ in range(3):
+        response = client.post("/mcp/execute", json=ECHO, headers=keys.headers())
+        ids.append(response.get_json()["command_id"])
+    began = time.monotonic()
+    until(lambda: len(db("SELECT 1 FROM executions WHERE chain_seq IS NULL")) == 0)
+    assert time.monotonic() - began < 5
+    chain = sorted(db("SELECT seq, command_id FROM audit_chain"), key=lambda r: r["seq"])
+    assert [r["command_id"] for r in chain] == ids and [r["seq"] for r in chain] == [1, 2, 3]
+    rows = db("SELECT command_id, chain_seq FROM executions")
+    assert {r["command_id"]: r["chain_seq"] for r in rows} == dict(zip(ids, [1, 2, 3], strict=True))
 
 
 # -- several writers -------------------------------------------------------------------------
@@ -418,6 +475,7 @@ def test_two_instances_writing_at_once_make_one_verifiable_chain(
         if not db("SELECT 1 FROM executions WHERE status IN ('pending', 'running')"):
             break
         time.sleep(0.01)
+    chained(hosts[0])  # either host chains what both wrote
     assert [r["n"] for r in db("SELECT count(*) AS n FROM audit_chain")] == [120]
     chains = [services_of(host).audit.chain for host in hosts]
     assert chains[0].checkpoint(force=True) == 120
@@ -459,12 +517,14 @@ def test_the_audit_file_gets_a_line_per_entry_after_the_commit(
     (echo,) = run(client, keys)
     wipe = approved_flow(client, keys)
     lines = [json.loads(line) for line in path.read_text().splitlines()]
+    # the events are chained in their own transactions, the final record within the
+    # deferred chain's delay: after the event that says it ran
     assert [(line["type"], line["command_id"]) for line in lines] == [
         ("execution", echo),
         ("event", wipe),
         ("event", wipe),
-        ("execution", wipe),
         ("event", wipe),
+        ("execution", wipe),
     ]
     assert [line["chain"]["seq"] for line in lines] == [1, 2, 3, 4, 5]
     assert "s3cret-value" not in path.read_text()
@@ -547,6 +607,7 @@ def test_the_audit_file_of_several_workers_loses_and_mixes_no_line(server_factor
                 assert response.status_code == 200, response.text
                 answered.append(response.json()["command_id"])
                 if n == 0 and i == 12:
+                    until(path.exists)  # the first batch is chained within 200 ms
                     path.rename(tmp_path / "moved-by-logrotate.jsonl")
                     moved.set()
 
@@ -556,7 +617,13 @@ def test_the_audit_file_of_several_workers_loses_and_mixes_no_line(server_factor
     for thread in threads:
         thread.join()
     assert moved.is_set() and len(answered) == 200
-    lines = [line for file in tmp_path.glob("*.jsonl*") for line in file.read_text().splitlines()]
+
+    def written_lines() -> list[str]:
+        files = tmp_path.glob("*.jsonl*")
+        return [line for file in files for line in file.read_text().splitlines()]
+
+    until(lambda: len(written_lines()) >= 200)  # the last batch is chained within 200 ms
+    lines = written_lines()
     written = [json.loads(line)["command_id"] for line in lines]  # each a whole JSON object
     assert sorted(written) == sorted(answered)
     assert list(tmp_path.glob("audit.jsonl.[0-9]"))  # rotated by size too

@@ -1,8 +1,9 @@
 """The audit log of executions and the per-plugin statistics, on either storage backend.
 
-A finished execution is one INSERT, written before the caller gets the answer, so no
-completed command goes unrecorded; triggers (migration m004) add it to its plugin's running
-totals in the same statement, so the statistics add up over every worker. Keys are recorded
+A finished execution is one INSERT, committed before the caller gets the answer, so no
+completed command goes unrecorded; its plugin's running totals and its audit chain entry
+follow within a moment (waygate/totals.py, waygate/auditchain.py), so the statistics add up
+over every worker and the chain covers every row. Keys are recorded
 by name, never the key itself. Whether an open execution still has a worker is
 ``waygate.leases``'s question; how long finished ones are kept, ``waygate.retention``'s.
 """
@@ -32,6 +33,11 @@ _UNFINISHED = ExecutionStatus.unfinished()  # bound into "status IN (?, ?, ?)"
 # cap unfinished. The statuses are literals, as SQLite uses the partial index of m012 only for
 # its own WHERE, word for word (tests/test_execution_path.py checks them against
 # ExecutionStatus.unfinished()).
+_RECORD_SQL = (
+    "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
+    " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at, finished_at,"
+    " trace_id, principal, arguments_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
 _ACCEPT_SQL = (
     "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
     " timeout_s, worker_pid, created_at, params, params_hash, client_context,"
@@ -191,68 +197,41 @@ class AuditLog:
         """Record a finished execution, committed before this returns (concurrent requests'
         records share a transaction); its plugin's totals and the row count follow within a
         moment (PendingTotals). With the chain, the row and its chain entry are written in
-        that transaction."""
-        if self.chain is not None:
-            self._record_chained(
-                {
-                    "command_id": command_id,
-                    "action": action,
-                    "plugin": plugin,
-                    "key_name": key_name,
-                    "key_id": key_id,
-                    "mode": mode,
-                    "status": status,
-                    "duration_ms": duration_ms,
-                    "error": error,
-                    "result": _dump(result) if store_result else None,
-                    "timeout_s": timeout_s,
-                    "worker_pid": os.getpid(),
-                    "created_at": created_at,
-                    "started_at": started_at,
-                    "finished_at": isoformat(),
-                    "trace_id": trace_id,
-                    "principal": principal,
-                    "arguments_hash": arguments_hash,
-                }
-            )
-            self.totals.add(plugin, status, duration_ms)
-            return
-        self.storage.execute_grouped(
-            "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
-            " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at,"
-            " finished_at, trace_id, principal) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                command_id,
-                action,
-                plugin,
-                key_name,
-                key_id,
-                mode,
-                status,
-                duration_ms,
-                error,
-                _dump(result) if store_result else None,
-                timeout_s,
-                os.getpid(),
-                created_at,
-                started_at,
-                isoformat(),
-                trace_id,
-                principal,
-            ),
-        )
-        self.totals.add(plugin, status, duration_ms)
-
-    def _record_chained(self, columns: dict[str, Any]) -> None:
+        that transaction, or (a deferred chain) the entry within its delay after the commit."""
+        columns = {
+            "command_id": command_id,
+            "action": action,
+            "plugin": plugin,
+            "key_name": key_name,
+            "key_id": key_id,
+            "mode": mode,
+            "status": status,
+            "duration_ms": duration_ms,
+            "error": error,
+            "result": _dump(result) if store_result else None,
+            "timeout_s": timeout_s,
+            "worker_pid": os.getpid(),
+            "created_at": created_at,
+            "started_at": started_at,
+            "finished_at": isoformat(),
+            "trace_id": trace_id,
+            "principal": principal,
+            "arguments_hash": arguments_hash,
+        }
         chain = self.chain
-        assert chain is not None  # noqa: S101 # nosec B101 - the caller checked
-        written: list[Entry] = []
+        if chain is not None and not chain.deferred:
+            written: list[Entry] = []
 
-        def work(tx: Any) -> None:
-            written[:] = [chain.insert_execution(tx, columns)]
+            def work(tx: Any) -> None:
+                written[:] = [chain.insert_execution(tx, columns)]
 
-        self.storage.write_grouped(work)
-        chain.published(written)
+            self.storage.write_grouped(work)
+            chain.published(written)
+        else:
+            self.storage.execute_grouped(_RECORD_SQL, tuple(columns.values()))
+            if chain is not None:
+                chain.pending()
+        self.totals.add(plugin, status, duration_ms)
 
     def accept(
         self,
@@ -350,10 +329,12 @@ class AuditLog:
         )
 
     def _close(self, sql: str, params: tuple, command_id: str) -> None:
-        """Finish an execution by ``sql``; with the chain, chained in the same transaction."""
+        """Finish an execution by ``sql``; with the chain, chained in the same transaction
+        (or, deferred, in a batch within its delay)."""
         chain = self.chain
-        if chain is None:
-            self.storage.execute_write(sql, params)
+        if chain is None or chain.deferred:
+            if self.storage.execute_write(sql, params).rowcount and chain is not None:
+                chain.pending()
             return
         written: list[Entry] = []
 

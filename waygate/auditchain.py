@@ -16,11 +16,17 @@ numbers, NULL as null; ``result``, ``params`` and ``client_context`` are the sto
 text, as a string). The row's own ``chain_seq`` is one of them, so moving a row to another
 entry breaks both.
 
-Order. An entry is written in the transaction of the write it covers: the writer first
-updates the chain's head row (``audit_chain_head``), which holds the row lock until commit
-on PostgreSQL and is inside the one write transaction on SQLite, so the chain's order is the
-database's commit order for every worker of every host. A database that refuses any of it
-fails the write, so the caller's audit write fails as any other would.
+Order. Every transaction that writes entries first updates the chain's head row
+(``audit_chain_head``), which holds the row lock until commit on PostgreSQL and is inside the
+one write transaction on SQLite, so the chain's order is the database's commit order for
+every worker of every host. An event's entry is written in the event's own transaction (a
+database that refuses any of it fails the write, as any audit write failure does). A finished
+execution's, by default, in a batch after the row's commit (``delay_s``, the config's
+``audit_chain_delay_ms``): the request's path writes the row alone, and each process's
+thread (waygate/deferred.py) chains, within the delay, every finished row not chained yet, in
+the order they finished, in one transaction (``seal_unchained``); a refused batch changes
+nothing and is retried. With the delay 0 the execution's entry too is written in its row's
+transaction.
 
 Checkpoints sign ``b"waygate audit checkpoint v1\\n" + canonical JSON of {"at", "hash",
 "seq"}`` with the key in the data dir (``audit-signing.key``, created 0600 on first use) or
@@ -33,6 +39,7 @@ database, until the next checkpoint is signed.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import hashlib
 import json
@@ -40,6 +47,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +57,8 @@ import orjson
 
 from .auditfile import AuditFile
 from .clock import isoformat, parse_iso, utcnow
-from .storage import Storage
+from .deferred import DeferredRun
+from .storage import DatabaseError, Storage
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +124,21 @@ _SEAL_SQL = (
     f"UPDATE executions SET chain_seq = ? WHERE command_id = ? AND {_UNCHAINED}"  # noqa: S608 # nosec B608 - fixed names
     f" RETURNING {_EXECUTION_COLUMNS}"
 )
-_SEAL_EVENT_SQL = (
-    "UPDATE execution_events SET chain_seq = ? WHERE id = ? AND chain_seq IS NULL"  # noqa: S608 # nosec B608 - fixed names
-    f" RETURNING {_EVENT_COLUMNS}"
+# the deferred chain's batch: the head read and locked, then the finished rows not chained
+# claimed (a placeholder number, replaced in the same transaction) and read as stored
+_HEAD_SQL = _LOCK_SQL + " RETURNING seq, hash"
+_CLAIM_SQL = (
+    "UPDATE executions SET chain_seq = 0 WHERE command_id IN (SELECT command_id FROM executions"  # noqa: S608 # nosec B608 - fixed names
+    f" WHERE {_UNCHAINED} ORDER BY finished_at LIMIT ?) RETURNING {_EXECUTION_COLUMNS}"
 )
-_BATCH = 500  # rows read per statement by verification, export and pruning
+_CLAIM_EVENTS_SQL = (
+    "UPDATE execution_events SET chain_seq = 0 WHERE id IN (SELECT id FROM execution_events"  # noqa: S608 # nosec B608 - fixed names
+    f" WHERE chain_seq IS NULL ORDER BY id LIMIT ?) RETURNING {_EVENT_COLUMNS}"
+)
+_FINISHED_AT = EXECUTION_FIELDS.index("finished_at")
+_COMMAND_ID = EXECUTION_FIELDS.index("command_id")
+_ID = EVENT_FIELDS.index("id")
+_BATCH = 500  # rows read per statement by verification, export and pruning; chained a batch
 MAX_PROBLEMS = 20  # a verification names at most this many
 
 
@@ -373,8 +392,23 @@ class AuditChain:
         trusted_keys: Iterable[str] = (),
         audit_file: AuditFile | None = None,
         on_verified: Callable[[Verification], None] | None = None,
+        delay_s: float = 0.0,
     ):
         self.storage = storage
+        # delay_s > 0: a finished execution is written unchained and chained in a batch
+        # within delay_s of its commit, off the request's path (pending()); 0: in the
+        # transaction that writes it
+        self.delay_s = delay_s
+        self._batches = (
+            DeferredRun(
+                self, "seal_pending", after_s=delay_s, retry_s=1.0, name="waygate-audit-chain"
+            )
+            if delay_s
+            else None
+        )
+        if delay_s:  # a graceful stop chains what this process left
+            ref = weakref.ref(self)
+            atexit.register(lambda: (chain := ref()) is not None and chain.seal_pending())
         self.signer = signer
         self.checkpoint_entries = checkpoint_entries
         self.checkpoint_interval_s = checkpoint_interval_s
@@ -458,44 +492,83 @@ class AuditChain:
             self.audit_file.write(lines)
 
     def seal_unchained(self, limit: int = _BATCH) -> int:
-        """Chain finished executions and events that are not yet (finished by a path that
-        does not chain in its own transaction, or written before the chain began), oldest
-        first; the number chained."""
-        conn = self.storage.conn
-        executions = [
-            row[0]
-            for row in conn.execute(
-                f"SELECT command_id FROM executions WHERE {_UNCHAINED}"  # noqa: S608 # nosec B608 - fixed names
-                " ORDER BY finished_at LIMIT ?",
-                (limit,),
-            ).fetchall()
-        ]
-        events = [
-            row[0]
-            for row in conn.execute(
-                "SELECT id FROM execution_events WHERE chain_seq IS NULL ORDER BY id LIMIT ?",
-                (limit,),
-            ).fetchall()
-        ]
-        if not executions and not events:
-            return 0
+        """Chain finished executions and events that are not yet, in one transaction: those
+        a deferred chain (``delay_s``) left for this batch, those finished by a path that does
+        not chain in its own transaction, those written before the chain began. Executions
+        in the order they finished, then events in theirs; at most ``limit`` of each. The
+        number chained."""
         done: list[Entry] = []
 
         def work(tx: Any) -> None:
             done.clear()
-            self.lock(tx)
-            done.extend(self.seal(tx, executions))
-            for event_id in events:
-                seq, previous = tx.execute(_NEXT_SQL).fetchone()
-                row = tx.execute(_SEAL_EVENT_SQL, (seq, event_id)).fetchone()
-                if row is None:
-                    tx.execute("UPDATE audit_chain_head SET seq = seq - 1 WHERE id = 1")
-                    continue
-                done.append(self._link(tx, seq, previous, "event", row))
+            # the head first (see _LOCK_SQL): the batch is the chain's next stretch
+            seq, previous = tx.execute(_HEAD_SQL).fetchone()
+            # claimed with a placeholder in one statement each, read as stored
+            claimed = [
+                ("execution", dict(zip(EXECUTION_FIELDS, row, strict=True)))
+                for row in sorted(
+                    tx.execute(_CLAIM_SQL, (limit,)).fetchall(),
+                    key=lambda row: (row[_FINISHED_AT], row[_COMMAND_ID]),
+                )
+            ]
+            claimed += [
+                ("event", dict(zip(EVENT_FIELDS, row, strict=True)))
+                for row in sorted(
+                    tx.execute(_CLAIM_EVENTS_SQL, (limit,)).fetchall(), key=lambda row: row[_ID]
+                )
+            ]
+            if not claimed:
+                return
+            links = []
+            for kind, values in claimed:
+                seq += 1
+                values["chain_seq"] = seq
+                previous = link(previous, _canonical(seq, kind, values))
+                event_id = values["id"] if kind == "event" else None
+                links.append((seq, kind, values["command_id"], event_id, previous))
+                done.append(Entry(seq, kind, previous, values))
+            numbered = [(seq, cid) for seq, kind, cid, _, _ in links if kind == "execution"]
+            if numbered:
+                tx.executemany("UPDATE executions SET chain_seq = ? WHERE command_id = ?", numbered)
+            numbered = [(seq, eid) for seq, kind, _, eid, _ in links if kind == "event"]
+            if numbered:
+                tx.executemany("UPDATE execution_events SET chain_seq = ? WHERE id = ?", numbered)
+            tx.executemany(_LINK_SQL, links)
+            tx.execute(
+                "UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = 1", (seq, previous)
+            )
 
         self.storage.write_grouped(work)
         self.published(done)
         return len(done)
+
+    def pending(self) -> None:
+        """An execution was written finished and unchained (``deferred``): chain it, with
+        what else is waiting, ``delay_s`` from now."""
+        if self._batches is not None:
+            self._batches.due()
+
+    @property
+    def deferred(self) -> bool:
+        """Whether finished executions are chained in batches after their commit, not in
+        their own transaction."""
+        return self._batches is not None
+
+    @property
+    def closed(self) -> bool:
+        return getattr(self.storage, "closed", False)
+
+    def seal_pending(self) -> bool:
+        """Chain everything waiting, batch after batch; whether the database took it (a
+        refusal is logged and retried by the caller)."""
+        try:
+            while self.seal_unchained() >= _BATCH:
+                pass
+            return True
+        except DatabaseError as exc:
+            if not self.closed:
+                log.warning("audit chain: finished executions not chained yet, retrying: %s", exc)
+            return False
 
     # -- checkpoints ---------------------------------------------------------------------------
 

@@ -40,9 +40,8 @@ class AuditFile:
         ]
         try:
             with self._lock:
-                fd = self._current()
-                for line in data:
-                    os.write(fd, line)
+                for line in data:  # a batch of the chain's is rotated within, line by line
+                    os.write(self._current(), line)
         except OSError as exc:  # the database has the record; said once until it works again
             if not self._failing:
                 log.error("could not append to the audit file %s: %s", self.path, exc)

@@ -124,6 +124,10 @@ class Config:
     audit_trusted_keys: tuple[str, ...] = ()
     audit_checkpoint_entries: int = 1000
     audit_checkpoint_interval_s: int = 60
+    # a finished execution's chain entry is written in a batch within this many ms of its
+    # row's commit, off the request's path (one transaction a batch); 0: in the row's own
+    # transaction (on PostgreSQL, four more round trips a request and the head row's lock)
+    audit_chain_delay_ms: int = 200
     # entries each worker's housekeeping verifies a round (0: only `waygate audit verify`
     # and POST /admin/audit/verify)
     audit_verify_entries: int = 5000
@@ -360,6 +364,7 @@ class Config:
             ("idempotency_wait_s", 0, 60),
             ("audit_checkpoint_entries", 1, 10_000_000),
             ("audit_checkpoint_interval_s", 1, 86_400),
+            ("audit_chain_delay_ms", 0, 10_000),
             ("audit_verify_entries", 0, 10_000_000),
             ("audit_log_max_bytes", 1024, 2**50),
             ("drain_seconds", 0, 300),

@@ -52,6 +52,7 @@ def audit_chain(config: Config, storage: Storage) -> AuditChain | None:
         Signer(config.audit_signing_key_path),
         checkpoint_entries=config.audit_checkpoint_entries,
         checkpoint_interval_s=config.audit_checkpoint_interval_s,
+        delay_s=config.audit_chain_delay_ms / 1000,
         trusted_keys=config.audit_trusted_keys,
         audit_file=AuditFile(Path(config.audit_log), config.audit_log_max_bytes)
         if config.audit_log

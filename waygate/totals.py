@@ -17,9 +17,9 @@ from __future__ import annotations
 import atexit
 import logging
 import threading
-import time
 import weakref
 
+from .deferred import DeferredRun
 from .forksafe import reset_after_fork
 from .storage import DatabaseError
 
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 FOLD_AFTER_S = 0.2
 RETRY_AFTER_S = 1.0
-IDLE_CHECK_S = 5.0  # how often an idle folding thread looks whether its totals are gone
 # statuses of rows still open: their plugin's totals count when they finish (trigger, m004)
 _OPEN = frozenset(("pending", "running", "awaiting_approval"))
 
@@ -37,6 +36,13 @@ class PendingTotals:
 
     def __init__(self, storage):
         self.storage = storage
+        self._folds = DeferredRun(
+            self,
+            "_fold_quietly",
+            after_s=FOLD_AFTER_S,
+            retry_s=RETRY_AFTER_S,
+            name="waygate-totals",
+        )
         self._forked()
         reset_after_fork(self, PendingTotals._forked)
         ref = weakref.ref(self)
@@ -47,8 +53,6 @@ class PendingTotals:
         self._fold_lock = threading.Lock()
         self._rows = 0
         self._plugins: dict[str, list[int]] = {}  # plugin -> [calls, errors, duration_ms]
-        self._due = threading.Event()
-        self._folder: threading.Thread | None = None
 
     def add(self, plugin: str | None, status: str, duration_ms: int | None) -> None:
         """A finished row, committed: count it (what trigger m004/m006 did per row)."""
@@ -62,14 +66,12 @@ class PendingTotals:
                 # a round that asked its caller for input neither failed nor succeeded
                 totals[1] += status not in ("success", "input_required")
                 totals[2] += duration_ms or 0
-            if self._folder is None:
-                self._folder = threading.Thread(
-                    target=_fold_forever, args=(weakref.ref(self),), name="waygate-totals",
-                    daemon=True,
-                )  # fmt: skip
-                self._folder.start()
-        if not self._due.is_set():
-            self._due.set()
+        self._folds.due()
+
+    @property
+    def closed(self) -> bool:
+        """Closed for good (the app's end): nothing will take pending rows now."""
+        return getattr(self.storage, "closed", False)
 
     def catch_up(self) -> None:
         """Fold what is pending now (a reader of the totals sees this process's rows)."""
@@ -117,30 +119,6 @@ class PendingTotals:
             self.fold()
             return True
         except DatabaseError as exc:
-            if not getattr(self.storage, "closed", False):
+            if not self.closed:
                 log.warning("audit totals not folded yet, retrying: %s", exc)
             return False
-
-
-def _fold_forever(ref: weakref.ref) -> None:
-    """The folding thread: FOLD_AFTER_S after rows arrive, fold them; ends with its totals
-    (the app is gone) or its storage (closed for good)."""
-    while True:
-        totals = ref()
-        if totals is None:
-            return
-        due = totals._due
-        del totals  # not kept alive by this thread while it waits
-        if not due.wait(timeout=IDLE_CHECK_S):
-            continue
-        time.sleep(FOLD_AFTER_S)  # gather the rows of the next moment into this fold
-        due.clear()
-        totals = ref()
-        if totals is None:
-            return
-        if not totals._fold_quietly():
-            if getattr(totals.storage, "closed", False):
-                return  # closed for good (the app's end): nothing will take them now
-            time.sleep(RETRY_AFTER_S)
-            due.set()
-        del totals
