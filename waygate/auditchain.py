@@ -125,19 +125,23 @@ _SEAL_SQL = (
     f" RETURNING {_EXECUTION_COLUMNS}"
 )
 # the deferred chain's batch: the head read and locked, then the finished rows not chained
-# claimed (a placeholder number, replaced in the same transaction) and read as stored
+# numbered after it in one statement each (in the order they finished; events by id) and
+# read back as stored
 _HEAD_SQL = _LOCK_SQL + " RETURNING seq, hash"
-_CLAIM_SQL = (
-    "UPDATE executions SET chain_seq = 0 WHERE command_id IN (SELECT command_id FROM executions"  # noqa: S608 # nosec B608 - fixed names
-    f" WHERE {_UNCHAINED} ORDER BY finished_at LIMIT ?) RETURNING {_EXECUTION_COLUMNS}"
+_NUMBER_SQL = (
+    "UPDATE executions SET chain_seq = ? + numbered.n FROM (SELECT command_id AS numbered_id,"  # noqa: S608 # nosec B608 - fixed names
+    " row_number() OVER (ORDER BY finished_at, command_id) AS n FROM executions"
+    f" WHERE {_UNCHAINED} ORDER BY finished_at, command_id LIMIT ?) AS numbered"
+    f" WHERE executions.command_id = numbered.numbered_id RETURNING {_EXECUTION_COLUMNS}"
 )
-_CLAIM_EVENTS_SQL = (
-    "UPDATE execution_events SET chain_seq = 0 WHERE id IN (SELECT id FROM execution_events"  # noqa: S608 # nosec B608 - fixed names
-    f" WHERE chain_seq IS NULL ORDER BY id LIMIT ?) RETURNING {_EVENT_COLUMNS}"
+_NUMBER_EVENTS_SQL = (
+    "UPDATE execution_events SET chain_seq = ? + numbered.n FROM (SELECT id AS numbered_id,"  # noqa: S608 # nosec B608 - fixed names
+    " row_number() OVER (ORDER BY id) AS n FROM execution_events WHERE chain_seq IS NULL"
+    " ORDER BY id LIMIT ?) AS numbered WHERE execution_events.id = numbered.numbered_id"
+    f" RETURNING {_EVENT_COLUMNS}"
 )
-_FINISHED_AT = EXECUTION_FIELDS.index("finished_at")
-_COMMAND_ID = EXECUTION_FIELDS.index("command_id")
-_ID = EVENT_FIELDS.index("id")
+_SEQ = EXECUTION_FIELDS.index("chain_seq")
+_EVENT_SEQ = EVENT_FIELDS.index("chain_seq")
 _BATCH = 500  # rows read per statement by verification, export and pruning; chained a batch
 MAX_PROBLEMS = 20  # a verification names at most this many
 
@@ -503,36 +507,28 @@ class AuditChain:
             done.clear()
             # the head first (see _LOCK_SQL): the batch is the chain's next stretch
             seq, previous = tx.execute(_HEAD_SQL).fetchone()
-            # claimed with a placeholder in one statement each, read as stored
-            claimed = [
+            rows = [
                 ("execution", dict(zip(EXECUTION_FIELDS, row, strict=True)))
                 for row in sorted(
-                    tx.execute(_CLAIM_SQL, (limit,)).fetchall(),
-                    key=lambda row: (row[_FINISHED_AT], row[_COMMAND_ID]),
+                    tx.execute(_NUMBER_SQL, (seq, limit)).fetchall(), key=lambda r: r[_SEQ]
                 )
             ]
-            claimed += [
+            rows += [
                 ("event", dict(zip(EVENT_FIELDS, row, strict=True)))
                 for row in sorted(
-                    tx.execute(_CLAIM_EVENTS_SQL, (limit,)).fetchall(), key=lambda row: row[_ID]
+                    tx.execute(_NUMBER_EVENTS_SQL, (seq + len(rows), limit)).fetchall(),
+                    key=lambda r: r[_EVENT_SEQ],
                 )
             ]
-            if not claimed:
+            if not rows:
                 return
             links = []
-            for kind, values in claimed:
-                seq += 1
-                values["chain_seq"] = seq
+            for kind, values in rows:
+                seq = values["chain_seq"]
                 previous = link(previous, _canonical(seq, kind, values))
                 event_id = values["id"] if kind == "event" else None
                 links.append((seq, kind, values["command_id"], event_id, previous))
                 done.append(Entry(seq, kind, previous, values))
-            numbered = [(seq, cid) for seq, kind, cid, _, _ in links if kind == "execution"]
-            if numbered:
-                tx.executemany("UPDATE executions SET chain_seq = ? WHERE command_id = ?", numbered)
-            numbered = [(seq, eid) for seq, kind, _, eid, _ in links if kind == "event"]
-            if numbered:
-                tx.executemany("UPDATE execution_events SET chain_seq = ? WHERE id = ?", numbered)
             tx.executemany(_LINK_SQL, links)
             tx.execute(
                 "UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = 1", (seq, previous)
