@@ -66,3 +66,34 @@ def report(p: dict) -> None:
         p["postgresql_audit_rows"],
     )
     print(f"  PostgreSQL / SQLite at 16 connections: {rps:.2f}x req/s, p99 {p99:.2f}x; {rows} rows")
+
+
+def main() -> int:
+    """This section alone, e.g. to compare a setting on both servers of the same run
+    (``WAYGATE_AUDIT_CHAIN_DELAY_MS=0 .venv/bin/python -m bench.pg``): the environment
+    reaches both."""
+    import argparse
+    import json
+    import tempfile
+
+    from bench import run as bench
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--out", type=Path, help="also write the results here (JSON)")
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory(prefix="waygate-bench-pg-") as parent,
+        bench.fresh_data_dir(Path(parent), "sqlite") as (data_dir, key),
+    ):
+        results = postgresql_cost(args.rounds, args.seconds, data_dir, key, bench)
+    report(results)
+    print(f"  per round at 16 connections: {results['pg_vs_sqlite_rps@16_per_round']}")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
