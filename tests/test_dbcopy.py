@@ -18,15 +18,23 @@ def test_sqlite_state_moves_into_postgresql_idempotently_and_verified(
         )
         assert ran.status_code == 200
     client.post("/mcp/execute", json={"action": "nope"}, headers=keys.headers())
+    retried = {"action": "echo", "params": {"message": "once"}}
+    first = client.post(
+        "/mcp/execute", json=retried, headers=keys.headers(**{"Idempotency-Key": "move-1"})
+    )
+    assert first.status_code == 200
     # the host stops before the copy that counts (docs/operations.md), which folds its
-    # totals into the database (waygate/totals.py)
-    client.application.extensions["waygate"].audit.totals.fold()
+    # totals into the database (waygate/totals.py) and chains what it left (auditchain.py)
+    services = client.application.extensions["waygate"]
+    services.audit.totals.fold()
+    assert services.audit.chain.seal_pending()
     code, out, err = runner("db", "copy", "--to", pg_url)
     assert code == 0, err
     password = pg_url.split(":")[2].split("@")[0]
     assert password not in out + err and ":***@" in out
     assert "api_keys: 2 in " in out and "2 copied" in out
-    assert "executions: 3 in " in out and "every row verified" in out
+    assert "executions: 4 in " in out and "every row verified" in out
+    assert "idempotency_keys: 1 in " in out
 
     # the same state answers from PostgreSQL: keys, audit, statistics, totals
     moved = make_app(database_url=pg_url).test_client()
@@ -38,24 +46,32 @@ def test_sqlite_state_moves_into_postgresql_idempotently_and_verified(
         ).status_code
         == 200
     )
+    # a retry of the call made before the move gets its first answer, and runs nothing
+    again = moved.post(
+        "/mcp/execute", json=retried, headers=keys.headers(**{"Idempotency-Key": "move-1"})
+    )
+    assert again.status_code == 200
+    assert again.get_json()["command_id"] == first.get_json()["command_id"]
     listed = moved.get("/mcp/executions", headers=keys.headers("admin"))
-    assert listed.status_code == 200 and listed.headers["X-Total-Count"] == "4"
+    assert listed.status_code == 200 and listed.headers["X-Total-Count"] == "5"
     with psycopg.connect(pg_url) as conn:
         calls = conn.execute("SELECT sum(calls_total) FROM plugin_stats").fetchone()[0]
-        assert calls == 4  # three copied totals and the new call, never double counted
+        assert calls == 5  # four copied totals and the new call, never double counted
         created = conn.execute("SELECT count(*) FROM key_events").fetchone()[0]
         assert created == 2
 
     # the audit chain came along and goes on: the copy verifies, the new call included
+    assert moved.application.extensions["waygate"].audit.chain.seal_pending()
     monkeypatch.setenv("WAYGATE_DATABASE_URL", pg_url)
     code, out, err = runner("audit", "verify")
-    assert code == 0 and "(4 executions, 0 events)" in out, out + err
+    assert code == 0 and "(5 executions, 0 events)" in out, out + err
     monkeypatch.delenv("WAYGATE_DATABASE_URL")
 
     # again: nothing copied twice, nothing lost
     code, out, err = runner("db", "copy", "--to", pg_url)
     assert code == 0, err
-    assert "executions: 3 in " in out and "0 copied, 3 already there" in out
+    assert "executions: 4 in " in out and "0 copied, 4 already there" in out
+    assert "idempotency_keys: 1 in " in out and "0 copied, 1 already there" in out
 
 
 def test_a_copy_to_something_else_than_postgresql_is_refused_without_repeating_it(runner, keys):

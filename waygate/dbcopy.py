@@ -4,7 +4,8 @@ several hosts will share.
 Every table that holds state is copied row for row, keeping its ids (keys keep their ids, so
 executions and key events still point at them): API keys and their events, executions and
 their approval trail, the error log, the audit chain and its checkpoints (and its head, so
-the chain goes on where it stopped). Rows already in the target (same primary key) are left
+the chain goes on where it stopped), the idempotency keys still in their window (a retry
+after the move gets its first answer). Rows already in the target (same primary key) are left
 as they are, so a second run copies only what the first did not (run it again right after
 stopping the service). Per-plugin statistics are set to the source's totals (they survive
 audit pruning, so the audit rows cannot rebuild them), the row counts are recounted, and the
@@ -29,6 +30,8 @@ TABLES = (
     # the audit chain with its checkpoints, so the copy verifies as the original did
     ("audit_chain", "seq"),
     ("audit_checkpoints", "seq"),
+    # a retry after the move still gets its first answer, not a second run
+    ("idempotency_keys", "owner, idem_key"),
 )
 IDENTITY_TABLES = ("api_keys", "key_events", "execution_events", "errors")
 BATCH = 1000
@@ -46,11 +49,21 @@ class TableReport:
         return self.verified == self.source
 
 
+def _columns(key: str) -> list[str]:
+    """A primary key's columns: ``"id"`` or ``"owner, idem_key"``."""
+    return [name.strip() for name in key.split(",")]
+
+
+def _key_of(row, key: str) -> tuple:
+    return tuple(row[name] for name in _columns(key))
+
+
 def _batches(storage: Storage, table: str, key: str) -> Iterator[list]:
     """The source's rows in key order, a batch at a time (never the whole table at once)."""
     last = None
+    marks = ", ".join("?" for _ in _columns(key))
     while True:
-        where, args = ("", []) if last is None else (f" WHERE {key} > ?", [last])
+        where, args = ("", []) if last is None else (f" WHERE ({key}) > ({marks})", [*last])
         rows = storage.conn.execute(
             f"SELECT * FROM {table}{where} ORDER BY {key} LIMIT ?",  # noqa: S608 # nosec B608
             [*args, BATCH],
@@ -58,7 +71,7 @@ def _batches(storage: Storage, table: str, key: str) -> Iterator[list]:
         if not rows:
             return
         yield rows
-        last = rows[-1][key]
+        last = _key_of(rows[-1], key)
 
 
 def copy_state(source: Storage, target: PostgresStorage) -> list[TableReport]:
@@ -73,7 +86,7 @@ def copy_state(source: Storage, target: PostgresStorage) -> list[TableReport]:
             columns = list(rows[0].keys())
             names = ", ".join(columns)
             marks = ", ".join("?" for _ in columns)
-            keys = [row[key] for row in rows]
+            keys = [_key_of(row, key) for row in rows]
             with target.write() as conn:
                 before = _present(conn, table, key, keys)
                 conn.executemany(
@@ -91,11 +104,11 @@ def copy_state(source: Storage, target: PostgresStorage) -> list[TableReport]:
     return reports
 
 
-def _present(conn, table: str, key: str, keys: list) -> int:
-    marks = ", ".join("?" for _ in keys)
+def _present(conn, table: str, key: str, keys: list[tuple]) -> int:
+    one = "(" + ", ".join("?" for _ in _columns(key)) + ")"
     return conn.execute(
-        f"SELECT count(*) FROM {table} WHERE {key} IN ({marks})",  # noqa: S608 # nosec B608
-        keys,
+        f"SELECT count(*) FROM {table} WHERE ({key}) IN (VALUES {', '.join([one] * len(keys))})",  # noqa: S608 # nosec B608
+        [value for row in keys for value in row],
     ).fetchone()[0]
 
 
