@@ -14,7 +14,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import TypeVar
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 
 from ..commands import Caller
 from ..errors import Forbidden, Unauthorized, WaygateError
@@ -41,8 +41,8 @@ def presented_key() -> str | None:
     return key or bearer
 
 
-def _identify_caller() -> None:
-    g.api_key = g.principal = g.auth_error = None
+def _identify_caller(fresh: bool = False) -> None:
+    g.api_key = g.principal = g.auth_error = g.key_generation = None
     g.bearer_refused = False  # a bearer access token failed verification (a 401 on /mcp)
     key, bearer = presented_credentials()
     if key is None and bearer is None:
@@ -58,7 +58,12 @@ def _identify_caller() -> None:
             g.principal = oauth.verify(bearer)
             return
         try:
-            g.api_key = svc.keys.authenticate(key or bearer)
+            if fresh or _cache_confirmed():
+                g.api_key, g.key_generation = svc.keys.authenticate_cached(
+                    key or bearer, fresh=fresh
+                )
+            else:
+                g.api_key = svc.keys.authenticate(key or bearer)
         except Unauthorized:
             if key is not None or oauth is None or not oauth.introspects:
                 raise
@@ -69,6 +74,39 @@ def _identify_caller() -> None:
         g.auth_error = exc
         g.bearer_refused = isinstance(exc, InvalidToken)
         refused_token(exc)
+
+
+def _cache_confirmed() -> bool:
+    """Whether a cached key can be confirmed by this app's rate-limit hit (PostgreSQL)."""
+    limiter = current_app.extensions.get("waygate.limiter")
+    return limiter is not None and limiter.confirms_key_generation
+
+
+def _confirm_caller() -> None:
+    """After the rate-limit hit: a key answered from the cache stands only if the hit read the
+    key generation the answer was read with (no key changed since). Otherwise (it moved, or
+    no hit read it: an OPTIONS, an unrouted path, a storage failure) the caller is identified
+    again from the database, and counted again when that changes who it is or its limit."""
+    tagged = g.get("key_generation")
+    if tagged is None:
+        return
+    now = g.pop("key_generation_now", None)
+    if now == tagged:
+        g.key_generation = None
+        return
+    keys = services().keys
+    keys.cache.saw(now)
+    before = g.api_key
+    _identify_caller(fresh=True)
+    after = g.api_key
+    limiter = current_app.extensions.get("waygate.limiter")
+    counted = g.get("rate_limit_counter") is not None
+    same_budget = after is not None and (after.id, after.rate_limit) == (
+        before.id,
+        before.rate_limit,
+    )
+    if limiter is not None and counted and not same_budget:
+        limiter.check()
 
 
 def current_principal() -> Principal:
@@ -128,3 +166,8 @@ def admin_required(view: F) -> F:
 
 def init_app(app: Flask) -> None:
     app.before_request(_identify_caller)
+
+
+def confirm_after_limits(app: Flask) -> None:
+    """Registered after the rate limiter's hook: see ``_confirm_caller``."""
+    app.before_request(_confirm_caller)

@@ -88,6 +88,13 @@ class RateLimiter:
         self.strategy = FixedWindowRateLimiter(self.storage)
         # Waygate's own storages count and tell the window's end in one step.
         self._incr_window = getattr(self.storage, "incr_window", None)
+        # Counters in Waygate's own PostgreSQL database: the hit also reads the key generation,
+        # which confirms a key answered from the process's cache (web/auth.py) without a
+        # statement of its own.
+        same_database = bool(config.database_url) and uri == config.database_url
+        self._incr_window_generation = (
+            getattr(self.storage, "incr_window_generation", None) if same_database else None
+        )
         self.fail_open = config.ratelimit_fail_open
         self.default = parse(config.rate_limit_default)
         self.groups = {
@@ -142,7 +149,13 @@ class RateLimiter:
             budget = self.auth_failures.key_for("auth-failures", address)
         try:
             with tracing.span("waygate.ratelimit.hit", {"waygate.limit": scope}):
-                count, reset_at, refused_keys = self._hit(item, scope, identity, budget)
+                if g.get("key_generation") is not None and self._incr_window_generation:
+                    counter = item.key_for(scope, identity)
+                    count, reset_at, refused_keys, g.key_generation_now = (
+                        self._incr_window_generation(counter, item.get_expiry(), 1, budget)
+                    )
+                else:
+                    count, reset_at, refused_keys = self._hit(item, scope, identity, budget)
         except StorageError as exc:
             self._storage_failed(exc)
             return
@@ -258,6 +271,11 @@ class RateLimiter:
             raise ServiceUnavailable(
                 "rate-limit storage unavailable; try again shortly", retry_after=5
             )
+
+    @property
+    def confirms_key_generation(self) -> bool:
+        """Whether each request's hit reads the key generation (``g.key_generation_now``)."""
+        return self._incr_window_generation is not None
 
     @staticmethod
     def add_headers(response: Response) -> Response:
