@@ -334,3 +334,31 @@ def test_a_key_revoked_through_one_worker_is_refused_by_every_worker_at_once(
     assert revoked.status_code == 200
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(status, range(16))) == [401] * 16
+
+
+def test_a_revoked_key_with_its_budget_spent_is_told_401_not_429(hosts, admin):
+    a, b = hosts
+    key = make_key(a, admin, "agent", rate_limit="1/minute")
+    assert execute(b, key) == 200 and known_to(b, key)
+    assert execute(b, key) == 429
+    assert a.delete("/keys/agent", headers={"X-API-Key": admin}).status_code == 200
+    assert execute(b, key) == 401
+
+
+def test_without_a_hit_to_confirm_it_a_cached_key_is_read_again(hosts, admin):
+    """The limit storage fails (and fails open): no statement read the generation, so the
+    cached key is looked up again before the view runs."""
+    from limits.errors import StorageError
+
+    a, b = hosts
+    key = make_key(a, admin, "agent")
+    assert execute(b, key) == 200 and known_to(b, key)
+    assert a.delete("/keys/agent", headers={"X-API-Key": admin}).status_code == 200
+
+    def down(*args):
+        raise StorageError(RuntimeError("limit storage down"))
+
+    limiter = b.application.extensions["waygate.limiter"]
+    limiter._incr_window_generation = down
+    limiter._incr_window = down
+    assert execute(b, key) == 401

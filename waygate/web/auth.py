@@ -82,31 +82,28 @@ def _cache_confirmed() -> bool:
     return limiter is not None and limiter.confirms_key_generation
 
 
-def _confirm_caller() -> None:
-    """After the rate-limit hit: a key answered from the cache stands only if the hit read the
-    key generation the answer was read with (no key changed since). Otherwise (it moved, or
-    no hit read it: an OPTIONS, an unrouted path, a storage failure) the caller is identified
-    again from the database, and counted again when that changes who it is or its limit."""
-    tagged = g.get("key_generation")
-    if tagged is None:
-        return
-    now = g.pop("key_generation_now", None)
-    if now == tagged:
-        g.key_generation = None
-        return
-    keys = services().keys
-    keys.cache.saw(now)
+def _identify_again(generation: int | None) -> bool:
+    """The caller identified again from the database: its key came from the cache, read at
+    another key generation than ``generation``, the one the rate-limit hit just read (None:
+    no hit read one). Whether that changed who it is or its rate limit (then it is counted
+    again, as who it turned out to be)."""
+    services().keys.cache.saw(generation)
     before = g.api_key
     _identify_caller(fresh=True)
     after = g.api_key
-    limiter = current_app.extensions.get("waygate.limiter")
-    counted = g.get("rate_limit_counter") is not None
-    same_budget = after is not None and (after.id, after.rate_limit) == (
-        before.id,
-        before.rate_limit,
+    return (
+        after is None
+        or before is None
+        or (after.id, after.rate_limit) != (before.id, before.rate_limit)
     )
-    if limiter is not None and counted and not same_budget:
-        limiter.check()
+
+
+def _confirm_caller() -> None:
+    """After the rate limiter's hook: a key still taken from the cache unconfirmed (no hit read
+    the key generation: an OPTIONS, an unrouted path, a failed limit storage) is read again
+    before any view sees it."""
+    if g.get("key_generation") is not None:
+        _identify_again(None)
 
 
 def current_principal() -> Principal:
@@ -169,5 +166,10 @@ def init_app(app: Flask) -> None:
 
 
 def confirm_after_limits(app: Flask) -> None:
-    """Registered after the rate limiter's hook: see ``_confirm_caller``."""
+    """After the rate limiter is built: it confirms a cached key with the generation its hit
+    reads, or has the caller identified again (``_identify_again``); ``_confirm_caller``
+    catches the requests it did not count."""
+    limiter = app.extensions.get("waygate.limiter")
+    if limiter is not None:
+        limiter.identify_again = _identify_again
     app.before_request(_confirm_caller)
