@@ -24,6 +24,7 @@ BOOKKEEPING = {"_sqlite_migrations", "_waygate_migrations", "sqlite_sequence"}
 NEVER_NUMBERED = {
     ("plugin_state", "id"),
     ("audit_chain_head", "id"),
+    ("key_generation", "id"),
     ("audit_chain", "seq"),
     ("audit_checkpoints", "seq"),
 }

@@ -71,6 +71,7 @@ def create_app(config: Config | None = None, services: Services | None = None) -
     app.register_blueprint(docs_api.bp)
     console.init_app(app, services)
     app.extensions["waygate.limiter"] = limiter.build(app, config)
+    auth.confirm_after_limits(app)  # after the limiter's hit, which reads the key generation
     http.trust_proxies(app, config)  # last: the outermost WSGI layer
 
     loaded = services.plugins.current  # load plugins now, not on the first request

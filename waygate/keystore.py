@@ -2,20 +2,35 @@
 presented key, and the trail of key events, on either storage backend.
 
 Only a key's SHA-256 digest is stored: with that much entropy a slow password hash adds
-nothing. Lookups go by digest and the stored digest is compared in constant time. There is no
-per-process cache, so a revoked, changed or expired key is seen by every worker on its next
-request. Every change is a key event, written in the transaction that makes it. What a valid
-key and key request are is ``waygate.keys``'.
+nothing. Lookups go by digest and the stored digest is compared in constant time. Every change
+is a key event, written in the transaction that makes it. What a valid key and key request
+are is ``waygate.keys``'.
+
+``authenticate`` reads the database on every call. ``authenticate_cached`` (the HTTP API's,
+on PostgreSQL, where that read is a network round trip) may answer from this process's
+``KeyCache`` instead, and then says with which *key generation* the answer was read: a counter
+in the database (m025) that triggers move in the transaction of every change to a key but its
+last use. The caller trusts such an answer only once it has read the current generation in a
+statement it makes anyway (the rate-limit hit, ``web/auth.py``) and found it the same: then no
+key changed between the cached read and that statement, and the answer is what a read at
+that moment would have given. Otherwise it asks again with ``fresh=True``. So a revoked,
+changed or expired key is seen by every worker of every host on its next request, cache or
+not.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from . import forksafe
 from .approvals.records import deny_requests_of_key
 from .clock import isoformat, parse_iso, utcnow
 from .errors import Conflict, InvalidRequest, NotFound, Unauthorized
@@ -61,6 +76,17 @@ _ROTATE_SQL = (
     " CASE WHEN CAST(? AS TEXT) IS NULL THEN NULL ELSE key_hash END,"
     f" previous_valid_until = ?, key_hash = ?, updated_at = ? {_LIVE} RETURNING {_COLUMNS}"
 )
+_AUTH_COLUMNS = f"{_COLUMNS}, key_hash, previous_hash, previous_valid_until"
+_AUTH_SQL = f"SELECT {_AUTH_COLUMNS} FROM api_keys WHERE key_hash = ? OR previous_hash = ?"  # noqa: S608 # nosec B608
+# The same, with the key generation read in the same statement (one snapshot): what a cached
+# answer is tagged with.
+_AUTH_GENERATION_SQL = (
+    f"SELECT {_AUTH_COLUMNS}, (SELECT generation FROM key_generation WHERE id = 1) AS generation"  # noqa: S608 # nosec B608
+    " FROM api_keys WHERE key_hash = ? OR previous_hash = ?"
+)
+# A cached key is looked up again after this long, and the cache holds at most this many.
+KEY_CACHE_TTL_S = 60.0
+KEY_CACHE_SIZE = 1024
 _REVOKE_SQL = (
     "UPDATE api_keys SET revoked_at = ?, previous_hash = NULL"  # noqa: S608 # nosec B608
     f" {_LIVE} RETURNING {_COLUMNS}"
@@ -76,6 +102,7 @@ class KeyStore:
         self.storage = storage
         # told the command ids a revocation denied (the approvals' gauge and webhook)
         self.on_requests_ended = on_requests_ended
+        self.cache = KeyCache()  # only authenticate_cached uses it
 
     def create(
         self,
@@ -257,15 +284,44 @@ class KeyStore:
         return [row[0] for row in rows]
 
     def authenticate(self, presented: str | None) -> ApiKey:
-        """The live key matching ``presented``, or Unauthorized. Records the last use."""
+        """The live key matching ``presented``, or Unauthorized. Records the last use. Reads
+        the database every time."""
+        return self._authenticate(presented, None)
+
+    def authenticate_cached(
+        self, presented: str | None, *, fresh: bool = False
+    ) -> tuple[ApiKey, int | None]:
+        """``authenticate``, possibly answered from this process's cache: ``(key, generation)``
+        where ``generation`` is the key generation the cached answer was read with, to be
+        confirmed by the caller (the module docstring says how), or None when the database
+        was read now (the answer is exact; it is cached for the next calls). ``fresh``: read
+        the database whatever the cache holds (after a generation did not match)."""
         if not presented:
             raise Unauthorized("missing API key: send it in the X-API-Key header")
         wanted = digest(presented)
-        row = self.storage.conn.execute(
-            f"SELECT {_COLUMNS}, key_hash, previous_hash, previous_valid_until FROM api_keys "  # noqa: S608 # nosec B608
-            "WHERE key_hash = ? OR previous_hash = ?",
-            (wanted, wanted),
-        ).fetchone()
+        if not fresh:
+            hit = self.cache.get(wanted)
+            if hit is not None:
+                now = utcnow()
+                if (hit.expires is None or hit.expires > now) and (
+                    hit.previous_until is None or hit.previous_until > now
+                ):
+                    if self._touch(hit.record.id, hit.last_used_at):
+                        hit.last_used_at = isoformat(now)
+                    return hit.record, hit.generation
+                self.cache.forget(wanted)  # expired, or a rotated secret past its grace
+        return self._authenticate(presented, wanted), None
+
+    def _authenticate(self, presented: str | None, remember: str | None) -> ApiKey:
+        """The lookup; with ``remember`` (the digest), the generation is read with the row
+        and a key found valid is cached under it."""
+        if not presented:
+            raise Unauthorized("missing API key: send it in the X-API-Key header")
+        wanted = digest(presented)
+        sql = _AUTH_GENERATION_SQL if remember else _AUTH_SQL
+        row = self.storage.conn.execute(sql, (wanted, wanted)).fetchone()
+        if row is not None and remember:
+            self.cache.saw(row["generation"])
         # Compare digests in constant time even when the lookup found nothing.
         previous = row is not None and row["key_hash"] != wanted
         stored = (row["previous_hash"] if previous else row["key_hash"]) if row else "0" * 64
@@ -281,7 +337,19 @@ class KeyStore:
                 f"API key expired at {record.expires_at}; ask an admin for a new one",
                 {"expired_at": record.expires_at},
             )
-        self._touch(record.id, row["last_used_at"])
+        touched = self._touch(record.id, row["last_used_at"])
+        if remember and row["generation"] is not None:
+            self.cache.put(
+                wanted,
+                _Cached(
+                    record=record,
+                    generation=row["generation"],
+                    expires=parse_iso(record.expires_at) if record.expires_at else None,
+                    previous_until=parse_iso(row["previous_valid_until"]) if previous else None,
+                    last_used_at=isoformat(now) if touched else row["last_used_at"],
+                    loaded=time.monotonic(),
+                ),
+            )
         return record
 
     # -- the trail ---------------------------------------------------------------------------
@@ -340,16 +408,88 @@ class KeyStore:
             if recent is None:
                 self._event(conn, "expired_use", key, key.actor, {"expired_at": key.expires_at})
 
-    def _touch(self, key_id: int | None, last_used_at: str | None) -> None:
+    def _touch(self, key_id: int | None, last_used_at: str | None) -> bool:
+        """Record the key's use unless ``last_used_at`` is recent; whether it was written (or
+        found written by another process moments ago)."""
         now = utcnow()
         if last_used_at and now - parse_iso(last_used_at) < LAST_USED_RESOLUTION:
-            return
+            return False
         cutoff = isoformat(now - LAST_USED_RESOLUTION)
         self.storage.execute_write(
             "UPDATE api_keys SET last_used_at = ? WHERE id = ? "
             "AND (last_used_at IS NULL OR last_used_at < ?)",
             (isoformat(now), key_id, cutoff),
         )
+        return True
+
+
+@dataclass
+class _Cached:
+    """A key found valid, as ``authenticate_cached`` keeps it under the presented digest."""
+
+    record: ApiKey
+    generation: int
+    expires: datetime | None  # the key's expiry, checked against the clock on every hit
+    previous_until: datetime | None  # a rotated-out secret: the end of its grace period
+    last_used_at: str | None  # as last written (or found written), for _touch's resolution
+    loaded: float  # time.monotonic() when read from the database
+
+
+class KeyCache:
+    """This process's keys, by digest, all read at one key generation: a read at a newer one
+    (``saw``) empties it, an answer read at an older one is not kept. Bounded by size (least
+    recently used first out) and age (KEY_CACHE_TTL_S); emptied in a forked child. Only keys
+    found valid enter it: a wrong or refused key never does."""
+
+    def __init__(self, size: int = KEY_CACHE_SIZE, ttl_s: float = KEY_CACHE_TTL_S):
+        self.size, self.ttl_s = size, ttl_s
+        self._reset()
+        forksafe.reset_after_fork(self, KeyCache._reset)
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Cached] = OrderedDict()
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, wanted: str) -> _Cached | None:
+        with self._lock:
+            hit = self._entries.get(wanted)
+            if hit is None:
+                return None
+            if hit.generation != self.generation or time.monotonic() - hit.loaded > self.ttl_s:
+                del self._entries[wanted]
+                return None
+            self._entries.move_to_end(wanted)
+            return hit
+
+    def put(self, wanted: str, entry: _Cached) -> None:
+        with self._lock:
+            if entry.generation < self.generation:
+                return  # read before a change this process already knows of
+            if entry.generation > self.generation:
+                self._entries.clear()
+                self.generation = entry.generation
+            self._entries[wanted] = entry
+            self._entries.move_to_end(wanted)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def saw(self, generation: int | None) -> None:
+        """The database's key generation was ``generation`` a moment ago: a newer one than
+        the cache's empties it."""
+        if generation is None:
+            return
+        with self._lock:
+            if generation > self.generation:
+                self._entries.clear()
+                self.generation = generation
+
+    def forget(self, wanted: str) -> None:
+        with self._lock:
+            self._entries.pop(wanted, None)
 
 
 def _keep_an_admin(conn: Any, name: str, doing: str, command: str) -> None:

@@ -33,6 +33,22 @@ from .storage.migrations import RATE_LIMITS
 
 # How long this thread's own last hit answers reads of the same counter (one request's span).
 JUST_HIT_S = 0.05
+# One hit: the counter after it, its window's end, and the live count of the counter :read.
+_INCR_SQL = (
+    "INSERT INTO rate_limits (key, value, expires_at) VALUES (:key, :amount, :expires) "
+    "ON CONFLICT(key) DO UPDATE SET "
+    " value = CASE WHEN rate_limits.expires_at <= :now THEN :amount"
+    " ELSE rate_limits.value + :amount END,"
+    " expires_at = CASE WHEN rate_limits.expires_at <= :now THEN :expires"
+    " ELSE rate_limits.expires_at END "
+    "RETURNING value, expires_at,"
+    " (SELECT r.value FROM rate_limits r WHERE r.key = :read AND r.expires_at > :now)"
+)
+# The same hit, also reading the key generation of Waygate's state in the same statement (the
+# counters in Waygate's own PostgreSQL database): what confirms a cached key, waygate/keystore.py.
+_INCR_GENERATION_SQL = (
+    _INCR_SQL + ", (SELECT g.generation FROM key_generation g WHERE g.id = 1)"  # noqa: S608 # nosec B608
+)
 
 
 def _storage_errors(method):
@@ -103,24 +119,20 @@ class SQLiteLimitStorage(LimitsStorage):
     ) -> tuple[int, float, int]:
         """The counter after this hit, its window's end and the live count of the counter
         ``read`` (0 without one), from the one statement."""
+        return self._incr(_INCR_SQL, key, expiry, amount, read)[:3]
+
+    def _incr(self, sql: str, key: str, expiry: int, amount: int, read: str | None) -> tuple:
         now = time.time()
-        value, expires_at, other = self._store.execute_write(
-            "INSERT INTO rate_limits (key, value, expires_at) VALUES (:key, :amount, :expires) "
-            "ON CONFLICT(key) DO UPDATE SET "
-            " value = CASE WHEN rate_limits.expires_at <= :now THEN :amount"
-            " ELSE rate_limits.value + :amount END,"
-            " expires_at = CASE WHEN rate_limits.expires_at <= :now THEN :expires"
-            " ELSE rate_limits.expires_at END "
-            "RETURNING value, expires_at,"
-            " (SELECT r.value FROM rate_limits r WHERE r.key = :read AND r.expires_at > :now)",
-            {"key": key, "amount": amount, "expires": now + expiry, "now": now, "read": read},
+        row = self._store.execute_write(
+            sql, {"key": key, "amount": amount, "expires": now + expiry, "now": now, "read": read}
         ).rows[0]
+        value, expires_at, other = row[0], row[1], row[2]
         # flask-limiter reads the window back right after the hit to write its headers; the
         # hit already told us, so those two reads are answered from here.
         self._recent.hit = (key, int(value), float(expires_at), time.monotonic())
         if random.random() < 0.001:  # noqa: S311 - not security relevant: occasional pruning
             self._prune(now)
-        return int(value), float(expires_at), int(other or 0)
+        return (int(value), float(expires_at), int(other or 0), *row[3:])
 
     def _just_hit(self, key: str) -> tuple[int, float] | None:
         hit = getattr(self._recent, "hit", None)
@@ -205,6 +217,16 @@ class PostgresLimitStorage(SQLiteLimitStorage):
     ) -> tuple[int, float, int]:
         return self._again_with_table(
             lambda: SQLiteLimitStorage.incr_window.__wrapped__(self, key, expiry, amount, read)
+        )
+
+    @_storage_errors
+    def incr_window_generation(
+        self, key: str, expiry: int, amount: int = 1, read: str | None = None
+    ) -> tuple[int, float, int, int | None]:
+        """``incr_window`` and, from the same statement, the key generation (m025) of the
+        database the counters are in: only when that is Waygate's own state (the default)."""
+        return self._again_with_table(
+            lambda: self._incr(_INCR_GENERATION_SQL, key, expiry, amount, read)
         )
 
     def get(self, key: str) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import TypeVar
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 
 from ..commands import Caller
 from ..errors import Forbidden, Unauthorized, WaygateError
@@ -41,8 +41,8 @@ def presented_key() -> str | None:
     return key or bearer
 
 
-def _identify_caller() -> None:
-    g.api_key = g.principal = g.auth_error = None
+def _identify_caller(fresh: bool = False) -> None:
+    g.api_key = g.principal = g.auth_error = g.key_generation = None
     g.bearer_refused = False  # a bearer access token failed verification (a 401 on /mcp)
     key, bearer = presented_credentials()
     if key is None and bearer is None:
@@ -58,7 +58,12 @@ def _identify_caller() -> None:
             g.principal = oauth.verify(bearer)
             return
         try:
-            g.api_key = svc.keys.authenticate(key or bearer)
+            if fresh or _cache_confirmed():
+                g.api_key, g.key_generation = svc.keys.authenticate_cached(
+                    key or bearer, fresh=fresh
+                )
+            else:
+                g.api_key = svc.keys.authenticate(key or bearer)
         except Unauthorized:
             if key is not None or oauth is None or not oauth.introspects:
                 raise
@@ -69,6 +74,36 @@ def _identify_caller() -> None:
         g.auth_error = exc
         g.bearer_refused = isinstance(exc, InvalidToken)
         refused_token(exc)
+
+
+def _cache_confirmed() -> bool:
+    """Whether a cached key can be confirmed by this app's rate-limit hit (PostgreSQL)."""
+    limiter = current_app.extensions.get("waygate.limiter")
+    return limiter is not None and limiter.confirms_key_generation
+
+
+def _identify_again(generation: int | None) -> bool:
+    """The caller identified again from the database: its key came from the cache, read at
+    another key generation than ``generation``, the one the rate-limit hit just read (None:
+    no hit read one). Whether that changed who it is or its rate limit (then it is counted
+    again, as who it turned out to be)."""
+    services().keys.cache.saw(generation)
+    before = g.api_key
+    _identify_caller(fresh=True)
+    after = g.api_key
+    return (
+        after is None
+        or before is None
+        or (after.id, after.rate_limit) != (before.id, before.rate_limit)
+    )
+
+
+def _confirm_caller() -> None:
+    """After the rate limiter's hook: a key still taken from the cache unconfirmed (no hit read
+    the key generation: an OPTIONS, an unrouted path, a failed limit storage) is read again
+    before any view sees it."""
+    if g.get("key_generation") is not None:
+        _identify_again(None)
 
 
 def current_principal() -> Principal:
@@ -128,3 +163,13 @@ def admin_required(view: F) -> F:
 
 def init_app(app: Flask) -> None:
     app.before_request(_identify_caller)
+
+
+def confirm_after_limits(app: Flask) -> None:
+    """After the rate limiter is built: it confirms a cached key with the generation its hit
+    reads, or has the caller identified again (``_identify_again``); ``_confirm_caller``
+    catches the requests it did not count."""
+    limiter = app.extensions.get("waygate.limiter")
+    if limiter is not None:
+        limiter.identify_again = _identify_again
+    app.before_request(_confirm_caller)

@@ -88,6 +88,13 @@ class RateLimiter:
         self.strategy = FixedWindowRateLimiter(self.storage)
         # Waygate's own storages count and tell the window's end in one step.
         self._incr_window = getattr(self.storage, "incr_window", None)
+        # Counters in Waygate's own PostgreSQL database: the hit also reads the key generation,
+        # which confirms a key answered from the process's cache (web/auth.py) without a
+        # statement of its own.
+        same_database = bool(config.database_url) and uri == config.database_url
+        self._incr_window_generation = (
+            getattr(self.storage, "incr_window_generation", None) if same_database else None
+        )
         self.fail_open = config.ratelimit_fail_open
         self.default = parse(config.rate_limit_default)
         self.groups = {
@@ -97,6 +104,9 @@ class RateLimiter:
         self._by_endpoint: dict[str, tuple[RateLimitItem, str]] = {}
         self._chosen_by: dict[str, Callable[[], str | None]] = {}
         self._storage_error_logged = 0.0
+        # Set by web/auth.py: the caller identified again when its cached key was read at
+        # another key generation than the hit's; True when that changed who it is or its limit.
+        self.identify_again: Callable[[int | None], bool] | None = None
 
     def init_app(self, app: Flask) -> None:
         for endpoint, view in app.view_functions.items():
@@ -142,10 +152,23 @@ class RateLimiter:
             budget = self.auth_failures.key_for("auth-failures", address)
         try:
             with tracing.span("waygate.ratelimit.hit", {"waygate.limit": scope}):
-                count, reset_at, refused_keys = self._hit(item, scope, identity, budget)
+                cached_at = g.get("key_generation")
+                if cached_at is not None and self._incr_window_generation is not None:
+                    counter = item.key_for(scope, identity)
+                    count, reset_at, refused_keys, generation = self._incr_window_generation(
+                        counter, item.get_expiry(), 1, budget
+                    )
+                else:
+                    count, reset_at, refused_keys = self._hit(item, scope, identity, budget)
+                    cached_at = None
         except StorageError as exc:
             self._storage_failed(exc)
             return
+        if cached_at is not None:
+            if generation == cached_at:
+                g.key_generation = None  # no key changed since the cached key was read
+            elif self.identify_again is not None and self.identify_again(generation):
+                return self.check()  # counted again, as who the caller turned out to be
         g.rate_limit = (item.amount, max(0, item.amount - count), math.ceil(reset_at))
         g.rate_limit_counter = (item, scope, identity)  # what charge() adds to
         if count > item.amount:
@@ -258,6 +281,11 @@ class RateLimiter:
             raise ServiceUnavailable(
                 "rate-limit storage unavailable; try again shortly", retry_after=5
             )
+
+    @property
+    def confirms_key_generation(self) -> bool:
+        """Whether each request's hit reads the key generation (and confirms cached keys)."""
+        return self._incr_window_generation is not None
 
     @staticmethod
     def add_headers(response: Response) -> Response:

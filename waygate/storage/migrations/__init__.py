@@ -37,6 +37,7 @@ from . import (
     m021_audit_chain,
     m022_totals_without_row_triggers,
     m024_input_required,
+    m025_key_generation,
     r001_rate_limits,
 )
 from .migration import Migration, Schema
@@ -68,6 +69,7 @@ STATE = Schema(
         m021_audit_chain.migration,
         m022_totals_without_row_triggers.migration,
         m024_input_required.migration,
+        m025_key_generation.migration,
     ),
 )
 
