@@ -357,6 +357,41 @@ def test_pruning_to_the_budget_keeps_the_chain_verifiable(make_app, runner):
     assert code == 0 and "up to 400" in out, out
 
 
+@pytest.mark.sqlite_only
+def test_pruning_to_the_budget_never_takes_a_row_that_waits_for_its_entry(
+    plugin_dist, make_app, runner, tmp_path
+):
+    """Rows finished since the chain began and not chained yet (the deferred batch's moment)
+    are not pruned ahead of it: they would be gone from the chain and the audit file
+    without a trace. The oldest of the chain goes instead."""
+    audit_log = tmp_path / "audit.jsonl"
+    services = services_of(
+        make_app(
+            audit_max_bytes=2 * 1024 * 1024, audit_log=str(audit_log), audit_chain_delay_ms=5000
+        ).test_client()
+    )
+
+    def record(command_id, error):
+        services.audit.record(
+            command_id=command_id, action="echo", plugin="Core", key_name="k", mode="sync",
+            status="failed", duration_ms=1, error=error, timeout_s=30, created_at=isoformat(),
+            started_at=None,
+        )  # fmt: skip
+
+    for n in range(300):  # the chained history that fills the budget
+        record(f"cmd_old_{n:05d}", "x" * 10_000)
+    assert services.audit.chain.seal_pending()
+    for n in range(3):  # just answered, waiting for their batch
+        record(f"cmd_new_{n}", "y")
+    assert services.housekeeper.retention.prune_to_budget() > 0
+    assert all(services.audit.get(f"cmd_new_{n}") for n in range(3))
+    assert services.audit.get("cmd_old_00000") is None  # the chain's oldest went
+    assert services.audit.chain.seal_pending()
+    assert all(f"cmd_new_{n}" in audit_log.read_text() for n in range(3))
+    code, out = verify(runner)
+    assert code == 0 and "not yet chained" not in out, out
+
+
 # -- what is chained later -------------------------------------------------------------------
 
 

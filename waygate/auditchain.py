@@ -381,6 +381,10 @@ def _describe(kind: str, command_id: str, event: Any = None) -> str:
 UNSIGNED_ENTRIES_FACTOR = 10
 
 
+class ChainMoved(Exception):
+    """A batch found its rows changed under it and was rolled back (retried later)."""
+
+
 class AuditChain:
     """Writes the chain inside the audit's own transactions, signs checkpoints, verifies,
     prunes whole prefixes, exports; hands committed entries to the audit file
@@ -522,6 +526,14 @@ class AuditChain:
             ]
             if not rows:
                 return
+            # Numbered in the statements' snapshots: a row deleted meanwhile (PostgreSQL
+            # skips it once its deleter commits) would leave its number unused, a hole in
+            # the chain for good. Then nothing of this batch is kept; the next one numbers
+            # what is still there.
+            if [values["chain_seq"] for _, values in rows] != list(
+                range(seq + 1, seq + 1 + len(rows))
+            ):
+                raise ChainMoved("rows went while this batch numbered them; chained again next")
             links = []
             for kind, values in rows:
                 seq = values["chain_seq"]
@@ -561,7 +573,7 @@ class AuditChain:
             while self.seal_unchained() >= _BATCH:
                 pass
             return True
-        except DatabaseError as exc:
+        except (*DatabaseError, ChainMoved) as exc:
             if not self.closed:
                 log.warning("audit chain: finished executions not chained yet, retrying: %s", exc)
             return False

@@ -14,6 +14,7 @@ Used by the audit's folded totals (waygate/totals.py) and the audit chain's batc
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import weakref
@@ -21,6 +22,7 @@ from typing import Any
 
 from .forksafe import reset_after_fork
 
+log = logging.getLogger(__name__)
 IDLE_CHECK_S = 5.0  # how often an idle thread looks whether its owner is gone
 
 
@@ -78,7 +80,11 @@ def _run_forever(ref: weakref.ref) -> None:
             return
         time.sleep(deferred.after_s)  # gather the requests of the next moment into this run
         due.clear()
-        outcome = deferred._run()
+        try:
+            outcome = deferred._run()
+        except Exception:  # a bug must not end this process's runs for good: retried
+            log.exception("%s: a deferred run failed; retrying", deferred._name)
+            outcome = False
         if outcome is None:
             return
         if not outcome:

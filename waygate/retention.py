@@ -81,6 +81,14 @@ class Retention:
 
     @property
     def _unchained(self) -> str:
-        """With the chain, the plain deletes take only rows outside it (written before it
-        began, or not chained yet): chained ones go with their prefix of the chain."""
-        return " AND chain_seq IS NULL" if self.chain is not None else ""
+        """With the chain, the plain deletes take only rows it will never cover, those
+        written before it began; chained ones go with their prefix of the chain, and those
+        finished since it began but not chained yet (a deferred batch's, the sweep's) wait
+        for their entry, or they would vanish without a trace in the chain or the audit
+        file."""
+        if self.chain is None:
+            return ""
+        return (
+            " AND chain_seq IS NULL AND created_at <"
+            " (SELECT started_at FROM audit_chain_head WHERE id = 1)"
+        )
