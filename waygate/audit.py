@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 _OPEN = ExecutionStatus.open()  # bound into "status IN (?, ?)"
 _UNFINISHED = ExecutionStatus.unfinished()  # bound into "status IN (?, ?, ?)"
 # An execution is accepted (async, or awaiting approval) only while its key has fewer than the
-# cap unfinished. The statuses are literals, as SQLite uses the partial index of m012 only for
-# its own WHERE, word for word (tests/test_execution_path.py checks them against
-# ExecutionStatus.unfinished()).
+# cap unfinished. The statuses are literals, as SQLite uses the partial index (m012, its
+# condition rewritten by m026) only for its own WHERE, word for word
+# (tests/test_execution_path.py checks them against ExecutionStatus.unfinished()).
 _RECORD_SQL = (
     "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
     " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at, finished_at,"
@@ -43,8 +43,8 @@ _ACCEPT_SQL = (
     " timeout_s, worker_pid, created_at, params, params_hash, client_context,"
     " approval_expires_at, trace_id, host, principal, arguments_hash)"
     " SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?"
-    " WHERE (SELECT count(*) FROM executions WHERE key_id IS NOT DISTINCT FROM ? AND status IN"
-    " ('pending', 'running', 'awaiting_approval')) < ?"
+    " WHERE (SELECT count(*) FROM executions WHERE key_id IS NOT DISTINCT FROM ? AND"
+    " (status = 'pending' OR status = 'running' OR status = 'awaiting_approval')) < ?"
 )
 # A person with a token has no key: their cap counts their own executions (index of m016).
 _ACCEPT_BY_PRINCIPAL_SQL = _ACCEPT_SQL.replace(

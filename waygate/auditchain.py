@@ -110,9 +110,12 @@ EVENT_FIELDS = (
 _EXECUTION_COLUMNS = ", ".join(EXECUTION_FIELDS)
 _FIELD_SET = frozenset(EXECUTION_FIELDS)
 _EVENT_COLUMNS = ", ".join(EVENT_FIELDS)
-# word for word the predicate of m021's partial index executions_unchained (SQLite uses a
-# partial index only for its own WHERE)
-_UNCHAINED = "chain_seq IS NULL AND status NOT IN ('pending', 'running', 'awaiting_approval')"
+# word for word the condition of the partial index executions_unchained (m021, rewritten by
+# m026: SQLite uses a partial index only for its own WHERE)
+_UNCHAINED = (
+    "chain_seq IS NULL AND status <> 'pending' AND status <> 'running'"
+    " AND status <> 'awaiting_approval'"
+)
 _NEXT_SQL = "UPDATE audit_chain_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash"
 # Every chained transaction locks the head before any other row (lock(), or _NEXT_SQL as its
 # first statement): the executions it updates fire the per-plugin totals' triggers, whose

@@ -38,6 +38,7 @@ from . import (
     m022_totals_without_row_triggers,
     m024_input_required,
     m025_key_generation,
+    m026_partial_predicates,
     r001_rate_limits,
 )
 from .migration import Migration, Schema
@@ -70,6 +71,7 @@ STATE = Schema(
         m022_totals_without_row_triggers.migration,
         m024_input_required.migration,
         m025_key_generation.migration,
+        m026_partial_predicates.migration,
     ),
 )
 
