@@ -78,3 +78,43 @@ def test_a_copy_to_something_else_than_postgresql_is_refused_without_repeating_i
     code, out, err = runner("db", "copy", "--to", "mysql://root:hunter2@db/ops")
     assert code == 1 and "hunter2" not in out + err
     assert "--to: use postgresql://" in err
+
+
+def test_a_key_revoked_between_the_two_copies_stays_revoked_after_the_move(
+    runner, make_app, keys, pg_url
+):
+    """The documented move copies while the host serves, then again after it stopped: what
+    changed in between (here a leaked key revoked) must arrive, not only what is new."""
+    client = make_app().test_client()
+    echo = {"action": "echo", "params": {"message": "x"}}
+    assert client.post("/mcp/execute", json=echo, headers=keys.headers()).status_code == 200
+    assert runner("db", "copy", "--to", pg_url)[0] == 0  # while the host serves
+    keys.store.revoke("ops-user")
+    code, out, err = runner("db", "copy", "--to", pg_url)  # after the stop
+    assert code == 0, err
+    assert "api_keys: 2 in " in out and "0 copied, 2 already there" in out
+    moved = make_app(database_url=pg_url).test_client()
+    assert moved.post("/mcp/execute", json=echo, headers=keys.headers()).status_code == 401
+
+
+def test_an_idempotency_key_answered_between_the_two_copies_keeps_its_answer(
+    runner, make_app, keys, pg_url, storage
+):
+    """A keyed call still running at the first copy (its row claimed, no answer yet): the
+    answer stored before the second copy arrives with it, so a retry after the move gets it."""
+    client = make_app().test_client()
+    body = {"action": "echo", "params": {"message": "once"}}
+    headers = keys.headers(**{"Idempotency-Key": "k1"})
+    first = client.post("/mcp/execute", json=body, headers=headers)
+    assert first.status_code == 200
+    with storage.write() as conn:  # as the first copy saw it: claimed, not answered
+        answered = tuple(conn.execute("SELECT answer, live FROM idempotency_keys").fetchone())
+        conn.execute("UPDATE idempotency_keys SET answer = NULL, live = 1")
+    assert runner("db", "copy", "--to", pg_url)[0] == 0
+    with storage.write() as conn:
+        conn.execute("UPDATE idempotency_keys SET answer = ?, live = ?", answered)
+    assert runner("db", "copy", "--to", pg_url)[0] == 0
+    moved = make_app(database_url=pg_url).test_client()
+    again = moved.post("/mcp/execute", json=body, headers=headers)
+    assert again.status_code == 200
+    assert again.get_json()["command_id"] == first.get_json()["command_id"]

@@ -13,6 +13,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import psycopg
 import pytest
 import requests
 
@@ -362,3 +363,76 @@ def test_without_a_hit_to_confirm_it_a_cached_key_is_read_again(hosts, admin):
     limiter._incr_window_generation = down
     limiter._incr_window = down
     assert execute(b, key) == 401
+
+
+# -- what a restore, a failover or a hand-made change does to the cache ----------------------
+
+
+def gen(url) -> int:
+    with psycopg.connect(url, autocommit=True) as c:
+        return c.execute("SELECT generation FROM key_generation WHERE id = 1").fetchone()[0]
+
+
+def set_gen(url, value: int) -> None:
+    with psycopg.connect(url, autocommit=True) as c:
+        c.execute("UPDATE key_generation SET generation = %s WHERE id = 1", (value,))
+
+
+def test_a_generation_gone_back_and_climbing_to_a_cached_number_confirms_nothing_stale(
+    hosts, admin, pg_migrated_url
+):
+    """DB restored / failed over to a standby that is 2 generations behind; the key is
+    revoked there; one more key change brings the generation back to the cached number."""
+    a, b = hosts
+    key = make_key(a, admin, "agent")
+    make_key(a, admin, "other")  # a key whose change moves the generation on
+    assert execute(b, key) == 200 and known_to(b, key)
+    cached = gen(pg_migrated_url)
+    set_gen(pg_migrated_url, cached - 2)  # the restore / failover
+    assert a.delete("/keys/agent", headers={"X-API-Key": admin}).status_code == 200  # -> cached-1
+    assert execute(b, key) == 401  # hit reads cached-1: read again, refused ...
+    assert not known_to(b, key)  # the refused entry went
+    changed = a.patch("/keys/other", json={"read_only": True}, headers={"X-API-Key": admin})
+    assert changed.status_code == 200  # -> cached again
+    assert gen(pg_migrated_url) == cached
+    status = execute(b, key)
+    assert status == 401, f"revoked key accepted: {status}"
+
+
+def test_a_refused_cached_key_records_no_use_after_its_revocation(hosts, admin, pg_migrated_url):
+    """The cached path writes last_used_at before the hit confirms the key: a revoked key's
+    refused attempt shows as a use later than its revocation."""
+    from datetime import timedelta
+
+    from waygate.clock import isoformat, utcnow
+    from waygate.keys import digest
+
+    a, b = hosts
+    key = make_key(a, admin, "agent")
+    assert execute(b, key) == 200 and known_to(b, key)
+    # the entry was loaded <60 s ago but the use it remembers is older (loaded 59 s after a use)
+    cache_of(b)._entries[digest(key)].last_used_at = isoformat(utcnow() - timedelta(seconds=61))
+    with psycopg.connect(pg_migrated_url, autocommit=True) as c:
+        c.execute(
+            "UPDATE api_keys SET last_used_at = %s WHERE name = 'agent'",
+            (isoformat(utcnow() - timedelta(seconds=61)),),
+        )
+    assert a.delete("/keys/agent", headers={"X-API-Key": admin}).status_code == 200
+    assert execute(b, key) == 401
+    with psycopg.connect(pg_migrated_url, autocommit=True) as c:
+        revoked, used = c.execute(
+            "SELECT revoked_at, last_used_at FROM api_keys WHERE name = 'agent'"
+        ).fetchone()
+    assert used < revoked, "a refused attempt recorded as a use after the revocation"
+
+
+def test_truncate_moves_the_generation(hosts, admin, pg_migrated_url):
+    a, b = hosts
+    key = make_key(a, admin, "agent")
+    assert execute(b, key) == 200 and known_to(b, key)
+    before = gen(pg_migrated_url)
+    with psycopg.connect(pg_migrated_url, autocommit=True) as c:
+        c.execute("TRUNCATE api_keys CASCADE")
+    assert gen(pg_migrated_url) != before
+    status = execute(b, key)
+    assert status == 401

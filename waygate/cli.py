@@ -215,9 +215,10 @@ def db() -> None:
 def db_copy(ctx: Context, target_url: str) -> None:
     """Copy this host's SQLite state (keys, executions, statistics, errors) into PostgreSQL.
 
-    Idempotent: rows already there are kept, so running it again after stopping the service
-    copies what came in meanwhile. Each table is verified by counting its rows in the target.
-    Then set WAYGATE_DATABASE_URL on every host (docs/operations.md, "Several hosts")."""
+    Run it again after stopping the service: rows already there take the source's values, so
+    what came in or changed meanwhile (a key revoked, an answer stored) is copied. Each table is
+    verified by counting its rows in the target. Then set WAYGATE_DATABASE_URL on every host
+    (docs/operations.md, "Several hosts")."""
     from .config import ConfigError, check_database_url
     from .dbcopy import copy_state
 

@@ -2,15 +2,15 @@
 several hosts will share.
 
 Every table that holds state is copied row for row, keeping its ids (keys keep their ids, so
-executions and key events still point at them): API keys and their events, executions and
-their approval trail, the error log, the audit chain and its checkpoints (and its head, so
-the chain goes on where it stopped), the idempotency keys still in their window (a retry
-after the move gets its first answer). Rows already in the target (same primary key) are left
-as they are, so a second run copies only what the first did not (run it again right after
-stopping the service). Per-plugin statistics are set to the source's totals (they survive
-audit pruning, so the audit rows cannot rebuild them), the row counts are recounted, and the
-plugin generation becomes the larger of the two. Each table is verified by counting, in the
-target, the rows of every source key.
+executions and key events still point at them): API keys and their events, executions and their
+approval trail, the error log, the audit chain and its checkpoints (and its head, so the chain
+goes on where it stopped), the idempotency keys still in their window (a retry after the move
+gets its first answer). Rows already in the target (same primary key) take the source's values,
+so a second run, right after stopping the service, copies what arrived and what changed since
+the first (a key revoked, an execution finished, an answer stored). Per-plugin statistics are
+set to the source's totals (they survive audit pruning, so the audit rows cannot rebuild them),
+the row counts are recounted, and the plugin generation becomes the larger of the two. Each
+table is verified by counting, in the target, the rows of every source key.
 """
 
 from __future__ import annotations
@@ -87,11 +87,17 @@ def copy_state(source: Storage, target: PostgresStorage) -> list[TableReport]:
             names = ", ".join(columns)
             marks = ", ".join("?" for _ in columns)
             keys = [_key_of(row, key) for row in rows]
+            # A row already there (an earlier run's) takes the source's values: the source is
+            # the truth until the hosts move, and a key revoked or an idempotency key answered
+            # between two runs must not come back as it was.
+            fresh = ", ".join(
+                f"{name} = excluded.{name}" for name in columns if name not in _columns(key)
+            )
             with target.write() as conn:
                 before = _present(conn, table, key, keys)
                 conn.executemany(
                     f"INSERT INTO {table} ({names}) VALUES ({marks})"  # noqa: S608 # nosec B608
-                    " ON CONFLICT DO NOTHING",
+                    f" ON CONFLICT ({key}) DO UPDATE SET {fresh}",
                     [tuple(row) for row in rows],
                 )
                 after = _present(conn, table, key, keys)

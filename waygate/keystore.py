@@ -299,7 +299,9 @@ class KeyStore:
         if not presented:
             raise Unauthorized("missing API key: send it in the X-API-Key header")
         wanted = digest(presented)
-        if not fresh:
+        if fresh:  # whatever the database says now, this entry has not been confirmed
+            self.cache.forget(wanted)
+        else:
             hit = self.cache.get(wanted)
             if hit is not None:
                 now = utcnow()
@@ -415,8 +417,8 @@ class KeyStore:
         if last_used_at and now - parse_iso(last_used_at) < LAST_USED_RESOLUTION:
             return False
         cutoff = isoformat(now - LAST_USED_RESOLUTION)
-        self.storage.execute_write(
-            "UPDATE api_keys SET last_used_at = ? WHERE id = ? "
+        self.storage.execute_write(  # never a use of a revoked key (a cached one, refused)
+            "UPDATE api_keys SET last_used_at = ? WHERE id = ? AND revoked_at IS NULL "
             "AND (last_used_at IS NULL OR last_used_at < ?)",
             (isoformat(now), key_id, cutoff),
         )
@@ -478,12 +480,14 @@ class KeyCache:
                 self._entries.popitem(last=False)
 
     def saw(self, generation: int | None) -> None:
-        """The database's key generation was ``generation`` a moment ago: a newer one than
-        the cache's empties it."""
+        """The database's key generation was ``generation`` a moment ago: any other one than
+        the cache's empties it (a newer one: keys changed; an older one: the database was
+        restored or failed over, and its counter may climb back to a number this cache
+        holds entries of)."""
         if generation is None:
             return
         with self._lock:
-            if generation > self.generation:
+            if generation != self.generation:
                 self._entries.clear()
                 self.generation = generation
 

@@ -39,6 +39,7 @@ from . import (
     m024_input_required,
     m025_key_generation,
     m026_partial_predicates,
+    m027_key_generation_truncate,
     r001_rate_limits,
 )
 from .migration import Migration, Schema
@@ -72,6 +73,7 @@ STATE = Schema(
         m024_input_required.migration,
         m025_key_generation.migration,
         m026_partial_predicates.migration,
+        m027_key_generation_truncate.migration,
     ),
 )
 
