@@ -28,6 +28,8 @@ NEVER_NUMBERED = {
     ("audit_chain", "seq"),
     ("audit_checkpoints", "seq"),
 }
+# SQLite has no TRUNCATE, so nothing there to fire on it (m027)
+POSTGRESQL_ONLY_TRIGGERS = {"api_keys_generation_truncate"}
 
 
 def sqlite_schema(path: Path) -> dict:
@@ -129,7 +131,7 @@ def _postgresql_table(conn: psycopg.Connection, table: str) -> dict:
             "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
             (table,),
         )
-    }
+    } - POSTGRESQL_ONLY_TRIGGERS
     return {
         "columns": columns,
         "primary key": list(keys["p"][0]) if keys["p"] else [],
