@@ -47,11 +47,11 @@ class Retention:
             self._catch_up()
             rows = max(1, self.storage.conn.execute(ROW_COUNT_SQL).fetchone()[0])
             wanted = min(batch, int((used - self.max_bytes) / (used / rows)) + 1)
-            n = self.storage.execute_write(
+            n = self._delete(
                 "DELETE FROM executions WHERE command_id IN (SELECT command_id FROM executions "  # noqa: S608 # nosec B608 - a fixed clause
                 f"WHERE status NOT IN (?, ?, ?){self._unchained} ORDER BY created_at LIMIT ?)",
                 (*_UNFINISHED, wanted),
-            ).rowcount
+            )
             if n == 0 and self.chain is not None:  # then the chain's oldest, in its order
                 end = self.chain.prunable_prefix(executions=wanted)
                 n = self.chain.prune_prefix(end) if end is not None else 0
@@ -69,11 +69,11 @@ class Retention:
             if end is not None:
                 deleted += self.chain.prune_prefix(end, batch, pause_s)
         while True:
-            n = self.storage.execute_write(
+            n = self._delete(
                 "DELETE FROM executions WHERE command_id IN (SELECT command_id FROM executions "  # noqa: S608 # nosec B608 - a fixed clause
                 f"WHERE created_at < ? AND status NOT IN (?, ?, ?){self._unchained} LIMIT ?)",
                 (cutoff, *_UNFINISHED, batch),
-            ).rowcount
+            )
             deleted += n
             if n < batch:
                 return deleted
@@ -81,14 +81,23 @@ class Retention:
 
     @property
     def _unchained(self) -> str:
-        """With the chain, the plain deletes take only rows it will never cover, those
-        written before it began; chained ones go with their prefix of the chain, and those
-        finished since it began but not chained yet (a deferred batch's, the sweep's) wait
-        for their entry, or they would vanish without a trace in the chain or the audit
-        file."""
+        """With the chain, the plain deletes take only unchained rows that finished before it
+        began; chained ones go with their prefix of the chain, and those finished since it
+        began but not chained yet (a deferred batch's, the sweep's) wait for their entry, or
+        they would vanish without a trace in the chain or the audit file."""
         if self.chain is None:
             return ""
         return (
-            " AND chain_seq IS NULL AND created_at <"
+            " AND chain_seq IS NULL AND finished_at <"
             " (SELECT started_at FROM audit_chain_head WHERE id = 1)"
         )
+
+    def _delete(self, sql: str, params: tuple) -> int:
+        """A plain delete; with the chain, after locking its head, as every writer of rows
+        the chain's batches number does (waygate/auditchain.py): otherwise a batch numbering
+        the same old rows in another order deadlocks with it on PostgreSQL."""
+        if self.chain is None:
+            return self.storage.execute_write(sql, params).rowcount
+        with self.storage.write() as tx:
+            self.chain.lock(tx)
+            return tx.execute(sql, params).rowcount
