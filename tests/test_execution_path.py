@@ -445,32 +445,35 @@ def test_the_audit_database_is_pruned_oldest_first_to_its_budget(app_services_of
     assert audit.get("cmd_00399") is not None  # the newest stayed
 
 
+def plan_of(data_dir, query: str, params: tuple) -> str:
+    """SQLite's plan for ``query`` on a migrated database, as one text."""
+    from waygate.storage import SqliteStorage
+
+    storage = SqliteStorage(data_dir / "waygate.db")
+    storage.migrate()
+    return " | ".join(
+        row[-1] for row in storage.conn.execute("EXPLAIN QUERY PLAN " + query, params)
+    )
+
+
 def test_the_unfinished_executions_query_uses_the_partial_index(data_dir):
     from waygate import audit
     from waygate.outcomes import ExecutionStatus
-    from waygate.storage import SqliteStorage
 
     literal = " OR ".join(f"status = '{s.value}'" for s in ExecutionStatus.unfinished())
     assert f"({literal})" in audit._ACCEPT_SQL
-    storage = SqliteStorage(data_dir / "waygate.db")
-    storage.migrate()
     query = audit._ACCEPT_SQL.partition("WHERE (")[2].rpartition(") < ?")[0]
-    plan = storage.conn.execute("EXPLAIN QUERY PLAN " + query, (1,)).fetchall()
-    assert any("executions_unfinished_by_key" in row[-1] for row in plan), plan
+    assert "executions_unfinished_by_key" in plan_of(data_dir, query, (1,))
 
 
 def test_the_chains_batch_finds_unchained_rows_by_the_partial_index(data_dir):
     from waygate import auditchain
     from waygate.outcomes import ExecutionStatus
-    from waygate.storage import SqliteStorage
 
     for status in ExecutionStatus.unfinished():
         assert f"status <> '{status.value}'" in auditchain._UNCHAINED
-    storage = SqliteStorage(data_dir / "waygate.db")
-    storage.migrate()
     query = auditchain._NUMBER_SQL.partition("FROM (")[2].partition(") AS numbered")[0]
-    plan = storage.conn.execute("EXPLAIN QUERY PLAN " + query, (500,)).fetchall()
-    assert any("executions_unchained" in row[-1] for row in plan), plan
+    assert "executions_unchained" in plan_of(data_dir, query, (500,))
 
 
 def test_an_audit_rows_indexes_and_triggers_build_no_temporary_b_tree(data_dir):
