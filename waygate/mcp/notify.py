@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import RateLimited, ServiceUnavailable
 from ..forksafe import reset_after_fork
+from ..plugins import PluginRegistry
 
 if TYPE_CHECKING:
     from ..commands import Caller, CommandService
@@ -137,6 +138,11 @@ class ChangeFeed:
 
     POLL_S = 0.2
     RECHECK_S = 2.0
+    # A new plugin set is told this long after this process first sees it: by then every
+    # worker of every host has read the shared generation again (each does at most every
+    # CHECK_INTERVAL), so a client told "the tools changed" that lists them at once, on
+    # whichever worker, gets the new list, not the one it was told is gone.
+    SETTLE_S = PluginRegistry.CHECK_INTERVAL + 0.05
 
     def __init__(self, server: McpServer, limits: ListenLimits | None = None):
         self._server = server
@@ -153,6 +159,8 @@ class ChangeFeed:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self.closing = False
+        self._newest: Any = None  # the newest plugin set seen, and when (SETTLE_S)
+        self._newest_at = 0.0
 
     @property
     def on(self) -> bool:
@@ -257,6 +265,10 @@ class ChangeFeed:
             except Exception as exc:  # the database is away: asked again next round
                 log.warning("change notifications: could not read the plugin set: %s", exc)
                 continue
+            if current is not self._newest:
+                self._newest, self._newest_at = current, time.monotonic()
+            if time.monotonic() - self._newest_at < self.SETTLE_S:
+                continue  # told once every worker serves it (SETTLE_S)
             for sub in subs:
                 if sub.seen is not current and not sub.ended.is_set():
                     try:
