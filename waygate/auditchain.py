@@ -39,7 +39,6 @@ database, until the next checkpoint is signed.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import hashlib
 import json
@@ -47,7 +46,6 @@ import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -410,16 +408,13 @@ class AuditChain:
         # within delay_s of its commit, off the request's path (pending()); 0: in the
         # transaction that writes it
         self.delay_s = delay_s
-        self._batches = (
+        self._batches = (  # a graceful stop chains what this process left (DeferredRun)
             DeferredRun(
                 self, "seal_pending", after_s=delay_s, retry_s=1.0, name="waygate-audit-chain"
             )
             if delay_s
             else None
         )
-        if delay_s:  # a graceful stop chains what this process left
-            ref = weakref.ref(self)
-            atexit.register(lambda: (chain := ref()) is not None and chain.seal_pending())
         self.signer = signer
         self.checkpoint_entries = checkpoint_entries
         self.checkpoint_interval_s = checkpoint_interval_s

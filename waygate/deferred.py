@@ -6,7 +6,9 @@ for ``owner.method()`` to run on the thread, ``after_s`` after the first ``due()
 run, so one run (one transaction) takes everything the requests meanwhile left. The method
 says whether it succeeded; a failed run is retried ``retry_s`` later, until it succeeds or
 the owner says it is closed for good (``owner.closed``). The thread holds its owner weakly: it
-ends with it. After a fork the child starts its own thread on its first ``due()``.
+ends with it. After a fork the child starts its own thread on its first ``due()``. At the
+interpreter's exit (a graceful stop), a process that asked for runs makes a last one, so what
+it left is not lost with it.
 
 Used by the audit's folded totals (waygate/totals.py) and the audit chain's batches
 (waygate/auditchain.py).
@@ -14,6 +16,7 @@ Used by the audit's folded totals (waygate/totals.py) and the audit chain's batc
 
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -35,6 +38,7 @@ class DeferredRun:
         self._name = name
         self._forked()
         reset_after_fork(self, DeferredRun._forked)
+        atexit.register(_last_run, weakref.ref(self))
 
     def _forked(self) -> None:
         self._lock = threading.Lock()
@@ -64,6 +68,15 @@ class DeferredRun:
         if getattr(owner, self._method)():
             return True
         return None if getattr(owner, "closed", False) else False
+
+
+def _last_run(ref: weakref.ref) -> None:
+    deferred = ref()
+    if deferred is not None and deferred._thread is not None:  # this process asked for runs
+        try:
+            deferred._run()
+        except Exception:  # the process ends regardless; say what was left
+            log.exception("%s: the last run at exit failed", deferred._name)
 
 
 def _run_forever(ref: weakref.ref) -> None:

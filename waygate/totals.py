@@ -14,10 +14,8 @@ the totals (not from the audit: the rows are committed before their answers leav
 
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
-import weakref
 
 from .deferred import DeferredRun
 from .forksafe import reset_after_fork
@@ -45,8 +43,6 @@ class PendingTotals:
         )
         self._forked()
         reset_after_fork(self, PendingTotals._forked)
-        ref = weakref.ref(self)
-        atexit.register(lambda: (totals := ref()) is not None and totals._fold_quietly())
 
     def _forked(self) -> None:
         self._lock = threading.Lock()
