@@ -480,12 +480,26 @@ def test_an_audit_rows_indexes_and_triggers_build_no_temporary_b_tree(data_dir):
     """SQLite evaluates a constant IN list of three or more values through a temporary
     b-tree built each time the statement runs (m026): the conditions of the indexes and
     triggers the INSERT that records an execution runs must not."""
-    from waygate import audit
+    from waygate.audit import AuditLog
     from waygate.storage import SqliteStorage
 
     storage = SqliteStorage(data_dir / "waygate.db")
     storage.migrate()
-    program = storage.conn.execute("EXPLAIN " + audit._RECORD_SQL, (None,) * 18).fetchall()
+    ran = []  # the statement record() writes with
+    grouped = storage.execute_grouped
+
+    def recording(sql, params=()):
+        ran.append((sql, params))
+        grouped(sql, params)
+
+    storage.execute_grouped = recording
+    AuditLog(storage).record(
+        command_id="cmd_1", action="echo", plugin="Core", key_name="k", mode="sync",
+        status="success", duration_ms=1, error=None, timeout_s=30,
+        created_at="2026-12-07T00:00:00.000Z", started_at=None,
+    )  # fmt: skip
+    ((sql, params),) = ran
+    program = storage.conn.execute("EXPLAIN " + sql, params).fetchall()
     built = [row[4] for row in program if row[1] == "OpenEphemeral"]
     # only the table's two CHECK constraints' (mode, status): 3 us, not worth a rebuild
     assert len(built) == 2, program

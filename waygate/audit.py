@@ -10,6 +10,7 @@ by name, never the key itself. Whether an open execution still has a worker is
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -27,17 +28,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+@functools.cache
+def _insert_sql(names: tuple[str, ...]) -> str:
+    """The INSERT of a row with these columns (record()'s, named once in its dict)."""
+    return (
+        f"INSERT INTO executions ({', '.join(names)})"  # noqa: S608 # nosec B608 - fixed names
+        f" VALUES ({','.join('?' * len(names))})"
+    )
+
+
 _OPEN = ExecutionStatus.open()  # bound into "status IN (?, ?)"
 _UNFINISHED = ExecutionStatus.unfinished()  # bound into "status IN (?, ?, ?)"
 # An execution is accepted (async, or awaiting approval) only while its key has fewer than the
 # cap unfinished. The statuses are literals, as SQLite uses the partial index (m012, its
 # condition rewritten by m026) only for its own WHERE, word for word
 # (tests/test_execution_path.py checks them against ExecutionStatus.unfinished()).
-_RECORD_SQL = (
-    "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
-    " duration_ms, error, result, timeout_s, worker_pid, created_at, started_at, finished_at,"
-    " trace_id, principal, arguments_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-)
+
 _ACCEPT_SQL = (
     "INSERT INTO executions (command_id, action, plugin, key_name, key_id, mode, status,"
     " timeout_s, worker_pid, created_at, params, params_hash, client_context,"
@@ -228,7 +235,7 @@ class AuditLog:
             self.storage.write_grouped(work)
             chain.published(written)
         else:
-            self.storage.execute_grouped(_RECORD_SQL, tuple(columns.values()))
+            self.storage.execute_grouped(_insert_sql(tuple(columns)), tuple(columns.values()))
             if chain is not None:
                 chain.pending()
         self.totals.add(plugin, status, duration_ms)
